@@ -1,0 +1,58 @@
+//! kato's kernel programs: the keepalive timer and the active-reset path.
+//!
+//! Every program is a thin wrapper around a `try_` function; events that
+//! cannot be delivered are counted per CPU in `COUNTERS`, never dropped silently.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod reset;
+mod sock;
+mod timer;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use keepalive_common::{counter, KernelConfig};
+
+/// Resolved by userspace from the running kernel's BTF and kallsyms.
+#[no_mangle]
+static KATO_CONFIG: KernelConfig = unsafe { core::mem::zeroed() };
+
+/// 1 MiB of events: ~9,300 records before the reader must catch up.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU counters, indexed by `keepalive_common::counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU slot and programs don't nest on one CPU for these hooks.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads one field of the load-time configuration. Volatile, so the compiler
+/// cannot fold the all-zero placeholder into the code.
+macro_rules! conf {
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        let v = unsafe { core::ptr::read_volatile(&raw const crate::KATO_CONFIG.$field) };
+        v
+    }};
+}
+pub(crate) use conf;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,91 @@
+//! Reads of kernel memory at offsets resolved from BTF by userspace.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use keepalive_common::{counter, Event};
+
+use crate::{bump, conf};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Reads a `T` at `base + off`; a failed read is counted and ends the program.
+#[inline(always)]
+pub fn read<T>(base: u64, off: u32) -> Result<T, u32> {
+    match unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) } {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            Err(0)
+        }
+    }
+}
+
+/// `struct sock *` from its embedded `sk_timer`.
+#[inline(always)]
+pub fn sk_of_timer(timer: u64) -> u64 {
+    timer - conf!(sk_timer) as u64
+}
+
+/// Is this `struct timer_list` a socket keepalive timer?
+#[inline(always)]
+pub fn is_keepalive_timer(timer: u64) -> bool {
+    match read::<u64>(timer, conf!(timer_function)) {
+        Ok(f) => f == conf!(keepalive_fn),
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+pub fn state(sk: u64) -> Result<u8, u32> {
+    read::<u8>(sk, conf!(skc_state))
+}
+
+#[inline(always)]
+pub fn probes_out(sk: u64) -> Result<u8, u32> {
+    read::<u8>(sk, conf!(icsk_probes_out))
+}
+
+/// Fills identity, addresses, state and timer fields of `ev` from `sk`.
+#[inline(always)]
+pub fn fill(ev: &mut Event, sk: u64) -> Result<(), u32> {
+    ev.sk = sk;
+    let family = read::<u16>(sk, conf!(skc_family))?;
+    ev.family = family;
+    ev.state = state(sk)?;
+    ev.state_before = ev.state;
+    ev.sport = read::<u16>(sk, conf!(skc_num))?;
+    ev.dport = u16::from_be(read::<u16>(sk, conf!(skc_dport))?);
+    if family == AF_INET6 {
+        ev.saddr = read::<[u8; 16]>(sk, conf!(skc_v6_rcv_saddr))?;
+        ev.daddr = read::<[u8; 16]>(sk, conf!(skc_v6_daddr))?;
+    } else if family == AF_INET {
+        let s = read::<[u8; 4]>(sk, conf!(skc_rcv_saddr))?;
+        let d = read::<[u8; 4]>(sk, conf!(skc_daddr))?;
+        ev.saddr[..4].copy_from_slice(&s);
+        ev.daddr[..4].copy_from_slice(&d);
+    }
+    ev.probes_out = probes_out(sk)?;
+    ev.probes_before = ev.probes_out;
+    ev.sk_err = read::<i32>(sk, conf!(sk_err))?;
+    let net = read::<u64>(sk, conf!(skc_net))?;
+    if net != 0 {
+        ev.netns = read::<u32>(net, conf!(net_inum))?;
+    }
+    let socket = read::<u64>(sk, conf!(sk_socket))?;
+    if socket != 0 {
+        ev.ino = read::<u64>(socket, conf!(socket_ino))?;
+    }
+    Ok(())
+}
+
+/// Fills the keepalive timer's deadline when it is pending.
+#[inline(always)]
+pub fn fill_timer(ev: &mut Event, sk: u64) -> Result<(), u32> {
+    let timer = sk + conf!(sk_timer) as u64;
+    let pprev = read::<u64>(timer, conf!(timer_pprev))?;
+    if pprev != 0 {
+        ev.flags |= keepalive_common::flags::TIMER_PENDING;
+        ev.expires = read::<u64>(timer, conf!(timer_expires))?;
+    }
+    Ok(())
+}

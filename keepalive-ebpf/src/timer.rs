@@ -1,0 +1,148 @@
+//! The socket keepalive timer (`sk->sk_timer` running `tcp_keepalive_timer`),
+//! seen through the `timer:*` tracepoints. Every kernel timer passes through
+//! them, so the keepalive filter comes first and is one kernel read.
+
+use aya_ebpf::{
+    helpers::bpf_jiffies64,
+    macros::{btf_tracepoint, map},
+    maps::PerCpuArray,
+    programs::BtfTracePointContext,
+};
+use keepalive_common::{flags, kind};
+
+use crate::{
+    conf,
+    emit::{new_event, submit},
+    sock::{fill, fill_timer, is_keepalive_timer, probes_out, read, sk_of_timer, state},
+};
+
+/// The keepalive timer whose callback runs on this CPU, with what it saw on
+/// entry. Timer callbacks run one at a time per CPU, so one slot suffices;
+/// `timer` is checked at exit in case a run was missed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    timer: u64,
+    probes_before: u8,
+    state_before: u8,
+    /// Local port at entry: tcp_done() unhashes the socket and zeroes it.
+    sport: u16,
+    _pad: [u8; 4],
+}
+
+#[map]
+static IN_FLIGHT: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn in_flight() -> Option<*mut InFlight> {
+    IN_FLIGHT.get_ptr_mut(0)
+}
+
+#[inline(always)]
+fn running_here(timer: u64) -> bool {
+    match in_flight() {
+        Some(f) => unsafe { (*f).timer == timer },
+        None => false,
+    }
+}
+
+#[btf_tracepoint(function = "timer_start")]
+pub fn timer_start(ctx: BtfTracePointContext) -> u32 {
+    match try_timer_start(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_timer_start(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let timer: u64 = ctx.arg(0);
+    if !is_keepalive_timer(timer) {
+        return Ok(0);
+    }
+    // A re-arm from inside the callback: the FIRED record carries the deadline.
+    if running_here(timer) {
+        return Ok(0);
+    }
+    let sk = sk_of_timer(timer);
+    let mut ev = new_event(kind::ARMED);
+    fill(&mut ev, sk)?;
+    // enqueue_timer() has set `expires` before this tracepoint.
+    ev.expires = read::<u64>(timer, conf!(timer_expires))?;
+    ev.flags |= flags::TIMER_PENDING;
+    submit(&ev);
+    Ok(0)
+}
+
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_expire_entry(ctx: BtfTracePointContext) -> u32 {
+    match try_timer_expire_entry(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_timer_expire_entry(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let timer: u64 = ctx.arg(0);
+    if !is_keepalive_timer(timer) {
+        return Ok(0);
+    }
+    let sk = sk_of_timer(timer);
+    let slot = in_flight().ok_or(0u32)?;
+    unsafe {
+        (*slot).timer = timer;
+        (*slot).probes_before = probes_out(sk)?;
+        (*slot).state_before = state(sk)?;
+        (*slot).sport = read::<u16>(sk, conf!(skc_num))?;
+    }
+    Ok(0)
+}
+
+#[btf_tracepoint(function = "timer_expire_exit")]
+pub fn timer_expire_exit(ctx: BtfTracePointContext) -> u32 {
+    match try_timer_expire_exit(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_timer_expire_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let timer: u64 = ctx.arg(0);
+    let slot = in_flight().ok_or(0u32)?;
+    let seen = unsafe { *slot };
+    if seen.timer != timer {
+        return Ok(0);
+    }
+    unsafe { (*slot).timer = 0 };
+    let sk = sk_of_timer(timer);
+    let mut ev = new_event(kind::FIRED);
+    fill(&mut ev, sk)?;
+    ev.probes_before = seen.probes_before;
+    ev.state_before = seen.state_before;
+    if ev.sport == 0 {
+        ev.sport = seen.sport;
+    }
+    fill_timer(&mut ev, sk)?;
+    submit(&ev);
+    Ok(0)
+}
+
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
+    match try_timer_cancel(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let timer: u64 = ctx.arg(0);
+    if !is_keepalive_timer(timer) || running_here(timer) {
+        return Ok(0);
+    }
+    // The timer wheel also "cancels" (detaches) every timer it is about to
+    // run; those are due. A real cancel stops a timer still in the future.
+    let expires = read::<u64>(timer, conf!(timer_expires))?;
+    if (expires.wrapping_sub(unsafe { bpf_jiffies64() }) as i64) <= 0 {
+        return Ok(0);
+    }
+    let mut ev = new_event(kind::DISARMED);
+    fill(&mut ev, sk_of_timer(timer))?;
+    submit(&ev);
+    Ok(0)
+}

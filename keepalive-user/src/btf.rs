@@ -1,0 +1,621 @@
+//! A minimal reader of the kernel's BTF (/sys/kernel/btf/vmlinux): just
+//! enough to resolve struct member offsets through anonymous unions, read an
+//! enum's names, and count a tracepoint's arguments.
+//!
+//! Format: include/uapi/linux/btf.h and Documentation/bpf/btf.rst.
+
+use std::{collections::HashMap, path::Path};
+
+use thiserror::Error;
+
+const MAGIC: u16 = 0xeb9f;
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error("cannot read BTF from {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("BTF is truncated: {0}")]
+    Truncated(&'static str),
+    #[error("not BTF data (magic {0:#06x}, expected 0xeb9f)")]
+    BadMagic(u16),
+    #[error("BTF type {id} has unknown kind {kind}")]
+    UnknownKind { id: u32, kind: u32 },
+    #[error("the running kernel's BTF has no {0}")]
+    NoSuchType(String),
+    #[error("the running kernel's `{ty}` has no field `{field}`")]
+    NoSuchField { ty: String, field: String },
+    #[error("`{ty}.{field}` is a bitfield; kato reads whole fields only")]
+    Bitfield { ty: String, field: String },
+    #[error("`{ty}.{field}` is not a struct or union, cannot descend into it")]
+    NotComposite { ty: String, field: String },
+    #[error("BTF type id {0} is out of range")]
+    BadTypeId(u32),
+}
+
+/// BTF kinds (BTF_KIND_*).
+mod k {
+    pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const FWD: u32 = 7;
+    pub const TYPEDEF: u32 = 8;
+    pub const VOLATILE: u32 = 9;
+    pub const CONST: u32 = 10;
+    pub const RESTRICT: u32 = 11;
+    pub const FUNC: u32 = 12;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const FLOAT: u32 = 16;
+    pub const DECL_TAG: u32 = 17;
+    pub const TYPE_TAG: u32 = 18;
+    pub const ENUM64: u32 = 19;
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    name_off: u32,
+    ty: u32,
+    bit_offset: u32,
+    bitfield_size: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Type {
+    Int { size: u32 },
+    Ptr { to: u32 },
+    Array { elem: u32, nelems: u32 },
+    Composite { name_off: u32, size: u32, members: Vec<Member> },
+    Enum { size: u32, values: Vec<(u32, i64)> },
+    /// typedef, volatile, const, restrict, type tag: follow `ty`.
+    Alias { name_off: u32, ty: u32, typedef: bool },
+    FuncProto { params: u32 },
+    Other,
+}
+
+/// A struct member resolved to a byte offset from the outermost struct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u32,
+    pub size: u32,
+}
+
+pub struct Btf {
+    /// Index 0 is `void`.
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    /// Named structs/unions, typedefs and enums.
+    by_name: HashMap<String, Vec<u32>>,
+}
+
+fn u16_at(b: &[u8], off: usize) -> Result<u16, BtfError> {
+    b.get(off..off + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        .ok_or(BtfError::Truncated("header"))
+}
+
+fn u32_at(b: &[u8], off: usize, what: &'static str) -> Result<u32, BtfError> {
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or(BtfError::Truncated(what))
+}
+
+impl Btf {
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let bytes = std::fs::read(path).map_err(|source| BtfError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&bytes)
+    }
+
+    pub fn parse(b: &[u8]) -> Result<Self, BtfError> {
+        let magic = u16_at(b, 0)?;
+        if magic != MAGIC {
+            return Err(BtfError::BadMagic(magic));
+        }
+        let hdr_len = u32_at(b, 4, "header")? as usize;
+        let type_off = u32_at(b, 8, "header")? as usize;
+        let type_len = u32_at(b, 12, "header")? as usize;
+        let str_off = u32_at(b, 16, "header")? as usize;
+        let str_len = u32_at(b, 20, "header")? as usize;
+        let section = |off: usize, len: usize, what| {
+            hdr_len
+                .checked_add(off)
+                .and_then(|s| Some((s, s.checked_add(len)?)))
+                .and_then(|(s, e)| b.get(s..e))
+                .ok_or(BtfError::Truncated(what))
+        };
+        let tb = section(type_off, type_len, "type section")?;
+        let strings = section(str_off, str_len, "string section")?.to_vec();
+
+        let mut types = vec![Type::Other];
+        let mut pos = 0usize;
+        while pos < tb.len() {
+            let id = types.len() as u32;
+            let name_off = u32_at(tb, pos, "type")?;
+            let info = u32_at(tb, pos + 4, "type")?;
+            let size_or_type = u32_at(tb, pos + 8, "type")?;
+            pos += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kflag = info >> 31 == 1;
+            let t = match kind {
+                k::INT => {
+                    pos += 4;
+                    Type::Int { size: size_or_type }
+                }
+                k::PTR => Type::Ptr { to: size_or_type },
+                k::ARRAY => {
+                    let elem = u32_at(tb, pos, "array")?;
+                    let nelems = u32_at(tb, pos + 8, "array")?;
+                    pos += 12;
+                    Type::Array { elem, nelems }
+                }
+                k::STRUCT | k::UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let m_name = u32_at(tb, pos, "member")?;
+                        let m_ty = u32_at(tb, pos + 4, "member")?;
+                        let m_off = u32_at(tb, pos + 8, "member")?;
+                        pos += 12;
+                        let (bit_offset, bitfield_size) = if kflag {
+                            (m_off & 0x00ff_ffff, m_off >> 24)
+                        } else {
+                            (m_off, 0)
+                        };
+                        members.push(Member { name_off: m_name, ty: m_ty, bit_offset, bitfield_size });
+                    }
+                    Type::Composite { name_off, size: size_or_type, members }
+                }
+                k::ENUM => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let n = u32_at(tb, pos, "enum")?;
+                        let v = u32_at(tb, pos + 4, "enum")?;
+                        pos += 8;
+                        let v = if kflag { v as i32 as i64 } else { v as i64 };
+                        values.push((n, v));
+                    }
+                    Type::Enum { size: size_or_type, values }
+                }
+                k::ENUM64 => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let n = u32_at(tb, pos, "enum64")?;
+                        let lo = u32_at(tb, pos + 4, "enum64")? as u64;
+                        let hi = u32_at(tb, pos + 8, "enum64")? as u64;
+                        pos += 12;
+                        values.push((n, (hi << 32 | lo) as i64));
+                    }
+                    Type::Enum { size: size_or_type, values }
+                }
+                k::FWD | k::FUNC | k::FLOAT => Type::Other,
+                k::TYPEDEF | k::VOLATILE | k::CONST | k::RESTRICT | k::TYPE_TAG => Type::Alias {
+                    name_off,
+                    ty: size_or_type,
+                    typedef: kind == k::TYPEDEF,
+                },
+                k::FUNC_PROTO => {
+                    pos += 8 * vlen;
+                    Type::FuncProto { params: vlen as u32 }
+                }
+                k::VAR | k::DECL_TAG => {
+                    pos += 4;
+                    Type::Other
+                }
+                k::DATASEC => {
+                    pos += 12 * vlen;
+                    Type::Other
+                }
+                kind => return Err(BtfError::UnknownKind { id, kind }),
+            };
+            types.push(t);
+        }
+        if pos != tb.len() {
+            return Err(BtfError::Truncated("last type"));
+        }
+
+        let mut btf = Btf { types, strings, by_name: HashMap::new() };
+        for id in 1..btf.types.len() as u32 {
+            let name_off = match &btf.types[id as usize] {
+                Type::Composite { name_off, .. } => *name_off,
+                Type::Alias { name_off, typedef: true, .. } => *name_off,
+                _ => continue,
+            };
+            if name_off != 0 {
+                let name = btf.name(name_off).to_owned();
+                btf.by_name.entry(name).or_default().push(id);
+            }
+        }
+        // Enums are looked up rarely; index them too (their name is in the
+        // first word, which we did not keep for Type::Enum).
+        btf.index_enums(tb)?;
+        Ok(btf)
+    }
+
+    fn index_enums(&mut self, tb: &[u8]) -> Result<(), BtfError> {
+        let mut pos = 0usize;
+        for id in 1..self.types.len() as u32 {
+            let name_off = u32_at(tb, pos, "type")?;
+            let info = u32_at(tb, pos + 4, "type")?;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            pos += 12
+                + match kind {
+                    k::INT | k::VAR | k::DECL_TAG => 4,
+                    k::ARRAY => 12,
+                    k::STRUCT | k::UNION | k::DATASEC | k::ENUM64 => 12 * vlen,
+                    k::ENUM | k::FUNC_PROTO => 8 * vlen,
+                    _ => 0,
+                };
+            if matches!(kind, k::ENUM | k::ENUM64) && name_off != 0 {
+                let name = format!("enum {}", self.name(name_off));
+                self.by_name.entry(name).or_default().push(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    fn ty(&self, id: u32) -> Result<&Type, BtfError> {
+        self.types.get(id as usize).ok_or(BtfError::BadTypeId(id))
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut id: u32) -> Result<u32, BtfError> {
+        for _ in 0..32 {
+            match self.ty(id)? {
+                Type::Alias { ty, .. } => id = *ty,
+                _ => return Ok(id),
+            }
+        }
+        Ok(id)
+    }
+
+    fn size_of(&self, id: u32) -> Result<u32, BtfError> {
+        Ok(match self.ty(self.strip(id)?)? {
+            Type::Int { size } | Type::Composite { size, .. } | Type::Enum { size, .. } => *size,
+            Type::Ptr { .. } => 8,
+            Type::Array { elem, nelems } => self.size_of(*elem)? * nelems,
+            _ => 0,
+        })
+    }
+
+    /// The id of `struct NAME` (or union) with a body; kernels have forward
+    /// declarations and sometimes empty duplicates, so take the largest.
+    fn composite(&self, name: &str) -> Result<u32, BtfError> {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|&id| match &self.types[id as usize] {
+                Type::Composite { size, .. } => Some((id, *size)),
+                _ => None,
+            })
+            .max_by_key(|&(_, size)| size)
+            .map(|(id, _)| id)
+            .ok_or_else(|| BtfError::NoSuchType(format!("struct {name}")))
+    }
+
+    /// Finds `field` in composite `id`, looking through anonymous members.
+    /// Returns (bit offset, member).
+    fn find_member(&self, id: u32, field: &str) -> Result<Option<(u32, Member)>, BtfError> {
+        let Type::Composite { members, .. } = self.ty(id)? else {
+            return Ok(None);
+        };
+        for m in members {
+            if m.name_off != 0 {
+                if self.name(m.name_off) == field {
+                    return Ok(Some((m.bit_offset, m.clone())));
+                }
+            } else if let Some((off, found)) = self.find_member(self.strip(m.ty)?, field)? {
+                return Ok(Some((m.bit_offset + off, found)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Byte offset and size of `path` (e.g. `__sk_common.skc_state`) inside
+    /// `struct ty`, looking through anonymous structs and unions.
+    pub fn field(&self, ty: &str, path: &str) -> Result<Field, BtfError> {
+        let mut id = self.composite(ty)?;
+        let mut offset_bits = 0u32;
+        let mut size = 0;
+        let mut parent = ty.to_owned();
+        let mut parts = path.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let (off, m) = self.find_member(id, part)?.ok_or_else(|| BtfError::NoSuchField {
+                ty: format!("struct {ty}"),
+                field: path.to_owned(),
+            })?;
+            if m.bitfield_size != 0 || off % 8 != 0 {
+                return Err(BtfError::Bitfield { ty: parent, field: part.to_owned() });
+            }
+            offset_bits += off;
+            size = self.size_of(m.ty)?;
+            if parts.peek().is_some() {
+                id = self.strip(m.ty)?;
+                if !matches!(self.ty(id)?, Type::Composite { .. }) {
+                    return Err(BtfError::NotComposite { ty: parent, field: part.to_owned() });
+                }
+            }
+            parent = format!("{parent}.{part}");
+        }
+        Ok(Field { offset: offset_bits / 8, size })
+    }
+
+    /// Names and values of `enum NAME`.
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+        let key = format!("enum {name}");
+        let id = self
+            .by_name
+            .get(&key)
+            .and_then(|ids| ids.first())
+            .ok_or(BtfError::NoSuchType(key))?;
+        match self.ty(*id)? {
+            Type::Enum { values, .. } => {
+                Ok(values.iter().map(|(n, v)| (self.name(*n).to_owned(), *v)).collect())
+            }
+            _ => Err(BtfError::NoSuchType(format!("enum {name}"))),
+        }
+    }
+
+    /// Number of arguments a raw tracepoint passes to BTF programs, from its
+    /// `btf_trace_NAME` typedef (the kernel's leading `void *__data` excluded).
+    pub fn tracepoint_args(&self, name: &str) -> Result<u32, BtfError> {
+        let key = format!("btf_trace_{name}");
+        let missing = || BtfError::NoSuchType(format!("tracepoint {name} (typedef {key})"));
+        let id = *self.by_name.get(&key).and_then(|ids| ids.first()).ok_or_else(missing)?;
+        let Type::Alias { ty, .. } = self.ty(id)? else { return Err(missing()) };
+        let Type::Ptr { to } = self.ty(*ty)? else { return Err(missing()) };
+        match self.ty(*to)? {
+            Type::FuncProto { params } => Ok(params.saturating_sub(1)),
+            _ => Err(missing()),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixture {
+    //! Builds BTF blobs byte by byte, following the format in btf.rst, so
+    //! the resolver can be tested without a kernel.
+
+    pub struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl Builder {
+        pub fn new() -> Self {
+            Self { types: vec![], strings: vec![0], next_id: 1 }
+        }
+        fn s(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+        fn head(&mut self, name: &str, kind: u32, vlen: u32, kflag: bool, size_or_type: u32) -> u32 {
+            let n = self.s(name);
+            let info = (kflag as u32) << 31 | kind << 24 | vlen;
+            for w in [n, info, size_or_type] {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        }
+        pub fn int(&mut self, name: &str, size: u32) -> u32 {
+            let id = self.head(name, 1, 0, false, size);
+            self.types.extend_from_slice(&(size * 8).to_le_bytes());
+            id
+        }
+        pub fn ptr(&mut self, to: u32) -> u32 {
+            self.head("", 2, 0, false, to)
+        }
+        pub fn array(&mut self, elem: u32, index: u32, n: u32) -> u32 {
+            let id = self.head("", 3, 0, false, 0);
+            for w in [elem, index, n] {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+            id
+        }
+        pub fn volatile(&mut self, to: u32) -> u32 {
+            self.head("", 9, 0, false, to)
+        }
+        pub fn typedef(&mut self, name: &str, to: u32) -> u32 {
+            self.head(name, 8, 0, false, to)
+        }
+        /// members: (name, type, bit offset, bitfield size)
+        pub fn composite(&mut self, name: &str, union: bool, size: u32, members: &[(&str, u32, u32, u32)]) -> u32 {
+            let kflag = members.iter().any(|m| m.3 != 0);
+            let id = self.head(name, if union { 5 } else { 4 }, members.len() as u32, kflag, size);
+            for &(mname, ty, bits, bitfield) in members {
+                let n = self.s(mname);
+                let off = if kflag { bitfield << 24 | bits } else { bits };
+                for w in [n, ty, off] {
+                    self.types.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            id
+        }
+        pub fn enumeration(&mut self, name: &str, values: &[(&str, u32)]) -> u32 {
+            let id = self.head(name, 6, values.len() as u32, false, 4);
+            for &(n, v) in values {
+                let n = self.s(n);
+                self.types.extend_from_slice(&n.to_le_bytes());
+                self.types.extend_from_slice(&v.to_le_bytes());
+            }
+            id
+        }
+        pub fn func_proto(&mut self, params: &[u32]) -> u32 {
+            let id = self.head("", 13, params.len() as u32, false, 0);
+            for &p in params {
+                self.types.extend_from_slice(&0u32.to_le_bytes());
+                self.types.extend_from_slice(&p.to_le_bytes());
+            }
+            id
+        }
+        pub fn build(&self) -> Vec<u8> {
+            let mut out = vec![];
+            out.extend_from_slice(&0xeb9fu16.to_le_bytes());
+            out.push(1); // version
+            out.push(0); // flags
+            for w in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// A miniature of the kernel's socket structs, laid out as on x86_64
+    /// 6.x where it matters: anonymous unions inside `sock_common`, the
+    /// timer inside `sock`, a bitfield, and the tracepoint typedefs.
+    pub fn kernel_like() -> Vec<u8> {
+        let mut b = Builder::new();
+        let u8_ = b.int("unsigned char", 1);
+        let u16_ = b.int("short unsigned int", 2);
+        let u32_ = b.int("unsigned int", 4);
+        let u64_ = b.int("long unsigned int", 8);
+        let int_ = b.int("int", 4);
+        let void_ptr = b.ptr(0);
+        let be32 = b.typedef("__be32", u32_);
+        let be16 = b.typedef("__be16", u16_);
+        let vu8 = b.volatile(u8_);
+        let hnode = b.composite("hlist_node", false, 16, &[("next", void_ptr, 0, 0), ("pprev", void_ptr, 64, 0)]);
+        let timer = b.composite(
+            "timer_list",
+            false,
+            40,
+            &[("entry", hnode, 0, 0), ("expires", u64_, 128, 0), ("function", void_ptr, 192, 0), ("flags", u32_, 256, 0)],
+        );
+        let addrs = b.composite("", false, 8, &[("skc_daddr", be32, 0, 0), ("skc_rcv_saddr", be32, 32, 0)]);
+        let addr_u = b.composite("", true, 8, &[("skc_addrpair", u64_, 0, 0), ("", addrs, 0, 0)]);
+        let ports = b.composite("", false, 4, &[("skc_dport", be16, 0, 0), ("skc_num", u16_, 16, 0)]);
+        let port_u = b.composite("", true, 4, &[("skc_portpair", u32_, 0, 0), ("", ports, 0, 0)]);
+        let in6 = b.array(u8_, u32_, 16);
+        let ns_common = b.composite("ns_common", false, 24, &[("stashed", u64_, 0, 0), ("ops", void_ptr, 64, 0), ("inum", u32_, 128, 0)]);
+        let net = b.composite("net", false, 64, &[("passive", u32_, 0, 0), ("ns", ns_common, 64, 0)]);
+        let net_ptr = b.ptr(net);
+        let possible_net = b.composite("", false, 8, &[("net", net_ptr, 0, 0)]);
+        let possible_net_t = b.typedef("possible_net_t", possible_net);
+        let skc = b.composite(
+            "sock_common",
+            false,
+            136,
+            &[
+                ("", addr_u, 0, 0),
+                ("", port_u, 96, 0),
+                ("skc_family", u16_, 128, 0),
+                ("skc_state", vu8, 144, 0),
+                ("skc_reuse", u8_, 152, 4),
+                ("skc_net", possible_net_t, 384, 0),
+                ("skc_v6_daddr", in6, 448, 0),
+                ("skc_v6_rcv_saddr", in6, 576, 0),
+            ],
+        );
+        b.composite(
+            "sock",
+            false,
+            800,
+            &[("__sk_common", skc, 0, 0), ("sk_err", int_, 2048, 0), ("sk_socket", void_ptr, 2112, 0), ("sk_timer", timer, 4096, 0)],
+        );
+        b.composite("inet_connection_sock", false, 1200, &[("icsk_inet", u64_, 0, 0), ("icsk_retransmits", u8_, 8400, 0), ("icsk_probes_out", u8_, 8408, 0)]);
+        let socket = b.composite("socket", false, 128, &[("state", u32_, 0, 0)]);
+        let inode = b.composite("inode", false, 600, &[("i_mode", u16_, 0, 0), ("i_ino", u64_, 512, 0)]);
+        b.composite("socket_alloc", false, 768, &[("socket", socket, 0, 0), ("vfs_inode", inode, 1024, 0)]);
+        // A forward-declared duplicate must not shadow the real struct.
+        b.composite("sock", false, 0, &[]);
+        b.enumeration("sk_rst_reason", &[("SK_RST_REASON_NOT_SPECIFIED", 0), ("SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT", 15)]);
+        let sock_ptr = b.ptr(0);
+        let proto = b.func_proto(&[void_ptr, sock_ptr, void_ptr, u32_]);
+        let p = b.ptr(proto);
+        b.typedef("btf_trace_tcp_send_reset", p);
+        b.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixture, *};
+
+    fn btf() -> Btf {
+        Btf::parse(&fixture::kernel_like()).expect("fixture parses")
+    }
+
+    #[test]
+    fn direct_member() {
+        assert_eq!(btf().field("sock", "sk_timer").unwrap(), Field { offset: 512, size: 40 });
+        assert_eq!(btf().field("timer_list", "function").unwrap(), Field { offset: 24, size: 8 });
+    }
+
+    #[test]
+    fn through_anonymous_unions_and_structs() {
+        let b = btf();
+        assert_eq!(b.field("sock_common", "skc_rcv_saddr").unwrap(), Field { offset: 4, size: 4 });
+        assert_eq!(b.field("sock_common", "skc_num").unwrap(), Field { offset: 14, size: 2 });
+        assert_eq!(b.field("sock", "__sk_common.skc_dport").unwrap(), Field { offset: 12, size: 2 });
+    }
+
+    #[test]
+    fn nested_path_through_typedef_and_volatile() {
+        let b = btf();
+        assert_eq!(b.field("sock", "__sk_common.skc_state").unwrap(), Field { offset: 18, size: 1 });
+        assert_eq!(b.field("sock", "__sk_common.skc_net.net").unwrap(), Field { offset: 48, size: 8 });
+        assert_eq!(b.field("sock", "sk_timer.entry.pprev").unwrap(), Field { offset: 520, size: 8 });
+        assert_eq!(b.field("sock", "__sk_common.skc_v6_daddr").unwrap(), Field { offset: 56, size: 16 });
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let err = btf().field("sock", "sk_nope").unwrap_err();
+        assert_eq!(err.to_string(), "the running kernel's `struct sock` has no field `sk_nope`");
+        let err = btf().field("tcp_sock", "keepalive_time").unwrap_err();
+        assert_eq!(err.to_string(), "the running kernel's BTF has no struct tcp_sock");
+    }
+
+    #[test]
+    fn bitfields_and_scalars_refused() {
+        assert!(matches!(btf().field("sock_common", "skc_reuse"), Err(BtfError::Bitfield { .. })));
+        assert!(matches!(btf().field("sock", "sk_err.x"), Err(BtfError::NotComposite { .. })));
+    }
+
+    #[test]
+    fn enum_and_tracepoint_args() {
+        let b = btf();
+        let v = b.enum_values("sk_rst_reason").unwrap();
+        assert_eq!(v[1], ("SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT".to_owned(), 15));
+        assert_eq!(b.tracepoint_args("tcp_send_reset").unwrap(), 3);
+        assert!(b.tracepoint_args("nope").is_err());
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        let good = fixture::kernel_like();
+        assert!(matches!(Btf::parse(&[0x9f]), Err(BtfError::Truncated(_))));
+        assert!(matches!(Btf::parse(&[0, 0, 1, 0]), Err(BtfError::BadMagic(0))));
+        for cut in [10, 24, 100, good.len() / 2, good.len() - 1] {
+            assert!(Btf::parse(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad_kind = good.clone();
+        bad_kind[24 + 7] = 30; // first type's kind byte
+        assert!(matches!(Btf::parse(&bad_kind), Err(BtfError::UnknownKind { id: 1, kind: 30 })));
+    }
+}

@@ -1,0 +1,72 @@
+//! Command-line interface: one module per subcommand.
+
+pub mod trace;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keepalive_user::loader::LoadOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kato",
+    version,
+    about = "Watch the Linux kernel's TCP keepalive machinery: probes, dead peers and resets",
+    long_about = "kato attaches eBPF programs to the kernel's TCP keepalive timer and active-reset \
+path and reports, per socket, when keepalive is armed, when probes go out, when the peer answers, \
+when a dead peer is declared (ETIMEDOUT), and which resets the kernel sent and why.\n\n\
+It needs root (CAP_BPF and CAP_PERFMON) and a kernel with BTF (/sys/kernel/btf/vmlinux).",
+    after_help = "Examples:\n  sudo kato trace                      live keepalive events, one line each\n  \
+sudo kato trace --port 5432          only connections to or from port 5432\n  \
+sudo kato trace --output json | jq   one JSON object per line\n\n\
+Logging: RUST_LOG=debug kato ..."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print keepalive and reset events live, one line each, until Ctrl-C.
+    #[command(long_about = "Print keepalive and reset events live, one line each, until Ctrl-C.\n\n\
+Events:\n  \
+armed              keepalive timer armed (SO_KEEPALIVE set, connection established, re-configured)\n  \
+fired              the timer ran and re-armed; the connection was not idle long enough to probe\n  \
+probe_sent         the connection was idle past its keepalive time: a probe went out\n  \
+peer_answered      the peer acknowledged an outstanding probe (PROBES: how many were out)\n  \
+keepalive_timeout  TCP_KEEPCNT probes went unanswered: the kernel closed the socket with ETIMEDOUT\n  \
+disarmed           the timer was stopped (keepalive off, socket closed, or a re-arm)\n  \
+reset_sent         the kernel sent an active RST; REASON is the kernel's sk_rst_reason\n\n\
+TIMER is the time left on the keepalive timer, like the first number of `netstat -o`'s \
+keepalive (7198.14/0/0). PID/COMM is the process holding the socket, found via /proc like \
+`netstat -p` (blank once no process holds it).\n\n\
+On Ctrl-C (or SIGTERM) kato prints one summary line to stderr: events seen and events lost.")]
+    Trace(trace::TraceArgs),
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// One JSON object per line, for scripts.
+    Json,
+}
+
+/// How kato finds out about the kernel.
+#[derive(Debug, Clone, Args)]
+pub struct KernelArgs {
+    /// Kernel BTF to resolve struct offsets from.
+    #[arg(long, value_name = "PATH", default_value = keepalive_user::kernel::DEFAULT_BTF)]
+    pub btf: PathBuf,
+    /// The kernel's CONFIG_HZ, if /proc/config.gz and /boot/config-* are unavailable.
+    #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub hz: Option<u32>,
+}
+
+impl KernelArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { btf: Some(self.btf.clone()), hz: self.hz }
+    }
+}

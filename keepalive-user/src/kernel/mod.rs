@@ -1,0 +1,101 @@
+//! What kato learns about the running kernel before loading its programs.
+
+pub mod hz;
+pub mod kallsyms;
+pub mod offsets;
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use keepalive_common::KernelConfig;
+use thiserror::Error;
+
+use crate::btf::{Btf, BtfError};
+
+pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub const KEEPALIVE_TIMER_FN: &str = "tcp_keepalive_timer";
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error("{0} (kato needs kernel BTF: CONFIG_DEBUG_INFO_BTF=y, or point --btf at a BTF file)")]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetError),
+    #[error(transparent)]
+    Kallsyms(#[from] kallsyms::KallsymsError),
+    #[error(transparent)]
+    Hz(#[from] hz::HzError),
+}
+
+/// Everything resolved about the running kernel.
+pub struct KernelInfo {
+    pub release: String,
+    pub btf_path: PathBuf,
+    pub btf: Btf,
+    pub config: KernelConfig,
+    pub hz: u32,
+    /// `enum sk_rst_reason` values to names, without the `SK_RST_REASON_` prefix.
+    pub reset_reasons: BTreeMap<u32, String>,
+}
+
+pub fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl KernelInfo {
+    pub fn probe(btf_path: Option<PathBuf>, hz: Option<u32>) -> Result<Self, KernelError> {
+        let release = release();
+        let btf_path = btf_path.unwrap_or_else(|| PathBuf::from(DEFAULT_BTF));
+        let btf = Btf::from_file(&btf_path)?;
+        let keepalive_fn = kallsyms::lookup_running(KEEPALIVE_TIMER_FN)?;
+        let config = offsets::resolve(&btf, keepalive_fn)?;
+        let hz = match hz {
+            Some(hz) => hz,
+            None => hz::running(&release)?,
+        };
+        let reset_reasons = reset_reason_names(&btf);
+        Ok(Self { release, btf_path, btf, config, hz, reset_reasons })
+    }
+}
+
+/// Names of the kernel's reset reasons; empty where the kernel has none (< 6.10).
+pub fn reset_reason_names(btf: &Btf) -> BTreeMap<u32, String> {
+    btf.enum_values("sk_rst_reason")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, v)| {
+            let name = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name).to_owned();
+            Some((u32::try_from(v).ok()?, name))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::btf::{fixture, Btf};
+
+    #[test]
+    fn reset_reason_prefix_stripped() {
+        let btf = Btf::parse(&fixture::kernel_like()).unwrap();
+        let names = super::reset_reason_names(&btf);
+        assert_eq!(names.get(&15).map(String::as_str), Some("TCP_KEEPALIVE_TIMEOUT"));
+        assert_eq!(names.get(&0).map(String::as_str), Some("NOT_SPECIFIED"));
+    }
+
+    #[test]
+    fn offsets_resolved_from_fixture() {
+        let btf = Btf::parse(&fixture::kernel_like()).unwrap();
+        let c = super::offsets::resolve(&btf, 0xffff_ffff_8202_bdf0).unwrap();
+        assert_eq!(c.keepalive_fn, 0xffff_ffff_8202_bdf0);
+        assert_eq!((c.sk_timer, c.timer_function, c.timer_expires, c.timer_pprev), (512, 24, 16, 8));
+        assert_eq!((c.skc_daddr, c.skc_rcv_saddr, c.skc_dport, c.skc_num), (0, 4, 12, 14));
+        assert_eq!((c.skc_family, c.skc_state, c.skc_net), (16, 18, 48));
+        assert_eq!((c.skc_v6_daddr, c.skc_v6_rcv_saddr), (56, 72));
+        assert_eq!((c.net_inum, c.sk_err, c.icsk_probes_out), (24, 256, 1051));
+        // vfs_inode (128) - socket (0) + i_ino (64)
+        assert_eq!(c.socket_ino, 192);
+        assert_eq!(c.sk_socket, 264);
+        assert_eq!(c.has_reset_reason, 1);
+    }
+}

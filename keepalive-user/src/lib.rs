@@ -1,0 +1,14 @@
+//! kato: a Linux TCP keepalive observer. The library behind the `kato`
+//! binary: kernel probing, eBPF loading, event decoding and formatting.
+
+pub mod btf;
+pub mod caps;
+pub mod event;
+pub mod filter;
+pub mod format;
+pub mod kernel;
+pub mod loader;
+pub mod owner;
+pub mod stream;
+pub mod tcp;
+pub mod timefmt;

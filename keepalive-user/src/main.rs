@@ -1,0 +1,32 @@
+//! `kato`: the command-line entry point.
+
+mod cli;
+
+use clap::Parser as _;
+
+use cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kato: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Trace(args) => cli::trace::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One sentence (the context chain), no backtrace.
+            eprintln!("kato: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! TCP states as the kernel numbers them (include/net/tcp_states.h).
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established = 1,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+}
+
+impl TcpState {
+    const ALL: [TcpState; 12] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+    ];
+
+    pub fn from_raw(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v).checked_sub(1)?).copied()
+    }
+
+    /// The name `netstat` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TcpState;
+
+    #[test]
+    fn raw_round_trip() {
+        for v in 1..=12u8 {
+            assert_eq!(TcpState::from_raw(v).unwrap() as u8, v);
+        }
+        assert_eq!(TcpState::from_raw(0), None);
+        assert_eq!(TcpState::from_raw(13), None);
+        assert_eq!(TcpState::from_raw(7).unwrap().name(), "CLOSE");
+    }
+}
