@@ -368,7 +368,9 @@ pub(crate) mod tests {
     fn close_without_etimedout_is_not_a_keepalive_timeout() {
         let mut d = Deriver::default();
         assert_eq!(run(&mut d, &fired(0, 0, 7, 0)), [Kind::Fired]);
-        assert_eq!(run(&mut d, &fired(3, 3, 7, ETIMEDOUT)), [Kind::Fired], "already closed before");
+        let e = RawEvent { probes_before: 3, probes_out: 3, state: 7, state_before: 7, sk_err: ETIMEDOUT, ..raw(kind::FIRED) };
+        let already_closed = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!(run(&mut d, &already_closed), [Kind::Fired], "closed before this run");
     }
 
     #[test]

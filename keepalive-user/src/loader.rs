@@ -28,8 +28,9 @@ pub const PROGRAMS: [(&str, &str); 5] = [
     ("tcp_send_reset", "tcp_send_reset"),
 ];
 
-/// How the programs reach the kernel (only one path so far).
-pub const ATTACH_PATH: &str = "tp_btf (timer:timer_* filtered on tcp_keepalive_timer, tcp:tcp_send_reset)";
+/// How the programs reach the kernel (the only path so far: this kernel has
+/// no kprobes and refuses fentry).
+pub const ATTACH_KIND: &str = "tp_btf";
 
 #[derive(Debug, Error)]
 pub enum LoadError {

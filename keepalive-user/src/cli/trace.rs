@@ -11,7 +11,7 @@ use keepalive_user::{
     event::{Derived, Deriver},
     filter::Filter,
     format::{table_line, Formatter, TABLE_HEADER},
-    loader::Probes,
+    loader::{self, Probes},
     owner::OwnerCache,
     timefmt::Clock,
 };
@@ -65,6 +65,12 @@ async fn shutdown() {
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut probes = Probes::load(&args.kernel.load_options())?;
     let mut stream = probes.events()?;
+    eprintln!(
+        "kato trace: watching keepalive timers and resets on {} ({} programs via {}); Ctrl-C to stop",
+        probes.kernel.release,
+        loader::PROGRAMS.len(),
+        loader::ATTACH_KIND
+    );
     let filter = Filter {
         pids: args.pid.clone(),
         comms: args.comm.clone(),

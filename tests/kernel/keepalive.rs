@@ -1,0 +1,128 @@
+//! The keepalive life cycle seen through kato: a dead peer, a healthy peer.
+
+use std::{
+    io::{Read, Write},
+    sync::mpsc,
+    time::Duration,
+};
+
+use keepalive_user::event::{Kind, ETIMEDOUT};
+
+use crate::support::{count, kinds, pair, Collector, Netns, Seen};
+
+const TCP_KEEPALIVE_TIMEOUT: u32 = 15;
+
+fn is_done(seen: &[Seen]) -> bool {
+    count(seen, Kind::KeepaliveTimeout) > 0 && count(seen, Kind::ResetSent) > 0
+}
+
+/// Keepalive 1 s / 1 s / 3 probes, the peer's packets dropped from the start:
+/// exactly three probes, then the kernel's keepalive reset and ETIMEDOUT.
+fn dead_peer(v6: bool) {
+    let mut collector = Collector::start();
+    let ns = Netns::new(if v6 { "dead6" } else { "dead4" });
+    let (tx, rx) = mpsc::channel();
+    let worker = ns.spawn(move || {
+        let (mut client, server) = pair(v6, 1, 1, 3);
+        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap())).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let res = client.read(&mut [0u8; 1]);
+        drop(server);
+        res
+    });
+    let (local, remote) = rx.recv().expect("worker connected");
+    ns.drop_from_port(remote.port());
+
+    let seen = collector.collect(ns.inode, Duration::from_secs(20), is_done);
+    let read = worker.join().expect("worker");
+    let err = read.expect_err("read must fail once keepalive gives up");
+    assert_eq!(err.raw_os_error(), Some(ETIMEDOUT), "read error: {err}");
+
+    // Every event in the namespace is the client's socket: the server side
+    // has no keepalive, and nothing else lives there.
+    assert!(!seen.is_empty(), "no events seen");
+    let sk = seen[0].rec.sk;
+    for s in &seen {
+        assert_eq!((s.rec.sk, s.rec.local, s.rec.remote), (sk, local, remote), "unexpected event {s:?}");
+    }
+    assert_eq!(seen[0].kind, Kind::Armed, "first event: {:?}", kinds(&seen));
+    assert!(seen.iter().any(|s| s.kind.is_firing()), "no timer firing: {:?}", kinds(&seen));
+
+    let outcome: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::ProbeSent | Kind::ResetSent | Kind::KeepaliveTimeout))
+        .collect();
+    let outcome_kinds: Vec<Kind> = outcome.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        outcome_kinds,
+        [Kind::ProbeSent, Kind::ProbeSent, Kind::ProbeSent, Kind::ResetSent, Kind::KeepaliveTimeout],
+        "all events: {:?}",
+        kinds(&seen)
+    );
+    assert_eq!(count(&seen, Kind::PeerAnswered), 0);
+    let hz = collector.probes.kernel.hz;
+    for (i, p) in outcome[..3].iter().enumerate() {
+        assert_eq!(p.probes as usize, i + 1, "probe count of probe {i}");
+        // Re-armed for TCP_KEEPINTVL = 1 s, to the jiffy.
+        assert_eq!(p.rec.timer_remaining(hz), Some(1.0), "deadline after probe {i}");
+    }
+    let reset = outcome[3];
+    assert_eq!(reset.rec.reason, Some(TCP_KEEPALIVE_TIMEOUT));
+    let names = &collector.probes.kernel.reset_reasons;
+    assert_eq!(names.get(&TCP_KEEPALIVE_TIMEOUT).map(String::as_str), Some("TCP_KEEPALIVE_TIMEOUT"));
+    let timeout = outcome[4];
+    assert_eq!(timeout.rec.sk_err, ETIMEDOUT);
+    assert_eq!(timeout.probes, 3);
+    assert!(timeout.rec.expires.is_none(), "no timer left after the timeout");
+}
+
+#[test]
+fn dead_peer_ipv4_three_probes_then_keepalive_reset() {
+    dead_peer(false);
+}
+
+#[test]
+fn dead_peer_ipv6_three_probes_then_keepalive_reset() {
+    dead_peer(true);
+}
+
+/// A healthy idle connection: every probe is answered, nothing times out.
+#[test]
+fn healthy_idle_peer_answers_probes() {
+    let mut collector = Collector::start();
+    let ns = Netns::new("healthy");
+    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let worker = ns.spawn(move || {
+        let (mut client, mut server) = pair(false, 1, 1, 3);
+        tx.send(client.local_addr().unwrap()).unwrap();
+        // Idle until the collector has what it needs, then prove the
+        // connection still works.
+        let _ = done_rx.recv_timeout(Duration::from_secs(15));
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).unwrap();
+        buf
+    });
+    let local = rx.recv().unwrap();
+    let seen = collector.collect(ns.inode, Duration::from_secs(10), |s| count(s, Kind::PeerAnswered) >= 2);
+    done_tx.send(()).unwrap();
+    assert_eq!(&worker.join().unwrap(), b"ping");
+
+    assert!(seen.iter().all(|s| s.rec.local == local), "only the client socket has keepalive: {seen:?}");
+    assert_eq!(count(&seen, Kind::KeepaliveTimeout), 0);
+    assert_eq!(count(&seen, Kind::ResetSent), 0);
+    assert!(count(&seen, Kind::PeerAnswered) >= 2, "events: {:?}", kinds(&seen));
+    // Probes and answers alternate: each answer follows a probe, one probe out.
+    let pairs: Vec<Kind> = kinds(&seen)
+        .into_iter()
+        .filter(|k| matches!(k, Kind::ProbeSent | Kind::PeerAnswered))
+        .collect();
+    for w in pairs.windows(2) {
+        assert_ne!(w[0], w[1], "probe/answer must alternate: {pairs:?}");
+    }
+    assert_eq!(pairs[0], Kind::ProbeSent);
+    for s in seen.iter().filter(|s| s.kind == Kind::PeerAnswered) {
+        assert_eq!(s.probes, 1, "one probe was out when the peer answered");
+    }
+}

@@ -1,0 +1,8 @@
+//! Kernel-facing tests: the real eBPF programs in the running kernel, real
+//! sockets in network namespaces created (and deleted) per test. They need
+//! root and fail, never skip, when the programs cannot load.
+
+mod btf;
+mod cli;
+mod keepalive;
+mod support;

@@ -1,0 +1,203 @@
+//! Helpers for the kernel-facing tests: network namespaces the tests create
+//! and delete, keepalive sockets inside them, and a collector of kato events.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use keepalive_user::{
+    event::{Derived, Deriver, Kind, Record},
+    loader::{LoadOptions, Probes},
+    stream::EventStream,
+};
+
+/// Fails (never skips) when the test cannot do what it must.
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "kernel tests load eBPF programs and create network namespaces: run them as root (cargo xtask test does)"
+    );
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace with loopback up, deleted on drop.
+pub struct Netns {
+    pub name: String,
+    pub inode: u32,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!("kato-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        run(Command::new("ip").args(["netns", "add", &name]));
+        // Constructed now so that a failure below still deletes it.
+        let mut ns = Netns { inode: 0, name };
+        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns.inode = std::fs::metadata(format!("/run/netns/{}", ns.name)).expect("netns file").ino() as u32;
+        ns
+    }
+
+    /// Runs `f` on a new thread that has joined this namespace: sockets it
+    /// creates live there.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+            f()
+        })
+    }
+
+    /// Applies an nftables ruleset inside the namespace.
+    pub fn nft(&self, rules: &str) {
+        run(Command::new("ip").args(["netns", "exec", &self.name, "nft", rules]));
+    }
+
+    /// Drops every TCP segment arriving from `port`: the peer looks dead.
+    pub fn drop_from_port(&self, port: u16) {
+        self.nft(&format!(
+            "add table inet kato; add chain inet kato in {{ type filter hook input priority 0; }}; \
+             add rule inet kato in tcp sport {port} drop"
+        ));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn setsockopt(fd: i32, level: i32, name: i32, value: i32) {
+    let rc = unsafe {
+        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), std::mem::size_of::<i32>() as u32)
+    };
+    assert_eq!(rc, 0, "setsockopt({level}, {name}): {}", io::Error::last_os_error());
+}
+
+/// SO_KEEPALIVE with TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT.
+pub fn keepalive(s: &TcpStream, idle: i32, intvl: i32, cnt: i32) {
+    let fd = s.as_raw_fd();
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle);
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, intvl);
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt);
+}
+
+/// A connected pair on loopback (`127.0.0.1` or `::1`): (client, server side).
+/// Keepalive is set on the client *before* connect, as applications do.
+pub fn pair(v6: bool, idle: i32, intvl: i32, cnt: i32) -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    let client = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    keepalive(&client, idle, intvl, cnt);
+    connect(fd, addr);
+    let (server, _) = listener.accept().expect("accept");
+    (client, server)
+}
+
+fn connect(fd: i32, addr: SocketAddr) {
+    let rc = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            unsafe { libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sin) as u32) }
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            unsafe { libc::connect(fd, (&sin6 as *const libc::sockaddr_in6).cast(), std::mem::size_of_val(&sin6) as u32) }
+        }
+    };
+    assert_eq!(rc, 0, "connect: {}", io::Error::last_os_error());
+}
+
+/// One event as kato reports it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub rec: Record,
+    pub kind: Kind,
+    pub probes: u8,
+}
+
+/// kato's programs loaded into the running kernel, and their event stream.
+pub struct Collector {
+    pub probes: Probes,
+    stream: EventStream,
+    rt: tokio::runtime::Runtime,
+    deriver: Deriver,
+}
+
+impl Collector {
+    /// Loads and attaches the real programs; panics (fails the test) if the
+    /// kernel refuses them.
+    pub fn start() -> Self {
+        require_root();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let mut probes = Probes::load(&LoadOptions::default())
+            .unwrap_or_else(|e| panic!("kato's eBPF programs must load on this kernel: {e}"));
+        let stream = probes.events().expect("event stream");
+        Collector { probes, stream, rt, deriver: Deriver::default() }
+    }
+
+    /// Collects events of network namespace `netns` until `done` holds or
+    /// `limit` passes.
+    pub fn collect(&mut self, netns: u32, limit: Duration, mut done: impl FnMut(&[Seen]) -> bool) -> Vec<Seen> {
+        let end = Instant::now() + limit;
+        let mut seen = Vec::new();
+        let mut batch = Vec::new();
+        let mut derived: Vec<Derived> = Vec::new();
+        while !done(&seen) {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let stream = &mut self.stream;
+            let _ = self.rt.block_on(async { tokio::time::timeout(left, stream.next_batch(&mut batch)).await });
+            for rec in batch.drain(..) {
+                let rec = rec.expect("every kernel record decodes");
+                if rec.netns != netns {
+                    continue;
+                }
+                derived.clear();
+                self.deriver.derive(&rec, &mut derived);
+                seen.extend(derived.iter().map(|d| Seen { rec: rec.clone(), kind: d.kind, probes: d.probes }));
+            }
+        }
+        seen
+    }
+}
+
+pub fn kinds(seen: &[Seen]) -> Vec<Kind> {
+    seen.iter().map(|s| s.kind).collect()
+}
+
+pub fn count(seen: &[Seen], kind: Kind) -> usize {
+    seen.iter().filter(|s| s.kind == kind).count()
+}
