@@ -1,1 +1,99 @@
-fn main(){}
+//! `cargo xtask`: kato's build, run and test entry points.
+//!
+//! Every command first runs `setup` (idempotent), so a fresh machine needs
+//! nothing but the README's commands.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test kato")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing kato needs: rust-src for the
+    /// nightly toolchain, bpf-linker built against LLVM 22, and the Debian
+    /// packages the tests drive (nftables, iproute2, bpftool). Idempotent.
+    Setup,
+    /// Build kato (the eBPF object is built by keepalive-user's build script).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run kato with the given arguments, e.g. `cargo xtask run -- trace`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for kato.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, and the kernel-facing tests (as root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn status(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let st = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "keepalive-user"]);
+    if release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    setup::ensure()?;
+    match cli.command {
+        Cmd::Setup => Ok(()),
+        Cmd::Build { release } => build(release),
+        Cmd::Run { release, args } => {
+            build(release)?;
+            let bin = format!("target/{}/kato", if release { "release" } else { "debug" });
+            let st = Command::new(&bin).args(&args).status().with_context(|| format!("cannot start {bin}"))?;
+            std::process::exit(st.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            if euid() != 0 {
+                bail!("the kernel-facing tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
+            }
+            build(false)?;
+            // default-members: the host crates (the eBPF crate only builds for BPF).
+            status(cargo().args(["test", "--no-fail-fast"]).args(&args))
+        }
+    }
+}
+
+fn euid() -> u32 {
+    // No libc dependency for one call: /proc/self/status has the effective uid.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(str::to_owned)))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|u| u.parse().ok()))
+        .unwrap_or(u32::MAX)
+}
