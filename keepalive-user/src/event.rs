@@ -286,7 +286,7 @@ pub(crate) mod tests {
     #[test]
     fn decodes_from_unaligned_buffer() {
         let e = raw(kind::FIRED);
-        let mut buf = vec![0u8; EVENT_SIZE + 1];
+        let mut buf = [0u8; EVENT_SIZE + 1];
         buf[1..].copy_from_slice(&bytes(&e));
         assert_eq!(Record::decode(&buf[1..]).unwrap().kind, RecordKind::Fired);
     }
