@@ -141,10 +141,155 @@ pub struct KernelConfig {
 pub const KERNEL_CONFIG_SIZE: usize = 88;
 const _: () = assert!(size_of::<KernelConfig>() == KERNEL_CONFIG_SIZE);
 
+/// Bits of [`SockRecord::flags`].
+pub mod sock_flags {
+    /// SO_KEEPALIVE is on (SOCK_KEEPOPEN in `sk_flags`).
+    pub const KEEPALIVE_ON: u32 = 1 << 0;
+    /// The keepalive timer (`sk_timer`) is pending: `ka_expires` is valid.
+    pub const KA_PENDING: u32 = 1 << 1;
+    /// The retransmit/probe timer (or TIME_WAIT / SYN_RECV timer) is pending:
+    /// `rto_expires` is valid.
+    pub const RTO_PENDING: u32 = 1 << 2;
+    /// A full `tcp_sock` (not TIME_WAIT or a request socket): the TCP and
+    /// keepalive fields are valid.
+    pub const FULL: u32 = 1 << 3;
+}
+
+/// One TCP socket as the `iter/tcp` iterator sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRecord {
+    pub sk: u64,
+    /// Socket inode (0 for TIME_WAIT, request and orphaned sockets).
+    pub ino: u64,
+    /// `jiffies_64` when the record was taken.
+    pub jiffies: u64,
+    /// Keepalive timer deadline (jiffies), with `KA_PENDING`.
+    pub ka_expires: u64,
+    /// Retransmit / zero-window probe / TIME_WAIT / SYN_RECV timer deadline.
+    pub rto_expires: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub netns: u32,
+    pub uid: u32,
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub state: u8,
+    /// `icsk_pending`: which of the retransmit-timer uses is armed.
+    pub icsk_pending: u8,
+    pub flags: u32,
+    /// `icsk_retransmits` (request sockets: `num_retrans`).
+    pub retransmits: u8,
+    pub probes_out: u8,
+    pub backoff: u8,
+    /// TCP_KEEPCNT set on the socket (0: the netns sysctl applies).
+    pub ka_probes: u8,
+    /// TCP_KEEPIDLE in jiffies (0: the netns sysctl applies).
+    pub ka_time: u32,
+    /// TCP_KEEPINTVL in jiffies (0: the netns sysctl applies).
+    pub ka_intvl: u32,
+    /// The socket's netns `tcp_keepalive_time`, jiffies.
+    pub sysctl_ka_time: u32,
+    /// The socket's netns `tcp_keepalive_intvl`, jiffies.
+    pub sysctl_ka_intvl: u32,
+    /// The socket's netns `tcp_keepalive_probes`.
+    pub sysctl_ka_probes: u8,
+    pub _pad0: [u8; 3],
+    /// TCP_USER_TIMEOUT, milliseconds (0: off).
+    pub user_timeout: u32,
+    /// Last data received (`icsk_ack.lrcvtime`), low 32 bits of jiffies.
+    pub lrcvtime: u32,
+    /// Last ACK received (`rcv_tstamp`), low 32 bits of jiffies.
+    pub rcv_tstamp: u32,
+    /// Last data sent (`lsndtime`), low 32 bits of jiffies.
+    pub lsndtime: u32,
+    /// Recv-Q: unread bytes (LISTEN: accept backlog).
+    pub rx_queue: u32,
+    /// Send-Q: unacknowledged bytes (LISTEN: max backlog).
+    pub tx_queue: u32,
+    pub _pad1: u32,
+}
+
+pub const SOCK_RECORD_SIZE: usize = 144;
+const _: () = assert!(size_of::<SockRecord>() == SOCK_RECORD_SIZE);
+
+/// One socket file held by a process, from the `iter/task_file` iterator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerRecord {
+    /// The `struct sock` behind the file.
+    pub sk: u64,
+    /// Thread-group id: the PID users know.
+    pub tgid: u32,
+    pub fd: u32,
+    pub comm: [u8; 16],
+}
+
+pub const OWNER_RECORD_SIZE: usize = 32;
+const _: () = assert!(size_of::<OwnerRecord>() == OWNER_RECORD_SIZE);
+
+/// Offsets for the socket and process iterators (separate from
+/// [`KernelConfig`] so the tracing programs' configuration stays small).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IterConfig {
+    /// Bit number of SOCK_KEEPOPEN in `sk_flags`.
+    pub sock_keepopen_bit: u32,
+    pub skc_flags: u32,
+    pub sk_uid: u32,
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    /// `icsk_retransmit_timer.expires` and `.entry.pprev`.
+    pub icsk_rto_expires: u32,
+    pub icsk_rto_pprev: u32,
+    pub icsk_pending: u32,
+    pub icsk_retransmits: u32,
+    pub icsk_backoff: u32,
+    pub icsk_user_timeout: u32,
+    pub icsk_lrcvtime: u32,
+    pub tp_keepalive_time: u32,
+    pub tp_keepalive_intvl: u32,
+    pub tp_keepalive_probes: u32,
+    pub tp_lsndtime: u32,
+    pub tp_rcv_tstamp: u32,
+    pub tp_write_seq: u32,
+    pub tp_snd_una: u32,
+    pub tp_rcv_nxt: u32,
+    pub tp_copied_seq: u32,
+    /// `net.ipv4.sysctl_tcp_keepalive_{time,intvl,probes}`.
+    pub net_ka_time: u32,
+    pub net_ka_intvl: u32,
+    pub net_ka_probes: u32,
+    /// `inet_timewait_sock.tw_timer` `.expires` / `.entry.pprev`.
+    pub tw_expires: u32,
+    pub tw_pprev: u32,
+    /// `request_sock.rsk_timer` `.expires` / `.entry.pprev`, `num_retrans`.
+    pub rsk_expires: u32,
+    pub rsk_pprev: u32,
+    pub rsk_num_retrans: u32,
+    /// A file is a socket when its inode's mode is S_IFSOCK (kallsyms has no
+    /// data symbols on most kernels, so `socket_file_ops` is out of reach).
+    pub file_f_inode: u32,
+    pub inode_i_mode: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `sock.sk_protocol` (u16): only IPPROTO_TCP sockets are reported.
+    pub sk_protocol: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+}
+
+pub const ITER_CONFIG_SIZE: usize = 144;
+const _: () = assert!(size_of::<IterConfig>() == ITER_CONFIG_SIZE);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both are repr(C), contain only integers and byte arrays, and
     // have explicit padding fields, so every bit pattern is valid.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::KernelConfig {}
+    unsafe impl aya::Pod for super::SockRecord {}
+    unsafe impl aya::Pod for super::OwnerRecord {}
+    unsafe impl aya::Pod for super::IterConfig {}
 }

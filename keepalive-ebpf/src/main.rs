@@ -6,6 +6,7 @@
 #![no_main]
 
 mod emit;
+mod iter;
 mod reset;
 mod sock;
 mod timer;

@@ -45,47 +45,89 @@ pub fn probes_out(sk: u64) -> Result<u8, u32> {
     read::<u8>(sk, conf!(icsk_probes_out))
 }
 
+/// Family, state and 4-tuple from `struct sock_common` (ports in host order).
+#[inline(always)]
+pub fn fill_addrs(
+    saddr: &mut [u8; 16],
+    daddr: &mut [u8; 16],
+    family: &mut u16,
+    sport: &mut u16,
+    dport: &mut u16,
+    state_out: &mut u8,
+    sk: u64,
+) -> Result<(), u32> {
+    let f = read::<u16>(sk, conf!(skc_family))?;
+    *family = f;
+    *state_out = state(sk)?;
+    *sport = read::<u16>(sk, conf!(skc_num))?;
+    *dport = u16::from_be(read::<u16>(sk, conf!(skc_dport))?);
+    if f == AF_INET6 {
+        *saddr = read::<[u8; 16]>(sk, conf!(skc_v6_rcv_saddr))?;
+        *daddr = read::<[u8; 16]>(sk, conf!(skc_v6_daddr))?;
+    } else if f == AF_INET {
+        let s = read::<[u8; 4]>(sk, conf!(skc_rcv_saddr))?;
+        let d = read::<[u8; 4]>(sk, conf!(skc_daddr))?;
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+pub fn net(sk: u64) -> Result<u64, u32> {
+    read::<u64>(sk, conf!(skc_net))
+}
+
+/// Inode number of the network namespace `sk` lives in.
+#[inline(always)]
+pub fn netns(sk: u64) -> Result<u32, u32> {
+    let net = net(sk)?;
+    if net == 0 {
+        return Ok(0);
+    }
+    read::<u32>(net, conf!(net_inum))
+}
+
+/// Inode of the `struct socket` owning `sk` (0 when orphaned).
+#[inline(always)]
+pub fn ino(sk: u64) -> Result<u64, u32> {
+    let socket = read::<u64>(sk, conf!(sk_socket))?;
+    if socket == 0 {
+        return Ok(0);
+    }
+    read::<u64>(socket, conf!(socket_ino))
+}
+
+/// The keepalive timer's deadline (jiffies) when it is pending.
+#[inline(always)]
+pub fn keepalive_deadline(sk: u64) -> Result<Option<u64>, u32> {
+    let timer = sk + conf!(sk_timer) as u64;
+    if read::<u64>(timer, conf!(timer_pprev))? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(read::<u64>(timer, conf!(timer_expires))?))
+}
+
 /// Fills identity, addresses, state and timer fields of `ev` from `sk`.
 #[inline(always)]
 pub fn fill(ev: &mut Event, sk: u64) -> Result<(), u32> {
     ev.sk = sk;
-    let family = read::<u16>(sk, conf!(skc_family))?;
-    ev.family = family;
-    ev.state = state(sk)?;
+    fill_addrs(&mut ev.saddr, &mut ev.daddr, &mut ev.family, &mut ev.sport, &mut ev.dport, &mut ev.state, sk)?;
     ev.state_before = ev.state;
-    ev.sport = read::<u16>(sk, conf!(skc_num))?;
-    ev.dport = u16::from_be(read::<u16>(sk, conf!(skc_dport))?);
-    if family == AF_INET6 {
-        ev.saddr = read::<[u8; 16]>(sk, conf!(skc_v6_rcv_saddr))?;
-        ev.daddr = read::<[u8; 16]>(sk, conf!(skc_v6_daddr))?;
-    } else if family == AF_INET {
-        let s = read::<[u8; 4]>(sk, conf!(skc_rcv_saddr))?;
-        let d = read::<[u8; 4]>(sk, conf!(skc_daddr))?;
-        ev.saddr[..4].copy_from_slice(&s);
-        ev.daddr[..4].copy_from_slice(&d);
-    }
     ev.probes_out = probes_out(sk)?;
     ev.probes_before = ev.probes_out;
     ev.sk_err = read::<i32>(sk, conf!(sk_err))?;
-    let net = read::<u64>(sk, conf!(skc_net))?;
-    if net != 0 {
-        ev.netns = read::<u32>(net, conf!(net_inum))?;
-    }
-    let socket = read::<u64>(sk, conf!(sk_socket))?;
-    if socket != 0 {
-        ev.ino = read::<u64>(socket, conf!(socket_ino))?;
-    }
+    ev.netns = netns(sk)?;
+    ev.ino = ino(sk)?;
     Ok(())
 }
 
 /// Fills the keepalive timer's deadline when it is pending.
 #[inline(always)]
 pub fn fill_timer(ev: &mut Event, sk: u64) -> Result<(), u32> {
-    let timer = sk + conf!(sk_timer) as u64;
-    let pprev = read::<u64>(timer, conf!(timer_pprev))?;
-    if pprev != 0 {
+    if let Some(expires) = keepalive_deadline(sk)? {
         ev.flags |= keepalive_common::flags::TIMER_PENDING;
-        ev.expires = read::<u64>(timer, conf!(timer_expires))?;
+        ev.expires = expires;
     }
     Ok(())
 }

@@ -3,17 +3,20 @@
 
 use std::path::PathBuf;
 
+use std::io::Read as _;
+
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, Iter},
     Ebpf, EbpfLoader,
 };
-use keepalive_common::counter;
+use keepalive_common::{counter, OwnerRecord, SockRecord, OWNER_RECORD_SIZE, SOCK_RECORD_SIZE};
 use thiserror::Error;
 
 use crate::{
     caps,
     kernel::{KernelError, KernelInfo},
+    netns::{self, NetnsError, NetnsRef},
     stream::EventStream,
 };
 
@@ -27,6 +30,10 @@ pub const PROGRAMS: [(&str, &str); 5] = [
     ("timer_cancel", "timer_cancel"),
     ("tcp_send_reset", "tcp_send_reset"),
 ];
+
+/// BPF iterators: (program, iterator type).
+pub const ITER_TCP: (&str, &str) = ("kato_iter_tcp", "tcp");
+pub const ITER_TASK_FILE: (&str, &str) = ("kato_iter_task_file", "task_file");
 
 /// How the programs reach the kernel (the only path so far: this kernel has
 /// no kprobes and refuses fentry).
@@ -52,6 +59,12 @@ pub enum LoadError {
     },
     #[error("eBPF map `{0}` is missing or of the wrong type")]
     Map(&'static str),
+    #[error("BPF iterator `{name}`: {source}")]
+    Iterator { name: &'static str, source: std::io::Error },
+    #[error("BPF iterator `{name}` returned {len} bytes, not a whole number of {record}-byte records")]
+    Torn { name: &'static str, len: usize, record: usize },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -72,32 +85,106 @@ pub struct Counters {
     pub emitted: u64,
 }
 
-/// Loaded and attached programs. Dropping it detaches them all.
+/// kato's eBPF object in the kernel. Dropping it detaches every program.
 pub struct Probes {
     ebpf: Ebpf,
+    btf: aya::Btf,
     pub kernel: KernelInfo,
 }
 
+/// Decodes a whole number of `T` records.
+fn records<T: Copy + Default>(name: &'static str, bytes: &[u8], size: usize) -> Result<Vec<T>, LoadError> {
+    if bytes.len() % size != 0 {
+        return Err(LoadError::Torn { name, len: bytes.len(), record: size });
+    }
+    Ok(bytes
+        .chunks_exact(size)
+        // SAFETY: T is a repr(C) plain-data record of `size` bytes; any bits are valid.
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) })
+        .collect())
+}
+
 impl Probes {
-    pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+    /// Loads the object with the running kernel's offsets; attaches nothing.
+    pub fn open(opts: &LoadOptions) -> Result<Self, LoadError> {
         caps::require_tracing().map_err(LoadError::Privilege)?;
         let kernel = KernelInfo::probe(opts.btf.clone(), opts.hz)?;
         let btf = aya::Btf::parse_file(&kernel.btf_path, aya::Endianness::default())?;
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("KATO_CONFIG", &kernel.config, true)
+            .override_global("KATO_ITER_CONFIG", &kernel.iter_config, true)
             .load(OBJECT)?;
+        Ok(Self { ebpf, btf, kernel })
+    }
+
+    /// Loads and attaches the tracing programs (`kato trace`, the agent).
+    pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+        let mut p = Self::open(opts)?;
+        p.attach_tracing()?;
+        Ok(p)
+    }
+
+    pub fn attach_tracing(&mut self) -> Result<(), LoadError> {
         for (name, tracepoint) in PROGRAMS {
             let err = |source| LoadError::Program { name, tracepoint, source };
-            let prog: &mut BtfTracePoint = ebpf
+            let prog: &mut BtfTracePoint = self
+                .ebpf
                 .program_mut(name)
                 .ok_or(LoadError::MissingProgram { name })?
                 .try_into()
                 .map_err(err)?;
-            prog.load(tracepoint, &btf).map_err(err)?;
+            prog.load(tracepoint, &self.btf).map_err(err)?;
             prog.attach().map_err(err)?;
         }
-        Ok(Self { ebpf, kernel })
+        Ok(())
+    }
+
+    fn iter(&mut self, (name, kind): (&'static str, &'static str)) -> Result<&mut Iter, LoadError> {
+        let err = |source| LoadError::Program { name, tracepoint: kind, source };
+        let prog: &mut Iter = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram { name })?
+            .try_into()
+            .map_err(err)?;
+        if prog.fd().is_err() {
+            prog.load(kind, &self.btf).map_err(err)?;
+        }
+        Ok(prog)
+    }
+
+    /// Runs iterator `which` (in namespace `ns`, for netns-scoped ones) and
+    /// returns its raw output.
+    fn run_iter(&mut self, which: (&'static str, &'static str), ns: Option<&NetnsRef>) -> Result<Vec<u8>, LoadError> {
+        let (name, kind) = which;
+        let err = |source| LoadError::Program { name, tracepoint: kind, source };
+        let prog = self.iter(which)?;
+        let id = prog.attach().map_err(err)?;
+        let link = prog.take_link(id).map_err(err)?;
+        let io = |source| LoadError::Iterator { name, source };
+        let read = move || -> Result<Vec<u8>, LoadError> {
+            let mut file = link.into_file().map_err(|e| io(std::io::Error::other(e)))?;
+            let mut buf = Vec::new();
+            file.read_to_end(&mut buf).map_err(io)?;
+            Ok(buf)
+        };
+        match ns {
+            Some(ns) => netns::run_in(ns, read)?,
+            None => read(),
+        }
+    }
+
+    /// Every TCP socket of namespace `ns` (default: kato's own).
+    pub fn tcp_sockets(&mut self, ns: Option<&NetnsRef>) -> Result<Vec<SockRecord>, LoadError> {
+        let bytes = self.run_iter(ITER_TCP, ns)?;
+        records(ITER_TCP.0, &bytes, SOCK_RECORD_SIZE)
+    }
+
+    /// Every TCP socket held by a process, in every namespace.
+    pub fn socket_owners(&mut self) -> Result<Vec<OwnerRecord>, LoadError> {
+        let bytes = self.run_iter(ITER_TASK_FILE, None)?;
+        records(ITER_TASK_FILE.0, &bytes, OWNER_RECORD_SIZE)
     }
 
     /// The event stream; can be taken once.

@@ -19,6 +19,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Trace(args) => cli::trace::run(args).await,
+            Command::Sockets(args) => cli::sockets::run(args).await,
         }
     });
     match result {

@@ -36,6 +36,13 @@ impl TcpState {
         Self::ALL.get(usize::from(v).checked_sub(1)?).copied()
     }
 
+    /// Parses a state as users write it: `established`, `time-wait`,
+    /// `TIME_WAIT`, `syn-recv`...
+    pub fn parse(s: &str) -> Option<Self> {
+        let norm = s.trim().to_ascii_uppercase().replace('-', "_");
+        Self::ALL.into_iter().find(|st| st.name() == norm)
+    }
+
     /// The name `netstat` prints.
     pub fn name(self) -> &'static str {
         match self {
@@ -55,6 +62,12 @@ impl TcpState {
     }
 }
 
+impl serde::Serialize for TcpState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::TcpState;
@@ -67,5 +80,9 @@ mod tests {
         assert_eq!(TcpState::from_raw(0), None);
         assert_eq!(TcpState::from_raw(13), None);
         assert_eq!(TcpState::from_raw(7).unwrap().name(), "CLOSE");
+        assert_eq!(TcpState::parse("time-wait"), Some(TcpState::TimeWait));
+        assert_eq!(TcpState::parse("ESTABLISHED"), Some(TcpState::Established));
+        assert_eq!(TcpState::parse("syn_recv"), Some(TcpState::SynRecv));
+        assert_eq!(TcpState::parse("nope"), None);
     }
 }

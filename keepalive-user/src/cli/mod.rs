@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand.
 
+pub mod sockets;
 pub mod trace;
 
 use std::path::PathBuf;
@@ -43,6 +44,22 @@ keepalive (7198.14/0/0). PID/COMM is the process holding the socket, found via /
 `netstat -p` (blank once no process holds it).\n\n\
 On Ctrl-C (or SIGTERM) kato prints one summary line to stderr: events seen and events lost.")]
     Trace(trace::TraceArgs),
+    /// List TCP sockets with their keepalive state, like `netstat -tnop` and more.
+    #[command(long_about = "List TCP sockets with their keepalive state, like `netstat -tnop`, plus what \
+neither netstat nor ss shows.\n\n\
+Columns as in netstat -tnop: Proto, Recv-Q, Send-Q, Local and Foreign Address, State, \
+PID/Program name, and Timer in netstat's notation: `keepalive (7198.14/0/0)` = seconds left / \
+retransmits / unanswered probes; `on (...)` a retransmit timer, `timewait (...)`, `probe (...)` \
+a zero-window probe, `off`.\n\n\
+Added by kato:\n  \
+Keepalive  the effective TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT (seconds/seconds/probes); a * marks \
+a value taken from the socket's namespace sysctl net.ipv4.tcp_keepalive_*; `off` when SO_KEEPALIVE is off\n  \
+Idle       seconds since the peer was last heard from (what keepalive measures)\n  \
+Unans      keepalive probes sent and not yet answered\n\n\
+Examples:\n  sudo kato sockets --keepalive off --state established    connections a NAT may silently drop\n  \
+sudo kato sockets --sort probes --watch 1                 who is probing a dead peer right now\n  \
+sudo kato sockets --all-netns --output json | jq ...")]
+    Sockets(sockets::SocketsArgs),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]

@@ -6,7 +6,7 @@ pub mod offsets;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use keepalive_common::KernelConfig;
+use keepalive_common::{IterConfig, KernelConfig};
 use thiserror::Error;
 
 use crate::btf::{Btf, BtfError};
@@ -32,6 +32,7 @@ pub struct KernelInfo {
     pub btf_path: PathBuf,
     pub btf: Btf,
     pub config: KernelConfig,
+    pub iter_config: IterConfig,
     pub hz: u32,
     /// `enum sk_rst_reason` values to names, without the `SK_RST_REASON_` prefix.
     pub reset_reasons: BTreeMap<u32, String>,
@@ -50,12 +51,13 @@ impl KernelInfo {
         let btf = Btf::from_file(&btf_path)?;
         let keepalive_fn = kallsyms::lookup_running(KEEPALIVE_TIMER_FN)?;
         let config = offsets::resolve(&btf, keepalive_fn)?;
+        let iter_config = offsets::resolve_iter(&btf)?;
         let hz = match hz {
             Some(hz) => hz,
             None => hz::running(&release)?,
         };
         let reset_reasons = reset_reason_names(&btf);
-        Ok(Self { release, btf_path, btf, config, hz, reset_reasons })
+        Ok(Self { release, btf_path, btf, config, iter_config, hz, reset_reasons })
     }
 }
 

@@ -1,7 +1,7 @@
 //! Every kernel field the programs read, resolved from the running kernel's
 //! BTF into [`KernelConfig`]. Nothing about kernel layout is compiled in.
 
-use keepalive_common::KernelConfig;
+use keepalive_common::{IterConfig, KernelConfig};
 use thiserror::Error;
 
 use crate::btf::{Btf, BtfError};
@@ -12,6 +12,8 @@ pub enum OffsetError {
     Btf(#[from] BtfError),
     #[error("`struct {ty}.{field}` is {found} bytes in the running kernel; kato reads {expected}")]
     Size { ty: &'static str, field: &'static str, expected: u32, found: u32 },
+    #[error("the running kernel's `enum sock_flags` has no SOCK_KEEPOPEN")]
+    NoKeepopen,
 }
 
 /// Offset of `ty.field`, checked to be `size` bytes wide (0: any size).
@@ -51,5 +53,64 @@ pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError
         icsk_probes_out: at(btf, "inet_connection_sock", "icsk_probes_out", 1)?,
         has_reset_reason: (reset_args >= 3) as u32,
         _pad0: 0,
+    })
+}
+
+/// Offsets for the socket and process iterators.
+pub fn resolve_iter(btf: &Btf) -> Result<IterConfig, OffsetError> {
+    let sk = |field, size| at(btf, "sock", field, size);
+    let icsk = |field, size| at(btf, "inet_connection_sock", field, size);
+    let tp = |field, size| at(btf, "tcp_sock", field, size);
+    let timer = |ty, field| -> Result<(u32, u32), OffsetError> {
+        let base = at(btf, ty, field, 0)?;
+        Ok((base + at(btf, "timer_list", "expires", 8)?, base + at(btf, "timer_list", "entry.pprev", 8)?))
+    };
+    let keepopen = btf
+        .enum_values("sock_flags")
+        .map_err(|_| OffsetError::NoKeepopen)?
+        .into_iter()
+        .find(|(n, _)| n == "SOCK_KEEPOPEN")
+        .and_then(|(_, v)| u32::try_from(v).ok())
+        .ok_or(OffsetError::NoKeepopen)?;
+    let (icsk_rto_expires, icsk_rto_pprev) = timer("inet_connection_sock", "icsk_retransmit_timer")?;
+    let (tw_expires, tw_pprev) = timer("inet_timewait_sock", "tw_timer")?;
+    let (rsk_expires, rsk_pprev) = timer("request_sock", "rsk_timer")?;
+    Ok(IterConfig {
+        sock_keepopen_bit: keepopen,
+        skc_flags: sk("__sk_common.skc_flags", 8)?,
+        sk_uid: sk("sk_uid", 4)?,
+        sk_ack_backlog: sk("sk_ack_backlog", 4)?,
+        sk_max_ack_backlog: sk("sk_max_ack_backlog", 4)?,
+        icsk_rto_expires,
+        icsk_rto_pprev,
+        icsk_pending: icsk("icsk_pending", 1)?,
+        icsk_retransmits: icsk("icsk_retransmits", 1)?,
+        icsk_backoff: icsk("icsk_backoff", 1)?,
+        icsk_user_timeout: icsk("icsk_user_timeout", 4)?,
+        icsk_lrcvtime: icsk("icsk_ack.lrcvtime", 4)?,
+        tp_keepalive_time: tp("keepalive_time", 4)?,
+        tp_keepalive_intvl: tp("keepalive_intvl", 4)?,
+        tp_keepalive_probes: tp("keepalive_probes", 1)?,
+        tp_lsndtime: tp("lsndtime", 4)?,
+        tp_rcv_tstamp: tp("rcv_tstamp", 4)?,
+        tp_write_seq: tp("write_seq", 4)?,
+        tp_snd_una: tp("snd_una", 4)?,
+        tp_rcv_nxt: tp("rcv_nxt", 4)?,
+        tp_copied_seq: tp("copied_seq", 4)?,
+        net_ka_time: at(btf, "net", "ipv4.sysctl_tcp_keepalive_time", 4)?,
+        net_ka_intvl: at(btf, "net", "ipv4.sysctl_tcp_keepalive_intvl", 4)?,
+        net_ka_probes: at(btf, "net", "ipv4.sysctl_tcp_keepalive_probes", 1)?,
+        tw_expires,
+        tw_pprev,
+        rsk_expires,
+        rsk_pprev,
+        rsk_num_retrans: at(btf, "request_sock", "num_retrans", 1)?,
+        file_f_inode: at(btf, "file", "f_inode", 8)?,
+        inode_i_mode: at(btf, "inode", "i_mode", 2)?,
+        file_private_data: at(btf, "file", "private_data", 8)?,
+        socket_sk: at(btf, "socket", "sk", 8)?,
+        sk_protocol: sk("sk_protocol", 2)?,
+        task_tgid: at(btf, "task_struct", "tgid", 4)?,
+        task_comm: at(btf, "task_struct", "comm", 16)?,
     })
 }

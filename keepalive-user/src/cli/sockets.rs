@@ -1,0 +1,197 @@
+//! `kato sockets`: every TCP socket's keepalive state, like `netstat -tnop`.
+
+use std::{io::Write, net::IpAddr, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use keepalive_user::{
+    event::{Derived, Deriver},
+    loader::Probes,
+    netns::{self, NetnsRef},
+    sockets::{
+        owners,
+        query::{Query, SortKey},
+        render,
+        table::SocketTable,
+        Socket,
+    },
+    tcp::TcpState,
+};
+use log::warn;
+
+use super::{KernelArgs, Output};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    /// Output format (json: one array of sockets; with --watch, one array per refresh).
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+    /// Only sockets in this TCP state (repeatable): established, syn-sent, syn-recv,
+    /// fin-wait1, fin-wait2, time-wait, close-wait, last-ack, listen, closing.
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    pub state: Vec<TcpState>,
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Only connections with this local or remote address (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub addr: Vec<IpAddr>,
+    /// Only sockets held by this process (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only sockets with SO_KEEPALIVE on, or off.
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub keepalive: Option<OnOff>,
+    /// Network namespace to list (repeatable): an inode (`ls -l /proc/PID/ns/net`),
+    /// an `ip netns` name, or a path. Default: kato's own, like netstat and ss.
+    #[arg(long, value_name = "NETNS", conflicts_with = "all_netns")]
+    pub netns: Vec<String>,
+    /// List every network namespace on the host.
+    #[arg(long)]
+    pub all_netns: bool,
+    /// Sort by: local, remote, state, pid, timer, idle (longest first), probes (most first).
+    #[arg(long, value_name = "KEY", default_value = "local")]
+    pub sort: SortKey,
+    /// Refresh every SECS seconds, clearing the screen like `watch`, until Ctrl-C.
+    /// Keepalive events are traced meanwhile, so probes sent/answered are counted.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub watch: Option<Duration>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+fn parse_state(s: &str) -> Result<TcpState, String> {
+    TcpState::parse(s).ok_or_else(|| format!("unknown TCP state `{s}`"))
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.1 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("`{s}` is not a number of seconds between 0.1 and 86400")),
+    }
+}
+
+/// The namespaces to list; `None` is kato's own (no namespace switch).
+fn targets(args: &SocketsArgs) -> anyhow::Result<Vec<Option<NetnsRef>>> {
+    if args.all_netns {
+        return Ok(netns::list().into_iter().map(Some).collect());
+    }
+    if args.netns.is_empty() {
+        return Ok(vec![None]);
+    }
+    args.netns.iter().map(|s| Ok(Some(netns::resolve(s)?))).collect()
+}
+
+/// One snapshot: (netns inode, sockets) per target, owners joined in.
+pub fn snapshot(probes: &mut Probes, targets: &[Option<NetnsRef>]) -> anyhow::Result<Vec<(u32, Vec<Socket>)>> {
+    let owner_of = owners(&probes.socket_owners().context("listing socket owners")?);
+    let hz = probes.kernel.hz;
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let inode = match t {
+            Some(ns) => ns.inode,
+            None => netns::current().context("reading /proc/self/ns/net")?.inode,
+        };
+        let records = probes.tcp_sockets(t.as_ref()).with_context(|| format!("listing TCP sockets of netns {inode}"))?;
+        let mut sockets = Vec::with_capacity(records.len());
+        for r in &records {
+            match Socket::from_record(r, hz, owner_of.get(&r.sk)) {
+                Ok(s) => sockets.push(s),
+                Err(e) => warn!("skipping a socket record: {e}"),
+            }
+        }
+        out.push((inode, sockets));
+    }
+    Ok(out)
+}
+
+fn print(out: &mut impl Write, output: Output, sockets: &[Socket]) -> std::io::Result<()> {
+    match output {
+        Output::Json => {
+            serde_json::to_writer(&mut *out, sockets)?;
+            writeln!(out)
+        }
+        Output::Table => {
+            writeln!(out, "{}", render::HEADER)?;
+            for s in sockets {
+                writeln!(out, "{}", render::row(s))?;
+            }
+            writeln!(out, "\n{}", render::FOOTNOTE)
+        }
+    }
+}
+
+pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
+    let query = Query {
+        states: args.state.clone(),
+        ports: args.port.clone(),
+        addrs: args.addr.clone(),
+        pids: args.pid.clone(),
+        netns: vec![],
+        keepalive: args.keepalive.map(|k| matches!(k, OnOff::On)),
+        sort: args.sort,
+    };
+    let targets = targets(&args)?;
+    let mut probes = Probes::open(&args.kernel.load_options())?;
+    let stdout = std::io::stdout();
+    let Some(period) = args.watch else {
+        let sockets = snapshot(&mut probes, &targets)?.into_iter().flat_map(|(_, s)| s).collect();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        return ignore_broken_pipe(print(&mut out, args.output, &query.apply(sockets)).and_then(|()| out.flush()));
+    };
+
+    // Watch: snapshots every period, keepalive events in between.
+    probes.attach_tracing()?;
+    let mut stream = probes.events()?;
+    let mut table = SocketTable::new(1 << 20);
+    let mut deriver = Deriver::default();
+    let (mut batch, mut derived) = (Vec::new(), Vec::<Derived>::new());
+    let mut tick = tokio::time::interval(period);
+    let stop = super::trace::shutdown();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            r = stream.next_batch(&mut batch) => {
+                r.context("reading the event ring buffer")?;
+                for rec in batch.drain(..).flatten() {
+                    derived.clear();
+                    deriver.derive(&rec, &mut derived);
+                    let names = &probes.kernel.reset_reasons;
+                    table.apply_event(&rec, &derived, |c| names.get(&c).cloned().unwrap_or_else(|| format!("UNKNOWN_{c}")), probes.kernel.hz);
+                }
+            }
+            _ = tick.tick() => {
+                for (inode, sockets) in snapshot(&mut probes, &targets)? {
+                    table.apply_snapshot(inode, sockets);
+                }
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let shown = query.apply(table.sockets());
+                let r = (|| {
+                    if args.output == Output::Table {
+                        write!(out, "\x1b[H\x1b[2J")?;
+                        writeln!(out, "Every {:.1}s: kato sockets ({} shown of {})\n", period.as_secs_f64(), shown.len(), table.len())?;
+                    }
+                    print(&mut out, args.output, &shown)?;
+                    out.flush()
+                })();
+                if let Err(e) = r {
+                    return ignore_broken_pipe(Err(e));
+                }
+            }
+        }
+    }
+}
+
+fn ignore_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}

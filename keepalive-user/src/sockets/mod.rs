@@ -1,0 +1,355 @@
+//! The per-socket keepalive model: what kato knows about one TCP socket,
+//! built from an iterator record (and, in the agent, kept current by events).
+
+pub mod query;
+pub mod render;
+pub mod table;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use keepalive_common::{sock_flags, OwnerRecord, SockRecord};
+use serde::Serialize;
+
+use crate::{event::{AF_INET, AF_INET6}, owner::Owner, tcp::TcpState};
+
+/// Which timer a socket has running, as `netstat -o` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKind {
+    Off,
+    /// Retransmit, loss probe or reordering timer (`ss`: `on`).
+    On,
+    Keepalive,
+    TimeWait,
+    /// Zero-window probe timer (`ss`: `persist`).
+    Probe,
+}
+
+impl TimerKind {
+    pub fn netstat_name(self) -> &'static str {
+        match self {
+            TimerKind::Off => "off",
+            TimerKind::On => "on",
+            TimerKind::Keepalive => "keepalive",
+            TimerKind::TimeWait => "timewait",
+            TimerKind::Probe => "probe",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Timer {
+    pub kind: TimerKind,
+    /// Seconds until it fires (0 when off or overdue).
+    pub remaining_s: f64,
+    pub retransmits: u8,
+    /// Unanswered probes (keepalive or zero-window).
+    pub probes: u8,
+}
+
+impl Timer {
+    /// `keepalive (7198.14/0/0)`, like `netstat -o`.
+    pub fn netstat(&self) -> String {
+        format!("{} ({:.2}/{}/{})", self.kind.netstat_name(), self.remaining_s, self.retransmits, self.probes)
+    }
+}
+
+/// Where an effective keepalive setting comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// setsockopt (TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT) on the socket.
+    Socket,
+    /// The socket's network namespace sysctl `net.ipv4.tcp_keepalive_*`.
+    Sysctl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Setting {
+    pub value: u32,
+    pub source: Source,
+}
+
+impl Setting {
+    fn pick(own: u32, sysctl: u32) -> Self {
+        if own != 0 {
+            Setting { value: own, source: Source::Socket }
+        } else {
+            Setting { value: sysctl, source: Source::Sysctl }
+        }
+    }
+
+    /// `75` or `75*` (the star marks a sysctl default).
+    pub fn short(&self) -> String {
+        match self.source {
+            Source::Socket => self.value.to_string(),
+            Source::Sysctl => format!("{}*", self.value),
+        }
+    }
+}
+
+/// The keepalive configuration in force on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Keepalive {
+    /// SO_KEEPALIVE.
+    pub enabled: bool,
+    /// Idle seconds before the first probe (TCP_KEEPIDLE).
+    pub idle_s: Setting,
+    /// Seconds between probes (TCP_KEEPINTVL).
+    pub interval_s: Setting,
+    /// Unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    pub count: Setting,
+    /// TCP_USER_TIMEOUT in milliseconds, when set (it overrides the count).
+    pub user_timeout_ms: Option<u32>,
+}
+
+/// What kato knows about one TCP socket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Socket {
+    /// Kernel socket address, hex.
+    #[serde(serialize_with = "hex")]
+    pub sock: u64,
+    pub netns: u32,
+    /// `tcp` or `tcp6`, as netstat prints it.
+    pub proto: &'static str,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    pub recv_q: u32,
+    pub send_q: u32,
+    pub uid: u32,
+    pub inode: u64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub timer: Timer,
+    /// None for TIME_WAIT and SYN_RECV request sockets.
+    pub keepalive: Option<Keepalive>,
+    /// Keepalive probes sent and not yet answered (`icsk_probes_out`).
+    pub probes_unanswered: u8,
+    pub retransmits: u8,
+    /// Seconds since anything (data or ACK) was last received: the idle time
+    /// keepalive measures.
+    pub idle_s: Option<f64>,
+    /// Seconds since data was last received.
+    pub last_data_recv_s: Option<f64>,
+    /// Seconds since data was last sent.
+    pub last_data_sent_s: Option<f64>,
+    /// Keepalive probes kato saw go out / get answered (null without events).
+    pub probes_sent: Option<u64>,
+    pub probes_answered: Option<u64>,
+    /// The last reset the kernel sent on this socket, with its reason.
+    pub last_reset: Option<String>,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
+}
+
+/// ICSK_TIME_* (include/net/inet_connection_sock.h).
+const ICSK_TIME_RETRANS: u8 = 1;
+const ICSK_TIME_PROBE0: u8 = 3;
+const ICSK_TIME_LOSS_PROBE: u8 = 5;
+const ICSK_TIME_REO_TIMEOUT: u8 = 6;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("unknown address family {0}")]
+    Family(u16),
+    #[error("unknown TCP state {0}")]
+    State(u8),
+}
+
+fn addr(family: u16, bytes: [u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Jiffies from `from` to `to` (64-bit), as seconds, never negative.
+fn secs_until(from: u64, to: u64, hz: u32) -> f64 {
+    ((to.wrapping_sub(from) as i64).max(0)) as f64 / hz as f64
+}
+
+/// Seconds since a 32-bit jiffies stamp.
+fn secs_since32(now: u64, then: u32, hz: u32) -> f64 {
+    ((now as u32).wrapping_sub(then) as i32).max(0) as f64 / hz as f64
+}
+
+impl Socket {
+    /// Builds the model from an iterator record; `owner` from `iter/task_file`.
+    pub fn from_record(r: &SockRecord, hz: u32, owner: Option<&Owner>) -> Result<Self, RecordError> {
+        if r.family != AF_INET && r.family != AF_INET6 {
+            return Err(RecordError::Family(r.family));
+        }
+        let state = TcpState::from_raw(r.state).ok_or(RecordError::State(r.state))?;
+        let full = r.flags & sock_flags::FULL != 0;
+        let rto_left = if r.flags & sock_flags::RTO_PENDING != 0 { secs_until(r.jiffies, r.rto_expires, hz) } else { 0.0 };
+        let timer = match state {
+            TcpState::TimeWait => Timer { kind: TimerKind::TimeWait, remaining_s: rto_left, retransmits: 0, probes: 0 },
+            TcpState::NewSynRecv => Timer {
+                kind: if r.flags & sock_flags::RTO_PENDING != 0 { TimerKind::On } else { TimerKind::Off },
+                remaining_s: rto_left,
+                retransmits: r.retransmits,
+                probes: 0,
+            },
+            _ => {
+                let (kind, remaining_s) = match r.icsk_pending {
+                    ICSK_TIME_RETRANS | ICSK_TIME_LOSS_PROBE | ICSK_TIME_REO_TIMEOUT => (TimerKind::On, rto_left),
+                    ICSK_TIME_PROBE0 => (TimerKind::Probe, rto_left),
+                    _ if r.flags & sock_flags::KA_PENDING != 0 => {
+                        (TimerKind::Keepalive, secs_until(r.jiffies, r.ka_expires, hz))
+                    }
+                    _ => (TimerKind::Off, 0.0),
+                };
+                Timer { kind, remaining_s, retransmits: r.retransmits, probes: r.probes_out }
+            }
+        };
+        let keepalive = full.then(|| Keepalive {
+            enabled: r.flags & sock_flags::KEEPALIVE_ON != 0,
+            idle_s: Setting::pick(r.ka_time / hz, r.sysctl_ka_time / hz),
+            interval_s: Setting::pick(r.ka_intvl / hz, r.sysctl_ka_intvl / hz),
+            count: Setting::pick(r.ka_probes.into(), r.sysctl_ka_probes.into()),
+            user_timeout_ms: (r.user_timeout != 0).then_some(r.user_timeout),
+        });
+        let connected = full && !matches!(state, TcpState::Listen);
+        let last_rx = if (r.lrcvtime.wrapping_sub(r.rcv_tstamp) as i32) > 0 { r.lrcvtime } else { r.rcv_tstamp };
+        Ok(Socket {
+            sock: r.sk,
+            netns: r.netns,
+            proto: if r.family == AF_INET { "tcp" } else { "tcp6" },
+            local: addr(r.family, r.saddr, r.sport),
+            remote: addr(r.family, r.daddr, r.dport),
+            state,
+            recv_q: r.rx_queue,
+            send_q: r.tx_queue,
+            uid: r.uid,
+            inode: r.ino,
+            pid: owner.map(|o| o.pid),
+            comm: owner.map(|o| o.comm.clone()),
+            timer,
+            keepalive,
+            probes_unanswered: if full { r.probes_out } else { 0 },
+            retransmits: r.retransmits,
+            idle_s: connected.then(|| secs_since32(r.jiffies, last_rx, hz)),
+            last_data_recv_s: connected.then(|| secs_since32(r.jiffies, r.lrcvtime, hz)),
+            last_data_sent_s: connected.then(|| secs_since32(r.jiffies, r.lsndtime, hz)),
+            probes_sent: None,
+            probes_answered: None,
+            last_reset: None,
+        })
+    }
+}
+
+/// `sk` → owning process, from `iter/task_file` records. A socket shared by
+/// several processes (fork) is attributed to the lowest PID, like `ss -p`'s
+/// first entry.
+pub fn owners(records: &[OwnerRecord]) -> HashMap<u64, Owner> {
+    let mut map: HashMap<u64, Owner> = HashMap::with_capacity(records.len());
+    for r in records {
+        let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+        let owner = Owner { pid: r.tgid, comm: String::from_utf8_lossy(&r.comm[..end]).into_owned() };
+        map.entry(r.sk).and_modify(|o| if owner.pid < o.pid { *o = owner.clone() }).or_insert(owner);
+    }
+    map
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn record() -> SockRecord {
+        SockRecord {
+            sk: 0xffff_8880_1234_0000,
+            ino: 4242,
+            jiffies: 100_000,
+            ka_expires: 100_000 + 250 * 7198 + 35,
+            family: AF_INET,
+            saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000,
+            dport: 5432,
+            state: 1,
+            flags: sock_flags::FULL | sock_flags::KEEPALIVE_ON | sock_flags::KA_PENDING,
+            sysctl_ka_time: 7200 * 250,
+            sysctl_ka_intvl: 75 * 250,
+            sysctl_ka_probes: 9,
+            ka_intvl: 10 * 250,
+            lrcvtime: 100_000 - 500,
+            rcv_tstamp: 100_000 - 250,
+            lsndtime: 100_000 - 1000,
+            netns: 4026531840,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keepalive_socket_like_netstat() {
+        let s = Socket::from_record(&record(), 250, None).unwrap();
+        assert_eq!(s.proto, "tcp");
+        assert_eq!(s.local, "10.0.0.1:40000".parse().unwrap());
+        assert_eq!(s.timer.netstat(), "keepalive (7198.14/0/0)");
+        let ka = s.keepalive.unwrap();
+        assert!(ka.enabled);
+        assert_eq!(ka.idle_s, Setting { value: 7200, source: Source::Sysctl });
+        assert_eq!(ka.interval_s, Setting { value: 10, source: Source::Socket });
+        assert_eq!((ka.idle_s.short(), ka.interval_s.short(), ka.count.short()), ("7200*".into(), "10".into(), "9*".into()));
+        assert_eq!(s.idle_s, Some(1.0), "since the later of data (2 s) and ACK (1 s)");
+        assert_eq!(s.last_data_recv_s, Some(2.0));
+        assert_eq!(s.last_data_sent_s, Some(4.0));
+    }
+
+    #[test]
+    fn retransmit_timer_wins_over_keepalive() {
+        let r = SockRecord { icsk_pending: ICSK_TIME_RETRANS, retransmits: 3, rto_expires: 100_050, flags: record().flags | sock_flags::RTO_PENDING, ..record() };
+        assert_eq!(Socket::from_record(&r, 250, None).unwrap().timer.netstat(), "on (0.20/3/0)");
+        let r = SockRecord { icsk_pending: ICSK_TIME_PROBE0, probes_out: 2, ..r };
+        assert_eq!(Socket::from_record(&r, 250, None).unwrap().timer.netstat(), "probe (0.20/3/2)");
+    }
+
+    #[test]
+    fn keepalive_off_and_overdue_timer() {
+        let r = SockRecord { flags: sock_flags::FULL, ..record() };
+        let s = Socket::from_record(&r, 250, None).unwrap();
+        assert_eq!(s.timer.netstat(), "off (0.00/0/0)");
+        assert!(!s.keepalive.unwrap().enabled);
+        let r = SockRecord { ka_expires: 99_000, ..record() };
+        assert_eq!(Socket::from_record(&r, 250, None).unwrap().timer.remaining_s, 0.0);
+    }
+
+    #[test]
+    fn time_wait_and_request_sockets() {
+        let tw = SockRecord { state: 6, flags: sock_flags::RTO_PENDING, rto_expires: 100_000 + 250 * 59 + 210, ..record() };
+        let s = Socket::from_record(&tw, 250, None).unwrap();
+        assert_eq!(s.timer.netstat(), "timewait (59.84/0/0)");
+        assert_eq!((s.keepalive, s.idle_s), (None, None));
+        let syn = SockRecord { state: 12, flags: sock_flags::RTO_PENDING, rto_expires: 100_250, retransmits: 1, ..record() };
+        assert_eq!(Socket::from_record(&syn, 250, None).unwrap().timer.netstat(), "on (1.00/1/0)");
+    }
+
+    #[test]
+    fn ipv6_and_bad_records() {
+        let r = SockRecord { family: AF_INET6, saddr: Ipv6Addr::LOCALHOST.octets(), ..record() };
+        let s = Socket::from_record(&r, 250, None).unwrap();
+        assert_eq!((s.proto, s.local), ("tcp6", "[::1]:40000".parse().unwrap()));
+        assert_eq!(Socket::from_record(&SockRecord { family: 1, ..record() }, 250, None), Err(RecordError::Family(1)));
+        assert_eq!(Socket::from_record(&SockRecord { state: 0, ..record() }, 250, None), Err(RecordError::State(0)));
+    }
+
+    #[test]
+    fn owner_is_lowest_pid() {
+        let rec = |sk, tgid, comm: &[u8]| {
+            let mut c = [0u8; 16];
+            c[..comm.len()].copy_from_slice(comm);
+            OwnerRecord { sk, tgid, fd: 3, comm: c }
+        };
+        let m = owners(&[rec(1, 200, b"child"), rec(1, 100, b"parent"), rec(2, 7, b"fifteen-chars-x")]);
+        assert_eq!(m[&1], Owner { pid: 100, comm: "parent".into() });
+        assert_eq!(m[&2].comm, "fifteen-chars-x");
+    }
+}

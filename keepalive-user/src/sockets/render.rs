@@ -1,0 +1,88 @@
+//! `kato sockets` as a table that reads like `netstat -tnop`, plus kato's
+//! own columns.
+
+use std::net::SocketAddr;
+
+use super::Socket;
+
+/// netstat's address notation: no brackets for IPv6, `*` for port 0.
+pub fn netstat_addr(a: &SocketAddr) -> String {
+    let port = if a.port() == 0 { "*".to_owned() } else { a.port().to_string() };
+    format!("{}:{port}", a.ip())
+}
+
+pub const HEADER: &str = "Proto Recv-Q Send-Q Local Address           Foreign Address         State        PID/Program name     Timer                        Keepalive         Idle      Unans";
+
+/// `idle/intvl/cnt` with `*` on sysctl defaults, `off`, or `-`.
+pub fn keepalive_cell(s: &Socket) -> String {
+    match &s.keepalive {
+        None => "-".into(),
+        Some(k) if !k.enabled => "off".into(),
+        Some(k) => format!("{}/{}/{}", k.idle_s.short(), k.interval_s.short(), k.count.short()),
+    }
+}
+
+pub fn row(s: &Socket) -> String {
+    let owner = match (s.pid, &s.comm) {
+        (Some(p), Some(c)) => format!("{p}/{c}"),
+        _ => "-".into(),
+    };
+    let idle = s.idle_s.map(|i| format!("{i:.1}s")).unwrap_or_else(|| "-".into());
+    let unans = if s.keepalive.is_some() { s.probes_unanswered.to_string() } else { "-".into() };
+    format!(
+        "{:<5} {:>6} {:>6} {:<23} {:<23} {:<12} {:<20} {:<28} {:<17} {:<9} {}",
+        s.proto,
+        s.recv_q,
+        s.send_q,
+        netstat_addr(&s.local),
+        netstat_addr(&s.remote),
+        s.state.name(),
+        owner,
+        s.timer.netstat(),
+        keepalive_cell(s),
+        idle,
+        unans
+    )
+}
+
+pub const FOOTNOTE: &str = "Keepalive: idle/interval/count in seconds/seconds/probes; * = the namespace's net.ipv4.tcp_keepalive_* default. Idle: since the peer was last heard from. Unans: keepalive probes not yet answered.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        owner::Owner,
+        sockets::{tests::record, Socket},
+    };
+    use keepalive_common::SockRecord;
+
+    #[test]
+    fn addresses_like_netstat() {
+        assert_eq!(netstat_addr(&"0.0.0.0:0".parse().unwrap()), "0.0.0.0:*");
+        assert_eq!(netstat_addr(&"[::1]:22".parse().unwrap()), "::1:22");
+    }
+
+    #[test]
+    fn row_aligns_with_header() {
+        let owner = Owner { pid: 812, comm: "postgres".into() };
+        let s = Socket::from_record(&record(), 250, Some(&owner)).unwrap();
+        let line = row(&s);
+        for (col, value) in [
+            ("Recv-Q", "     0"),
+            ("Local Address", "10.0.0.1:40000"),
+            ("Foreign Address", "10.0.0.2:5432"),
+            ("State", "ESTABLISHED"),
+            ("PID/Program name", "812/postgres"),
+            ("Timer", "keepalive (7198.14/0/0)"),
+            ("Keepalive", "7200*/10/9*"),
+            ("Idle", "1.0s"),
+            ("Unans", "0"),
+        ] {
+            let at = HEADER.find(col).unwrap();
+            assert!(line[at..].starts_with(value), "{col}:\n{HEADER}\n{line}");
+        }
+        let tw = Socket::from_record(&SockRecord { state: 6, flags: 0, ..record() }, 250, None).unwrap();
+        assert!(row(&tw).contains(" - "));
+        assert_eq!(keepalive_cell(&tw), "-");
+    }
+}
