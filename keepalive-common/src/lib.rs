@@ -153,6 +153,9 @@ pub mod sock_flags {
     /// A full `tcp_sock` (not TIME_WAIT or a request socket): the TCP and
     /// keepalive fields are valid.
     pub const FULL: u32 = 1 << 3;
+    /// A TIME_WAIT mini-socket: `state` is its `tw_substate` (TIME_WAIT, or
+    /// FIN_WAIT2 for an orphan), as netstat and ss report it.
+    pub const TIMEWAIT: u32 = 1 << 4;
 }
 
 /// One TCP socket as the `iter/tcp` iterator sees it.
@@ -264,6 +267,8 @@ pub struct IterConfig {
     /// `inet_timewait_sock.tw_timer` `.expires` / `.entry.pprev`.
     pub tw_expires: u32,
     pub tw_pprev: u32,
+    pub tw_substate: u32,
+    pub _pad0: u32,
     /// `request_sock.rsk_timer` `.expires` / `.entry.pprev`, `num_retrans`.
     pub rsk_expires: u32,
     pub rsk_pprev: u32,
@@ -280,7 +285,7 @@ pub struct IterConfig {
     pub task_comm: u32,
 }
 
-pub const ITER_CONFIG_SIZE: usize = 144;
+pub const ITER_CONFIG_SIZE: usize = 152;
 const _: () = assert!(size_of::<IterConfig>() == ITER_CONFIG_SIZE);
 
 #[cfg(feature = "user")]

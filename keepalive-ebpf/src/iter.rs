@@ -66,6 +66,8 @@ unsafe fn try_iter_tcp(ctx: *mut c_void) -> Result<(), u32> {
     r.netns = crate::sock::netns(sk)?;
     match r.state {
         TCP_TIME_WAIT => {
+            r.flags |= sock_flags::TIMEWAIT;
+            r.state = read::<u8>(sk, iconf!(tw_substate))?;
             if read::<u64>(sk, iconf!(tw_pprev))? != 0 {
                 r.flags |= sock_flags::RTO_PENDING;
                 r.rto_expires = read::<u64>(sk, iconf!(tw_expires))?;

@@ -94,7 +94,7 @@ pub struct Probes {
 
 /// Decodes a whole number of `T` records.
 fn records<T: Copy + Default>(name: &'static str, bytes: &[u8], size: usize) -> Result<Vec<T>, LoadError> {
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(LoadError::Torn { name, len: bytes.len(), record: size });
     }
     Ok(bytes

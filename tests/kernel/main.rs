@@ -5,4 +5,6 @@
 mod btf;
 mod cli;
 mod keepalive;
+mod sockets;
+mod ss;
 mod support;

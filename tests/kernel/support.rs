@@ -61,9 +61,14 @@ impl Netns {
         })
     }
 
+    /// Runs a command inside the namespace and returns its stdout.
+    pub fn exec(&self, args: &[&str]) -> String {
+        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
+    }
+
     /// Applies an nftables ruleset inside the namespace.
     pub fn nft(&self, rules: &str) {
-        run(Command::new("ip").args(["netns", "exec", &self.name, "nft", rules]));
+        self.exec(&["nft", rules]);
     }
 
     /// Drops every TCP segment arriving from `port`: the peer looks dead.
@@ -79,6 +84,10 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
+}
+
+pub fn setsockopt_pub(s: &impl AsRawFd, level: i32, name: i32, value: i32) {
+    setsockopt(s.as_raw_fd(), level, name, value)
 }
 
 fn setsockopt(fd: i32, level: i32, name: i32, value: i32) {
@@ -97,17 +106,41 @@ pub fn keepalive(s: &TcpStream, idle: i32, intvl: i32, cnt: i32) {
     setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, cnt);
 }
 
+/// getsockopt of an int option.
+pub fn getsockopt(s: &impl AsRawFd, level: i32, name: i32) -> i32 {
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as u32;
+    let rc = unsafe { libc::getsockopt(s.as_raw_fd(), level, name, (&mut v as *mut i32).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockopt({level}, {name}): {}", io::Error::last_os_error());
+    v
+}
+
+/// (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) as the kernel reports them.
+pub fn keepalive_opts(s: &impl AsRawFd) -> (bool, i32, i32, i32) {
+    (
+        getsockopt(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE) != 0,
+        getsockopt(s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+        getsockopt(s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+        getsockopt(s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+    )
+}
+
+/// A client socket connected to `to`, with `setup` applied before connect.
+pub fn client(to: SocketAddr, setup: impl FnOnce(&TcpStream)) -> TcpStream {
+    let domain = if to.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+    let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    setup(&s);
+    connect(fd, to);
+    s
+}
+
 /// A connected pair on loopback (`127.0.0.1` or `::1`): (client, server side).
 /// Keepalive is set on the client *before* connect, as applications do.
 pub fn pair(v6: bool, idle: i32, intvl: i32, cnt: i32) -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).expect("bind");
-    let addr = listener.local_addr().unwrap();
-    let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0);
-    let client = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    keepalive(&client, idle, intvl, cnt);
-    connect(fd, addr);
+    let client = client(listener.local_addr().unwrap(), |s| keepalive(s, idle, intvl, cnt));
     let (server, _) = listener.accept().expect("accept");
     (client, server)
 }

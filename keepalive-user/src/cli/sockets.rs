@@ -72,7 +72,7 @@ fn parse_state(s: &str) -> Result<TcpState, String> {
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
-        Ok(v) if v >= 0.1 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        Ok(v) if (0.1..=86_400.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
         _ => Err(format!("`{s}` is not a number of seconds between 0.1 and 86400")),
     }
 }

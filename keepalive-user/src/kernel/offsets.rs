@@ -102,6 +102,8 @@ pub fn resolve_iter(btf: &Btf) -> Result<IterConfig, OffsetError> {
         net_ka_probes: at(btf, "net", "ipv4.sysctl_tcp_keepalive_probes", 1)?,
         tw_expires,
         tw_pprev,
+        tw_substate: at(btf, "inet_timewait_sock", "tw_substate", 1)?,
+        _pad0: 0,
         rsk_expires,
         rsk_pprev,
         rsk_num_retrans: at(btf, "request_sock", "num_retrans", 1)?,

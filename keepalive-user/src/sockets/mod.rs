@@ -190,8 +190,9 @@ impl Socket {
         let state = TcpState::from_raw(r.state).ok_or(RecordError::State(r.state))?;
         let full = r.flags & sock_flags::FULL != 0;
         let rto_left = if r.flags & sock_flags::RTO_PENDING != 0 { secs_until(r.jiffies, r.rto_expires, hz) } else { 0.0 };
+        let timewait = r.flags & sock_flags::TIMEWAIT != 0;
         let timer = match state {
-            TcpState::TimeWait => Timer { kind: TimerKind::TimeWait, remaining_s: rto_left, retransmits: 0, probes: 0 },
+            _ if timewait => Timer { kind: TimerKind::TimeWait, remaining_s: rto_left, retransmits: 0, probes: 0 },
             TcpState::NewSynRecv => Timer {
                 kind: if r.flags & sock_flags::RTO_PENDING != 0 { TimerKind::On } else { TimerKind::Off },
                 remaining_s: rto_left,
@@ -324,10 +325,14 @@ pub(crate) mod tests {
 
     #[test]
     fn time_wait_and_request_sockets() {
-        let tw = SockRecord { state: 6, flags: sock_flags::RTO_PENDING, rto_expires: 100_000 + 250 * 59 + 210, ..record() };
+        let tw = SockRecord { state: 6, flags: sock_flags::RTO_PENDING | sock_flags::TIMEWAIT, rto_expires: 100_000 + 250 * 59 + 210, ..record() };
         let s = Socket::from_record(&tw, 250, None).unwrap();
         assert_eq!(s.timer.netstat(), "timewait (59.84/0/0)");
         assert_eq!((s.keepalive, s.idle_s), (None, None));
+        // An orphaned FIN_WAIT2 lives on as a TIME_WAIT mini-socket.
+        let fw2 = SockRecord { state: 5, ..tw };
+        let s = Socket::from_record(&fw2, 250, None).unwrap();
+        assert_eq!((s.state, s.timer.kind), (TcpState::FinWait2, TimerKind::TimeWait));
         let syn = SockRecord { state: 12, flags: sock_flags::RTO_PENDING, rto_expires: 100_250, retransmits: 1, ..record() };
         assert_eq!(Socket::from_record(&syn, 250, None).unwrap().timer.netstat(), "on (1.00/1/0)");
     }

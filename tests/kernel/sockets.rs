@@ -1,0 +1,191 @@
+//! `kato sockets` against the kernel's own answers: `ss -tnoa` and getsockopt,
+//! over 1,000 sockets of mixed kinds in a test namespace.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    io::Read,
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    ss,
+    support::{client, keepalive, keepalive_opts, require_root, Netns},
+};
+
+const KATO: &str = env!("CARGO_BIN_EXE_kato");
+
+type Opts = (bool, i32, i32, i32);
+
+/// Builds the mix and reports (local, remote, getsockopt) of every full
+/// socket it holds. Keeps everything open until `done` fires.
+fn build(done: mpsc::Receiver<()>, ready: mpsc::Sender<(Vec<(SocketAddr, SocketAddr, Opts)>, u16)>) {
+    let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l6 = TcpListener::bind("[::1]:0").unwrap();
+    // Accepted sockets inherit SO_KEEPALIVE from their listener.
+    crate::support::setsockopt_pub(&l6, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut held: Vec<TcpStream> = Vec::new();
+    let connect = |i: usize, held: &mut Vec<TcpStream>| {
+        let (to, listener) = if i % 3 == 0 { (l6.local_addr().unwrap(), &l6) } else { (l4.local_addr().unwrap(), &l4) };
+        let c = client(to, |s| match i % 4 {
+            0 => {}
+            1 => crate::support::setsockopt_pub(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+            2 => keepalive(s, 100 + (i % 50) as i32, 5 + (i % 7) as i32, 2 + (i % 5) as i32),
+            _ => {
+                crate::support::setsockopt_pub(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+                crate::support::setsockopt_pub(s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 300);
+            }
+        });
+        let (srv, _) = listener.accept().unwrap();
+        held.push(c);
+        held.push(srv);
+    };
+    for i in 0..470 {
+        connect(i, &mut held);
+    }
+    // TIME_WAIT: the client closes first, the server follows.
+    for _ in 0..10 {
+        let c = client(l4.local_addr().unwrap(), |_| {});
+        let (mut srv, _) = l4.accept().unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(srv.read(&mut [0u8; 1]).unwrap(), 0);
+        drop(srv);
+        let mut c = c;
+        assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
+    }
+    // Orphaned FIN_WAIT2 (a TIME_WAIT mini-socket with substate FIN_WAIT2),
+    // its peer in CLOSE_WAIT; and a half-closed FIN_WAIT2 still held.
+    for i in 0..6 {
+        let c = client(l4.local_addr().unwrap(), |_| {});
+        let (srv, _) = l4.accept().unwrap();
+        if i % 2 == 0 {
+            drop(c);
+        } else {
+            c.shutdown(Shutdown::Write).unwrap();
+            held.push(c);
+        }
+        held.push(srv);
+    }
+    // Peers that stop answering: keepalive probes outstanding.
+    let dead_port = dead.local_addr().unwrap().port();
+    for _ in 0..20 {
+        let c = client(dead.local_addr().unwrap(), |s| keepalive(s, 1, 8, 5));
+        let (srv, _) = dead.accept().unwrap();
+        held.push(c);
+        held.push(srv);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let opts = held
+        .iter()
+        .map(|s| (s.local_addr().unwrap(), s.peer_addr().unwrap(), keepalive_opts(s)))
+        .collect();
+    ready.send((opts, dead_port)).unwrap();
+    let _ = done.recv_timeout(Duration::from_secs(60));
+    drop((l4, l6, dead, held));
+}
+
+fn timer_kind(ss_kind: Option<&str>) -> &'static str {
+    match ss_kind {
+        None => "off",
+        Some("on") => "on",
+        Some("keepalive") => "keepalive",
+        Some("timewait") => "time_wait",
+        Some("persist") => "probe",
+        Some(other) => panic!("unexpected ss timer kind {other}"),
+    }
+}
+
+#[test]
+fn sockets_agree_with_ss_and_getsockopt() {
+    require_root();
+    let ns = Netns::new("agree");
+    for (k, v) in [("tcp_keepalive_time", "600"), ("tcp_keepalive_intvl", "30"), ("tcp_keepalive_probes", "4")] {
+        ns.exec(&["sysctl", "-qw", &format!("net.ipv4.{k}={v}")]);
+    }
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let worker = ns.spawn(move || build(done_rx, ready_tx));
+    let (opts, dead_port) = ready_rx.recv_timeout(Duration::from_secs(60)).expect("sockets built");
+    ns.drop_from_port(dead_port);
+    // Let the dead-peer connections reach their first unanswered probe (idle 1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let t0 = Instant::now();
+    let out = Command::new(KATO).args(["sockets", "--output", "json", "--netns", &ns.name]).output().unwrap();
+    assert!(out.status.success(), "kato sockets: {}", String::from_utf8_lossy(&out.stderr));
+    let ss_text = ns.exec(&["ss", "-tnoa"]);
+    let dt = t0.elapsed().as_secs_f64();
+    done_tx.send(()).unwrap();
+    worker.join().unwrap();
+
+    let kato: Vec<Value> = serde_json::from_slice(&out.stdout).expect("kato JSON");
+    let key = |l: &Value, r: &Value| -> (SocketAddr, SocketAddr) {
+        (l.as_str().unwrap().parse().unwrap(), r.as_str().unwrap().parse().unwrap())
+    };
+    let kmap: HashMap<_, &Value> = kato.iter().map(|v| (key(&v["local"], &v["remote"]), v)).collect();
+    let ssv = ss::parse(&ss_text);
+    let smap: HashMap<_, &ss::SsSocket> = ssv.iter().map(|s| ((s.local, s.remote), s)).collect();
+    assert_eq!(kmap.len(), kato.len(), "kato lists each socket once");
+    assert!(kato.len() >= 1000, "only {} sockets", kato.len());
+    let (kset, sset): (BTreeSet<_>, BTreeSet<_>) = (kmap.keys().collect(), smap.keys().collect());
+    assert_eq!(
+        kset, sset,
+        "kato and ss list different sockets: only kato {:?}, only ss {:?}",
+        kset.difference(&sset).collect::<Vec<_>>(),
+        sset.difference(&kset).collect::<Vec<_>>()
+    );
+
+    let mut kinds: HashMap<&str, usize> = HashMap::new();
+    let mut probing = 0;
+    for (k, s) in &smap {
+        let v = kmap[k];
+        assert_eq!(v["state"], s.state.as_str(), "state of {k:?}");
+        let kt = &v["timer"];
+        let kind = timer_kind(s.timer.as_ref().map(|t| t.kind.as_str()));
+        assert_eq!(kt["kind"], kind, "timer kind of {k:?}: kato {kt}, ss {:?}", s.timer);
+        *kinds.entry(kind).or_default() += 1;
+        let Some(t) = &s.timer else { continue };
+        let left = kt["remaining_s"].as_f64().unwrap();
+        // A timer that could have fired between the two reads cannot be compared.
+        if left <= dt + 0.1 {
+            continue;
+        }
+        assert!(
+            t.secs <= left + 0.1 && t.secs >= left - dt - t.unit - 0.1,
+            "timer of {k:?}: kato {left:.3}s, ss {}s (unit {}), reads {dt:.3}s apart",
+            t.secs,
+            t.unit
+        );
+        let count = if kind == "keepalive" { &kt["probes"] } else { &kt["retransmits"] };
+        assert_eq!(count.as_u64().unwrap(), u64::from(t.retrans), "probe/retransmit count of {k:?}");
+        if kind == "keepalive" && t.retrans > 0 {
+            probing += 1;
+        }
+    }
+    eprintln!("agreement: {} sockets, timers {kinds:?}, {probing} probing, reads {dt:.3}s apart", kato.len());
+    assert!(kinds.get("keepalive").copied().unwrap_or(0) > 300, "{kinds:?}");
+    assert!(kinds.get("time_wait").copied().unwrap_or(0) >= 13, "TIME_WAIT and orphaned FIN_WAIT2: {kinds:?}");
+    assert!(probing >= 15, "dead-peer sockets with probes out: {probing} ({kinds:?})");
+    let fin_wait2 = kato.iter().filter(|v| v["state"] == "FIN_WAIT2").count();
+    assert_eq!(fin_wait2, 6, "3 orphaned + 3 half-closed");
+
+    // Effective settings: what getsockopt says, with the right source.
+    for (local, remote, (on, idle, intvl, cnt)) in &opts {
+        let v = kmap.get(&(*local, *remote)).unwrap_or_else(|| panic!("kato misses {local} -> {remote}"));
+        let ka = &v["keepalive"];
+        assert_eq!(ka["enabled"], *on, "{local} -> {remote}");
+        assert_eq!(ka["idle_s"]["value"], *idle, "{local} -> {remote}");
+        assert_eq!(ka["interval_s"]["value"], *intvl, "{local} -> {remote}");
+        assert_eq!(ka["count"]["value"], *cnt, "{local} -> {remote}");
+        if *idle == 600 {
+            assert_eq!(ka["idle_s"]["source"], "sysctl", "the namespace's own sysctl");
+        }
+    }
+    let sysctl_sourced = opts.iter().filter(|o| o.2 .1 == 600).count();
+    assert!(sysctl_sourced > 100, "{sysctl_sourced} sockets on the netns default");
+}
