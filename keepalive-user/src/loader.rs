@@ -154,6 +154,14 @@ impl Probes {
         Ok(prog)
     }
 
+    /// Loads both iterators (without running them): fails where the kernel
+    /// has no BPF iterators or refuses these.
+    pub fn check_iterators(&mut self) -> Result<(), LoadError> {
+        self.iter(ITER_TCP)?;
+        self.iter(ITER_TASK_FILE)?;
+        Ok(())
+    }
+
     /// Runs iterator `which` (in namespace `ns`, for netns-scoped ones) and
     /// returns its raw output.
     fn run_iter(&mut self, which: (&'static str, &'static str), ns: Option<&NetnsRef>) -> Result<Vec<u8>, LoadError> {

@@ -120,6 +120,8 @@ fn sockets_agree_with_ss_and_getsockopt() {
     assert!(out.status.success(), "kato sockets: {}", String::from_utf8_lossy(&out.stderr));
     let ss_text = ns.exec(&["ss", "-tnoa"]);
     let dt = t0.elapsed().as_secs_f64();
+    let diag = Command::new(KATO).args(["sockets", "--source", "diag", "--output", "json", "--netns", &ns.name]).output().unwrap();
+    assert!(diag.status.success(), "kato sockets --source diag: {}", String::from_utf8_lossy(&diag.stderr));
     done_tx.send(()).unwrap();
     worker.join().unwrap();
 
@@ -139,6 +141,16 @@ fn sockets_agree_with_ss_and_getsockopt() {
         kset.difference(&sset).collect::<Vec<_>>(),
         sset.difference(&kset).collect::<Vec<_>>()
     );
+
+    // The sock_diag fallback sees the same sockets, states and timer kinds.
+    let diag: Vec<Value> = serde_json::from_slice(&diag.stdout).expect("diag JSON");
+    let dmap: HashMap<_, &Value> = diag.iter().map(|v| (key(&v["local"], &v["remote"]), v)).collect();
+    assert_eq!(dmap.keys().collect::<BTreeSet<_>>(), kset, "sock_diag and iterator sets differ");
+    for (k, d) in &dmap {
+        assert_eq!(d["state"], kmap[k]["state"], "{k:?}");
+        assert_eq!(d["timer"]["kind"], kmap[k]["timer"]["kind"], "{k:?}");
+        assert!(d["keepalive"].is_null(), "sock_diag cannot know keepalive settings");
+    }
 
     let mut kinds: HashMap<&str, usize> = HashMap::new();
     let mut probing = 0;

@@ -11,7 +11,7 @@ use keepalive_user::{
     sockets::{
         owners,
         query::{Query, SortKey},
-        render,
+        diag, render,
         table::SocketTable,
         Socket,
     },
@@ -25,6 +25,18 @@ use super::{KernelArgs, Output};
 pub enum OnOff {
     On,
     Off,
+}
+
+/// Where the socket list comes from.
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum SourceArg {
+    /// BPF iterators, or sock_diag if the kernel cannot load them.
+    #[default]
+    Auto,
+    /// BPF iterators (iter/tcp, iter/task_file): everything, including keepalive settings.
+    Iter,
+    /// NETLINK_SOCK_DIAG, like ss: no keepalive settings; needs no eBPF.
+    Diag,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +70,9 @@ pub struct SocketsArgs {
     /// Sort by: local, remote, state, pid, timer, idle (longest first), probes (most first).
     #[arg(long, value_name = "KEY", default_value = "local")]
     pub sort: SortKey,
+    /// Where to read sockets from.
+    #[arg(long, value_enum, default_value_t)]
+    pub source: SourceArg,
     /// Refresh every SECS seconds, clearing the screen like `watch`, until Ctrl-C.
     /// Keepalive events are traced meanwhile, so probes sent/answered are counted.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
@@ -88,16 +103,78 @@ fn targets(args: &SocketsArgs) -> anyhow::Result<Vec<Option<NetnsRef>>> {
     args.netns.iter().map(|s| Ok(Some(netns::resolve(s)?))).collect()
 }
 
+fn inode_of(t: &Option<NetnsRef>) -> anyhow::Result<u32> {
+    Ok(match t {
+        Some(ns) => ns.inode,
+        None => netns::current().context("reading /proc/self/ns/net")?.inode,
+    })
+}
+
+/// One snapshot through sock_diag; owners found by inode via /proc.
+pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> anyhow::Result<Vec<(u32, Vec<Socket>)>> {
+    let mut owners = keepalive_user::owner::OwnerCache::default();
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let inode = inode_of(t)?;
+        let mut sockets = match t {
+            Some(ns) => netns::run_in(ns, || diag::dump(inode))?,
+            None => diag::dump(inode),
+        }
+        .with_context(|| format!("sock_diag dump of netns {inode}"))?;
+        for s in &mut sockets {
+            if let Some(o) = owners.lookup(s.inode) {
+                (s.pid, s.comm) = (Some(o.pid), Some(o.comm));
+            }
+        }
+        out.push((inode, sockets));
+    }
+    Ok(out)
+}
+
+/// Reads sockets from the iterators, or sock_diag when they are unavailable.
+pub struct Snapshotter {
+    pub probes: Option<Probes>,
+    diag: bool,
+}
+
+impl Snapshotter {
+    pub fn new(source: SourceArg, kernel: &KernelArgs, need_probes: bool) -> anyhow::Result<Self> {
+        if source == SourceArg::Diag && !need_probes {
+            return Ok(Self { probes: None, diag: true });
+        }
+        let mut probes = Probes::open(&kernel.load_options())?;
+        let diag = match source {
+            SourceArg::Diag => true,
+            SourceArg::Iter => {
+                probes.check_iterators()?;
+                false
+            }
+            SourceArg::Auto => match probes.check_iterators() {
+                Ok(()) => false,
+                Err(e) => {
+                    eprintln!("kato: BPF iterators unavailable ({e}); using sock_diag, keepalive settings unknown");
+                    true
+                }
+            },
+        };
+        Ok(Self { probes: Some(probes), diag })
+    }
+
+    pub fn take(&mut self, targets: &[Option<NetnsRef>]) -> anyhow::Result<Vec<(u32, Vec<Socket>)>> {
+        match (&mut self.probes, self.diag) {
+            (Some(p), false) => snapshot(p, targets),
+            _ => snapshot_diag(targets),
+        }
+    }
+}
+
 /// One snapshot: (netns inode, sockets) per target, owners joined in.
 pub fn snapshot(probes: &mut Probes, targets: &[Option<NetnsRef>]) -> anyhow::Result<Vec<(u32, Vec<Socket>)>> {
     let owner_of = owners(&probes.socket_owners().context("listing socket owners")?);
     let hz = probes.kernel.hz;
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
-        let inode = match t {
-            Some(ns) => ns.inode,
-            None => netns::current().context("reading /proc/self/ns/net")?.inode,
-        };
+        let inode = inode_of(t)?;
         let records = probes.tcp_sockets(t.as_ref()).with_context(|| format!("listing TCP sockets of netns {inode}"))?;
         let mut sockets = Vec::with_capacity(records.len());
         for r in &records {
@@ -138,17 +215,21 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         sort: args.sort,
     };
     let targets = targets(&args)?;
-    let mut probes = Probes::open(&args.kernel.load_options())?;
+    let mut snap = Snapshotter::new(args.source, &args.kernel, args.watch.is_some())?;
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
-        let sockets = snapshot(&mut probes, &targets)?.into_iter().flat_map(|(_, s)| s).collect();
+        let sockets = snap.take(&targets)?.into_iter().flat_map(|(_, s)| s).collect();
         let mut out = std::io::BufWriter::new(stdout.lock());
         return ignore_broken_pipe(print(&mut out, args.output, &query.apply(sockets)).and_then(|()| out.flush()));
     };
 
     // Watch: snapshots every period, keepalive events in between.
+    let mut probes = snap.probes.take().expect("watch loads the programs");
     probes.attach_tracing()?;
-    let mut stream = probes.events()?;
+    snap.probes = Some(probes);
+    let probes_ref = snap.probes.as_mut().expect("just set");
+    let mut stream = probes_ref.events()?;
+    let (hz, names) = (probes_ref.kernel.hz, probes_ref.kernel.reset_reasons.clone());
     let mut table = SocketTable::new(1 << 20);
     let mut deriver = Deriver::default();
     let (mut batch, mut derived) = (Vec::new(), Vec::<Derived>::new());
@@ -163,12 +244,11 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 for rec in batch.drain(..).flatten() {
                     derived.clear();
                     deriver.derive(&rec, &mut derived);
-                    let names = &probes.kernel.reset_reasons;
-                    table.apply_event(&rec, &derived, |c| names.get(&c).cloned().unwrap_or_else(|| format!("UNKNOWN_{c}")), probes.kernel.hz);
+                    table.apply_event(&rec, &derived, |c| names.get(&c).cloned().unwrap_or_else(|| format!("UNKNOWN_{c}")), hz);
                 }
             }
             _ = tick.tick() => {
-                for (inode, sockets) in snapshot(&mut probes, &targets)? {
+                for (inode, sockets) in snap.take(&targets)? {
                     table.apply_snapshot(inode, sockets);
                 }
                 let mut out = std::io::BufWriter::new(stdout.lock());

@@ -1,6 +1,7 @@
 //! The per-socket keepalive model: what kato knows about one TCP socket,
 //! built from an iterator record (and, in the agent, kept current by events).
 
+pub mod diag;
 pub mod query;
 pub mod render;
 pub mod table;
