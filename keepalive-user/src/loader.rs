@@ -65,10 +65,14 @@ pub enum LoadError {
     Torn { name: &'static str, len: usize, record: usize },
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error("internal: programs opened without kernel symbols cannot trace (LoadOptions::tracing)")]
+    NotForTracing,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct LoadOptions {
+    /// Whether the tracing programs will be attached (they need kallsyms).
+    pub tracing: bool,
     /// Kernel BTF to resolve offsets from (default /sys/kernel/btf/vmlinux).
     pub btf: Option<PathBuf>,
     /// CONFIG_HZ, when the kernel config cannot be read.
@@ -108,24 +112,31 @@ impl Probes {
     /// Loads the object with the running kernel's offsets; attaches nothing.
     pub fn open(opts: &LoadOptions) -> Result<Self, LoadError> {
         caps::require_tracing().map_err(LoadError::Privilege)?;
-        let kernel = KernelInfo::probe(opts.btf.clone(), opts.hz)?;
+        let t = std::time::Instant::now();
+        let kernel = KernelInfo::probe(opts.btf.clone(), opts.hz, opts.tracing)?;
+        log::debug!("kernel probed in {:?}", t.elapsed());
         let btf = aya::Btf::parse_file(&kernel.btf_path, aya::Endianness::default())?;
+        log::debug!("aya parsed BTF at {:?}", t.elapsed());
         let ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("KATO_CONFIG", &kernel.config, true)
             .override_global("KATO_ITER_CONFIG", &kernel.iter_config, true)
             .load(OBJECT)?;
+        log::debug!("object loaded at {:?}", t.elapsed());
         Ok(Self { ebpf, btf, kernel })
     }
 
     /// Loads and attaches the tracing programs (`kato trace`, the agent).
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
-        let mut p = Self::open(opts)?;
+        let mut p = Self::open(&LoadOptions { tracing: true, ..opts.clone() })?;
         p.attach_tracing()?;
         Ok(p)
     }
 
     pub fn attach_tracing(&mut self) -> Result<(), LoadError> {
+        if self.kernel.config.keepalive_fn == 0 {
+            return Err(LoadError::NotForTracing);
+        }
         for (name, tracepoint) in PROGRAMS {
             let err = |source| LoadError::Program { name, tracepoint, source };
             let prog: &mut BtfTracePoint = self

@@ -20,10 +20,11 @@ use crate::{
 const KATO: &str = env!("CARGO_BIN_EXE_kato");
 
 type Opts = (bool, i32, i32, i32);
+type Built = (Vec<(SocketAddr, SocketAddr, Opts)>, u16);
 
 /// Builds the mix and reports (local, remote, getsockopt) of every full
 /// socket it holds. Keeps everything open until `done` fires.
-fn build(done: mpsc::Receiver<()>, ready: mpsc::Sender<(Vec<(SocketAddr, SocketAddr, Opts)>, u16)>) {
+fn build(done: mpsc::Receiver<()>, ready: mpsc::Sender<Built>) {
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let l6 = TcpListener::bind("[::1]:0").unwrap();
     // Accepted sockets inherit SO_KEEPALIVE from their listener.
@@ -31,7 +32,7 @@ fn build(done: mpsc::Receiver<()>, ready: mpsc::Sender<(Vec<(SocketAddr, SocketA
     let dead = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut held: Vec<TcpStream> = Vec::new();
     let connect = |i: usize, held: &mut Vec<TcpStream>| {
-        let (to, listener) = if i % 3 == 0 { (l6.local_addr().unwrap(), &l6) } else { (l4.local_addr().unwrap(), &l4) };
+        let (to, listener) = if i.is_multiple_of(3) { (l6.local_addr().unwrap(), &l6) } else { (l4.local_addr().unwrap(), &l4) };
         let c = client(to, |s| match i % 4 {
             0 => {}
             1 => crate::support::setsockopt_pub(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
@@ -200,4 +201,62 @@ fn sockets_agree_with_ss_and_getsockopt() {
     }
     let sysctl_sourced = opts.iter().filter(|o| o.2 .1 == 600).count();
     assert!(sysctl_sourced > 100, "{sysctl_sourced} sockets on the netns default");
+}
+
+/// `kato sockets --watch` merges events into the snapshots: a socket probing a
+/// dead peer shows the probes kato saw go out, and leaves the table once the
+/// kernel gives up on it.
+#[test]
+fn watch_counts_probes_and_drops_closed_sockets() {
+    use std::io::BufRead;
+    require_root();
+    let ns = Netns::new("watch");
+    let mut kato = Command::new(KATO)
+        .args(["sockets", "--watch", "0.5", "--output", "json", "--netns", &ns.name, "--keepalive", "on"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = mpsc::channel();
+    let stdout = std::io::BufReader::new(kato.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let _ = lines_tx.send(line.unwrap());
+        }
+    });
+    // Wait for the first refresh so the tracer is attached before the socket exists.
+    lines_rx.recv_timeout(Duration::from_secs(10)).expect("first refresh");
+
+    let (tx, rx) = mpsc::channel();
+    let worker = ns.spawn(move || {
+        let (mut client, server) = crate::support::pair(false, 1, 1, 3);
+        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap())).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let r = client.read(&mut [0u8; 1]);
+        drop(server);
+        r
+    });
+    let (local, remote) = rx.recv().unwrap();
+    ns.drop_from_port(remote.port());
+
+    let mut max_sent = 0;
+    let mut gone_after_probing = false;
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end && !gone_after_probing {
+        let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(2)) else { continue };
+        let table: Vec<Value> = serde_json::from_str(&line).unwrap();
+        match table.iter().find(|v| v["local"] == local.to_string()) {
+            Some(v) => {
+                assert_eq!(v["remote"], remote.to_string());
+                max_sent = max_sent.max(v["probes_sent"].as_u64().unwrap_or(0));
+                assert!(v["probes_answered"].as_u64().unwrap_or(0) == 0, "dead peer never answers: {v}");
+            }
+            None => gone_after_probing = max_sent > 0,
+        }
+    }
+    assert!(worker.join().unwrap().is_err(), "connection timed out");
+    let _ = kato.kill();
+    let _ = kato.wait();
+    assert!(max_sent >= 2, "probes kato counted: {max_sent}");
+    assert!(gone_after_probing, "the closed socket left the table");
 }

@@ -3,6 +3,8 @@
 //! Every command first runs `setup` (idempotent), so a fresh machine needs
 //! nothing but the README's commands.
 
+mod bench;
+mod hold;
 mod setup;
 
 use std::process::Command;
@@ -36,6 +38,24 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure kato against ss/netstat and write docs/benchmarks.md (as root).
+    Bench {
+        /// Socket counts for the listing benchmark.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        sockets: Vec<usize>,
+    },
+    /// (internal) Hold loopback TCP connections open for a benchmark.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long, conflicts_with = "connect")]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        connect: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        keepalive: bool,
+    },
     /// Run every test: unit tests, and the kernel-facing tests (as root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -68,8 +88,30 @@ fn build(release: bool) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Hold { listen, connect, count, keepalive } = cli.command {
+        return match (listen, connect) {
+            (Some(a), _) => hold::listen(a, count),
+            (_, Some(a)) => hold::connect(a, count, keepalive),
+            _ => bail!("hold needs --listen or --connect"),
+        };
+    }
     setup::ensure()?;
     match cli.command {
+        Cmd::Hold { .. } => unreachable!("handled above"),
+        Cmd::Bench { sockets } => {
+            if euid() != 0 {
+                bail!("benchmarks create network namespaces and load eBPF: run `cargo xtask bench` as root");
+            }
+            build(true)?;
+            let kato = std::fs::canonicalize("target/release/kato")?;
+            let (rows, memory) = bench::scale(kato.to_str().context("path")?, &sockets)?;
+            let command = format!("cargo xtask bench --sockets {}", sockets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","));
+            let text = bench::report(&rows, memory, &command);
+            std::fs::create_dir_all("docs")?;
+            std::fs::write("docs/benchmarks.md", &text)?;
+            println!("{text}");
+            Ok(())
+        }
         Cmd::Setup => Ok(()),
         Cmd::Build { release } => build(release),
         Cmd::Run { release, args } => {

@@ -83,7 +83,7 @@ pub struct KernelArgs {
 }
 
 impl KernelArgs {
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { btf: Some(self.btf.clone()), hz: self.hz }
+    pub fn load_options(&self, tracing: bool) -> LoadOptions {
+        LoadOptions { tracing, btf: Some(self.btf.clone()), hz: self.hz }
     }
 }

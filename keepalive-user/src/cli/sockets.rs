@@ -142,7 +142,7 @@ impl Snapshotter {
         if source == SourceArg::Diag && !need_probes {
             return Ok(Self { probes: None, diag: true });
         }
-        let mut probes = Probes::open(&kernel.load_options())?;
+        let mut probes = Probes::open(&kernel.load_options(need_probes))?;
         let diag = match source {
             SourceArg::Diag => true,
             SourceArg::Iter => {
@@ -170,7 +170,9 @@ impl Snapshotter {
 
 /// One snapshot: (netns inode, sockets) per target, owners joined in.
 pub fn snapshot(probes: &mut Probes, targets: &[Option<NetnsRef>]) -> anyhow::Result<Vec<(u32, Vec<Socket>)>> {
+    let started = std::time::Instant::now();
     let owner_of = owners(&probes.socket_owners().context("listing socket owners")?);
+    log::debug!("owners listed in {:?}", started.elapsed());
     let hz = probes.kernel.hz;
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
@@ -183,6 +185,7 @@ pub fn snapshot(probes: &mut Probes, targets: &[Option<NetnsRef>]) -> anyhow::Re
                 Err(e) => warn!("skipping a socket record: {e}"),
             }
         }
+        log::debug!("netns {inode}: {} sockets at {:?}", sockets.len(), started.elapsed());
         out.push((inode, sockets));
     }
     Ok(out)

@@ -63,7 +63,7 @@ pub async fn shutdown() {
 }
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let mut probes = Probes::load(&args.kernel.load_options())?;
+    let mut probes = Probes::load(&args.kernel.load_options(true))?;
     let mut stream = probes.events()?;
     eprintln!(
         "kato trace: watching keepalive timers and resets on {} ({} programs via {}); Ctrl-C to stop",

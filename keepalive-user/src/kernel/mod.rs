@@ -45,11 +45,16 @@ pub fn release() -> String {
 }
 
 impl KernelInfo {
-    pub fn probe(btf_path: Option<PathBuf>, hz: Option<u32>) -> Result<Self, KernelError> {
+    /// `symbols`: also look up `tcp_keepalive_timer` in /proc/kallsyms (about
+    /// 50 ms: the kernel formats 100k+ lines), which only the timer programs need.
+    pub fn probe(btf_path: Option<PathBuf>, hz: Option<u32>, symbols: bool) -> Result<Self, KernelError> {
         let release = release();
         let btf_path = btf_path.unwrap_or_else(|| PathBuf::from(DEFAULT_BTF));
+        let t = std::time::Instant::now();
         let btf = Btf::from_file(&btf_path)?;
-        let keepalive_fn = kallsyms::lookup_running(KEEPALIVE_TIMER_FN)?;
+        log::debug!("BTF parsed in {:?}", t.elapsed());
+        let keepalive_fn = if symbols { kallsyms::lookup_running(KEEPALIVE_TIMER_FN)? } else { 0 };
+        log::debug!("kallsyms read at {:?}", t.elapsed());
         let config = offsets::resolve(&btf, keepalive_fn)?;
         let iter_config = offsets::resolve_iter(&btf)?;
         let hz = match hz {
