@@ -24,6 +24,11 @@ pub mod kind {
     pub const DISARMED: u32 = 3;
     /// `tcp_send_reset` with a NULL skb: `tcp_send_active_reset`.
     pub const RESET_SENT: u32 = 4;
+    /// `tcp_receive_reset`: the peer reset the connection.
+    pub const RESET_RECEIVED: u32 = 5;
+    /// `inet_sock_set_state` to TCP_CLOSE: the socket is gone from the
+    /// tables (closed, reset, timed out, or handed to a TIME_WAIT socket).
+    pub const CLOSED: u32 = 6;
 }
 
 /// Bits of [`Event::flags`].
@@ -74,7 +79,9 @@ pub struct Event {
     pub flags: u32,
     /// `sk->sk_err` after the event (ETIMEDOUT = 110 after a keepalive timeout).
     pub sk_err: i32,
-    pub _pad0: u32,
+    /// Jiffies since the peer was last heard from (the later of the last data
+    /// segment and the last ACK), low 32 bits: keepalive's idle time.
+    pub rx_idle: u32,
     /// Local port, host byte order.
     pub sport: u16,
     /// Remote port, host byte order.
@@ -135,10 +142,19 @@ pub struct KernelConfig {
     pub icsk_probes_out: u32,
     /// 1 when the `tcp_send_reset` tracepoint carries `enum sk_rst_reason`.
     pub has_reset_reason: u32,
+    /// `offsetof(struct inet_connection_sock, icsk_ack.lrcvtime)` (u32 jiffies).
+    pub icsk_lrcvtime: u32,
+    /// `offsetof(struct tcp_sock, rcv_tstamp)` (u32 jiffies).
+    pub tp_rcv_tstamp: u32,
+    /// `offsetof(struct sock, sk_protocol)` (u16).
+    pub sk_protocol: u32,
+    /// `offsetof(struct inet_sock, inet_sport)` (__be16): still set after
+    /// the close path releases the port and zeroes `skc_num`.
+    pub inet_sport: u32,
     pub _pad0: u32,
 }
 
-pub const KERNEL_CONFIG_SIZE: usize = 88;
+pub const KERNEL_CONFIG_SIZE: usize = 104;
 const _: () = assert!(size_of::<KernelConfig>() == KERNEL_CONFIG_SIZE);
 
 /// Bits of [`SockRecord::flags`].

@@ -25,12 +25,66 @@ fn try_tcp_send_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     }
     let mut ev = new_event(kind::RESET_SENT);
     fill(&mut ev, sk)?;
+    ev.rx_idle = crate::sock::rx_idle(sk)?;
     // Kernels before 6.12 have no reason argument: reading it would fail verification.
     if conf!(has_reset_reason) != 0 {
         let reason: u32 = ctx.arg(2);
         ev.reason = reason;
         ev.flags |= flags::HAS_REASON;
     }
+    submit(&ev);
+    Ok(0)
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
+    match try_tcp_receive_reset(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// `tcp_reset()`: a RST arrived on an established socket. Read before the
+/// kernel closes it, so the idle time is the connection's.
+fn try_tcp_receive_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let sk: u64 = ctx.arg(0);
+    if sk == 0 {
+        return Ok(0);
+    }
+    let mut ev = new_event(kind::RESET_RECEIVED);
+    fill(&mut ev, sk)?;
+    ev.rx_idle = crate::sock::rx_idle(sk)?;
+    submit(&ev);
+    Ok(0)
+}
+
+const TCP_CLOSE: i32 = 7;
+const IPPROTO_TCP: u16 = 6;
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    match try_inet_sock_set_state(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Every TCP socket leaving the kernel's tables: one record per connection,
+/// so the agent's table forgets closed sockets at once. Other transitions
+/// cost a compare.
+fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let newstate: i32 = ctx.arg(2);
+    if newstate != TCP_CLOSE {
+        return Ok(0);
+    }
+    let sk: u64 = ctx.arg(0);
+    if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let oldstate: i32 = ctx.arg(1);
+    let mut ev = new_event(kind::CLOSED);
+    fill(&mut ev, sk)?;
+    // The state field says where it came from; the close is the kind.
+    ev.state_before = oldstate as u8;
+    ev.state = TCP_CLOSE as u8;
     submit(&ev);
     Ok(0)
 }

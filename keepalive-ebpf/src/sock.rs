@@ -60,6 +60,10 @@ pub fn fill_addrs(
     *family = f;
     *state_out = state(sk)?;
     *sport = read::<u16>(sk, conf!(skc_num))?;
+    if *sport == 0 {
+        // Closing: the port is released, inet_sport still has it.
+        *sport = u16::from_be(read::<u16>(sk, conf!(inet_sport))?);
+    }
     *dport = u16::from_be(read::<u16>(sk, conf!(skc_dport))?);
     if f == AF_INET6 {
         *saddr = read::<[u8; 16]>(sk, conf!(skc_v6_rcv_saddr))?;
@@ -120,6 +124,17 @@ pub fn fill(ev: &mut Event, sk: u64) -> Result<(), u32> {
     ev.netns = netns(sk)?;
     ev.ino = ino(sk)?;
     Ok(())
+}
+
+/// Jiffies since the peer was last heard from, as `keepalive_time_elapsed()`
+/// computes it: the later of the last data segment and the last ACK.
+#[inline(always)]
+pub fn rx_idle(sk: u64) -> Result<u32, u32> {
+    let lrcv = read::<u32>(sk, conf!(icsk_lrcvtime))?;
+    let ack = read::<u32>(sk, conf!(tp_rcv_tstamp))?;
+    let last = if (lrcv.wrapping_sub(ack) as i32) > 0 { lrcv } else { ack };
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
+    Ok(now.wrapping_sub(last))
 }
 
 /// Fills the keepalive timer's deadline when it is pending.

@@ -25,9 +25,7 @@ pub struct InFlight {
     timer: u64,
     probes_before: u8,
     state_before: u8,
-    /// Local port at entry: tcp_done() unhashes the socket and zeroes it.
-    sport: u16,
-    _pad: [u8; 4],
+    _pad: [u8; 6],
 }
 
 #[map]
@@ -90,7 +88,6 @@ fn try_timer_expire_entry(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         (*slot).timer = timer;
         (*slot).probes_before = probes_out(sk)?;
         (*slot).state_before = state(sk)?;
-        (*slot).sport = read::<u16>(sk, conf!(skc_num))?;
     }
     Ok(0)
 }
@@ -115,9 +112,7 @@ fn try_timer_expire_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     fill(&mut ev, sk)?;
     ev.probes_before = seen.probes_before;
     ev.state_before = seen.state_before;
-    if ev.sport == 0 {
-        ev.sport = seen.sport;
-    }
+    ev.rx_idle = crate::sock::rx_idle(sk)?;
     fill_timer(&mut ev, sk)?;
     submit(&ev);
     Ok(0)

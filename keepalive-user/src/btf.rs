@@ -535,9 +535,17 @@ pub(crate) mod fixture {
             "sock",
             false,
             800,
-            &[("__sk_common", skc, 0, 0), ("sk_err", int_, 2048, 0), ("sk_socket", void_ptr, 2112, 0), ("sk_timer", timer, 4096, 0)],
+            &[("__sk_common", skc, 0, 0), ("sk_err", int_, 2048, 0), ("sk_socket", void_ptr, 2112, 0), ("sk_protocol", u16_, 2176, 0), ("sk_timer", timer, 4096, 0)],
         );
-        b.composite("inet_connection_sock", false, 1200, &[("icsk_inet", u64_, 0, 0), ("icsk_retransmits", u8_, 8400, 0), ("icsk_probes_out", u8_, 8408, 0)]);
+        let icsk_ack = b.composite("", false, 32, &[("pending", u8_, 0, 0), ("lrcvtime", u32_, 64, 0)]);
+        b.composite(
+            "inet_connection_sock",
+            false,
+            1200,
+            &[("icsk_inet", u64_, 0, 0), ("icsk_retransmits", u8_, 8400, 0), ("icsk_probes_out", u8_, 8408, 0), ("icsk_ack", icsk_ack, 8448, 0)],
+        );
+        b.composite("inet_sock", false, 960, &[("sk", u64_, 0, 0), ("inet_sport", be16, 6400, 0)]);
+        b.composite("tcp_sock", false, 2304, &[("inet_conn", u64_, 0, 0), ("rcv_tstamp", u32_, 13792, 0)]);
         let socket = b.composite("socket", false, 128, &[("state", u32_, 0, 0)]);
         let inode = b.composite("inode", false, 600, &[("i_mode", u16_, 0, 0), ("i_ino", u64_, 512, 0)]);
         b.composite("socket_alloc", false, 768, &[("socket", socket, 0, 0), ("vfs_inode", inode, 1024, 0)]);
@@ -587,8 +595,10 @@ mod tests {
     fn missing_field_is_named() {
         let err = btf().field("sock", "sk_nope").unwrap_err();
         assert_eq!(err.to_string(), "the running kernel's `struct sock` has no field `sk_nope`");
+        let err = btf().field("tcp_sk", "keepalive_time").unwrap_err();
+        assert_eq!(err.to_string(), "the running kernel's BTF has no struct tcp_sk");
         let err = btf().field("tcp_sock", "keepalive_time").unwrap_err();
-        assert_eq!(err.to_string(), "the running kernel's BTF has no struct tcp_sock");
+        assert_eq!(err.to_string(), "the running kernel's `struct tcp_sock` has no field `keepalive_time`");
     }
 
     #[test]

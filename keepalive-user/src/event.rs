@@ -36,6 +36,8 @@ pub enum RecordKind {
     Fired,
     Disarmed,
     ResetSent,
+    ResetReceived,
+    Closed,
 }
 
 /// A decoded, validated kernel record.
@@ -58,6 +60,8 @@ pub struct Record {
     pub sk_err: i32,
     /// `enum sk_rst_reason`, where the kernel reports one.
     pub reason: Option<u32>,
+    /// Jiffies since the peer was last heard from (fired, resets).
+    pub rx_idle: u32,
 }
 
 fn addr(family: u16, bytes: [u8; 16], port: u16) -> SocketAddr {
@@ -83,6 +87,8 @@ impl Record {
             kind::FIRED => RecordKind::Fired,
             kind::DISARMED => RecordKind::Disarmed,
             kind::RESET_SENT => RecordKind::ResetSent,
+            kind::RESET_RECEIVED => RecordKind::ResetReceived,
+            kind::CLOSED => RecordKind::Closed,
             k => return Err(DecodeError::Kind(k)),
         };
         if raw.family != AF_INET && raw.family != AF_INET6 {
@@ -109,7 +115,14 @@ impl Record {
             probes_before: raw.probes_before,
             sk_err: raw.sk_err,
             reason: (raw.flags & flags::HAS_REASON != 0).then_some(raw.reason),
+            rx_idle: raw.rx_idle,
         })
+    }
+
+    /// Seconds since the peer was last heard from, for the kinds that carry it.
+    pub fn idle_secs(&self, hz: u32) -> Option<f64> {
+        matches!(self.kind, RecordKind::Fired | RecordKind::ResetSent | RecordKind::ResetReceived)
+            .then(|| f64::from(self.rx_idle) / f64::from(hz))
     }
 
     /// Seconds until the keepalive timer fires, from the record's own clock.
@@ -137,10 +150,14 @@ pub enum Kind {
     Disarmed,
     /// The kernel sent an active reset (tcp_send_active_reset).
     ResetSent,
+    /// The peer reset the connection (a RST arrived).
+    ResetReceived,
+    /// The socket left the kernel's tables (any TCP close).
+    Closed,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Armed,
         Kind::Fired,
         Kind::ProbeSent,
@@ -148,6 +165,8 @@ impl Kind {
         Kind::KeepaliveTimeout,
         Kind::Disarmed,
         Kind::ResetSent,
+        Kind::ResetReceived,
+        Kind::Closed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -159,6 +178,8 @@ impl Kind {
             Kind::KeepaliveTimeout => "keepalive_timeout",
             Kind::Disarmed => "disarmed",
             Kind::ResetSent => "reset_sent",
+            Kind::ResetReceived => "reset_received",
+            Kind::Closed => "closed",
         }
     }
 
@@ -196,6 +217,11 @@ impl Deriver {
         match rec.kind {
             RecordKind::Armed => push(Kind::Armed, rec.probes_out),
             RecordKind::ResetSent => push(Kind::ResetSent, rec.probes_out),
+            RecordKind::ResetReceived => push(Kind::ResetReceived, rec.probes_out),
+            RecordKind::Closed => {
+                self.unanswered.remove(&rec.sk);
+                push(Kind::Closed, rec.probes_out);
+            }
             RecordKind::Disarmed => {
                 self.unanswered.remove(&rec.sk);
                 push(Kind::Disarmed, rec.probes_out);
@@ -301,6 +327,7 @@ pub(crate) mod tests {
         assert_eq!(Record::decode(&long), Err(DecodeError::Length(EVENT_SIZE + 1)));
         for (field, want) in [
             (raw(0), DecodeError::Kind(0)),
+            (raw(7), DecodeError::Kind(7)),
             (raw(99), DecodeError::Kind(99)),
             (RawEvent { family: 1, ..raw(kind::ARMED) }, DecodeError::Family(1)),
             (RawEvent { state: 0, ..raw(kind::ARMED) }, DecodeError::State(0)),
@@ -371,6 +398,21 @@ pub(crate) mod tests {
         let e = RawEvent { probes_before: 3, probes_out: 3, state: 7, state_before: 7, sk_err: ETIMEDOUT, ..raw(kind::FIRED) };
         let already_closed = Record::decode(&bytes(&e)).unwrap();
         assert_eq!(run(&mut d, &already_closed), [Kind::Fired], "closed before this run");
+    }
+
+    #[test]
+    fn resets_and_closes() {
+        let mut d = Deriver::default();
+        run(&mut d, &fired(0, 1, 1, 0));
+        let mut e = raw(kind::RESET_RECEIVED);
+        e.rx_idle = 500;
+        let r = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!(run(&mut d, &r), [Kind::ResetReceived]);
+        assert_eq!(r.idle_secs(250), Some(2.0));
+        let closed = Record::decode(&bytes(&RawEvent { state: 7, ..raw(kind::CLOSED) })).unwrap();
+        assert_eq!(run(&mut d, &closed), [Kind::Closed]);
+        assert_eq!(closed.idle_secs(250), None);
+        assert!(d.unanswered.is_empty(), "closed socket forgotten");
     }
 
     #[test]

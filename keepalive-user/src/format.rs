@@ -27,6 +27,8 @@ pub struct TraceEvent {
     pub probes: u8,
     /// Seconds until the keepalive timer fires (null when not pending).
     pub timer_remaining_s: Option<f64>,
+    /// Seconds since the peer was last heard from (timer runs and resets).
+    pub idle_s: Option<f64>,
     pub reset_reason: Option<String>,
     pub reset_reason_code: Option<u32>,
     pub sk_err: i32,
@@ -56,6 +58,7 @@ impl Formatter<'_> {
             state: rec.state.name(),
             probes: d.probes,
             timer_remaining_s: rec.timer_remaining(self.hz).map(|s| (s * 1000.0).round() / 1000.0),
+            idle_s: rec.idle_secs(self.hz).map(|s| (s * 1000.0).round() / 1000.0),
             reset_reason: rec.reason.map(|r| self.reasons.get(&r).cloned().unwrap_or_else(|| format!("UNKNOWN_{r}"))),
             reset_reason_code: rec.reason,
             sk_err: rec.sk_err,

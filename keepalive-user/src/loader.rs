@@ -23,12 +23,14 @@ use crate::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
 
 /// (program, tracepoint) pairs, attached as BTF-enabled raw tracepoints.
-pub const PROGRAMS: [(&str, &str); 5] = [
+pub const PROGRAMS: [(&str, &str); 7] = [
     ("timer_start", "timer_start"),
     ("timer_expire_entry", "timer_expire_entry"),
     ("timer_expire_exit", "timer_expire_exit"),
     ("timer_cancel", "timer_cancel"),
     ("tcp_send_reset", "tcp_send_reset"),
+    ("tcp_receive_reset", "tcp_receive_reset"),
+    ("inet_sock_set_state", "inet_sock_set_state"),
 ];
 
 /// BPF iterators: (program, iterator type).

@@ -8,7 +8,7 @@ use std::{
 
 use keepalive_user::event::{Kind, ETIMEDOUT};
 
-use crate::support::{count, kinds, pair, Collector, Netns, Seen};
+use crate::support::{count, kinds, pair, without_listener, Collector, Netns, Seen};
 
 const TCP_KEEPALIVE_TIMEOUT: u32 = 15;
 
@@ -33,18 +33,27 @@ fn dead_peer(v6: bool) {
     let (local, remote) = rx.recv().expect("worker connected");
     ns.drop_from_port(remote.port());
 
-    let seen = collector.collect(ns.inode, Duration::from_secs(20), is_done);
+    let seen = collector.collect(ns.inode, Duration::from_secs(20), |s| {
+        is_done(s) && s.iter().any(|e| e.kind == Kind::ResetReceived)
+    });
     let read = worker.join().expect("worker");
     let err = read.expect_err("read must fail once keepalive gives up");
     assert_eq!(err.raw_os_error(), Some(ETIMEDOUT), "read error: {err}");
 
-    // Every event in the namespace is the client's socket: the server side
-    // has no keepalive, and nothing else lives there.
+    // The server side has no keepalive: all it sees is the client's reset
+    // (the drop rule only stops packets towards the client). Anything else
+    // in the namespace is the client's socket.
     assert!(!seen.is_empty(), "no events seen");
+    let (server_side, seen): (Vec<Seen>, Vec<Seen>) = without_listener(seen).into_iter().partition(|s| s.rec.local == remote);
+    for s in &server_side {
+        assert!(matches!(s.kind, Kind::ResetReceived | Kind::Closed), "server socket: {s:?}");
+    }
     let sk = seen[0].rec.sk;
     for s in &seen {
         assert_eq!((s.rec.sk, s.rec.local, s.rec.remote), (sk, local, remote), "unexpected event {s:?}");
     }
+    let closed = seen.iter().find(|s| s.kind == Kind::Closed).expect("the client's close");
+    assert_eq!(closed.rec.state_before, keepalive_user::tcp::TcpState::Established);
     assert_eq!(seen[0].kind, Kind::Armed, "first event: {:?}", kinds(&seen));
     assert!(seen.iter().any(|s| s.kind.is_firing()), "no timer firing: {:?}", kinds(&seen));
 
@@ -74,6 +83,10 @@ fn dead_peer(v6: bool) {
     assert_eq!(timeout.rec.sk_err, ETIMEDOUT);
     assert_eq!(timeout.probes, 3);
     assert!(timeout.rec.expires.is_none(), "no timer left after the timeout");
+    // Dead-peer detection time: idle 1 s + 3 probes 1 s apart = about 4 s
+    // since the peer was last heard from.
+    let idle = timeout.rec.idle_secs(hz).unwrap();
+    assert!((3.9..=4.5).contains(&idle), "idle before the timeout: {idle}");
 }
 
 #[test]
@@ -109,7 +122,10 @@ fn healthy_idle_peer_answers_probes() {
     done_tx.send(()).unwrap();
     assert_eq!(&worker.join().unwrap(), b"ping");
 
+    // Apart from the test's listener closing, only the client has events.
+    let seen = without_listener(seen);
     assert!(seen.iter().all(|s| s.rec.local == local), "only the client socket has keepalive: {seen:?}");
+    assert_eq!(count(&seen, Kind::Closed), 0, "nothing else closed");
     assert_eq!(count(&seen, Kind::KeepaliveTimeout), 0);
     assert_eq!(count(&seen, Kind::ResetSent), 0);
     assert!(count(&seen, Kind::PeerAnswered) >= 2, "events: {:?}", kinds(&seen));

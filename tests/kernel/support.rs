@@ -227,6 +227,14 @@ impl Collector {
     }
 }
 
+/// Splits off the close of the test's listening socket (pair() drops it).
+pub fn without_listener(seen: Vec<Seen>) -> Vec<Seen> {
+    let (listener, rest): (Vec<Seen>, Vec<Seen>) =
+        seen.into_iter().partition(|s| s.rec.state_before == keepalive_user::tcp::TcpState::Listen);
+    assert!(listener.iter().all(|s| s.kind == Kind::Closed), "{listener:?}");
+    rest
+}
+
 pub fn kinds(seen: &[Seen]) -> Vec<Kind> {
     seen.iter().map(|s| s.kind).collect()
 }

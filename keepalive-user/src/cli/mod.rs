@@ -38,7 +38,9 @@ probe_sent         the connection was idle past its keepalive time: a probe went
 peer_answered      the peer acknowledged an outstanding probe (PROBES: how many were out)\n  \
 keepalive_timeout  TCP_KEEPCNT probes went unanswered: the kernel closed the socket with ETIMEDOUT\n  \
 disarmed           the timer was stopped (keepalive off, socket closed, or a re-arm)\n  \
-reset_sent         the kernel sent an active RST; REASON is the kernel's sk_rst_reason\n\n\
+reset_sent         the kernel sent an active RST; REASON is the kernel's sk_rst_reason\n  \
+reset_received     the peer sent a RST\n  \
+closed             the socket closed (only with --closes: every TCP close on the host)\n\n\
 TIMER is the time left on the keepalive timer, like the first number of `netstat -o`'s \
 keepalive (7198.14/0/0). PID/COMM is the process holding the socket, found via /proc like \
 `netstat -p` (blank once no process holds it).\n\n\

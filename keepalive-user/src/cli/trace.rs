@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use keepalive_user::{
-    event::{Derived, Deriver},
+    event::{Derived, Deriver, Kind},
     filter::Filter,
     format::{table_line, Formatter, TABLE_HEADER},
     loader::{self, Probes},
@@ -39,6 +39,9 @@ pub struct TraceArgs {
     /// Only sockets in the network namespace with this inode (see `ls -l /proc/PID/ns/net`).
     #[arg(long, value_name = "INODE")]
     pub netns: Vec<u32>,
+    /// Also print `closed` for every TCP socket that closes (busy hosts: many).
+    #[arg(long)]
+    pub closes: bool,
     /// Exit after printing this many events.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
@@ -114,6 +117,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                 continue;
             }
             for d in &derived {
+                if d.kind == Kind::Closed && !args.closes {
+                    continue;
+                }
                 let ev = fmt.event(&rec, *d, owner.as_ref());
                 let written = match args.output {
                     Output::Table => writeln!(out, "{}", table_line(&ev)),

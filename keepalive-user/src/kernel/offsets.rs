@@ -52,6 +52,10 @@ pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError
         socket_ino,
         icsk_probes_out: at(btf, "inet_connection_sock", "icsk_probes_out", 1)?,
         has_reset_reason: (reset_args >= 3) as u32,
+        icsk_lrcvtime: at(btf, "inet_connection_sock", "icsk_ack.lrcvtime", 4)?,
+        tp_rcv_tstamp: at(btf, "tcp_sock", "rcv_tstamp", 4)?,
+        sk_protocol: sk("sk_protocol", 2)?,
+        inet_sport: at(btf, "inet_sock", "inet_sport", 2)?,
         _pad0: 0,
     })
 }
