@@ -1,8 +1,10 @@
 //! kato: a Linux TCP keepalive observer. The library behind the `kato`
 //! binary: kernel probing, eBPF loading, event decoding and formatting.
 
+pub mod agent;
 pub mod btf;
 pub mod caps;
+pub mod duration;
 pub mod event;
 pub mod filter;
 pub mod format;

@@ -20,6 +20,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Trace(args) => cli::trace::run(args).await,
             Command::Sockets(args) => cli::sockets::run(args).await,
+            Command::Agent(args) => cli::agent::run(args).await,
         }
     });
     match result {
@@ -27,6 +28,10 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One sentence (the context chain), no backtrace.
             eprintln!("kato: {e:#}");
+            // Bad configuration is a usage error, like a bad flag.
+            if e.downcast_ref::<keepalive_user::agent::config::ConfigError>().is_some() {
+                return std::process::ExitCode::from(2);
+            }
             std::process::ExitCode::FAILURE
         }
     }

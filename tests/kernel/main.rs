@@ -2,6 +2,8 @@
 //! sockets in network namespaces created (and deleted) per test. They need
 //! root and fail, never skip, when the programs cannot load.
 
+mod agent;
+mod agent_support;
 mod btf;
 mod cli;
 mod keepalive;

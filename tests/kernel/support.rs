@@ -137,10 +137,15 @@ pub fn client(to: SocketAddr, setup: impl FnOnce(&TcpStream)) -> TcpStream {
 }
 
 /// A connected pair on loopback (`127.0.0.1` or `::1`): (client, server side).
-/// Keepalive is set on the client *before* connect, as applications do.
+/// Keepalive is set on the client *before* connect, as applications do;
+/// `idle == 0` leaves keepalive off.
 pub fn pair(v6: bool, idle: i32, intvl: i32, cnt: i32) -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).expect("bind");
-    let client = client(listener.local_addr().unwrap(), |s| keepalive(s, idle, intvl, cnt));
+    let client = client(listener.local_addr().unwrap(), |s| {
+        if idle > 0 {
+            keepalive(s, idle, intvl, cnt)
+        }
+    });
     let (server, _) = listener.accept().expect("accept");
     (client, server)
 }

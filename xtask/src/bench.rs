@@ -160,7 +160,10 @@ pub struct Row {
     pub netstat: (Duration, Duration),
 }
 
-pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, Option<(u64, u64, usize)>)> {
+/// (RSS with nothing tracked KiB, RSS tracking the largest size KiB, sockets tracked)
+pub type Memory = (u64, u64, usize);
+
+pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, Option<Memory>)> {
     let mut rows = vec![];
     let mut memory = None;
     let empty = Netns::new("empty")?;
@@ -188,7 +191,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-pub fn report(rows: &[Row], memory: Option<(u64, u64, usize)>, command: &str) -> String {
+pub fn report(rows: &[Row], memory: Option<Memory>, command: &str) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

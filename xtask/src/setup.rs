@@ -10,7 +10,16 @@ use crate::status;
 /// bpf-linker must link the same LLVM major as the nightly rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: the LLVM bpf-linker builds against, and what tests drive.
-const PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev", "nftables", "iproute2", "bpftool"];
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "nftables",
+    "iproute2",
+    "bpftool",
+    "prometheus",
+];
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;

@@ -1,5 +1,7 @@
 //! Command-line interface: one module per subcommand.
 
+pub mod agent;
+pub mod signals;
 pub mod sockets;
 pub mod trace;
 
@@ -62,6 +64,16 @@ Examples:\n  sudo kato sockets --keepalive off --state established    connection
 sudo kato sockets --sort probes --watch 1                 who is probing a dead peer right now\n  \
 sudo kato sockets --all-netns --output json | jq ...")]
     Sockets(sockets::SocketsArgs),
+    /// Run as the node agent: track every socket, serve Prometheus /metrics.
+    #[command(long_about = "Run as the node agent: load the programs, take a snapshot of every TCP socket, \
+keep the table current from kernel events, and serve over HTTP:\n  \
+/metrics   Prometheus metrics (docs/metrics.md lists them)\n  \
+/sockets   the socket table as JSON; filters as query parameters: state, port, addr, pid, netns, keepalive, sort\n  \
+/healthz   liveness, as JSON\n\n\
+Listens on 127.0.0.1:7941 by default. After start-up it keeps only CAP_BPF and CAP_PERFMON \
+(plus CAP_SYS_ADMIN and CAP_SYS_PTRACE when it watches other network namespaces). \
+Stops cleanly on SIGTERM or SIGINT. A bad option or config value exits with code 2.")]
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]

@@ -6,18 +6,16 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use keepalive_user::{
     event::{Derived, Deriver},
-    loader::Probes,
-    netns::{self, NetnsRef},
+    netns,
     sockets::{
-        owners,
         query::{Query, SortKey},
-        diag, render,
+        render,
+        snapshot::{Snapshotter, Source, Targets},
         table::SocketTable,
         Socket,
     },
     tcp::TcpState,
 };
-use log::warn;
 
 use super::{KernelArgs, Output};
 
@@ -93,7 +91,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 /// The namespaces to list; `None` is kato's own (no namespace switch).
-fn targets(args: &SocketsArgs) -> anyhow::Result<Vec<Option<NetnsRef>>> {
+fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
     if args.all_netns {
         return Ok(netns::list().into_iter().map(Some).collect());
     }
@@ -101,94 +99,6 @@ fn targets(args: &SocketsArgs) -> anyhow::Result<Vec<Option<NetnsRef>>> {
         return Ok(vec![None]);
     }
     args.netns.iter().map(|s| Ok(Some(netns::resolve(s)?))).collect()
-}
-
-fn inode_of(t: &Option<NetnsRef>) -> anyhow::Result<u32> {
-    Ok(match t {
-        Some(ns) => ns.inode,
-        None => netns::current().context("reading /proc/self/ns/net")?.inode,
-    })
-}
-
-/// One snapshot through sock_diag; owners found by inode via /proc.
-pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> anyhow::Result<Vec<(u32, Vec<Socket>)>> {
-    let mut owners = keepalive_user::owner::OwnerCache::default();
-    let mut out = Vec::with_capacity(targets.len());
-    for t in targets {
-        let inode = inode_of(t)?;
-        let mut sockets = match t {
-            Some(ns) => netns::run_in(ns, || diag::dump(inode))?,
-            None => diag::dump(inode),
-        }
-        .with_context(|| format!("sock_diag dump of netns {inode}"))?;
-        for s in &mut sockets {
-            if let Some(o) = owners.lookup(s.inode) {
-                (s.pid, s.comm) = (Some(o.pid), Some(o.comm));
-            }
-        }
-        out.push((inode, sockets));
-    }
-    Ok(out)
-}
-
-/// Reads sockets from the iterators, or sock_diag when they are unavailable.
-pub struct Snapshotter {
-    pub probes: Option<Probes>,
-    diag: bool,
-}
-
-impl Snapshotter {
-    pub fn new(source: SourceArg, kernel: &KernelArgs, need_probes: bool) -> anyhow::Result<Self> {
-        if source == SourceArg::Diag && !need_probes {
-            return Ok(Self { probes: None, diag: true });
-        }
-        let mut probes = Probes::open(&kernel.load_options(need_probes))?;
-        let diag = match source {
-            SourceArg::Diag => true,
-            SourceArg::Iter => {
-                probes.check_iterators()?;
-                false
-            }
-            SourceArg::Auto => match probes.check_iterators() {
-                Ok(()) => false,
-                Err(e) => {
-                    eprintln!("kato: BPF iterators unavailable ({e}); using sock_diag, keepalive settings unknown");
-                    true
-                }
-            },
-        };
-        Ok(Self { probes: Some(probes), diag })
-    }
-
-    pub fn take(&mut self, targets: &[Option<NetnsRef>]) -> anyhow::Result<Vec<(u32, Vec<Socket>)>> {
-        match (&mut self.probes, self.diag) {
-            (Some(p), false) => snapshot(p, targets),
-            _ => snapshot_diag(targets),
-        }
-    }
-}
-
-/// One snapshot: (netns inode, sockets) per target, owners joined in.
-pub fn snapshot(probes: &mut Probes, targets: &[Option<NetnsRef>]) -> anyhow::Result<Vec<(u32, Vec<Socket>)>> {
-    let started = std::time::Instant::now();
-    let owner_of = owners(&probes.socket_owners().context("listing socket owners")?);
-    log::debug!("owners listed in {:?}", started.elapsed());
-    let hz = probes.kernel.hz;
-    let mut out = Vec::with_capacity(targets.len());
-    for t in targets {
-        let inode = inode_of(t)?;
-        let records = probes.tcp_sockets(t.as_ref()).with_context(|| format!("listing TCP sockets of netns {inode}"))?;
-        let mut sockets = Vec::with_capacity(records.len());
-        for r in &records {
-            match Socket::from_record(r, hz, owner_of.get(&r.sk)) {
-                Ok(s) => sockets.push(s),
-                Err(e) => warn!("skipping a socket record: {e}"),
-            }
-        }
-        log::debug!("netns {inode}: {} sockets at {:?}", sockets.len(), started.elapsed());
-        out.push((inode, sockets));
-    }
-    Ok(out)
 }
 
 fn print(out: &mut impl Write, output: Output, sockets: &[Socket]) -> std::io::Result<()> {
@@ -218,10 +128,18 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         sort: args.sort,
     };
     let targets = targets(&args)?;
-    let mut snap = Snapshotter::new(args.source, &args.kernel, args.watch.is_some())?;
+    let source = match args.source {
+        SourceArg::Auto => Source::Auto,
+        SourceArg::Iter => Source::Iter,
+        SourceArg::Diag => Source::Diag,
+    };
+    let mut snap = Snapshotter::new(source, &args.kernel.load_options(args.watch.is_some()), args.watch.is_some())?;
+    if let Some(why) = &snap.degraded {
+        eprintln!("kato: {why}");
+    }
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
-        let sockets = snap.take(&targets)?.into_iter().flat_map(|(_, s)| s).collect();
+        let sockets = snap.take(&targets)?.into_iter().flat_map(|n| n.sockets).collect();
         let mut out = std::io::BufWriter::new(stdout.lock());
         return ignore_broken_pipe(print(&mut out, args.output, &query.apply(sockets)).and_then(|()| out.flush()));
     };
@@ -237,7 +155,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let mut deriver = Deriver::default();
     let (mut batch, mut derived) = (Vec::new(), Vec::<Derived>::new());
     let mut tick = tokio::time::interval(period);
-    let stop = super::trace::shutdown();
+    let stop = super::signals::shutdown()?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -251,8 +169,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 }
             }
             _ = tick.tick() => {
-                for (inode, sockets) in snap.take(&targets)? {
-                    table.apply_snapshot(inode, sockets);
+                for n in snap.take(&targets)? {
+                    table.apply_snapshot(n.inode, n.sockets);
                 }
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 let shown = query.apply(table.sockets());

@@ -15,7 +15,7 @@ use keepalive_user::{
     owner::OwnerCache,
     timefmt::Clock,
 };
-use log::{debug, warn};
+use log::debug;
 
 use super::{KernelArgs, Output};
 
@@ -49,23 +49,8 @@ pub struct TraceArgs {
     pub kernel: KernelArgs,
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+    let stop = super::signals::shutdown()?;
     let mut probes = Probes::load(&args.kernel.load_options(true))?;
     let mut stream = probes.events()?;
     eprintln!(
@@ -94,7 +79,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let (mut seen, mut undecodable) = (0u64, 0u64);
     let mut batch = Vec::new();
     let mut derived: Vec<Derived> = Vec::new();
-    let stop = shutdown();
     tokio::pin!(stop);
     'outer: loop {
         tokio::select! {

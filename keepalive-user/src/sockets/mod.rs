@@ -4,6 +4,7 @@
 pub mod diag;
 pub mod query;
 pub mod render;
+pub mod snapshot;
 pub mod table;
 
 use std::{

@@ -122,6 +122,15 @@ impl SocketTable {
         self.evictions += excess as u64;
     }
 
+    /// The sockets as last seen, without kato's counters (cheap: no clones).
+    pub fn iter(&self) -> impl Iterator<Item = &Socket> {
+        self.entries.values().map(|e| &e.socket)
+    }
+
+    pub fn get(&self, sk: u64) -> Option<&Socket> {
+        self.entries.get(&sk).map(|e| &e.socket)
+    }
+
     /// The sockets with kato's counters filled in.
     pub fn sockets(&self) -> Vec<Socket> {
         self.entries

@@ -1,0 +1,302 @@
+//! The agent's Prometheus metrics. Per-event counters are updated as events
+//! arrive; gauges (sockets by state, probing sockets, sysctls) and kernel
+//! counters are computed at scrape time from the table and the per-CPU maps.
+
+use std::collections::{HashMap, HashSet};
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use super::config::LabelBy;
+use crate::{
+    event::{Derived, Kind, Record},
+    loader::Counters,
+    sockets::{snapshot::Sysctls, Socket},
+};
+
+/// Admits the first `limit` distinct values of a label; later ones are
+/// `other`. Counters cannot move between series without breaking
+/// monotonicity, so admission is first-come (see docs/metrics.md).
+#[derive(Debug)]
+pub struct LabelLimiter {
+    admitted: HashSet<String>,
+    limit: usize,
+}
+
+impl LabelLimiter {
+    pub fn new(limit: usize) -> Self {
+        Self { admitted: HashSet::new(), limit }
+    }
+
+    pub fn admit(&mut self, value: String) -> String {
+        if self.admitted.contains(&value) {
+            return value;
+        }
+        if self.admitted.len() < self.limit {
+            self.admitted.insert(value.clone());
+            return value;
+        }
+        "other".into()
+    }
+}
+
+/// What an event's labels are computed from.
+pub struct LabelCtx<'a> {
+    /// Is the event socket's local port a listening port in its namespace?
+    pub local_port_listening: bool,
+    pub comm: Option<&'a str>,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    label_by: Vec<LabelBy>,
+    limiters: Vec<LabelLimiter>,
+    probes_sent: IntCounterVec,
+    probes_answered: IntCounterVec,
+    timeouts: IntCounterVec,
+    resets_sent: IntCounterVec,
+    resets_received: IntCounterVec,
+    detection: Histogram,
+    probes_before_answer: Histogram,
+    sockets: IntGaugeVec,
+    probing: IntGauge,
+    tracked: IntGauge,
+    sysctl_time: IntGaugeVec,
+    sysctl_intvl: IntGaugeVec,
+    sysctl_probes: IntGaugeVec,
+    events_processed: IntCounter,
+    events_lost: IntCounterVec,
+    evictions: IntCounter,
+    snapshots: IntCounter,
+    snapshot_seconds: prometheus::Gauge,
+    /// Last kernel/table counter values, to turn them into counter increments.
+    last_kernel: Counters,
+    last_evictions: u64,
+    last_undecodable: u64,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    pub fn new(label_by: &[LabelBy], label_limit: usize, kernel: &str, attach: &str) -> Self {
+        let r = Registry::new();
+        let names: Vec<&str> = label_by.iter().map(|l| l.name()).collect();
+        let mut with_reason = vec!["reason"];
+        with_reason.extend(&names);
+        let m = Metrics {
+            probes_sent: counter(&r, "kato_keepalive_probes_sent_total", "Keepalive probes the kernel sent.", &names),
+            probes_answered: counter(&r, "kato_keepalive_probes_answered_total", "Times a peer answered outstanding keepalive probes.", &names),
+            timeouts: counter(&r, "kato_keepalive_timeouts_total", "Connections the kernel closed with ETIMEDOUT after unanswered keepalive probes: dead peers found.", &names),
+            resets_sent: counter(&r, "kato_resets_sent_total", "Active resets the kernel sent, by its sk_rst_reason.", &with_reason),
+            resets_received: counter(&r, "kato_resets_received_total", "Resets received from peers.", &names),
+            detection: histogram(
+                &r,
+                "kato_dead_peer_detection_seconds",
+                "Time from the peer last being heard from to the keepalive timeout.",
+                vec![1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0, 7200.0, 10800.0],
+            ),
+            probes_before_answer: histogram(
+                &r,
+                "kato_keepalive_probes_before_answer",
+                "Keepalive probes outstanding when the peer answered.",
+                vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0],
+            ),
+            sockets: gauge_vec(&r, "kato_sockets", "TCP sockets by state and SO_KEEPALIVE (n/a: TIME_WAIT and request sockets).", &["state", "keepalive"]),
+            probing: IntGauge::new("kato_sockets_probing", "Sockets with keepalive probes outstanding right now.").expect("valid"),
+            tracked: IntGauge::new("kato_table_sockets", "Sockets in the agent's table.").expect("valid"),
+            sysctl_time: gauge_vec(&r, "kato_netns_tcp_keepalive_time_seconds", "net.ipv4.tcp_keepalive_time of each network namespace.", &["netns"]),
+            sysctl_intvl: gauge_vec(&r, "kato_netns_tcp_keepalive_intvl_seconds", "net.ipv4.tcp_keepalive_intvl of each network namespace.", &["netns"]),
+            sysctl_probes: gauge_vec(&r, "kato_netns_tcp_keepalive_probes", "net.ipv4.tcp_keepalive_probes of each network namespace.", &["netns"]),
+            events_processed: IntCounter::new("kato_events_processed_total", "Kernel events the agent processed.").expect("valid"),
+            events_lost: counter(&r, "kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), kernel_read (a kernel read failed), decode (malformed record).", &["cause"]),
+            evictions: IntCounter::new("kato_table_evictions_total", "Sockets evicted from the full table (least recently updated first).").expect("valid"),
+            snapshots: IntCounter::new("kato_snapshots_total", "Full socket snapshots taken.").expect("valid"),
+            snapshot_seconds: prometheus::Gauge::new("kato_snapshot_duration_seconds", "Duration of the last full socket snapshot.").expect("valid"),
+            label_by: label_by.to_vec(),
+            limiters: label_by.iter().map(|_| LabelLimiter::new(label_limit)).collect(),
+            last_kernel: Counters::default(),
+            last_evictions: 0,
+            last_undecodable: 0,
+            registry: r,
+        };
+        for c in [&m.probing, &m.tracked] {
+            m.registry.register(Box::new(c.clone())).expect("unique");
+        }
+        for c in [&m.events_processed, &m.evictions, &m.snapshots] {
+            m.registry.register(Box::new(c.clone())).expect("unique");
+        }
+        m.registry.register(Box::new(m.snapshot_seconds.clone())).expect("unique");
+        let info = gauge_vec(&m.registry, "kato_build_info", "kato's version, the kernel it runs on and its attach path.", &["version", "kernel", "attach"]);
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel, attach]).set(1);
+        m
+    }
+
+    fn labels(&mut self, rec: &Record, ctx: &LabelCtx) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.label_by.len());
+        for (i, l) in self.label_by.iter().enumerate() {
+            let v = match l {
+                // Ephemeral ports would make unbounded series: only servers' ports count.
+                LabelBy::LocalPort if ctx.local_port_listening => self.limiters[i].admit(rec.local.port().to_string()),
+                LabelBy::LocalPort => "other".into(),
+                LabelBy::RemotePort => self.limiters[i].admit(rec.remote.port().to_string()),
+                LabelBy::Comm => self.limiters[i].admit(ctx.comm.unwrap_or("unknown").to_owned()),
+                LabelBy::Netns => self.limiters[i].admit(rec.netns.to_string()),
+            };
+            out.push(v);
+        }
+        out
+    }
+
+    /// Counts one record's derived events.
+    pub fn on_event(&mut self, rec: &Record, derived: &[Derived], ctx: &LabelCtx, hz: u32, reason: impl Fn(u32) -> String) {
+        self.events_processed.inc();
+        if derived.iter().all(|d| matches!(d.kind, Kind::Armed | Kind::Fired | Kind::Disarmed | Kind::Closed)) {
+            return;
+        }
+        let labels = self.labels(rec, ctx);
+        let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+        for d in derived {
+            match d.kind {
+                Kind::ProbeSent => self.probes_sent.with_label_values(&l).inc(),
+                Kind::PeerAnswered => {
+                    self.probes_answered.with_label_values(&l).inc();
+                    self.probes_before_answer.observe(f64::from(d.probes));
+                }
+                Kind::KeepaliveTimeout => {
+                    self.timeouts.with_label_values(&l).inc();
+                    if let Some(idle) = rec.idle_secs(hz) {
+                        self.detection.observe(idle);
+                    }
+                }
+                Kind::ResetSent => {
+                    let r = rec.reason.map(&reason).unwrap_or_else(|| "UNKNOWN".into());
+                    let mut lr = vec![r.as_str()];
+                    lr.extend(&l);
+                    self.resets_sent.with_label_values(&lr).inc();
+                }
+                Kind::ResetReceived => self.resets_received.with_label_values(&l).inc(),
+                Kind::Armed | Kind::Fired | Kind::Disarmed | Kind::Closed => {}
+            }
+        }
+    }
+
+    pub fn on_snapshot(&mut self, seconds: f64, sysctls: &HashMap<u32, Sysctls>) {
+        self.snapshots.inc();
+        self.snapshot_seconds.set(seconds);
+        for (netns, s) in sysctls {
+            let n = netns.to_string();
+            self.sysctl_time.with_label_values(&[&n]).set(i64::from(s.time_s));
+            self.sysctl_intvl.with_label_values(&[&n]).set(i64::from(s.intvl_s));
+            self.sysctl_probes.with_label_values(&[&n]).set(i64::from(s.probes));
+        }
+    }
+
+    /// Scrape-time state: the table's sockets, kernel counters, evictions.
+    pub fn refresh<'a>(&mut self, sockets: impl Iterator<Item = &'a Socket>, kernel: Counters, evictions: u64, undecodable: u64) {
+        let mut by: HashMap<(&'static str, &'static str), i64> = HashMap::new();
+        let (mut probing, mut tracked) = (0, 0);
+        for s in sockets {
+            tracked += 1;
+            let ka = match s.keepalive {
+                None => "n/a",
+                Some(k) if k.enabled => "on",
+                Some(_) => "off",
+            };
+            *by.entry((s.state.name(), ka)).or_default() += 1;
+            if s.probes_unanswered > 0 && s.keepalive.is_some_and(|k| k.enabled) {
+                probing += 1;
+            }
+        }
+        self.sockets.reset();
+        for ((state, ka), n) in by {
+            self.sockets.with_label_values(&[state, ka]).set(n);
+        }
+        self.probing.set(probing);
+        self.tracked.set(tracked);
+        let lost = |cause: &str, now: u64, last: u64| self.events_lost.with_label_values(&[cause]).inc_by(now.saturating_sub(last));
+        lost("ring_full", kernel.lost, self.last_kernel.lost);
+        lost("kernel_read", kernel.read_failed, self.last_kernel.read_failed);
+        lost("decode", undecodable, self.last_undecodable);
+        self.evictions.inc_by(evictions.saturating_sub(self.last_evictions));
+        self.last_kernel = kernel;
+        self.last_evictions = evictions;
+        self.last_undecodable = undecodable;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("utf-8 exposition")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{tests::{bytes, raw}, Deriver};
+    use keepalive_common::{flags, kind};
+
+    fn feed(m: &mut Metrics, e: keepalive_common::Event) {
+        let rec = Record::decode(&bytes(&e)).unwrap();
+        let mut d = vec![];
+        Deriver::default().derive(&rec, &mut d);
+        m.on_event(&rec, &d, &LabelCtx { local_port_listening: false, comm: Some("psql") }, 250, |r| format!("R{r}"));
+    }
+
+    #[test]
+    fn counts_events_with_bounded_labels() {
+        let mut m = Metrics::new(&[LabelBy::RemotePort, LabelBy::LocalPort], 1, "6.18", "tp_btf");
+        feed(&mut m, keepalive_common::Event { probes_before: 0, probes_out: 1, ..raw(kind::FIRED) });
+        feed(&mut m, keepalive_common::Event { dport: 9999, probes_before: 0, probes_out: 1, ..raw(kind::FIRED) });
+        feed(&mut m, keepalive_common::Event { probes_before: 3, probes_out: 3, state: 7, sk_err: 110, rx_idle: 1000, ..raw(kind::FIRED) });
+        feed(&mut m, keepalive_common::Event { flags: flags::HAS_REASON, reason: 15, ..raw(kind::RESET_SENT) });
+        let text = m.encode();
+        assert!(text.contains("kato_keepalive_probes_sent_total{local_port=\"other\",remote_port=\"8080\"} 1"), "{text}");
+        assert!(text.contains("kato_keepalive_probes_sent_total{local_port=\"other\",remote_port=\"other\"} 1"), "{text}");
+        assert!(text.contains("kato_keepalive_timeouts_total{local_port=\"other\",remote_port=\"8080\"} 1"), "{text}");
+        assert!(text.contains("kato_resets_sent_total{local_port=\"other\",reason=\"R15\",remote_port=\"8080\"} 1"), "{text}");
+        assert!(text.contains("kato_dead_peer_detection_seconds_bucket{le=\"5\"} 1"), "{text}");
+        assert!(text.contains("kato_dead_peer_detection_seconds_sum 4"), "{text}");
+        assert!(text.contains("kato_events_processed_total 4"), "{text}");
+        assert!(text.contains("kato_build_info{attach=\"tp_btf\",kernel=\"6.18\",version=\""), "{text}");
+    }
+
+    #[test]
+    fn refresh_turns_kernel_totals_into_increments() {
+        let mut m = Metrics::new(&[], 20, "k", "a");
+        m.refresh(std::iter::empty(), Counters { lost: 5, read_failed: 1, emitted: 9 }, 2, 0);
+        m.refresh(std::iter::empty(), Counters { lost: 7, read_failed: 1, emitted: 12 }, 3, 1);
+        let text = m.encode();
+        assert!(text.contains("kato_events_lost_total{cause=\"ring_full\"} 7"), "{text}");
+        assert!(text.contains("kato_events_lost_total{cause=\"decode\"} 1"), "{text}");
+        assert!(text.contains("kato_table_evictions_total 3"), "{text}");
+        assert!(text.contains("kato_table_sockets 0"), "{text}");
+    }
+
+    #[test]
+    fn limiter_is_bounded() {
+        let mut l = LabelLimiter::new(2);
+        assert_eq!(l.admit("a".into()), "a");
+        assert_eq!(l.admit("b".into()), "b");
+        assert_eq!(l.admit("c".into()), "other");
+        assert_eq!(l.admit("a".into()), "a");
+    }
+}

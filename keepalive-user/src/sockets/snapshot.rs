@@ -1,0 +1,144 @@
+//! Taking a snapshot of the TCP sockets of one or more network namespaces:
+//! through the BPF iterators, or through sock_diag where they are missing.
+
+use thiserror::Error;
+
+use super::{diag, owners, Socket};
+use crate::{
+    loader::{LoadError, LoadOptions, Probes},
+    netns::{self, NetnsError, NetnsRef},
+    owner::OwnerCache,
+};
+
+/// Where sockets are read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// BPF iterators, or sock_diag if the kernel cannot load them.
+    #[default]
+    Auto,
+    Iter,
+    Diag,
+}
+
+/// A namespace's `net.ipv4.tcp_keepalive_*` (seconds, seconds, probes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sysctls {
+    pub time_s: u32,
+    pub intvl_s: u32,
+    pub probes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetnsSnapshot {
+    pub inode: u32,
+    pub sockets: Vec<Socket>,
+    /// Read from the namespace's sockets (unknown without full sockets or
+    /// through sock_diag).
+    pub sysctls: Option<Sysctls>,
+}
+
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("sock_diag dump of netns {inode}: {source}")]
+    Diag { inode: u32, source: std::io::Error },
+    #[error("cannot read /proc/self/ns/net: {0}")]
+    OwnNetns(std::io::Error),
+}
+
+/// The namespaces to read; `None` stands for the caller's own (no setns).
+pub type Targets = Vec<Option<NetnsRef>>;
+
+fn inode_of(t: &Option<NetnsRef>) -> Result<u32, SnapshotError> {
+    Ok(match t {
+        Some(ns) => ns.inode,
+        None => netns::current().map_err(SnapshotError::OwnNetns)?.inode,
+    })
+}
+
+/// Reads sockets from the iterators, or sock_diag when they are unavailable.
+pub struct Snapshotter {
+    pub probes: Option<Probes>,
+    diag: bool,
+    /// Why the iterators are not used, when they are not.
+    pub degraded: Option<String>,
+}
+
+impl Snapshotter {
+    /// `with_probes`: keep the eBPF object loaded (for tracing) even with
+    /// `Source::Diag`.
+    pub fn new(source: Source, opts: &LoadOptions, with_probes: bool) -> Result<Self, SnapshotError> {
+        if source == Source::Diag && !with_probes {
+            return Ok(Self { probes: None, diag: true, degraded: None });
+        }
+        let mut probes = Probes::open(opts)?;
+        let (diag, degraded) = match source {
+            Source::Diag => (true, None),
+            Source::Iter => {
+                probes.check_iterators()?;
+                (false, None)
+            }
+            Source::Auto => match probes.check_iterators() {
+                Ok(()) => (false, None),
+                Err(e) => (true, Some(format!("BPF iterators unavailable ({e}); using sock_diag, keepalive settings unknown"))),
+            },
+        };
+        Ok(Self { probes: Some(probes), diag, degraded })
+    }
+
+    pub fn take(&mut self, targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
+        match (&mut self.probes, self.diag) {
+            (Some(p), false) => snapshot_iter(p, targets),
+            _ => snapshot_diag(targets),
+        }
+    }
+}
+
+/// Through the BPF iterators, owners joined in.
+pub fn snapshot_iter(probes: &mut Probes, targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
+    let owner_of = owners(&probes.socket_owners()?);
+    let hz = probes.kernel.hz;
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let inode = inode_of(t)?;
+        let records = probes.tcp_sockets(t.as_ref())?;
+        let sysctls = records.iter().find(|r| r.flags & keepalive_common::sock_flags::FULL != 0).map(|r| Sysctls {
+            time_s: r.sysctl_ka_time / hz,
+            intvl_s: r.sysctl_ka_intvl / hz,
+            probes: u32::from(r.sysctl_ka_probes),
+        });
+        let mut sockets = Vec::with_capacity(records.len());
+        for r in &records {
+            match Socket::from_record(r, hz, owner_of.get(&r.sk)) {
+                Ok(s) => sockets.push(s),
+                Err(e) => log::warn!("skipping a socket record: {e}"),
+            }
+        }
+        out.push(NetnsSnapshot { inode, sockets, sysctls });
+    }
+    Ok(out)
+}
+
+/// Through sock_diag; owners found by inode via /proc.
+pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
+    let mut owners = OwnerCache::default();
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let inode = inode_of(t)?;
+        let mut sockets = match t {
+            Some(ns) => netns::run_in(ns, || diag::dump(inode))?,
+            None => diag::dump(inode),
+        }
+        .map_err(|source| SnapshotError::Diag { inode, source })?;
+        for s in &mut sockets {
+            if let Some(o) = owners.lookup(s.inode) {
+                (s.pid, s.comm) = (Some(o.pid), Some(o.comm));
+            }
+        }
+        out.push(NetnsSnapshot { inode, sockets, sysctls: None });
+    }
+    Ok(out)
+}

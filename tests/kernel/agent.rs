@@ -1,0 +1,202 @@
+//! `kato agent`: metrics against the kernel's own counters and a real
+//! Prometheus server, clean shutdown, coexistence and restarts.
+
+use std::{
+    io::Read,
+    net::SocketAddr,
+    process::Command,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    agent_support::{sample, tcpext, Agent},
+    support::{pair, require_root, run, Netns},
+};
+
+/// Keepalive 1/1/3 client in `ns` whose peer is dropped: returns once the
+/// connection timed out.
+fn dead_peer(ns: &Netns) -> (SocketAddr, SocketAddr) {
+    let (tx, rx) = mpsc::channel();
+    let worker = ns.spawn(move || {
+        let (mut client, server) = pair(false, 1, 1, 3);
+        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap())).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let r = client.read(&mut [0u8; 1]);
+        drop(server);
+        r
+    });
+    let (local, remote) = rx.recv().unwrap();
+    ns.drop_from_port(remote.port());
+    assert!(worker.join().unwrap().is_err(), "keepalive timed the connection out");
+    (local, remote)
+}
+
+#[test]
+fn agent_counts_dead_peer_like_the_kernel_and_promtool_accepts_it() {
+    require_root();
+    let ns = Netns::new("agent");
+    let agent = Agent::start(&["--netns", &ns.name, "--label-by", "netns", "--snapshot-interval", "1s"]);
+    let before = tcpext(&ns.exec(&["cat", "/proc/net/netstat"]), "TCPKeepAlive");
+    dead_peer(&ns);
+    let after = tcpext(&ns.exec(&["cat", "/proc/net/netstat"]), "TCPKeepAlive");
+    let n = ns.inode;
+    let m = agent.wait_metrics(Duration::from_secs(5), |m| sample(m, &format!("kato_keepalive_timeouts_total{{netns=\"{n}\"}}")) >= 1.0);
+
+    // kato's probe counter equals the kernel's own keepalive-probe counter.
+    assert_eq!(after - before, 3, "kernel TCPKeepAlive delta");
+    assert_eq!(sample(&m, &format!("kato_keepalive_probes_sent_total{{netns=\"{n}\"}}")), (after - before) as f64);
+    assert_eq!(sample(&m, &format!("kato_keepalive_timeouts_total{{netns=\"{n}\"}}")), 1.0);
+    assert_eq!(sample(&m, &format!("kato_resets_sent_total{{netns=\"{n}\",reason=\"TCP_KEEPALIVE_TIMEOUT\"}}")), 1.0);
+    assert_eq!(sample(&m, &format!("kato_resets_received_total{{netns=\"{n}\"}}")), 1.0, "the server side got the reset");
+    assert_eq!(sample(&m, "kato_dead_peer_detection_seconds_count"), 1.0);
+    assert_eq!(sample(&m, "kato_dead_peer_detection_seconds_bucket{le=\"5\"}"), 1.0, "detected ~4 s after the peer went quiet");
+    assert_eq!(sample(&m, "kato_dead_peer_detection_seconds_bucket{le=\"1\"}"), 0.0);
+    assert_eq!(sample(&m, "kato_events_lost_total{cause=\"ring_full\"}"), 0.0);
+    assert!(sample(&m, &format!("kato_netns_tcp_keepalive_time_seconds{{netns=\"{n}\"}}")) == 7200.0 || !m.contains(&format!("netns=\"{n}\"}} ")), "{m}");
+
+    // promtool, the Prometheus project's own linter, has nothing to say.
+    let path = std::env::temp_dir().join(format!("kato-metrics-{}", std::process::id()));
+    std::fs::write(&path, &m).unwrap();
+    let out = Command::new("sh").arg("-c").arg(format!("promtool check metrics < {}", path.display())).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics: {complaints}");
+
+    let (status, health) = agent.get("/healthz");
+    assert_eq!(status, 200);
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    let (status, body) = agent.get("/sockets?keepalive=maybe");
+    assert_eq!((status, body.trim()), (400, "bad `keepalive` value [\"maybe\"] (on or off)"));
+    assert_eq!(agent.get("/nope").0, 404);
+}
+
+#[test]
+fn agent_sockets_endpoint_filters_like_the_cli() {
+    require_root();
+    let ns = Netns::new("agentsock");
+    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let worker = ns.spawn(move || {
+        let (a, b) = pair(false, 600, 60, 5);
+        let (c, d) = pair(true, 0, 0, 0);
+        tx.send((a.local_addr().unwrap(), c.local_addr().unwrap())).unwrap();
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
+        drop((a, b, c, d));
+    });
+    let (ka, v6) = rx.recv().unwrap();
+    let agent = Agent::start(&["--netns", &ns.name]);
+    let (status, body) = agent.get(&format!("/sockets?keepalive=on&netns={}", ns.inode));
+    assert_eq!(status, 200, "{body}");
+    let v: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(v.len(), 1, "{body}");
+    assert_eq!(v[0]["local"], ka.to_string());
+    assert_eq!(v[0]["keepalive"]["idle_s"]["value"], 600);
+    assert_eq!(v[0]["keepalive"]["interval_s"]["value"], 60);
+    assert_eq!(v[0]["keepalive"]["count"]["value"], 5);
+    let (_, body) = agent.get("/sockets?addr=%3A%3A1&state=established");
+    let v: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(v.len(), 2, "both ends of the IPv6 pair: {body}");
+    assert!(v.iter().any(|s| s["local"] == v6.to_string()));
+    done_tx.send(()).unwrap();
+    worker.join().unwrap();
+}
+
+/// Program ids the process `pid` holds through its fds (prog and link fds
+/// show `prog_id:` in fdinfo; Debian's bpftool cannot name owning pids).
+fn progs_of(pid: u32) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:").map(|v| v.trim().parse().unwrap())))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn prog_ids() -> Vec<u64> {
+    let out = run(Command::new("bpftool").args(["prog", "show", "--json"]));
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    progs.iter().map(|p| p["id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn agent_stops_on_sigterm_within_a_second_leaving_nothing_attached() {
+    require_root();
+    let mut agent = Agent::start(&["--netns", "self"]);
+    let ids = progs_of(agent.child.id());
+    assert!(ids.len() >= 7, "the agent holds its programs: {ids:?}");
+    let t = Instant::now();
+    let status = agent.terminate();
+    let took = t.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(1), "stopped in {took:?}");
+    // Program ids are never reused while the kernel runs: gone means freed.
+    let end = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left: Vec<u64> = prog_ids().into_iter().filter(|i| ids.contains(i)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < end, "programs still loaded after exit: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_agents_coexist_and_a_restart_rebuilds_the_table() {
+    require_root();
+    let ns = Netns::new("twoagents");
+    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let holder = ns.spawn(move || {
+        let (a, b) = pair(false, 900, 30, 4);
+        tx.send(a.local_addr().unwrap()).unwrap();
+        let _ = done_rx.recv_timeout(Duration::from_secs(60));
+        drop((a, b));
+    });
+    let kept = rx.recv().unwrap();
+    let mut first = Agent::start(&["--netns", &ns.name, "--snapshot-interval", "1s"]);
+    let second = Agent::start(&["--netns", &ns.name, "--snapshot-interval", "1s"]);
+    dead_peer(&ns);
+    for a in [&first, &second] {
+        a.wait_metrics(Duration::from_secs(5), |m| sample(m, "kato_keepalive_timeouts_total") == 1.0 && sample(m, "kato_keepalive_probes_sent_total") == 3.0);
+    }
+    // Restart: a new agent knows the surviving socket from its snapshot alone.
+    first.terminate();
+    let third = Agent::start(&["--netns", &ns.name]);
+    let (_, body) = third.get(&format!("/sockets?keepalive=on&netns={}", ns.inode));
+    let v: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(v.len(), 1, "{body}");
+    assert_eq!(v[0]["local"], kept.to_string());
+    assert_eq!(v[0]["keepalive"]["idle_s"]["value"], 900);
+    assert_eq!(v[0]["timer"]["kind"], "keepalive");
+    assert_eq!(sample(&third.metrics(), "kato_sockets{keepalive=\"on\",state=\"ESTABLISHED\"}"), 1.0);
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+}
+
+#[test]
+fn agent_config_errors_name_the_key_and_exit_2() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("kato-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\nsnapshot_interval = \"soon\"\n").unwrap();
+    for (args, needle) in [
+        (vec!["--config", bad.to_str().unwrap()], "key `snapshot_interval`: `soon` is not a duration"),
+        (vec!["--label-by", "pid"], "command line: key `--label-by`: unknown label `pid`"),
+        (vec!["--label-limit", "many"], "key `--label-limit`: `many` is not a number"),
+        (vec!["--listen", "localhost"], "key `--listen`: `localhost` is not an address:port"),
+        (vec!["--config", "/nonexistent/kato.toml"], "/nonexistent/kato.toml: key `(file)`: cannot read"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kato")).arg("agent").args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
