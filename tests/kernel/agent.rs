@@ -16,7 +16,7 @@ use crate::{
 
 /// Keepalive 1/1/3 client in `ns` whose peer is dropped: returns once the
 /// connection timed out.
-fn dead_peer(ns: &Netns) -> (SocketAddr, SocketAddr) {
+pub fn dead_peer(ns: &Netns) -> (SocketAddr, SocketAddr) {
     let (tx, rx) = mpsc::channel();
     let worker = ns.spawn(move || {
         let (mut client, server) = pair(false, 1, 1, 3);
@@ -199,4 +199,49 @@ fn agent_config_errors_name_the_key_and_exit_2() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The capabilities docs/deploy.md promises are enough, are: the agent runs
+/// as root with only them in its bounding set, keeps fewer after start-up,
+/// and names what is missing otherwise.
+#[test]
+fn agent_runs_with_the_documented_minimum_capabilities() {
+    require_root();
+    let kato = env!("CARGO_BIN_EXE_kato");
+    let agent = |set: &str, scope: &str| {
+        Command::new("setpriv")
+            .args(["--bounding-set", set, kato, "agent", "--listen", "127.0.0.1:0", "--netns", scope])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for (set, scope, missing) in [
+        ("-all,+bpf,+perfmon", "self", "CAP_SYSLOG"),
+        ("-all,+bpf,+perfmon,+syslog", "all", "CAP_SYS_ADMIN"),
+        ("-all,+bpf,+perfmon,+syslog,+sys_admin", "all", "CAP_SYS_PTRACE"),
+    ] {
+        let out = agent(set, scope).wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{set} {scope}: {err}");
+        assert!(err.contains(missing), "{set} {scope}: {err}");
+    }
+    for (set, scope, kept) in [
+        ("-all,+bpf,+perfmon,+syslog", "self", (1u64 << 38) | (1 << 39)),
+        ("-all,+bpf,+perfmon,+syslog,+sys_admin,+sys_ptrace", "all", (1 << 38) | (1 << 39) | (1 << 21) | (1 << 19)),
+    ] {
+        let mut child = agent(set, scope);
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut banner = String::new();
+        std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
+        assert!(banner.contains("listening on"), "{set} {scope}: {banner}");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+        assert_eq!(u64::from_str_radix(eff, 16).unwrap(), kept, "{set} {scope}: CapEff {eff}");
+        let addr: SocketAddr = banner.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let (code, body) = crate::agent_support::http_get(addr, "/healthz").unwrap();
+        assert_eq!(code, 200, "{body}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -5,8 +5,10 @@
 mod agent;
 mod agent_support;
 mod btf;
+mod deploy;
 mod cli;
 mod keepalive;
+mod prometheus;
 mod sockets;
 mod ss;
 mod support;

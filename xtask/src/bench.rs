@@ -125,6 +125,59 @@ fn count_json(ns: &Netns, kato: &str) -> Result<usize> {
     Ok(text.matches("\"sock\":").count())
 }
 
+/// One-shot HTTP GET: (status, body).
+fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: kato\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+/// The agent watching one namespace: its RSS once the table is seeded, and
+/// `/metrics` scrape latencies.
+pub struct AgentRun {
+    pub tracked: usize,
+    pub rss_kib: u64,
+    pub scrape_p50: Duration,
+    pub scrape_p99: Duration,
+    pub series: usize,
+}
+
+fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
+    let mut child = Command::new(kato)
+        .args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut banner = String::new();
+    BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut banner)?;
+    let addr = banner.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).with_context(|| format!("agent did not start: {banner}"))?.to_owned();
+    let result = (|| -> Result<AgentRun> {
+        let (_, health) = http_get(&addr, "/healthz")?;
+        let tracked = health.split("\"sockets\":").nth(1).and_then(|s| s.split([',', '}']).next()?.parse().ok()).unwrap_or(0);
+        let rss_kib = rss_kib(child.id())?;
+        let mut lat = Vec::with_capacity(scrapes);
+        let mut series = 0;
+        for _ in 0..scrapes {
+            let t = Instant::now();
+            let (status, body) = http_get(&addr, "/metrics")?;
+            lat.push(t.elapsed());
+            if status != 200 {
+                bail!("/metrics answered {status}");
+            }
+            series = body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+        }
+        lat.sort();
+        Ok(AgentRun { tracked, rss_kib, scrape_p50: lat[lat.len() / 2], scrape_p99: lat[(lat.len() * 99).div_ceil(100) - 1], series })
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -135,39 +188,21 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-/// RSS of `kato sockets --watch` (snapshots + events into the socket table)
-/// after it has tracked the namespace for a few refreshes.
-fn watch_rss(ns: &Netns, kato: &str) -> Result<u64> {
-    let mut child = ns
-        .cmd(kato)
-        .args(["sockets", "--watch", "1", "--output", "json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_secs(4));
-    // `ip netns exec` execs kato in place, so the child's pid is kato's.
-    let rss = rss_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
-    rss
-}
-
 pub struct Row {
     pub sockets: usize,
     pub listed: usize,
     pub kato: (Duration, Duration),
     pub ss: (Duration, Duration),
     pub netstat: (Duration, Duration),
+    pub agent: AgentRun,
 }
 
-/// (RSS with nothing tracked KiB, RSS tracking the largest size KiB, sockets tracked)
-pub type Memory = (u64, u64, usize);
+const SCRAPES: usize = 50;
 
-pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, Option<Memory>)> {
+pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, AgentRun)> {
     let mut rows = vec![];
-    let mut memory = None;
     let empty = Netns::new("empty")?;
-    let base_rss = watch_rss(&empty, kato)?;
+    let baseline = agent_run(kato, &empty, SCRAPES)?;
     drop(empty);
     for &n in sizes {
         eprintln!("xtask bench: holding {n} sockets");
@@ -178,20 +213,18 @@ pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, Option<Memory>)> 
         let kato_t = time(|| { let mut c = ns.cmd(kato); c.args(["sockets", "--output", "json"]); c }, runs)?;
         let ss_t = time(|| { let mut c = ns.cmd("ss"); c.arg("-tnoa"); c }, runs)?;
         let netstat_t = time(|| { let mut c = ns.cmd("netstat"); c.arg("-tnoa"); c }, runs)?;
-        if n == *sizes.iter().max().unwrap() {
-            memory = Some((base_rss, watch_rss(&ns, kato)?, listed));
-        }
-        rows.push(Row { sockets: n, listed, kato: kato_t, ss: ss_t, netstat: netstat_t });
+        let agent = agent_run(kato, &ns, SCRAPES)?;
+        rows.push(Row { sockets: n, listed, kato: kato_t, ss: ss_t, netstat: netstat_t, agent });
         drop(holders);
     }
-    Ok((rows, memory))
+    Ok((rows, baseline))
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-pub fn report(rows: &[Row], memory: Option<Memory>, command: &str) -> String {
+pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -215,10 +248,19 @@ pub fn report(rows: &[Row], memory: Option<Memory>, command: &str) -> String {
             ratio(r.kato.0, r.ss.0), ratio(r.kato.0, r.netstat.0)
         );
     }
-    if let Some((base, full, n)) = memory {
-        let per = (full.saturating_sub(base) * 1024) as f64 / n as f64;
-        let _ = writeln!(s, "\n## Memory per tracked socket\n");
-        let _ = writeln!(s, "RSS of `kato sockets --watch 1` (snapshots and keepalive events merged into the socket table, as the agent will) after 4 s: {base} KiB with an empty namespace, {full} KiB tracking {n} sockets: **{per:.0} bytes per tracked socket**.");
+    let _ = writeln!(s, "\n## The agent: memory per tracked socket, `/metrics` scrape time\n");
+    let _ = writeln!(s, "`kato agent --netns <bench namespace>` after its start-up snapshot; RSS from /proc; {SCRAPES} sequential scrapes of `/metrics` over loopback. Baseline: the same agent watching an empty namespace.\n");
+    let _ = writeln!(s, "| sockets tracked | RSS | bytes per socket above baseline | scrape p50 | scrape p99 | p99 / baseline p99 | series |");
+    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let line = |a: &AgentRun, per: String, ratio: String| {
+        format!("| {} | {} KiB | {per} | {} | {} | {ratio} | {} |", a.tracked, a.rss_kib, ms(a.scrape_p50), ms(a.scrape_p99), a.series)
+    };
+    let _ = writeln!(s, "{}", line(base, "(baseline)".into(), "1.00×".into()));
+    for r in rows {
+        let a = &r.agent;
+        let per = (a.rss_kib.saturating_sub(base.rss_kib) * 1024) as f64 / a.tracked.max(1) as f64;
+        let ratio = a.scrape_p99.as_secs_f64() / base.scrape_p99.as_secs_f64();
+        let _ = writeln!(s, "{}", line(a, format!("{per:.0} B"), format!("{ratio:.2}×")));
     }
     s
 }

@@ -104,9 +104,9 @@ fn main() -> Result<()> {
             }
             build(true)?;
             let kato = std::fs::canonicalize("target/release/kato")?;
-            let (rows, memory) = bench::scale(kato.to_str().context("path")?, &sockets)?;
+            let (rows, baseline) = bench::scale(kato.to_str().context("path")?, &sockets)?;
             let command = format!("cargo xtask bench --sockets {}", sockets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","));
-            let text = bench::report(&rows, memory, &command);
+            let text = bench::report(&rows, &baseline, &command);
             std::fs::create_dir_all("docs")?;
             std::fs::write("docs/benchmarks.md", &text)?;
             println!("{text}");

@@ -9,7 +9,8 @@ use crate::status;
 
 /// bpf-linker must link the same LLVM major as the nightly rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages: the LLVM bpf-linker builds against, and what tests drive.
+/// Debian packages: the LLVM bpf-linker builds against, and what tests drive
+/// (nft, ip, bpftool, ss/netstat, setpriv, promtool/prometheus, systemd-analyze).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -19,6 +20,10 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
     "prometheus",
+    // On fresh machines already; listed so tests can rely on them.
+    "net-tools",
+    "util-linux",
+    "systemd",
 ];
 
 fn output(cmd: &mut Command) -> Option<String> {

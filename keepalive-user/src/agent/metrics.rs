@@ -143,6 +143,17 @@ impl Metrics {
             m.registry.register(Box::new(c.clone())).expect("unique");
         }
         m.registry.register(Box::new(m.snapshot_seconds.clone())).expect("unique");
+        // Without extra labels every event counter is one series: export it
+        // at 0 from the start, or Prometheus first sees it already at 1 and
+        // increase()/rate() miss the first event.
+        if m.label_by.is_empty() {
+            for c in [&m.probes_sent, &m.probes_answered, &m.timeouts, &m.resets_received] {
+                c.with_label_values::<&str>(&[]).reset();
+            }
+        }
+        for cause in ["ring_full", "kernel_read", "decode"] {
+            m.events_lost.with_label_values(&[cause]).reset();
+        }
         let info = gauge_vec(&m.registry, "kato_build_info", "kato's version, the kernel it runs on and its attach path.", &["version", "kernel", "attach"]);
         info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel, attach]).set(1);
         m
@@ -289,6 +300,14 @@ mod tests {
         assert!(text.contains("kato_events_lost_total{cause=\"decode\"} 1"), "{text}");
         assert!(text.contains("kato_table_evictions_total 3"), "{text}");
         assert!(text.contains("kato_table_sockets 0"), "{text}");
+    }
+
+    #[test]
+    fn unlabeled_counters_start_at_zero() {
+        let text = Metrics::new(&[], 20, "k", "a").encode();
+        for series in ["kato_keepalive_probes_sent_total 0", "kato_keepalive_timeouts_total 0", "kato_resets_received_total 0", "kato_events_lost_total{cause=\"ring_full\"} 0"] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 
     #[test]

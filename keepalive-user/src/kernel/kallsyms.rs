@@ -9,8 +9,8 @@ pub enum KallsymsError {
     #[error("kernel symbol `{0}` is not in /proc/kallsyms")]
     Missing(String),
     #[error(
-        "/proc/kallsyms shows `{0}` at address 0: kernel addresses are hidden \
-         (kernel.kptr_restrict); run kato as root or with CAP_SYSLOG"
+        "kato needs CAP_SYSLOG at start-up to read kernel addresses: /proc/kallsyms shows `{0}` at \
+         address 0 (hidden by kernel.kptr_restrict / perf_event_paranoid)"
     )]
     Hidden(String),
 }
@@ -60,6 +60,6 @@ ffffffffc0001000 t tcp_keepalive_timer\t[some_module]
         assert!(matches!(lookup(SAMPLE, "nope"), Err(KallsymsError::Missing(_))));
         let hidden = "0000000000000000 t tcp_keepalive_timer\n";
         let err = lookup(hidden, "tcp_keepalive_timer").unwrap_err();
-        assert!(err.to_string().contains("kptr_restrict"), "{err}");
+        assert!(err.to_string().contains("CAP_SYSLOG") && err.to_string().contains("kptr_restrict"), "{err}");
     }
 }
