@@ -29,6 +29,10 @@ pub mod kind {
     /// `inet_sock_set_state` to TCP_CLOSE: the socket is gone from the
     /// tables (closed, reset, timed out, or handed to a TIME_WAIT socket).
     pub const CLOSED: u32 = 6;
+    /// ESTABLISHED -> CLOSE_WAIT: the peer's FIN arrived.
+    pub const FIN_RECEIVED: u32 = 7;
+    /// ESTABLISHED -> FIN_WAIT1: this side closed first.
+    pub const FIN_SENT: u32 = 8;
 }
 
 /// Bits of [`Event::flags`].
@@ -79,9 +83,17 @@ pub struct Event {
     pub flags: u32,
     /// `sk->sk_err` after the event (ETIMEDOUT = 110 after a keepalive timeout).
     pub sk_err: i32,
-    /// Jiffies since the peer was last heard from (the later of the last data
-    /// segment and the last ACK), low 32 bits: keepalive's idle time.
-    pub rx_idle: u32,
+    /// Last data segment received (`icsk_ack.lrcvtime`), low 32 bits of jiffies.
+    pub lrcvtime: u32,
+    /// Last data sent (`tcp_sock.lsndtime`), low 32 bits of jiffies.
+    pub lsndtime: u32,
+    /// Last ACK received (`tcp_sock.rcv_tstamp`), low 32 bits of jiffies.
+    pub rcv_tstamp: u32,
+    /// Receive-then-send turns (a server's responses), counted by the
+    /// opt-in send/recv programs; reported on CLOSED.
+    pub turns_out: u32,
+    /// Send-then-receive turns (a client's answered requests).
+    pub turns_in: u32,
     /// Local port, host byte order.
     pub sport: u16,
     /// Remote port, host byte order.
@@ -99,7 +111,7 @@ pub struct Event {
     pub _pad1: [u8; 6],
 }
 
-pub const EVENT_SIZE: usize = 112;
+pub const EVENT_SIZE: usize = 128;
 const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 
 /// What userspace tells the programs about the running kernel, resolved from
@@ -151,11 +163,24 @@ pub struct KernelConfig {
     /// `offsetof(struct inet_sock, inet_sport)` (__be16): still set after
     /// the close path releases the port and zeroes `skc_num`.
     pub inet_sport: u32,
-    pub _pad0: u32,
+    /// `offsetof(struct tcp_sock, lsndtime)` (u32 jiffies).
+    pub tp_lsndtime: u32,
 }
 
 pub const KERNEL_CONFIG_SIZE: usize = 104;
 const _: () = assert!(size_of::<KernelConfig>() == KERNEL_CONFIG_SIZE);
+
+/// Per-socket request/response turn counting (`CONN` map), fed by the
+/// opt-in `sock_send_length` / `sock_recv_length` programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Turns {
+    /// 1 = last data moved in (recv), 2 = out (send).
+    pub last_dir: u32,
+    pub turns_out: u32,
+    pub turns_in: u32,
+    pub _pad0: u32,
+}
 
 /// Bits of [`SockRecord::flags`].
 pub mod sock_flags {
@@ -313,4 +338,5 @@ mod pod {
     unsafe impl aya::Pod for super::SockRecord {}
     unsafe impl aya::Pod for super::OwnerRecord {}
     unsafe impl aya::Pod for super::IterConfig {}
+    unsafe impl aya::Pod for super::Turns {}
 }

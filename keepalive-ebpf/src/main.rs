@@ -10,6 +10,7 @@ mod iter;
 mod reset;
 mod sock;
 mod timer;
+mod turns;
 
 use aya_ebpf::{
     macros::map,

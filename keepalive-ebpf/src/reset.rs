@@ -25,7 +25,7 @@ fn try_tcp_send_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     }
     let mut ev = new_event(kind::RESET_SENT);
     fill(&mut ev, sk)?;
-    ev.rx_idle = crate::sock::rx_idle(sk)?;
+    crate::sock::fill_stamps(&mut ev, sk)?;
     // Kernels before 6.12 have no reason argument: reading it would fail verification.
     if conf!(has_reset_reason) != 0 {
         let reason: u32 = ctx.arg(2);
@@ -52,12 +52,15 @@ fn try_tcp_receive_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     }
     let mut ev = new_event(kind::RESET_RECEIVED);
     fill(&mut ev, sk)?;
-    ev.rx_idle = crate::sock::rx_idle(sk)?;
+    crate::sock::fill_stamps(&mut ev, sk)?;
     submit(&ev);
     Ok(0)
 }
 
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
 const IPPROTO_TCP: u16 = 6;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -67,24 +70,33 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     }
 }
 
-/// Every TCP socket leaving the kernel's tables: one record per connection,
-/// so the agent's table forgets closed sockets at once. Other transitions
-/// cost a compare.
+/// Three moments of every TCP connection's end: the first FIN either way
+/// (with the activity stamps: how long it sat idle before closing) and the
+/// socket leaving the kernel's tables, so tables forget it at once. Other
+/// transitions cost two compares.
 fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
-    if newstate != TCP_CLOSE {
-        return Ok(0);
-    }
+    let k = match (oldstate, newstate) {
+        (_, TCP_CLOSE) => kind::CLOSED,
+        (TCP_ESTABLISHED, TCP_CLOSE_WAIT) => kind::FIN_RECEIVED,
+        (TCP_ESTABLISHED, TCP_FIN_WAIT1) => kind::FIN_SENT,
+        _ => return Ok(0),
+    };
     let sk: u64 = ctx.arg(0);
     if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
         return Ok(0);
     }
-    let oldstate: i32 = ctx.arg(1);
-    let mut ev = new_event(kind::CLOSED);
+    let mut ev = new_event(k);
     fill(&mut ev, sk)?;
-    // The state field says where it came from; the close is the kind.
+    // The tracepoint fires before the state is stored.
     ev.state_before = oldstate as u8;
-    ev.state = TCP_CLOSE as u8;
+    ev.state = newstate as u8;
+    if k == kind::CLOSED {
+        crate::turns::take(&mut ev, sk);
+    } else {
+        crate::sock::fill_stamps(&mut ev, sk)?;
+    }
     submit(&ev);
     Ok(0)
 }

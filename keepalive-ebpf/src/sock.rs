@@ -126,15 +126,14 @@ pub fn fill(ev: &mut Event, sk: u64) -> Result<(), u32> {
     Ok(())
 }
 
-/// Jiffies since the peer was last heard from, as `keepalive_time_elapsed()`
-/// computes it: the later of the last data segment and the last ACK.
+/// A full socket's activity stamps: last data received and sent, last ACK.
+/// Userspace derives each idle notion from them and the event's jiffies.
 #[inline(always)]
-pub fn rx_idle(sk: u64) -> Result<u32, u32> {
-    let lrcv = read::<u32>(sk, conf!(icsk_lrcvtime))?;
-    let ack = read::<u32>(sk, conf!(tp_rcv_tstamp))?;
-    let last = if (lrcv.wrapping_sub(ack) as i32) > 0 { lrcv } else { ack };
-    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
-    Ok(now.wrapping_sub(last))
+pub fn fill_stamps(ev: &mut Event, sk: u64) -> Result<(), u32> {
+    ev.lrcvtime = read::<u32>(sk, conf!(icsk_lrcvtime))?;
+    ev.lsndtime = read::<u32>(sk, conf!(tp_lsndtime))?;
+    ev.rcv_tstamp = read::<u32>(sk, conf!(tp_rcv_tstamp))?;
+    Ok(())
 }
 
 /// Fills the keepalive timer's deadline when it is pending.

@@ -112,7 +112,7 @@ fn try_timer_expire_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     fill(&mut ev, sk)?;
     ev.probes_before = seen.probes_before;
     ev.state_before = seen.state_before;
-    ev.rx_idle = crate::sock::rx_idle(sk)?;
+    crate::sock::fill_stamps(&mut ev, sk)?;
     fill_timer(&mut ev, sk)?;
     submit(&ev);
     Ok(0)

@@ -545,7 +545,7 @@ pub(crate) mod fixture {
             &[("icsk_inet", u64_, 0, 0), ("icsk_retransmits", u8_, 8400, 0), ("icsk_probes_out", u8_, 8408, 0), ("icsk_ack", icsk_ack, 8448, 0)],
         );
         b.composite("inet_sock", false, 960, &[("sk", u64_, 0, 0), ("inet_sport", be16, 6400, 0)]);
-        b.composite("tcp_sock", false, 2304, &[("inet_conn", u64_, 0, 0), ("rcv_tstamp", u32_, 13792, 0)]);
+        b.composite("tcp_sock", false, 2304, &[("inet_conn", u64_, 0, 0), ("lsndtime", u32_, 12672, 0), ("rcv_tstamp", u32_, 13792, 0)]);
         let socket = b.composite("socket", false, 128, &[("state", u32_, 0, 0)]);
         let inode = b.composite("inode", false, 600, &[("i_mode", u16_, 0, 0), ("i_ino", u64_, 512, 0)]);
         b.composite("socket_alloc", false, 768, &[("socket", socket, 0, 0), ("vfs_inode", inode, 1024, 0)]);

@@ -38,6 +38,8 @@ pub enum RecordKind {
     ResetSent,
     ResetReceived,
     Closed,
+    FinReceived,
+    FinSent,
 }
 
 /// A decoded, validated kernel record.
@@ -60,8 +62,14 @@ pub struct Record {
     pub sk_err: i32,
     /// `enum sk_rst_reason`, where the kernel reports one.
     pub reason: Option<u32>,
-    /// Jiffies since the peer was last heard from (fired, resets).
-    pub rx_idle: u32,
+    /// Activity stamps (low 32 bits of jiffies) on timer runs, resets and
+    /// FINs: last data received, last data sent, last ACK received.
+    pub lrcvtime: u32,
+    pub lsndtime: u32,
+    pub rcv_tstamp: u32,
+    /// Request/response turns, on CLOSED with the HTTP view on.
+    pub turns_out: u32,
+    pub turns_in: u32,
 }
 
 fn addr(family: u16, bytes: [u8; 16], port: u16) -> SocketAddr {
@@ -89,6 +97,8 @@ impl Record {
             kind::RESET_SENT => RecordKind::ResetSent,
             kind::RESET_RECEIVED => RecordKind::ResetReceived,
             kind::CLOSED => RecordKind::Closed,
+            kind::FIN_RECEIVED => RecordKind::FinReceived,
+            kind::FIN_SENT => RecordKind::FinSent,
             k => return Err(DecodeError::Kind(k)),
         };
         if raw.family != AF_INET && raw.family != AF_INET6 {
@@ -115,14 +125,57 @@ impl Record {
             probes_before: raw.probes_before,
             sk_err: raw.sk_err,
             reason: (raw.flags & flags::HAS_REASON != 0).then_some(raw.reason),
-            rx_idle: raw.rx_idle,
+            lrcvtime: raw.lrcvtime,
+            lsndtime: raw.lsndtime,
+            rcv_tstamp: raw.rcv_tstamp,
+            turns_out: raw.turns_out,
+            turns_in: raw.turns_in,
         })
     }
 
-    /// Seconds since the peer was last heard from, for the kinds that carry it.
+    fn has_stamps(&self) -> bool {
+        matches!(
+            self.kind,
+            RecordKind::Fired | RecordKind::ResetSent | RecordKind::ResetReceived | RecordKind::FinReceived | RecordKind::FinSent
+        )
+    }
+
+    /// Seconds from a 32-bit jiffies stamp to this record.
+    fn since(&self, stamp: u32, hz: u32) -> f64 {
+        f64::from(((self.jiffies as u32).wrapping_sub(stamp) as i32).max(0)) / f64::from(hz)
+    }
+
+    /// The later of two 32-bit jiffies stamps.
+    fn later(a: u32, b: u32) -> u32 {
+        if (a.wrapping_sub(b) as i32) > 0 {
+            a
+        } else {
+            b
+        }
+    }
+
+    /// Seconds since the peer was last heard from (data or ACK): the idle
+    /// time keepalive measures (`keepalive_time_elapsed()`).
     pub fn idle_secs(&self, hz: u32) -> Option<f64> {
-        matches!(self.kind, RecordKind::Fired | RecordKind::ResetSent | RecordKind::ResetReceived)
-            .then(|| f64::from(self.rx_idle) / f64::from(hz))
+        self.has_stamps().then(|| self.since(Self::later(self.lrcvtime, self.rcv_tstamp), hz))
+    }
+
+    /// Seconds since data last moved either way: how long a connection sat
+    /// idle (e.g. before a FIN).
+    pub fn data_idle_secs(&self, hz: u32) -> Option<f64> {
+        self.has_stamps().then(|| self.since(Self::later(self.lrcvtime, self.lsndtime), hz))
+    }
+
+    /// Data was sent after the last ACK arrived: on a socket in CLOSE_WAIT,
+    /// a write after the peer's FIN.
+    pub fn sent_after_last_ack(&self) -> bool {
+        (self.lsndtime.wrapping_sub(self.rcv_tstamp) as i32) > 0
+    }
+
+    /// Seconds between the last data received and the last data sent: for a
+    /// stale reuse, how long the connection sat idle before the write.
+    pub fn reuse_gap_secs(&self, hz: u32) -> f64 {
+        f64::from((self.lsndtime.wrapping_sub(self.lrcvtime) as i32).max(0)) / f64::from(hz)
     }
 
     /// Seconds until the keepalive timer fires, from the record's own clock.
@@ -154,10 +207,20 @@ pub enum Kind {
     ResetReceived,
     /// The socket left the kernel's tables (any TCP close).
     Closed,
+    /// The peer closed its side first (FIN received on an established connection).
+    FinReceived,
+    /// This side closed first (FIN sent on an established connection).
+    FinSent,
+    /// Data written after the peer's FIN, answered by a reset: a client
+    /// reused a connection the server had just closed.
+    StaleReuse,
+    /// A connection idle for at least `idle_kill_min` was reset or timed
+    /// out: the signature of a NAT or load balancer forgetting the flow.
+    IdleKillSuspected,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Armed,
         Kind::Fired,
         Kind::ProbeSent,
@@ -167,6 +230,10 @@ impl Kind {
         Kind::ResetSent,
         Kind::ResetReceived,
         Kind::Closed,
+        Kind::FinReceived,
+        Kind::FinSent,
+        Kind::StaleReuse,
+        Kind::IdleKillSuspected,
     ];
 
     pub fn name(self) -> &'static str {
@@ -180,7 +247,17 @@ impl Kind {
             Kind::ResetSent => "reset_sent",
             Kind::ResetReceived => "reset_received",
             Kind::Closed => "closed",
+            Kind::FinReceived => "fin_received",
+            Kind::FinSent => "fin_sent",
+            Kind::StaleReuse => "stale_reuse",
+            Kind::IdleKillSuspected => "idle_kill_suspected",
         }
+    }
+
+    /// One per connection, on every TCP connection: shown by `kato trace`
+    /// only with `--closes`.
+    pub fn is_lifecycle(self) -> bool {
+        matches!(self, Kind::Closed | Kind::FinReceived | Kind::FinSent)
     }
 
     /// Did the keepalive timer run for this event?
@@ -208,16 +285,36 @@ const DERIVER_CAPACITY: usize = 1 << 18;
 pub struct Deriver {
     unanswered: HashMap<u64, u8>,
     pub evictions: u64,
+    /// (CONFIG_HZ, seconds): report `idle_kill_suspected` for resets and
+    /// keepalive timeouts after at least this much idle time.
+    idle_kill: Option<(u32, f64)>,
 }
 
 impl Deriver {
+    pub fn with_idle_kill(hz: u32, min_secs: f64) -> Self {
+        Self { idle_kill: Some((hz, min_secs)), ..Self::default() }
+    }
+
+    fn idle_kill(&self, rec: &Record) -> bool {
+        self.idle_kill.is_some_and(|(hz, min)| rec.idle_secs(hz).is_some_and(|i| i >= min))
+    }
+
     /// Appends the events `rec` stands for to `out`.
     pub fn derive(&mut self, rec: &Record, out: &mut Vec<Derived>) {
         let mut push = |kind, probes| out.push(Derived { kind, probes });
         match rec.kind {
             RecordKind::Armed => push(Kind::Armed, rec.probes_out),
             RecordKind::ResetSent => push(Kind::ResetSent, rec.probes_out),
-            RecordKind::ResetReceived => push(Kind::ResetReceived, rec.probes_out),
+            RecordKind::ResetReceived => {
+                push(Kind::ResetReceived, rec.probes_out);
+                if rec.state == TcpState::CloseWait && rec.sent_after_last_ack() {
+                    push(Kind::StaleReuse, 0);
+                } else if self.idle_kill(rec) {
+                    push(Kind::IdleKillSuspected, 0);
+                }
+            }
+            RecordKind::FinReceived => push(Kind::FinReceived, 0),
+            RecordKind::FinSent => push(Kind::FinSent, 0),
             RecordKind::Closed => {
                 self.unanswered.remove(&rec.sk);
                 push(Kind::Closed, rec.probes_out);
@@ -235,6 +332,9 @@ impl Deriver {
                 let closed = rec.state == TcpState::Close && rec.state_before != TcpState::Close;
                 if closed && rec.sk_err == ETIMEDOUT {
                     push(Kind::KeepaliveTimeout, rec.probes_out);
+                    if self.idle_kill(rec) {
+                        push(Kind::IdleKillSuspected, 0);
+                    }
                 } else if rec.probes_out > rec.probes_before {
                     push(Kind::ProbeSent, rec.probes_out);
                 } else if !answered {
@@ -327,7 +427,7 @@ pub(crate) mod tests {
         assert_eq!(Record::decode(&long), Err(DecodeError::Length(EVENT_SIZE + 1)));
         for (field, want) in [
             (raw(0), DecodeError::Kind(0)),
-            (raw(7), DecodeError::Kind(7)),
+            (raw(9), DecodeError::Kind(9)),
             (raw(99), DecodeError::Kind(99)),
             (RawEvent { family: 1, ..raw(kind::ARMED) }, DecodeError::Family(1)),
             (RawEvent { state: 0, ..raw(kind::ARMED) }, DecodeError::State(0)),
@@ -405,14 +505,37 @@ pub(crate) mod tests {
         let mut d = Deriver::default();
         run(&mut d, &fired(0, 1, 1, 0));
         let mut e = raw(kind::RESET_RECEIVED);
-        e.rx_idle = 500;
+        (e.lrcvtime, e.rcv_tstamp, e.lsndtime) = (500, 250, 999);
         let r = Record::decode(&bytes(&e)).unwrap();
         assert_eq!(run(&mut d, &r), [Kind::ResetReceived]);
-        assert_eq!(r.idle_secs(250), Some(2.0));
+        assert_eq!(r.idle_secs(250), Some(2.0), "since the later of data (500) and ACK (250)");
+        assert_eq!(r.data_idle_secs(250), Some(0.004), "data sent at 999");
         let closed = Record::decode(&bytes(&RawEvent { state: 7, ..raw(kind::CLOSED) })).unwrap();
         assert_eq!(run(&mut d, &closed), [Kind::Closed]);
         assert_eq!(closed.idle_secs(250), None);
         assert!(d.unanswered.is_empty(), "closed socket forgotten");
+    }
+
+    #[test]
+    fn stale_reuse_and_idle_kills() {
+        let mut d = Deriver::with_idle_kill(250, 3.0);
+        // CLOSE_WAIT (FIN in, ACK at 400), data written at 900, RST back at 1000.
+        let e = RawEvent { state: 8, lrcvtime: 300, rcv_tstamp: 400, lsndtime: 900, ..raw(kind::RESET_RECEIVED) };
+        let stale = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!(run(&mut d, &stale), [Kind::ResetReceived, Kind::StaleReuse]);
+        assert_eq!(stale.reuse_gap_secs(250), 2.4);
+        // ESTABLISHED, silent since 0 (4 s), our write at 999 met a RST: a NAT forgot us.
+        let e = RawEvent { lrcvtime: 0, rcv_tstamp: 0, lsndtime: 999, ..raw(kind::RESET_RECEIVED) };
+        assert_eq!(run(&mut d, &Record::decode(&bytes(&e)).unwrap()), [Kind::ResetReceived, Kind::IdleKillSuspected]);
+        // Recently active: an ordinary reset.
+        let e = RawEvent { lrcvtime: 900, rcv_tstamp: 900, ..raw(kind::RESET_RECEIVED) };
+        assert_eq!(run(&mut d, &Record::decode(&bytes(&e)).unwrap()), [Kind::ResetReceived]);
+        // Keepalive gave up after 4 s of silence.
+        let e = RawEvent { probes_before: 3, probes_out: 3, state: 7, sk_err: 110, ..raw(kind::FIRED) };
+        assert_eq!(run(&mut d, &Record::decode(&bytes(&e)).unwrap()), [Kind::KeepaliveTimeout, Kind::IdleKillSuspected]);
+        // Off by default.
+        let e = RawEvent { lsndtime: 999, ..raw(kind::RESET_RECEIVED) };
+        assert_eq!(run(&mut Deriver::default(), &Record::decode(&bytes(&e)).unwrap()), [Kind::ResetReceived]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    event::{Derived, Record},
+    event::{Derived, Kind, Record},
     owner::Owner,
     timefmt::{self, Clock},
 };
@@ -27,8 +27,19 @@ pub struct TraceEvent {
     pub probes: u8,
     /// Seconds until the keepalive timer fires (null when not pending).
     pub timer_remaining_s: Option<f64>,
-    /// Seconds since the peer was last heard from (timer runs and resets).
+    /// Seconds since the peer was last heard from (timer runs, resets, FINs).
     pub idle_s: Option<f64>,
+    /// Seconds since data last moved either way (FINs, resets).
+    pub data_idle_s: Option<f64>,
+    /// stale_reuse: seconds between the last data received and the write
+    /// that met the reset.
+    pub reuse_after_s: Option<f64>,
+    /// idle_kill_suspected: the idle-timeout rule for the path, if declared.
+    pub idle_timeout: Option<String>,
+    /// closed (with --http-keepalive): receive-then-send and
+    /// send-then-receive turns (a server's / a client's exchanges).
+    pub turns_out: Option<u32>,
+    pub turns_in: Option<u32>,
     pub reset_reason: Option<String>,
     pub reset_reason_code: Option<u32>,
     pub sk_err: i32,
@@ -44,6 +55,9 @@ pub struct Formatter<'a> {
     pub clock: Clock,
     pub hz: u32,
     pub reasons: &'a BTreeMap<u32, String>,
+    pub policy: &'a crate::policy::Policy,
+    /// Whether send/recv turns are being counted.
+    pub turns: bool,
 }
 
 impl Formatter<'_> {
@@ -57,8 +71,15 @@ impl Formatter<'_> {
             remote: rec.remote.to_string(),
             state: rec.state.name(),
             probes: d.probes,
-            timer_remaining_s: rec.timer_remaining(self.hz).map(|s| (s * 1000.0).round() / 1000.0),
-            idle_s: rec.idle_secs(self.hz).map(|s| (s * 1000.0).round() / 1000.0),
+            timer_remaining_s: rec.timer_remaining(self.hz).map(round3),
+            idle_s: rec.idle_secs(self.hz).map(round3),
+            data_idle_s: rec.data_idle_secs(self.hz).map(round3),
+            reuse_after_s: (d.kind == Kind::StaleReuse).then(|| round3(rec.reuse_gap_secs(self.hz))),
+            idle_timeout: (d.kind == Kind::IdleKillSuspected)
+                .then(|| self.policy.lookup(rec.local, rec.remote).map(|r| r.text.clone()))
+                .flatten(),
+            turns_out: (self.turns && d.kind == Kind::Closed).then_some(rec.turns_out),
+            turns_in: (self.turns && d.kind == Kind::Closed).then_some(rec.turns_in),
             reset_reason: rec.reason.map(|r| self.reasons.get(&r).cloned().unwrap_or_else(|| format!("UNKNOWN_{r}"))),
             reset_reason_code: rec.reason,
             sk_err: rec.sk_err,
@@ -71,12 +92,29 @@ impl Formatter<'_> {
     }
 }
 
+fn round3(s: f64) -> f64 {
+    (s * 1000.0).round() / 1000.0
+}
+
 pub const TABLE_HEADER: &str = "TIME(UTC)       EVENT             LOCAL                  REMOTE                 STATE        PROBES TIMER     REASON                 PID/COMM";
 
 /// One table line, columns aligned with [`TABLE_HEADER`].
 pub fn table_line(e: &TraceEvent) -> String {
     let timer = e.timer_remaining_s.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into());
-    let reason = e.reset_reason.as_deref().unwrap_or("-");
+    let reason = match (e.event, &e.reset_reason, e.idle_s, e.reuse_after_s) {
+        (_, Some(r), _, _) => r.clone(),
+        ("stale_reuse", _, _, Some(gap)) => format!("reused after {gap:.2}s idle"),
+        ("idle_kill_suspected", _, Some(idle), _) => match &e.idle_timeout {
+            Some(rule) => format!("idle {idle:.1}s ({rule})"),
+            None => format!("idle {idle:.1}s"),
+        },
+        ("fin_sent" | "fin_received", _, _, _) => e.data_idle_s.map(|i| format!("after {i:.2}s idle")).unwrap_or_else(|| "-".into()),
+        ("closed", _, _, _) => match (e.turns_out, e.turns_in) {
+            (Some(o), Some(i)) => format!("turns {o} out/{i} in"),
+            _ => "-".into(),
+        },
+        _ => "-".into(),
+    };
     let owner = match (&e.pid, &e.comm) {
         (Some(p), Some(c)) => format!("{p}/{c}"),
         _ => "-".into(),
@@ -112,7 +150,8 @@ mod tests {
         e.state = 7;
         let rec = Record::decode(&bytes(&e)).unwrap();
         let reasons = BTreeMap::from([(15, "TCP_KEEPALIVE_TIMEOUT".to_owned())]);
-        let f = Formatter { clock: Clock::new(), hz: 250, reasons: &reasons };
+        let policy = crate::policy::Policy::default();
+        let f = Formatter { clock: Clock::new(), hz: 250, reasons: &reasons, policy: &policy, turns: false };
         let owner = Owner { pid: 42, comm: "client".into() };
         f.event(&rec, Derived { kind: Kind::ResetSent, probes: 3 }, Some(&owner))
     }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod btf;
 pub mod caps;
+pub mod closes;
 pub mod duration;
 pub mod event;
 pub mod filter;
@@ -12,6 +13,7 @@ pub mod kernel;
 pub mod loader;
 pub mod netns;
 pub mod owner;
+pub mod policy;
 pub mod sockets;
 pub mod stream;
 pub mod tcp;

@@ -33,6 +33,9 @@ pub const PROGRAMS: [(&str, &str); 7] = [
     ("inet_sock_set_state", "inet_sock_set_state"),
 ];
 
+/// Opt-in: request/response turns from every send/recv (HTTP keep-alive view).
+pub const TURN_PROGRAMS: [(&str, &str); 2] = [("sock_send_length", "sock_send_length"), ("sock_recv_length", "sock_recv_length")];
+
 /// BPF iterators: (program, iterator type).
 pub const ITER_TCP: (&str, &str) = ("kato_iter_tcp", "tcp");
 pub const ITER_TASK_FILE: (&str, &str) = ("kato_iter_task_file", "task_file");
@@ -139,7 +142,17 @@ impl Probes {
         if self.kernel.config.keepalive_fn == 0 {
             return Err(LoadError::NotForTracing);
         }
-        for (name, tracepoint) in PROGRAMS {
+        self.attach_btf_tracepoints(&PROGRAMS)
+    }
+
+    /// Attaches the send/recv turn counters (HTTP keep-alive view; kernels
+    /// with `sock:sock_send_length`, 6.3+).
+    pub fn attach_turns(&mut self) -> Result<(), LoadError> {
+        self.attach_btf_tracepoints(&TURN_PROGRAMS)
+    }
+
+    fn attach_btf_tracepoints(&mut self, programs: &[(&'static str, &'static str)]) -> Result<(), LoadError> {
+        for &(name, tracepoint) in programs {
             let err = |source| LoadError::Program { name, tracepoint, source };
             let prog: &mut BtfTracePoint = self
                 .ebpf

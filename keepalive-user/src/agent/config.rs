@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use thiserror::Error;
 
+use crate::policy::{Policy, Rule};
+
 /// 9100-9999 is fully allocated to exporters; 7941 is not a well-known
 /// exporter's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7941";
@@ -76,6 +78,14 @@ pub struct AgentConfig {
     pub table_capacity: usize,
     pub btf: Option<PathBuf>,
     pub hz: Option<u32>,
+    /// Declared middlebox idle timeouts.
+    pub policy: Policy,
+    /// Resets and keepalive timeouts after this much idle time are
+    /// reported as suspected middlebox kills.
+    pub idle_kill_min: Duration,
+    /// Count request/response turns from every send/recv (costs a little on
+    /// every socket syscall).
+    pub http_keepalive: bool,
 }
 
 impl Default for AgentConfig {
@@ -89,6 +99,9 @@ impl Default for AgentConfig {
             table_capacity: 1_000_000,
             btf: None,
             hz: None,
+            policy: Policy::default(),
+            idle_kill_min: Duration::from_secs(30),
+            http_keepalive: false,
         }
     }
 }
@@ -104,9 +117,24 @@ pub struct Overrides {
     pub table_capacity: Option<usize>,
     pub btf: Option<PathBuf>,
     pub hz: Option<u32>,
+    pub idle_timeouts: Option<Vec<Rule>>,
+    pub idle_kill_min: Option<Duration>,
+    pub http_keepalive: Option<bool>,
 }
 
-pub const KEYS: [&str; 8] = ["listen", "netns", "snapshot_interval", "label_by", "label_limit", "table_capacity", "btf", "hz"];
+pub const KEYS: [&str; 11] = [
+    "listen",
+    "netns",
+    "snapshot_interval",
+    "label_by",
+    "label_limit",
+    "table_capacity",
+    "btf",
+    "hz",
+    "idle_timeouts",
+    "idle_kill_min",
+    "http_keepalive",
+];
 
 fn positive(key: &str, v: i64, max: i64) -> Result<i64, String> {
     let _ = key;
@@ -182,6 +210,20 @@ impl Overrides {
                     o.table_capacity = Some(positive(key, v, 100_000_000).map_err(|m| err(key, m))? as usize);
                 }
                 "btf" => o.btf = Some(value.as_str().ok_or_else(|| want("a path string"))?.into()),
+                "idle_timeouts" => {
+                    let t = value.as_table().ok_or_else(|| want("a table like { \"10.0.0.0/8:5432\" = \"350s\" }"))?;
+                    let mut rules = vec![];
+                    for (k, v) in t {
+                        let v = v.as_str().ok_or_else(|| err(&format!("idle_timeouts.{k}"), "expected a duration string like \"350s\"".into()))?;
+                        rules.push(Rule::from_entry(k, v).map_err(|m| err(&format!("idle_timeouts.{k}"), m))?);
+                    }
+                    o.idle_timeouts = Some(rules);
+                }
+                "idle_kill_min" => {
+                    let s = value.as_str().ok_or_else(|| want("a duration string like \"30s\""))?;
+                    o.idle_kill_min = Some(crate::duration::parse(s).map_err(|m| err(key, m))?);
+                }
+                "http_keepalive" => o.http_keepalive = Some(value.as_bool().ok_or_else(|| want("true or false"))?),
                 "hz" => {
                     let v = value.as_integer().ok_or_else(|| want("an integer"))?;
                     o.hz = Some(positive(key, v, 10_000).map_err(|m| err(key, m))? as u32);
@@ -203,6 +245,9 @@ impl Overrides {
             table_capacity: self.table_capacity.or(base.table_capacity),
             btf: self.btf.or(base.btf),
             hz: self.hz.or(base.hz),
+            idle_timeouts: self.idle_timeouts.or(base.idle_timeouts),
+            idle_kill_min: self.idle_kill_min.or(base.idle_kill_min),
+            http_keepalive: self.http_keepalive.or(base.http_keepalive),
         }
     }
 
@@ -217,6 +262,9 @@ impl Overrides {
             table_capacity: self.table_capacity.unwrap_or(d.table_capacity),
             btf: self.btf.or(d.btf),
             hz: self.hz.or(d.hz),
+            policy: self.idle_timeouts.map(|rules| Policy { rules }).unwrap_or(d.policy),
+            idle_kill_min: self.idle_kill_min.unwrap_or(d.idle_kill_min),
+            http_keepalive: self.http_keepalive.unwrap_or(d.http_keepalive),
         }
     }
 }
@@ -275,6 +323,20 @@ mod tests {
             assert!(e.message.contains(needle), "{text}: {e}");
             assert!(e.to_string().starts_with(&format!("kato.toml: key `{key}`: ")), "{e}");
         }
+    }
+
+    #[test]
+    fn idle_timeouts_table() {
+        let c = parse("idle_kill_min = \"5s\"\nhttp_keepalive = true\n[idle_timeouts]\ndefault = \"10m\"\n\"10.0.0.0/8:5432\" = \"350s\"\n").unwrap().resolve();
+        assert_eq!(c.policy.rules.len(), 2);
+        assert_eq!(c.idle_kill_min, Duration::from_secs(5));
+        assert!(c.http_keepalive);
+        let e = parse("[idle_timeouts]\n\"10.0.0.0/99\" = \"5s\"\n").unwrap_err();
+        assert_eq!(e.key, "idle_timeouts.10.0.0.0/99");
+        assert!(e.message.contains("prefix length"), "{e}");
+        let e = parse("[idle_timeouts]\n\":443\" = 5\n").unwrap_err();
+        assert!(e.message.contains("expected a duration string"), "{e}");
+        assert_eq!(parse("http_keepalive = \"yes\"").unwrap_err().key, "http_keepalive");
     }
 
     #[test]

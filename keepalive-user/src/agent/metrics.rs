@@ -5,13 +5,16 @@
 use std::collections::{HashMap, HashSet};
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use super::config::LabelBy;
 use crate::{
+    closes::Closed,
     event::{Derived, Kind, Record},
     loader::Counters,
+    policy::Risk,
     sockets::{snapshot::Sysctls, Socket},
 };
 
@@ -46,6 +49,10 @@ pub struct LabelCtx<'a> {
     /// Is the event socket's local port a listening port in its namespace?
     pub local_port_listening: bool,
     pub comm: Option<&'a str>,
+    /// The idle-timeout rule for the connection's path, as written.
+    pub policy: Option<&'a str>,
+    /// Set on the CLOSED record of a connection whose end was seen.
+    pub closed: Option<Closed>,
 }
 
 pub struct Metrics {
@@ -70,6 +77,16 @@ pub struct Metrics {
     evictions: IntCounter,
     snapshots: IntCounter,
     snapshot_seconds: prometheus::Gauge,
+    idle_before_close: HistogramVec,
+    exchanges: HistogramVec,
+    stale_reuse: IntCounterVec,
+    idle_kills: IntCounterVec,
+    idle_before_reset: Histogram,
+    risk: IntGaugeVec,
+    /// Bounds the `port` label of the connection metrics.
+    ports: LabelLimiter,
+    /// Whether send/recv turns are counted (the HTTP keep-alive view).
+    pub turns: bool,
     /// Last kernel/table counter values, to turn them into counter increments.
     last_kernel: Counters,
     last_evictions: u64,
@@ -86,6 +103,12 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
     g
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -129,6 +152,31 @@ impl Metrics {
             evictions: IntCounter::new("kato_table_evictions_total", "Sockets evicted from the full table (least recently updated first).").expect("valid"),
             snapshots: IntCounter::new("kato_snapshots_total", "Full socket snapshots taken.").expect("valid"),
             snapshot_seconds: prometheus::Gauge::new("kato_snapshot_duration_seconds", "Duration of the last full socket snapshot.").expect("valid"),
+            idle_before_close: histogram_vec(
+                &r,
+                "kato_connection_idle_before_close_seconds",
+                "How long connections sat without data before they closed, by side (server: listening port; client: remote port) and who closed first.",
+                &["side", "port", "closed_by"],
+                vec![0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0],
+            ),
+            exchanges: histogram_vec(
+                &r,
+                "kato_connection_exchanges",
+                "Request/response exchanges a connection served before closing (with --http-keepalive).",
+                &["side", "port", "closed_by"],
+                vec![1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0],
+            ),
+            stale_reuse: counter(&r, "kato_stale_reuse_total", "Writes on a connection after the peer's FIN, answered by a reset (a client reusing a connection the server closed).", &["side", "port"]),
+            idle_kills: counter(&r, "kato_idle_kills_suspected_total", "Connections idle for at least idle_kill_min that were reset or timed out: a middlebox probably forgot them. Labelled with the matching idle-timeout rule.", &["idle_timeout"]),
+            idle_before_reset: histogram(
+                &r,
+                "kato_idle_before_reset_seconds",
+                "How long connections had not heard from the peer when a reset arrived.",
+                vec![1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0, 7200.0],
+            ),
+            risk: gauge_vec(&r, "kato_sockets_idle_timeout_risk", "Connections by whether keepalive beats the declared middlebox idle timeout: safe, at-risk, unprotected (keepalive off), unknown (no rule).", &["class"]),
+            ports: LabelLimiter::new(label_limit),
+            turns: false,
             label_by: label_by.to_vec(),
             limiters: label_by.iter().map(|_| LabelLimiter::new(label_limit)).collect(),
             last_kernel: Counters::default(),
@@ -175,10 +223,31 @@ impl Metrics {
         out
     }
 
+    /// (side, port) of a connection: a server's listening port, or the
+    /// remote port a client connects to.
+    fn side_port(&mut self, rec: &Record, ctx: &LabelCtx) -> (&'static str, String) {
+        if ctx.local_port_listening {
+            ("server", self.ports.admit(rec.local.port().to_string()))
+        } else {
+            ("client", self.ports.admit(rec.remote.port().to_string()))
+        }
+    }
+
     /// Counts one record's derived events.
     pub fn on_event(&mut self, rec: &Record, derived: &[Derived], ctx: &LabelCtx, hz: u32, reason: impl Fn(u32) -> String) {
         self.events_processed.inc();
-        if derived.iter().all(|d| matches!(d.kind, Kind::Armed | Kind::Fired | Kind::Disarmed | Kind::Closed)) {
+        if let Some(c) = ctx.closed {
+            let (side, port) = self.side_port(rec, ctx);
+            let l = [side, port.as_str(), c.by.name()];
+            if let Some(idle) = c.idle_s {
+                self.idle_before_close.with_label_values(&l).observe(idle);
+            }
+            if self.turns {
+                let n = if side == "server" { c.turns_out } else { c.turns_in };
+                self.exchanges.with_label_values(&l).observe(f64::from(n));
+            }
+        }
+        if derived.iter().all(|d| d.kind.is_lifecycle() || matches!(d.kind, Kind::Armed | Kind::Fired | Kind::Disarmed)) {
             return;
         }
         let labels = self.labels(rec, ctx);
@@ -202,8 +271,18 @@ impl Metrics {
                     lr.extend(&l);
                     self.resets_sent.with_label_values(&lr).inc();
                 }
-                Kind::ResetReceived => self.resets_received.with_label_values(&l).inc(),
-                Kind::Armed | Kind::Fired | Kind::Disarmed | Kind::Closed => {}
+                Kind::ResetReceived => {
+                    self.resets_received.with_label_values(&l).inc();
+                    if let Some(idle) = rec.idle_secs(hz) {
+                        self.idle_before_reset.observe(idle);
+                    }
+                }
+                Kind::StaleReuse => {
+                    let (side, port) = self.side_port(rec, ctx);
+                    self.stale_reuse.with_label_values(&[side, port.as_str()]).inc();
+                }
+                Kind::IdleKillSuspected => self.idle_kills.with_label_values(&[ctx.policy.unwrap_or("none")]).inc(),
+                Kind::Armed | Kind::Fired | Kind::Disarmed | Kind::Closed | Kind::FinReceived | Kind::FinSent => {}
             }
         }
     }
@@ -220,10 +299,22 @@ impl Metrics {
     }
 
     /// Scrape-time state: the table's sockets, kernel counters, evictions.
-    pub fn refresh<'a>(&mut self, sockets: impl Iterator<Item = &'a Socket>, kernel: Counters, evictions: u64, undecodable: u64) {
+    /// `risk` classifies a socket against the idle-timeout policy.
+    pub fn refresh<'a>(
+        &mut self,
+        sockets: impl Iterator<Item = &'a Socket>,
+        risk: impl Fn(&Socket) -> Option<Risk>,
+        kernel: Counters,
+        evictions: u64,
+        undecodable: u64,
+    ) {
         let mut by: HashMap<(&'static str, &'static str), i64> = HashMap::new();
+        let mut classes: HashMap<Risk, i64> = Risk::ALL.iter().map(|r| (*r, 0)).collect();
         let (mut probing, mut tracked) = (0, 0);
         for s in sockets {
+            if let Some(r) = risk(s) {
+                *classes.entry(r).or_default() += 1;
+            }
             tracked += 1;
             let ka = match s.keepalive {
                 None => "n/a",
@@ -241,6 +332,9 @@ impl Metrics {
         }
         self.probing.set(probing);
         self.tracked.set(tracked);
+        for (r, n) in classes {
+            self.risk.with_label_values(&[r.name()]).set(n);
+        }
         let lost = |cause: &str, now: u64, last: u64| self.events_lost.with_label_values(&[cause]).inc_by(now.saturating_sub(last));
         lost("ring_full", kernel.lost, self.last_kernel.lost);
         lost("kernel_read", kernel.read_failed, self.last_kernel.read_failed);
@@ -269,7 +363,7 @@ mod tests {
         let rec = Record::decode(&bytes(&e)).unwrap();
         let mut d = vec![];
         Deriver::default().derive(&rec, &mut d);
-        m.on_event(&rec, &d, &LabelCtx { local_port_listening: false, comm: Some("psql") }, 250, |r| format!("R{r}"));
+        m.on_event(&rec, &d, &LabelCtx { local_port_listening: false, comm: Some("psql"), policy: None, closed: None }, 250, |r| format!("R{r}"));
     }
 
     #[test]
@@ -277,7 +371,7 @@ mod tests {
         let mut m = Metrics::new(&[LabelBy::RemotePort, LabelBy::LocalPort], 1, "6.18", "tp_btf");
         feed(&mut m, keepalive_common::Event { probes_before: 0, probes_out: 1, ..raw(kind::FIRED) });
         feed(&mut m, keepalive_common::Event { dport: 9999, probes_before: 0, probes_out: 1, ..raw(kind::FIRED) });
-        feed(&mut m, keepalive_common::Event { probes_before: 3, probes_out: 3, state: 7, sk_err: 110, rx_idle: 1000, ..raw(kind::FIRED) });
+        feed(&mut m, keepalive_common::Event { probes_before: 3, probes_out: 3, state: 7, sk_err: 110, ..raw(kind::FIRED) });
         feed(&mut m, keepalive_common::Event { flags: flags::HAS_REASON, reason: 15, ..raw(kind::RESET_SENT) });
         let text = m.encode();
         assert!(text.contains("kato_keepalive_probes_sent_total{local_port=\"other\",remote_port=\"8080\"} 1"), "{text}");
@@ -293,13 +387,14 @@ mod tests {
     #[test]
     fn refresh_turns_kernel_totals_into_increments() {
         let mut m = Metrics::new(&[], 20, "k", "a");
-        m.refresh(std::iter::empty(), Counters { lost: 5, read_failed: 1, emitted: 9 }, 2, 0);
-        m.refresh(std::iter::empty(), Counters { lost: 7, read_failed: 1, emitted: 12 }, 3, 1);
+        m.refresh(std::iter::empty(), |_| None, Counters { lost: 5, read_failed: 1, emitted: 9 }, 2, 0);
+        m.refresh(std::iter::empty(), |_| None, Counters { lost: 7, read_failed: 1, emitted: 12 }, 3, 1);
         let text = m.encode();
         assert!(text.contains("kato_events_lost_total{cause=\"ring_full\"} 7"), "{text}");
         assert!(text.contains("kato_events_lost_total{cause=\"decode\"} 1"), "{text}");
         assert!(text.contains("kato_table_evictions_total 3"), "{text}");
         assert!(text.contains("kato_table_sockets 0"), "{text}");
+        assert!(text.contains("kato_sockets_idle_timeout_risk{class=\"at-risk\"} 0"), "{text}");
     }
 
     #[test]

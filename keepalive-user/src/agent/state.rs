@@ -15,7 +15,9 @@ use super::{
 };
 use crate::{
     caps,
+    closes::CloseTracker,
     event::{DecodeError, Derived, Deriver, Record},
+    policy::Policy,
     loader::{LoadError, LoadOptions, ATTACH_KIND},
     netns::{self, NetnsError},
     sockets::{
@@ -56,6 +58,8 @@ pub struct AgentState {
     processed: u64,
     started: Instant,
     derived: Vec<Derived>,
+    closes: CloseTracker,
+    policy: Policy,
 }
 
 impl AgentState {
@@ -84,16 +88,20 @@ impl AgentState {
         }
         let probes = snap.probes.as_mut().expect("opened with probes");
         probes.attach_tracing()?;
+        if cfg.http_keepalive {
+            probes.attach_turns()?;
+        }
         let stream = probes.events()?;
-        let kernel = &probes.kernel;
-        let metrics = Metrics::new(&cfg.label_by, cfg.label_limit, &kernel.release, ATTACH_KIND);
+        let (hz, reasons, release) = (probes.kernel.hz, probes.kernel.reset_reasons.clone(), probes.kernel.release.clone());
+        let mut metrics = Metrics::new(&cfg.label_by, cfg.label_limit, &release, ATTACH_KIND);
+        metrics.turns = cfg.http_keepalive;
         let state = AgentState {
-            hz: kernel.hz,
-            reasons: kernel.reset_reasons.clone(),
+            hz,
+            reasons,
             snap,
             scope: cfg.netns.clone(),
             table: SocketTable::new(cfg.table_capacity),
-            deriver: Deriver::default(),
+            deriver: Deriver::with_idle_kill(hz, cfg.idle_kill_min.as_secs_f64()),
             metrics,
             listening: HashSet::new(),
             sysctls: HashMap::new(),
@@ -102,6 +110,8 @@ impl AgentState {
             processed: 0,
             started: Instant::now(),
             derived: Vec::new(),
+            closes: CloseTracker::default(),
+            policy: cfg.policy.clone(),
         };
         if let NetnsScope::Listed(names) = &cfg.netns {
             for n in names {
@@ -178,7 +188,9 @@ impl AgentState {
             let reasons = &self.reasons;
             let name = |c: u32| reasons.get(&c).cloned().unwrap_or_else(|| format!("UNKNOWN_{c}"));
             let comm = self.table.get(rec.sk).and_then(|s| s.comm.as_deref());
-            let ctx = LabelCtx { local_port_listening: self.listening.contains(&(rec.netns, rec.local.port())), comm };
+            let closed = self.closes.on(&rec, &self.derived, self.hz);
+            let policy = self.policy.lookup(rec.local, rec.remote).map(|r| r.text.as_str());
+            let ctx = LabelCtx { local_port_listening: self.listening.contains(&(rec.netns, rec.local.port())), comm, policy, closed };
             self.metrics.on_event(&rec, &self.derived, &ctx, self.hz, name);
             self.table.apply_event(&rec, &self.derived, name, self.hz);
         }
@@ -187,12 +199,17 @@ impl AgentState {
     /// The Prometheus exposition, refreshed from the table and kernel counters.
     pub fn metrics_text(&mut self) -> String {
         let kernel = self.snap.probes.as_ref().and_then(|p| p.counters().ok()).unwrap_or_default();
-        self.metrics.refresh(self.table.iter(), kernel, self.table.evictions, self.undecodable);
+        let policy = &self.policy;
+        self.metrics.refresh(self.table.iter(), |s| policy.classify(s).map(|(r, _)| r), kernel, self.table.evictions, self.undecodable);
         self.metrics.encode()
     }
 
     pub fn sockets_json(&self, q: &Query) -> String {
-        serde_json::to_string(&q.apply(self.table.sockets())).expect("serializable")
+        let mut sockets = self.table.sockets();
+        for s in &mut sockets {
+            self.policy.annotate(s);
+        }
+        serde_json::to_string(&q.apply(sockets)).expect("serializable")
     }
 
     pub fn health_json(&self) -> String {

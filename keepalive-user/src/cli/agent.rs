@@ -47,6 +47,19 @@ pub struct AgentArgs {
     /// The kernel's CONFIG_HZ, if its config cannot be read.
     #[arg(long, value_name = "HZ")]
     pub hz: Option<String>,
+    /// A middlebox idle timeout (repeatable): `350s` for every path, or
+    /// `CIDR[:PORT]=DURATION` (`10.0.0.0/8:5432=350s`, `:443=4m`). Replaces
+    /// the config file's [idle_timeouts].
+    #[arg(long, value_name = "RULE")]
+    pub idle_timeout: Vec<String>,
+    /// Report resets and keepalive timeouts after at least this much idle
+    /// time as suspected middlebox kills [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_kill_min: Option<String>,
+    /// HTTP keep-alive view: count request/response exchanges per
+    /// connection from every send/recv (a small cost on every socket syscall).
+    #[arg(long)]
+    pub http_keepalive: bool,
 }
 
 /// Flags as overrides; a bad value is a ConfigError naming the flag.
@@ -81,10 +94,34 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
     if let Some(v) = &a.btf {
         toml += &format!("btf = {}\n", quote(&v.display().to_string()));
     }
-    Overrides::from_toml("command line", &toml).map_err(|mut e| {
+    if let Some(v) = &a.idle_kill_min {
+        toml += &format!("idle_kill_min = {}\n", quote(v));
+    }
+    if a.http_keepalive {
+        toml += "http_keepalive = true\n";
+    }
+    let mut o = Overrides::from_toml("command line", &toml).map_err(|mut e| {
         e.key = format!("--{}", e.key.replace('_', "-"));
         e
-    })
+    })?;
+    if !a.idle_timeout.is_empty() {
+        o.idle_timeouts = Some(idle_timeout_flags(&a.idle_timeout)?);
+    }
+    Ok(o)
+}
+
+/// `--idle-timeout` values, each one error naming the flag.
+pub fn idle_timeout_flags(values: &[String]) -> Result<Vec<keepalive_user::policy::Rule>, ConfigError> {
+    values
+        .iter()
+        .map(|v| {
+            keepalive_user::policy::Rule::parse(v).map_err(|message| ConfigError {
+                origin: "command line".into(),
+                key: "--idle-timeout".into(),
+                message,
+            })
+        })
+        .collect()
 }
 
 pub fn config(a: &AgentArgs) -> Result<keepalive_user::agent::config::AgentConfig, ConfigError> {

@@ -42,7 +42,11 @@ keepalive_timeout  TCP_KEEPCNT probes went unanswered: the kernel closed the soc
 disarmed           the timer was stopped (keepalive off, socket closed, or a re-arm)\n  \
 reset_sent         the kernel sent an active RST; REASON is the kernel's sk_rst_reason\n  \
 reset_received     the peer sent a RST\n  \
-closed             the socket closed (only with --closes: every TCP close on the host)\n\n\
+stale_reuse        data written after the peer's FIN was answered by a RST: a client reused a connection \
+the server had closed (REASON: how long it sat idle)\n  \
+idle_kill_suspected  a connection idle for at least --idle-kill-min was reset or timed out: a NAT or \
+load balancer probably forgot it (REASON: idle time and the matching --idle-timeout rule)\n  \
+fin_sent, fin_received, closed   how each connection ends (only with --closes: every TCP connection on the host)\n\n\
 TIMER is the time left on the keepalive timer, like the first number of `netstat -o`'s \
 keepalive (7198.14/0/0). PID/COMM is the process holding the socket, found via /proc like \
 `netstat -p` (blank once no process holds it).\n\n\

@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use keepalive_user::{
     event::{Derived, Deriver},
     netns,
+    policy::{Policy, Risk},
     sockets::{
         query::{Query, SortKey},
         render,
@@ -68,6 +69,16 @@ pub struct SocketsArgs {
     /// Sort by: local, remote, state, pid, timer, idle (longest first), probes (most first).
     #[arg(long, value_name = "KEY", default_value = "local")]
     pub sort: SortKey,
+    /// A middlebox idle timeout (repeatable): `350s` for every path, or
+    /// `CIDR[:PORT]=DURATION` (`10.0.0.0/8:5432=350s`, `:443=4m`). Adds the
+    /// Risk column: safe, at-risk (keepalive too slow), unprotected
+    /// (keepalive off), unknown (no rule for the path).
+    #[arg(long, value_name = "RULE")]
+    pub idle_timeout: Vec<String>,
+    /// Only connections in this idle-timeout risk class (repeatable):
+    /// safe, at-risk, unprotected, unknown.
+    #[arg(long, value_name = "CLASS", value_parser = parse_risk)]
+    pub risk: Vec<Risk>,
     /// Where to read sockets from.
     #[arg(long, value_enum, default_value_t)]
     pub source: SourceArg,
@@ -77,6 +88,10 @@ pub struct SocketsArgs {
     pub watch: Option<Duration>,
     #[command(flatten)]
     pub kernel: KernelArgs,
+}
+
+fn parse_risk(s: &str) -> Result<Risk, String> {
+    Risk::parse(s).ok_or_else(|| format!("unknown risk class `{s}` (safe, at-risk, unprotected, unknown)"))
 }
 
 fn parse_state(s: &str) -> Result<TcpState, String> {
@@ -101,20 +116,31 @@ fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
     args.netns.iter().map(|s| Ok(Some(netns::resolve(s)?))).collect()
 }
 
-fn print(out: &mut impl Write, output: Output, sockets: &[Socket]) -> std::io::Result<()> {
+fn print(out: &mut impl Write, output: Output, sockets: &[Socket], with_risk: bool) -> std::io::Result<()> {
     match output {
         Output::Json => {
             serde_json::to_writer(&mut *out, sockets)?;
             writeln!(out)
         }
         Output::Table => {
-            writeln!(out, "{}", render::HEADER)?;
+            writeln!(out, "{}", render::header(with_risk))?;
             for s in sockets {
-                writeln!(out, "{}", render::row(s))?;
+                writeln!(out, "{}", render::row(s, with_risk))?;
             }
             writeln!(out, "\n{}", render::FOOTNOTE)
         }
     }
+}
+
+/// Classifies, then filters and sorts.
+fn shown(query: &Query, policy: &Policy, risks: &[Risk], mut sockets: Vec<Socket>) -> Vec<Socket> {
+    for s in &mut sockets {
+        policy.annotate(s);
+    }
+    if !risks.is_empty() {
+        sockets.retain(|s| s.risk.is_some_and(|r| risks.contains(&r)));
+    }
+    query.apply(sockets)
 }
 
 pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
@@ -128,6 +154,16 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         sort: args.sort,
     };
     let targets = targets(&args)?;
+    let policy = Policy { rules: super::agent::idle_timeout_flags(&args.idle_timeout)? };
+    if !args.risk.is_empty() && policy.is_empty() {
+        return Err(keepalive_user::agent::config::ConfigError {
+            origin: "command line".into(),
+            key: "--risk".into(),
+            message: "needs at least one --idle-timeout to classify against".into(),
+        }
+        .into());
+    }
+    let with_risk = !policy.is_empty();
     let source = match args.source {
         SourceArg::Auto => Source::Auto,
         SourceArg::Iter => Source::Iter,
@@ -141,7 +177,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let Some(period) = args.watch else {
         let sockets = snap.take(&targets)?.into_iter().flat_map(|n| n.sockets).collect();
         let mut out = std::io::BufWriter::new(stdout.lock());
-        return ignore_broken_pipe(print(&mut out, args.output, &query.apply(sockets)).and_then(|()| out.flush()));
+        let sockets = shown(&query, &policy, &args.risk, sockets);
+        return ignore_broken_pipe(print(&mut out, args.output, &sockets, with_risk).and_then(|()| out.flush()));
     };
 
     // Watch: snapshots every period, keepalive events in between.
@@ -173,13 +210,13 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                     table.apply_snapshot(n.inode, n.sockets);
                 }
                 let mut out = std::io::BufWriter::new(stdout.lock());
-                let shown = query.apply(table.sockets());
+                let shown = shown(&query, &policy, &args.risk, table.sockets());
                 let r = (|| {
                     if args.output == Output::Table {
                         write!(out, "\x1b[H\x1b[2J")?;
                         writeln!(out, "Every {:.1}s: kato sockets ({} shown of {})\n", period.as_secs_f64(), shown.len(), table.len())?;
                     }
-                    print(&mut out, args.output, &shown)?;
+                    print(&mut out, args.output, &shown, with_risk)?;
                     out.flush()
                 })();
                 if let Err(e) = r {

@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use keepalive_user::{
-    event::{Derived, Deriver, Kind},
+    event::{Derived, Deriver},
     filter::Filter,
     format::{table_line, Formatter, TABLE_HEADER},
     loader::{self, Probes},
@@ -39,9 +39,22 @@ pub struct TraceArgs {
     /// Only sockets in the network namespace with this inode (see `ls -l /proc/PID/ns/net`).
     #[arg(long, value_name = "INODE")]
     pub netns: Vec<u32>,
-    /// Also print `closed` for every TCP socket that closes (busy hosts: many).
+    /// Also print fin_sent, fin_received and closed for every TCP connection
+    /// that ends (busy hosts: many).
     #[arg(long)]
     pub closes: bool,
+    /// Report resets and keepalive timeouts after at least this much idle
+    /// time as idle_kill_suspected (a NAT or load balancer forgot the flow).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = keepalive_user::duration::parse)]
+    pub idle_kill_min: std::time::Duration,
+    /// Middlebox idle timeouts (repeatable; as for `kato sockets`), named on
+    /// idle_kill_suspected events.
+    #[arg(long, value_name = "RULE")]
+    pub idle_timeout: Vec<String>,
+    /// Count request/response turns per connection (shown on `closed` with
+    /// --closes; costs a little on every socket syscall).
+    #[arg(long)]
+    pub http_keepalive: bool,
     /// Exit after printing this many events.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
@@ -51,7 +64,11 @@ pub struct TraceArgs {
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let stop = super::signals::shutdown()?;
+    let policy = keepalive_user::policy::Policy { rules: super::agent::idle_timeout_flags(&args.idle_timeout)? };
     let mut probes = Probes::load(&args.kernel.load_options(true))?;
+    if args.http_keepalive {
+        probes.attach_turns()?;
+    }
     let mut stream = probes.events()?;
     eprintln!(
         "kato trace: watching keepalive timers and resets on {} ({} programs via {}); Ctrl-C to stop",
@@ -66,8 +83,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         addrs: args.addr.clone(),
         netns: args.netns.clone(),
     };
-    let fmt = Formatter { clock: Clock::new(), hz: probes.kernel.hz, reasons: &probes.kernel.reset_reasons };
-    let mut deriver = Deriver::default();
+    let fmt = Formatter {
+        clock: Clock::new(),
+        hz: probes.kernel.hz,
+        reasons: &probes.kernel.reset_reasons,
+        policy: &policy,
+        turns: args.http_keepalive,
+    };
+    let mut deriver = Deriver::with_idle_kill(probes.kernel.hz, args.idle_kill_min.as_secs_f64());
     let mut owners = OwnerCache::default();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -101,7 +124,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                 continue;
             }
             for d in &derived {
-                if d.kind == Kind::Closed && !args.closes {
+                if d.kind.is_lifecycle() && !args.closes {
                     continue;
                 }
                 let ev = fmt.event(&rec, *d, owner.as_ref());

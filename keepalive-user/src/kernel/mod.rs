@@ -103,7 +103,7 @@ mod tests {
         // vfs_inode (128) - socket (0) + i_ino (64)
         assert_eq!(c.socket_ino, 192);
         assert_eq!(c.sk_socket, 264);
-        assert_eq!((c.icsk_lrcvtime, c.tp_rcv_tstamp, c.sk_protocol, c.inet_sport), (1064, 1724, 272, 800));
+        assert_eq!((c.icsk_lrcvtime, c.tp_rcv_tstamp, c.sk_protocol, c.inet_sport, c.tp_lsndtime), (1064, 1724, 272, 800, 1584));
         assert_eq!(c.has_reset_reason, 1);
     }
 }

@@ -56,7 +56,7 @@ pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError
         tp_rcv_tstamp: at(btf, "tcp_sock", "rcv_tstamp", 4)?,
         sk_protocol: sk("sk_protocol", 2)?,
         inet_sport: at(btf, "inet_sock", "inet_sport", 2)?,
-        _pad0: 0,
+        tp_lsndtime: at(btf, "tcp_sock", "lsndtime", 4)?,
     })
 }
 

@@ -86,6 +86,8 @@ pub fn decode(msg: &[u8], netns: u32) -> Option<Socket> {
         probes_sent: None,
         probes_answered: None,
         last_reset: None,
+        risk: None,
+        idle_timeout: None,
     })
 }
 

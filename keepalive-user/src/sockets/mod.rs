@@ -144,6 +144,11 @@ pub struct Socket {
     pub probes_answered: Option<u64>,
     /// The last reset the kernel sent on this socket, with its reason.
     pub last_reset: Option<String>,
+    /// Does keepalive beat the path's idle timeout? (null without a policy
+    /// or for sockets that are not connections).
+    pub risk: Option<crate::policy::Risk>,
+    /// The idle-timeout rule that applies, as written.
+    pub idle_timeout: Option<String>,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -245,6 +250,8 @@ impl Socket {
             probes_sent: None,
             probes_answered: None,
             last_reset: None,
+            risk: None,
+            idle_timeout: None,
         })
     }
 }

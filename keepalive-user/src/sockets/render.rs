@@ -13,6 +13,15 @@ pub fn netstat_addr(a: &SocketAddr) -> String {
 
 pub const HEADER: &str = "Proto Recv-Q Send-Q Local Address           Foreign Address         State        PID/Program name     Timer                        Keepalive         Idle      Unans";
 
+/// The header, with the Risk column when an idle-timeout policy is given.
+pub fn header(with_risk: bool) -> String {
+    if with_risk {
+        format!("{HEADER} Risk")
+    } else {
+        HEADER.to_owned()
+    }
+}
+
 /// `idle/intvl/cnt` with `*` on sysctl defaults, `off`, or `-`.
 pub fn keepalive_cell(s: &Socket) -> String {
     match &s.keepalive {
@@ -22,15 +31,21 @@ pub fn keepalive_cell(s: &Socket) -> String {
     }
 }
 
-pub fn row(s: &Socket) -> String {
+pub fn row(s: &Socket, with_risk: bool) -> String {
     let owner = match (s.pid, &s.comm) {
         (Some(p), Some(c)) => format!("{p}/{c}"),
         _ => "-".into(),
     };
     let idle = s.idle_s.map(|i| format!("{i:.1}s")).unwrap_or_else(|| "-".into());
     let unans = if s.keepalive.is_some() { s.probes_unanswered.to_string() } else { "-".into() };
+    let risk = match (with_risk, &s.risk, &s.idle_timeout) {
+        (false, _, _) => String::new(),
+        (true, Some(r), Some(rule)) => format!(" {} ({rule})", r.name()),
+        (true, Some(r), None) => format!(" {}", r.name()),
+        (true, None, _) => " -".into(),
+    };
     format!(
-        "{:<5} {:>6} {:>6} {:<23} {:<23} {:<12} {:<20} {:<28} {:<17} {:<9} {}",
+        "{:<5} {:>6} {:>6} {:<23} {:<23} {:<12} {:<20} {:<28} {:<17} {:<9} {:<5}{risk}",
         s.proto,
         s.recv_q,
         s.send_q,
@@ -65,8 +80,10 @@ mod tests {
     #[test]
     fn row_aligns_with_header() {
         let owner = Owner { pid: 812, comm: "postgres".into() };
-        let s = Socket::from_record(&record(), 250, Some(&owner)).unwrap();
-        let line = row(&s);
+        let mut s = Socket::from_record(&record(), 250, Some(&owner)).unwrap();
+        let p = crate::policy::Policy { rules: vec![crate::policy::Rule::parse("10.0.0.2:5432=350s").unwrap()] };
+        p.annotate(&mut s);
+        let line = row(&s, true);
         for (col, value) in [
             ("Recv-Q", "     0"),
             ("Local Address", "10.0.0.1:40000"),
@@ -77,12 +94,15 @@ mod tests {
             ("Keepalive", "7200*/10/9*"),
             ("Idle", "1.0s"),
             ("Unans", "0"),
+            ("Risk", "at-risk (10.0.0.2:5432=350s)"),
         ] {
-            let at = HEADER.find(col).unwrap();
-            assert!(line[at..].starts_with(value), "{col}:\n{HEADER}\n{line}");
+            let h = header(true);
+            let at = h.find(col).unwrap();
+            assert!(line[at..].starts_with(value), "{col}:\n{h}\n{line}");
         }
         let tw = Socket::from_record(&SockRecord { state: 6, flags: 0, ..record() }, 250, None).unwrap();
-        assert!(row(&tw).contains(" - "));
+        assert!(row(&tw, false).contains(" - "));
+        assert!(row(&tw, true).ends_with(" -"));
         assert_eq!(keepalive_cell(&tw), "-");
     }
 }

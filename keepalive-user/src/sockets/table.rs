@@ -171,6 +171,8 @@ fn partial(rec: &Record) -> Socket {
         probes_sent: None,
         probes_answered: None,
         last_reset: None,
+        risk: None,
+        idle_timeout: None,
     }
 }
 

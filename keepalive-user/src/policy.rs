@@ -1,0 +1,283 @@
+//! Middlebox idle-timeout policy: how long NATs, load balancers and
+//! firewalls on a path keep an idle flow (AWS NLB 350 s, Azure 4 min, GCP
+//! 10 min, IPVS 900 s), and whether each socket's keepalive beats it.
+//!
+//! A rule is `[CIDR][:PORT]=DURATION` (`10.0.0.0/8:5432=350s`, `:443=4m`,
+//! `[2001:db8::/32]:443=60s`), or a bare `DURATION` for every path. A rule
+//! matches a socket when the CIDR holds the remote address and the port is
+//! the remote port (a client's path) or the local port (a server behind a
+//! load balancer). The most specific rule wins: a port beats no port, then
+//! the longer prefix.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{duration, sockets::Socket};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr = canonical(a.parse::<IpAddr>().map_err(|_| format!("`{a}` is not an IP address"))?);
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() { max } else { p.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| format!("`/{p}` is not a prefix length (0 to {max})"))? };
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = (if ip.is_ipv4() { 32 } else { 128 }) - u32::from(self.prefix);
+        let mask = if shift >= 128 { 0 } else { u128::MAX << (shift + if ip.is_ipv4() { 96 } else { 0 }) };
+        bits(ip) & mask == bits(self.addr) & mask
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub cidr: Option<Cidr>,
+    pub port: Option<u16>,
+    pub timeout: Duration,
+    /// As written, normalized: `10.0.0.0/8:5432=350s`.
+    pub text: String,
+}
+
+impl Rule {
+    /// Parses `[CIDR][:PORT]=DURATION` or `DURATION`.
+    pub fn parse(s: &str) -> Result<Rule, String> {
+        let s = s.trim();
+        let (target, dur) = match s.rsplit_once('=') {
+            Some((t, d)) => (t.trim(), d.trim()),
+            None => ("", s),
+        };
+        let timeout = duration::parse(dur)?;
+        if timeout.is_zero() {
+            return Err(format!("`{dur}`: an idle timeout must be positive"));
+        }
+        let (cidr, port) = parse_target(target)?;
+        let text = if target.is_empty() { duration::format(timeout) } else { format!("{target}={}", duration::format(timeout)) };
+        Ok(Rule { cidr, port, timeout, text })
+    }
+
+    /// Parses a TOML table entry: key `CIDR:PORT` (or `default`), value duration.
+    pub fn from_entry(key: &str, value: &str) -> Result<Rule, String> {
+        if key == "default" {
+            Rule::parse(value)
+        } else {
+            Rule::parse(&format!("{key}={value}"))
+        }
+    }
+
+    fn specificity(&self) -> u32 {
+        u32::from(self.port.is_some()) * 256 + self.cidr.map_or(0, |c| u32::from(c.prefix) + 1)
+    }
+
+    fn matches(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.cidr.is_none_or(|c| c.contains(remote.ip())) && self.port.is_none_or(|p| p == remote.port() || p == local.port())
+    }
+}
+
+fn parse_target(t: &str) -> Result<(Option<Cidr>, Option<u16>), String> {
+    if t.is_empty() {
+        return Ok((None, None));
+    }
+    let port = |p: &str| p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(|| format!("`{p}` is not a port"));
+    if let Some(rest) = t.strip_prefix('[') {
+        let (net, after) = rest.split_once(']').ok_or_else(|| format!("`{t}`: missing `]`"))?;
+        let p = match after.strip_prefix(':') {
+            Some(p) => Some(port(p)?),
+            None if after.is_empty() => None,
+            None => return Err(format!("`{t}`: expected `:PORT` after `]`")),
+        };
+        return Ok((Some(Cidr::parse(net)?), p));
+    }
+    if let Some(p) = t.strip_prefix(':') {
+        return Ok((None, Some(port(p)?)));
+    }
+    // IPv4 with a port has exactly one colon; IPv6 without brackets has several.
+    match t.matches(':').count() {
+        1 => {
+            let (net, p) = t.split_once(':').expect("one colon");
+            Ok((Some(Cidr::parse(net)?), Some(port(p)?)))
+        }
+        _ => Ok((Some(Cidr::parse(t)?), None)),
+    }
+}
+
+/// Does a socket's keepalive beat the idle timeout on its path?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Risk {
+    /// Keepalive on, and idle + one interval fits under the timeout.
+    Safe,
+    /// Keepalive on but too slow: the middlebox forgets the flow first.
+    AtRisk,
+    /// Keepalive off: an idle connection will be forgotten.
+    Unprotected,
+    /// No idle timeout declared for this path.
+    Unknown,
+}
+
+impl Risk {
+    pub const ALL: [Risk; 4] = [Risk::Safe, Risk::AtRisk, Risk::Unprotected, Risk::Unknown];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Risk::Safe => "safe",
+            Risk::AtRisk => "at-risk",
+            Risk::Unprotected => "unprotected",
+            Risk::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Risk> {
+        Self::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The most specific rule for a connection.
+    pub fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Rule> {
+        self.rules.iter().filter(|r| r.matches(local, remote)).max_by_key(|r| r.specificity())
+    }
+
+    /// The risk class and the rule behind it; None for sockets that are not
+    /// connections (listening, TIME_WAIT, request sockets).
+    pub fn classify(&self, s: &Socket) -> Option<(Risk, Option<&Rule>)> {
+        let ka = s.keepalive?;
+        if s.state == crate::tcp::TcpState::Listen {
+            return None;
+        }
+        let Some(rule) = self.lookup(s.local, s.remote) else { return Some((Risk::Unknown, None)) };
+        let risk = if !ka.enabled {
+            Risk::Unprotected
+        } else if Duration::from_secs(u64::from(ka.idle_s.value) + u64::from(ka.interval_s.value)) < rule.timeout {
+            Risk::Safe
+        } else {
+            Risk::AtRisk
+        };
+        Some((risk, Some(rule)))
+    }
+
+    /// Fills a socket's `risk` and `idle_timeout` fields.
+    pub fn annotate(&self, s: &mut Socket) {
+        match self.classify(s) {
+            Some((risk, rule)) => {
+                s.risk = Some(risk);
+                s.idle_timeout = rule.map(|r| r.text.clone());
+            }
+            None => (s.risk, s.idle_timeout) = (None, None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sockets::tests::record;
+    use keepalive_common::{sock_flags, SockRecord};
+
+    fn policy(rules: &[&str]) -> Policy {
+        Policy { rules: rules.iter().map(|r| Rule::parse(r).unwrap()).collect() }
+    }
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_rules() {
+        let r = Rule::parse("10.0.0.0/8:5432=350s").unwrap();
+        assert_eq!((r.port, r.timeout, r.text.as_str()), (Some(5432), Duration::from_secs(350), "10.0.0.0/8:5432=350s"));
+        assert_eq!(Rule::parse(":443=4m").unwrap().timeout, Duration::from_secs(240));
+        assert_eq!(Rule::parse("350s").unwrap().text, "350s");
+        let v6 = Rule::parse("[2001:db8::/32]:443=60s").unwrap();
+        assert_eq!(v6.port, Some(443));
+        assert!(Rule::parse("2001:db8::/32=60s").unwrap().port.is_none());
+        for bad in ["10.0.0.0/33=5s", "10.0.0.0/8:http=5s", "10.0.0.0/8=", "x=5s", "10.0.0.0/8=0s", ":0=5s", "[::1=5s"] {
+            assert!(Rule::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Rule::from_entry("default", "10m").unwrap().text, "600s");
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.200.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8:1::5".parse().unwrap()));
+        assert!(Cidr::parse("192.168.1.7").unwrap().contains("192.168.1.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn most_specific_rule_wins() {
+        let p = policy(&["600s", "10.0.0.0/8=300s", "10.1.0.0/16=200s", ":5432=100s", "10.1.0.0/16:5432=50s"]);
+        let t = |l: &str, r: &str| p.lookup(a(l), a(r)).unwrap().timeout.as_secs();
+        assert_eq!(t("10.9.9.9:40000", "10.1.2.3:5432"), 50);
+        assert_eq!(t("10.9.9.9:40000", "10.2.2.3:5432"), 100);
+        assert_eq!(t("10.9.9.9:40000", "10.1.2.3:80"), 200);
+        assert_eq!(t("10.9.9.9:40000", "10.2.2.3:80"), 300);
+        assert_eq!(t("192.168.0.1:40000", "8.8.8.8:53"), 600);
+        // A server behind a load balancer: its local port matches.
+        assert_eq!(t("10.9.9.9:5432", "172.16.0.1:40000"), 100);
+        assert!(policy(&[":443=4m"]).lookup(a("1.1.1.1:1"), a("2.2.2.2:2")).is_none());
+    }
+
+    #[test]
+    fn classification() {
+        let p = policy(&["10.0.0.2:5432=350s"]);
+        let sock = |flags: u32, ka_time: u32, ka_intvl: u32| {
+            Socket::from_record(&SockRecord { flags: sock_flags::FULL | flags, ka_time: ka_time * 250, ka_intvl: ka_intvl * 250, ..record() }, 250, None).unwrap()
+        };
+        let class = |s: &Socket| p.classify(s).map(|(r, _)| r);
+        assert_eq!(class(&sock(sock_flags::KEEPALIVE_ON, 300, 30)), Some(Risk::Safe));
+        assert_eq!(class(&sock(sock_flags::KEEPALIVE_ON, 330, 30)), Some(Risk::AtRisk), "330 + 30 is not under 350");
+        assert_eq!(class(&sock(sock_flags::KEEPALIVE_ON, 0, 0)), Some(Risk::AtRisk), "sysctl default 7200 s");
+        assert_eq!(class(&sock(0, 60, 10)), Some(Risk::Unprotected));
+        assert_eq!(class(&Socket { remote: a("10.0.0.3:80"), ..sock(0, 0, 0) }), Some(Risk::Unknown));
+        let tw = Socket::from_record(&SockRecord { state: 6, flags: sock_flags::TIMEWAIT, ..record() }, 250, None).unwrap();
+        assert_eq!(class(&tw), None);
+        let mut s = sock(sock_flags::KEEPALIVE_ON, 300, 30);
+        p.annotate(&mut s);
+        assert_eq!((s.risk, s.idle_timeout.as_deref()), (Some(Risk::Safe), Some("10.0.0.2:5432=350s")));
+    }
+}
