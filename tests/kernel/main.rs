@@ -8,6 +8,7 @@ mod btf;
 mod deploy;
 mod cli;
 mod keepalive;
+mod middlebox;
 mod prometheus;
 mod sockets;
 mod ss;

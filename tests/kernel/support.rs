@@ -61,6 +61,11 @@ impl Netns {
         })
     }
 
+    /// `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &str) {
+        run(Command::new("ip").args(["-n", &self.name]).args(args.split_whitespace()));
+    }
+
     /// Runs a command inside the namespace and returns its stdout.
     pub fn exec(&self, args: &[&str]) -> String {
         run(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
