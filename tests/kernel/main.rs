@@ -9,6 +9,7 @@ mod deploy;
 mod cli;
 mod keepalive;
 mod middlebox;
+mod nginx;
 mod prometheus;
 mod sockets;
 mod ss;

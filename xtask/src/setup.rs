@@ -10,7 +10,7 @@ use crate::status;
 /// bpf-linker must link the same LLVM major as the nightly rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: the LLVM bpf-linker builds against, and what tests drive
-/// (nft, ip, bpftool, ss/netstat, setpriv, promtool/prometheus, systemd-analyze).
+/// (nft, ip, bpftool, ss/netstat, setpriv, promtool/prometheus, nginx, systemd-analyze).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
     "prometheus",
+    "nginx",
     // On fresh machines already; listed so tests can rely on them.
     "net-tools",
     "util-linux",
