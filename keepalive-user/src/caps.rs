@@ -45,11 +45,13 @@ pub fn require_tracing() -> Result<(), String> {
 }
 
 pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYSLOG: u32 = 34;
 
 /// Capability names for messages and docs.
 pub fn name(cap: u32) -> &'static str {
     match cap {
         CAP_SYS_PTRACE => "CAP_SYS_PTRACE",
+        CAP_SYSLOG => "CAP_SYSLOG",
         CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
         CAP_PERFMON => "CAP_PERFMON",
         CAP_BPF => "CAP_BPF",

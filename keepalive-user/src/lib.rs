@@ -5,6 +5,7 @@ pub mod agent;
 pub mod btf;
 pub mod caps;
 pub mod closes;
+pub mod doctor;
 pub mod duration;
 pub mod event;
 pub mod filter;

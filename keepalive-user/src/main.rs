@@ -18,13 +18,14 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Trace(args) => cli::trace::run(args).await,
-            Command::Sockets(args) => cli::sockets::run(args).await,
-            Command::Agent(args) => cli::agent::run(args).await,
+            Command::Trace(args) => cli::trace::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Sockets(args) => cli::sockets::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Agent(args) => cli::agent::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Doctor(args) => cli::doctor::run(args),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One sentence (the context chain), no backtrace.
             eprintln!("kato: {e:#}");

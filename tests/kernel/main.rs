@@ -6,6 +6,7 @@ mod agent;
 mod agent_support;
 mod btf;
 mod deploy;
+mod doctor;
 mod cli;
 mod keepalive;
 mod middlebox;

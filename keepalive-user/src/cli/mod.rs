@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand.
 
 pub mod agent;
+pub mod doctor;
 pub mod signals;
 pub mod sockets;
 pub mod trace;
@@ -78,6 +79,14 @@ Listens on 127.0.0.1:7941 by default. After start-up it keeps only CAP_BPF and C
 (plus CAP_SYS_ADMIN and CAP_SYS_PTRACE when it watches other network namespaces). \
 Stops cleanly on SIGTERM or SIGINT. A bad option or config value exits with code 2.")]
     Agent(agent::AgentArgs),
+    /// Check what kato can do on this host, and advise against declared idle timeouts.
+    #[command(long_about = "Check what kato can do on this host: kernel config, BTF, the attach path and \
+why, capabilities, a trial load of every program; then, per network namespace, the keepalive \
+sysctls and how many connections rely on each default; and, against the middlebox idle timeouts \
+you declare (--idle-timeout or the agent's --config), concrete advice.\n\n\
+Exits 0 when kato works here, 1 when it cannot.\n\n\
+Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout :443=4m")]
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]

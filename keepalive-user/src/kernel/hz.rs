@@ -22,16 +22,28 @@ pub fn parse(config: &str) -> Result<u32, HzError> {
         .ok_or(HzError::NoHz)
 }
 
-pub fn running(release: &str) -> Result<u32, HzError> {
+/// The running kernel's build configuration, from /proc/config.gz or
+/// /boot/config-RELEASE.
+pub fn running_config(release: &str) -> Option<String> {
     if let Ok(f) = std::fs::File::open("/proc/config.gz") {
         let mut text = String::new();
         if flate2::read::GzDecoder::new(f).read_to_string(&mut text).is_ok() {
-            return parse(&text);
+            return Some(text);
         }
     }
-    match std::fs::read_to_string(format!("/boot/config-{release}")) {
-        Ok(text) => parse(&text),
-        Err(_) => Err(HzError::NoConfig { release: release.into() }),
+    std::fs::read_to_string(format!("/boot/config-{release}")).ok()
+}
+
+/// `Some(true)` for `CONFIG_X=y|m`, `Some(false)` for "is not set" or absent
+/// from a config that was read.
+pub fn config_flag(config: &str, name: &str) -> bool {
+    config.lines().any(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix('=')).is_some_and(|v| v == "y" || v == "m"))
+}
+
+pub fn running(release: &str) -> Result<u32, HzError> {
+    match running_config(release) {
+        Some(text) => parse(&text),
+        None => Err(HzError::NoConfig { release: release.into() }),
     }
 }
 
@@ -43,5 +55,8 @@ mod tests {
         assert_eq!(super::parse(cfg).unwrap(), 250);
         assert!(super::parse("CONFIG_HZ_250=y\n").is_err());
         assert!(super::parse("CONFIG_HZ=0\n").is_err());
+        assert!(super::config_flag(cfg, "CONFIG_HZ_250"));
+        assert!(!super::config_flag(cfg, "CONFIG_HZ_1000"));
+        assert!(!super::config_flag(cfg, "CONFIG_HZ_2"));
     }
 }

@@ -1,0 +1,89 @@
+//! `kato doctor`: one page a person can act on.
+
+use std::{io::Write, path::PathBuf};
+
+use clap::Args;
+use keepalive_user::{
+    doctor::{self, Report},
+    policy::Policy,
+};
+
+use super::Output;
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Output,
+    /// A middlebox idle timeout to give advice against (repeatable): `350s`,
+    /// or `CIDR[:PORT]=DURATION` (`10.0.0.0/8:5432=350s`, `:443=4m`).
+    #[arg(long, value_name = "RULE")]
+    pub idle_timeout: Vec<String>,
+    /// Read idle timeouts from the agent's config file ([idle_timeouts]).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kernel BTF [default: /sys/kernel/btf/vmlinux].
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
+    /// The kernel's CONFIG_HZ, if its config cannot be read.
+    #[arg(long, value_name = "HZ")]
+    pub hz: Option<u32>,
+}
+
+fn render(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "kato doctor: {}\n", if r.ok { "kato works on this host" } else { "kato cannot work on this host yet" })?;
+    writeln!(out, "Kernel       {}", r.kernel)?;
+    writeln!(out, "Attach path  {}: {}\n", r.attach_path, r.attach_reason)?;
+    writeln!(out, "Checks")?;
+    for c in &r.checks {
+        writeln!(out, "  [{}] {:<22} {}", if c.ok { " ok " } else { "FAIL" }, c.name, c.detail)?;
+    }
+    if !r.namespaces.is_empty() {
+        writeln!(out, "\nKeepalive sysctls and the connections relying on them, per network namespace")?;
+        writeln!(out, "  {:<12} {:<16} {:>6} {:>6} {:>6} {:>11} {:>12} {:>20}", "NETNS", "NAME", "TIME", "INTVL", "PROBES", "CONNECTIONS", "KEEPALIVE-ON", "DEFAULT-TIME/INTVL/N")?;
+        for n in &r.namespaces {
+            let v = |x: Option<u32>| x.map_or("?".to_owned(), |v| v.to_string());
+            writeln!(
+                out,
+                "  {:<12} {:<16} {:>6} {:>6} {:>6} {:>11} {:>12} {:>20}",
+                n.inode,
+                n.name.as_deref().unwrap_or("-"),
+                v(n.tcp_keepalive_time),
+                v(n.tcp_keepalive_intvl),
+                v(n.tcp_keepalive_probes),
+                n.connections,
+                n.keepalive_on,
+                format!("{}/{}/{}", n.relying_on_default_time, n.relying_on_default_intvl, n.relying_on_default_probes)
+            )?;
+        }
+    }
+    writeln!(out, "\nAdvice")?;
+    if r.advice.is_empty() {
+        writeln!(out, "  none (declare middlebox idle timeouts with --idle-timeout, e.g. --idle-timeout 10.0.0.0/8=350s)")?;
+    }
+    for a in &r.advice {
+        writeln!(out, "  - [{}] {}", a.class.name(), a.message)?;
+    }
+    Ok(())
+}
+
+pub fn run(args: DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut rules = super::agent::idle_timeout_flags(&args.idle_timeout)?;
+    if let Some(path) = &args.config {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| keepalive_user::agent::config::ConfigError {
+            origin: origin.clone(),
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let file = keepalive_user::agent::config::Overrides::from_toml(&origin, &text)?;
+        rules.extend(file.idle_timeouts.unwrap_or_default());
+    }
+    let report = doctor::run(args.btf, args.hz, &Policy { rules });
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match args.output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+        Output::Table => render(&report, &mut out)?,
+    }
+    Ok(if report.ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}

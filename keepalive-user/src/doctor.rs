@@ -1,0 +1,210 @@
+//! `kato doctor`: what kato can do on this host and what the declared
+//! idle timeouts mean for the sockets on it. Gathers facts; rendering is the
+//! CLI's job.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::Serialize;
+
+use crate::{
+    caps,
+    kernel::{self, hz},
+    loader::{LoadOptions, Probes, ITER_TASK_FILE, ITER_TCP, PROGRAMS},
+    netns,
+    policy::{Policy, Risk},
+    sockets::{snapshot::snapshot_iter, Socket},
+    tcp::TcpState,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetnsReport {
+    pub inode: u32,
+    pub name: Option<String>,
+    /// net.ipv4.tcp_keepalive_time / intvl (seconds), probes.
+    pub tcp_keepalive_time: Option<u32>,
+    pub tcp_keepalive_intvl: Option<u32>,
+    pub tcp_keepalive_probes: Option<u32>,
+    /// Connections (not listening, TIME_WAIT or request sockets).
+    pub connections: usize,
+    pub keepalive_on: usize,
+    /// Connections with keepalive on whose idle time is the sysctl default.
+    pub relying_on_default_time: usize,
+    pub relying_on_default_intvl: usize,
+    pub relying_on_default_probes: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Advice {
+    pub rule: String,
+    pub class: Risk,
+    pub sockets: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// kato can trace and list sockets on this host.
+    pub ok: bool,
+    pub kernel: String,
+    pub checks: Vec<Check>,
+    pub attach_path: String,
+    pub attach_reason: String,
+    pub namespaces: Vec<NetnsReport>,
+    pub advice: Vec<Advice>,
+}
+
+fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
+    Check { name: name.into(), ok, detail: detail.into() }
+}
+
+/// Runs every check; never fails (a failed check is part of the report).
+pub fn run(btf: Option<PathBuf>, hz_override: Option<u32>, policy: &Policy) -> Report {
+    let release = kernel::release();
+    let mut checks = vec![];
+    let config = hz::running_config(&release);
+    match &config {
+        Some(c) => {
+            let flag = |n| hz::config_flag(c, n);
+            checks.push(check("kernel config", true, "/proc/config.gz or /boot/config-*"));
+            checks.push(check("CONFIG_DEBUG_INFO_BTF", flag("CONFIG_DEBUG_INFO_BTF"), "BTF: struct offsets and tp_btf"));
+            // Informational: kato does not need kprobes.
+            checks.push(check(
+                "kprobes",
+                true,
+                if flag("CONFIG_KPROBES") { "available (kato does not need them)" } else { "not compiled in (kato does not need them)" },
+            ));
+        }
+        None => checks.push(check("kernel config", false, "no /proc/config.gz or /boot/config-*: pass --hz")),
+    }
+    let path = btf.clone().unwrap_or_else(|| PathBuf::from(kernel::DEFAULT_BTF));
+    match crate::btf::Btf::from_file(&path) {
+        Ok(b) => {
+            let tcp = kernel::offsets::resolve(&b, 1).map(|_| ()).and_then(|_| kernel::offsets::resolve_iter(&b).map(|_| ()));
+            checks.push(check("BTF", tcp.is_ok(), match &tcp {
+                Ok(()) => format!("{}: every field kato reads resolved", path.display()),
+                Err(e) => format!("{}: {e}", path.display()),
+            }));
+            let reasons = kernel::reset_reason_names(&b);
+            checks.push(check(
+                "reset reasons",
+                !reasons.is_empty(),
+                if reasons.is_empty() { "kernel < 6.10: resets carry no sk_rst_reason".to_owned() } else { format!("{} sk_rst_reason values", reasons.len()) },
+            ));
+        }
+        Err(e) => checks.push(check("BTF", false, e.to_string())),
+    }
+    let caps_needed = [
+        (caps::CAP_BPF, "load programs"),
+        (caps::CAP_PERFMON, "load tracing programs"),
+        (caps::CAP_SYSLOG, "read /proc/kallsyms addresses"),
+        (caps::CAP_SYS_ADMIN, "enter other network namespaces"),
+        (caps::CAP_SYS_PTRACE, "find namespaces of other users' processes"),
+    ];
+    for (cap, why) in caps_needed {
+        checks.push(check(caps::name(cap), caps::has(cap), why));
+    }
+
+    let mut namespaces = vec![];
+    let mut advice = vec![];
+    let (attach_path, attach_reason, ok) = match Probes::load(&LoadOptions { tracing: true, btf, hz: hz_override }) {
+        Err(e) => {
+            checks.push(check("load", false, e.to_string()));
+            ("none".to_owned(), format!("the programs did not load: {e}"), false)
+        }
+        Ok(mut p) => {
+            checks.push(check("tracing programs", true, format!("{} attached as tp_btf and detached again", PROGRAMS.len())));
+            let iters = p.check_iterators();
+            checks.push(check(
+                "BPF iterators",
+                iters.is_ok(),
+                match &iters {
+                    Ok(()) => format!("{} and {} load", ITER_TCP.1, ITER_TASK_FILE.1),
+                    Err(e) => format!("{e}: kato sockets falls back to sock_diag"),
+                },
+            ));
+            let (np, adv) = sockets_report(&mut p, policy);
+            namespaces = np;
+            advice = adv;
+            (
+                "tp_btf".to_owned(),
+                "BTF-enabled tracepoints on timer:timer_* (filtered on tcp_keepalive_timer), tcp:tcp_send_reset, \
+                 tcp:tcp_receive_reset and sock:inet_sock_set_state; kato does not use kprobes, and fentry is not \
+                 tried (refused on hosts like this one)"
+                    .to_owned(),
+                true,
+            )
+        }
+    };
+    Report { ok, kernel: release, checks, attach_path, attach_reason, namespaces, advice }
+}
+
+fn is_connection(s: &Socket) -> bool {
+    s.keepalive.is_some() && s.state != TcpState::Listen
+}
+
+fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice>) {
+    let own = netns::current().ok().map(|n| n.inode);
+    let targets: Vec<_> = netns::list().into_iter().map(|n| (Some(n.inode) != own).then_some(n)).collect();
+    let names: BTreeMap<u32, String> = netns::list().into_iter().filter_map(|n| Some((n.inode, n.name?))).collect();
+    let Ok(snaps) = snapshot_iter(p, &targets) else { return (vec![], vec![]) };
+    let mut reports = vec![];
+    // rule -> (class -> sockets), and at-risk sockets relying on the default idle.
+    let mut by_rule: BTreeMap<String, (std::time::Duration, BTreeMap<Risk, usize>, usize, Option<u32>)> = BTreeMap::new();
+    for snap in &snaps {
+        let conns: Vec<&Socket> = snap.sockets.iter().filter(|s| is_connection(s)).collect();
+        if conns.is_empty() && snap.sockets.is_empty() {
+            continue;
+        }
+        let on: Vec<&&Socket> = conns.iter().filter(|s| s.keepalive.is_some_and(|k| k.enabled)).collect();
+        let default = |f: fn(&crate::sockets::Keepalive) -> crate::sockets::Source| {
+            on.iter().filter(|s| s.keepalive.is_some_and(|k| f(&k) == crate::sockets::Source::Sysctl)).count()
+        };
+        reports.push(NetnsReport {
+            inode: snap.inode,
+            name: names.get(&snap.inode).cloned(),
+            tcp_keepalive_time: snap.sysctls.map(|s| s.time_s),
+            tcp_keepalive_intvl: snap.sysctls.map(|s| s.intvl_s),
+            tcp_keepalive_probes: snap.sysctls.map(|s| s.probes),
+            connections: conns.len(),
+            keepalive_on: on.len(),
+            relying_on_default_time: default(|k| k.idle_s.source),
+            relying_on_default_intvl: default(|k| k.interval_s.source),
+            relying_on_default_probes: default(|k| k.count.source),
+        });
+        for s in &conns {
+            if let Some((risk, Some(rule))) = policy.classify(s) {
+                let e = by_rule.entry(rule.text.clone()).or_insert((rule.timeout, BTreeMap::new(), 0, None));
+                *e.1.entry(risk).or_default() += 1;
+                if risk == Risk::AtRisk && s.keepalive.is_some_and(|k| k.idle_s.source == crate::sockets::Source::Sysctl) {
+                    e.2 += 1;
+                    e.3 = snap.sysctls.map(|x| x.time_s);
+                }
+            }
+        }
+    }
+    let mut advice = vec![];
+    for (rule, (timeout, classes, on_default, sysctl_time)) in by_rule {
+        let t = timeout.as_secs();
+        for (class, n) in classes {
+            let message = match class {
+                Risk::Safe => format!("{n} connections under {rule} send keepalive probes before the {t} s idle timeout"),
+                Risk::AtRisk if on_default > 0 => format!(
+                    "tcp_keepalive_time = {} s is longer than the {t} s idle timeout of {rule}: {on_default} of {n} at-risk sockets there rely on it; set TCP_KEEPIDLE (+ TCP_KEEPINTVL) below {t} s or lower the sysctl",
+                    sysctl_time.map_or("the default".to_owned(), |v| v.to_string())
+                ),
+                Risk::AtRisk => format!("{n} connections under {rule} set TCP_KEEPIDLE + TCP_KEEPINTVL at or above the {t} s idle timeout: lower them below {t} s"),
+                Risk::Unprotected => format!("{n} connections under {rule} have keepalive off: the middlebox will forget them after {t} s idle; enable SO_KEEPALIVE with TCP_KEEPIDLE below {t} s"),
+                Risk::Unknown => continue,
+            };
+            advice.push(Advice { rule: rule.clone(), class, sockets: n, message });
+        }
+    }
+    (reports, advice)
+}

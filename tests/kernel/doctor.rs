@@ -1,0 +1,78 @@
+//! `kato doctor` on the real host: checks, per-namespace sysctls, advice.
+
+use std::{net::TcpListener, process::Command, sync::mpsc, time::Duration};
+
+use serde_json::Value;
+
+use crate::support::{client, require_root, setsockopt_pub, Netns};
+
+const KATO: &str = env!("CARGO_BIN_EXE_kato");
+
+#[test]
+fn doctor_reports_defaults_and_advises_against_the_idle_timeout() {
+    require_root();
+    let ns = Netns::new("doctor");
+    ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_keepalive_time=900"]);
+    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let holder = ns.spawn(move || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let mut held = vec![];
+        for _ in 0..2 {
+            // Keepalive on with every setting left to the namespace's sysctls.
+            held.push(client(to, |s| setsockopt_pub(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)));
+            held.push(l.accept().unwrap().0);
+        }
+        tx.send(to.port()).unwrap();
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
+        drop(held);
+    });
+    let port = rx.recv().unwrap();
+    let rule = format!(":{port}=350s");
+    let out = Command::new(KATO).args(["doctor", "--output", "json", "--idle-timeout", &rule]).output().unwrap();
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["attach_path"], "tp_btf");
+    for c in r["checks"].as_array().unwrap() {
+        assert_eq!(c["ok"], true, "check failed as root: {c}");
+    }
+    let mine = r["namespaces"].as_array().unwrap().iter().find(|n| n["inode"] == ns.inode).expect("our namespace");
+    assert_eq!(mine["tcp_keepalive_time"], 900);
+    assert_eq!((mine["connections"].as_u64(), mine["keepalive_on"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(mine["relying_on_default_time"], 2);
+    let advice = r["advice"].as_array().unwrap();
+    let at_risk = advice.iter().find(|a| a["rule"] == rule.as_str() && a["class"] == "at-risk").expect("at-risk advice");
+    assert_eq!(at_risk["sockets"], 2);
+    assert_eq!(
+        at_risk["message"],
+        format!("tcp_keepalive_time = 900 s is longer than the 350 s idle timeout of {rule}: 2 of 2 at-risk sockets there rely on it; set TCP_KEEPIDLE (+ TCP_KEEPINTVL) below 350 s or lower the sysctl")
+    );
+    let unprotected = advice.iter().find(|a| a["rule"] == rule.as_str() && a["class"] == "unprotected").expect("unprotected advice");
+    assert_eq!(unprotected["sockets"], 2, "the accepted ends have keepalive off");
+
+    // The page people read says the same.
+    let page = Command::new(KATO).args(["doctor", "--idle-timeout", &rule]).output().unwrap();
+    let text = String::from_utf8_lossy(&page.stdout);
+    assert!(text.starts_with("kato doctor: kato works on this host"), "{text}");
+    assert!(text.contains("Attach path  tp_btf"), "{text}");
+}
+
+#[test]
+fn doctor_without_privileges_says_what_is_missing() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", KATO, "doctor", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["ok"], false);
+    let failed: Vec<&str> = r["checks"].as_array().unwrap().iter().filter(|c| c["ok"] == false).map(|c| c["name"].as_str().unwrap()).collect();
+    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG", "load"] {
+        assert!(failed.contains(&cap), "{cap} not reported: {failed:?}");
+    }
+}
