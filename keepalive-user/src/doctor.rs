@@ -145,6 +145,16 @@ pub fn run(btf: Option<PathBuf>, hz_override: Option<u32>, policy: &Policy) -> R
     Report { ok, kernel: release, checks, attach_path, attach_reason, namespaces, advice }
 }
 
+/// What one idle-timeout rule covers.
+#[derive(Default)]
+struct RuleTally {
+    timeout: std::time::Duration,
+    classes: BTreeMap<Risk, usize>,
+    /// At-risk sockets whose idle time is the namespace's sysctl.
+    at_risk_on_default: usize,
+    sysctl_time: Option<u32>,
+}
+
 fn is_connection(s: &Socket) -> bool {
     s.keepalive.is_some() && s.state != TcpState::Listen
 }
@@ -155,8 +165,7 @@ fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Adv
     let names: BTreeMap<u32, String> = netns::list().into_iter().filter_map(|n| Some((n.inode, n.name?))).collect();
     let Ok(snaps) = snapshot_iter(p, &targets) else { return (vec![], vec![]) };
     let mut reports = vec![];
-    // rule -> (class -> sockets), and at-risk sockets relying on the default idle.
-    let mut by_rule: BTreeMap<String, (std::time::Duration, BTreeMap<Risk, usize>, usize, Option<u32>)> = BTreeMap::new();
+    let mut by_rule: BTreeMap<String, RuleTally> = BTreeMap::new();
     for snap in &snaps {
         let conns: Vec<&Socket> = snap.sockets.iter().filter(|s| is_connection(s)).collect();
         if conns.is_empty() && snap.sockets.is_empty() {
@@ -180,17 +189,17 @@ fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Adv
         });
         for s in &conns {
             if let Some((risk, Some(rule))) = policy.classify(s) {
-                let e = by_rule.entry(rule.text.clone()).or_insert((rule.timeout, BTreeMap::new(), 0, None));
-                *e.1.entry(risk).or_default() += 1;
+                let e = by_rule.entry(rule.text.clone()).or_insert_with(|| RuleTally { timeout: rule.timeout, ..Default::default() });
+                *e.classes.entry(risk).or_default() += 1;
                 if risk == Risk::AtRisk && s.keepalive.is_some_and(|k| k.idle_s.source == crate::sockets::Source::Sysctl) {
-                    e.2 += 1;
-                    e.3 = snap.sysctls.map(|x| x.time_s);
+                    e.at_risk_on_default += 1;
+                    e.sysctl_time = snap.sysctls.map(|x| x.time_s);
                 }
             }
         }
     }
     let mut advice = vec![];
-    for (rule, (timeout, classes, on_default, sysctl_time)) in by_rule {
+    for (rule, RuleTally { timeout, classes, at_risk_on_default: on_default, sysctl_time }) in by_rule {
         let t = timeout.as_secs();
         for (class, n) in classes {
             let message = match class {

@@ -158,6 +158,7 @@ fn nginx_keepalive_timeout_max_requests_and_stale_reuse() {
     assert!((2.2..2.8).contains(&gap), "reused after {gap} s idle: {stale}");
     assert_eq!(stale["state"], "CLOSE_WAIT", "the peer's FIN had arrived: {stale}");
     let _ = trace.kill();
+    let _ = trace.wait();
 
     // What the agent learnt: nginx's keepalive_timeout and keepalive_requests.
     let srv = |le: &str| format!("kato_connection_exchanges_bucket{{closed_by=\"local_fin\",port=\"8080\",side=\"server\",le=\"{le}\"}}");
