@@ -96,7 +96,7 @@ fn round3(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
 }
 
-pub const TABLE_HEADER: &str = "TIME(UTC)       EVENT             LOCAL                  REMOTE                 STATE        PROBES TIMER     REASON                 PID/COMM";
+pub const TABLE_HEADER: &str = "TIME(UTC)       EVENT               LOCAL                  REMOTE                 STATE        PROBES TIMER     REASON                 PID/COMM";
 
 /// One table line, columns aligned with [`TABLE_HEADER`].
 pub fn table_line(e: &TraceEvent) -> String {
@@ -120,7 +120,7 @@ pub fn table_line(e: &TraceEvent) -> String {
         _ => "-".into(),
     };
     format!(
-        "{:<15} {:<17} {:<22} {:<22} {:<12} {:<6} {:<9} {:<22} {}",
+        "{:<15} {:<19} {:<22} {:<22} {:<12} {:<6} {:<9} {:<22} {}",
         &e.time[11..26],
         e.event,
         e.local,
