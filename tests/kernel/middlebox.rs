@@ -123,6 +123,10 @@ fn nat_forgetting_an_idle_flow_is_reported_with_its_idle_time() {
     };
     assert_eq!(risk(unprotected), ("unprotected".into(), "10.71.2.0/24=3s".into()));
     assert_eq!(risk(safe), ("safe".into(), "10.71.2.0/24=3s".into()), "1 s idle + 1 s interval < 3 s");
+    let (_, only) = agent.get("/sockets?risk=unprotected");
+    let only: Vec<serde_json::Value> = serde_json::from_str(&only).unwrap();
+    assert_eq!(only.len(), 1, "risk filter: {only:?}");
+    assert_eq!(only[0]["local"], unprotected.to_string());
     let m = agent.metrics();
     assert_eq!(sample(&m, "kato_sockets_idle_timeout_risk{class=\"safe\"}"), 1.0, "{m}");
     assert_eq!(sample(&m, "kato_sockets_idle_timeout_risk{class=\"unprotected\"}"), 1.0, "{m}");

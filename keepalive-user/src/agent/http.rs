@@ -91,8 +91,8 @@ pub fn query_from(params: &[(String, String)]) -> Result<Query, String> {
     let mut q = Query::default();
     let get = |k: &str| params.iter().filter(|(pk, _)| pk == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
     for (k, _) in params {
-        if !["state", "port", "addr", "pid", "netns", "keepalive", "sort"].contains(&k.as_str()) {
-            return Err(format!("unknown parameter `{k}` (state, port, addr, pid, netns, keepalive, sort)"));
+        if !["state", "port", "addr", "pid", "netns", "keepalive", "risk", "sort"].contains(&k.as_str()) {
+            return Err(format!("unknown parameter `{k}` (state, port, addr, pid, netns, keepalive, risk, sort)"));
         }
     }
     q.states = get("state").iter().map(|s| TcpState::parse(s).ok_or(format!("unknown state `{s}`"))).collect::<Result<_, _>>()?;
@@ -106,6 +106,10 @@ pub fn query_from(params: &[(String, String)]) -> Result<Query, String> {
         ["off"] => Some(false),
         other => return Err(format!("bad `keepalive` value {other:?} (on or off)")),
     };
+    q.risks = get("risk")
+        .iter()
+        .map(|r| crate::policy::Risk::parse(r).ok_or(format!("unknown risk class `{r}` (safe, at-risk, unprotected, unknown)")))
+        .collect::<Result<_, _>>()?;
     if let Some(s) = get("sort").last() {
         q.sort = s.parse::<SortKey>()?;
     }
@@ -181,7 +185,9 @@ mod tests {
     #[test]
     fn query_parameters_like_the_cli() {
         let p = |s: &str| parse_head(&format!("GET /sockets?{s} HTTP/1.1")).unwrap().query;
-        let q = query_from(&p("state=time-wait&port=1&port=2&keepalive=off&sort=idle")).unwrap();
+        let q = query_from(&p("state=time-wait&port=1&port=2&keepalive=off&sort=idle&risk=at-risk")).unwrap();
+        assert_eq!(q.risks, [crate::policy::Risk::AtRisk]);
+        assert!(query_from(&p("risk=doomed")).unwrap_err().contains("`doomed`"));
         assert_eq!(q.states, [TcpState::TimeWait]);
         assert_eq!(q.ports, [1, 2]);
         assert_eq!(q.keepalive, Some(false));

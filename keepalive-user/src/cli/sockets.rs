@@ -133,12 +133,9 @@ fn print(out: &mut impl Write, output: Output, sockets: &[Socket], with_risk: bo
 }
 
 /// Classifies, then filters and sorts.
-fn shown(query: &Query, policy: &Policy, risks: &[Risk], mut sockets: Vec<Socket>) -> Vec<Socket> {
+fn shown(query: &Query, policy: &Policy, mut sockets: Vec<Socket>) -> Vec<Socket> {
     for s in &mut sockets {
         policy.annotate(s);
-    }
-    if !risks.is_empty() {
-        sockets.retain(|s| s.risk.is_some_and(|r| risks.contains(&r)));
     }
     query.apply(sockets)
 }
@@ -151,6 +148,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         pids: args.pid.clone(),
         netns: vec![],
         keepalive: args.keepalive.map(|k| matches!(k, OnOff::On)),
+        risks: args.risk.clone(),
         sort: args.sort,
     };
     let targets = targets(&args)?;
@@ -177,7 +175,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let Some(period) = args.watch else {
         let sockets = snap.take(&targets)?.into_iter().flat_map(|n| n.sockets).collect();
         let mut out = std::io::BufWriter::new(stdout.lock());
-        let sockets = shown(&query, &policy, &args.risk, sockets);
+        let sockets = shown(&query, &policy, sockets);
         return ignore_broken_pipe(print(&mut out, args.output, &sockets, with_risk).and_then(|()| out.flush()));
     };
 
@@ -210,7 +208,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                     table.apply_snapshot(n.inode, n.sockets);
                 }
                 let mut out = std::io::BufWriter::new(stdout.lock());
-                let shown = shown(&query, &policy, &args.risk, table.sockets());
+                let shown = shown(&query, &policy, table.sockets());
                 let r = (|| {
                     if args.output == Output::Table {
                         write!(out, "\x1b[H\x1b[2J")?;

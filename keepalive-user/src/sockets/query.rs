@@ -49,6 +49,8 @@ pub struct Query {
     /// SO_KEEPALIVE on (true) or off (false); sockets without a keepalive
     /// setting (TIME_WAIT, SYN_RECV) match neither.
     pub keepalive: Option<bool>,
+    /// Idle-timeout risk classes (sockets must be annotated by a policy).
+    pub risks: Vec<crate::policy::Risk>,
     pub sort: SortKey,
 }
 
@@ -73,6 +75,7 @@ impl Query {
             && any(&self.pids, |p| s.pid == Some(*p))
             && any(&self.netns, |n| s.netns == *n)
             && self.keepalive.is_none_or(|want| s.keepalive.is_some_and(|k| k.enabled == want))
+            && any(&self.risks, |r| s.risk == Some(*r))
     }
 
     fn compare(&self, a: &Socket, b: &Socket) -> Ordering {
