@@ -15,10 +15,19 @@ pub fn new_event(kind: u32) -> Event {
     ev
 }
 
+/// BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP, BPF_RB_FORCE_WAKEUP (uapi/linux/bpf.h).
+const RB_AVAIL_DATA: u64 = 0;
+const RB_NO_WAKEUP: u64 = 1;
+const RB_FORCE_WAKEUP: u64 = 2;
+/// Wake the reader once this much is pending (~500 records); below it the
+/// reader's 100 ms tick drains. One wakeup per batch instead of per event.
+const WAKE_AT: u64 = 64 * 1024;
+
 /// Writes `ev` to the ring buffer; a full buffer is counted as lost.
 #[inline(always)]
 pub fn submit(ev: &Event) {
-    match EVENTS.output::<Event>(ev, 0) {
+    let flags = if EVENTS.query(RB_AVAIL_DATA) >= WAKE_AT { RB_FORCE_WAKEUP } else { RB_NO_WAKEUP };
+    match EVENTS.output::<Event>(ev, flags) {
         Ok(()) => bump(counter::EMITTED),
         Err(_) => bump(counter::LOST),
     }

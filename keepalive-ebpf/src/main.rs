@@ -6,6 +6,7 @@
 #![no_main]
 
 mod emit;
+mod floor;
 mod iter;
 mod reset;
 mod sock;
@@ -22,9 +23,10 @@ use keepalive_common::{counter, KernelConfig};
 #[no_mangle]
 static KATO_CONFIG: KernelConfig = unsafe { core::mem::zeroed() };
 
-/// 1 MiB of events: ~9,300 records before the reader must catch up.
+/// 8 MiB of events: ~58,000 records (128 B + 8 B header) of slack while
+/// the reader sleeps between batched wakeups.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 /// Per-CPU counters, indexed by `keepalive_common::counter`.
 #[map]

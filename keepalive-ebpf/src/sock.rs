@@ -26,13 +26,15 @@ pub fn sk_of_timer(timer: u64) -> u64 {
     timer - conf!(sk_timer) as u64
 }
 
-/// Is this `struct timer_list` a socket keepalive timer?
+/// Is this `struct timer_list` a socket keepalive timer? Every kernel timer
+/// event takes this path, so it is a plain load, not a helper call: tp_btf
+/// passes `timer` as a BTF-typed pointer, the offset is a load-time constant
+/// (frozen .rodata), and the verifier checks the access against
+/// `struct timer_list` at load time.
 #[inline(always)]
 pub fn is_keepalive_timer(timer: u64) -> bool {
-    match read::<u64>(timer, conf!(timer_function)) {
-        Ok(f) => f == conf!(keepalive_fn),
-        Err(_) => false,
-    }
+    let f = unsafe { core::ptr::read_volatile((timer + conf!(timer_function) as u64) as *const u64) };
+    f == conf!(keepalive_fn)
 }
 
 #[inline(always)]

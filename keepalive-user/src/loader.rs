@@ -33,6 +33,17 @@ pub const PROGRAMS: [(&str, &str); 7] = [
     ("inet_sock_set_state", "inet_sock_set_state"),
 ];
 
+/// Empty programs on the same tracepoints (benchmark floor only).
+pub const FLOOR_PROGRAMS: [(&str, &str); 7] = [
+    ("floor_timer_start", "timer_start"),
+    ("floor_timer_expire_entry", "timer_expire_entry"),
+    ("floor_timer_expire_exit", "timer_expire_exit"),
+    ("floor_timer_cancel", "timer_cancel"),
+    ("floor_tcp_send_reset", "tcp_send_reset"),
+    ("floor_tcp_receive_reset", "tcp_receive_reset"),
+    ("floor_inet_sock_set_state", "inet_sock_set_state"),
+];
+
 /// Opt-in: request/response turns from every send/recv (HTTP keep-alive view).
 pub const TURN_PROGRAMS: [(&str, &str); 2] = [("sock_send_length", "sock_send_length"), ("sock_recv_length", "sock_recv_length")];
 
@@ -143,6 +154,11 @@ impl Probes {
             return Err(LoadError::NotForTracing);
         }
         self.attach_btf_tracepoints(&PROGRAMS)
+    }
+
+    /// Attaches the empty floor programs (for benchmarks).
+    pub fn attach_floor(&mut self) -> Result<(), LoadError> {
+        self.attach_btf_tracepoints(&FLOOR_PROGRAMS)
     }
 
     /// Attaches the send/recv turn counters (HTTP keep-alive view; kernels

@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
             Command::Sockets(args) => cli::sockets::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
             Command::Agent(args) => cli::agent::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
             Command::Doctor(args) => cli::doctor::run(args),
+            Command::BenchFloor(args) => cli::bench_floor::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
         }
     });
     match result {

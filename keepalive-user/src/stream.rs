@@ -6,6 +6,15 @@ use tokio::io::unix::AsyncFd;
 
 use crate::event::{DecodeError, Record};
 
+/// Longest a record waits in the ring buffer when traffic is light.
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Result<Record, DecodeError>>) {
+    while let Some(item) = ring.next() {
+        out.push(Record::decode(&item));
+    }
+}
+
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
 }
@@ -18,15 +27,20 @@ impl EventStream {
         Ok(Self { fd })
     }
 
-    /// Waits until records are available, then decodes all of them into `out`.
+    /// Waits until the kernel signals a batch, or at most [`DRAIN_EVERY`],
+    /// then decodes every available record into `out` (possibly none).
     pub async fn next_batch(&mut self, out: &mut Vec<Result<Record, DecodeError>>) -> std::io::Result<()> {
-        let mut guard = self.fd.readable_mut().await?;
-        // Clear readiness before draining: a record committed during the drain
-        // re-arms the wakeup instead of being stranded until the next event.
-        guard.clear_ready();
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            out.push(Record::decode(&item));
+        match tokio::time::timeout(DRAIN_EVERY, self.fd.readable_mut()).await {
+            Ok(guard) => {
+                let mut guard = guard?;
+                // Clear readiness before draining: a record committed during
+                // the drain re-arms the wakeup instead of being stranded.
+                guard.clear_ready();
+                drain(guard.get_inner_mut(), out);
+            }
+            // The programs wake us only per ~64 KiB: small batches are
+            // collected on this tick.
+            Err(_) => drain(self.fd.get_mut(), out),
         }
         Ok(())
     }

@@ -162,7 +162,10 @@ fn nginx_keepalive_timeout_max_requests_and_stale_reuse() {
 
     // What the agent learnt: nginx's keepalive_timeout and keepalive_requests.
     let srv = |le: &str| format!("kato_connection_exchanges_bucket{{closed_by=\"local_fin\",port=\"8080\",side=\"server\",le=\"{le}\"}}");
-    let m = agent.wait_metrics(Duration::from_secs(5), |m| sample(m, &srv("+Inf")) == 3.0 && sample(m, "kato_stale_reuse_total{port=\"8080\",side=\"client\"}") == 1.0);
+    let cli_all = "kato_connection_exchanges_bucket{closed_by=\"peer_fin\",port=\"8080\",side=\"client\",le=\"+Inf\"}";
+    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
+        sample(m, &srv("+Inf")) == 3.0 && sample(m, cli_all) == 3.0 && sample(m, "kato_stale_reuse_total{port=\"8080\",side=\"client\"}") == 1.0
+    });
     assert_eq!(sample(&m, &srv("1")), 2.0, "two connections served one request each");
     assert_eq!(sample(&m, &srv("2")), 2.0);
     assert_eq!(sample(&m, &srv("3")), 1.0 + 2.0, "one served keepalive_requests = 3");

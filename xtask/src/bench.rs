@@ -14,10 +14,10 @@ use anyhow::{bail, Context as _, Result};
 use crate::status;
 
 /// A network namespace for one benchmark, deleted on drop.
-struct Netns(String);
+pub struct Netns(pub String);
 
 impl Netns {
-    fn new(tag: &str) -> Result<Self> {
+    pub fn new(tag: &str) -> Result<Self> {
         let name = format!("kato-bench-{tag}-{}", std::process::id());
         status(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Netns(name);
@@ -29,7 +29,7 @@ impl Netns {
     }
 
     /// `ip netns exec NAME program`.
-    fn cmd(&self, program: &str) -> Command {
+    pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.0, program]);
         c
@@ -44,7 +44,7 @@ impl Drop for Netns {
 
 /// Holder processes keeping `sockets` TCP sockets (half clients, half
 /// accepted) open in `ns`. Killed on drop.
-struct Holders(Vec<Child>);
+pub struct Holders(Vec<Child>);
 
 impl Drop for Holders {
     fn drop(&mut self) {
@@ -69,6 +69,12 @@ fn wait_line(child: &mut Child, prefix: &str) -> Result<String> {
 }
 
 fn hold(ns: &Netns, sockets: usize) -> Result<Holders> {
+    hold_with(ns, sockets, &["--keepalive"])
+}
+
+/// Holder processes keeping `sockets` sockets open, `extra` flags passed to
+/// both sides (the connector also gets them).
+pub fn hold_with(ns: &Netns, sockets: usize, extra: &[&str]) -> Result<Holders> {
     let me = std::env::current_exe()?;
     let me = me.to_str().context("xtask path")?;
     let per_pair = 12_500; // connections per listener/connector pair: < 20,000 fds each
@@ -81,13 +87,15 @@ fn hold(ns: &Netns, sockets: usize) -> Result<Holders> {
         let mut l = ns
             .cmd(me)
             .args(["hold", "--listen", &addr, "--count", &n.to_string()])
+            .args(extra.iter().filter(|a| **a != "--keepalive"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
         wait_line(&mut l, "listening")?;
         let c = ns
             .cmd(me)
-            .args(["hold", "--connect", &addr, "--count", &n.to_string(), "--keepalive"])
+            .args(["hold", "--connect", &addr, "--count", &n.to_string()])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -126,7 +134,7 @@ fn count_json(ns: &Netns, kato: &str) -> Result<usize> {
 }
 
 /// One-shot HTTP GET: (status, body).
-fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: kato\r\nConnection: close\r\n\r\n")?;
@@ -179,7 +187,7 @@ fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
 }
 
 /// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
+pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

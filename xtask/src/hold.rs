@@ -25,14 +25,18 @@ fn wait_for_stdin_close() {
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }
 
-pub fn listen(addr: SocketAddr, count: usize) -> Result<()> {
+pub fn listen(addr: SocketAddr, count: usize, ka_secs: Option<i32>) -> Result<()> {
     raise_nofile();
     let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
     println!("listening {}", l.local_addr()?);
     std::io::stdout().flush()?;
     let mut held = Vec::with_capacity(count);
     for _ in 0..count {
-        held.push(l.accept().context("accept")?.0);
+        let s = l.accept().context("accept")?.0;
+        if let Some(secs) = ka_secs {
+            fast_keepalive(&s, secs);
+        }
+        held.push(s);
     }
     println!("ready {}", held.len());
     std::io::stdout().flush()?;
@@ -40,12 +44,14 @@ pub fn listen(addr: SocketAddr, count: usize) -> Result<()> {
     Ok(())
 }
 
-pub fn connect(addr: SocketAddr, count: usize, keepalive: bool) -> Result<()> {
+pub fn connect(addr: SocketAddr, count: usize, keepalive: bool, ka_secs: Option<i32>) -> Result<()> {
     raise_nofile();
     let mut held = Vec::with_capacity(count);
     for i in 0..count {
         let s = TcpStream::connect(addr).with_context(|| format!("connect #{i} to {addr}"))?;
-        if keepalive && i % 2 == 0 {
+        if let Some(secs) = ka_secs {
+            fast_keepalive(&s, secs);
+        } else if keepalive && i % 2 == 0 {
             set_keepalive(&s);
         }
         held.push(s);
@@ -63,5 +69,18 @@ fn set_keepalive(s: &TcpStream) {
     // SAFETY: valid fd and option buffer.
     unsafe {
         libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, (&one as *const i32).cast(), 4);
+    }
+}
+
+/// Keepalive with TCP_KEEPIDLE = TCP_KEEPINTVL = `secs`: one probe per
+/// socket per `secs` on a healthy connection, for the event benchmark.
+fn fast_keepalive(s: &TcpStream, secs: i32) {
+    use std::os::fd::AsRawFd;
+    set_keepalive(s);
+    for opt in [libc::TCP_KEEPIDLE, libc::TCP_KEEPINTVL] {
+        // SAFETY: valid fd and option buffer.
+        unsafe {
+            libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, opt, (&secs as *const i32).cast(), 4);
+        }
     }
 }

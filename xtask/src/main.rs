@@ -5,6 +5,8 @@
 
 mod bench;
 mod hold;
+mod overhead;
+mod rr;
 mod setup;
 
 use std::process::Command;
@@ -43,6 +45,23 @@ enum Cmd {
         /// Socket counts for the listing benchmark.
         #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
         sockets: Vec<usize>,
+        /// Seconds of each request/response run (4 conditions x 2 loads x 3 repetitions).
+        #[arg(long, default_value_t = 4.0)]
+        rr_secs: f64,
+        /// Keepalive sockets (1 s keepalive) for the event-throughput run.
+        #[arg(long, default_value_t = 100_000)]
+        events_sockets: usize,
+        /// Seconds of the event-throughput run.
+        #[arg(long, default_value_t = 60)]
+        events_secs: u64,
+    },
+    /// (internal) Loopback request/response load for the overhead benchmark.
+    #[command(hide = true)]
+    Rr {
+        #[arg(long)]
+        conns: usize,
+        #[arg(long)]
+        secs: f64,
     },
     /// (internal) Hold loopback TCP connections open for a benchmark.
     #[command(hide = true)]
@@ -55,6 +74,9 @@ enum Cmd {
         count: usize,
         #[arg(long)]
         keepalive: bool,
+        /// Keepalive on every socket, with TCP_KEEPIDLE = TCP_KEEPINTVL = SECS.
+        #[arg(long)]
+        ka_secs: Option<i32>,
     },
     /// Run every test: unit tests, and the kernel-facing tests (as root).
     Test {
@@ -88,25 +110,36 @@ fn build(release: bool) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Cmd::Hold { listen, connect, count, keepalive } = cli.command {
+    if let Cmd::Hold { listen, connect, count, keepalive, ka_secs } = cli.command {
         return match (listen, connect) {
-            (Some(a), _) => hold::listen(a, count),
-            (_, Some(a)) => hold::connect(a, count, keepalive),
+            (Some(a), _) => hold::listen(a, count, ka_secs),
+            (_, Some(a)) => hold::connect(a, count, keepalive, ka_secs),
             _ => bail!("hold needs --listen or --connect"),
         };
     }
+    if let Cmd::Rr { conns, secs } = cli.command {
+        return rr::run(conns, secs);
+    }
     setup::ensure()?;
     match cli.command {
-        Cmd::Hold { .. } => unreachable!("handled above"),
-        Cmd::Bench { sockets } => {
+        Cmd::Hold { .. } | Cmd::Rr { .. } => unreachable!("handled above"),
+        Cmd::Bench { sockets, rr_secs, events_sockets, events_secs } => {
             if euid() != 0 {
                 bail!("benchmarks create network namespaces and load eBPF: run `cargo xtask bench` as root");
             }
+            setup::ensure_bench()?;
             build(true)?;
             let kato = std::fs::canonicalize("target/release/kato")?;
-            let (rows, baseline) = bench::scale(kato.to_str().context("path")?, &sockets)?;
-            let command = format!("cargo xtask bench --sockets {}", sockets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","));
-            let text = bench::report(&rows, &baseline, &command);
+            let kato = kato.to_str().context("path")?;
+            let overhead = overhead::run(kato, rr_secs)?;
+            let throughput = overhead::throughput(kato, events_sockets, events_secs)?;
+            let (rows, baseline) = bench::scale(kato, &sockets)?;
+            let command = format!(
+                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --events-sockets {events_sockets} --events-secs {events_secs}",
+                sockets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+            );
+            let mut text = bench::report(&rows, &baseline, &command);
+            text += &overhead::report(&overhead, &throughput);
             std::fs::create_dir_all("docs")?;
             std::fs::write("docs/benchmarks.md", &text)?;
             println!("{text}");

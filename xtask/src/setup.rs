@@ -32,6 +32,16 @@ fn output(cmd: &mut Command) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// What only `cargo xtask bench` needs: the bpftrace peer, tracefs mounted
+/// (bpftrace attaches classic tracepoints), BPF run-time statistics.
+pub fn ensure_bench() -> Result<()> {
+    ensure_packages(&["bpftrace"])?;
+    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        status(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
+    }
+    Ok(())
+}
+
 pub fn ensure() -> Result<()> {
     nightly_rust_src()?;
     let llvm = nightly_llvm_major()?;
@@ -67,7 +77,12 @@ fn nightly_llvm_major() -> Result<u32> {
 
 fn debian_packages(llvm: u32) -> Result<()> {
     let wanted: Vec<String> = PACKAGES.iter().map(|p| p.replace("22", &llvm.to_string())).collect();
-    let missing: Vec<&String> = wanted
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    ensure_packages(&wanted)
+}
+
+fn ensure_packages(wanted: &[&str]) -> Result<()> {
+    let missing: Vec<&&str> = wanted
         .iter()
         .filter(|p| {
             output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
@@ -77,7 +92,7 @@ fn debian_packages(llvm: u32) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+    let names: Vec<&str> = missing.iter().map(|s| **s).collect();
     eprintln!("xtask setup: installing Debian packages: {}", names.join(" "));
     if Command::new("apt-get").arg("--version").output().is_err() {
         bail!("apt-get is not available; install these packages by hand: {}", names.join(" "));

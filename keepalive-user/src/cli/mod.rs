@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand.
 
 pub mod agent;
+pub mod bench_floor;
 pub mod doctor;
 pub mod signals;
 pub mod sockets;
@@ -87,6 +88,9 @@ you declare (--idle-timeout or the agent's --config), concrete advice.\n\n\
 Exits 0 when kato works here, 1 when it cannot.\n\n\
 Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout :443=4m")]
     Doctor(doctor::DoctorArgs),
+    /// (benchmarks) Attach empty programs on kato's tracepoints until SIGTERM.
+    #[command(hide = true)]
+    BenchFloor(KernelArgs),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]

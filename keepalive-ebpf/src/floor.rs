@@ -1,0 +1,23 @@
+//! Empty programs on kato's tracepoints: the benchmark floor, i.e. what any
+//! BPF program attached there costs. Never attached by kato itself.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+macro_rules! floor {
+    ($($name:ident => $tp:literal),* $(,)?) => {$(
+        #[btf_tracepoint(function = $tp)]
+        pub fn $name(_ctx: BtfTracePointContext) -> u32 {
+            0
+        }
+    )*};
+}
+
+floor! {
+    floor_timer_start => "timer_start",
+    floor_timer_expire_entry => "timer_expire_entry",
+    floor_timer_expire_exit => "timer_expire_exit",
+    floor_timer_cancel => "timer_cancel",
+    floor_tcp_send_reset => "tcp_send_reset",
+    floor_tcp_receive_reset => "tcp_receive_reset",
+    floor_inet_sock_set_state => "inet_sock_set_state",
+}

@@ -1,0 +1,355 @@
+//! The cost of observing: request/response throughput and latency with
+//! nothing attached, with empty programs on kato's tracepoints (the floor),
+//! with kato's agent, and with an equivalent bpftrace script (the peer);
+//! per-program run time from `kernel.bpf_stats_enabled`; and how many
+//! events per second the agent takes from 100k keepalive sockets.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::bench::{hold_with, http_get, rss_kib, Netns};
+
+const CONDITIONS: [&str; 4] = ["none", "floor", "kato", "bpftrace"];
+const REPS: usize = 3;
+/// (name, connections): a 2-connection ping-pong, and a 64-connection one
+/// whose many sockets arm and re-arm many distinct kernel timers.
+const LOADS: [(&str, usize); 2] = [("request/response, 2 connections", 2), ("timer-heavy, 64 connections", 64)];
+
+/// The bpftrace peer: the same tracepoints, the same keepalive filter,
+/// counting per event kind instead of streaming records.
+const BPFTRACE: &str = r#"
+tracepoint:timer:timer_start /args->function == (uint64)kaddr("tcp_keepalive_timer")/ { @armed = count(); }
+tracepoint:timer:timer_expire_entry /args->function == (uint64)kaddr("tcp_keepalive_timer")/ { @running[cpu] = (uint64)args->timer; }
+tracepoint:timer:timer_expire_exit /@running[cpu] == (uint64)args->timer/ { @fired = count(); @running[cpu] = 0; }
+tracepoint:timer:timer_cancel /(uint64)((struct timer_list *)args->timer)->function == (uint64)kaddr("tcp_keepalive_timer")/ { @cancel = count(); }
+tracepoint:tcp:tcp_send_reset /args->skbaddr == 0/ { @resets[args->reason] = count(); }
+tracepoint:tcp:tcp_receive_reset { @rst_in = count(); }
+tracepoint:sock:inet_sock_set_state /args->newstate == 7/ { @closed = count(); }
+"#;
+
+fn wait_for(child: &mut Child, stderr: bool, needle: &str) -> Result<String> {
+    let mut line = String::new();
+    let pipe: Box<dyn std::io::Read + Send> = if stderr {
+        Box::new(child.stderr.take().context("stderr")?)
+    } else {
+        Box::new(child.stdout.take().context("stdout")?)
+    };
+    let mut r = BufReader::new(pipe);
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            bail!("exited before `{needle}`");
+        }
+        if line.contains(needle) {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while r.read_line(&mut sink).unwrap_or(0) > 0 {
+                    sink.clear();
+                }
+            });
+            return Ok(line);
+        }
+    }
+    bail!("no `{needle}` within 60 s")
+}
+
+fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
+    let spawn = |cmd: &mut Command| cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    Ok(match cond {
+        "none" => None,
+        "floor" => {
+            let mut c = spawn(Command::new(kato).arg("bench-floor"))?;
+            wait_for(&mut c, true, "attached")?;
+            Some(c)
+        }
+        "kato" => {
+            let mut c = spawn(Command::new(kato).args(["agent", "--listen", "127.0.0.1:0", "--netns", "self"]))?;
+            wait_for(&mut c, true, "listening")?;
+            Some(c)
+        }
+        "bpftrace" => {
+            let mut c = spawn(Command::new("bpftrace").args(["-e", BPFTRACE]))?;
+            wait_for(&mut c, false, "Attaching")?;
+            std::thread::sleep(Duration::from_millis(500));
+            Some(c)
+        }
+        _ => unreachable!(),
+    })
+}
+
+fn stop(child: Option<Child>) {
+    if let Some(mut c) = child {
+        // SIGINT, so bpftrace and kato exit cleanly and detach.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end && c.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Run time and count of every BPF program `pid` holds, by name.
+fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
+    let mut ids = vec![];
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        for e in dir.flatten() {
+            if let Ok(info) = std::fs::read_to_string(e.path()) {
+                if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")) {
+                    ids.push(id.trim().to_owned());
+                }
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let Ok(o) = Command::new("bpftool").args(["prog", "show", "id", &id, "--json"]).output() else { continue };
+        let Ok(v) = serde_json_lite(&String::from_utf8_lossy(&o.stdout)) else { continue };
+        if let (Some(name), Some(ns), Some(cnt)) = (v.0, v.1, v.2) {
+            let e = out.entry(name).or_insert((0, 0));
+            e.0 += ns;
+            e.1 += cnt;
+        }
+    }
+    out
+}
+
+/// (name, run_time_ns, run_cnt) from one `bpftool prog show --json` object,
+/// without a JSON dependency in xtask.
+fn serde_json_lite(s: &str) -> Result<(Option<String>, Option<u64>, Option<u64>)> {
+    let field = |k: &str| s.split(&format!("\"{k}\":")).nth(1).map(|r| r.trim_start().to_owned());
+    let num = |k: &str| field(k).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()));
+    let name = field("name").and_then(|r| r.strip_prefix('"').and_then(|r| r.split('"').next()).map(str::to_owned));
+    Ok((name, num("run_time_ns"), num("run_cnt")))
+}
+
+fn rr(ns: &Netns, conns: usize, secs: f64) -> Result<(u64, u64, u64)> {
+    let me = std::env::current_exe()?;
+    let out = ns.cmd(me.to_str().context("path")?).args(["rr", "--conns", &conns.to_string(), "--secs", &secs.to_string()]).output()?;
+    if !out.status.success() {
+        bail!("rr failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u64> = text.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    Ok((v[0], v[1], v[2]))
+}
+
+pub struct Cell {
+    pub rts_per_s: f64,
+    pub p99_us: u64,
+}
+
+pub struct Overhead {
+    pub secs: f64,
+    /// (load, condition) -> median of the repetitions.
+    pub cells: BTreeMap<(usize, &'static str), Cell>,
+    /// program -> (kato ns/run, runs) and floor the same, over every rr run.
+    pub kato_cost: BTreeMap<String, (u64, u64)>,
+    pub floor_cost: BTreeMap<String, (u64, u64)>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
+    let _ = Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=1"]).status();
+    let ns = Netns::new("rr")?;
+    let mut samples: BTreeMap<(usize, &'static str), Vec<(f64, u64)>> = BTreeMap::new();
+    let (mut kato_cost, mut floor_cost) = (BTreeMap::new(), BTreeMap::new());
+    for rep in 0..REPS {
+        for (li, (_, conns)) in LOADS.iter().enumerate() {
+            // Rotate the order each repetition so drift spreads evenly.
+            for k in 0..CONDITIONS.len() {
+                let cond = CONDITIONS[(k + rep) % CONDITIONS.len()];
+                eprintln!("xtask bench: rr {conns} conns, {cond}, repetition {}", rep + 1);
+                let child = start(cond, kato)?;
+                let (rts, _p50, p99) = rr(&ns, *conns, secs)?;
+                if let Some(c) = &child {
+                    let into = match cond {
+                        "kato" => Some(&mut kato_cost),
+                        "floor" => Some(&mut floor_cost),
+                        _ => None,
+                    };
+                    if let Some(into) = into {
+                        for (name, (ns_, cnt)) in prog_stats(c.id()) {
+                            let e = into.entry(name).or_insert((0u64, 0u64));
+                            e.0 += ns_;
+                            e.1 += cnt;
+                        }
+                    }
+                }
+                stop(child);
+                samples.entry((li, cond)).or_default().push((rts as f64 / secs, p99));
+            }
+        }
+    }
+    let cells = samples
+        .into_iter()
+        .map(|(k, v)| {
+            let rts = median(v.iter().map(|x| x.0).collect());
+            let p99 = median(v.iter().map(|x| x.1 as f64).collect()) as u64;
+            (k, Cell { rts_per_s: rts, p99_us: p99 })
+        })
+        .collect();
+    Ok(Overhead { secs, cells, kato_cost, floor_cost })
+}
+
+pub struct Throughput {
+    pub sockets: usize,
+    pub secs: u64,
+    pub processed_per_s: f64,
+    pub lost: f64,
+    pub agent_cpu: f64,
+    pub agent_rss_kib: u64,
+    pub costs: BTreeMap<String, (u64, u64)>,
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' '))).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
+    eprintln!("xtask bench: {sockets} sockets with 1 s keepalive for {secs} s");
+    let ns = Netns::new("events")?;
+    let holders = hold_with(&ns, sockets, &["--ka-secs", "1"])?;
+    let mut agent = Command::new(kato)
+        .args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0, "--snapshot-interval", "30s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let banner = wait_for(&mut agent, true, "listening")?;
+    let addr = banner.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).context("agent address")?.to_owned();
+    std::thread::sleep(Duration::from_secs(5));
+    let scrape = || -> Result<(f64, f64)> {
+        let (_, m) = http_get(&addr, "/metrics")?;
+        let lost = ["ring_full", "kernel_read", "decode"].iter().map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}"))).sum();
+        Ok((metric(&m, "kato_events_processed_total"), lost))
+    };
+    let stats0 = prog_stats(agent.id());
+    let (p0, l0) = scrape()?;
+    let c0 = cpu_ticks(agent.id())?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let (p1, l1) = scrape()?;
+    let c1 = cpu_ticks(agent.id())?;
+    let dt = t0.elapsed().as_secs_f64();
+    let stats1 = prog_stats(agent.id());
+    let rss = rss_kib(agent.id())?;
+    let hz = 100.0; // USER_HZ for /proc/PID/stat
+    let costs = stats1
+        .into_iter()
+        .map(|(k, (ns1, c1))| {
+            let (ns0, c0) = stats0.get(&k).copied().unwrap_or((0, 0));
+            (k, (ns1 - ns0, c1 - c0))
+        })
+        .collect();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    drop(holders);
+    Ok(Throughput {
+        sockets,
+        secs,
+        processed_per_s: (p1 - p0) / dt,
+        lost: l1 - l0,
+        agent_cpu: (c1 - c0) as f64 / hz / dt,
+        agent_rss_kib: rss,
+        costs,
+    })
+}
+
+fn per_run(c: Option<&(u64, u64)>) -> Option<f64> {
+    c.filter(|c| c.1 > 0).map(|c| c.0 as f64 / c.1 as f64)
+}
+
+pub fn report(o: &Overhead, t: &Throughput) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\n## Overhead on the observed host\n");
+    let _ = writeln!(
+        s,
+        "Loopback 64-byte ping-pong (`xtask rr`, TCP_NODELAY, one client and one server thread per connection) in a benchmark namespace, {} s per run, median of {REPS} runs per cell, conditions interleaved. \
+         *floor*: empty programs on the same seven tracepoints (`kato bench-floor`); *kato*: `kato agent --netns self` (all programs attached, events consumed); *bpftrace*: the same tracepoints with the same keepalive filter, counting. \
+         Added cost = throughput lost against *none*; kato's target is at most 1.3× the floor's added cost and under 1% loss.\n",
+        o.secs
+    );
+    let _ = writeln!(s, "| load | condition | round trips/s | vs none | p99 | added cost vs floor's |");
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: |");
+    for (li, (name, _)) in LOADS.iter().enumerate() {
+        let none = o.cells.get(&(li, "none")).map(|c| c.rts_per_s).unwrap_or(f64::NAN);
+        let floor = o.cells.get(&(li, "floor")).map(|c| c.rts_per_s).unwrap_or(f64::NAN);
+        for cond in CONDITIONS {
+            let Some(c) = o.cells.get(&(li, cond)) else { continue };
+            let vs = c.rts_per_s / none;
+            let added = if cond == "none" || cond == "floor" {
+                "-".to_owned()
+            } else if none - floor > 0.0 {
+                format!("{:.2}×", (none - c.rts_per_s) / (none - floor))
+            } else {
+                "floor within noise".to_owned()
+            };
+            let _ = writeln!(s, "| {name} | {cond} | {:.0} | {:.3}× ({:+.2}%) | {} µs | {added} |", c.rts_per_s, vs, (vs - 1.0) * 100.0, c.p99_us);
+        }
+    }
+    let _ = writeln!(s, "\n## Per-event cost in the kernel\n");
+    let _ = writeln!(
+        s,
+        "`kernel.bpf_stats_enabled=1`: run time per invocation of each program, summed over every request/response run above (where every timer event is filtered out: none of those sockets has keepalive) and, in the last columns, over the event-throughput run below (where most timer runs are keepalive ones and emit a record). Targets: a filtered-out timer event at most 1.2× the empty program; a kept event with its ring-buffer record under 150 ns.\n"
+    );
+    let _ = writeln!(s, "| program | floor ns/run | kato ns/run (filtered) | ratio | runs | kato ns/run (keepalive load) | runs |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, kc) in &o.kato_cost {
+        let floor_name = format!("floor_{name}");
+        let floor = o.floor_cost.iter().find(|(n, _)| floor_name.starts_with(n.as_str()) || n.starts_with(&floor_name)).map(|(_, c)| c);
+        let f = per_run(floor);
+        let k = per_run(Some(kc));
+        let ratio = match (k, f) {
+            (Some(k), Some(f)) => format!("{:.2}×", k / f),
+            _ => "-".into(),
+        };
+        let tl = t.costs.get(name);
+        let show = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
+        let _ = writeln!(s, "| {name} | {} | {} | {ratio} | {} | {} | {} |", show(f), show(k), kc.1, show(per_run(tl)), tl.map_or(0, |c| c.1));
+    }
+    let _ = writeln!(s, "\n## Event throughput\n");
+    let _ = writeln!(
+        s,
+        "{} sockets ({} loopback connections, both ends with TCP_KEEPIDLE = TCP_KEEPINTVL = 1 s) held by holder processes; `kato agent --netns <that namespace>` consuming; measured over {} s after 5 s of warm-up.\n",
+        t.sockets,
+        t.sockets / 2,
+        t.secs
+    );
+    let _ = writeln!(s, "| records processed/s | lost | agent CPU | agent CPU per 10k records/s | agent RSS |");
+    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| {:.0} | {:.0} | {:.1}% of a core | {:.2}% | {} KiB |",
+        t.processed_per_s,
+        t.lost,
+        t.agent_cpu * 100.0,
+        t.agent_cpu * 100.0 / (t.processed_per_s / 10_000.0),
+        t.agent_rss_kib
+    );
+    s
+}
