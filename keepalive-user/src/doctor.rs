@@ -113,7 +113,7 @@ pub fn run(btf: Option<PathBuf>, hz_override: Option<u32>, policy: &Policy) -> R
 
     let mut namespaces = vec![];
     let mut advice = vec![];
-    let (attach_path, attach_reason, ok) = match Probes::load(&LoadOptions { tracing: true, btf, hz: hz_override }) {
+    let (attach_path, attach_reason, ok) = match Probes::load(&LoadOptions { tracing: true, btf, hz: hz_override, ring_bytes: None }) {
         Err(e) => {
             checks.push(check("load", false, e.to_string()));
             ("none".to_owned(), format!("the programs did not load: {e}"), false)

@@ -93,6 +93,9 @@ pub struct LoadOptions {
     pub btf: Option<PathBuf>,
     /// CONFIG_HZ, when the kernel config cannot be read.
     pub hz: Option<u32>,
+    /// Ring buffer size in bytes (a power of two, at least a page); tests
+    /// shrink it to provoke overruns.
+    pub ring_bytes: Option<u32>,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -133,7 +136,11 @@ impl Probes {
         log::debug!("kernel probed in {:?}", t.elapsed());
         let btf = aya::Btf::parse_file(&kernel.btf_path, aya::Endianness::default())?;
         log::debug!("aya parsed BTF at {:?}", t.elapsed());
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(bytes) = opts.ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let ebpf = loader
             .btf(Some(&btf))
             .override_global("KATO_CONFIG", &kernel.config, true)
             .override_global("KATO_ITER_CONFIG", &kernel.iter_config, true)

@@ -12,6 +12,7 @@ mod keepalive;
 mod middlebox;
 mod nginx;
 mod prometheus;
+mod reliability;
 mod sockets;
 mod ss;
 mod support;

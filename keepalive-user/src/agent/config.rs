@@ -86,6 +86,8 @@ pub struct AgentConfig {
     /// Count request/response turns from every send/recv (costs a little on
     /// every socket syscall).
     pub http_keepalive: bool,
+    /// Ring buffer size override (tests only; not a config key).
+    pub ring_bytes: Option<u32>,
 }
 
 impl Default for AgentConfig {
@@ -102,6 +104,7 @@ impl Default for AgentConfig {
             policy: Policy::default(),
             idle_kill_min: Duration::from_secs(30),
             http_keepalive: false,
+            ring_bytes: None,
         }
     }
 }
@@ -265,6 +268,7 @@ impl Overrides {
             policy: self.idle_timeouts.map(|rules| Policy { rules }).unwrap_or(d.policy),
             idle_kill_min: self.idle_kill_min.unwrap_or(d.idle_kill_min),
             http_keepalive: self.http_keepalive.unwrap_or(d.http_keepalive),
+            ring_bytes: None,
         }
     }
 }

@@ -76,7 +76,7 @@ impl AgentState {
 
     /// Loads and attaches everything; checks the scope can be served.
     pub fn new(cfg: &AgentConfig) -> Result<(Self, EventStream), AgentError> {
-        let opts = LoadOptions { tracing: true, btf: cfg.btf.clone(), hz: cfg.hz };
+        let opts = LoadOptions { tracing: true, btf: cfg.btf.clone(), hz: cfg.hz, ring_bytes: cfg.ring_bytes };
         let mut snap = Snapshotter::new(Source::Auto, &opts, true)?;
         if let Some(why) = &snap.degraded {
             log::warn!("{why}");

@@ -60,6 +60,9 @@ pub struct AgentArgs {
     /// connection from every send/recv (a small cost on every socket syscall).
     #[arg(long)]
     pub http_keepalive: bool,
+    /// (testing) Ring buffer size in bytes: a power of two, at least 4096.
+    #[arg(long, hide = true, value_parser = super::parse_ring_bytes_pub)]
+    pub ring_bytes: Option<u32>,
 }
 
 /// Flags as overrides; a bad value is a ConfigError naming the flag.
@@ -126,6 +129,7 @@ pub fn idle_timeout_flags(values: &[String]) -> Result<Vec<keepalive_user::polic
 
 pub fn config(a: &AgentArgs) -> Result<keepalive_user::agent::config::AgentConfig, ConfigError> {
     let flags = flag_overrides(a)?;
+    let ring_bytes = a.ring_bytes;
     let file = match &a.config {
         None => Overrides::default(),
         Some(path) => {
@@ -134,7 +138,9 @@ pub fn config(a: &AgentArgs) -> Result<keepalive_user::agent::config::AgentConfi
             Overrides::from_toml(&origin, &text)?
         }
     };
-    Ok(flags.over(file).resolve())
+    let mut cfg = flags.over(file).resolve();
+    cfg.ring_bytes = ring_bytes;
+    Ok(cfg)
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {

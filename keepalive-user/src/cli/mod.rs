@@ -111,10 +111,24 @@ pub struct KernelArgs {
     /// The kernel's CONFIG_HZ, if /proc/config.gz and /boot/config-* are unavailable.
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub hz: Option<u32>,
+    /// (testing) Ring buffer size in bytes: a power of two, at least 4096.
+    #[arg(long, hide = true, value_parser = parse_ring_bytes)]
+    pub ring_bytes: Option<u32>,
+}
+
+pub fn parse_ring_bytes_pub(s: &str) -> Result<u32, String> {
+    parse_ring_bytes(s)
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n >= 4096 && n.is_power_of_two() => Ok(n),
+        _ => Err(format!("`{s}` is not a power of two of at least 4096")),
+    }
 }
 
 impl KernelArgs {
     pub fn load_options(&self, tracing: bool) -> LoadOptions {
-        LoadOptions { tracing, btf: Some(self.btf.clone()), hz: self.hz }
+        LoadOptions { tracing, btf: Some(self.btf.clone()), hz: self.hz, ring_bytes: self.ring_bytes }
     }
 }

@@ -1,0 +1,132 @@
+//! Faults and floods: SIGKILL leaves nothing behind, a ring-buffer overrun
+//! is counted and survived, bad flags are usage errors.
+
+use std::{
+    process::Command,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    agent::dead_peer,
+    agent_support::{sample, Agent},
+    support::{require_root, run, Netns},
+};
+
+const KATO: &str = env!("CARGO_BIN_EXE_kato");
+
+fn prog_ids_of(pid: u32) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|i| i.lines().find_map(|l| l.strip_prefix("prog_id:").map(|v| v.trim().to_owned())))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn loaded(id: &str) -> bool {
+    Command::new("bpftool").args(["prog", "show", "id", id]).output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached() {
+    require_root();
+    let bpffs = || run(Command::new("sh").args(["-c", "ls -A /sys/fs/bpf 2>/dev/null"]));
+    let pinned_before = bpffs();
+    let mut agent = Agent::start(&["--netns", "self"]);
+    let ids = prog_ids_of(agent.child.id());
+    assert!(ids.len() >= 7, "{ids:?}");
+    assert!(ids.iter().all(|i| loaded(i)));
+    agent.child.kill().unwrap(); // SIGKILL: no cleanup code runs
+    agent.child.wait().unwrap();
+    let end = Instant::now() + Duration::from_secs(3);
+    while ids.iter().any(|i| loaded(i)) {
+        assert!(Instant::now() < end, "programs survive their process: {:?}", ids.iter().filter(|i| loaded(i)).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing was pinned either (bpffs holds only what it held before).
+    assert_eq!(bpffs(), pinned_before, "kato pins nothing");
+}
+
+#[test]
+fn ring_overrun_is_counted_and_the_agent_catches_up() {
+    require_root();
+    let ns = Netns::new("flood");
+    // A 4 KiB ring holds ~30 records: a burst of closes must overrun it.
+    let agent = Agent::start(&["--netns", &ns.name, "--ring-bytes", "4096"]);
+    let (tx, rx) = mpsc::channel();
+    let burst = ns.spawn(move || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..2000 {
+            held.push(std::net::TcpStream::connect(to).unwrap());
+            held.push(l.accept().unwrap().0);
+        }
+        drop(held); // ~6,000 FIN and close records at once
+        tx.send(()).unwrap();
+    });
+    rx.recv().unwrap();
+    burst.join().unwrap();
+    let m = agent.wait_metrics(Duration::from_secs(10), |m| sample(m, "kato_events_lost_total{cause=\"ring_full\"}") > 0.0);
+    let lost = sample(&m, "kato_events_lost_total{cause=\"ring_full\"}");
+    assert!(lost > 0.0, "{m}");
+    // Still working: a dead peer afterwards is counted exactly.
+    dead_peer(&ns);
+    agent.wait_metrics(Duration::from_secs(10), |m| sample(m, "kato_keepalive_timeouts_total") == 1.0 && sample(m, "kato_keepalive_probes_sent_total") == 3.0);
+    let (code, _) = agent.get("/healthz");
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn trace_summary_counts_ring_overrun() {
+    require_root();
+    let ns = Netns::new("floodtrace");
+    let mut trace = Command::new(KATO)
+        .args(["trace", "--ring-bytes", "4096", "--closes", "--netns", &ns.inode.to_string(), "--output", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(trace.stderr.take().unwrap());
+    let mut banner = String::new();
+    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
+    ns.spawn(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let held: Vec<_> = (0..2000).flat_map(|_| [std::net::TcpStream::connect(to).unwrap(), l.accept().unwrap().0]).collect();
+        drop(held);
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(trace.id() as i32, libc::SIGINT) };
+    assert!(trace.wait().unwrap().success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let summary = rest.trim();
+    let lost: u64 = summary.split(", ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(lost > 0 && summary.contains("ring buffer full"), "summary: {summary}");
+}
+
+#[test]
+fn malformed_flags_are_usage_errors() {
+    for args in [
+        vec!["trace", "--port", "http"],
+        vec!["trace", "--idle-kill-min", "soon"],
+        vec!["sockets", "--state", "napping"],
+        vec!["sockets", "--watch", "0"],
+        vec!["sockets", "--risk", "doomed", "--idle-timeout", "5s"],
+        vec!["sockets", "--sort", "colour"],
+        vec!["doctor", "--idle-timeout", "10.0.0.0/40=5s"],
+        vec!["agent", "--snapshot-interval", "1"],
+        vec!["bogus-command"],
+    ] {
+        let out = Command::new(KATO).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stderr.is_empty());
+    }
+}
