@@ -4,6 +4,7 @@
 //! nothing but the README's commands.
 
 mod bench;
+mod churn;
 mod hold;
 mod overhead;
 mod rr;
@@ -54,6 +55,15 @@ enum Cmd {
         /// Seconds of the event-throughput run.
         #[arg(long, default_value_t = 60)]
         events_secs: u64,
+        /// Connections opened and closed in the churn soak.
+        #[arg(long, default_value_t = 200_000)]
+        churn: usize,
+    },
+    /// (internal) Open and close loopback connections for the churn soak.
+    #[command(hide = true)]
+    Churn {
+        #[arg(long)]
+        count: usize,
     },
     /// (internal) Loopback request/response load for the overhead benchmark.
     #[command(hide = true)]
@@ -120,10 +130,13 @@ fn main() -> Result<()> {
     if let Cmd::Rr { conns, secs } = cli.command {
         return rr::run(conns, secs);
     }
+    if let Cmd::Churn { count } = cli.command {
+        return churn::run(count);
+    }
     setup::ensure()?;
     match cli.command {
-        Cmd::Hold { .. } | Cmd::Rr { .. } => unreachable!("handled above"),
-        Cmd::Bench { sockets, rr_secs, events_sockets, events_secs } => {
+        Cmd::Hold { .. } | Cmd::Rr { .. } | Cmd::Churn { .. } => unreachable!("handled above"),
+        Cmd::Bench { sockets, rr_secs, events_sockets, events_secs, churn } => {
             if euid() != 0 {
                 bail!("benchmarks create network namespaces and load eBPF: run `cargo xtask bench` as root");
             }
@@ -133,13 +146,15 @@ fn main() -> Result<()> {
             let kato = kato.to_str().context("path")?;
             let overhead = overhead::run(kato, rr_secs)?;
             let throughput = overhead::throughput(kato, events_sockets, events_secs)?;
+            let churned = overhead::churn(kato, churn)?;
             let (rows, baseline) = bench::scale(kato, &sockets)?;
             let command = format!(
-                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --events-sockets {events_sockets} --events-secs {events_secs}",
+                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn}",
                 sockets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
             );
             let mut text = bench::report(&rows, &baseline, &command);
             text += &overhead::report(&overhead, &throughput);
+            text += &overhead::churn_report(&churned);
             std::fs::create_dir_all("docs")?;
             std::fs::write("docs/benchmarks.md", &text)?;
             println!("{text}");

@@ -353,3 +353,82 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
     );
     s
 }
+
+pub struct Churn {
+    pub connections: usize,
+    pub secs: f64,
+    pub table_before: f64,
+    pub table_after: f64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub lost: f64,
+    pub processed: f64,
+}
+
+/// The agent watches `total` connections opened and closed by 4 processes;
+/// afterwards its table must be back where it started, with flat memory.
+pub fn churn(kato: &str, total: usize) -> Result<Churn> {
+    eprintln!("xtask bench: churning {total} connections");
+    let ns = Netns::new("churn")?;
+    let mut agent = Command::new(kato)
+        .args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0, "--snapshot-interval", "2s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let banner = wait_for(&mut agent, true, "listening")?;
+    let addr = banner.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).context("agent address")?.to_owned();
+    let read = || -> Result<(f64, f64, f64)> {
+        let (_, m) = http_get(&addr, "/metrics")?;
+        let lost = ["ring_full", "kernel_read", "decode"].iter().map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}"))).sum();
+        Ok((metric(&m, "kato_table_sockets"), lost, metric(&m, "kato_events_processed_total")))
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let (table_before, lost0, p0) = read()?;
+    let rss_before = rss_kib(agent.id())?;
+    let me = std::env::current_exe()?;
+    let me = me.to_str().context("path")?;
+    let t = Instant::now();
+    let procs: Vec<Child> = (0..4)
+        .map(|_| ns.cmd(me).args(["churn", "--count", &(total / 4).to_string()]).stdout(Stdio::null()).spawn())
+        .collect::<std::io::Result<_>>()?;
+    for mut p in procs {
+        if !p.wait()?.success() {
+            bail!("a churn process failed");
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    // Two snapshot intervals: whatever the events missed, a snapshot removes.
+    std::thread::sleep(Duration::from_secs(5));
+    let (table_after, lost1, p1) = read()?;
+    let rss_after = rss_kib(agent.id())?;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    Ok(Churn { connections: total, secs, table_before, table_after, rss_before, rss_after, lost: lost1 - lost0, processed: p1 - p0 })
+}
+
+pub fn churn_report(c: &Churn) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\n## Churn soak\n");
+    let _ = writeln!(
+        s,
+        "{} loopback connections opened and closed (client aborts with SO_LINGER 0, so no TIME_WAIT) by 4 processes in {:.1} s ({:.0}/s), watched by `kato agent --netns <that namespace> --snapshot-interval 2s`; table and RSS read 3 s before and 5 s after.\n",
+        c.connections,
+        c.secs,
+        c.connections as f64 / c.secs
+    );
+    let _ = writeln!(s, "| table before | table after | RSS before | RSS after | RSS after / before | records processed | lost |");
+    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| {:.0} | {:.0} | {} KiB | {} KiB | {:.2}× | {:.0} | {:.0} |",
+        c.table_before,
+        c.table_after,
+        c.rss_before,
+        c.rss_after,
+        c.rss_after as f64 / c.rss_before as f64,
+        c.processed,
+        c.lost
+    );
+    s
+}
