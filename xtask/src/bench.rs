@@ -241,7 +241,7 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
     let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
     let mut s = String::new();
     let _ = writeln!(s, "# kato benchmarks\n");
-    let _ = writeln!(s, "Written by `{command}`; every figure below was measured in that one run.\n");
+    let _ = writeln!(s, "Written by `{command}`; every figure below was measured in that one run. Before/after of each improvement: [benchmarks-history.md](benchmarks-history.md).\n");
     let _ = writeln!(s, "- date: {date}\n- kernel: {}\n- CPU: {cpu}, {} cores\n", kernel.trim(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     let _ = writeln!(s, "## Listing sockets: `kato sockets --output json` vs `ss -tnoa` vs `netstat -tnoa`\n");
     let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. Wall time, median (min) of 5 runs, 3 at 50k sockets and more. kato's run includes loading its eBPF object, both BPF iterators (sockets and owners) and JSON output.\n");

@@ -5,6 +5,7 @@
 
 mod bench;
 mod churn;
+mod fuzz;
 mod hold;
 mod overhead;
 mod rr;
@@ -88,7 +89,14 @@ enum Cmd {
         #[arg(long)]
         ka_secs: Option<i32>,
     },
-    /// Run every test: unit tests, and the kernel-facing tests (as root).
+    /// Fuzz the event decoder, config, BTF, idle-timeout and HTTP parsers
+    /// with cargo fuzz (nightly, libFuzzer), each for SECS seconds.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
+    /// Run every test: unit tests, the kernel-facing tests (as root), and a
+    /// short fuzz run of every parser.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -168,13 +176,18 @@ fn main() -> Result<()> {
             let st = Command::new(&bin).args(&args).status().with_context(|| format!("cannot start {bin}"))?;
             std::process::exit(st.code().unwrap_or(1));
         }
+        Cmd::Fuzz { secs } => fuzz::run(secs),
         Cmd::Test { args } => {
             if euid() != 0 {
                 bail!("the kernel-facing tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
             }
             build(false)?;
             // default-members: the host crates (the eBPF crate only builds for BPF).
-            status(cargo().args(["test", "--no-fail-fast"]).args(&args))
+            status(cargo().args(["test", "--no-fail-fast"]).args(&args))?;
+            if args.is_empty() {
+                fuzz::run(fuzz::CI_SECS)?;
+            }
+            Ok(())
         }
     }
 }
