@@ -150,7 +150,12 @@ fn positive(key: &str, v: i64, max: i64) -> Result<i64, String> {
 impl Overrides {
     /// Parses a TOML config file's text.
     pub fn from_toml(origin: &str, text: &str) -> Result<Self, ConfigError> {
-        let err = |key: &str, message: String| ConfigError { origin: origin.into(), key: key.into(), message };
+        // An empty TOML key ("" = 1) is still named, as "".
+        let err = |key: &str, message: String| ConfigError {
+            origin: origin.into(),
+            key: if key.is_empty() { "\"\"".into() } else { key.into() },
+            message,
+        };
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let msg = e.message().to_owned();
             let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
@@ -321,6 +326,7 @@ mod tests {
             ("hz = \"250\"", "hz", "expected an integer, found string"),
             ("netns = 3", "netns", "expected \"all\""),
             ("colour = \"blue\"", "colour", "unknown key"),
+            ("\"\" = 1", "\"\"", "unknown key"),
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.key, key, "{text}");
