@@ -72,7 +72,9 @@ pub struct Record {
     pub turns_in: u32,
 }
 
-fn addr(family: u16, bytes: [u8; 16], port: u16) -> SocketAddr {
+/// A socket address from a record's family, 16 address bytes (IPv4 in the
+/// first 4) and host-order port.
+pub(crate) fn addr(family: u16, bytes: [u8; 16], port: u16) -> SocketAddr {
     let ip = if family == AF_INET {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else {

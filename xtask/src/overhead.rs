@@ -230,18 +230,24 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
-pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
-    eprintln!("xtask bench: {sockets} sockets with 1 s keepalive for {secs} s");
-    let ns = Netns::new("events")?;
-    let holders = hold_with(&ns, sockets, &["--ka-secs", "1"])?;
+/// `kato agent` watching `ns`, and the address it serves on.
+fn spawn_agent(kato: &str, ns: &Netns, snapshot_interval: &str) -> Result<(Child, String)> {
     let mut agent = Command::new(kato)
-        .args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0, "--snapshot-interval", "30s"])
+        .args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0, "--snapshot-interval", snapshot_interval])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
     let banner = wait_for(&mut agent, true, "listening")?;
     let addr = banner.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).context("agent address")?.to_owned();
+    Ok((agent, addr))
+}
+
+pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
+    eprintln!("xtask bench: {sockets} sockets with 1 s keepalive for {secs} s");
+    let ns = Netns::new("events")?;
+    let holders = hold_with(&ns, sockets, &["--ka-secs", "1"])?;
+    let (mut agent, addr) = spawn_agent(kato, &ns, "30s")?;
     std::thread::sleep(Duration::from_secs(5));
     let scrape = || -> Result<(f64, f64)> {
         let (_, m) = http_get(&addr, "/metrics")?;
@@ -370,14 +376,7 @@ pub struct Churn {
 pub fn churn(kato: &str, total: usize) -> Result<Churn> {
     eprintln!("xtask bench: churning {total} connections");
     let ns = Netns::new("churn")?;
-    let mut agent = Command::new(kato)
-        .args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0, "--snapshot-interval", "2s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let banner = wait_for(&mut agent, true, "listening")?;
-    let addr = banner.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).context("agent address")?.to_owned();
+    let (mut agent, addr) = spawn_agent(kato, &ns, "2s")?;
     let read = || -> Result<(f64, f64, f64)> {
         let (_, m) = http_get(&addr, "/metrics")?;
         let lost = ["ring_full", "kernel_read", "decode"].iter().map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}"))).sum();

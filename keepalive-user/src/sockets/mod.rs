@@ -7,15 +7,16 @@ pub mod render;
 pub mod snapshot;
 pub mod table;
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::{collections::HashMap, net::SocketAddr};
 
 use keepalive_common::{sock_flags, OwnerRecord, SockRecord};
 use serde::Serialize;
 
-use crate::{event::{AF_INET, AF_INET6}, owner::Owner, tcp::TcpState};
+use crate::{
+    event::{addr, AF_INET, AF_INET6},
+    owner::Owner,
+    tcp::TcpState,
+};
 
 /// Which timer a socket has running, as `netstat -o` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -167,15 +168,6 @@ pub enum RecordError {
     Family(u16),
     #[error("unknown TCP state {0}")]
     State(u8),
-}
-
-fn addr(family: u16, bytes: [u8; 16], port: u16) -> SocketAddr {
-    let ip = if family == AF_INET {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    };
-    SocketAddr::new(ip, port)
 }
 
 /// Jiffies from `from` to `to` (64-bit), as seconds, never negative.
@@ -348,7 +340,7 @@ pub(crate) mod tests {
 
     #[test]
     fn ipv6_and_bad_records() {
-        let r = SockRecord { family: AF_INET6, saddr: Ipv6Addr::LOCALHOST.octets(), ..record() };
+        let r = SockRecord { family: AF_INET6, saddr: std::net::Ipv6Addr::LOCALHOST.octets(), ..record() };
         let s = Socket::from_record(&r, 250, None).unwrap();
         assert_eq!((s.proto, s.local), ("tcp6", "[::1]:40000".parse().unwrap()));
         assert_eq!(Socket::from_record(&SockRecord { family: 1, ..record() }, 250, None), Err(RecordError::Family(1)));
