@@ -130,3 +130,69 @@ fn malformed_flags_are_usage_errors() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+/// An agent and `kato trace` at once: both see the same dead peer.
+#[test]
+fn agent_and_trace_coexist() {
+    require_root();
+    let ns = Netns::new("coexist");
+    let agent = Agent::start(&["--netns", &ns.name]);
+    let mut trace = Command::new(KATO)
+        .args(["trace", "--output", "json", "--netns", &ns.inode.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(trace.stderr.take().unwrap());
+    let mut banner = String::new();
+    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
+    assert!(banner.contains("watching"), "{banner}");
+    let out = std::io::BufReader::new(trace.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(out) {
+            let _ = tx.send(l.unwrap());
+        }
+    });
+    dead_peer(&ns);
+    let mut probes = 0;
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = rx.recv_timeout(end.saturating_duration_since(Instant::now())).expect("trace output");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "probe_sent" {
+            probes += 1;
+        }
+        if v["event"] == "keepalive_timeout" {
+            break;
+        }
+    }
+    assert_eq!(probes, 3, "kato trace");
+    agent.wait_metrics(Duration::from_secs(5), |m| sample(m, "kato_keepalive_timeouts_total") == 1.0 && sample(m, "kato_keepalive_probes_sent_total") == 3.0);
+    let _ = trace.kill();
+    let _ = trace.wait();
+}
+
+/// A full table evicts, counts it, and keeps the most recently updated.
+#[test]
+fn full_table_evicts_and_counts() {
+    require_root();
+    let ns = Netns::new("evict");
+    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let holder = ns.spawn(move || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let held: Vec<_> = (0..50).flat_map(|_| [std::net::TcpStream::connect(to).unwrap(), l.accept().unwrap().0]).collect();
+        tx.send(()).unwrap();
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
+        drop(held);
+    });
+    rx.recv().unwrap();
+    let agent = Agent::start(&["--netns", &ns.name, "--table-capacity", "20"]);
+    let m = agent.metrics();
+    assert!(sample(&m, "kato_table_sockets") <= 20.0, "{m}");
+    assert!(sample(&m, "kato_table_evictions_total") >= 81.0, "101 sockets into 20 places: {m}");
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+}
