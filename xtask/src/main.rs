@@ -59,6 +59,9 @@ enum Cmd {
         /// Connections opened and closed in the churn soak.
         #[arg(long, default_value_t = 200_000)]
         churn: usize,
+        /// Seconds of fuzzing per parser (0: skip).
+        #[arg(long, default_value_t = 30)]
+        fuzz_secs: u64,
     },
     /// (internal) Open and close loopback connections for the churn soak.
     #[command(hide = true)]
@@ -144,7 +147,7 @@ fn main() -> Result<()> {
     setup::ensure()?;
     match cli.command {
         Cmd::Hold { .. } | Cmd::Rr { .. } | Cmd::Churn { .. } => unreachable!("handled above"),
-        Cmd::Bench { sockets, rr_secs, events_sockets, events_secs, churn } => {
+        Cmd::Bench { sockets, rr_secs, events_sockets, events_secs, churn, fuzz_secs } => {
             if euid() != 0 {
                 bail!("benchmarks create network namespaces and load eBPF: run `cargo xtask bench` as root");
             }
@@ -157,12 +160,20 @@ fn main() -> Result<()> {
             let churned = overhead::churn(kato, churn)?;
             let (rows, baseline) = bench::scale(kato, &sockets)?;
             let command = format!(
-                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn}",
+                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn} --fuzz-secs {fuzz_secs}",
                 sockets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
             );
             let mut text = bench::report(&rows, &baseline, &command);
             text += &overhead::report(&overhead, &throughput);
             text += &overhead::churn_report(&churned);
+            if fuzz_secs > 0 {
+                // After the measurements: fuzzing keeps both cores busy.
+                fuzz::run(fuzz_secs)?;
+                text += &format!(
+                    "\n## Fuzzing\n\nEach of {} ran {fuzz_secs} s under libFuzzer (cargo fuzz) without a finding.\n",
+                    fuzz::TARGETS.map(|t| format!("`{t}`")).join(", ")
+                );
+            }
             std::fs::create_dir_all("docs")?;
             std::fs::write("docs/benchmarks.md", &text)?;
             println!("{text}");
