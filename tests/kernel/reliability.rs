@@ -15,6 +15,35 @@ use crate::{
 
 const KATO: &str = env!("CARGO_BIN_EXE_kato");
 
+/// Opens `pairs` loopback connections in `ns`, then closes them all at once:
+/// a burst of FIN and close records.
+fn close_burst(ns: &Netns, pairs: usize) {
+    ns.spawn(move || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let held: Vec<_> = (0..pairs).flat_map(|_| [std::net::TcpStream::connect(to).unwrap(), l.accept().unwrap().0]).collect();
+        drop(held);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Starts `kato trace ARGS` and waits for its banner on stderr.
+fn start_trace(args: &[&str]) -> (std::process::Child, std::io::BufReader<std::process::ChildStderr>) {
+    let mut trace = Command::new(KATO)
+        .args(["trace"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(trace.stderr.take().unwrap());
+    let mut banner = String::new();
+    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
+    assert!(banner.contains("watching"), "kato trace did not start: {banner}");
+    (trace, err)
+}
+
 fn prog_ids_of(pid: u32) -> Vec<String> {
     let mut ids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
@@ -57,20 +86,7 @@ fn ring_overrun_is_counted_and_the_agent_catches_up() {
     let ns = Netns::new("flood");
     // A 4 KiB ring holds ~30 records: a burst of closes must overrun it.
     let agent = Agent::start(&["--netns", &ns.name, "--ring-bytes", "4096"]);
-    let (tx, rx) = mpsc::channel();
-    let burst = ns.spawn(move || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let to = l.local_addr().unwrap();
-        let mut held = Vec::new();
-        for _ in 0..2000 {
-            held.push(std::net::TcpStream::connect(to).unwrap());
-            held.push(l.accept().unwrap().0);
-        }
-        drop(held); // ~6,000 FIN and close records at once
-        tx.send(()).unwrap();
-    });
-    rx.recv().unwrap();
-    burst.join().unwrap();
+    close_burst(&ns, 2000); // ~6,000 FIN and close records at once
     let m = agent.wait_metrics(Duration::from_secs(10), |m| sample(m, "kato_events_lost_total{cause=\"ring_full\"}") > 0.0);
     let lost = sample(&m, "kato_events_lost_total{cause=\"ring_full\"}");
     assert!(lost > 0.0, "{m}");
@@ -85,23 +101,11 @@ fn ring_overrun_is_counted_and_the_agent_catches_up() {
 fn trace_summary_counts_ring_overrun() {
     require_root();
     let ns = Netns::new("floodtrace");
-    let mut trace = Command::new(KATO)
-        .args(["trace", "--ring-bytes", "4096", "--closes", "--netns", &ns.inode.to_string(), "--output", "json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(trace.stderr.take().unwrap());
-    let mut banner = String::new();
-    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
-    ns.spawn(|| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let to = l.local_addr().unwrap();
-        let held: Vec<_> = (0..2000).flat_map(|_| [std::net::TcpStream::connect(to).unwrap(), l.accept().unwrap().0]).collect();
-        drop(held);
-    })
-    .join()
-    .unwrap();
+    let (mut trace, mut err) = start_trace(&["--ring-bytes", "4096", "--closes", "--netns", &ns.inode.to_string(), "--output", "json"]);
+    // Output is discarded, as with a null stdout.
+    let mut out = trace.stdout.take().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    close_burst(&ns, 2000);
     std::thread::sleep(Duration::from_millis(500));
     unsafe { libc::kill(trace.id() as i32, libc::SIGINT) };
     assert!(trace.wait().unwrap().success());
@@ -137,16 +141,7 @@ fn agent_and_trace_coexist() {
     require_root();
     let ns = Netns::new("coexist");
     let agent = Agent::start(&["--netns", &ns.name]);
-    let mut trace = Command::new(KATO)
-        .args(["trace", "--output", "json", "--netns", &ns.inode.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(trace.stderr.take().unwrap());
-    let mut banner = String::new();
-    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
-    assert!(banner.contains("watching"), "{banner}");
+    let (mut trace, _err) = start_trace(&["--output", "json", "--netns", &ns.inode.to_string()]);
     let out = std::io::BufReader::new(trace.stdout.take().unwrap());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

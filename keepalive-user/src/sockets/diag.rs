@@ -63,31 +63,14 @@ pub fn decode(msg: &[u8], netns: u32) -> Option<Socket> {
         4 => (TimerKind::Probe, 0, retrans),
         _ => (TimerKind::Off, 0, 0),
     };
+    let timer = Timer { kind, remaining_s: f64::from(expires_ms) / 1000.0, retransmits, probes };
+    let local = SocketAddr::new(ip(&msg[8..24])?, sport);
+    let remote = SocketAddr::new(ip(&msg[24..40])?, dport);
     Some(Socket {
-        sock: cookie,
-        netns,
-        proto: if family as i32 == libc::AF_INET { "tcp" } else { "tcp6" },
-        local: SocketAddr::new(ip(&msg[8..24])?, sport),
-        remote: SocketAddr::new(ip(&msg[24..40])?, dport),
-        state,
         recv_q: u32_at(56),
         send_q: u32_at(60),
         uid: u32_at(64),
-        inode: u64::from(u32_at(68)),
-        pid: None,
-        comm: None,
-        timer: Timer { kind, remaining_s: f64::from(expires_ms) / 1000.0, retransmits, probes },
-        keepalive: None,
-        probes_unanswered: probes,
-        retransmits,
-        idle_s: None,
-        last_data_recv_s: None,
-        last_data_sent_s: None,
-        probes_sent: None,
-        probes_answered: None,
-        last_reset: None,
-        risk: None,
-        idle_timeout: None,
+        ..Socket::bare(cookie, netns, local, remote, state, u64::from(u32_at(68)), timer)
     })
 }
 

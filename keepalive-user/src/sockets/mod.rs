@@ -156,6 +156,39 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:#x}"))
 }
 
+impl Socket {
+    /// A socket known only by identity, state and timer: what sock_diag or a
+    /// lone event tells. Everything else is unknown (None) or zero.
+    pub fn bare(sock: u64, netns: u32, local: SocketAddr, remote: SocketAddr, state: TcpState, inode: u64, timer: Timer) -> Self {
+        Socket {
+            sock,
+            netns,
+            proto: if local.is_ipv4() { "tcp" } else { "tcp6" },
+            local,
+            remote,
+            state,
+            recv_q: 0,
+            send_q: 0,
+            uid: 0,
+            inode,
+            pid: None,
+            comm: None,
+            timer,
+            keepalive: None,
+            probes_unanswered: timer.probes,
+            retransmits: timer.retransmits,
+            idle_s: None,
+            last_data_recv_s: None,
+            last_data_sent_s: None,
+            probes_sent: None,
+            probes_answered: None,
+            last_reset: None,
+            risk: None,
+            idle_timeout: None,
+        }
+    }
+}
+
 /// ICSK_TIME_* (include/net/inet_connection_sock.h).
 const ICSK_TIME_RETRANS: u8 = 1;
 const ICSK_TIME_PROBE0: u8 = 3;

@@ -148,32 +148,8 @@ impl SocketTable {
 /// A socket first seen through an event: what the record tells, the rest
 /// filled by the next snapshot.
 fn partial(rec: &Record) -> Socket {
-    Socket {
-        sock: rec.sk,
-        netns: rec.netns,
-        proto: if rec.local.is_ipv4() { "tcp" } else { "tcp6" },
-        local: rec.local,
-        remote: rec.remote,
-        state: rec.state,
-        recv_q: 0,
-        send_q: 0,
-        uid: 0,
-        inode: rec.ino,
-        pid: None,
-        comm: None,
-        timer: Timer { kind: TimerKind::Off, remaining_s: 0.0, retransmits: 0, probes: rec.probes_out },
-        keepalive: None,
-        probes_unanswered: rec.probes_out,
-        retransmits: 0,
-        idle_s: None,
-        last_data_recv_s: None,
-        last_data_sent_s: None,
-        probes_sent: None,
-        probes_answered: None,
-        last_reset: None,
-        risk: None,
-        idle_timeout: None,
-    }
+    let timer = Timer { kind: TimerKind::Off, remaining_s: 0.0, retransmits: 0, probes: rec.probes_out };
+    Socket::bare(rec.sk, rec.netns, rec.local, rec.remote, rec.state, rec.ino, timer)
 }
 
 #[cfg(test)]
