@@ -42,6 +42,9 @@ pub mod flags {
     pub const TIMER_PENDING: u32 = 1 << 0;
     /// [`super::Event::reason`] holds the kernel's `enum sk_rst_reason`.
     pub const HAS_REASON: u32 = 1 << 1;
+    /// Taken inside this socket's own `tcp_keepalive_timer` run: on kernels
+    /// whose resets carry no reason (before 6.12), the context names it.
+    pub const IN_KEEPALIVE_TIMER: u32 = 1 << 2;
 }
 
 /// Index of the per-CPU counters in the `COUNTERS` map.
@@ -52,7 +55,10 @@ pub mod counter {
     pub const READ_FAILED: u32 = 1;
     /// Events written to the ring buffer.
     pub const EMITTED: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Not a count: 1 + the offset of this CPU's last failed read, so a
+    /// kernel whose layout kato misreads names the field (0: none failed).
+    pub const LAST_FAILED_OFFSET: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// One record in the `EVENTS` ring buffer.
@@ -122,7 +128,8 @@ const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 pub struct KernelConfig {
     /// Address of `tcp_keepalive_timer`, compared with `timer->function`.
     pub keepalive_fn: u64,
-    /// `offsetof(struct sock, sk_timer)`.
+    /// Offset of the keepalive timer in a TCP socket: `struct sock.sk_timer`,
+    /// or `inet_connection_sock.icsk_keepalive_timer` where a kernel moved it.
     pub sk_timer: u32,
     /// `offsetof(struct timer_list, function)`.
     pub timer_function: u32,
@@ -165,9 +172,13 @@ pub struct KernelConfig {
     pub inet_sport: u32,
     /// `offsetof(struct tcp_sock, lsndtime)` (u32 jiffies).
     pub tp_lsndtime: u32,
+    /// 1 when the function `tcp_send_active_reset` takes `enum
+    /// sk_rst_reason` as its third argument (fentry path).
+    pub active_reset_has_reason: u32,
+    pub _pad: u32,
 }
 
-pub const KERNEL_CONFIG_SIZE: usize = 104;
+pub const KERNEL_CONFIG_SIZE: usize = 112;
 const _: () = assert!(size_of::<KernelConfig>() == KERNEL_CONFIG_SIZE);
 
 /// Per-socket request/response turn counting (`CONN` map), fed by the

@@ -33,7 +33,11 @@ const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
 pub fn submit(ev: &Event) {
     let avail = EVENTS.query(RB_AVAIL_DATA);
     let after = avail + RECORD_BYTES;
-    let flags = if after / WAKE_AT > avail / WAKE_AT { RB_FORCE_WAKEUP } else { RB_NO_WAKEUP };
+    let flags = if after / WAKE_AT > avail / WAKE_AT {
+        RB_FORCE_WAKEUP
+    } else {
+        RB_NO_WAKEUP
+    };
     match EVENTS.output::<Event>(ev, flags) {
         Ok(()) => bump(counter::EMITTED),
         Err(_) => bump(counter::LOST),

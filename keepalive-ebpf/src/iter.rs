@@ -62,7 +62,15 @@ unsafe fn try_iter_tcp(ctx: *mut c_void) -> Result<(), u32> {
     r.sk = sk;
     r.uid = unsafe { *((ctx as *const u32).add(4)) };
     r.jiffies = unsafe { bpf_jiffies64() };
-    fill_addrs(&mut r.saddr, &mut r.daddr, &mut r.family, &mut r.sport, &mut r.dport, &mut r.state, sk)?;
+    fill_addrs(
+        &mut r.saddr,
+        &mut r.daddr,
+        &mut r.family,
+        &mut r.sport,
+        &mut r.dport,
+        &mut r.state,
+        sk,
+    )?;
     r.netns = crate::sock::netns(sk)?;
     match r.state {
         TCP_TIME_WAIT => {
@@ -175,6 +183,12 @@ unsafe fn try_iter_task_file(ctx: *mut c_void) -> Result<(), u32> {
         fd: unsafe { *((ctx as *const u32).add(4)) },
         comm: read::<[u8; 16]>(task, iconf!(task_comm))?,
     };
-    unsafe { bpf_seq_write(seq, (&raw const r).cast(), keepalive_common::OWNER_RECORD_SIZE as u32) };
+    unsafe {
+        bpf_seq_write(
+            seq,
+            (&raw const r).cast(),
+            keepalive_common::OWNER_RECORD_SIZE as u32,
+        )
+    };
     Ok(())
 }

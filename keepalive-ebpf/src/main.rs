@@ -6,6 +6,7 @@
 #![no_main]
 
 mod emit;
+mod fentry;
 mod floor;
 mod iter;
 mod reset;
@@ -37,6 +38,13 @@ fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // Per-CPU slot and programs don't nest on one CPU for these hooks.
         unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn set(index: u32, value: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *slot = value };
     }
 }
 

@@ -23,14 +23,25 @@ fn try_tcp_send_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if skb != 0 || sk == 0 {
         return Ok(0);
     }
+    // Kernels before 6.12 have no reason argument: reading it would fail verification.
+    let has = conf!(has_reset_reason) != 0;
+    on_active_reset(sk, has, if has { ctx.arg::<u32>(2) } else { 0 })
+}
+
+/// `tcp_send_active_reset(sk, ...)`, with the kernel's reason where it gives
+/// one. Not an `Option`: LLVM leaves the payload of `None` undefined and
+/// older verifiers reject the spill of an unwritten register.
+#[inline(always)]
+pub(crate) fn on_active_reset(sk: u64, has_reason: bool, reason: u32) -> Result<u32, u32> {
     let mut ev = new_event(kind::RESET_SENT);
     fill(&mut ev, sk)?;
     crate::sock::fill_stamps(&mut ev, sk)?;
-    // Kernels before 6.12 have no reason argument: reading it would fail verification.
-    if conf!(has_reset_reason) != 0 {
-        let reason: u32 = ctx.arg(2);
+    if has_reason {
         ev.reason = reason;
         ev.flags |= flags::HAS_REASON;
+    }
+    if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
+        ev.flags |= flags::IN_KEEPALIVE_TIMER;
     }
     submit(&ev);
     Ok(0)

@@ -15,6 +15,7 @@ pub fn read<T>(base: u64, off: u32) -> Result<T, u32> {
         Ok(v) => Ok(v),
         Err(_) => {
             bump(counter::READ_FAILED);
+            crate::set(counter::LAST_FAILED_OFFSET, off as u64 + 1);
             Err(0)
         }
     }
@@ -33,7 +34,8 @@ pub fn sk_of_timer(timer: u64) -> u64 {
 /// `struct timer_list` at load time.
 #[inline(always)]
 pub fn is_keepalive_timer(timer: u64) -> bool {
-    let f = unsafe { core::ptr::read_volatile((timer + conf!(timer_function) as u64) as *const u64) };
+    let f =
+        unsafe { core::ptr::read_volatile((timer + conf!(timer_function) as u64) as *const u64) };
     f == conf!(keepalive_fn)
 }
 
@@ -118,7 +120,15 @@ pub fn keepalive_deadline(sk: u64) -> Result<Option<u64>, u32> {
 #[inline(always)]
 pub fn fill(ev: &mut Event, sk: u64) -> Result<(), u32> {
     ev.sk = sk;
-    fill_addrs(&mut ev.saddr, &mut ev.daddr, &mut ev.family, &mut ev.sport, &mut ev.dport, &mut ev.state, sk)?;
+    fill_addrs(
+        &mut ev.saddr,
+        &mut ev.daddr,
+        &mut ev.family,
+        &mut ev.sport,
+        &mut ev.dport,
+        &mut ev.state,
+        sk,
+    )?;
     ev.state_before = ev.state;
     ev.probes_out = probes_out(sk)?;
     ev.probes_before = ev.probes_out;

@@ -36,8 +36,9 @@ fn in_flight() -> Option<*mut InFlight> {
     IN_FLIGHT.get_ptr_mut(0)
 }
 
+/// Is `timer`'s callback running on this CPU now?
 #[inline(always)]
-fn running_here(timer: u64) -> bool {
+pub(crate) fn running_here(timer: u64) -> bool {
     match in_flight() {
         Some(f) => unsafe { (*f).timer == timer },
         None => false,
@@ -56,6 +57,13 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if !is_keepalive_timer(timer) {
         return Ok(0);
     }
+    // enqueue_timer() has set `expires` before this tracepoint.
+    on_armed(timer)
+}
+
+/// The keepalive timer of a socket was (re)armed; `timer` is pending.
+#[inline(always)]
+pub(crate) fn on_armed(timer: u64) -> Result<u32, u32> {
     // A re-arm from inside the callback: the FIRED record carries the deadline.
     if running_here(timer) {
         return Ok(0);
@@ -63,7 +71,6 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let sk = sk_of_timer(timer);
     let mut ev = new_event(kind::ARMED);
     fill(&mut ev, sk)?;
-    // enqueue_timer() has set `expires` before this tracepoint.
     ev.expires = read::<u64>(timer, conf!(timer_expires))?;
     ev.flags |= flags::TIMER_PENDING;
     submit(&ev);
@@ -82,6 +89,12 @@ fn try_timer_expire_entry(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if !is_keepalive_timer(timer) {
         return Ok(0);
     }
+    on_entry(timer)
+}
+
+/// `tcp_keepalive_timer(timer)` starts: remember what the socket looked like.
+#[inline(always)]
+pub(crate) fn on_entry(timer: u64) -> Result<u32, u32> {
     let sk = sk_of_timer(timer);
     let slot = in_flight().ok_or(0u32)?;
     unsafe {
@@ -100,7 +113,12 @@ pub fn timer_expire_exit(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_timer_expire_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
-    let timer: u64 = ctx.arg(0);
+    on_exit(ctx.arg(0))
+}
+
+/// `tcp_keepalive_timer(timer)` returned: one FIRED record, before and after.
+#[inline(always)]
+pub(crate) fn on_exit(timer: u64) -> Result<u32, u32> {
     let slot = in_flight().ok_or(0u32)?;
     let seen = unsafe { *slot };
     if seen.timer != timer {
@@ -136,8 +154,14 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if (expires.wrapping_sub(unsafe { bpf_jiffies64() }) as i64) <= 0 {
         return Ok(0);
     }
+    on_disarmed(sk_of_timer(timer))
+}
+
+/// A pending keepalive timer of `sk` was stopped before it was due.
+#[inline(always)]
+pub(crate) fn on_disarmed(sk: u64) -> Result<u32, u32> {
     let mut ev = new_event(kind::DISARMED);
-    fill(&mut ev, sk_of_timer(timer))?;
+    fill(&mut ev, sk)?;
     submit(&ev);
     Ok(0)
 }

@@ -47,7 +47,10 @@ fn note(ctx: &BtfTracePointContext, dir: u32) -> Result<u32, u32> {
         },
         None => {
             // The first data of a connection is not a turn.
-            let t = Turns { last_dir: dir, ..Turns::default() };
+            let t = Turns {
+                last_dir: dir,
+                ..Turns::default()
+            };
             let _ = CONN.insert(sk, t, 0);
         }
     }

@@ -68,14 +68,39 @@ struct Member {
 
 #[derive(Debug, Clone)]
 enum Type {
-    Int { size: u32 },
-    Ptr { to: u32 },
-    Array { elem: u32, nelems: u32 },
-    Composite { name_off: u32, size: u32, members: Vec<Member> },
-    Enum { size: u32, values: Vec<(u32, i64)> },
+    Int {
+        size: u32,
+    },
+    Ptr {
+        to: u32,
+    },
+    Array {
+        elem: u32,
+        nelems: u32,
+    },
+    Composite {
+        name_off: u32,
+        size: u32,
+        members: Vec<Member>,
+    },
+    Enum {
+        size: u32,
+        values: Vec<(u32, i64)>,
+    },
     /// typedef, volatile, const, restrict, type tag: follow `ty`.
-    Alias { name_off: u32, ty: u32, typedef: bool },
-    FuncProto { params: u32 },
+    Alias {
+        name_off: u32,
+        ty: u32,
+        typedef: bool,
+    },
+    FuncProto {
+        params: u32,
+    },
+    /// A kernel function (what fentry/fexit attach to) and its prototype.
+    Func {
+        name_off: u32,
+        proto: u32,
+    },
     Other,
 }
 
@@ -170,9 +195,18 @@ impl Btf {
                         } else {
                             (m_off, 0)
                         };
-                        members.push(Member { name_off: m_name, ty: m_ty, bit_offset, bitfield_size });
+                        members.push(Member {
+                            name_off: m_name,
+                            ty: m_ty,
+                            bit_offset,
+                            bitfield_size,
+                        });
                     }
-                    Type::Composite { name_off, size: size_or_type, members }
+                    Type::Composite {
+                        name_off,
+                        size: size_or_type,
+                        members,
+                    }
                 }
                 k::ENUM => {
                     let mut values = Vec::with_capacity(vlen);
@@ -183,7 +217,10 @@ impl Btf {
                         let v = if kflag { v as i32 as i64 } else { v as i64 };
                         values.push((n, v));
                     }
-                    Type::Enum { size: size_or_type, values }
+                    Type::Enum {
+                        size: size_or_type,
+                        values,
+                    }
                 }
                 k::ENUM64 => {
                     let mut values = Vec::with_capacity(vlen);
@@ -194,9 +231,16 @@ impl Btf {
                         pos += 12;
                         values.push((n, (hi << 32 | lo) as i64));
                     }
-                    Type::Enum { size: size_or_type, values }
+                    Type::Enum {
+                        size: size_or_type,
+                        values,
+                    }
                 }
-                k::FWD | k::FUNC | k::FLOAT => Type::Other,
+                k::FUNC => Type::Func {
+                    name_off,
+                    proto: size_or_type,
+                },
+                k::FWD | k::FLOAT => Type::Other,
                 k::TYPEDEF | k::VOLATILE | k::CONST | k::RESTRICT | k::TYPE_TAG => Type::Alias {
                     name_off,
                     ty: size_or_type,
@@ -204,7 +248,9 @@ impl Btf {
                 },
                 k::FUNC_PROTO => {
                     pos += 8 * vlen;
-                    Type::FuncProto { params: vlen as u32 }
+                    Type::FuncProto {
+                        params: vlen as u32,
+                    }
                 }
                 k::VAR | k::DECL_TAG => {
                     pos += 4;
@@ -222,11 +268,24 @@ impl Btf {
             return Err(BtfError::Truncated("last type"));
         }
 
-        let mut btf = Btf { types, strings, by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            by_name: HashMap::new(),
+        };
         for id in 1..btf.types.len() as u32 {
             let name_off = match &btf.types[id as usize] {
                 Type::Composite { name_off, .. } => *name_off,
-                Type::Alias { name_off, typedef: true, .. } => *name_off,
+                Type::Alias {
+                    name_off,
+                    typedef: true,
+                    ..
+                } => *name_off,
+                Type::Func { name_off, .. } if *name_off != 0 => {
+                    let name = format!("fn {}", btf.name(*name_off));
+                    btf.by_name.entry(name).or_default().push(id);
+                    continue;
+                }
                 _ => continue,
             };
             if name_off != 0 {
@@ -336,24 +395,35 @@ impl Btf {
         let mut parent = ty.to_owned();
         let mut parts = path.split('.').peekable();
         while let Some(part) = parts.next() {
-            let (off, m) = self.find_member(id, part)?.ok_or_else(|| BtfError::NoSuchField {
-                ty: format!("struct {ty}"),
-                field: path.to_owned(),
-            })?;
+            let (off, m) = self
+                .find_member(id, part)?
+                .ok_or_else(|| BtfError::NoSuchField {
+                    ty: format!("struct {ty}"),
+                    field: path.to_owned(),
+                })?;
             if m.bitfield_size != 0 || off % 8 != 0 {
-                return Err(BtfError::Bitfield { ty: parent, field: part.to_owned() });
+                return Err(BtfError::Bitfield {
+                    ty: parent,
+                    field: part.to_owned(),
+                });
             }
             offset_bits += off;
             size = self.size_of(m.ty)?;
             if parts.peek().is_some() {
                 id = self.strip(m.ty)?;
                 if !matches!(self.ty(id)?, Type::Composite { .. }) {
-                    return Err(BtfError::NotComposite { ty: parent, field: part.to_owned() });
+                    return Err(BtfError::NotComposite {
+                        ty: parent,
+                        field: part.to_owned(),
+                    });
                 }
             }
             parent = format!("{parent}.{part}");
         }
-        Ok(Field { offset: offset_bits / 8, size })
+        Ok(Field {
+            offset: offset_bits / 8,
+            size,
+        })
     }
 
     /// Names and values of `enum NAME`.
@@ -365,10 +435,30 @@ impl Btf {
             .and_then(|ids| ids.first())
             .ok_or(BtfError::NoSuchType(key))?;
         match self.ty(*id)? {
-            Type::Enum { values, .. } => {
-                Ok(values.iter().map(|(n, v)| (self.name(*n).to_owned(), *v)).collect())
-            }
+            Type::Enum { values, .. } => Ok(values
+                .iter()
+                .map(|(n, v)| (self.name(*n).to_owned(), *v))
+                .collect()),
             _ => Err(BtfError::NoSuchType(format!("enum {name}"))),
+        }
+    }
+
+    /// Number of arguments of kernel function `name` (fentry/fexit see
+    /// them); an error when the kernel's BTF has no such function (inlined,
+    /// renamed or absent), so it cannot be attached to.
+    pub fn function_args(&self, name: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::NoSuchType(format!("function {name}"));
+        let id = *self
+            .by_name
+            .get(&format!("fn {name}"))
+            .and_then(|ids| ids.first())
+            .ok_or_else(missing)?;
+        let Type::Func { proto, .. } = self.ty(id)? else {
+            return Err(missing());
+        };
+        match self.ty(*proto)? {
+            Type::FuncProto { params } => Ok(*params),
+            _ => Err(missing()),
         }
     }
 
@@ -377,9 +467,17 @@ impl Btf {
     pub fn tracepoint_args(&self, name: &str) -> Result<u32, BtfError> {
         let key = format!("btf_trace_{name}");
         let missing = || BtfError::NoSuchType(format!("tracepoint {name} (typedef {key})"));
-        let id = *self.by_name.get(&key).and_then(|ids| ids.first()).ok_or_else(missing)?;
-        let Type::Alias { ty, .. } = self.ty(id)? else { return Err(missing()) };
-        let Type::Ptr { to } = self.ty(*ty)? else { return Err(missing()) };
+        let id = *self
+            .by_name
+            .get(&key)
+            .and_then(|ids| ids.first())
+            .ok_or_else(missing)?;
+        let Type::Alias { ty, .. } = self.ty(id)? else {
+            return Err(missing());
+        };
+        let Type::Ptr { to } = self.ty(*ty)? else {
+            return Err(missing());
+        };
         match self.ty(*to)? {
             Type::FuncProto { params } => Ok(params.saturating_sub(1)),
             _ => Err(missing()),
@@ -400,7 +498,11 @@ pub(crate) mod fixture {
 
     impl Builder {
         pub fn new() -> Self {
-            Self { types: vec![], strings: vec![0], next_id: 1 }
+            Self {
+                types: vec![],
+                strings: vec![0],
+                next_id: 1,
+            }
         }
         fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
@@ -411,7 +513,14 @@ pub(crate) mod fixture {
             self.strings.push(0);
             off
         }
-        fn head(&mut self, name: &str, kind: u32, vlen: u32, kflag: bool, size_or_type: u32) -> u32 {
+        fn head(
+            &mut self,
+            name: &str,
+            kind: u32,
+            vlen: u32,
+            kflag: bool,
+            size_or_type: u32,
+        ) -> u32 {
             let n = self.s(name);
             let info = (kflag as u32) << 31 | kind << 24 | vlen;
             for w in [n, info, size_or_type] {
@@ -442,9 +551,21 @@ pub(crate) mod fixture {
             self.head(name, 8, 0, false, to)
         }
         /// members: (name, type, bit offset, bitfield size)
-        pub fn composite(&mut self, name: &str, union: bool, size: u32, members: &[(&str, u32, u32, u32)]) -> u32 {
+        pub fn composite(
+            &mut self,
+            name: &str,
+            union: bool,
+            size: u32,
+            members: &[(&str, u32, u32, u32)],
+        ) -> u32 {
             let kflag = members.iter().any(|m| m.3 != 0);
-            let id = self.head(name, if union { 5 } else { 4 }, members.len() as u32, kflag, size);
+            let id = self.head(
+                name,
+                if union { 5 } else { 4 },
+                members.len() as u32,
+                kflag,
+                size,
+            );
             for &(mname, ty, bits, bitfield) in members {
                 let n = self.s(mname);
                 let off = if kflag { bitfield << 24 | bits } else { bits };
@@ -471,12 +592,21 @@ pub(crate) mod fixture {
             }
             id
         }
+        pub fn func(&mut self, name: &str, proto: u32) -> u32 {
+            self.head(name, 12, 0, false, proto)
+        }
         pub fn build(&self) -> Vec<u8> {
             let mut out = vec![];
             out.extend_from_slice(&0xeb9fu16.to_le_bytes());
             out.push(1); // version
             out.push(0); // flags
-            for w in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+            for w in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
                 out.extend_from_slice(&w.to_le_bytes());
             }
             out.extend_from_slice(&self.types);
@@ -489,6 +619,12 @@ pub(crate) mod fixture {
     /// 6.x where it matters: anonymous unions inside `sock_common`, the
     /// timer inside `sock`, a bitfield, and the tracepoint typedefs.
     pub fn kernel_like() -> Vec<u8> {
+        kernel_like_with(false)
+    }
+
+    /// `icsk_keepalive`: the keepalive timer in `inet_connection_sock` (at
+    /// byte 1176, as Debian's 6.1.0-56 has it) besides `sock.sk_timer`.
+    pub fn kernel_like_with(icsk_keepalive: bool) -> Vec<u8> {
         let mut b = Builder::new();
         let u8_ = b.int("unsigned char", 1);
         let u16_ = b.int("short unsigned int", 2);
@@ -499,20 +635,64 @@ pub(crate) mod fixture {
         let be32 = b.typedef("__be32", u32_);
         let be16 = b.typedef("__be16", u16_);
         let vu8 = b.volatile(u8_);
-        let hnode = b.composite("hlist_node", false, 16, &[("next", void_ptr, 0, 0), ("pprev", void_ptr, 64, 0)]);
+        let hnode = b.composite(
+            "hlist_node",
+            false,
+            16,
+            &[("next", void_ptr, 0, 0), ("pprev", void_ptr, 64, 0)],
+        );
         let timer = b.composite(
             "timer_list",
             false,
             40,
-            &[("entry", hnode, 0, 0), ("expires", u64_, 128, 0), ("function", void_ptr, 192, 0), ("flags", u32_, 256, 0)],
+            &[
+                ("entry", hnode, 0, 0),
+                ("expires", u64_, 128, 0),
+                ("function", void_ptr, 192, 0),
+                ("flags", u32_, 256, 0),
+            ],
         );
-        let addrs = b.composite("", false, 8, &[("skc_daddr", be32, 0, 0), ("skc_rcv_saddr", be32, 32, 0)]);
-        let addr_u = b.composite("", true, 8, &[("skc_addrpair", u64_, 0, 0), ("", addrs, 0, 0)]);
-        let ports = b.composite("", false, 4, &[("skc_dport", be16, 0, 0), ("skc_num", u16_, 16, 0)]);
-        let port_u = b.composite("", true, 4, &[("skc_portpair", u32_, 0, 0), ("", ports, 0, 0)]);
+        let addrs = b.composite(
+            "",
+            false,
+            8,
+            &[("skc_daddr", be32, 0, 0), ("skc_rcv_saddr", be32, 32, 0)],
+        );
+        let addr_u = b.composite(
+            "",
+            true,
+            8,
+            &[("skc_addrpair", u64_, 0, 0), ("", addrs, 0, 0)],
+        );
+        let ports = b.composite(
+            "",
+            false,
+            4,
+            &[("skc_dport", be16, 0, 0), ("skc_num", u16_, 16, 0)],
+        );
+        let port_u = b.composite(
+            "",
+            true,
+            4,
+            &[("skc_portpair", u32_, 0, 0), ("", ports, 0, 0)],
+        );
         let in6 = b.array(u8_, u32_, 16);
-        let ns_common = b.composite("ns_common", false, 24, &[("stashed", u64_, 0, 0), ("ops", void_ptr, 64, 0), ("inum", u32_, 128, 0)]);
-        let net = b.composite("net", false, 64, &[("passive", u32_, 0, 0), ("ns", ns_common, 64, 0)]);
+        let ns_common = b.composite(
+            "ns_common",
+            false,
+            24,
+            &[
+                ("stashed", u64_, 0, 0),
+                ("ops", void_ptr, 64, 0),
+                ("inum", u32_, 128, 0),
+            ],
+        );
+        let net = b.composite(
+            "net",
+            false,
+            64,
+            &[("passive", u32_, 0, 0), ("ns", ns_common, 64, 0)],
+        );
         let net_ptr = b.ptr(net);
         let possible_net = b.composite("", false, 8, &[("net", net_ptr, 0, 0)]);
         let possible_net_t = b.typedef("possible_net_t", possible_net);
@@ -535,27 +715,77 @@ pub(crate) mod fixture {
             "sock",
             false,
             800,
-            &[("__sk_common", skc, 0, 0), ("sk_err", int_, 2048, 0), ("sk_socket", void_ptr, 2112, 0), ("sk_protocol", u16_, 2176, 0), ("sk_timer", timer, 4096, 0)],
+            &[
+                ("__sk_common", skc, 0, 0),
+                ("sk_err", int_, 2048, 0),
+                ("sk_socket", void_ptr, 2112, 0),
+                ("sk_protocol", u16_, 2176, 0),
+                ("sk_timer", timer, 4096, 0),
+            ],
         );
-        let icsk_ack = b.composite("", false, 32, &[("pending", u8_, 0, 0), ("lrcvtime", u32_, 64, 0)]);
-        b.composite(
-            "inet_connection_sock",
+        let icsk_ack = b.composite(
+            "",
             false,
-            1200,
-            &[("icsk_inet", u64_, 0, 0), ("icsk_retransmits", u8_, 8400, 0), ("icsk_probes_out", u8_, 8408, 0), ("icsk_ack", icsk_ack, 8448, 0)],
+            32,
+            &[("pending", u8_, 0, 0), ("lrcvtime", u32_, 64, 0)],
         );
-        b.composite("inet_sock", false, 960, &[("sk", u64_, 0, 0), ("inet_sport", be16, 6400, 0)]);
-        b.composite("tcp_sock", false, 2304, &[("inet_conn", u64_, 0, 0), ("lsndtime", u32_, 12672, 0), ("rcv_tstamp", u32_, 13792, 0)]);
+        let mut icsk = vec![
+            ("icsk_inet", u64_, 0, 0),
+            ("icsk_retransmits", u8_, 8400, 0),
+            ("icsk_probes_out", u8_, 8408, 0),
+            ("icsk_ack", icsk_ack, 8448, 0),
+        ];
+        if icsk_keepalive {
+            icsk.push(("icsk_keepalive_timer", timer, 9408, 0));
+        }
+        b.composite("inet_connection_sock", false, 1240, &icsk);
+        b.composite(
+            "inet_sock",
+            false,
+            960,
+            &[("sk", u64_, 0, 0), ("inet_sport", be16, 6400, 0)],
+        );
+        b.composite(
+            "tcp_sock",
+            false,
+            2304,
+            &[
+                ("inet_conn", u64_, 0, 0),
+                ("lsndtime", u32_, 12672, 0),
+                ("rcv_tstamp", u32_, 13792, 0),
+            ],
+        );
         let socket = b.composite("socket", false, 128, &[("state", u32_, 0, 0)]);
-        let inode = b.composite("inode", false, 600, &[("i_mode", u16_, 0, 0), ("i_ino", u64_, 512, 0)]);
-        b.composite("socket_alloc", false, 768, &[("socket", socket, 0, 0), ("vfs_inode", inode, 1024, 0)]);
+        let inode = b.composite(
+            "inode",
+            false,
+            600,
+            &[("i_mode", u16_, 0, 0), ("i_ino", u64_, 512, 0)],
+        );
+        b.composite(
+            "socket_alloc",
+            false,
+            768,
+            &[("socket", socket, 0, 0), ("vfs_inode", inode, 1024, 0)],
+        );
         // A forward-declared duplicate must not shadow the real struct.
         b.composite("sock", false, 0, &[]);
-        b.enumeration("sk_rst_reason", &[("SK_RST_REASON_NOT_SPECIFIED", 0), ("SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT", 15)]);
+        b.enumeration(
+            "sk_rst_reason",
+            &[
+                ("SK_RST_REASON_NOT_SPECIFIED", 0),
+                ("SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT", 15),
+            ],
+        );
         let sock_ptr = b.ptr(0);
         let proto = b.func_proto(&[void_ptr, sock_ptr, void_ptr, u32_]);
         let p = b.ptr(proto);
         b.typedef("btf_trace_tcp_send_reset", p);
+        let timer_ptr = b.ptr(0);
+        let one = b.func_proto(&[timer_ptr]);
+        b.func("tcp_keepalive_timer", one);
+        let three = b.func_proto(&[sock_ptr, u32_, u32_]);
+        b.func("tcp_send_active_reset", three);
         b.build()
     }
 }
@@ -570,41 +800,107 @@ mod tests {
 
     #[test]
     fn direct_member() {
-        assert_eq!(btf().field("sock", "sk_timer").unwrap(), Field { offset: 512, size: 40 });
-        assert_eq!(btf().field("timer_list", "function").unwrap(), Field { offset: 24, size: 8 });
+        assert_eq!(
+            btf().field("sock", "sk_timer").unwrap(),
+            Field {
+                offset: 512,
+                size: 40
+            }
+        );
+        assert_eq!(
+            btf().field("timer_list", "function").unwrap(),
+            Field {
+                offset: 24,
+                size: 8
+            }
+        );
     }
 
     #[test]
     fn through_anonymous_unions_and_structs() {
         let b = btf();
-        assert_eq!(b.field("sock_common", "skc_rcv_saddr").unwrap(), Field { offset: 4, size: 4 });
-        assert_eq!(b.field("sock_common", "skc_num").unwrap(), Field { offset: 14, size: 2 });
-        assert_eq!(b.field("sock", "__sk_common.skc_dport").unwrap(), Field { offset: 12, size: 2 });
+        assert_eq!(
+            b.field("sock_common", "skc_rcv_saddr").unwrap(),
+            Field { offset: 4, size: 4 }
+        );
+        assert_eq!(
+            b.field("sock_common", "skc_num").unwrap(),
+            Field {
+                offset: 14,
+                size: 2
+            }
+        );
+        assert_eq!(
+            b.field("sock", "__sk_common.skc_dport").unwrap(),
+            Field {
+                offset: 12,
+                size: 2
+            }
+        );
     }
 
     #[test]
     fn nested_path_through_typedef_and_volatile() {
         let b = btf();
-        assert_eq!(b.field("sock", "__sk_common.skc_state").unwrap(), Field { offset: 18, size: 1 });
-        assert_eq!(b.field("sock", "__sk_common.skc_net.net").unwrap(), Field { offset: 48, size: 8 });
-        assert_eq!(b.field("sock", "sk_timer.entry.pprev").unwrap(), Field { offset: 520, size: 8 });
-        assert_eq!(b.field("sock", "__sk_common.skc_v6_daddr").unwrap(), Field { offset: 56, size: 16 });
+        assert_eq!(
+            b.field("sock", "__sk_common.skc_state").unwrap(),
+            Field {
+                offset: 18,
+                size: 1
+            }
+        );
+        assert_eq!(
+            b.field("sock", "__sk_common.skc_net.net").unwrap(),
+            Field {
+                offset: 48,
+                size: 8
+            }
+        );
+        assert_eq!(
+            b.field("sock", "sk_timer.entry.pprev").unwrap(),
+            Field {
+                offset: 520,
+                size: 8
+            }
+        );
+        assert_eq!(
+            b.field("sock", "__sk_common.skc_v6_daddr").unwrap(),
+            Field {
+                offset: 56,
+                size: 16
+            }
+        );
     }
 
     #[test]
     fn missing_field_is_named() {
         let err = btf().field("sock", "sk_nope").unwrap_err();
-        assert_eq!(err.to_string(), "the running kernel's `struct sock` has no field `sk_nope`");
+        assert_eq!(
+            err.to_string(),
+            "the running kernel's `struct sock` has no field `sk_nope`"
+        );
         let err = btf().field("tcp_sk", "keepalive_time").unwrap_err();
-        assert_eq!(err.to_string(), "the running kernel's BTF has no struct tcp_sk");
+        assert_eq!(
+            err.to_string(),
+            "the running kernel's BTF has no struct tcp_sk"
+        );
         let err = btf().field("tcp_sock", "keepalive_time").unwrap_err();
-        assert_eq!(err.to_string(), "the running kernel's `struct tcp_sock` has no field `keepalive_time`");
+        assert_eq!(
+            err.to_string(),
+            "the running kernel's `struct tcp_sock` has no field `keepalive_time`"
+        );
     }
 
     #[test]
     fn bitfields_and_scalars_refused() {
-        assert!(matches!(btf().field("sock_common", "skc_reuse"), Err(BtfError::Bitfield { .. })));
-        assert!(matches!(btf().field("sock", "sk_err.x"), Err(BtfError::NotComposite { .. })));
+        assert!(matches!(
+            btf().field("sock_common", "skc_reuse"),
+            Err(BtfError::Bitfield { .. })
+        ));
+        assert!(matches!(
+            btf().field("sock", "sk_err.x"),
+            Err(BtfError::NotComposite { .. })
+        ));
     }
 
     #[test]
@@ -614,18 +910,32 @@ mod tests {
         assert_eq!(v[1], ("SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT".to_owned(), 15));
         assert_eq!(b.tracepoint_args("tcp_send_reset").unwrap(), 3);
         assert!(b.tracepoint_args("nope").is_err());
+        // Functions (fentry targets) are found by name, with their arity.
+        assert_eq!(b.function_args("tcp_keepalive_timer").unwrap(), 1);
+        assert_eq!(b.function_args("tcp_send_active_reset").unwrap(), 3);
+        let e = b
+            .function_args("inet_csk_reset_keepalive_timer")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inet_csk_reset_keepalive_timer"), "{e}");
     }
 
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
         let good = fixture::kernel_like();
         assert!(matches!(Btf::parse(&[0x9f]), Err(BtfError::Truncated(_))));
-        assert!(matches!(Btf::parse(&[0, 0, 1, 0]), Err(BtfError::BadMagic(0))));
+        assert!(matches!(
+            Btf::parse(&[0, 0, 1, 0]),
+            Err(BtfError::BadMagic(0))
+        ));
         for cut in [10, 24, 100, good.len() / 2, good.len() - 1] {
             assert!(Btf::parse(&good[..cut]).is_err(), "cut at {cut}");
         }
         let mut bad_kind = good.clone();
         bad_kind[24 + 7] = 30; // first type's kind byte
-        assert!(matches!(Btf::parse(&bad_kind), Err(BtfError::UnknownKind { id: 1, kind: 30 })));
+        assert!(matches!(
+            Btf::parse(&bad_kind),
+            Err(BtfError::UnknownKind { id: 1, kind: 30 })
+        ));
     }
 }

@@ -82,7 +82,13 @@ pub fn keep_only(keep: &[u32]) -> std::io::Result<()> {
                 libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
             }
         }
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         #[repr(C)]
         struct Header {
             version: u32,
@@ -95,9 +101,20 @@ pub fn keep_only(keep: &[u32]) -> std::io::Result<()> {
             permitted: u32,
             inheritable: u32,
         }
-        let header = Header { version: 0x2008_0522, pid: 0 };
-        let lo = Data { effective: mask as u32, permitted: mask as u32, inheritable: 0 };
-        let hi = Data { effective: (mask >> 32) as u32, permitted: (mask >> 32) as u32, inheritable: 0 };
+        let header = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let lo = Data {
+            effective: mask as u32,
+            permitted: mask as u32,
+            inheritable: 0,
+        };
+        let hi = Data {
+            effective: (mask >> 32) as u32,
+            permitted: (mask >> 32) as u32,
+            inheritable: 0,
+        };
         let data = [lo, hi];
         if libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) != 0 {
             return Err(std::io::Error::last_os_error());

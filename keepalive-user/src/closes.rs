@@ -65,7 +65,12 @@ impl CloseTracker {
                 Kind::KeepaliveTimeout => ClosedBy::KeepaliveTimeout,
                 Kind::Closed => {
                     let (by, idle_s) = self.closing.remove(&rec.sk)?;
-                    return Some(Closed { by, idle_s, turns_out: rec.turns_out, turns_in: rec.turns_in });
+                    return Some(Closed {
+                        by,
+                        idle_s,
+                        turns_out: rec.turns_out,
+                        turns_in: rec.turns_in,
+                    });
                 }
                 _ => continue,
             };
@@ -74,7 +79,9 @@ impl CloseTracker {
                 self.closing.clear();
             }
             // The first closing event decides; the rest are consequences.
-            self.closing.entry(rec.sk).or_insert((by, rec.data_idle_secs(hz)));
+            self.closing
+                .entry(rec.sk)
+                .or_insert((by, rec.data_idle_secs(hz)));
         }
         None
     }
@@ -100,26 +107,72 @@ mod tests {
     fn server_closes_idle_keepalive_connection() {
         let (mut t, mut d) = (CloseTracker::default(), Deriver::default());
         // Last response sent at 500, nothing since: FIN at 1000 = 2 s idle.
-        let fin = Event { lrcvtime: 400, lsndtime: 500, state: 4, ..raw(kind::FIN_SENT) };
+        let fin = Event {
+            lrcvtime: 400,
+            lsndtime: 500,
+            state: 4,
+            ..raw(kind::FIN_SENT)
+        };
         assert_eq!(feed(&mut t, &mut d, fin), None);
-        let closed = Event { state: 7, state_before: 4, turns_out: 3, ..raw(kind::CLOSED) };
+        let closed = Event {
+            state: 7,
+            state_before: 4,
+            turns_out: 3,
+            ..raw(kind::CLOSED)
+        };
         let c = feed(&mut t, &mut d, closed).unwrap();
-        assert_eq!((c.by, c.idle_s, c.turns_out), (ClosedBy::LocalFin, Some(2.0), 3));
+        assert_eq!(
+            (c.by, c.idle_s, c.turns_out),
+            (ClosedBy::LocalFin, Some(2.0), 3)
+        );
         assert!(t.closing.is_empty());
     }
 
     #[test]
     fn first_closing_event_decides() {
         let (mut t, mut d) = (CloseTracker::default(), Deriver::default());
-        feed(&mut t, &mut d, Event { state: 8, ..raw(kind::FIN_RECEIVED) });
-        feed(&mut t, &mut d, Event { state: 8, ..raw(kind::RESET_RECEIVED) });
-        let c = feed(&mut t, &mut d, Event { state: 7, ..raw(kind::CLOSED) }).unwrap();
+        feed(
+            &mut t,
+            &mut d,
+            Event {
+                state: 8,
+                ..raw(kind::FIN_RECEIVED)
+            },
+        );
+        feed(
+            &mut t,
+            &mut d,
+            Event {
+                state: 8,
+                ..raw(kind::RESET_RECEIVED)
+            },
+        );
+        let c = feed(
+            &mut t,
+            &mut d,
+            Event {
+                state: 7,
+                ..raw(kind::CLOSED)
+            },
+        )
+        .unwrap();
         assert_eq!(c.by, ClosedBy::PeerFin);
     }
 
     #[test]
     fn closes_without_a_known_start_are_skipped() {
         let (mut t, mut d) = (CloseTracker::default(), Deriver::default());
-        assert_eq!(feed(&mut t, &mut d, Event { state: 7, state_before: 10, ..raw(kind::CLOSED) }), None);
+        assert_eq!(
+            feed(
+                &mut t,
+                &mut d,
+                Event {
+                    state: 7,
+                    state_before: 10,
+                    ..raw(kind::CLOSED)
+                }
+            ),
+            None
+        );
     }
 }

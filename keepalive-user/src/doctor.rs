@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     caps,
     kernel::{self, hz},
-    loader::{LoadOptions, Probes, ITER_TASK_FILE, ITER_TCP, PROGRAMS},
+    loader::{LoadOptions, Probes, ITER_TASK_FILE, ITER_TCP},
     netns,
     policy::{Policy, Risk},
     sockets::{snapshot::snapshot_iter, Socket},
@@ -61,42 +61,85 @@ pub struct Report {
 }
 
 fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
-    Check { name: name.into(), ok, detail: detail.into() }
+    Check {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    }
 }
 
 /// Runs every check; never fails (a failed check is part of the report).
-pub fn run(btf: Option<PathBuf>, hz_override: Option<u32>, policy: &Policy) -> Report {
+pub fn run(
+    btf: Option<PathBuf>,
+    hz_override: Option<u32>,
+    policy: &Policy,
+    attach: crate::loader::AttachMode,
+) -> Report {
     let release = kernel::release();
     let mut checks = vec![];
     let config = hz::running_config(&release);
     match &config {
         Some(c) => {
             let flag = |n| hz::config_flag(c, n);
-            checks.push(check("kernel config", true, "/proc/config.gz or /boot/config-*"));
-            checks.push(check("CONFIG_DEBUG_INFO_BTF", flag("CONFIG_DEBUG_INFO_BTF"), "BTF: struct offsets and tp_btf"));
+            checks.push(check(
+                "kernel config",
+                true,
+                "/proc/config.gz or /boot/config-*",
+            ));
+            checks.push(check(
+                "CONFIG_DEBUG_INFO_BTF",
+                flag("CONFIG_DEBUG_INFO_BTF"),
+                "BTF: struct offsets and tp_btf",
+            ));
             // Informational: kato does not need kprobes.
             checks.push(check(
                 "kprobes",
                 true,
-                if flag("CONFIG_KPROBES") { "available (kato does not need them)" } else { "not compiled in (kato does not need them)" },
+                if flag("CONFIG_KPROBES") {
+                    "available (kato does not need them)"
+                } else {
+                    "not compiled in (kato does not need them)"
+                },
             ));
         }
-        None => checks.push(check("kernel config", false, "no /proc/config.gz or /boot/config-*: pass --hz")),
+        None => checks.push(check(
+            "kernel config",
+            false,
+            "no /proc/config.gz or /boot/config-*: pass --hz",
+        )),
     }
-    let path = btf.clone().unwrap_or_else(|| PathBuf::from(kernel::DEFAULT_BTF));
+    let path = btf
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(kernel::DEFAULT_BTF));
     match crate::btf::Btf::from_file(&path) {
         Ok(b) => {
-            let tcp = kernel::offsets::resolve(&b, 1).map(|_| ()).and_then(|_| kernel::offsets::resolve_iter(&b).map(|_| ()));
-            checks.push(check("BTF", tcp.is_ok(), match &tcp {
-                Ok(()) => format!("{}: every field kato reads resolved", path.display()),
-                Err(e) => format!("{}: {e}", path.display()),
-            }));
+            let tcp = kernel::offsets::resolve(&b, 1)
+                .map(|_| ())
+                .and_then(|_| kernel::offsets::resolve_iter(&b).map(|_| ()));
+            checks.push(check(
+                "BTF",
+                tcp.is_ok(),
+                match &tcp {
+                    Ok(()) => format!("{}: every field kato reads resolved", path.display()),
+                    Err(e) => format!("{}: {e}", path.display()),
+                },
+            ));
             let reasons = kernel::reset_reason_names(&b);
+            // Degraded, not failed: kato names keepalive resets from context.
             checks.push(check(
                 "reset reasons",
-                !reasons.is_empty(),
-                if reasons.is_empty() { "kernel < 6.10: resets carry no sk_rst_reason".to_owned() } else { format!("{} sk_rst_reason values", reasons.len()) },
+                true,
+                if reasons.is_empty() {
+                    "this kernel's resets carry no sk_rst_reason (before 6.10): kato names keepalive timeouts from the \
+                     timer they are sent from (reset_reason_inferred), other resets stay UNKNOWN"
+                        .to_owned()
+                } else {
+                    format!("{} sk_rst_reason values", reasons.len())
+                },
             ));
+            if let Ok((_, field)) = kernel::offsets::keepalive_timer(&b) {
+                checks.push(check("keepalive timer", true, format!("found at {field}")));
+            }
         }
         Err(e) => checks.push(check("BTF", false, e.to_string())),
     }
@@ -105,7 +148,10 @@ pub fn run(btf: Option<PathBuf>, hz_override: Option<u32>, policy: &Policy) -> R
         (caps::CAP_PERFMON, "load tracing programs"),
         (caps::CAP_SYSLOG, "read /proc/kallsyms addresses"),
         (caps::CAP_SYS_ADMIN, "enter other network namespaces"),
-        (caps::CAP_SYS_PTRACE, "find namespaces of other users' processes"),
+        (
+            caps::CAP_SYS_PTRACE,
+            "find namespaces of other users' processes",
+        ),
     ];
     for (cap, why) in caps_needed {
         checks.push(check(caps::name(cap), caps::has(cap), why));
@@ -113,13 +159,28 @@ pub fn run(btf: Option<PathBuf>, hz_override: Option<u32>, policy: &Policy) -> R
 
     let mut namespaces = vec![];
     let mut advice = vec![];
-    let (attach_path, attach_reason, ok) = match Probes::load(&LoadOptions { tracing: true, btf, hz: hz_override, ring_bytes: None }) {
+    let (attach_path, attach_reason, ok) = match Probes::load(&LoadOptions {
+        tracing: true,
+        btf,
+        hz: hz_override,
+        ring_bytes: None,
+        attach,
+    }) {
         Err(e) => {
             checks.push(check("load", false, e.to_string()));
-            ("none".to_owned(), format!("the programs did not load: {e}"), false)
+            (
+                "none".to_owned(),
+                format!("the programs did not load: {e}"),
+                false,
+            )
         }
         Ok(mut p) => {
-            checks.push(check("tracing programs", true, format!("{} attached as tp_btf and detached again", PROGRAMS.len())));
+            let path = p.attach.clone().expect("attached by load");
+            checks.push(check(
+                "tracing programs",
+                true,
+                format!("attached via {} and detached again", path.kind),
+            ));
             let iters = p.check_iterators();
             checks.push(check(
                 "BPF iterators",
@@ -133,16 +194,21 @@ pub fn run(btf: Option<PathBuf>, hz_override: Option<u32>, policy: &Policy) -> R
             namespaces = np;
             advice = adv;
             (
-                "tp_btf".to_owned(),
-                "BTF-enabled tracepoints on timer:timer_* (filtered on tcp_keepalive_timer), tcp:tcp_send_reset, \
-                 tcp:tcp_receive_reset and sock:inet_sock_set_state; kato does not use kprobes, and fentry is not \
-                 tried (refused on hosts like this one)"
-                    .to_owned(),
+                path.kind.to_owned(),
+                format!("{}. {} (kprobes are not used)", path.why, path.detail),
                 true,
             )
         }
     };
-    Report { ok, kernel: release, checks, attach_path, attach_reason, namespaces, advice }
+    Report {
+        ok,
+        kernel: release,
+        checks,
+        attach_path,
+        attach_reason,
+        namespaces,
+        advice,
+    }
 }
 
 /// What one idle-timeout rule covers.
@@ -161,9 +227,17 @@ fn is_connection(s: &Socket) -> bool {
 
 fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice>) {
     let own = netns::current().ok().map(|n| n.inode);
-    let targets: Vec<_> = netns::list().into_iter().map(|n| (Some(n.inode) != own).then_some(n)).collect();
-    let names: BTreeMap<u32, String> = netns::list().into_iter().filter_map(|n| Some((n.inode, n.name?))).collect();
-    let Ok(snaps) = snapshot_iter(p, &targets) else { return (vec![], vec![]) };
+    let targets: Vec<_> = netns::list()
+        .into_iter()
+        .map(|n| (Some(n.inode) != own).then_some(n))
+        .collect();
+    let names: BTreeMap<u32, String> = netns::list()
+        .into_iter()
+        .filter_map(|n| Some((n.inode, n.name?)))
+        .collect();
+    let Ok(snaps) = snapshot_iter(p, &targets) else {
+        return (vec![], vec![]);
+    };
     let mut reports = vec![];
     let mut by_rule: BTreeMap<String, RuleTally> = BTreeMap::new();
     for snap in &snaps {
@@ -171,9 +245,17 @@ fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Adv
         if conns.is_empty() && snap.sockets.is_empty() {
             continue;
         }
-        let on: Vec<&&Socket> = conns.iter().filter(|s| s.keepalive.is_some_and(|k| k.enabled)).collect();
+        let on: Vec<&&Socket> = conns
+            .iter()
+            .filter(|s| s.keepalive.is_some_and(|k| k.enabled))
+            .collect();
         let default = |f: fn(&crate::sockets::Keepalive) -> crate::sockets::Source| {
-            on.iter().filter(|s| s.keepalive.is_some_and(|k| f(&k) == crate::sockets::Source::Sysctl)).count()
+            on.iter()
+                .filter(|s| {
+                    s.keepalive
+                        .is_some_and(|k| f(&k) == crate::sockets::Source::Sysctl)
+                })
+                .count()
         };
         reports.push(NetnsReport {
             inode: snap.inode,
@@ -189,9 +271,17 @@ fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Adv
         });
         for s in &conns {
             if let Some((risk, Some(rule))) = policy.classify(s) {
-                let e = by_rule.entry(rule.text.clone()).or_insert_with(|| RuleTally { timeout: rule.timeout, ..Default::default() });
+                let e = by_rule
+                    .entry(rule.text.clone())
+                    .or_insert_with(|| RuleTally {
+                        timeout: rule.timeout,
+                        ..Default::default()
+                    });
                 *e.classes.entry(risk).or_default() += 1;
-                if risk == Risk::AtRisk && s.keepalive.is_some_and(|k| k.idle_s.source == crate::sockets::Source::Sysctl) {
+                if risk == Risk::AtRisk
+                    && s.keepalive
+                        .is_some_and(|k| k.idle_s.source == crate::sockets::Source::Sysctl)
+                {
                     e.at_risk_on_default += 1;
                     e.sysctl_time = snap.sysctls.map(|x| x.time_s);
                 }
@@ -199,7 +289,16 @@ fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Adv
         }
     }
     let mut advice = vec![];
-    for (rule, RuleTally { timeout, classes, at_risk_on_default: on_default, sysctl_time }) in by_rule {
+    for (
+        rule,
+        RuleTally {
+            timeout,
+            classes,
+            at_risk_on_default: on_default,
+            sysctl_time,
+        },
+    ) in by_rule
+    {
         let t = timeout.as_secs();
         for (class, n) in classes {
             let message = match class {
@@ -212,7 +311,12 @@ fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Adv
                 Risk::Unprotected => format!("{n} connections under {rule} have keepalive off: the middlebox will forget them after {t} s idle; enable SO_KEEPALIVE with TCP_KEEPIDLE below {t} s"),
                 Risk::Unknown => continue,
             };
-            advice.push(Advice { rule: rule.clone(), class, sockets: n, message });
+            advice.push(Advice {
+                rule: rule.clone(),
+                class,
+                sockets: n,
+                message,
+            });
         }
     }
     (reports, advice)

@@ -5,9 +5,13 @@ use std::time::Duration;
 /// Parses `<number><unit>` with unit ms, s, m or h.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 500ms, 5m, 2h)"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 500ms, 5m, 2h)"))?;
     let secs = match unit.trim() {
         "ms" => value / 1000.0,
         "s" => value,
@@ -30,7 +34,10 @@ pub fn format(d: Duration) -> String {
     } else if ms < 1000 {
         format!("{ms}ms")
     } else {
-        format!("{}s", format!("{:.3}", d.as_secs_f64()).trim_end_matches('0'))
+        format!(
+            "{}s",
+            format!("{:.3}", d.as_secs_f64()).trim_end_matches('0')
+        )
     }
 }
 

@@ -62,6 +62,8 @@ pub struct Record {
     pub sk_err: i32,
     /// `enum sk_rst_reason`, where the kernel reports one.
     pub reason: Option<u32>,
+    /// Taken inside this socket's own keepalive timer run.
+    pub in_keepalive_timer: bool,
     /// Activity stamps (low 32 bits of jiffies) on timer runs, resets and
     /// FINs: last data received, last data sent, last ACK received.
     pub lrcvtime: u32,
@@ -106,11 +108,13 @@ impl Record {
         if raw.family != AF_INET && raw.family != AF_INET6 {
             return Err(DecodeError::Family(raw.family));
         }
-        if raw.flags & !(flags::TIMER_PENDING | flags::HAS_REASON) != 0 {
+        if raw.flags & !(flags::TIMER_PENDING | flags::HAS_REASON | flags::IN_KEEPALIVE_TIMER) != 0
+        {
             return Err(DecodeError::Flags(raw.flags));
         }
         let state = TcpState::from_raw(raw.state).ok_or(DecodeError::State(raw.state))?;
-        let state_before = TcpState::from_raw(raw.state_before).ok_or(DecodeError::State(raw.state_before))?;
+        let state_before =
+            TcpState::from_raw(raw.state_before).ok_or(DecodeError::State(raw.state_before))?;
         Ok(Record {
             kind,
             ts_ns: raw.ts_ns,
@@ -127,6 +131,7 @@ impl Record {
             probes_before: raw.probes_before,
             sk_err: raw.sk_err,
             reason: (raw.flags & flags::HAS_REASON != 0).then_some(raw.reason),
+            in_keepalive_timer: raw.flags & flags::IN_KEEPALIVE_TIMER != 0,
             lrcvtime: raw.lrcvtime,
             lsndtime: raw.lsndtime,
             rcv_tstamp: raw.rcv_tstamp,
@@ -135,10 +140,29 @@ impl Record {
         })
     }
 
+    /// A reset's cause: the kernel's reason by name (`name` maps codes), or
+    /// where the kernel gives none (before 6.12), what the context proves —
+    /// a reset sent from the socket's own keepalive timer while established
+    /// is the keepalive timeout (the timer's other reset ends FIN_WAIT2).
+    /// The flag says whether it was inferred.
+    pub fn reset_reason(&self, name: impl Fn(u32) -> String) -> Option<(String, bool)> {
+        match self.reason {
+            Some(code) => Some((name(code), false)),
+            None if self.in_keepalive_timer && self.state != TcpState::FinWait2 => {
+                Some(("TCP_KEEPALIVE_TIMEOUT".into(), true))
+            }
+            None => None,
+        }
+    }
+
     fn has_stamps(&self) -> bool {
         matches!(
             self.kind,
-            RecordKind::Fired | RecordKind::ResetSent | RecordKind::ResetReceived | RecordKind::FinReceived | RecordKind::FinSent
+            RecordKind::Fired
+                | RecordKind::ResetSent
+                | RecordKind::ResetReceived
+                | RecordKind::FinReceived
+                | RecordKind::FinSent
         )
     }
 
@@ -159,13 +183,15 @@ impl Record {
     /// Seconds since the peer was last heard from (data or ACK): the idle
     /// time keepalive measures (`keepalive_time_elapsed()`).
     pub fn idle_secs(&self, hz: u32) -> Option<f64> {
-        self.has_stamps().then(|| self.since(Self::later(self.lrcvtime, self.rcv_tstamp), hz))
+        self.has_stamps()
+            .then(|| self.since(Self::later(self.lrcvtime, self.rcv_tstamp), hz))
     }
 
     /// Seconds since data last moved either way: how long a connection sat
     /// idle (e.g. before a FIN).
     pub fn data_idle_secs(&self, hz: u32) -> Option<f64> {
-        self.has_stamps().then(|| self.since(Self::later(self.lrcvtime, self.lsndtime), hz))
+        self.has_stamps()
+            .then(|| self.since(Self::later(self.lrcvtime, self.lsndtime), hz))
     }
 
     /// Data was sent after the last ACK arrived: on a socket in CLOSE_WAIT,
@@ -264,7 +290,10 @@ impl Kind {
 
     /// Did the keepalive timer run for this event?
     pub fn is_firing(self) -> bool {
-        matches!(self, Kind::Fired | Kind::ProbeSent | Kind::PeerAnswered | Kind::KeepaliveTimeout)
+        matches!(
+            self,
+            Kind::Fired | Kind::ProbeSent | Kind::PeerAnswered | Kind::KeepaliveTimeout
+        )
     }
 }
 
@@ -294,11 +323,15 @@ pub struct Deriver {
 
 impl Deriver {
     pub fn with_idle_kill(hz: u32, min_secs: f64) -> Self {
-        Self { idle_kill: Some((hz, min_secs)), ..Self::default() }
+        Self {
+            idle_kill: Some((hz, min_secs)),
+            ..Self::default()
+        }
     }
 
     fn idle_kill(&self, rec: &Record) -> bool {
-        self.idle_kill.is_some_and(|(hz, min)| rec.idle_secs(hz).is_some_and(|i| i >= min))
+        self.idle_kill
+            .is_some_and(|(hz, min)| rec.idle_secs(hz).is_some_and(|i| i >= min))
     }
 
     /// Appends the events `rec` stands for to `out`.
@@ -352,7 +385,6 @@ impl Deriver {
             }
         }
     }
-
 }
 
 #[cfg(test)]
@@ -379,7 +411,8 @@ pub(crate) mod tests {
 
     pub fn bytes(e: &RawEvent) -> Vec<u8> {
         // SAFETY: RawEvent is repr(C) plain data with explicit padding.
-        unsafe { std::slice::from_raw_parts((e as *const RawEvent).cast::<u8>(), EVENT_SIZE) }.to_vec()
+        unsafe { std::slice::from_raw_parts((e as *const RawEvent).cast::<u8>(), EVENT_SIZE) }
+            .to_vec()
     }
 
     #[test]
@@ -394,6 +427,37 @@ pub(crate) mod tests {
         assert_eq!(r.state, TcpState::Established);
         assert_eq!(r.timer_remaining(250), Some(1.0));
         assert_eq!(r.reason, None);
+    }
+
+    /// Before 6.12 resets carry no reason; one sent from the socket's own
+    /// keepalive timer while established is the keepalive timeout.
+    #[test]
+    fn reset_reason_inferred_only_from_the_keepalive_timer() {
+        let name = |c: u32| format!("R{c}");
+        let mut e = raw(kind::RESET_SENT);
+        let plain = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!(plain.reset_reason(name), None);
+        e.flags = flags::IN_KEEPALIVE_TIMER;
+        let r = Record::decode(&bytes(&e)).unwrap();
+        assert!(r.in_keepalive_timer);
+        assert_eq!(
+            r.reset_reason(name),
+            Some(("TCP_KEEPALIVE_TIMEOUT".into(), true))
+        );
+        e.state = 5; // FIN_WAIT2: the timer's other reset
+        assert_eq!(Record::decode(&bytes(&e)).unwrap().reset_reason(name), None);
+        e.flags |= flags::HAS_REASON;
+        e.reason = 15;
+        assert_eq!(
+            Record::decode(&bytes(&e)).unwrap().reset_reason(name),
+            Some(("R15".into(), false)),
+            "the kernel's word wins"
+        );
+        e.flags = 1 << 3;
+        assert!(
+            Record::decode(&bytes(&e)).is_err(),
+            "unknown flag bits are errors"
+        );
     }
 
     #[test]
@@ -422,19 +486,49 @@ pub(crate) mod tests {
     #[test]
     fn rejects_bad_records() {
         let good = bytes(&raw(kind::ARMED));
-        assert_eq!(Record::decode(&good[..EVENT_SIZE - 1]), Err(DecodeError::Length(EVENT_SIZE - 1)));
+        assert_eq!(
+            Record::decode(&good[..EVENT_SIZE - 1]),
+            Err(DecodeError::Length(EVENT_SIZE - 1))
+        );
         assert_eq!(Record::decode(&[]), Err(DecodeError::Length(0)));
         let mut long = good.clone();
         long.push(0);
-        assert_eq!(Record::decode(&long), Err(DecodeError::Length(EVENT_SIZE + 1)));
+        assert_eq!(
+            Record::decode(&long),
+            Err(DecodeError::Length(EVENT_SIZE + 1))
+        );
         for (field, want) in [
             (raw(0), DecodeError::Kind(0)),
             (raw(9), DecodeError::Kind(9)),
             (raw(99), DecodeError::Kind(99)),
-            (RawEvent { family: 1, ..raw(kind::ARMED) }, DecodeError::Family(1)),
-            (RawEvent { state: 0, ..raw(kind::ARMED) }, DecodeError::State(0)),
-            (RawEvent { state_before: 13, ..raw(kind::ARMED) }, DecodeError::State(13)),
-            (RawEvent { flags: 1 << 7, ..raw(kind::ARMED) }, DecodeError::Flags(1 << 7)),
+            (
+                RawEvent {
+                    family: 1,
+                    ..raw(kind::ARMED)
+                },
+                DecodeError::Family(1),
+            ),
+            (
+                RawEvent {
+                    state: 0,
+                    ..raw(kind::ARMED)
+                },
+                DecodeError::State(0),
+            ),
+            (
+                RawEvent {
+                    state_before: 13,
+                    ..raw(kind::ARMED)
+                },
+                DecodeError::State(13),
+            ),
+            (
+                RawEvent {
+                    flags: 1 << 7,
+                    ..raw(kind::ARMED)
+                },
+                DecodeError::Flags(1 << 7),
+            ),
         ] {
             assert_eq!(Record::decode(&bytes(&field)), Err(want));
         }
@@ -446,11 +540,20 @@ pub(crate) mod tests {
         e.flags = flags::TIMER_PENDING;
         e.jiffies = u64::MAX - 124;
         e.expires = 125; // 250 jiffies later, past the wrap
-        assert_eq!(Record::decode(&bytes(&e)).unwrap().timer_remaining(250), Some(1.0));
+        assert_eq!(
+            Record::decode(&bytes(&e)).unwrap().timer_remaining(250),
+            Some(1.0)
+        );
     }
 
     fn fired(probes_before: u8, probes_out: u8, state: u8, sk_err: i32) -> Record {
-        let e = RawEvent { probes_before, probes_out, state, sk_err, ..raw(kind::FIRED) };
+        let e = RawEvent {
+            probes_before,
+            probes_out,
+            state,
+            sk_err,
+            ..raw(kind::FIRED)
+        };
         Record::decode(&bytes(&e)).unwrap()
     }
 
@@ -468,7 +571,13 @@ pub(crate) mod tests {
         d.derive(&fired(1, 2, 1, 0), &mut out);
         out.clear();
         d.derive(&fired(0, 0, 1, 0), &mut out);
-        assert_eq!(out, [Derived { kind: Kind::PeerAnswered, probes: 2 }]);
+        assert_eq!(
+            out,
+            [Derived {
+                kind: Kind::PeerAnswered,
+                probes: 2
+            }]
+        );
     }
 
     #[test]
@@ -477,7 +586,10 @@ pub(crate) mod tests {
         assert_eq!(run(&mut d, &fired(0, 1, 1, 0)), [Kind::ProbeSent]);
         assert_eq!(run(&mut d, &fired(1, 2, 1, 0)), [Kind::ProbeSent]);
         assert_eq!(run(&mut d, &fired(2, 3, 1, 0)), [Kind::ProbeSent]);
-        assert_eq!(run(&mut d, &fired(3, 3, 7, ETIMEDOUT)), [Kind::KeepaliveTimeout]);
+        assert_eq!(
+            run(&mut d, &fired(3, 3, 7, ETIMEDOUT)),
+            [Kind::KeepaliveTimeout]
+        );
         assert!(d.unanswered.is_empty(), "closed socket forgotten");
     }
 
@@ -490,16 +602,30 @@ pub(crate) mod tests {
         assert_eq!(run(&mut d, &fired(0, 0, 1, 0)), [Kind::PeerAnswered]);
         assert_eq!(run(&mut d, &fired(0, 1, 1, 0)), [Kind::ProbeSent]);
         // Answered and immediately idle long enough to probe again.
-        assert_eq!(run(&mut d, &fired(0, 1, 1, 0)), [Kind::PeerAnswered, Kind::ProbeSent]);
+        assert_eq!(
+            run(&mut d, &fired(0, 1, 1, 0)),
+            [Kind::PeerAnswered, Kind::ProbeSent]
+        );
     }
 
     #[test]
     fn close_without_etimedout_is_not_a_keepalive_timeout() {
         let mut d = Deriver::default();
         assert_eq!(run(&mut d, &fired(0, 0, 7, 0)), [Kind::Fired]);
-        let e = RawEvent { probes_before: 3, probes_out: 3, state: 7, state_before: 7, sk_err: ETIMEDOUT, ..raw(kind::FIRED) };
+        let e = RawEvent {
+            probes_before: 3,
+            probes_out: 3,
+            state: 7,
+            state_before: 7,
+            sk_err: ETIMEDOUT,
+            ..raw(kind::FIRED)
+        };
         let already_closed = Record::decode(&bytes(&e)).unwrap();
-        assert_eq!(run(&mut d, &already_closed), [Kind::Fired], "closed before this run");
+        assert_eq!(
+            run(&mut d, &already_closed),
+            [Kind::Fired],
+            "closed before this run"
+        );
     }
 
     #[test]
@@ -510,9 +636,17 @@ pub(crate) mod tests {
         (e.lrcvtime, e.rcv_tstamp, e.lsndtime) = (500, 250, 999);
         let r = Record::decode(&bytes(&e)).unwrap();
         assert_eq!(run(&mut d, &r), [Kind::ResetReceived]);
-        assert_eq!(r.idle_secs(250), Some(2.0), "since the later of data (500) and ACK (250)");
+        assert_eq!(
+            r.idle_secs(250),
+            Some(2.0),
+            "since the later of data (500) and ACK (250)"
+        );
         assert_eq!(r.data_idle_secs(250), Some(0.004), "data sent at 999");
-        let closed = Record::decode(&bytes(&RawEvent { state: 7, ..raw(kind::CLOSED) })).unwrap();
+        let closed = Record::decode(&bytes(&RawEvent {
+            state: 7,
+            ..raw(kind::CLOSED)
+        }))
+        .unwrap();
         assert_eq!(run(&mut d, &closed), [Kind::Closed]);
         assert_eq!(closed.idle_secs(250), None);
         assert!(d.unanswered.is_empty(), "closed socket forgotten");
@@ -522,22 +656,61 @@ pub(crate) mod tests {
     fn stale_reuse_and_idle_kills() {
         let mut d = Deriver::with_idle_kill(250, 3.0);
         // CLOSE_WAIT (FIN in, ACK at 400), data written at 900, RST back at 1000.
-        let e = RawEvent { state: 8, lrcvtime: 300, rcv_tstamp: 400, lsndtime: 900, ..raw(kind::RESET_RECEIVED) };
+        let e = RawEvent {
+            state: 8,
+            lrcvtime: 300,
+            rcv_tstamp: 400,
+            lsndtime: 900,
+            ..raw(kind::RESET_RECEIVED)
+        };
         let stale = Record::decode(&bytes(&e)).unwrap();
         assert_eq!(run(&mut d, &stale), [Kind::ResetReceived, Kind::StaleReuse]);
         assert_eq!(stale.reuse_gap_secs(250), 2.4);
         // ESTABLISHED, silent since 0 (4 s), our write at 999 met a RST: a NAT forgot us.
-        let e = RawEvent { lrcvtime: 0, rcv_tstamp: 0, lsndtime: 999, ..raw(kind::RESET_RECEIVED) };
-        assert_eq!(run(&mut d, &Record::decode(&bytes(&e)).unwrap()), [Kind::ResetReceived, Kind::IdleKillSuspected]);
+        let e = RawEvent {
+            lrcvtime: 0,
+            rcv_tstamp: 0,
+            lsndtime: 999,
+            ..raw(kind::RESET_RECEIVED)
+        };
+        assert_eq!(
+            run(&mut d, &Record::decode(&bytes(&e)).unwrap()),
+            [Kind::ResetReceived, Kind::IdleKillSuspected]
+        );
         // Recently active: an ordinary reset.
-        let e = RawEvent { lrcvtime: 900, rcv_tstamp: 900, ..raw(kind::RESET_RECEIVED) };
-        assert_eq!(run(&mut d, &Record::decode(&bytes(&e)).unwrap()), [Kind::ResetReceived]);
+        let e = RawEvent {
+            lrcvtime: 900,
+            rcv_tstamp: 900,
+            ..raw(kind::RESET_RECEIVED)
+        };
+        assert_eq!(
+            run(&mut d, &Record::decode(&bytes(&e)).unwrap()),
+            [Kind::ResetReceived]
+        );
         // Keepalive gave up after 4 s of silence.
-        let e = RawEvent { probes_before: 3, probes_out: 3, state: 7, sk_err: 110, ..raw(kind::FIRED) };
-        assert_eq!(run(&mut d, &Record::decode(&bytes(&e)).unwrap()), [Kind::KeepaliveTimeout, Kind::IdleKillSuspected]);
+        let e = RawEvent {
+            probes_before: 3,
+            probes_out: 3,
+            state: 7,
+            sk_err: 110,
+            ..raw(kind::FIRED)
+        };
+        assert_eq!(
+            run(&mut d, &Record::decode(&bytes(&e)).unwrap()),
+            [Kind::KeepaliveTimeout, Kind::IdleKillSuspected]
+        );
         // Off by default.
-        let e = RawEvent { lsndtime: 999, ..raw(kind::RESET_RECEIVED) };
-        assert_eq!(run(&mut Deriver::default(), &Record::decode(&bytes(&e)).unwrap()), [Kind::ResetReceived]);
+        let e = RawEvent {
+            lsndtime: 999,
+            ..raw(kind::RESET_RECEIVED)
+        };
+        assert_eq!(
+            run(
+                &mut Deriver::default(),
+                &Record::decode(&bytes(&e)).unwrap()
+            ),
+            [Kind::ResetReceived]
+        );
     }
 
     #[test]

@@ -33,21 +33,26 @@ impl Filter {
         fn any<T>(v: &[T], f: impl Fn(&T) -> bool) -> bool {
             v.is_empty() || v.iter().any(f)
         }
-        any(&self.ports, |p: &u16| rec.local.port() == *p || rec.remote.port() == *p)
-            && any(&self.addrs, |a: &IpAddr| {
-                let a = canonical(*a);
-                canonical(rec.local.ip()) == a || canonical(rec.remote.ip()) == a
-            })
-            && any(&self.netns, |n: &u32| rec.netns == *n)
+        any(&self.ports, |p: &u16| {
+            rec.local.port() == *p || rec.remote.port() == *p
+        }) && any(&self.addrs, |a: &IpAddr| {
+            let a = canonical(*a);
+            canonical(rec.local.ip()) == a || canonical(rec.remote.ip()) == a
+        }) && any(&self.netns, |n: &u32| rec.netns == *n)
             && any(&self.pids, |p: &u32| owner.is_some_and(|o| o.pid == *p))
-            && any(&self.comms, |c: &String| owner.is_some_and(|o| o.comm == *c))
+            && any(&self.comms, |c: &String| {
+                owner.is_some_and(|o| o.comm == *c)
+            })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{tests::{bytes, raw}, Record};
+    use crate::event::{
+        tests::{bytes, raw},
+        Record,
+    };
 
     fn rec() -> Record {
         Record::decode(&bytes(&raw(keepalive_common::kind::ARMED))).unwrap()
@@ -70,18 +75,34 @@ mod tests {
         assert!(!f(vec![22], vec![]).matches(&rec(), None));
         assert!(f(vec![], vec!["127.0.0.2"]).matches(&rec(), None));
         assert!(f(vec![], vec!["::ffff:127.0.0.1"]).matches(&rec(), None));
-        assert!(!f(vec![8080], vec!["10.0.0.1"]).matches(&rec(), None), "all filters must hold");
+        assert!(
+            !f(vec![8080], vec!["10.0.0.1"]).matches(&rec(), None),
+            "all filters must hold"
+        );
     }
 
     #[test]
     fn owner_filters_need_an_owner() {
-        let f = Filter { pids: vec![42], ..Default::default() };
+        let f = Filter {
+            pids: vec![42],
+            ..Default::default()
+        };
         assert!(f.needs_owner());
         assert!(!f.matches(&rec(), None));
-        let o = Owner { pid: 42, comm: "curl".into() };
+        let o = Owner {
+            pid: 42,
+            comm: "curl".into(),
+        };
         assert!(f.matches(&rec(), Some(&o)));
-        let f = Filter { comms: vec!["wget".into()], ..Default::default() };
+        let f = Filter {
+            comms: vec!["wget".into()],
+            ..Default::default()
+        };
         assert!(!f.matches(&rec(), Some(&o)));
-        assert!(!Filter { netns: vec![1], ..Default::default() }.matches(&rec(), None));
+        assert!(!Filter {
+            netns: vec![1],
+            ..Default::default()
+        }
+        .matches(&rec(), None));
     }
 }

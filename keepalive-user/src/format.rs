@@ -42,6 +42,9 @@ pub struct TraceEvent {
     pub turns_in: Option<u32>,
     pub reset_reason: Option<String>,
     pub reset_reason_code: Option<u32>,
+    /// The kernel gave no reason (before 6.12); kato named it from where
+    /// the reset was sent.
+    pub reset_reason_inferred: bool,
     pub sk_err: i32,
     pub netns: u32,
     pub inode: u64,
@@ -62,6 +65,12 @@ pub struct Formatter<'a> {
 
 impl Formatter<'_> {
     pub fn event(&self, rec: &Record, d: Derived, owner: Option<&Owner>) -> TraceEvent {
+        let reason = rec.reset_reason(|r| {
+            self.reasons
+                .get(&r)
+                .cloned()
+                .unwrap_or_else(|| format!("UNKNOWN_{r}"))
+        });
         TraceEvent {
             time: timefmt::rfc3339(self.clock.unix_ns(rec.ts_ns)),
             ts_ns: rec.ts_ns,
@@ -74,14 +83,20 @@ impl Formatter<'_> {
             timer_remaining_s: rec.timer_remaining(self.hz).map(round3),
             idle_s: rec.idle_secs(self.hz).map(round3),
             data_idle_s: rec.data_idle_secs(self.hz).map(round3),
-            reuse_after_s: (d.kind == Kind::StaleReuse).then(|| round3(rec.reuse_gap_secs(self.hz))),
+            reuse_after_s: (d.kind == Kind::StaleReuse)
+                .then(|| round3(rec.reuse_gap_secs(self.hz))),
             idle_timeout: (d.kind == Kind::IdleKillSuspected)
-                .then(|| self.policy.lookup(rec.local, rec.remote).map(|r| r.text.clone()))
+                .then(|| {
+                    self.policy
+                        .lookup(rec.local, rec.remote)
+                        .map(|r| r.text.clone())
+                })
                 .flatten(),
             turns_out: (self.turns && d.kind == Kind::Closed).then_some(rec.turns_out),
             turns_in: (self.turns && d.kind == Kind::Closed).then_some(rec.turns_in),
-            reset_reason: rec.reason.map(|r| self.reasons.get(&r).cloned().unwrap_or_else(|| format!("UNKNOWN_{r}"))),
+            reset_reason: reason.as_ref().map(|r| r.0.clone()),
             reset_reason_code: rec.reason,
+            reset_reason_inferred: reason.is_some_and(|r| r.1),
             sk_err: rec.sk_err,
             netns: rec.netns,
             inode: rec.ino,
@@ -100,7 +115,10 @@ pub const TABLE_HEADER: &str = "TIME(UTC)       EVENT               LOCAL       
 
 /// One table line, columns aligned with [`TABLE_HEADER`].
 pub fn table_line(e: &TraceEvent) -> String {
-    let timer = e.timer_remaining_s.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "-".into());
+    let timer = e
+        .timer_remaining_s
+        .map(|s| format!("{s:.2}s"))
+        .unwrap_or_else(|| "-".into());
     let reason = match (e.event, &e.reset_reason, e.idle_s, e.reuse_after_s) {
         (_, Some(r), _, _) => r.clone(),
         ("stale_reuse", _, _, Some(gap)) => format!("reused after {gap:.2}s idle"),
@@ -108,7 +126,10 @@ pub fn table_line(e: &TraceEvent) -> String {
             Some(rule) => format!("idle {idle:.1}s ({rule})"),
             None => format!("idle {idle:.1}s"),
         },
-        ("fin_sent" | "fin_received", _, _, _) => e.data_idle_s.map(|i| format!("after {i:.2}s idle")).unwrap_or_else(|| "-".into()),
+        ("fin_sent" | "fin_received", _, _, _) => e
+            .data_idle_s
+            .map(|i| format!("after {i:.2}s idle"))
+            .unwrap_or_else(|| "-".into()),
         ("closed", _, _, _) => match (e.turns_out, e.turns_in) {
             (Some(o), Some(i)) => format!("turns {o} out/{i} in"),
             _ => "-".into(),
@@ -151,9 +172,25 @@ mod tests {
         let rec = Record::decode(&bytes(&e)).unwrap();
         let reasons = BTreeMap::from([(15, "TCP_KEEPALIVE_TIMEOUT".to_owned())]);
         let policy = crate::policy::Policy::default();
-        let f = Formatter { clock: Clock::new(), hz: 250, reasons: &reasons, policy: &policy, turns: false };
-        let owner = Owner { pid: 42, comm: "client".into() };
-        f.event(&rec, Derived { kind: Kind::ResetSent, probes: 3 }, Some(&owner))
+        let f = Formatter {
+            clock: Clock::new(),
+            hz: 250,
+            reasons: &reasons,
+            policy: &policy,
+            turns: false,
+        };
+        let owner = Owner {
+            pid: 42,
+            comm: "client".into(),
+        };
+        f.event(
+            &rec,
+            Derived {
+                kind: Kind::ResetSent,
+                probes: 3,
+            },
+            Some(&owner),
+        )
     }
 
     #[test]
@@ -186,9 +223,17 @@ mod tests {
             ("PID/COMM", "42/client"),
         ] {
             let at = TABLE_HEADER.find(col).unwrap();
-            assert!(line[at..].starts_with(value), "column {col}:\n{TABLE_HEADER}\n{line}");
+            assert!(
+                line[at..].starts_with(value),
+                "column {col}:\n{TABLE_HEADER}\n{line}"
+            );
         }
-        let unknown = TraceEvent { reset_reason: None, pid: None, timer_remaining_s: None, ..sample() };
+        let unknown = TraceEvent {
+            reset_reason: None,
+            pid: None,
+            timer_remaining_s: None,
+            ..sample()
+        };
         assert!(table_line(&unknown).contains(" - "));
     }
 }

@@ -7,7 +7,7 @@ use std::io::Read as _;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Iter},
+    programs::{BtfTracePoint, FEntry, FExit, Iter, Program},
     Ebpf, EbpfLoader,
 };
 use keepalive_common::{counter, OwnerRecord, SockRecord, OWNER_RECORD_SIZE, SOCK_RECORD_SIZE};
@@ -22,7 +22,9 @@ use crate::{
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
 
-/// (program, tracepoint) pairs, attached as BTF-enabled raw tracepoints.
+/// The tracepoint path: (program, tracepoint) pairs, attached as
+/// BTF-enabled raw tracepoints. The `timer:*` ones see every kernel timer
+/// and filter on `tcp_keepalive_timer`.
 pub const PROGRAMS: [(&str, &str); 7] = [
     ("timer_start", "timer_start"),
     ("timer_expire_entry", "timer_expire_entry"),
@@ -32,6 +34,69 @@ pub const PROGRAMS: [(&str, &str); 7] = [
     ("tcp_receive_reset", "tcp_receive_reset"),
     ("inet_sock_set_state", "inet_sock_set_state"),
 ];
+
+/// The fentry path: trampolines on the keepalive functions themselves
+/// (program, kernel function). No other timer runs kato's code.
+pub const FENTRY_PROGRAMS: [(&str, &str); 3] = [
+    ("fentry_keepalive_timer", "tcp_keepalive_timer"),
+    ("fexit_keepalive_timer", "tcp_keepalive_timer"),
+    ("fentry_send_active_reset", "tcp_send_active_reset"),
+];
+
+/// fentry path, arming and disarming: where the kernel has these functions
+/// out of line (6.1 does; newer kernels inline them), else `timer_start`
+/// and `timer_cancel` (filtered) as on the tracepoint path.
+pub const FENTRY_ARMING: [(&str, &str); 2] = [
+    (
+        "fexit_reset_keepalive_timer",
+        "inet_csk_reset_keepalive_timer",
+    ),
+    (
+        "fentry_delete_keepalive_timer",
+        "inet_csk_delete_keepalive_timer",
+    ),
+];
+const TRACEPOINT_ARMING: [(&str, &str); 2] = [
+    ("timer_start", "timer_start"),
+    ("timer_cancel", "timer_cancel"),
+];
+
+/// Both paths: tracepoints that fire only on TCP events (no filtering).
+const TCP_TRACEPOINTS: [(&str, &str); 2] = [
+    ("tcp_receive_reset", "tcp_receive_reset"),
+    ("inet_sock_set_state", "inet_sock_set_state"),
+];
+
+/// Which way the programs reach the kernel (`--attach`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// fentry/fexit where the kernel allows it, else tracepoints.
+    #[default]
+    Auto,
+    /// fentry/fexit on the keepalive functions; fail if the kernel refuses.
+    Fentry,
+    /// BTF tracepoints (`timer:*` filtered on the keepalive timer).
+    Tracepoint,
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Self as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| format!("`{s}` is not one of auto, fentry, tracepoint"))
+    }
+}
+
+/// The attach path taken, and why (`kato doctor`, trace banner, metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachPath {
+    /// `fentry` or `tp_btf`.
+    pub kind: &'static str,
+    /// What is attached where.
+    pub detail: String,
+    /// Why this path: forced, or what the kernel said to the other one.
+    pub why: String,
+}
 
 /// Empty programs on the same tracepoints (benchmark floor only).
 pub const FLOOR_PROGRAMS: [(&str, &str); 7] = [
@@ -45,15 +110,14 @@ pub const FLOOR_PROGRAMS: [(&str, &str); 7] = [
 ];
 
 /// Opt-in: request/response turns from every send/recv (HTTP keep-alive view).
-pub const TURN_PROGRAMS: [(&str, &str); 2] = [("sock_send_length", "sock_send_length"), ("sock_recv_length", "sock_recv_length")];
+pub const TURN_PROGRAMS: [(&str, &str); 2] = [
+    ("sock_send_length", "sock_send_length"),
+    ("sock_recv_length", "sock_recv_length"),
+];
 
 /// BPF iterators: (program, iterator type).
 pub const ITER_TCP: (&str, &str) = ("kato_iter_tcp", "tcp");
 pub const ITER_TASK_FILE: (&str, &str) = ("kato_iter_task_file", "task_file");
-
-/// How the programs reach the kernel (the only path so far: this kernel has
-/// no kprobes and refuses fentry).
-pub const ATTACH_KIND: &str = "tp_btf";
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -67,7 +131,7 @@ pub enum LoadError {
     Object(#[from] aya::EbpfError),
     #[error("eBPF program `{name}` is missing from the object")]
     MissingProgram { name: &'static str },
-    #[error("cannot load or attach `{name}` to tracepoint {tracepoint}: {source}")]
+    #[error("cannot load or attach `{name}` to {tracepoint}: {source}")]
     Program {
         name: &'static str,
         tracepoint: &'static str,
@@ -76,13 +140,31 @@ pub enum LoadError {
     #[error("eBPF map `{0}` is missing or of the wrong type")]
     Map(&'static str),
     #[error("BPF iterator `{name}`: {source}")]
-    Iterator { name: &'static str, source: std::io::Error },
-    #[error("BPF iterator `{name}` returned {len} bytes, not a whole number of {record}-byte records")]
-    Torn { name: &'static str, len: usize, record: usize },
+    Iterator {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "BPF iterator `{name}` returned {len} bytes, not a whole number of {record}-byte records"
+    )]
+    Torn {
+        name: &'static str,
+        len: usize,
+        record: usize,
+    },
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("internal: programs opened without kernel symbols cannot trace (LoadOptions::tracing)")]
+    #[error(
+        "internal: programs opened without kernel symbols cannot trace (LoadOptions::tracing)"
+    )]
     NotForTracing,
+    #[error("--attach fentry: {}", tidy(.0))]
+    FentryRefused(Box<LoadError>),
+    #[error("the kernel's BTF has no function {name} to attach fentry/fexit to ({source})")]
+    NoFunction {
+        name: &'static str,
+        source: crate::btf::BtfError,
+    },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -96,6 +178,8 @@ pub struct LoadOptions {
     /// Ring buffer size in bytes (a power of two, at least a page); tests
     /// shrink it to provoke overruns.
     pub ring_bytes: Option<u32>,
+    /// fentry, tracepoints, or the best the kernel allows.
+    pub attach: AttachMode,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -106,6 +190,8 @@ pub struct Counters {
     /// Events dropped because a kernel read failed.
     pub read_failed: u64,
     pub emitted: u64,
+    /// Offset of the last kernel read that failed (on any CPU), if one did.
+    pub last_failed_offset: Option<u32>,
 }
 
 /// kato's eBPF object in the kernel. Dropping it detaches every program.
@@ -113,12 +199,31 @@ pub struct Probes {
     ebpf: Ebpf,
     btf: aya::Btf,
     pub kernel: KernelInfo,
+    /// Set once the tracing programs are attached.
+    pub attach: Option<AttachPath>,
+}
+
+/// An error as one sentence: aya appends an empty "Verifier output:" when
+/// the kernel refused before verifying.
+fn tidy(e: &LoadError) -> String {
+    let s = e.to_string();
+    let s = s.trim_end();
+    let s = s.strip_suffix("Verifier output:").unwrap_or(s).trim_end();
+    s.strip_suffix('.').unwrap_or(s).to_owned()
 }
 
 /// Decodes a whole number of `T` records.
-fn records<T: Copy + Default>(name: &'static str, bytes: &[u8], size: usize) -> Result<Vec<T>, LoadError> {
+fn records<T: Copy + Default>(
+    name: &'static str,
+    bytes: &[u8],
+    size: usize,
+) -> Result<Vec<T>, LoadError> {
     if !bytes.len().is_multiple_of(size) {
-        return Err(LoadError::Torn { name, len: bytes.len(), record: size });
+        return Err(LoadError::Torn {
+            name,
+            len: bytes.len(),
+            record: size,
+        });
     }
     Ok(bytes
         .chunks_exact(size)
@@ -146,21 +251,144 @@ impl Probes {
             .override_global("KATO_ITER_CONFIG", &kernel.iter_config, true)
             .load(OBJECT)?;
         log::debug!("object loaded at {:?}", t.elapsed());
-        Ok(Self { ebpf, btf, kernel })
+        Ok(Self {
+            ebpf,
+            btf,
+            kernel,
+            attach: None,
+        })
     }
 
     /// Loads and attaches the tracing programs (`kato trace`, the agent).
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
-        let mut p = Self::open(&LoadOptions { tracing: true, ..opts.clone() })?;
-        p.attach_tracing()?;
+        let mut p = Self::open(&LoadOptions {
+            tracing: true,
+            ..opts.clone()
+        })?;
+        p.attach_tracing(opts.attach)?;
         Ok(p)
     }
 
-    pub fn attach_tracing(&mut self) -> Result<(), LoadError> {
+    /// Probe, then degrade: fentry/fexit first (unless told otherwise),
+    /// tracepoints when the kernel refuses trampolines or lacks a function.
+    pub fn attach_tracing(&mut self, mode: AttachMode) -> Result<(), LoadError> {
         if self.kernel.config.keepalive_fn == 0 {
             return Err(LoadError::NotForTracing);
         }
-        self.attach_btf_tracepoints(&PROGRAMS)
+        let path = match mode {
+            AttachMode::Tracepoint => {
+                self.attach_tracepoint_path("forced with --attach tracepoint".into())?
+            }
+            AttachMode::Fentry => self
+                .attach_fentry_path("forced with --attach fentry".into())
+                .map_err(|e| LoadError::FentryRefused(Box::new(e)))?,
+            AttachMode::Auto => match self
+                .attach_fentry_path("the kernel accepts fentry/fexit trampolines".into())
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = tidy(&e);
+                    log::info!("fentry path unavailable, using tracepoints: {e}");
+                    self.unload_fentry();
+                    self.attach_tracepoint_path(format!("fentry/fexit unavailable: {e}"))?
+                }
+            },
+        };
+        log::debug!("attached via {}: {}", path.kind, path.detail);
+        self.attach = Some(path);
+        Ok(())
+    }
+
+    fn attach_tracepoint_path(&mut self, why: String) -> Result<AttachPath, LoadError> {
+        self.attach_btf_tracepoints(&PROGRAMS)?;
+        Ok(AttachPath {
+            kind: "tp_btf",
+            detail: "BTF tracepoints timer:timer_start/expire_entry/expire_exit/cancel (every kernel timer, filtered \
+                     on tcp_keepalive_timer), tcp:tcp_send_reset, tcp:tcp_receive_reset, sock:inet_sock_set_state"
+                .into(),
+            why,
+        })
+    }
+
+    fn attach_fentry_path(&mut self, why: String) -> Result<AttachPath, LoadError> {
+        for &(name, function) in &FENTRY_PROGRAMS {
+            self.attach_trampoline(name, function)?;
+        }
+        let arming_fns = FENTRY_ARMING
+            .iter()
+            .all(|(_, f)| self.kernel.btf.function_args(f).is_ok());
+        let arming = if arming_fns {
+            for &(name, function) in &FENTRY_ARMING {
+                self.attach_trampoline(name, function)?;
+            }
+            "fexit inet_csk_reset_keepalive_timer, fentry inet_csk_delete_keepalive_timer"
+        } else {
+            // Inlined on this kernel: arming is seen on the timer tracepoints.
+            self.attach_btf_tracepoints(&TRACEPOINT_ARMING)?;
+            "timer:timer_start/cancel (filtered; the arming functions are inlined on this kernel)"
+        };
+        self.attach_btf_tracepoints(&TCP_TRACEPOINTS)?;
+        Ok(AttachPath {
+            kind: "fentry",
+            detail: format!(
+                "fentry/fexit tcp_keepalive_timer, fentry tcp_send_active_reset; arming: {arming}; \
+                 tcp:tcp_receive_reset, sock:inet_sock_set_state"
+            ),
+            why,
+        })
+    }
+
+    /// Loads and attaches one fentry or fexit program to `function`.
+    fn attach_trampoline(
+        &mut self,
+        name: &'static str,
+        function: &'static str,
+    ) -> Result<(), LoadError> {
+        self.kernel
+            .btf
+            .function_args(function)
+            .map_err(|source| LoadError::NoFunction {
+                name: function,
+                source,
+            })?;
+        let err = |source| LoadError::Program {
+            name,
+            tracepoint: function,
+            source,
+        };
+        let btf = &self.btf;
+        match self
+            .ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram { name })?
+        {
+            Program::FEntry(p) => {
+                p.load(function, btf).map_err(err)?;
+                p.attach().map_err(err)?;
+            }
+            Program::FExit(p) => {
+                p.load(function, btf).map_err(err)?;
+                p.attach().map_err(err)?;
+            }
+            _ => return Err(LoadError::MissingProgram { name }),
+        }
+        Ok(())
+    }
+
+    /// Undoes a partly attached fentry path before falling back.
+    fn unload_fentry(&mut self) {
+        for &(name, _) in FENTRY_PROGRAMS.iter().chain(&FENTRY_ARMING) {
+            let _ = match self.ebpf.program_mut(name) {
+                Some(Program::FEntry(p)) => FEntry::unload(p),
+                Some(Program::FExit(p)) => FExit::unload(p),
+                _ => Ok(()),
+            };
+        }
+        for &(name, _) in TRACEPOINT_ARMING.iter().chain(&TCP_TRACEPOINTS) {
+            if let Some(Program::BtfTracePoint(p)) = self.ebpf.program_mut(name) {
+                let _ = p.unload();
+            }
+        }
     }
 
     /// Attaches the empty floor programs (for benchmarks).
@@ -174,9 +402,16 @@ impl Probes {
         self.attach_btf_tracepoints(&TURN_PROGRAMS)
     }
 
-    fn attach_btf_tracepoints(&mut self, programs: &[(&'static str, &'static str)]) -> Result<(), LoadError> {
+    fn attach_btf_tracepoints(
+        &mut self,
+        programs: &[(&'static str, &'static str)],
+    ) -> Result<(), LoadError> {
         for &(name, tracepoint) in programs {
-            let err = |source| LoadError::Program { name, tracepoint, source };
+            let err = |source| LoadError::Program {
+                name,
+                tracepoint,
+                source,
+            };
             let prog: &mut BtfTracePoint = self
                 .ebpf
                 .program_mut(name)
@@ -190,7 +425,11 @@ impl Probes {
     }
 
     fn iter(&mut self, (name, kind): (&'static str, &'static str)) -> Result<&mut Iter, LoadError> {
-        let err = |source| LoadError::Program { name, tracepoint: kind, source };
+        let err = |source| LoadError::Program {
+            name,
+            tracepoint: kind,
+            source,
+        };
         let prog: &mut Iter = self
             .ebpf
             .program_mut(name)
@@ -213,9 +452,17 @@ impl Probes {
 
     /// Runs iterator `which` (in namespace `ns`, for netns-scoped ones) and
     /// returns its raw output.
-    fn run_iter(&mut self, which: (&'static str, &'static str), ns: Option<&NetnsRef>) -> Result<Vec<u8>, LoadError> {
+    fn run_iter(
+        &mut self,
+        which: (&'static str, &'static str),
+        ns: Option<&NetnsRef>,
+    ) -> Result<Vec<u8>, LoadError> {
         let (name, kind) = which;
-        let err = |source| LoadError::Program { name, tracepoint: kind, source };
+        let err = |source| LoadError::Program {
+            name,
+            tracepoint: kind,
+            source,
+        };
         let prog = self.iter(which)?;
         let id = prog.attach().map_err(err)?;
         let link = prog.take_link(id).map_err(err)?;
@@ -246,19 +493,32 @@ impl Probes {
 
     /// The event stream; can be taken once.
     pub fn events(&mut self) -> Result<EventStream, LoadError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::Map("EVENTS"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(LoadError::Map("EVENTS"))?;
         let ring = RingBuf::try_from(map).map_err(|_| LoadError::Map("EVENTS"))?;
         EventStream::new(ring).map_err(|_| LoadError::Map("EVENTS"))
     }
 
     pub fn counters(&self) -> Result<Counters, LoadError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(LoadError::Map("COUNTERS"))?;
-        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|_| LoadError::Map("COUNTERS"))?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(LoadError::Map("COUNTERS"))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|_| LoadError::Map("COUNTERS"))?;
         let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
         Ok(Counters {
             lost: sum(counter::LOST),
             read_failed: sum(counter::READ_FAILED),
             emitted: sum(counter::EMITTED),
+            last_failed_offset: arr
+                .get(&counter::LAST_FAILED_OFFSET, 0)
+                .ok()
+                .and_then(|v| v.iter().copied().max())
+                .and_then(|v| v.checked_sub(1))
+                .map(|v| v as u32),
         })
     }
 }

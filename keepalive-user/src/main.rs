@@ -9,7 +9,10 @@ use cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kato: cannot start the async runtime: {e}");
@@ -18,11 +21,19 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Trace(args) => cli::trace::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
-            Command::Sockets(args) => cli::sockets::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
-            Command::Agent(args) => cli::agent::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Trace(args) => cli::trace::run(args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS),
+            Command::Sockets(args) => cli::sockets::run(args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS),
+            Command::Agent(args) => cli::agent::run(args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS),
             Command::Doctor(args) => cli::doctor::run(args),
-            Command::BenchFloor(args) => cli::bench_floor::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::BenchFloor(args) => cli::bench_floor::run(args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS),
         }
     });
     match result {
@@ -31,7 +42,9 @@ fn main() -> std::process::ExitCode {
             // One sentence (the context chain), no backtrace.
             eprintln!("kato: {e:#}");
             // Bad configuration is a usage error, like a bad flag.
-            if e.downcast_ref::<keepalive_user::agent::config::ConfigError>().is_some() {
+            if e.downcast_ref::<keepalive_user::agent::config::ConfigError>()
+                .is_some()
+            {
                 return std::process::ExitCode::from(2);
             }
             std::process::ExitCode::FAILURE

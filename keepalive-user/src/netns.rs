@@ -38,7 +38,11 @@ fn inode_of(path: &Path) -> Option<u32> {
 pub fn current() -> io::Result<NetnsRef> {
     let path = PathBuf::from("/proc/self/ns/net");
     let inode = std::fs::metadata(&path)?.ino() as u32;
-    Ok(NetnsRef { inode, path, name: None })
+    Ok(NetnsRef {
+        inode,
+        path,
+        name: None,
+    })
 }
 
 /// Every namespace with a process in it or a name under /run/netns.
@@ -49,18 +53,34 @@ pub fn list() -> Vec<NetnsRef> {
             let path = e.path();
             if let Some(inode) = inode_of(&path) {
                 let name = e.file_name().to_string_lossy().into_owned();
-                by_inode.insert(inode, NetnsRef { inode, path, name: Some(name) });
+                by_inode.insert(
+                    inode,
+                    NetnsRef {
+                        inode,
+                        path,
+                        name: Some(name),
+                    },
+                );
             }
         }
     }
     if let Ok(procs) = std::fs::read_dir("/proc") {
         for p in procs.flatten() {
-            if !p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            if !p
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
                 continue;
             }
             let path = p.path().join("ns/net");
             if let Some(inode) = inode_of(&path) {
-                by_inode.entry(inode).or_insert(NetnsRef { inode, path, name: None });
+                by_inode.entry(inode).or_insert(NetnsRef {
+                    inode,
+                    path,
+                    name: None,
+                });
             }
         }
     }
@@ -70,9 +90,16 @@ pub fn list() -> Vec<NetnsRef> {
 /// Resolves a user's `--netns`: inode number, `ip netns` name, or path.
 pub fn resolve(spec: &str) -> Result<NetnsRef, NetnsError> {
     if let Ok(inode) = spec.parse::<u32>() {
-        return list().into_iter().find(|n| n.inode == inode).ok_or_else(|| NetnsError::NotFound(spec.into()));
+        return list()
+            .into_iter()
+            .find(|n| n.inode == inode)
+            .ok_or_else(|| NetnsError::NotFound(spec.into()));
     }
-    let path = if spec.contains('/') { PathBuf::from(spec) } else { Path::new("/run/netns").join(spec) };
+    let path = if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new("/run/netns").join(spec)
+    };
     let inode = inode_of(&path).ok_or_else(|| NetnsError::NotFound(spec.into()))?;
     let name = (!spec.contains('/')).then(|| spec.to_owned());
     Ok(NetnsRef { inode, path, name })
@@ -80,7 +107,10 @@ pub fn resolve(spec: &str) -> Result<NetnsRef, NetnsError> {
 
 /// Runs `f` on a thread that has entered `ns`.
 pub fn run_in<T: Send>(ns: &NetnsRef, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-    let enter_err = |source| NetnsError::Enter { path: ns.path.display().to_string(), source };
+    let enter_err = |source| NetnsError::Enter {
+        path: ns.path.display().to_string(),
+        source,
+    };
     let file = File::open(&ns.path).map_err(enter_err)?;
     std::thread::scope(|s| {
         s.spawn(|| {

@@ -22,29 +22,51 @@ pub struct OwnerCache {
 
 impl Default for OwnerCache {
     fn default() -> Self {
-        Self { map: HashMap::new(), last_scan: None, min_rescan: Duration::from_millis(500) }
+        Self {
+            map: HashMap::new(),
+            last_scan: None,
+            min_rescan: Duration::from_millis(500),
+        }
     }
 }
 
 /// Parses the target of a /proc/PID/fd link: `socket:[12345]`.
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 fn scan() -> HashMap<u64, Owner> {
     let mut map = HashMap::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return map };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return map;
+    };
     for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
         let mut comm = None;
         for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-            let Some(ino) = target.to_str().and_then(socket_inode) else { continue };
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(ino) = target.to_str().and_then(socket_inode) else {
+                continue;
+            };
             let comm = comm.get_or_insert_with(|| {
-                std::fs::read_to_string(p.path().join("comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default()
+                std::fs::read_to_string(p.path().join("comm"))
+                    .map(|c| c.trim_end().to_owned())
+                    .unwrap_or_default()
             });
-            map.entry(ino).or_insert_with(|| Owner { pid, comm: comm.clone() });
+            map.entry(ino).or_insert_with(|| Owner {
+                pid,
+                comm: comm.clone(),
+            });
         }
     }
     map
@@ -58,7 +80,10 @@ impl OwnerCache {
         if let Some(o) = self.map.get(&ino) {
             return Some(o.clone());
         }
-        if self.last_scan.is_some_and(|t| t.elapsed() < self.min_rescan) {
+        if self
+            .last_scan
+            .is_some_and(|t| t.elapsed() < self.min_rescan)
+        {
             return None;
         }
         self.map = scan();

@@ -34,9 +34,19 @@ fn canonical(ip: IpAddr) -> IpAddr {
 impl Cidr {
     pub fn parse(s: &str) -> Result<Self, String> {
         let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr = canonical(a.parse::<IpAddr>().map_err(|_| format!("`{a}` is not an IP address"))?);
+        let addr = canonical(
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("`{a}` is not an IP address"))?,
+        );
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() { max } else { p.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| format!("`/{p}` is not a prefix length (0 to {max})"))? };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| format!("`/{p}` is not a prefix length (0 to {max})"))?
+        };
         Ok(Cidr { addr, prefix })
     }
 
@@ -55,7 +65,11 @@ impl Cidr {
             return true;
         }
         let shift = (if ip.is_ipv4() { 32 } else { 128 }) - u32::from(self.prefix);
-        let mask = if shift >= 128 { 0 } else { u128::MAX << (shift + if ip.is_ipv4() { 96 } else { 0 }) };
+        let mask = if shift >= 128 {
+            0
+        } else {
+            u128::MAX << (shift + if ip.is_ipv4() { 96 } else { 0 })
+        };
         bits(ip) & mask == bits(self.addr) & mask
     }
 }
@@ -82,8 +96,17 @@ impl Rule {
             return Err(format!("`{dur}`: an idle timeout must be positive"));
         }
         let (cidr, port) = parse_target(target)?;
-        let text = if target.is_empty() { duration::format(timeout) } else { format!("{target}={}", duration::format(timeout)) };
-        Ok(Rule { cidr, port, timeout, text })
+        let text = if target.is_empty() {
+            duration::format(timeout)
+        } else {
+            format!("{target}={}", duration::format(timeout))
+        };
+        Ok(Rule {
+            cidr,
+            port,
+            timeout,
+            text,
+        })
     }
 
     /// Parses a TOML table entry: key `CIDR:PORT` (or `default`), value duration.
@@ -100,7 +123,10 @@ impl Rule {
     }
 
     fn matches(&self, local: SocketAddr, remote: SocketAddr) -> bool {
-        self.cidr.is_none_or(|c| c.contains(remote.ip())) && self.port.is_none_or(|p| p == remote.port() || p == local.port())
+        self.cidr.is_none_or(|c| c.contains(remote.ip()))
+            && self
+                .port
+                .is_none_or(|p| p == remote.port() || p == local.port())
     }
 }
 
@@ -108,9 +134,16 @@ fn parse_target(t: &str) -> Result<(Option<Cidr>, Option<u16>), String> {
     if t.is_empty() {
         return Ok((None, None));
     }
-    let port = |p: &str| p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(|| format!("`{p}` is not a port"));
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("`{p}` is not a port"))
+    };
     if let Some(rest) = t.strip_prefix('[') {
-        let (net, after) = rest.split_once(']').ok_or_else(|| format!("`{t}`: missing `]`"))?;
+        let (net, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{t}`: missing `]`"))?;
         let p = match after.strip_prefix(':') {
             Some(p) => Some(port(p)?),
             None if after.is_empty() => None,
@@ -174,7 +207,10 @@ impl Policy {
 
     /// The most specific rule for a connection.
     pub fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Rule> {
-        self.rules.iter().filter(|r| r.matches(local, remote)).max_by_key(|r| r.specificity())
+        self.rules
+            .iter()
+            .filter(|r| r.matches(local, remote))
+            .max_by_key(|r| r.specificity())
     }
 
     /// The risk class and the rule behind it; None for sockets that are not
@@ -184,10 +220,14 @@ impl Policy {
         if s.state == crate::tcp::TcpState::Listen {
             return None;
         }
-        let Some(rule) = self.lookup(s.local, s.remote) else { return Some((Risk::Unknown, None)) };
+        let Some(rule) = self.lookup(s.local, s.remote) else {
+            return Some((Risk::Unknown, None));
+        };
         let risk = if !ka.enabled {
             Risk::Unprotected
-        } else if Duration::from_secs(u64::from(ka.idle_s.value) + u64::from(ka.interval_s.value)) < rule.timeout {
+        } else if Duration::from_secs(u64::from(ka.idle_s.value) + u64::from(ka.interval_s.value))
+            < rule.timeout
+        {
             Risk::Safe
         } else {
             Risk::AtRisk
@@ -214,7 +254,9 @@ mod tests {
     use keepalive_common::{sock_flags, SockRecord};
 
     fn policy(rules: &[&str]) -> Policy {
-        Policy { rules: rules.iter().map(|r| Rule::parse(r).unwrap()).collect() }
+        Policy {
+            rules: rules.iter().map(|r| Rule::parse(r).unwrap()).collect(),
+        }
     }
 
     fn a(s: &str) -> SocketAddr {
@@ -224,13 +266,27 @@ mod tests {
     #[test]
     fn parses_rules() {
         let r = Rule::parse("10.0.0.0/8:5432=350s").unwrap();
-        assert_eq!((r.port, r.timeout, r.text.as_str()), (Some(5432), Duration::from_secs(350), "10.0.0.0/8:5432=350s"));
-        assert_eq!(Rule::parse(":443=4m").unwrap().timeout, Duration::from_secs(240));
+        assert_eq!(
+            (r.port, r.timeout, r.text.as_str()),
+            (Some(5432), Duration::from_secs(350), "10.0.0.0/8:5432=350s")
+        );
+        assert_eq!(
+            Rule::parse(":443=4m").unwrap().timeout,
+            Duration::from_secs(240)
+        );
         assert_eq!(Rule::parse("350s").unwrap().text, "350s");
         let v6 = Rule::parse("[2001:db8::/32]:443=60s").unwrap();
         assert_eq!(v6.port, Some(443));
         assert!(Rule::parse("2001:db8::/32=60s").unwrap().port.is_none());
-        for bad in ["10.0.0.0/33=5s", "10.0.0.0/8:http=5s", "10.0.0.0/8=", "x=5s", "10.0.0.0/8=0s", ":0=5s", "[::1=5s"] {
+        for bad in [
+            "10.0.0.0/33=5s",
+            "10.0.0.0/8:http=5s",
+            "10.0.0.0/8=",
+            "x=5s",
+            "10.0.0.0/8=0s",
+            ":0=5s",
+            "[::1=5s",
+        ] {
             assert!(Rule::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Rule::from_entry("default", "10m").unwrap().text, "600s");
@@ -243,14 +299,26 @@ mod tests {
         assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
         assert!(!c.contains("11.0.0.1".parse().unwrap()));
         assert!(!c.contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
-        assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8:1::5".parse().unwrap()));
-        assert!(Cidr::parse("192.168.1.7").unwrap().contains("192.168.1.7".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("2001:db8::/32")
+            .unwrap()
+            .contains("2001:db8:1::5".parse().unwrap()));
+        assert!(Cidr::parse("192.168.1.7")
+            .unwrap()
+            .contains("192.168.1.7".parse().unwrap()));
     }
 
     #[test]
     fn most_specific_rule_wins() {
-        let p = policy(&["600s", "10.0.0.0/8=300s", "10.1.0.0/16=200s", ":5432=100s", "10.1.0.0/16:5432=50s"]);
+        let p = policy(&[
+            "600s",
+            "10.0.0.0/8=300s",
+            "10.1.0.0/16=200s",
+            ":5432=100s",
+            "10.1.0.0/16:5432=50s",
+        ]);
         let t = |l: &str, r: &str| p.lookup(a(l), a(r)).unwrap().timeout.as_secs();
         assert_eq!(t("10.9.9.9:40000", "10.1.2.3:5432"), 50);
         assert_eq!(t("10.9.9.9:40000", "10.2.2.3:5432"), 100);
@@ -259,25 +327,66 @@ mod tests {
         assert_eq!(t("192.168.0.1:40000", "8.8.8.8:53"), 600);
         // A server behind a load balancer: its local port matches.
         assert_eq!(t("10.9.9.9:5432", "172.16.0.1:40000"), 100);
-        assert!(policy(&[":443=4m"]).lookup(a("1.1.1.1:1"), a("2.2.2.2:2")).is_none());
+        assert!(policy(&[":443=4m"])
+            .lookup(a("1.1.1.1:1"), a("2.2.2.2:2"))
+            .is_none());
     }
 
     #[test]
     fn classification() {
         let p = policy(&["10.0.0.2:5432=350s"]);
         let sock = |flags: u32, ka_time: u32, ka_intvl: u32| {
-            Socket::from_record(&SockRecord { flags: sock_flags::FULL | flags, ka_time: ka_time * 250, ka_intvl: ka_intvl * 250, ..record() }, 250, None).unwrap()
+            Socket::from_record(
+                &SockRecord {
+                    flags: sock_flags::FULL | flags,
+                    ka_time: ka_time * 250,
+                    ka_intvl: ka_intvl * 250,
+                    ..record()
+                },
+                250,
+                None,
+            )
+            .unwrap()
         };
         let class = |s: &Socket| p.classify(s).map(|(r, _)| r);
-        assert_eq!(class(&sock(sock_flags::KEEPALIVE_ON, 300, 30)), Some(Risk::Safe));
-        assert_eq!(class(&sock(sock_flags::KEEPALIVE_ON, 330, 30)), Some(Risk::AtRisk), "330 + 30 is not under 350");
-        assert_eq!(class(&sock(sock_flags::KEEPALIVE_ON, 0, 0)), Some(Risk::AtRisk), "sysctl default 7200 s");
+        assert_eq!(
+            class(&sock(sock_flags::KEEPALIVE_ON, 300, 30)),
+            Some(Risk::Safe)
+        );
+        assert_eq!(
+            class(&sock(sock_flags::KEEPALIVE_ON, 330, 30)),
+            Some(Risk::AtRisk),
+            "330 + 30 is not under 350"
+        );
+        assert_eq!(
+            class(&sock(sock_flags::KEEPALIVE_ON, 0, 0)),
+            Some(Risk::AtRisk),
+            "sysctl default 7200 s"
+        );
         assert_eq!(class(&sock(0, 60, 10)), Some(Risk::Unprotected));
-        assert_eq!(class(&Socket { remote: a("10.0.0.3:80"), ..sock(0, 0, 0) }), Some(Risk::Unknown));
-        let tw = Socket::from_record(&SockRecord { state: 6, flags: sock_flags::TIMEWAIT, ..record() }, 250, None).unwrap();
+        assert_eq!(
+            class(&Socket {
+                remote: a("10.0.0.3:80"),
+                ..sock(0, 0, 0)
+            }),
+            Some(Risk::Unknown)
+        );
+        let tw = Socket::from_record(
+            &SockRecord {
+                state: 6,
+                flags: sock_flags::TIMEWAIT,
+                ..record()
+            },
+            250,
+            None,
+        )
+        .unwrap();
         assert_eq!(class(&tw), None);
         let mut s = sock(sock_flags::KEEPALIVE_ON, 300, 30);
         p.annotate(&mut s);
-        assert_eq!((s.risk, s.idle_timeout.as_deref()), (Some(Risk::Safe), Some("10.0.0.2:5432=350s")));
+        assert_eq!(
+            (s.risk, s.idle_timeout.as_deref()),
+            (Some(Risk::Safe), Some("10.0.0.2:5432=350s"))
+        );
     }
 }

@@ -29,7 +29,10 @@ impl EventStream {
 
     /// Waits until the kernel signals a batch, or at most [`DRAIN_EVERY`],
     /// then decodes every available record into `out` (possibly none).
-    pub async fn next_batch(&mut self, out: &mut Vec<Result<Record, DecodeError>>) -> std::io::Result<()> {
+    pub async fn next_batch(
+        &mut self,
+        out: &mut Vec<Result<Record, DecodeError>>,
+    ) -> std::io::Result<()> {
         match tokio::time::timeout(DRAIN_EVERY, self.fd.readable_mut()).await {
             Ok(guard) => {
                 let mut guard = guard?;

@@ -9,7 +9,10 @@ pub struct Clock {
 }
 
 fn monotonic_ns() -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -17,8 +20,13 @@ fn monotonic_ns() -> i128 {
 
 impl Clock {
     pub fn new() -> Self {
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-        Self { mono_to_unix_ns: unix - monotonic_ns() }
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Self {
+            mono_to_unix_ns: unix - monotonic_ns(),
+        }
     }
 
     pub fn unix_ns(&self, mono_ns: u64) -> i128 {
@@ -56,7 +64,12 @@ pub fn rfc3339(unix_ns: i128) -> String {
     let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as u32;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", s / 3600, s / 60 % 60, s % 60)
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 /// `03:04:05.123456` (UTC), for the table.
@@ -72,17 +85,29 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
         // 2026-11-22T03:04:05.123456Z
-        assert_eq!(rfc3339(1_795_316_645_123_456_789), "2026-11-22T03:04:05.123456Z");
+        assert_eq!(
+            rfc3339(1_795_316_645_123_456_789),
+            "2026-11-22T03:04:05.123456Z"
+        );
         // Leap day.
-        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
         assert_eq!(clock_time(1_795_316_645_123_456_789), "03:04:05.123456");
     }
 
     #[test]
     fn clock_maps_now_to_now() {
         let c = Clock::new();
-        let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128;
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128;
         let mapped = c.unix_ns(Clock::now_mono_ns());
-        assert!((mapped - now_unix).abs() < 1_000_000_000, "{mapped} vs {now_unix}");
+        assert!(
+            (mapped - now_unix).abs() < 1_000_000_000,
+            "{mapped} vs {now_unix}"
+        );
     }
 }

@@ -20,15 +20,21 @@ pub fn dead_peer(ns: &Netns) -> (SocketAddr, SocketAddr) {
     let (tx, rx) = mpsc::channel();
     let worker = ns.spawn(move || {
         let (mut client, server) = pair(false, 1, 1, 3);
-        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap())).unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
+            .unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let r = client.read(&mut [0u8; 1]);
         drop(server);
         r
     });
     let (local, remote) = rx.recv().unwrap();
     ns.drop_from_port(remote.port());
-    assert!(worker.join().unwrap().is_err(), "keepalive timed the connection out");
+    assert!(
+        worker.join().unwrap().is_err(),
+        "keepalive timed the connection out"
+    );
     (local, remote)
 }
 
@@ -36,38 +42,103 @@ pub fn dead_peer(ns: &Netns) -> (SocketAddr, SocketAddr) {
 fn agent_counts_dead_peer_like_the_kernel_and_promtool_accepts_it() {
     require_root();
     let ns = Netns::new("agent");
-    let agent = Agent::start(&["--netns", &ns.name, "--label-by", "netns", "--snapshot-interval", "1s"]);
+    let agent = Agent::start(&[
+        "--netns",
+        &ns.name,
+        "--label-by",
+        "netns",
+        "--snapshot-interval",
+        "1s",
+    ]);
     let before = tcpext(&ns.exec(&["cat", "/proc/net/netstat"]), "TCPKeepAlive");
     dead_peer(&ns);
     let after = tcpext(&ns.exec(&["cat", "/proc/net/netstat"]), "TCPKeepAlive");
     let n = ns.inode;
-    let m = agent.wait_metrics(Duration::from_secs(5), |m| sample(m, &format!("kato_keepalive_timeouts_total{{netns=\"{n}\"}}")) >= 1.0);
+    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
+        sample(
+            m,
+            &format!("kato_keepalive_timeouts_total{{netns=\"{n}\"}}"),
+        ) >= 1.0
+    });
 
     // kato's probe counter equals the kernel's own keepalive-probe counter.
     assert_eq!(after - before, 3, "kernel TCPKeepAlive delta");
-    assert_eq!(sample(&m, &format!("kato_keepalive_probes_sent_total{{netns=\"{n}\"}}")), (after - before) as f64);
-    assert_eq!(sample(&m, &format!("kato_keepalive_timeouts_total{{netns=\"{n}\"}}")), 1.0);
-    assert_eq!(sample(&m, &format!("kato_resets_sent_total{{netns=\"{n}\",reason=\"TCP_KEEPALIVE_TIMEOUT\"}}")), 1.0);
-    assert_eq!(sample(&m, &format!("kato_resets_received_total{{netns=\"{n}\"}}")), 1.0, "the server side got the reset");
+    assert_eq!(
+        sample(
+            &m,
+            &format!("kato_keepalive_probes_sent_total{{netns=\"{n}\"}}")
+        ),
+        (after - before) as f64
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("kato_keepalive_timeouts_total{{netns=\"{n}\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("kato_resets_sent_total{{netns=\"{n}\",reason=\"TCP_KEEPALIVE_TIMEOUT\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, &format!("kato_resets_received_total{{netns=\"{n}\"}}")),
+        1.0,
+        "the server side got the reset"
+    );
     assert_eq!(sample(&m, "kato_dead_peer_detection_seconds_count"), 1.0);
-    assert_eq!(sample(&m, "kato_dead_peer_detection_seconds_bucket{le=\"5\"}"), 1.0, "detected ~4 s after the peer went quiet");
-    assert_eq!(sample(&m, "kato_dead_peer_detection_seconds_bucket{le=\"1\"}"), 0.0);
-    assert_eq!(sample(&m, "kato_events_lost_total{cause=\"ring_full\"}"), 0.0);
-    assert!(sample(&m, &format!("kato_netns_tcp_keepalive_time_seconds{{netns=\"{n}\"}}")) == 7200.0 || !m.contains(&format!("netns=\"{n}\"}} ")), "{m}");
+    assert_eq!(
+        sample(&m, "kato_dead_peer_detection_seconds_bucket{le=\"5\"}"),
+        1.0,
+        "detected ~4 s after the peer went quiet"
+    );
+    assert_eq!(
+        sample(&m, "kato_dead_peer_detection_seconds_bucket{le=\"1\"}"),
+        0.0
+    );
+    assert_eq!(
+        sample(&m, "kato_events_lost_total{cause=\"ring_full\"}"),
+        0.0
+    );
+    assert!(
+        sample(
+            &m,
+            &format!("kato_netns_tcp_keepalive_time_seconds{{netns=\"{n}\"}}")
+        ) == 7200.0
+            || !m.contains(&format!("netns=\"{n}\"}} ")),
+        "{m}"
+    );
 
     // promtool, the Prometheus project's own linter, has nothing to say.
     let path = std::env::temp_dir().join(format!("kato-metrics-{}", std::process::id()));
     std::fs::write(&path, &m).unwrap();
-    let out = Command::new("sh").arg("-c").arg(format!("promtool check metrics < {}", path.display())).output().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", path.display()))
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&path);
-    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics: {complaints}");
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
 
     let (status, health) = agent.get("/healthz");
     assert_eq!(status, 200);
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     let (status, body) = agent.get("/sockets?keepalive=maybe");
-    assert_eq!((status, body.trim()), (400, "bad `keepalive` value [\"maybe\"] (on or off)"));
+    assert_eq!(
+        (status, body.trim()),
+        (400, "bad `keepalive` value [\"maybe\"] (on or off)")
+    );
     assert_eq!(agent.get("/nope").0, 404);
 }
 
@@ -80,7 +151,8 @@ fn agent_sockets_endpoint_filters_like_the_cli() {
     let worker = ns.spawn(move || {
         let (a, b) = pair(false, 600, 60, 5);
         let (c, d) = pair(true, 0, 0, 0);
-        tx.send((a.local_addr().unwrap(), c.local_addr().unwrap())).unwrap();
+        tx.send((a.local_addr().unwrap(), c.local_addr().unwrap()))
+            .unwrap();
         let _ = done_rx.recv_timeout(Duration::from_secs(30));
         drop((a, b, c, d));
     });
@@ -109,7 +181,12 @@ fn progs_of(pid: u32) -> Vec<u64> {
         .unwrap()
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:").map(|v| v.trim().parse().unwrap())))
+        .filter_map(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("prog_id:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+        })
         .collect();
     ids.sort();
     ids.dedup();
@@ -140,7 +217,10 @@ fn agent_stops_on_sigterm_within_a_second_leaving_nothing_attached() {
         if left.is_empty() {
             break;
         }
-        assert!(Instant::now() < end, "programs still loaded after exit: {left:?}");
+        assert!(
+            Instant::now() < end,
+            "programs still loaded after exit: {left:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -162,7 +242,10 @@ fn two_agents_coexist_and_a_restart_rebuilds_the_table() {
     let second = Agent::start(&["--netns", &ns.name, "--snapshot-interval", "1s"]);
     dead_peer(&ns);
     for a in [&first, &second] {
-        a.wait_metrics(Duration::from_secs(5), |m| sample(m, "kato_keepalive_timeouts_total") == 1.0 && sample(m, "kato_keepalive_probes_sent_total") == 3.0);
+        a.wait_metrics(Duration::from_secs(5), |m| {
+            sample(m, "kato_keepalive_timeouts_total") == 1.0
+                && sample(m, "kato_keepalive_probes_sent_total") == 3.0
+        });
     }
     // Restart: a new agent knows the surviving socket from its snapshot alone.
     first.terminate();
@@ -173,7 +256,13 @@ fn two_agents_coexist_and_a_restart_rebuilds_the_table() {
     assert_eq!(v[0]["local"], kept.to_string());
     assert_eq!(v[0]["keepalive"]["idle_s"]["value"], 900);
     assert_eq!(v[0]["timer"]["kind"], "keepalive");
-    assert_eq!(sample(&third.metrics(), "kato_sockets{keepalive=\"on\",state=\"ESTABLISHED\"}"), 1.0);
+    assert_eq!(
+        sample(
+            &third.metrics(),
+            "kato_sockets{keepalive=\"on\",state=\"ESTABLISHED\"}"
+        ),
+        1.0
+    );
     done_tx.send(()).unwrap();
     holder.join().unwrap();
 }
@@ -184,15 +273,38 @@ fn agent_config_errors_name_the_key_and_exit_2() {
     let dir = std::env::temp_dir().join(format!("kato-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\nsnapshot_interval = \"soon\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "listen = \"127.0.0.1:0\"\nsnapshot_interval = \"soon\"\n",
+    )
+    .unwrap();
     for (args, needle) in [
-        (vec!["--config", bad.to_str().unwrap()], "key `snapshot_interval`: `soon` is not a duration"),
-        (vec!["--label-by", "pid"], "command line: key `--label-by`: unknown label `pid`"),
-        (vec!["--label-limit", "many"], "key `--label-limit`: `many` is not a number"),
-        (vec!["--listen", "localhost"], "key `--listen`: `localhost` is not an address:port"),
-        (vec!["--config", "/nonexistent/kato.toml"], "/nonexistent/kato.toml: key `(file)`: cannot read"),
+        (
+            vec!["--config", bad.to_str().unwrap()],
+            "key `snapshot_interval`: `soon` is not a duration",
+        ),
+        (
+            vec!["--label-by", "pid"],
+            "command line: key `--label-by`: unknown label `pid`",
+        ),
+        (
+            vec!["--label-limit", "many"],
+            "key `--label-limit`: `many` is not a number",
+        ),
+        (
+            vec!["--listen", "localhost"],
+            "key `--listen`: `localhost` is not an address:port",
+        ),
+        (
+            vec!["--config", "/nonexistent/kato.toml"],
+            "/nonexistent/kato.toml: key `(file)`: cannot read",
+        ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_kato")).arg("agent").args(&args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_kato"))
+            .arg("agent")
+            .args(&args)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -210,7 +322,16 @@ fn agent_runs_with_the_documented_minimum_capabilities() {
     let kato = env!("CARGO_BIN_EXE_kato");
     let agent = |set: &str, scope: &str| {
         Command::new("setpriv")
-            .args(["--bounding-set", set, kato, "agent", "--listen", "127.0.0.1:0", "--netns", scope])
+            .args([
+                "--bounding-set",
+                set,
+                kato,
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--netns",
+                scope,
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -219,7 +340,11 @@ fn agent_runs_with_the_documented_minimum_capabilities() {
     for (set, scope, missing) in [
         ("-all,+bpf,+perfmon", "self", "CAP_SYSLOG"),
         ("-all,+bpf,+perfmon,+syslog", "all", "CAP_SYS_ADMIN"),
-        ("-all,+bpf,+perfmon,+syslog,+sys_admin", "all", "CAP_SYS_PTRACE"),
+        (
+            "-all,+bpf,+perfmon,+syslog,+sys_admin",
+            "all",
+            "CAP_SYS_PTRACE",
+        ),
     ] {
         let out = agent(set, scope).wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -227,8 +352,16 @@ fn agent_runs_with_the_documented_minimum_capabilities() {
         assert!(err.contains(missing), "{set} {scope}: {err}");
     }
     for (set, scope, kept) in [
-        ("-all,+bpf,+perfmon,+syslog", "self", (1u64 << 38) | (1 << 39)),
-        ("-all,+bpf,+perfmon,+syslog,+sys_admin,+sys_ptrace", "all", (1 << 38) | (1 << 39) | (1 << 21) | (1 << 19)),
+        (
+            "-all,+bpf,+perfmon,+syslog",
+            "self",
+            (1u64 << 38) | (1 << 39),
+        ),
+        (
+            "-all,+bpf,+perfmon,+syslog,+sys_admin,+sys_ptrace",
+            "all",
+            (1 << 38) | (1 << 39) | (1 << 21) | (1 << 19),
+        ),
     ] {
         let mut child = agent(set, scope);
         let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
@@ -236,9 +369,25 @@ fn agent_runs_with_the_documented_minimum_capabilities() {
         std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
         assert!(banner.contains("listening on"), "{set} {scope}: {banner}");
         let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-        let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
-        assert_eq!(u64::from_str_radix(eff, 16).unwrap(), kept, "{set} {scope}: CapEff {eff}");
-        let addr: SocketAddr = banner.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim();
+        assert_eq!(
+            u64::from_str_radix(eff, 16).unwrap(),
+            kept,
+            "{set} {scope}: CapEff {eff}"
+        );
+        let addr: SocketAddr = banner
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         let (code, body) = crate::agent_support::http_get(addr, "/healthz").unwrap();
         assert_eq!(code, 200, "{body}");
         let _ = child.kill();

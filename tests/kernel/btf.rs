@@ -21,8 +21,12 @@ fn bpftool_members() -> HashMap<(String, String), u32> {
         }
         let Some(s) = &current else { continue };
         let mut parts = line.trim().splitn(2, '\'');
-        let (Some(""), Some(rest)) = (parts.next(), parts.next()) else { continue };
-        let Some((member, rest)) = rest.split_once('\'') else { continue };
+        let (Some(""), Some(rest)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some((member, rest)) = rest.split_once('\'') else {
+            continue;
+        };
         if let Some(bits) = rest.split("bits_offset=").nth(1) {
             let bits: u32 = bits.split_whitespace().next().unwrap().parse().unwrap();
             out.entry((s.clone(), member.to_owned())).or_insert(bits);
@@ -50,7 +54,11 @@ fn offsets_agree_with_bpftool() {
         let bits = want
             .get(&(ty.to_owned(), field.to_owned()))
             .unwrap_or_else(|| panic!("bpftool shows no {ty}.{field}"));
-        assert_eq!(btf.field(ty, field).unwrap().offset * 8, *bits, "{ty}.{field}");
+        assert_eq!(
+            btf.field(ty, field).unwrap().offset * 8,
+            *bits,
+            "{ty}.{field}"
+        );
     }
 }
 

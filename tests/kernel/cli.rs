@@ -18,7 +18,13 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
     require_root();
     let ns = Netns::new("cli");
     let mut kato = Command::new(KATO)
-        .args(["trace", "--output", "json", "--netns", &ns.inode.to_string()])
+        .args([
+            "trace",
+            "--output",
+            "json",
+            "--netns",
+            &ns.inode.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -26,7 +32,10 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
     let mut stderr = BufReader::new(kato.stderr.take().unwrap());
     let mut banner = String::new();
     stderr.read_line(&mut banner).unwrap();
-    assert!(banner.starts_with("kato trace: watching"), "kato did not start: {banner}");
+    assert!(
+        banner.starts_with("kato trace: watching"),
+        "kato did not start: {banner}"
+    );
 
     let (lines_tx, lines_rx) = mpsc::channel();
     let stdout = BufReader::new(kato.stdout.take().unwrap());
@@ -39,8 +48,11 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
     let (tx, rx) = mpsc::channel();
     let worker = ns.spawn(move || {
         let (mut client, server) = pair(false, 1, 1, 2);
-        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap())).unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
+            .unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let r = std::io::Read::read(&mut client, &mut [0u8; 1]);
         drop(server);
         r
@@ -50,7 +62,8 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
 
     let mut events = vec![];
     while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(15)) {
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         let done = v["event"] == "keepalive_timeout";
         events.push(v);
         if done {
@@ -58,9 +71,25 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
         }
     }
     assert!(worker.join().unwrap().is_err());
-    let names: Vec<&str> = events.iter().map(|v| v["event"].as_str().unwrap()).collect();
-    let tail: Vec<&str> = names.iter().copied().filter(|n| *n != "armed" && *n != "fired").collect();
-    assert_eq!(tail, ["probe_sent", "probe_sent", "reset_sent", "keepalive_timeout"], "{names:?}");
+    let names: Vec<&str> = events
+        .iter()
+        .map(|v| v["event"].as_str().unwrap())
+        .collect();
+    let tail: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| *n != "armed" && *n != "fired")
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "probe_sent",
+            "probe_sent",
+            "reset_sent",
+            "keepalive_timeout"
+        ],
+        "{names:?}"
+    );
     for v in &events {
         assert_eq!(v["local"], local.to_string());
         assert_eq!(v["remote"], remote.to_string());
@@ -85,7 +114,10 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("summary: {summary}"));
     assert!(seen >= events.len(), "summary: {summary}");
-    assert!(summary.ends_with("events seen, 0 lost"), "summary: {summary}");
+    assert!(
+        summary.ends_with("events seen, 0 lost"),
+        "summary: {summary}"
+    );
 }
 
 /// Without privileges kato names what is missing in one sentence.
@@ -93,13 +125,23 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
 fn unprivileged_trace_names_missing_capabilities() {
     require_root();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", KATO, "trace"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            KATO,
+            "trace",
+        ])
         .output()
         .expect("run setpriv");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
-    assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("root"), "{err}");
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("root"),
+        "{err}"
+    );
 }
 
 /// A missing or truncated BTF file is one clear error, not a panic.
@@ -109,8 +151,17 @@ fn bad_btf_is_a_clear_error() {
     let truncated = std::env::temp_dir().join(format!("kato-btf-{}", std::process::id()));
     let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
     std::fs::write(&truncated, &btf[..btf.len() / 3]).unwrap();
-    for (path, want) in [("/nonexistent/vmlinux", "cannot read BTF from /nonexistent/vmlinux"), (truncated.to_str().unwrap(), "BTF is truncated")] {
-        let out = Command::new(KATO).args(["trace", "--btf", path]).output().unwrap();
+    for (path, want) in [
+        (
+            "/nonexistent/vmlinux",
+            "cannot read BTF from /nonexistent/vmlinux",
+        ),
+        (truncated.to_str().unwrap(), "BTF is truncated"),
+    ] {
+        let out = Command::new(KATO)
+            .args(["trace", "--btf", path])
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.starts_with("kato: ") && err.contains(want), "{err}");

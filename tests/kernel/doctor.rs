@@ -4,7 +4,9 @@ use std::{net::TcpListener, process::Command, sync::mpsc, time::Duration};
 
 use serde_json::Value;
 
-use crate::support::{client, require_root, setsockopt_pub, Netns};
+use keepalive_user::loader::AttachMode;
+
+use crate::support::{attach_arg, client, require_root, setsockopt_pub, test_attach, Netns};
 
 const KATO: &str = env!("CARGO_BIN_EXE_kato");
 
@@ -21,7 +23,9 @@ fn doctor_reports_defaults_and_advises_against_the_idle_timeout() {
         let mut held = vec![];
         for _ in 0..2 {
             // Keepalive on with every setting left to the namespace's sysctls.
-            held.push(client(to, |s| setsockopt_pub(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)));
+            held.push(client(to, |s| {
+                setsockopt_pub(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+            }));
             held.push(l.accept().unwrap().0);
         }
         tx.send(to.port()).unwrap();
@@ -30,49 +34,167 @@ fn doctor_reports_defaults_and_advises_against_the_idle_timeout() {
     });
     let port = rx.recv().unwrap();
     let rule = format!(":{port}=350s");
-    let out = Command::new(KATO).args(["doctor", "--output", "json", "--idle-timeout", &rule]).output().unwrap();
+    let out = Command::new(KATO)
+        .args([
+            "doctor",
+            "--output",
+            "json",
+            "--idle-timeout",
+            &rule,
+            "--attach",
+            attach_arg(),
+        ])
+        .output()
+        .unwrap();
     done_tx.send(()).unwrap();
     holder.join().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["ok"], true);
-    assert_eq!(r["attach_path"], "tp_btf");
+    let path = r["attach_path"].as_str().unwrap().to_owned();
+    match test_attach() {
+        AttachMode::Fentry => assert_eq!(path, "fentry"),
+        AttachMode::Tracepoint => assert_eq!(path, "tp_btf"),
+        AttachMode::Auto => assert!(path == "fentry" || path == "tp_btf", "{path}"),
+    }
     for c in r["checks"].as_array().unwrap() {
         assert_eq!(c["ok"], true, "check failed as root: {c}");
     }
-    let mine = r["namespaces"].as_array().unwrap().iter().find(|n| n["inode"] == ns.inode).expect("our namespace");
+    let mine = r["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["inode"] == ns.inode)
+        .expect("our namespace");
     assert_eq!(mine["tcp_keepalive_time"], 900);
-    assert_eq!((mine["connections"].as_u64(), mine["keepalive_on"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(
+        (mine["connections"].as_u64(), mine["keepalive_on"].as_u64()),
+        (Some(4), Some(2))
+    );
     assert_eq!(mine["relying_on_default_time"], 2);
     let advice = r["advice"].as_array().unwrap();
-    let at_risk = advice.iter().find(|a| a["rule"] == rule.as_str() && a["class"] == "at-risk").expect("at-risk advice");
+    let at_risk = advice
+        .iter()
+        .find(|a| a["rule"] == rule.as_str() && a["class"] == "at-risk")
+        .expect("at-risk advice");
     assert_eq!(at_risk["sockets"], 2);
     assert_eq!(
         at_risk["message"],
         format!("tcp_keepalive_time = 900 s is longer than the 350 s idle timeout of {rule}: 2 of 2 at-risk sockets there rely on it; set TCP_KEEPIDLE (+ TCP_KEEPINTVL) below 350 s or lower the sysctl")
     );
-    let unprotected = advice.iter().find(|a| a["rule"] == rule.as_str() && a["class"] == "unprotected").expect("unprotected advice");
-    assert_eq!(unprotected["sockets"], 2, "the accepted ends have keepalive off");
+    let unprotected = advice
+        .iter()
+        .find(|a| a["rule"] == rule.as_str() && a["class"] == "unprotected")
+        .expect("unprotected advice");
+    assert_eq!(
+        unprotected["sockets"], 2,
+        "the accepted ends have keepalive off"
+    );
 
     // The page people read says the same.
-    let page = Command::new(KATO).args(["doctor", "--idle-timeout", &rule]).output().unwrap();
+    let page = Command::new(KATO)
+        .args(["doctor", "--idle-timeout", &rule, "--attach", attach_arg()])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&page.stdout);
-    assert!(text.starts_with("kato doctor: kato works on this host"), "{text}");
-    assert!(text.contains("Attach path  tp_btf"), "{text}");
+    assert!(
+        text.starts_with("kato doctor: kato works on this host"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("Attach path  {path}: ")), "{text}");
 }
 
 #[test]
 fn doctor_without_privileges_says_what_is_missing() {
     require_root();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", KATO, "doctor", "--output", "json"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            KATO,
+            "doctor",
+            "--output",
+            "json",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["ok"], false);
-    let failed: Vec<&str> = r["checks"].as_array().unwrap().iter().filter(|c| c["ok"] == false).map(|c| c["name"].as_str().unwrap()).collect();
+    let failed: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG", "load"] {
         assert!(failed.contains(&cap), "{cap} not reported: {failed:?}");
+    }
+}
+
+/// Probe, then degrade: auto takes fentry where the kernel allows
+/// trampolines (Debian's 6.1 in the VM) and says so; where it refuses them
+/// (this host's 6.18) auto falls back to tracepoints naming the refusal, and
+/// forcing fentry is an error naming it, not a silent fallback.
+#[test]
+fn attach_ladder_tries_fentry_then_degrades() {
+    require_root();
+    let doctor = |attach: &str| -> Value {
+        let out = Command::new(KATO)
+            .args(["doctor", "--output", "json", "--attach", attach])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "doctor --attach {attach}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let auto = doctor("auto");
+    let reason = auto["attach_reason"].as_str().unwrap().to_owned();
+    match auto["attach_path"].as_str().unwrap() {
+        "fentry" => {
+            assert!(
+                reason.starts_with("the kernel accepts fentry/fexit trampolines"),
+                "{reason}"
+            );
+            assert!(
+                reason.contains("fentry/fexit tcp_keepalive_timer"),
+                "{reason}"
+            );
+            let forced = doctor("tracepoint");
+            assert_eq!(forced["attach_path"], "tp_btf");
+            assert!(
+                forced["attach_reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("forced with --attach tracepoint"),
+                "{forced}"
+            );
+        }
+        "tp_btf" => {
+            assert!(reason.starts_with("fentry/fexit unavailable: "), "{reason}");
+            assert!(
+                reason.contains("tcp_keepalive_timer"),
+                "names what was refused: {reason}"
+            );
+            let out = Command::new(KATO)
+                .args(["trace", "--attach", "fentry", "--count", "1"])
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.starts_with("kato: --attach fentry: cannot load or attach `fentry_keepalive_timer` to tcp_keepalive_timer"), "{err}");
+            assert!(!err.contains("Verifier output"), "one sentence: {err}");
+        }
+        other => panic!("unexpected attach path {other}"),
     }
 }

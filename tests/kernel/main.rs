@@ -5,9 +5,9 @@
 mod agent;
 mod agent_support;
 mod btf;
+mod cli;
 mod deploy;
 mod doctor;
-mod cli;
 mod keepalive;
 mod middlebox;
 mod nginx;

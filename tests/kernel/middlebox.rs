@@ -22,8 +22,14 @@ struct Topology {
 
 fn topology() -> Topology {
     let (c, n, s) = (Netns::new("natc"), Netns::new("natn"), Netns::new("nats"));
-    c.ip(&format!("link add c0 type veth peer name n0 netns {}", n.name));
-    n.ip(&format!("link add n1 type veth peer name s0 netns {}", s.name));
+    c.ip(&format!(
+        "link add c0 type veth peer name n0 netns {}",
+        n.name
+    ));
+    n.ip(&format!(
+        "link add n1 type veth peer name s0 netns {}",
+        s.name
+    ));
     c.ip("addr add 10.71.1.2/24 dev c0");
     n.ip("addr add 10.71.1.1/24 dev n0");
     n.ip("addr add 10.71.2.1/24 dev n1");
@@ -47,8 +53,16 @@ fn topology() -> Topology {
          add rule inet filter forwarding ct state invalid meta l4proto tcp reject with tcp reset",
     );
     // conntrack's sysctls exist once the NAT rules have loaded it.
-    n.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_established=3"]);
-    Topology { client: c, _nat: n, server: s }
+    n.exec(&[
+        "sysctl",
+        "-qw",
+        "net.netfilter.nf_conntrack_tcp_timeout_established=3",
+    ]);
+    Topology {
+        client: c,
+        _nat: n,
+        server: s,
+    }
 }
 
 /// Echo server in the server namespace.
@@ -104,9 +118,15 @@ fn nat_forgetting_an_idle_flow_is_reported_with_its_idle_time() {
         let mut safe = client(to, |s| keepalive(s, 1, 1, 5));
         echo(&mut unprotected, b"hello").unwrap();
         echo(&mut safe, b"hello").unwrap();
-        tx.send((unprotected.local_addr().unwrap(), safe.local_addr().unwrap())).unwrap();
+        tx.send((
+            unprotected.local_addr().unwrap(),
+            safe.local_addr().unwrap(),
+        ))
+        .unwrap();
         std::thread::sleep(Duration::from_secs(5));
-        unprotected.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        unprotected
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let killed = echo(&mut unprotected, b"again");
         let kept = echo(&mut safe, b"again");
         (killed, kept)
@@ -118,27 +138,60 @@ fn nat_forgetting_an_idle_flow_is_reported_with_its_idle_time() {
     let (_, body) = agent.get("/sockets?state=established");
     let socks: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     let risk = |a: std::net::SocketAddr| {
-        let s = socks.iter().find(|s| s["local"] == a.to_string()).unwrap_or_else(|| panic!("{a} missing: {body}"));
-        (s["risk"].as_str().unwrap().to_owned(), s["idle_timeout"].as_str().unwrap().to_owned())
+        let s = socks
+            .iter()
+            .find(|s| s["local"] == a.to_string())
+            .unwrap_or_else(|| panic!("{a} missing: {body}"));
+        (
+            s["risk"].as_str().unwrap().to_owned(),
+            s["idle_timeout"].as_str().unwrap().to_owned(),
+        )
     };
-    assert_eq!(risk(unprotected), ("unprotected".into(), "10.71.2.0/24=3s".into()));
-    assert_eq!(risk(safe), ("safe".into(), "10.71.2.0/24=3s".into()), "1 s idle + 1 s interval < 3 s");
+    assert_eq!(
+        risk(unprotected),
+        ("unprotected".into(), "10.71.2.0/24=3s".into())
+    );
+    assert_eq!(
+        risk(safe),
+        ("safe".into(), "10.71.2.0/24=3s".into()),
+        "1 s idle + 1 s interval < 3 s"
+    );
     let (_, only) = agent.get("/sockets?risk=unprotected");
     let only: Vec<serde_json::Value> = serde_json::from_str(&only).unwrap();
     assert_eq!(only.len(), 1, "risk filter: {only:?}");
     assert_eq!(only[0]["local"], unprotected.to_string());
     let m = agent.metrics();
-    assert_eq!(sample(&m, "kato_sockets_idle_timeout_risk{class=\"safe\"}"), 1.0, "{m}");
-    assert_eq!(sample(&m, "kato_sockets_idle_timeout_risk{class=\"unprotected\"}"), 1.0, "{m}");
+    assert_eq!(
+        sample(&m, "kato_sockets_idle_timeout_risk{class=\"safe\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "kato_sockets_idle_timeout_risk{class=\"unprotected\"}"),
+        1.0,
+        "{m}"
+    );
 
     let (killed, kept) = worker.join().unwrap();
     let err = killed.expect_err("the NAT forgot the idle flow");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     kept.expect("keepalive kept the flow alive");
 
-    let m = agent.wait_metrics(Duration::from_secs(5), |m| sample(m, "kato_idle_kills_suspected_total{idle_timeout=\"10.71.2.0/24=3s\"}") == 1.0);
-    assert_eq!(sample(&m, "kato_idle_before_reset_seconds_count"), 1.0, "one reset, on the unprotected connection");
+    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
+        sample(
+            m,
+            "kato_idle_kills_suspected_total{idle_timeout=\"10.71.2.0/24=3s\"}",
+        ) == 1.0
+    });
+    assert_eq!(
+        sample(&m, "kato_idle_before_reset_seconds_count"),
+        1.0,
+        "one reset, on the unprotected connection"
+    );
     let idle = sample(&m, "kato_idle_before_reset_seconds_sum");
-    assert!((5.0..6.0).contains(&idle), "idle before the reset: {idle} s (the client slept 5 s)");
+    assert!(
+        (5.0..6.0).contains(&idle),
+        "idle before the reset: {idle} s (the client slept 5 s)"
+    );
     assert_eq!(sample(&m, "kato_keepalive_timeouts_total"), 0.0);
 }

@@ -32,7 +32,10 @@ impl Drop for Nginx {
 }
 
 fn nginx(ns: &Netns) -> Nginx {
-    assert!(std::path::Path::new("/usr/sbin/nginx").exists(), "Debian's nginx package is missing: `cargo xtask setup` installs it");
+    assert!(
+        std::path::Path::new("/usr/sbin/nginx").exists(),
+        "Debian's nginx package is missing: `cargo xtask setup` installs it"
+    );
     let dir = std::env::temp_dir().join(format!("kato-nginx-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     let d = dir.display();
@@ -45,7 +48,16 @@ fn nginx(ns: &Netns) -> Nginx {
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "/usr/sbin/nginx", "-p", &dir.display().to_string(), "-c", "nginx.conf"])
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "/usr/sbin/nginx",
+            "-p",
+            &dir.display().to_string(),
+            "-c",
+            "nginx.conf",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -65,7 +77,8 @@ fn nginx(ns: &Netns) -> Nginx {
 
 /// One request on `s`; returns the response's `Connection` header value.
 fn get(s: &mut TcpStream) -> String {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: kato\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: kato\r\n\r\n")
+        .unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut connection = String::new();
     let mut line = String::new();
@@ -97,15 +110,29 @@ fn nginx_keepalive_timeout_max_requests_and_stale_reuse() {
     require_root();
     let ns = Netns::new("nginx");
     let _nginx = nginx(&ns);
-    let agent = Agent::start(&["--netns", &ns.name, "--http-keepalive", "--snapshot-interval", "500ms"]);
+    let agent = Agent::start(&[
+        "--netns",
+        &ns.name,
+        "--http-keepalive",
+        "--snapshot-interval",
+        "500ms",
+    ]);
     let mut trace = Command::new(env!("CARGO_BIN_EXE_kato"))
-        .args(["trace", "--output", "json", "--netns", &ns.inode.to_string()])
+        .args([
+            "trace",
+            "--output",
+            "json",
+            "--netns",
+            &ns.inode.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut banner = String::new();
-    BufReader::new(trace.stderr.as_mut().unwrap()).read_line(&mut banner).unwrap();
+    BufReader::new(trace.stderr.as_mut().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
     assert!(banner.contains("watching"), "{banner}");
     let (tx, rx) = mpsc::channel();
     let stdout = BufReader::new(trace.stdout.take().unwrap());
@@ -134,48 +161,85 @@ fn nginx_keepalive_timeout_max_requests_and_stale_reuse() {
         // The write goes out (the FIN only closed nginx's sending side as far
         // as this socket knows); nginx's kernel answers with a reset. Reads
         // would keep returning EOF; the next write reports the reset.
-        c.write_all(b"GET / HTTP/1.1\r\nHost: kato\r\n\r\n").unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: kato\r\n\r\n")
+            .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let reuse = c.write_all(b"GET / HTTP/1.1\r\nHost: kato\r\n\r\n");
         drop((a, b, c));
         (waited, reuse)
     });
     let (waited, reuse) = worker.join().unwrap();
-    assert!((1.9..2.6).contains(&waited.as_secs_f64()), "nginx closed the idle connection after {waited:?}");
+    assert!(
+        (1.9..2.6).contains(&waited.as_secs_f64()),
+        "nginx closed the idle connection after {waited:?}"
+    );
     let err = reuse.expect_err("the reused connection was reset");
-    assert!(matches!(err.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset), "{err}");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "{err}"
+    );
 
     // The stale reuse, as kato trace reports it.
     let end = Instant::now() + Duration::from_secs(10);
     let stale = loop {
-        let line = rx.recv_timeout(end.saturating_duration_since(Instant::now())).expect("stale_reuse event");
+        let line = rx
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .expect("stale_reuse event");
         let v: Value = serde_json::from_str(&line).unwrap();
         if v["event"] == "stale_reuse" {
             break v;
         }
     };
     let gap = stale["reuse_after_s"].as_f64().unwrap();
-    assert!((2.2..2.8).contains(&gap), "reused after {gap} s idle: {stale}");
-    assert_eq!(stale["state"], "CLOSE_WAIT", "the peer's FIN had arrived: {stale}");
+    assert!(
+        (2.2..2.8).contains(&gap),
+        "reused after {gap} s idle: {stale}"
+    );
+    assert_eq!(
+        stale["state"], "CLOSE_WAIT",
+        "the peer's FIN had arrived: {stale}"
+    );
     let _ = trace.kill();
     let _ = trace.wait();
 
     // What the agent learnt: nginx's keepalive_timeout and keepalive_requests.
-    let srv = |le: &str| format!("kato_connection_exchanges_bucket{{closed_by=\"local_fin\",port=\"8080\",side=\"server\",le=\"{le}\"}}");
+    let srv = |le: &str| {
+        format!("kato_connection_exchanges_bucket{{closed_by=\"local_fin\",port=\"8080\",side=\"server\",le=\"{le}\"}}")
+    };
     let cli_all = "kato_connection_exchanges_bucket{closed_by=\"peer_fin\",port=\"8080\",side=\"client\",le=\"+Inf\"}";
     let m = agent.wait_metrics(Duration::from_secs(5), |m| {
-        sample(m, &srv("+Inf")) == 3.0 && sample(m, cli_all) == 3.0 && sample(m, "kato_stale_reuse_total{port=\"8080\",side=\"client\"}") == 1.0
+        sample(m, &srv("+Inf")) == 3.0
+            && sample(m, cli_all) == 3.0
+            && sample(m, "kato_stale_reuse_total{port=\"8080\",side=\"client\"}") == 1.0
     });
-    assert_eq!(sample(&m, &srv("1")), 2.0, "two connections served one request each");
+    assert_eq!(
+        sample(&m, &srv("1")),
+        2.0,
+        "two connections served one request each"
+    );
     assert_eq!(sample(&m, &srv("2")), 2.0);
-    assert_eq!(sample(&m, &srv("3")), 1.0 + 2.0, "one served keepalive_requests = 3");
-    let idle = |le: &str| sample(&m, &format!("kato_connection_idle_before_close_seconds_bucket{{closed_by=\"local_fin\",port=\"8080\",side=\"server\",le=\"{le}\"}}"));
+    assert_eq!(
+        sample(&m, &srv("3")),
+        1.0 + 2.0,
+        "one served keepalive_requests = 3"
+    );
+    let idle = |le: &str| {
+        sample(&m, &format!("kato_connection_idle_before_close_seconds_bucket{{closed_by=\"local_fin\",port=\"8080\",side=\"server\",le=\"{le}\"}}"))
+    };
     assert_eq!(idle("0.5"), 1.0, "the request limit closes at once");
     assert_eq!(idle("1"), 1.0);
     assert_eq!(idle("3"), 3.0, "the two idle ones closed after ~2 s");
     let sum = sample(&m, "kato_connection_idle_before_close_seconds_sum{closed_by=\"local_fin\",port=\"8080\",side=\"server\"}");
-    assert!((3.8..5.4).contains(&sum), "idle before nginx closed: {sum} s in all");
+    assert!(
+        (3.8..5.4).contains(&sum),
+        "idle before nginx closed: {sum} s in all"
+    );
     // The client side sees the same from the other end: the peer closed.
-    let cli = |le: &str| sample(&m, &format!("kato_connection_exchanges_bucket{{closed_by=\"peer_fin\",port=\"8080\",side=\"client\",le=\"{le}\"}}"));
+    let cli = |le: &str| {
+        sample(&m, &format!("kato_connection_exchanges_bucket{{closed_by=\"peer_fin\",port=\"8080\",side=\"client\",le=\"{le}\"}}"))
+    };
     assert_eq!((cli("1"), cli("3"), cli("+Inf")), (2.0, 3.0, 3.0), "{m}");
 }

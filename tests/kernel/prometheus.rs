@@ -30,7 +30,11 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Prometheus {
@@ -48,8 +52,14 @@ impl Prometheus {
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new("/usr/bin/prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
@@ -58,7 +68,11 @@ impl Prometheus {
         let p = Prometheus { child, addr, dir };
         let end = Instant::now() + Duration::from_secs(30);
         while !matches!(http_get(p.addr, "/-/ready"), Ok((200, _))) {
-            assert!(Instant::now() < end, "prometheus never got ready: {}", p.log());
+            assert!(
+                Instant::now() < end,
+                "prometheus never got ready: {}",
+                p.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         p
@@ -72,12 +86,20 @@ impl Prometheus {
     fn query(&self, promql: &str) -> Option<f64> {
         let enc: String = promql
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"_.-".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         let (status, body) = http_get(self.addr, &format!("/api/v1/query?query={enc}")).ok()?;
         assert_eq!(status, 200, "{promql}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
-        v["data"]["result"][0]["value"][1].as_str().map(|s| s.parse().unwrap())
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(|s| s.parse().unwrap())
     }
 
     fn wait(&self, promql: &str, want: f64, limit: Duration) {
@@ -87,7 +109,11 @@ impl Prometheus {
             if got == Some(want) {
                 return;
             }
-            assert!(Instant::now() < end, "{promql} = {got:?}, expected {want}\n{}", self.log());
+            assert!(
+                Instant::now() < end,
+                "{promql} = {got:?}, expected {want}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -103,8 +129,24 @@ fn real_prometheus_scrapes_a_dead_peer() {
     dead_peer(&ns);
     // Increases over the window, exactly (increase() would extrapolate).
     let delta = |m: &str| format!("max_over_time({m}[5m]) - min_over_time({m}[5m])");
-    prom.wait(&delta("kato_keepalive_timeouts_total"), 1.0, Duration::from_secs(15));
-    prom.wait(&delta("kato_keepalive_probes_sent_total"), 3.0, Duration::from_secs(15));
-    prom.wait("kato_resets_sent_total{reason=\"TCP_KEEPALIVE_TIMEOUT\"}", 1.0, Duration::from_secs(15));
-    prom.wait("kato_dead_peer_detection_seconds_count", 1.0, Duration::from_secs(15));
+    prom.wait(
+        &delta("kato_keepalive_timeouts_total"),
+        1.0,
+        Duration::from_secs(15),
+    );
+    prom.wait(
+        &delta("kato_keepalive_probes_sent_total"),
+        3.0,
+        Duration::from_secs(15),
+    );
+    prom.wait(
+        "kato_resets_sent_total{reason=\"TCP_KEEPALIVE_TIMEOUT\"}",
+        1.0,
+        Duration::from_secs(15),
+    );
+    prom.wait(
+        "kato_dead_peer_detection_seconds_count",
+        1.0,
+        Duration::from_secs(15),
+    );
 }

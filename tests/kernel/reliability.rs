@@ -21,7 +21,14 @@ fn close_burst(ns: &Netns, pairs: usize) {
     ns.spawn(move || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let to = l.local_addr().unwrap();
-        let held: Vec<_> = (0..pairs).flat_map(|_| [std::net::TcpStream::connect(to).unwrap(), l.accept().unwrap().0]).collect();
+        let held: Vec<_> = (0..pairs)
+            .flat_map(|_| {
+                [
+                    std::net::TcpStream::connect(to).unwrap(),
+                    l.accept().unwrap().0,
+                ]
+            })
+            .collect();
         drop(held);
     })
     .join()
@@ -29,7 +36,12 @@ fn close_burst(ns: &Netns, pairs: usize) {
 }
 
 /// Starts `kato trace ARGS` and waits for its banner on stderr.
-fn start_trace(args: &[&str]) -> (std::process::Child, std::io::BufReader<std::process::ChildStderr>) {
+fn start_trace(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
     let mut trace = Command::new(KATO)
         .args(["trace"])
         .args(args)
@@ -40,7 +52,10 @@ fn start_trace(args: &[&str]) -> (std::process::Child, std::io::BufReader<std::p
     let mut err = std::io::BufReader::new(trace.stderr.take().unwrap());
     let mut banner = String::new();
     std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
-    assert!(banner.contains("watching"), "kato trace did not start: {banner}");
+    assert!(
+        banner.contains("watching"),
+        "kato trace did not start: {banner}"
+    );
     (trace, err)
 }
 
@@ -49,7 +64,10 @@ fn prog_ids_of(pid: u32) -> Vec<String> {
         .unwrap()
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|i| i.lines().find_map(|l| l.strip_prefix("prog_id:").map(|v| v.trim().to_owned())))
+        .filter_map(|i| {
+            i.lines()
+                .find_map(|l| l.strip_prefix("prog_id:").map(|v| v.trim().to_owned()))
+        })
         .collect();
     ids.sort();
     ids.dedup();
@@ -57,7 +75,10 @@ fn prog_ids_of(pid: u32) -> Vec<String> {
 }
 
 fn loaded(id: &str) -> bool {
-    Command::new("bpftool").args(["prog", "show", "id", id]).output().is_ok_and(|o| o.status.success())
+    Command::new("bpftool")
+        .args(["prog", "show", "id", id])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
@@ -73,7 +94,11 @@ fn sigkill_leaves_nothing_attached() {
     agent.child.wait().unwrap();
     let end = Instant::now() + Duration::from_secs(3);
     while ids.iter().any(|i| loaded(i)) {
-        assert!(Instant::now() < end, "programs survive their process: {:?}", ids.iter().filter(|i| loaded(i)).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < end,
+            "programs survive their process: {:?}",
+            ids.iter().filter(|i| loaded(i)).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Nothing was pinned either (bpffs holds only what it held before).
@@ -87,12 +112,17 @@ fn ring_overrun_is_counted_and_the_agent_catches_up() {
     // A 4 KiB ring holds ~30 records: a burst of closes must overrun it.
     let agent = Agent::start(&["--netns", &ns.name, "--ring-bytes", "4096"]);
     close_burst(&ns, 2000); // ~6,000 FIN and close records at once
-    let m = agent.wait_metrics(Duration::from_secs(10), |m| sample(m, "kato_events_lost_total{cause=\"ring_full\"}") > 0.0);
+    let m = agent.wait_metrics(Duration::from_secs(10), |m| {
+        sample(m, "kato_events_lost_total{cause=\"ring_full\"}") > 0.0
+    });
     let lost = sample(&m, "kato_events_lost_total{cause=\"ring_full\"}");
     assert!(lost > 0.0, "{m}");
     // Still working: a dead peer afterwards is counted exactly.
     dead_peer(&ns);
-    agent.wait_metrics(Duration::from_secs(10), |m| sample(m, "kato_keepalive_timeouts_total") == 1.0 && sample(m, "kato_keepalive_probes_sent_total") == 3.0);
+    agent.wait_metrics(Duration::from_secs(10), |m| {
+        sample(m, "kato_keepalive_timeouts_total") == 1.0
+            && sample(m, "kato_keepalive_probes_sent_total") == 3.0
+    });
     let (code, _) = agent.get("/healthz");
     assert_eq!(code, 200);
 }
@@ -101,7 +131,15 @@ fn ring_overrun_is_counted_and_the_agent_catches_up() {
 fn trace_summary_counts_ring_overrun() {
     require_root();
     let ns = Netns::new("floodtrace");
-    let (mut trace, mut err) = start_trace(&["--ring-bytes", "4096", "--closes", "--netns", &ns.inode.to_string(), "--output", "json"]);
+    let (mut trace, mut err) = start_trace(&[
+        "--ring-bytes",
+        "4096",
+        "--closes",
+        "--netns",
+        &ns.inode.to_string(),
+        "--output",
+        "json",
+    ]);
     // Output is discarded, as with a null stdout.
     let mut out = trace.stdout.take().unwrap();
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
@@ -112,8 +150,16 @@ fn trace_summary_counts_ring_overrun() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     let summary = rest.trim();
-    let lost: u64 = summary.split(", ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
-    assert!(lost > 0 && summary.contains("ring buffer full"), "summary: {summary}");
+    let lost: u64 = summary
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        lost > 0 && summary.contains("ring buffer full"),
+        "summary: {summary}"
+    );
 }
 
 #[test]
@@ -130,7 +176,12 @@ fn malformed_flags_are_usage_errors() {
         vec!["bogus-command"],
     ] {
         let out = Command::new(KATO).args(&args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.stderr.is_empty());
     }
 }
@@ -153,7 +204,9 @@ fn agent_and_trace_coexist() {
     let mut probes = 0;
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        let line = rx.recv_timeout(end.saturating_duration_since(Instant::now())).expect("trace output");
+        let line = rx
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .expect("trace output");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         if v["event"] == "probe_sent" {
             probes += 1;
@@ -163,7 +216,10 @@ fn agent_and_trace_coexist() {
         }
     }
     assert_eq!(probes, 3, "kato trace");
-    agent.wait_metrics(Duration::from_secs(5), |m| sample(m, "kato_keepalive_timeouts_total") == 1.0 && sample(m, "kato_keepalive_probes_sent_total") == 3.0);
+    agent.wait_metrics(Duration::from_secs(5), |m| {
+        sample(m, "kato_keepalive_timeouts_total") == 1.0
+            && sample(m, "kato_keepalive_probes_sent_total") == 3.0
+    });
     let _ = trace.kill();
     let _ = trace.wait();
 }
@@ -178,7 +234,14 @@ fn full_table_evicts_and_counts() {
     let holder = ns.spawn(move || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let to = l.local_addr().unwrap();
-        let held: Vec<_> = (0..50).flat_map(|_| [std::net::TcpStream::connect(to).unwrap(), l.accept().unwrap().0]).collect();
+        let held: Vec<_> = (0..50)
+            .flat_map(|_| {
+                [
+                    std::net::TcpStream::connect(to).unwrap(),
+                    l.accept().unwrap().0,
+                ]
+            })
+            .collect();
         tx.send(()).unwrap();
         let _ = done_rx.recv_timeout(Duration::from_secs(30));
         drop(held);
@@ -187,7 +250,10 @@ fn full_table_evicts_and_counts() {
     let agent = Agent::start(&["--netns", &ns.name, "--table-capacity", "20"]);
     let m = agent.metrics();
     assert!(sample(&m, "kato_table_sockets") <= 20.0, "{m}");
-    assert!(sample(&m, "kato_table_evictions_total") >= 81.0, "101 sockets into 20 places: {m}");
+    assert!(
+        sample(&m, "kato_table_evictions_total") >= 81.0,
+        "101 sockets into 20 places: {m}"
+    );
     done_tx.send(()).unwrap();
     holder.join().unwrap();
 }

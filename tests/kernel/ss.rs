@@ -22,10 +22,20 @@ pub struct SsSocket {
 }
 
 fn addr(s: &str) -> SocketAddr {
-    let (host, port) = s.rsplit_once(':').unwrap_or_else(|| panic!("ss address {s}"));
-    let port = if port == "*" { 0 } else { port.parse().unwrap() };
+    let (host, port) = s
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("ss address {s}"));
+    let port = if port == "*" {
+        0
+    } else {
+        port.parse().unwrap()
+    };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = if host == "*" { Ipv4Addr::UNSPECIFIED.into() } else { host.parse().unwrap() };
+    let ip: IpAddr = if host == "*" {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        host.parse().unwrap()
+    };
     SocketAddr::new(ip, port)
 }
 
@@ -72,9 +82,19 @@ pub fn parse(text: &str) -> Vec<SsSocket> {
             let timer = f.iter().find_map(|x| x.strip_prefix("timer:(")).map(|t| {
                 let parts: Vec<&str> = t.trim_end_matches(')').split(',').collect();
                 let (secs, unit) = duration(parts[1]);
-                SsTimer { kind: parts[0].into(), secs, unit, retrans: parts[2].parse().unwrap() }
+                SsTimer {
+                    kind: parts[0].into(),
+                    secs,
+                    unit,
+                    retrans: parts[2].parse().unwrap(),
+                }
             });
-            SsSocket { state: state(f[0]), local: addr(f[3]), remote: addr(f[4]), timer }
+            SsSocket {
+                state: state(f[0]),
+                local: addr(f[3]),
+                remote: addr(f[4]),
+                timer,
+            }
         })
         .collect()
 }
@@ -93,7 +113,10 @@ ESTAB     0      0          127.0.0.1:1        127.0.0.1:2     timer:(on,1.979ms
     assert_eq!(v[2].state, "FIN_WAIT2");
     assert_eq!(v[2].local, "[::1]:40000".parse().unwrap());
     let t = v[3].timer.as_ref().unwrap();
-    assert_eq!((t.kind.as_str(), t.secs, t.unit, t.retrans), ("on", 1.979, 0.001, 3));
+    assert_eq!(
+        (t.kind.as_str(), t.secs, t.unit, t.retrans),
+        ("on", 1.979, 0.001, 3)
+    );
     assert_eq!(duration("119min"), (7140.0, 60.0));
     assert_eq!(duration("2min5sec"), (125.0, 1.0));
     assert_eq!(duration("979ms"), (0.979, 0.001));

@@ -12,7 +12,7 @@ use std::{
 
 use keepalive_user::{
     event::{Derived, Deriver, Kind, Record},
-    loader::{LoadOptions, Probes},
+    loader::{AttachMode, LoadOptions, Probes},
     stream::EventStream,
 };
 
@@ -25,9 +25,35 @@ pub fn require_root() {
     );
 }
 
+/// The attach path the tests ask for: `KATO_TEST_ATTACH` (auto, fentry or
+/// tracepoint; `cargo xtask test --kernel` runs the VM's tests under each).
+pub fn test_attach() -> AttachMode {
+    match std::env::var("KATO_TEST_ATTACH") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|e| panic!("KATO_TEST_ATTACH: {e}")),
+        Err(_) => AttachMode::Auto,
+    }
+}
+
+/// [`test_attach`] as the `--attach` value for kato.
+pub fn attach_arg() -> &'static str {
+    match test_attach() {
+        AttachMode::Auto => "auto",
+        AttachMode::Fentry => "fentry",
+        AttachMode::Tracepoint => "tracepoint",
+    }
+}
+
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -40,18 +66,27 @@ pub struct Netns {
 impl Netns {
     pub fn new(tag: &str) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!("kato-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "kato-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         run(Command::new("ip").args(["netns", "add", &name]));
         // Constructed now so that a failure below still deletes it.
         let mut ns = Netns { inode: 0, name };
         run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        ns.inode = std::fs::metadata(format!("/run/netns/{}", ns.name)).expect("netns file").ino() as u32;
+        ns.inode = std::fs::metadata(format!("/run/netns/{}", ns.name))
+            .expect("netns file")
+            .ino() as u32;
         ns
     }
 
     /// Runs `f` on a new thread that has joined this namespace: sockets it
     /// creates live there.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open netns");
@@ -63,12 +98,16 @@ impl Netns {
 
     /// `ip -n NAME ARGS`.
     pub fn ip(&self, args: &str) {
-        run(Command::new("ip").args(["-n", &self.name]).args(args.split_whitespace()));
+        run(Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args.split_whitespace()));
     }
 
     /// Runs a command inside the namespace and returns its stdout.
     pub fn exec(&self, args: &[&str]) -> String {
-        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args))
     }
 
     /// Applies an nftables ruleset inside the namespace.
@@ -87,7 +126,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -97,9 +138,20 @@ pub fn setsockopt_pub(s: &impl AsRawFd, level: i32, name: i32, value: i32) {
 
 fn setsockopt(fd: i32, level: i32, name: i32, value: i32) {
     let rc = unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), std::mem::size_of::<i32>() as u32)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
     };
-    assert_eq!(rc, 0, "setsockopt({level}, {name}): {}", io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt({level}, {name}): {}",
+        io::Error::last_os_error()
+    );
 }
 
 /// SO_KEEPALIVE with TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT.
@@ -115,8 +167,21 @@ pub fn keepalive(s: &TcpStream, idle: i32, intvl: i32, cnt: i32) {
 pub fn getsockopt(s: &impl AsRawFd, level: i32, name: i32) -> i32 {
     let mut v: i32 = 0;
     let mut len = std::mem::size_of::<i32>() as u32;
-    let rc = unsafe { libc::getsockopt(s.as_raw_fd(), level, name, (&mut v as *mut i32).cast(), &mut len) };
-    assert_eq!(rc, 0, "getsockopt({level}, {name}): {}", io::Error::last_os_error());
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "getsockopt({level}, {name}): {}",
+        io::Error::last_os_error()
+    );
     v
 }
 
@@ -132,7 +197,11 @@ pub fn keepalive_opts(s: &impl AsRawFd) -> (bool, i32, i32, i32) {
 
 /// A client socket connected to `to`, with `setup` applied before connect.
 pub fn client(to: SocketAddr, setup: impl FnOnce(&TcpStream)) -> TcpStream {
-    let domain = if to.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    let domain = if to.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
     let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
@@ -161,20 +230,36 @@ fn connect(fd: i32, addr: SocketAddr) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
-            unsafe { libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sin) as u32) }
+            unsafe {
+                libc::connect(
+                    fd,
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of_val(&sin) as u32,
+                )
+            }
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
                 sin6_family: libc::AF_INET6 as u16,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: 0,
             };
-            unsafe { libc::connect(fd, (&sin6 as *const libc::sockaddr_in6).cast(), std::mem::size_of_val(&sin6) as u32) }
+            unsafe {
+                libc::connect(
+                    fd,
+                    (&sin6 as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of_val(&sin6) as u32,
+                )
+            }
         }
     };
     assert_eq!(rc, 0, "connect: {}", io::Error::last_os_error());
@@ -201,17 +286,42 @@ impl Collector {
     /// kernel refuses them.
     pub fn start() -> Self {
         require_root();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let _guard = rt.enter();
-        let mut probes = Probes::load(&LoadOptions::default())
-            .unwrap_or_else(|e| panic!("kato's eBPF programs must load on this kernel: {e}"));
+        let attach = test_attach();
+        let mut probes = Probes::load(&LoadOptions {
+            attach,
+            ..LoadOptions::default()
+        })
+        .unwrap_or_else(|e| {
+            panic!("kato's eBPF programs must load on this kernel ({attach:?}): {e}")
+        });
+        let path = probes.attach.as_ref().expect("attached").kind;
+        match attach {
+            AttachMode::Fentry => assert_eq!(path, "fentry"),
+            AttachMode::Tracepoint => assert_eq!(path, "tp_btf"),
+            AttachMode::Auto => {}
+        }
         let stream = probes.events().expect("event stream");
-        Collector { probes, stream, rt, deriver: Deriver::default() }
+        Collector {
+            probes,
+            stream,
+            rt,
+            deriver: Deriver::default(),
+        }
     }
 
     /// Collects events of network namespace `netns` until `done` holds or
     /// `limit` passes.
-    pub fn collect(&mut self, netns: u32, limit: Duration, mut done: impl FnMut(&[Seen]) -> bool) -> Vec<Seen> {
+    pub fn collect(
+        &mut self,
+        netns: u32,
+        limit: Duration,
+        mut done: impl FnMut(&[Seen]) -> bool,
+    ) -> Vec<Seen> {
         let end = Instant::now() + limit;
         let mut seen = Vec::new();
         let mut batch = Vec::new();
@@ -222,7 +332,9 @@ impl Collector {
                 break;
             }
             let stream = &mut self.stream;
-            let _ = self.rt.block_on(async { tokio::time::timeout(left, stream.next_batch(&mut batch)).await });
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(left, stream.next_batch(&mut batch)).await
+            });
             for rec in batch.drain(..) {
                 let rec = rec.expect("every kernel record decodes");
                 if rec.netns != netns {
@@ -230,7 +342,11 @@ impl Collector {
                 }
                 derived.clear();
                 self.deriver.derive(&rec, &mut derived);
-                seen.extend(derived.iter().map(|d| Seen { rec: rec.clone(), kind: d.kind, probes: d.probes }));
+                seen.extend(derived.iter().map(|d| Seen {
+                    rec: rec.clone(),
+                    kind: d.kind,
+                    probes: d.probes,
+                }));
             }
         }
         seen
@@ -239,9 +355,13 @@ impl Collector {
 
 /// Splits off the close of the test's listening socket (pair() drops it).
 pub fn without_listener(seen: Vec<Seen>) -> Vec<Seen> {
-    let (listener, rest): (Vec<Seen>, Vec<Seen>) =
-        seen.into_iter().partition(|s| s.rec.state_before == keepalive_user::tcp::TcpState::Listen);
-    assert!(listener.iter().all(|s| s.kind == Kind::Closed), "{listener:?}");
+    let (listener, rest): (Vec<Seen>, Vec<Seen>) = seen
+        .into_iter()
+        .partition(|s| s.rec.state_before == keepalive_user::tcp::TcpState::Listen);
+    assert!(
+        listener.iter().all(|s| s.kind == Kind::Closed),
+        "{listener:?}"
+    );
     rest
 }
 

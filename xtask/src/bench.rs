@@ -22,7 +22,10 @@ impl Netns {
         status(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Netns(name);
         status(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
-        for (k, v) in [("net.ipv4.ip_local_port_range", "1024 65000"), ("net.core.somaxconn", "4096")] {
+        for (k, v) in [
+            ("net.ipv4.ip_local_port_range", "1024 65000"),
+            ("net.core.somaxconn", "4096"),
+        ] {
             status(ns.cmd("sysctl").args(["-qw", &format!("{k}={v}")]))?;
         }
         Ok(ns)
@@ -128,7 +131,10 @@ fn time(mut make: impl FnMut() -> Command, runs: usize) -> Result<(Duration, Dur
 }
 
 fn count_json(ns: &Netns, kato: &str) -> Result<usize> {
-    let out = ns.cmd(kato).args(["sockets", "--output", "json"]).output()?;
+    let out = ns
+        .cmd(kato)
+        .args(["sockets", "--output", "json"])
+        .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text.matches("\"sock\":").count())
 }
@@ -137,11 +143,23 @@ fn count_json(ns: &Netns, kato: &str) -> Result<usize> {
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: kato\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: kato\r\nConnection: close\r\n\r\n"
+    )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        status,
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    ))
 }
 
 /// The agent watching one namespace: its RSS once the table is seeded, and
@@ -162,10 +180,19 @@ fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
         .spawn()?;
     let mut banner = String::new();
     BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut banner)?;
-    let addr = banner.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).with_context(|| format!("agent did not start: {banner}"))?.to_owned();
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .with_context(|| format!("agent did not start: {banner}"))?
+        .to_owned();
     let result = (|| -> Result<AgentRun> {
         let (_, health) = http_get(&addr, "/healthz")?;
-        let tracked = health.split("\"sockets\":").nth(1).and_then(|s| s.split([',', '}']).next()?.parse().ok()).unwrap_or(0);
+        let tracked = health
+            .split("\"sockets\":")
+            .nth(1)
+            .and_then(|s| s.split([',', '}']).next()?.parse().ok())
+            .unwrap_or(0);
         let rss_kib = rss_kib(child.id())?;
         let mut lat = Vec::with_capacity(scrapes);
         let mut series = 0;
@@ -176,10 +203,19 @@ fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
             if status != 200 {
                 bail!("/metrics answered {status}");
             }
-            series = body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+            series = body
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .count();
         }
         lat.sort();
-        Ok(AgentRun { tracked, rss_kib, scrape_p50: lat[lat.len() / 2], scrape_p99: lat[(lat.len() * 99).div_ceil(100) - 1], series })
+        Ok(AgentRun {
+            tracked,
+            rss_kib,
+            scrape_p50: lat[lat.len() / 2],
+            scrape_p99: lat[(lat.len() * 99).div_ceil(100) - 1],
+            series,
+        })
     })();
     let _ = child.kill();
     let _ = child.wait();
@@ -218,11 +254,39 @@ pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, AgentRun)> {
         let holders = hold(&ns, n)?;
         let listed = count_json(&ns, kato)?;
         let runs = if n >= 50_000 { 3 } else { 5 };
-        let kato_t = time(|| { let mut c = ns.cmd(kato); c.args(["sockets", "--output", "json"]); c }, runs)?;
-        let ss_t = time(|| { let mut c = ns.cmd("ss"); c.arg("-tnoa"); c }, runs)?;
-        let netstat_t = time(|| { let mut c = ns.cmd("netstat"); c.arg("-tnoa"); c }, runs)?;
+        let kato_t = time(
+            || {
+                let mut c = ns.cmd(kato);
+                c.args(["sockets", "--output", "json"]);
+                c
+            },
+            runs,
+        )?;
+        let ss_t = time(
+            || {
+                let mut c = ns.cmd("ss");
+                c.arg("-tnoa");
+                c
+            },
+            runs,
+        )?;
+        let netstat_t = time(
+            || {
+                let mut c = ns.cmd("netstat");
+                c.arg("-tnoa");
+                c
+            },
+            runs,
+        )?;
         let agent = agent_run(kato, &ns, SCRAPES)?;
-        rows.push(Row { sockets: n, listed, kato: kato_t, ss: ss_t, netstat: netstat_t, agent });
+        rows.push(Row {
+            sockets: n,
+            listed,
+            kato: kato_t,
+            ss: ss_t,
+            netstat: netstat_t,
+            agent,
+        });
         drop(holders);
     }
     Ok((rows, baseline))
@@ -236,39 +300,83 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_default();
-    let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     let mut s = String::new();
     let _ = writeln!(s, "# kato benchmarks\n");
     let _ = writeln!(s, "Written by `{command}`; every figure below was measured in that one run. Before/after of each improvement: [benchmarks-history.md](benchmarks-history.md).\n");
-    let _ = writeln!(s, "- date: {date}\n- kernel: {}\n- CPU: {cpu}, {} cores\n", kernel.trim(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    let _ = writeln!(s, "## Listing sockets: `kato sockets --output json` vs `ss -tnoa` vs `netstat -tnoa`\n");
+    let _ = writeln!(
+        s,
+        "- date: {date}\n- kernel: {}\n- CPU: {cpu}, {} cores\n",
+        kernel.trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    let _ = writeln!(
+        s,
+        "## Listing sockets: `kato sockets --output json` vs `ss -tnoa` vs `netstat -tnoa`\n"
+    );
     let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. Wall time, median (min) of 5 runs, 3 at 50k sockets and more. kato's run includes loading its eBPF object, both BPF iterators (sockets and owners) and JSON output.\n");
-    let _ = writeln!(s, "| sockets | kato lists | kato | ss | netstat | kato / ss | kato / netstat |");
+    let _ = writeln!(
+        s,
+        "| sockets | kato lists | kato | ss | netstat | kato / ss | kato / netstat |"
+    );
     let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         let _ = writeln!(
             s,
             "| {} | {} | {} ({}) | {} ({}) | {} ({}) | {:.2}× | {:.3}× |",
-            r.sockets, r.listed, ms(r.kato.0), ms(r.kato.1), ms(r.ss.0), ms(r.ss.1), ms(r.netstat.0), ms(r.netstat.1),
-            ratio(r.kato.0, r.ss.0), ratio(r.kato.0, r.netstat.0)
+            r.sockets,
+            r.listed,
+            ms(r.kato.0),
+            ms(r.kato.1),
+            ms(r.ss.0),
+            ms(r.ss.1),
+            ms(r.netstat.0),
+            ms(r.netstat.1),
+            ratio(r.kato.0, r.ss.0),
+            ratio(r.kato.0, r.netstat.0)
         );
     }
-    let _ = writeln!(s, "\n## The agent: memory per tracked socket, `/metrics` scrape time\n");
+    let _ = writeln!(
+        s,
+        "\n## The agent: memory per tracked socket, `/metrics` scrape time\n"
+    );
     let _ = writeln!(s, "`kato agent --netns <bench namespace>` after its start-up snapshot; RSS from /proc; {SCRAPES} sequential scrapes of `/metrics` over loopback. Baseline: the same agent watching an empty namespace.\n");
     let _ = writeln!(s, "| sockets tracked | RSS | bytes per socket above baseline | scrape p50 | scrape p99 | p99 / baseline p99 | series |");
     let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let line = |a: &AgentRun, per: String, ratio: String| {
-        format!("| {} | {} KiB | {per} | {} | {} | {ratio} | {} |", a.tracked, a.rss_kib, ms(a.scrape_p50), ms(a.scrape_p99), a.series)
+        format!(
+            "| {} | {} KiB | {per} | {} | {} | {ratio} | {} |",
+            a.tracked,
+            a.rss_kib,
+            ms(a.scrape_p50),
+            ms(a.scrape_p99),
+            a.series
+        )
     };
     let _ = writeln!(s, "{}", line(base, "(baseline)".into(), "1.00×".into()));
     for r in rows {
         let a = &r.agent;
         let per = (a.rss_kib.saturating_sub(base.rss_kib) * 1024) as f64 / a.tracked.max(1) as f64;
         let ratio = a.scrape_p99.as_secs_f64() / base.scrape_p99.as_secs_f64();
-        let _ = writeln!(s, "{}", line(a, format!("{per:.0} B"), format!("{ratio:.2}×")));
+        let _ = writeln!(
+            s,
+            "{}",
+            line(a, format!("{per:.0} B"), format!("{ratio:.2}×"))
+        );
     }
     s
 }

@@ -7,17 +7,32 @@ use anyhow::{Context as _, Result};
 
 use crate::status;
 
-pub const TARGETS: [&str; 5] = ["decode_event", "parse_config", "parse_btf", "parse_rule", "http_head"];
+pub const TARGETS: [&str; 5] = [
+    "decode_event",
+    "parse_config",
+    "parse_btf",
+    "parse_rule",
+    "http_head",
+];
 /// Seconds per target in `cargo xtask test`.
 pub const CI_SECS: u64 = 5;
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn ensure_cargo_fuzz() -> Result<()> {
-    let have = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !have {
         eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
-        status(crate::cargo().args(["install", "--locked", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]))
-            .context("installing cargo-fuzz")?;
+        status(crate::cargo().args([
+            "install",
+            "--locked",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))
+        .context("installing cargo-fuzz")?;
     }
     Ok(())
 }
@@ -26,8 +41,19 @@ pub fn run(secs: u64) -> Result<()> {
     ensure_cargo_fuzz()?;
     for t in TARGETS {
         // A finding fails the run and leaves the input in fuzz/artifacts/.
-        status(Command::new("rustup").args(["run", "nightly", "cargo", "fuzz", "run", t, "--", &format!("-max_total_time={secs}")]))
-            .with_context(|| format!("fuzz target {t} found a failure (input in fuzz/artifacts/{t}/)"))?;
+        status(Command::new("rustup").args([
+            "run",
+            "nightly",
+            "cargo",
+            "fuzz",
+            "run",
+            t,
+            "--",
+            &format!("-max_total_time={secs}"),
+        ]))
+        .with_context(|| {
+            format!("fuzz target {t} found a failure (input in fuzz/artifacts/{t}/)")
+        })?;
     }
     Ok(())
 }

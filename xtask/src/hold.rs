@@ -11,7 +11,10 @@ use anyhow::{Context as _, Result};
 
 /// Raises the soft fd limit to the hard one.
 pub fn raise_nofile() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
@@ -44,7 +47,12 @@ pub fn listen(addr: SocketAddr, count: usize, ka_secs: Option<i32>) -> Result<()
     Ok(())
 }
 
-pub fn connect(addr: SocketAddr, count: usize, keepalive: bool, ka_secs: Option<i32>) -> Result<()> {
+pub fn connect(
+    addr: SocketAddr,
+    count: usize,
+    keepalive: bool,
+    ka_secs: Option<i32>,
+) -> Result<()> {
     raise_nofile();
     let mut held = Vec::with_capacity(count);
     for i in 0..count {
@@ -68,7 +76,13 @@ fn set_keepalive(s: &TcpStream) {
     let one: i32 = 1;
     // SAFETY: valid fd and option buffer.
     unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, (&one as *const i32).cast(), 4);
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&one as *const i32).cast(),
+            4,
+        );
     }
 }
 
@@ -80,7 +94,13 @@ fn fast_keepalive(s: &TcpStream, secs: i32) {
     for opt in [libc::TCP_KEEPIDLE, libc::TCP_KEEPINTVL] {
         // SAFETY: valid fd and option buffer.
         unsafe {
-            libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, opt, (&secs as *const i32).cast(), 4);
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                opt,
+                (&secs as *const i32).cast(),
+                4,
+            );
         }
     }
 }

@@ -10,6 +10,7 @@ mod hold;
 mod overhead;
 mod rr;
 mod setup;
+mod vm;
 
 use std::process::Command;
 
@@ -98,9 +99,16 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         secs: u64,
     },
-    /// Run every test: unit tests, the kernel-facing tests (as root), and a
-    /// short fuzz run of every parser.
+    /// Run every test: unit tests, the kernel-facing tests (as root) on this
+    /// kernel, a short fuzz run of every parser, then the kernel-facing tests
+    /// again inside a qemu VM booting Debian's 6.1 kernel, under each attach
+    /// path (auto, fentry, tracepoint).
     Test {
+        /// Only this kernel: `host` (the running one) or `debian-6.1` (a VM,
+        /// software emulation; keepalive, sockets and doctor tests, or the
+        /// filters given).
+        #[arg(long, value_name = "KERNEL")]
+        kernel: Option<String>,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -113,14 +121,16 @@ pub fn cargo() -> Command {
 
 pub fn status(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
-    let st = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed ({st})");
     }
     Ok(())
 }
 
-fn build(release: bool) -> Result<()> {
+pub fn build(release: bool) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["build", "--package", "keepalive-user"]);
     if release {
@@ -131,7 +141,14 @@ fn build(release: bool) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Cmd::Hold { listen, connect, count, keepalive, ka_secs } = cli.command {
+    if let Cmd::Hold {
+        listen,
+        connect,
+        count,
+        keepalive,
+        ka_secs,
+    } = cli.command
+    {
         return match (listen, connect) {
             (Some(a), _) => hold::listen(a, count, ka_secs),
             (_, Some(a)) => hold::connect(a, count, keepalive, ka_secs),
@@ -147,7 +164,14 @@ fn main() -> Result<()> {
     setup::ensure()?;
     match cli.command {
         Cmd::Hold { .. } | Cmd::Rr { .. } | Cmd::Churn { .. } => unreachable!("handled above"),
-        Cmd::Bench { sockets, rr_secs, events_sockets, events_secs, churn, fuzz_secs } => {
+        Cmd::Bench {
+            sockets,
+            rr_secs,
+            events_sockets,
+            events_secs,
+            churn,
+            fuzz_secs,
+        } => {
             if euid() != 0 {
                 bail!("benchmarks create network namespaces and load eBPF: run `cargo xtask bench` as root");
             }
@@ -184,19 +208,37 @@ fn main() -> Result<()> {
         Cmd::Run { release, args } => {
             build(release)?;
             let bin = format!("target/{}/kato", if release { "release" } else { "debug" });
-            let st = Command::new(&bin).args(&args).status().with_context(|| format!("cannot start {bin}"))?;
+            let st = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot start {bin}"))?;
             std::process::exit(st.code().unwrap_or(1));
         }
         Cmd::Fuzz { secs } => fuzz::run(secs),
-        Cmd::Test { args } => {
+        Cmd::Test { kernel, args } => {
             if euid() != 0 {
                 bail!("the kernel-facing tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
+            }
+            let filters = || -> Vec<String> {
+                if args.is_empty() {
+                    vm::DEFAULT_FILTERS.iter().map(|s| s.to_string()).collect()
+                } else {
+                    args.clone()
+                }
+            };
+            match kernel.as_deref() {
+                None | Some("host") => {}
+                Some(k) => return vm::test(k, &filters(), vm::ATTACH_PATHS),
             }
             build(false)?;
             // default-members: the host crates (the eBPF crate only builds for BPF).
             status(cargo().args(["test", "--no-fail-fast"]).args(&args))?;
-            if args.is_empty() {
+            if args.is_empty() && kernel.is_none() {
                 fuzz::run(fuzz::CI_SECS)?;
+                // The second kernel: the same binaries in a VM, every attach path.
+                for k in vm::names() {
+                    vm::test(k, &filters(), vm::ATTACH_PATHS)?;
+                }
             }
             Ok(())
         }
@@ -207,7 +249,10 @@ fn euid() -> u32 {
     // No libc dependency for one call: /proc/self/status has the effective uid.
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(str::to_owned)))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:").map(str::to_owned))
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|u| u.parse().ok()))
         .unwrap_or(u32::MAX)
 }

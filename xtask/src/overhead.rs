@@ -20,7 +20,10 @@ const CONDITIONS: [&str; 4] = ["none", "floor", "kato", "bpftrace"];
 const REPS: usize = 3;
 /// (name, connections): a 2-connection ping-pong, and a 64-connection one
 /// whose many sockets arm and re-arm many distinct kernel timers.
-const LOADS: [(&str, usize); 2] = [("request/response, 2 connections", 2), ("timer-heavy, 64 connections", 64)];
+const LOADS: [(&str, usize); 2] = [
+    ("request/response, 2 connections", 2),
+    ("timer-heavy, 64 connections", 64),
+];
 
 /// The bpftrace peer: the same tracepoints, the same keepalive filter,
 /// counting per event kind instead of streaming records.
@@ -63,7 +66,12 @@ fn wait_for(child: &mut Child, stderr: bool, needle: &str) -> Result<String> {
 }
 
 fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
-    let spawn = |cmd: &mut Command| cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let spawn = |cmd: &mut Command| {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
     Ok(match cond {
         "none" => None,
         "floor" => {
@@ -72,7 +80,13 @@ fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
             Some(c)
         }
         "kato" => {
-            let mut c = spawn(Command::new(kato).args(["agent", "--listen", "127.0.0.1:0", "--netns", "self"]))?;
+            let mut c = spawn(Command::new(kato).args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--netns",
+                "self",
+            ]))?;
             wait_for(&mut c, true, "listening")?;
             Some(c)
         }
@@ -115,8 +129,15 @@ fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
     ids.dedup();
     let mut out = BTreeMap::new();
     for id in ids {
-        let Ok(o) = Command::new("bpftool").args(["prog", "show", "id", &id, "--json"]).output() else { continue };
-        let Ok(v) = serde_json_lite(&String::from_utf8_lossy(&o.stdout)) else { continue };
+        let Ok(o) = Command::new("bpftool")
+            .args(["prog", "show", "id", &id, "--json"])
+            .output()
+        else {
+            continue;
+        };
+        let Ok(v) = serde_json_lite(&String::from_utf8_lossy(&o.stdout)) else {
+            continue;
+        };
         if let (Some(name), Some(ns), Some(cnt)) = (v.0, v.1, v.2) {
             let e = out.entry(name).or_insert((0, 0));
             e.0 += ns;
@@ -129,20 +150,46 @@ fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
 /// (name, run_time_ns, run_cnt) from one `bpftool prog show --json` object,
 /// without a JSON dependency in xtask.
 fn serde_json_lite(s: &str) -> Result<(Option<String>, Option<u64>, Option<u64>)> {
-    let field = |k: &str| s.split(&format!("\"{k}\":")).nth(1).map(|r| r.trim_start().to_owned());
-    let num = |k: &str| field(k).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()));
-    let name = field("name").and_then(|r| r.strip_prefix('"').and_then(|r| r.split('"').next()).map(str::to_owned));
+    let field = |k: &str| {
+        s.split(&format!("\"{k}\":"))
+            .nth(1)
+            .map(|r| r.trim_start().to_owned())
+    };
+    let num = |k: &str| {
+        field(k).and_then(|r| {
+            r.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+    };
+    let name = field("name").and_then(|r| {
+        r.strip_prefix('"')
+            .and_then(|r| r.split('"').next())
+            .map(str::to_owned)
+    });
     Ok((name, num("run_time_ns"), num("run_cnt")))
 }
 
 fn rr(ns: &Netns, conns: usize, secs: f64) -> Result<(u64, u64, u64)> {
     let me = std::env::current_exe()?;
-    let out = ns.cmd(me.to_str().context("path")?).args(["rr", "--conns", &conns.to_string(), "--secs", &secs.to_string()]).output()?;
+    let out = ns
+        .cmd(me.to_str().context("path")?)
+        .args([
+            "rr",
+            "--conns",
+            &conns.to_string(),
+            "--secs",
+            &secs.to_string(),
+        ])
+        .output()?;
     if !out.status.success() {
         bail!("rr failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: Vec<u64> = text.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     Ok((v[0], v[1], v[2]))
 }
 
@@ -166,7 +213,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
-    let _ = Command::new("sysctl").args(["-qw", "kernel.bpf_stats_enabled=1"]).status();
+    let _ = Command::new("sysctl")
+        .args(["-qw", "kernel.bpf_stats_enabled=1"])
+        .status();
     let ns = Netns::new("rr")?;
     let mut samples: BTreeMap<(usize, &'static str), Vec<(f64, u64)>> = BTreeMap::new();
     let (mut kato_cost, mut floor_cost) = (BTreeMap::new(), BTreeMap::new());
@@ -175,7 +224,10 @@ pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
             // Rotate the order each repetition so drift spreads evenly.
             for k in 0..CONDITIONS.len() {
                 let cond = CONDITIONS[(k + rep) % CONDITIONS.len()];
-                eprintln!("xtask bench: rr {conns} conns, {cond}, repetition {}", rep + 1);
+                eprintln!(
+                    "xtask bench: rr {conns} conns, {cond}, repetition {}",
+                    rep + 1
+                );
                 let child = start(cond, kato)?;
                 let (rts, _p50, p99) = rr(&ns, *conns, secs)?;
                 if let Some(c) = &child {
@@ -193,7 +245,10 @@ pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
                     }
                 }
                 stop(child);
-                samples.entry((li, cond)).or_default().push((rts as f64 / secs, p99));
+                samples
+                    .entry((li, cond))
+                    .or_default()
+                    .push((rts as f64 / secs, p99));
             }
         }
     }
@@ -202,10 +257,21 @@ pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
         .map(|(k, v)| {
             let rts = median(v.iter().map(|x| x.0).collect());
             let p99 = median(v.iter().map(|x| x.1 as f64).collect()) as u64;
-            (k, Cell { rts_per_s: rts, p99_us: p99 })
+            (
+                k,
+                Cell {
+                    rts_per_s: rts,
+                    p99_us: p99,
+                },
+            )
         })
         .collect();
-    Ok(Overhead { secs, cells, kato_cost, floor_cost })
+    Ok(Overhead {
+        secs,
+        cells,
+        kato_cost,
+        floor_cost,
+    })
 }
 
 pub struct Throughput {
@@ -219,7 +285,10 @@ pub struct Throughput {
 }
 
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' '))).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// utime + stime of `pid`, in clock ticks.
@@ -233,13 +302,26 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 /// `kato agent` watching `ns`, and the address it serves on.
 fn spawn_agent(kato: &str, ns: &Netns, snapshot_interval: &str) -> Result<(Child, String)> {
     let mut agent = Command::new(kato)
-        .args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0, "--snapshot-interval", snapshot_interval])
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--netns",
+            &ns.0,
+            "--snapshot-interval",
+            snapshot_interval,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
     let banner = wait_for(&mut agent, true, "listening")?;
-    let addr = banner.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).context("agent address")?.to_owned();
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .context("agent address")?
+        .to_owned();
     Ok((agent, addr))
 }
 
@@ -251,7 +333,10 @@ pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
     std::thread::sleep(Duration::from_secs(5));
     let scrape = || -> Result<(f64, f64)> {
         let (_, m) = http_get(&addr, "/metrics")?;
-        let lost = ["ring_full", "kernel_read", "decode"].iter().map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}"))).sum();
+        let lost = ["ring_full", "kernel_read", "decode"]
+            .iter()
+            .map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}")))
+            .sum();
         Ok((metric(&m, "kato_events_processed_total"), lost))
     };
     let stats0 = prog_stats(agent.id());
@@ -300,13 +385,26 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
          Added cost = throughput lost against *none*; kato's target is at most 1.3× the floor's added cost and under 1% loss.\n",
         o.secs
     );
-    let _ = writeln!(s, "| load | condition | round trips/s | vs none | p99 | added cost vs floor's |");
+    let _ = writeln!(
+        s,
+        "| load | condition | round trips/s | vs none | p99 | added cost vs floor's |"
+    );
     let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: |");
     for (li, (name, _)) in LOADS.iter().enumerate() {
-        let none = o.cells.get(&(li, "none")).map(|c| c.rts_per_s).unwrap_or(f64::NAN);
-        let floor = o.cells.get(&(li, "floor")).map(|c| c.rts_per_s).unwrap_or(f64::NAN);
+        let none = o
+            .cells
+            .get(&(li, "none"))
+            .map(|c| c.rts_per_s)
+            .unwrap_or(f64::NAN);
+        let floor = o
+            .cells
+            .get(&(li, "floor"))
+            .map(|c| c.rts_per_s)
+            .unwrap_or(f64::NAN);
         for cond in CONDITIONS {
-            let Some(c) = o.cells.get(&(li, cond)) else { continue };
+            let Some(c) = o.cells.get(&(li, cond)) else {
+                continue;
+            };
             let vs = c.rts_per_s / none;
             let added = if cond == "none" || cond == "floor" {
                 "-".to_owned()
@@ -315,7 +413,14 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
             } else {
                 "floor within noise".to_owned()
             };
-            let _ = writeln!(s, "| {name} | {cond} | {:.0} | {:.3}× ({:+.2}%) | {} µs | {added} |", c.rts_per_s, vs, (vs - 1.0) * 100.0, c.p99_us);
+            let _ = writeln!(
+                s,
+                "| {name} | {cond} | {:.0} | {:.3}× ({:+.2}%) | {} µs | {added} |",
+                c.rts_per_s,
+                vs,
+                (vs - 1.0) * 100.0,
+                c.p99_us
+            );
         }
     }
     let _ = writeln!(s, "\n## Per-event cost in the kernel\n");
@@ -327,7 +432,11 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
     let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, kc) in &o.kato_cost {
         let floor_name = format!("floor_{name}");
-        let floor = o.floor_cost.iter().find(|(n, _)| floor_name.starts_with(n.as_str()) || n.starts_with(&floor_name)).map(|(_, c)| c);
+        let floor = o
+            .floor_cost
+            .iter()
+            .find(|(n, _)| floor_name.starts_with(n.as_str()) || n.starts_with(&floor_name))
+            .map(|(_, c)| c);
         let f = per_run(floor);
         let k = per_run(Some(kc));
         let ratio = match (k, f) {
@@ -336,7 +445,15 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
         };
         let tl = t.costs.get(name);
         let show = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
-        let _ = writeln!(s, "| {name} | {} | {} | {ratio} | {} | {} | {} |", show(f), show(k), kc.1, show(per_run(tl)), tl.map_or(0, |c| c.1));
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {ratio} | {} | {} | {} |",
+            show(f),
+            show(k),
+            kc.1,
+            show(per_run(tl)),
+            tl.map_or(0, |c| c.1)
+        );
     }
     let _ = writeln!(s, "\n## Event throughput\n");
     let _ = writeln!(
@@ -346,7 +463,10 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
         t.sockets / 2,
         t.secs
     );
-    let _ = writeln!(s, "| records processed/s | lost | agent CPU | agent CPU per 10k records/s | agent RSS |");
+    let _ = writeln!(
+        s,
+        "| records processed/s | lost | agent CPU | agent CPU per 10k records/s | agent RSS |"
+    );
     let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: |");
     let _ = writeln!(
         s,
@@ -379,8 +499,15 @@ pub fn churn(kato: &str, total: usize) -> Result<Churn> {
     let (mut agent, addr) = spawn_agent(kato, &ns, "2s")?;
     let read = || -> Result<(f64, f64, f64)> {
         let (_, m) = http_get(&addr, "/metrics")?;
-        let lost = ["ring_full", "kernel_read", "decode"].iter().map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}"))).sum();
-        Ok((metric(&m, "kato_table_sockets"), lost, metric(&m, "kato_events_processed_total")))
+        let lost = ["ring_full", "kernel_read", "decode"]
+            .iter()
+            .map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}")))
+            .sum();
+        Ok((
+            metric(&m, "kato_table_sockets"),
+            lost,
+            metric(&m, "kato_events_processed_total"),
+        ))
     };
     std::thread::sleep(Duration::from_secs(3));
     let (table_before, lost0, p0) = read()?;
@@ -389,7 +516,12 @@ pub fn churn(kato: &str, total: usize) -> Result<Churn> {
     let me = me.to_str().context("path")?;
     let t = Instant::now();
     let procs: Vec<Child> = (0..4)
-        .map(|_| ns.cmd(me).args(["churn", "--count", &(total / 4).to_string()]).stdout(Stdio::null()).spawn())
+        .map(|_| {
+            ns.cmd(me)
+                .args(["churn", "--count", &(total / 4).to_string()])
+                .stdout(Stdio::null())
+                .spawn()
+        })
         .collect::<std::io::Result<_>>()?;
     for mut p in procs {
         if !p.wait()?.success() {
@@ -403,7 +535,16 @@ pub fn churn(kato: &str, total: usize) -> Result<Churn> {
     let rss_after = rss_kib(agent.id())?;
     let _ = agent.kill();
     let _ = agent.wait();
-    Ok(Churn { connections: total, secs, table_before, table_after, rss_before, rss_after, lost: lost1 - lost0, processed: p1 - p0 })
+    Ok(Churn {
+        connections: total,
+        secs,
+        table_before,
+        table_after,
+        rss_before,
+        rss_after,
+        lost: lost1 - lost0,
+        processed: p1 - p0,
+    })
 }
 
 pub fn churn_report(c: &Churn) -> String {

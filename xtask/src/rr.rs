@@ -64,6 +64,10 @@ pub fn run(conns: usize, secs: f64) -> Result<()> {
     }
     drop(server);
     let total: u64 = h.iter().sum();
-    println!("{total} {} {}", percentile(&h, total, 0.5), percentile(&h, total, 0.99));
+    println!(
+        "{total} {} {}",
+        percentile(&h, total, 0.5),
+        percentile(&h, total, 0.99)
+    );
     Ok(())
 }

@@ -29,7 +29,9 @@ const PACKAGES: &[&str] = &[
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// What only `cargo xtask bench` needs: the bpftrace peer, tracefs mounted
@@ -51,16 +53,38 @@ pub fn ensure() -> Result<()> {
 }
 
 fn nightly_rust_src() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
     match installed {
         None => {
-            eprintln!("xtask setup: installing the nightly toolchain (eBPF programs need -Z build-std)");
-            status(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
+            eprintln!(
+                "xtask setup: installing the nightly toolchain (eBPF programs need -Z build-std)"
+            );
+            status(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))
         }
         Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
         Some(_) => {
             eprintln!("xtask setup: adding rust-src to the nightly toolchain");
-            status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+            status(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))
         }
     }
 }
@@ -76,12 +100,15 @@ fn nightly_llvm_major() -> Result<u32> {
 }
 
 fn debian_packages(llvm: u32) -> Result<()> {
-    let wanted: Vec<String> = PACKAGES.iter().map(|p| p.replace("22", &llvm.to_string())).collect();
+    let wanted: Vec<String> = PACKAGES
+        .iter()
+        .map(|p| p.replace("22", &llvm.to_string()))
+        .collect();
     let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
     ensure_packages(&wanted)
 }
 
-fn ensure_packages(wanted: &[&str]) -> Result<()> {
+pub fn ensure_packages(wanted: &[&str]) -> Result<()> {
     let missing: Vec<&&str> = wanted
         .iter()
         .filter(|p| {
@@ -93,9 +120,15 @@ fn ensure_packages(wanted: &[&str]) -> Result<()> {
         return Ok(());
     }
     let names: Vec<&str> = missing.iter().map(|s| **s).collect();
-    eprintln!("xtask setup: installing Debian packages: {}", names.join(" "));
+    eprintln!(
+        "xtask setup: installing Debian packages: {}",
+        names.join(" ")
+    );
     if Command::new("apt-get").arg("--version").output().is_err() {
-        bail!("apt-get is not available; install these packages by hand: {}", names.join(" "));
+        bail!(
+            "apt-get is not available; install these packages by hand: {}",
+            names.join(" ")
+        );
     }
     status(Command::new("apt-get").args(["update", "-qq"]))
         .context("apt-get update failed (are you root?)")?;
@@ -118,32 +151,57 @@ fn llvm_major_from_ldd(ldd: &str) -> Option<u32> {
     ldd.lines().find_map(|l| {
         let name = l.split_whitespace().next()?;
         let rest = name.strip_prefix("libLLVM")?;
-        let digits: String = rest.trim_start_matches(['-', '.', 's', 'o']).chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = rest
+            .trim_start_matches(['-', '.', 's', 'o'])
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().ok()
     })
 }
 
 fn bpf_linker(llvm: u32) -> Result<()> {
-    let which = output(Command::new("sh").args(["-c", "command -v bpf-linker"])).map(|s| s.trim().to_owned());
+    let which = output(Command::new("sh").args(["-c", "command -v bpf-linker"]))
+        .map(|s| s.trim().to_owned());
     if let Some(bin) = which.as_deref().filter(|b| !b.is_empty()) {
-        let works = Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success());
+        let works = Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
         match linked_llvm_major(bin) {
             Some(m) if works && m == llvm => return Ok(()),
-            Some(m) => eprintln!("xtask setup: {bin} links LLVM {m}, nightly rustc uses LLVM {llvm}: rebuilding"),
+            Some(m) => eprintln!(
+                "xtask setup: {bin} links LLVM {m}, nightly rustc uses LLVM {llvm}: rebuilding"
+            ),
             None => eprintln!("xtask setup: cannot tell which LLVM {bin} links: rebuilding"),
         }
     } else {
-        eprintln!("xtask setup: bpf-linker not found: building it against LLVM {llvm} (about 75 s)");
+        eprintln!(
+            "xtask setup: bpf-linker not found: building it against LLVM {llvm} (about 75 s)"
+        );
     }
     let prefix = format!("/usr/lib/llvm-{llvm}");
     let path = format!("{prefix}/bin:{}", std::env::var("PATH").unwrap_or_default());
     status(
         crate::cargo()
-            .args(["install", "--locked", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{llvm}")])
+            .args([
+                "install",
+                "--locked",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm}"),
+            ])
             .env("PATH", path),
     )
-    .with_context(|| format!("building bpf-linker against LLVM {llvm} failed (needs llvm-{llvm}-dev)"))
+    .with_context(|| {
+        format!("building bpf-linker against LLVM {llvm} failed (needs llvm-{llvm}-dev)")
+    })
 }
 
 #[cfg(test)]
@@ -152,8 +210,12 @@ mod tests {
     fn llvm_major_from_ldd_output() {
         let debian = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibLLVM.so.22.1 => /usr/lib/llvm-22/lib/libLLVM.so.22.1 (0x00007fc5)\n";
         assert_eq!(super::llvm_major_from_ldd(debian), Some(22));
-        let rust = "\tlibLLVM-21-rust-1.90.0-nightly.so => /x/lib/libLLVM-21-rust-1.90.0-nightly.so\n";
+        let rust =
+            "\tlibLLVM-21-rust-1.90.0-nightly.so => /x/lib/libLLVM-21-rust-1.90.0-nightly.so\n";
         assert_eq!(super::llvm_major_from_ldd(rust), Some(21));
-        assert_eq!(super::llvm_major_from_ldd("\tlibc.so.6 => /lib/libc.so.6\n"), None);
+        assert_eq!(
+            super::llvm_major_from_ldd("\tlibc.so.6 => /lib/libc.so.6\n"),
+            None
+        );
     }
 }

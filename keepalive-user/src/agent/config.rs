@@ -51,7 +51,11 @@ impl LabelBy {
             "remote_port" => LabelBy::RemotePort,
             "comm" => LabelBy::Comm,
             "netns" => LabelBy::Netns,
-            _ => return Err(format!("unknown label `{s}` (expected local_port, remote_port, comm or netns)")),
+            _ => {
+                return Err(format!(
+                    "unknown label `{s}` (expected local_port, remote_port, comm or netns)"
+                ))
+            }
         })
     }
 
@@ -88,6 +92,8 @@ pub struct AgentConfig {
     pub http_keepalive: bool,
     /// Ring buffer size override (tests only; not a config key).
     pub ring_bytes: Option<u32>,
+    /// fentry, tracepoints, or the best the kernel allows.
+    pub attach: crate::loader::AttachMode,
 }
 
 impl Default for AgentConfig {
@@ -105,6 +111,7 @@ impl Default for AgentConfig {
             idle_kill_min: Duration::from_secs(30),
             http_keepalive: false,
             ring_bytes: None,
+            attach: crate::loader::AttachMode::Auto,
         }
     }
 }
@@ -123,9 +130,10 @@ pub struct Overrides {
     pub idle_timeouts: Option<Vec<Rule>>,
     pub idle_kill_min: Option<Duration>,
     pub http_keepalive: Option<bool>,
+    pub attach: Option<crate::loader::AttachMode>,
 }
 
-pub const KEYS: [&str; 11] = [
+pub const KEYS: [&str; 12] = [
     "listen",
     "netns",
     "snapshot_interval",
@@ -137,6 +145,7 @@ pub const KEYS: [&str; 11] = [
     "idle_timeouts",
     "idle_kill_min",
     "http_keepalive",
+    "attach",
 ];
 
 fn positive(key: &str, v: i64, max: i64) -> Result<i64, String> {
@@ -153,12 +162,18 @@ impl Overrides {
         // An empty TOML key ("" = 1) is still named, as "".
         let err = |key: &str, message: String| ConfigError {
             origin: origin.into(),
-            key: if key.is_empty() { "\"\"".into() } else { key.into() },
+            key: if key.is_empty() {
+                "\"\"".into()
+            } else {
+                key.into()
+            },
             message,
         };
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let msg = e.message().to_owned();
-            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
             ConfigError {
                 origin: origin.into(),
                 key: "(syntax)".into(),
@@ -170,11 +185,17 @@ impl Overrides {
         })?;
         let mut o = Overrides::default();
         for (key, value) in &table {
-            let want = |what: &str| err(key, format!("expected {what}, found {}", value.type_str()));
+            let want =
+                |what: &str| err(key, format!("expected {what}, found {}", value.type_str()));
             match key.as_str() {
                 "listen" => {
-                    let s = value.as_str().ok_or_else(|| want("a string like \"127.0.0.1:7941\""))?;
-                    o.listen = Some(s.parse().map_err(|_| err(key, format!("`{s}` is not an address:port")))?);
+                    let s = value
+                        .as_str()
+                        .ok_or_else(|| want("a string like \"127.0.0.1:7941\""))?;
+                    o.listen = Some(
+                        s.parse()
+                            .map_err(|_| err(key, format!("`{s}` is not an address:port")))?,
+                    );
                 }
                 "netns" => {
                     o.netns = Some(match value {
@@ -194,7 +215,9 @@ impl Overrides {
                     });
                 }
                 "snapshot_interval" => {
-                    let s = value.as_str().ok_or_else(|| want("a duration string like \"30s\""))?;
+                    let s = value
+                        .as_str()
+                        .ok_or_else(|| want("a duration string like \"30s\""))?;
                     let d = crate::duration::parse(s).map_err(|m| err(key, m))?;
                     if d < Duration::from_millis(100) {
                         return Err(err(key, format!("`{s}` is too short (at least 100ms)")));
@@ -202,41 +225,74 @@ impl Overrides {
                     o.snapshot_interval = Some(d);
                 }
                 "label_by" => {
-                    let a = value.as_array().ok_or_else(|| want("a list like [\"remote_port\"]"))?;
+                    let a = value
+                        .as_array()
+                        .ok_or_else(|| want("a list like [\"remote_port\"]"))?;
                     o.label_by = Some(
                         a.iter()
-                            .map(|v| v.as_str().ok_or_else(|| want("a list of strings")).and_then(|s| LabelBy::parse(s).map_err(|m| err(key, m))))
+                            .map(|v| {
+                                v.as_str()
+                                    .ok_or_else(|| want("a list of strings"))
+                                    .and_then(|s| LabelBy::parse(s).map_err(|m| err(key, m)))
+                            })
                             .collect::<Result<_, _>>()?,
                     );
                 }
                 "label_limit" => {
                     let v = value.as_integer().ok_or_else(|| want("an integer"))?;
-                    o.label_limit = Some(positive(key, v, 10_000).map_err(|m| err(key, m))? as usize);
+                    o.label_limit =
+                        Some(positive(key, v, 10_000).map_err(|m| err(key, m))? as usize);
                 }
                 "table_capacity" => {
                     let v = value.as_integer().ok_or_else(|| want("an integer"))?;
-                    o.table_capacity = Some(positive(key, v, 100_000_000).map_err(|m| err(key, m))? as usize);
+                    o.table_capacity =
+                        Some(positive(key, v, 100_000_000).map_err(|m| err(key, m))? as usize);
                 }
                 "btf" => o.btf = Some(value.as_str().ok_or_else(|| want("a path string"))?.into()),
                 "idle_timeouts" => {
-                    let t = value.as_table().ok_or_else(|| want("a table like { \"10.0.0.0/8:5432\" = \"350s\" }"))?;
+                    let t = value
+                        .as_table()
+                        .ok_or_else(|| want("a table like { \"10.0.0.0/8:5432\" = \"350s\" }"))?;
                     let mut rules = vec![];
                     for (k, v) in t {
-                        let v = v.as_str().ok_or_else(|| err(&format!("idle_timeouts.{k}"), "expected a duration string like \"350s\"".into()))?;
-                        rules.push(Rule::from_entry(k, v).map_err(|m| err(&format!("idle_timeouts.{k}"), m))?);
+                        let v = v.as_str().ok_or_else(|| {
+                            err(
+                                &format!("idle_timeouts.{k}"),
+                                "expected a duration string like \"350s\"".into(),
+                            )
+                        })?;
+                        rules.push(
+                            Rule::from_entry(k, v)
+                                .map_err(|m| err(&format!("idle_timeouts.{k}"), m))?,
+                        );
                     }
                     o.idle_timeouts = Some(rules);
                 }
                 "idle_kill_min" => {
-                    let s = value.as_str().ok_or_else(|| want("a duration string like \"30s\""))?;
+                    let s = value
+                        .as_str()
+                        .ok_or_else(|| want("a duration string like \"30s\""))?;
                     o.idle_kill_min = Some(crate::duration::parse(s).map_err(|m| err(key, m))?);
                 }
-                "http_keepalive" => o.http_keepalive = Some(value.as_bool().ok_or_else(|| want("true or false"))?),
+                "http_keepalive" => {
+                    o.http_keepalive = Some(value.as_bool().ok_or_else(|| want("true or false"))?)
+                }
+                "attach" => {
+                    let s = value
+                        .as_str()
+                        .ok_or_else(|| want("\"auto\", \"fentry\" or \"tracepoint\""))?;
+                    o.attach = Some(s.parse().map_err(|m| err(key, m))?);
+                }
                 "hz" => {
                     let v = value.as_integer().ok_or_else(|| want("an integer"))?;
                     o.hz = Some(positive(key, v, 10_000).map_err(|m| err(key, m))? as u32);
                 }
-                _ => return Err(err(key, format!("unknown key (known keys: {})", KEYS.join(", ")))),
+                _ => {
+                    return Err(err(
+                        key,
+                        format!("unknown key (known keys: {})", KEYS.join(", ")),
+                    ))
+                }
             }
         }
         Ok(o)
@@ -256,6 +312,7 @@ impl Overrides {
             idle_timeouts: self.idle_timeouts.or(base.idle_timeouts),
             idle_kill_min: self.idle_kill_min.or(base.idle_kill_min),
             http_keepalive: self.http_keepalive.or(base.http_keepalive),
+            attach: self.attach.or(base.attach),
         }
     }
 
@@ -270,10 +327,14 @@ impl Overrides {
             table_capacity: self.table_capacity.unwrap_or(d.table_capacity),
             btf: self.btf.or(d.btf),
             hz: self.hz.or(d.hz),
-            policy: self.idle_timeouts.map(|rules| Policy { rules }).unwrap_or(d.policy),
+            policy: self
+                .idle_timeouts
+                .map(|rules| Policy { rules })
+                .unwrap_or(d.policy),
             idle_kill_min: self.idle_kill_min.unwrap_or(d.idle_kill_min),
             http_keepalive: self.http_keepalive.unwrap_or(d.http_keepalive),
             ring_bytes: None,
+            attach: self.attach.unwrap_or(d.attach),
         }
     }
 }
@@ -295,10 +356,16 @@ mod tests {
         .unwrap();
         let c = o.resolve();
         assert_eq!(c.listen, "0.0.0.0:9999".parse().unwrap());
-        assert_eq!(c.netns, NetnsScope::Listed(vec!["blue".into(), "4026531840".into()]));
+        assert_eq!(
+            c.netns,
+            NetnsScope::Listed(vec!["blue".into(), "4026531840".into()])
+        );
         assert_eq!(c.snapshot_interval, Duration::from_secs(10));
         assert_eq!(c.label_by, [LabelBy::RemotePort, LabelBy::Netns]);
-        assert_eq!((c.label_limit, c.table_capacity, c.hz), (5, 1000, Some(100)));
+        assert_eq!(
+            (c.label_limit, c.table_capacity, c.hz),
+            (5, 1000, Some(100))
+        );
     }
 
     #[test]
@@ -307,7 +374,10 @@ mod tests {
         assert_eq!(c, AgentConfig::default());
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         let file = parse("label_limit = 5\nnetns = \"self\"\n").unwrap();
-        let flags = Overrides { label_limit: Some(7), ..Default::default() };
+        let flags = Overrides {
+            label_limit: Some(7),
+            ..Default::default()
+        };
         let c = flags.over(file).resolve();
         assert_eq!((c.label_limit, c.netns), (7, NetnsScope::Own));
     }
@@ -315,15 +385,32 @@ mod tests {
     #[test]
     fn each_bad_value_names_its_key() {
         for (text, key, needle) in [
-            ("listen = \"nope\"", "listen", "`nope` is not an address:port"),
+            (
+                "listen = \"nope\"",
+                "listen",
+                "`nope` is not an address:port",
+            ),
             ("listen = 5", "listen", "expected a string"),
-            ("snapshot_interval = \"3x\"", "snapshot_interval", "unknown unit `x`"),
-            ("snapshot_interval = \"10ms\"", "snapshot_interval", "too short"),
+            (
+                "snapshot_interval = \"3x\"",
+                "snapshot_interval",
+                "unknown unit `x`",
+            ),
+            (
+                "snapshot_interval = \"10ms\"",
+                "snapshot_interval",
+                "too short",
+            ),
             ("label_by = [\"pid\"]", "label_by", "unknown label `pid`"),
             ("label_by = \"comm\"", "label_by", "expected a list"),
             ("label_limit = 0", "label_limit", "out of range"),
             ("table_capacity = -4", "table_capacity", "out of range"),
             ("hz = \"250\"", "hz", "expected an integer, found string"),
+            (
+                "attach = \"kprobe\"",
+                "attach",
+                "`kprobe` is not one of auto, fentry, tracepoint",
+            ),
             ("netns = 3", "netns", "expected \"all\""),
             ("colour = \"blue\"", "colour", "unknown key"),
             ("\"\" = 1", "\"\"", "unknown key"),
@@ -331,7 +418,11 @@ mod tests {
             let e = parse(text).unwrap_err();
             assert_eq!(e.key, key, "{text}");
             assert!(e.message.contains(needle), "{text}: {e}");
-            assert!(e.to_string().starts_with(&format!("kato.toml: key `{key}`: ")), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("kato.toml: key `{key}`: ")),
+                "{e}"
+            );
         }
     }
 
@@ -346,7 +437,10 @@ mod tests {
         assert!(e.message.contains("prefix length"), "{e}");
         let e = parse("[idle_timeouts]\n\":443\" = 5\n").unwrap_err();
         assert!(e.message.contains("expected a duration string"), "{e}");
-        assert_eq!(parse("http_keepalive = \"yes\"").unwrap_err().key, "http_keepalive");
+        assert_eq!(
+            parse("http_keepalive = \"yes\"").unwrap_err().key,
+            "http_keepalive"
+        );
     }
 
     #[test]

@@ -34,7 +34,11 @@ pub struct Response {
 
 impl Response {
     pub fn text(status: u16, body: impl Into<String>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
     }
 }
 
@@ -66,7 +70,8 @@ fn percent_decode(s: &str) -> Option<String> {
 pub fn parse_head(head: &str) -> Result<Request, &'static str> {
     let line = head.lines().next().ok_or("empty request")?;
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Err("malformed request line");
     };
     if !version.starts_with("HTTP/1.") {
@@ -76,26 +81,58 @@ pub fn parse_head(head: &str) -> Result<Request, &'static str> {
     let mut query = vec![];
     for pair in qs.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        query.push((percent_decode(k).ok_or("bad query encoding")?, percent_decode(v).ok_or("bad query encoding")?));
+        query.push((
+            percent_decode(k).ok_or("bad query encoding")?,
+            percent_decode(v).ok_or("bad query encoding")?,
+        ));
     }
-    Ok(Request { method: method.into(), path: path.into(), query })
+    Ok(Request {
+        method: method.into(),
+        path: path.into(),
+        query,
+    })
 }
 
 fn parse_all<T: FromStr>(key: &str, values: &[&str]) -> Result<Vec<T>, String> {
-    values.iter().map(|v| v.parse().map_err(|_| format!("bad `{key}` value `{v}`"))).collect()
+    values
+        .iter()
+        .map(|v| v.parse().map_err(|_| format!("bad `{key}` value `{v}`")))
+        .collect()
 }
 
 /// `/sockets?state=established&port=5432&keepalive=on&sort=idle`: the same
 /// filters as `kato sockets`. Repeat a key to allow several values.
 pub fn query_from(params: &[(String, String)]) -> Result<Query, String> {
     let mut q = Query::default();
-    let get = |k: &str| params.iter().filter(|(pk, _)| pk == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    let get = |k: &str| {
+        params
+            .iter()
+            .filter(|(pk, _)| pk == k)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+    };
     for (k, _) in params {
-        if !["state", "port", "addr", "pid", "netns", "keepalive", "risk", "sort"].contains(&k.as_str()) {
-            return Err(format!("unknown parameter `{k}` (state, port, addr, pid, netns, keepalive, risk, sort)"));
+        if ![
+            "state",
+            "port",
+            "addr",
+            "pid",
+            "netns",
+            "keepalive",
+            "risk",
+            "sort",
+        ]
+        .contains(&k.as_str())
+        {
+            return Err(format!(
+                "unknown parameter `{k}` (state, port, addr, pid, netns, keepalive, risk, sort)"
+            ));
         }
     }
-    q.states = get("state").iter().map(|s| TcpState::parse(s).ok_or(format!("unknown state `{s}`"))).collect::<Result<_, _>>()?;
+    q.states = get("state")
+        .iter()
+        .map(|s| TcpState::parse(s).ok_or(format!("unknown state `{s}`")))
+        .collect::<Result<_, _>>()?;
     q.ports = parse_all("port", &get("port"))?;
     q.addrs = parse_all::<IpAddr>("addr", &get("addr"))?;
     q.pids = parse_all("pid", &get("pid"))?;
@@ -108,7 +145,11 @@ pub fn query_from(params: &[(String, String)]) -> Result<Query, String> {
     };
     q.risks = get("risk")
         .iter()
-        .map(|r| crate::policy::Risk::parse(r).ok_or(format!("unknown risk class `{r}` (safe, at-risk, unprotected, unknown)")))
+        .map(|r| {
+            crate::policy::Risk::parse(r).ok_or(format!(
+                "unknown risk class `{r}` (safe, at-risk, unprotected, unknown)"
+            ))
+        })
         .collect::<Result<_, _>>()?;
     if let Some(s) = get("sort").last() {
         q.sort = s.parse::<SortKey>()?;
@@ -150,7 +191,10 @@ pub async fn serve_one(mut stream: TcpStream, route: impl FnOnce(Request) -> Res
     let resp = match head {
         Err(_) => Response::text(408, "request timeout\n"),
         Ok(Err(code)) => Response::text(code, "bad request\n"),
-        Ok(Ok(end)) => match std::str::from_utf8(&buf[..end]).map_err(|_| "request is not UTF-8").and_then(parse_head) {
+        Ok(Ok(end)) => match std::str::from_utf8(&buf[..end])
+            .map_err(|_| "request is not UTF-8")
+            .and_then(parse_head)
+        {
             Err(e) => Response::text(400, format!("{e}\n")),
             Ok(req) if req.method != "GET" => Response::text(405, "only GET\n"),
             Ok(req) => route(req),
@@ -174,9 +218,18 @@ mod tests {
 
     #[test]
     fn request_line_and_query() {
-        let r = parse_head("GET /sockets?state=established&addr=%3A%3A1&port=5432 HTTP/1.1\r\nHost: x").unwrap();
+        let r =
+            parse_head("GET /sockets?state=established&addr=%3A%3A1&port=5432 HTTP/1.1\r\nHost: x")
+                .unwrap();
         assert_eq!(r.path, "/sockets");
-        assert_eq!(r.query, [("state".into(), "established".into()), ("addr".into(), "::1".into()), ("port".into(), "5432".into())]);
+        assert_eq!(
+            r.query,
+            [
+                ("state".into(), "established".into()),
+                ("addr".into(), "::1".into()),
+                ("port".into(), "5432".into())
+            ]
+        );
         assert!(parse_head("GET /x").is_err());
         assert!(parse_head("GET /x SPDY/3").is_err());
         assert!(parse_head("GET /x?a=%zz HTTP/1.1").is_err());
@@ -184,17 +237,28 @@ mod tests {
 
     #[test]
     fn query_parameters_like_the_cli() {
-        let p = |s: &str| parse_head(&format!("GET /sockets?{s} HTTP/1.1")).unwrap().query;
-        let q = query_from(&p("state=time-wait&port=1&port=2&keepalive=off&sort=idle&risk=at-risk")).unwrap();
+        let p = |s: &str| {
+            parse_head(&format!("GET /sockets?{s} HTTP/1.1"))
+                .unwrap()
+                .query
+        };
+        let q = query_from(&p(
+            "state=time-wait&port=1&port=2&keepalive=off&sort=idle&risk=at-risk",
+        ))
+        .unwrap();
         assert_eq!(q.risks, [crate::policy::Risk::AtRisk]);
-        assert!(query_from(&p("risk=doomed")).unwrap_err().contains("`doomed`"));
+        assert!(query_from(&p("risk=doomed"))
+            .unwrap_err()
+            .contains("`doomed`"));
         assert_eq!(q.states, [TcpState::TimeWait]);
         assert_eq!(q.ports, [1, 2]);
         assert_eq!(q.keepalive, Some(false));
         assert_eq!(q.sort, SortKey::Idle);
         assert!(query_from(&p("port=http")).unwrap_err().contains("`port`"));
         assert!(query_from(&p("keepalive=maybe")).is_err());
-        assert!(query_from(&p("colour=red")).unwrap_err().contains("unknown parameter `colour`"));
+        assert!(query_from(&p("colour=red"))
+            .unwrap_err()
+            .contains("unknown parameter `colour`"));
         assert!(query_from(&p("sort=random")).is_err());
     }
 }

@@ -5,8 +5,8 @@
 use std::collections::{HashMap, HashSet};
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::config::LabelBy;
@@ -29,7 +29,10 @@ pub struct LabelLimiter {
 
 impl LabelLimiter {
     pub fn new(limit: usize) -> Self {
-        Self { admitted: HashSet::new(), limit }
+        Self {
+            admitted: HashSet::new(),
+            limit,
+        }
     }
 
     pub fn admit(&mut self, value: String) -> String {
@@ -105,14 +108,22 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     g
 }
 
-fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
@@ -190,20 +201,33 @@ impl Metrics {
         for c in [&m.events_processed, &m.evictions, &m.snapshots] {
             m.registry.register(Box::new(c.clone())).expect("unique");
         }
-        m.registry.register(Box::new(m.snapshot_seconds.clone())).expect("unique");
+        m.registry
+            .register(Box::new(m.snapshot_seconds.clone()))
+            .expect("unique");
         // Without extra labels every event counter is one series: export it
         // at 0 from the start, or Prometheus first sees it already at 1 and
         // increase()/rate() miss the first event.
         if m.label_by.is_empty() {
-            for c in [&m.probes_sent, &m.probes_answered, &m.timeouts, &m.resets_received] {
+            for c in [
+                &m.probes_sent,
+                &m.probes_answered,
+                &m.timeouts,
+                &m.resets_received,
+            ] {
                 c.with_label_values::<&str>(&[]).reset();
             }
         }
         for cause in ["ring_full", "kernel_read", "decode"] {
             m.events_lost.with_label_values(&[cause]).reset();
         }
-        let info = gauge_vec(&m.registry, "kato_build_info", "kato's version, the kernel it runs on and its attach path.", &["version", "kernel", "attach"]);
-        info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel, attach]).set(1);
+        let info = gauge_vec(
+            &m.registry,
+            "kato_build_info",
+            "kato's version, the kernel it runs on and its attach path.",
+            &["version", "kernel", "attach"],
+        );
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel, attach])
+            .set(1);
         m
     }
 
@@ -212,7 +236,9 @@ impl Metrics {
         for (i, l) in self.label_by.iter().enumerate() {
             let v = match l {
                 // Ephemeral ports would make unbounded series: only servers' ports count.
-                LabelBy::LocalPort if ctx.local_port_listening => self.limiters[i].admit(rec.local.port().to_string()),
+                LabelBy::LocalPort if ctx.local_port_listening => {
+                    self.limiters[i].admit(rec.local.port().to_string())
+                }
                 LabelBy::LocalPort => "other".into(),
                 LabelBy::RemotePort => self.limiters[i].admit(rec.remote.port().to_string()),
                 LabelBy::Comm => self.limiters[i].admit(ctx.comm.unwrap_or("unknown").to_owned()),
@@ -234,7 +260,14 @@ impl Metrics {
     }
 
     /// Counts one record's derived events.
-    pub fn on_event(&mut self, rec: &Record, derived: &[Derived], ctx: &LabelCtx, hz: u32, reason: impl Fn(u32) -> String) {
+    pub fn on_event(
+        &mut self,
+        rec: &Record,
+        derived: &[Derived],
+        ctx: &LabelCtx,
+        hz: u32,
+        reason: impl Fn(u32) -> String,
+    ) {
         self.events_processed.inc();
         if let Some(c) = ctx.closed {
             let (side, port) = self.side_port(rec, ctx);
@@ -243,11 +276,17 @@ impl Metrics {
                 self.idle_before_close.with_label_values(&l).observe(idle);
             }
             if self.turns {
-                let n = if side == "server" { c.turns_out } else { c.turns_in };
+                let n = if side == "server" {
+                    c.turns_out
+                } else {
+                    c.turns_in
+                };
                 self.exchanges.with_label_values(&l).observe(f64::from(n));
             }
         }
-        if derived.iter().all(|d| d.kind.is_lifecycle() || matches!(d.kind, Kind::Armed | Kind::Fired | Kind::Disarmed)) {
+        if derived.iter().all(|d| {
+            d.kind.is_lifecycle() || matches!(d.kind, Kind::Armed | Kind::Fired | Kind::Disarmed)
+        }) {
             return;
         }
         let labels = self.labels(rec, ctx);
@@ -266,7 +305,10 @@ impl Metrics {
                     }
                 }
                 Kind::ResetSent => {
-                    let r = rec.reason.map(&reason).unwrap_or_else(|| "UNKNOWN".into());
+                    let r = rec
+                        .reset_reason(&reason)
+                        .map(|r| r.0)
+                        .unwrap_or_else(|| "UNKNOWN".into());
                     let mut lr = vec![r.as_str()];
                     lr.extend(&l);
                     self.resets_sent.with_label_values(&lr).inc();
@@ -279,10 +321,20 @@ impl Metrics {
                 }
                 Kind::StaleReuse => {
                     let (side, port) = self.side_port(rec, ctx);
-                    self.stale_reuse.with_label_values(&[side, port.as_str()]).inc();
+                    self.stale_reuse
+                        .with_label_values(&[side, port.as_str()])
+                        .inc();
                 }
-                Kind::IdleKillSuspected => self.idle_kills.with_label_values(&[ctx.policy.unwrap_or("none")]).inc(),
-                Kind::Armed | Kind::Fired | Kind::Disarmed | Kind::Closed | Kind::FinReceived | Kind::FinSent => {}
+                Kind::IdleKillSuspected => self
+                    .idle_kills
+                    .with_label_values(&[ctx.policy.unwrap_or("none")])
+                    .inc(),
+                Kind::Armed
+                | Kind::Fired
+                | Kind::Disarmed
+                | Kind::Closed
+                | Kind::FinReceived
+                | Kind::FinSent => {}
             }
         }
     }
@@ -292,9 +344,15 @@ impl Metrics {
         self.snapshot_seconds.set(seconds);
         for (netns, s) in sysctls {
             let n = netns.to_string();
-            self.sysctl_time.with_label_values(&[&n]).set(i64::from(s.time_s));
-            self.sysctl_intvl.with_label_values(&[&n]).set(i64::from(s.intvl_s));
-            self.sysctl_probes.with_label_values(&[&n]).set(i64::from(s.probes));
+            self.sysctl_time
+                .with_label_values(&[&n])
+                .set(i64::from(s.time_s));
+            self.sysctl_intvl
+                .with_label_values(&[&n])
+                .set(i64::from(s.intvl_s));
+            self.sysctl_probes
+                .with_label_values(&[&n])
+                .set(i64::from(s.probes));
         }
     }
 
@@ -335,11 +393,20 @@ impl Metrics {
         for (r, n) in classes {
             self.risk.with_label_values(&[r.name()]).set(n);
         }
-        let lost = |cause: &str, now: u64, last: u64| self.events_lost.with_label_values(&[cause]).inc_by(now.saturating_sub(last));
+        let lost = |cause: &str, now: u64, last: u64| {
+            self.events_lost
+                .with_label_values(&[cause])
+                .inc_by(now.saturating_sub(last))
+        };
         lost("ring_full", kernel.lost, self.last_kernel.lost);
-        lost("kernel_read", kernel.read_failed, self.last_kernel.read_failed);
+        lost(
+            "kernel_read",
+            kernel.read_failed,
+            self.last_kernel.read_failed,
+        );
         lost("decode", undecodable, self.last_undecodable);
-        self.evictions.inc_by(evictions.saturating_sub(self.last_evictions));
+        self.evictions
+            .inc_by(evictions.saturating_sub(self.last_evictions));
         self.last_kernel = kernel;
         self.last_evictions = evictions;
         self.last_undecodable = undecodable;
@@ -348,7 +415,9 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
         String::from_utf8(buf).expect("utf-8 exposition")
     }
 }
@@ -356,51 +425,161 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{tests::{bytes, raw}, Deriver};
+    use crate::event::{
+        tests::{bytes, raw},
+        Deriver,
+    };
     use keepalive_common::{flags, kind};
 
     fn feed(m: &mut Metrics, e: keepalive_common::Event) {
         let rec = Record::decode(&bytes(&e)).unwrap();
         let mut d = vec![];
         Deriver::default().derive(&rec, &mut d);
-        m.on_event(&rec, &d, &LabelCtx { local_port_listening: false, comm: Some("psql"), policy: None, closed: None }, 250, |r| format!("R{r}"));
+        m.on_event(
+            &rec,
+            &d,
+            &LabelCtx {
+                local_port_listening: false,
+                comm: Some("psql"),
+                policy: None,
+                closed: None,
+            },
+            250,
+            |r| format!("R{r}"),
+        );
     }
 
     #[test]
     fn counts_events_with_bounded_labels() {
-        let mut m = Metrics::new(&[LabelBy::RemotePort, LabelBy::LocalPort], 1, "6.18", "tp_btf");
-        feed(&mut m, keepalive_common::Event { probes_before: 0, probes_out: 1, ..raw(kind::FIRED) });
-        feed(&mut m, keepalive_common::Event { dport: 9999, probes_before: 0, probes_out: 1, ..raw(kind::FIRED) });
-        feed(&mut m, keepalive_common::Event { probes_before: 3, probes_out: 3, state: 7, sk_err: 110, ..raw(kind::FIRED) });
-        feed(&mut m, keepalive_common::Event { flags: flags::HAS_REASON, reason: 15, ..raw(kind::RESET_SENT) });
+        let mut m = Metrics::new(
+            &[LabelBy::RemotePort, LabelBy::LocalPort],
+            1,
+            "6.18",
+            "tp_btf",
+        );
+        feed(
+            &mut m,
+            keepalive_common::Event {
+                probes_before: 0,
+                probes_out: 1,
+                ..raw(kind::FIRED)
+            },
+        );
+        feed(
+            &mut m,
+            keepalive_common::Event {
+                dport: 9999,
+                probes_before: 0,
+                probes_out: 1,
+                ..raw(kind::FIRED)
+            },
+        );
+        feed(
+            &mut m,
+            keepalive_common::Event {
+                probes_before: 3,
+                probes_out: 3,
+                state: 7,
+                sk_err: 110,
+                ..raw(kind::FIRED)
+            },
+        );
+        feed(
+            &mut m,
+            keepalive_common::Event {
+                flags: flags::HAS_REASON,
+                reason: 15,
+                ..raw(kind::RESET_SENT)
+            },
+        );
         let text = m.encode();
-        assert!(text.contains("kato_keepalive_probes_sent_total{local_port=\"other\",remote_port=\"8080\"} 1"), "{text}");
-        assert!(text.contains("kato_keepalive_probes_sent_total{local_port=\"other\",remote_port=\"other\"} 1"), "{text}");
-        assert!(text.contains("kato_keepalive_timeouts_total{local_port=\"other\",remote_port=\"8080\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "kato_keepalive_probes_sent_total{local_port=\"other\",remote_port=\"8080\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "kato_keepalive_probes_sent_total{local_port=\"other\",remote_port=\"other\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "kato_keepalive_timeouts_total{local_port=\"other\",remote_port=\"8080\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("kato_resets_sent_total{local_port=\"other\",reason=\"R15\",remote_port=\"8080\"} 1"), "{text}");
-        assert!(text.contains("kato_dead_peer_detection_seconds_bucket{le=\"5\"} 1"), "{text}");
-        assert!(text.contains("kato_dead_peer_detection_seconds_sum 4"), "{text}");
+        assert!(
+            text.contains("kato_dead_peer_detection_seconds_bucket{le=\"5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kato_dead_peer_detection_seconds_sum 4"),
+            "{text}"
+        );
         assert!(text.contains("kato_events_processed_total 4"), "{text}");
-        assert!(text.contains("kato_build_info{attach=\"tp_btf\",kernel=\"6.18\",version=\""), "{text}");
+        assert!(
+            text.contains("kato_build_info{attach=\"tp_btf\",kernel=\"6.18\",version=\""),
+            "{text}"
+        );
     }
 
     #[test]
     fn refresh_turns_kernel_totals_into_increments() {
         let mut m = Metrics::new(&[], 20, "k", "a");
-        m.refresh(std::iter::empty(), |_| None, Counters { lost: 5, read_failed: 1, emitted: 9 }, 2, 0);
-        m.refresh(std::iter::empty(), |_| None, Counters { lost: 7, read_failed: 1, emitted: 12 }, 3, 1);
+        m.refresh(
+            std::iter::empty(),
+            |_| None,
+            Counters {
+                lost: 5,
+                read_failed: 1,
+                emitted: 9,
+                ..Default::default()
+            },
+            2,
+            0,
+        );
+        m.refresh(
+            std::iter::empty(),
+            |_| None,
+            Counters {
+                lost: 7,
+                read_failed: 1,
+                emitted: 12,
+                ..Default::default()
+            },
+            3,
+            1,
+        );
         let text = m.encode();
-        assert!(text.contains("kato_events_lost_total{cause=\"ring_full\"} 7"), "{text}");
-        assert!(text.contains("kato_events_lost_total{cause=\"decode\"} 1"), "{text}");
+        assert!(
+            text.contains("kato_events_lost_total{cause=\"ring_full\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kato_events_lost_total{cause=\"decode\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("kato_table_evictions_total 3"), "{text}");
         assert!(text.contains("kato_table_sockets 0"), "{text}");
-        assert!(text.contains("kato_sockets_idle_timeout_risk{class=\"at-risk\"} 0"), "{text}");
+        assert!(
+            text.contains("kato_sockets_idle_timeout_risk{class=\"at-risk\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]
     fn unlabeled_counters_start_at_zero() {
         let text = Metrics::new(&[], 20, "k", "a").encode();
-        for series in ["kato_keepalive_probes_sent_total 0", "kato_keepalive_timeouts_total 0", "kato_resets_received_total 0", "kato_events_lost_total{cause=\"ring_full\"} 0"] {
+        for series in [
+            "kato_keepalive_probes_sent_total 0",
+            "kato_keepalive_timeouts_total 0",
+            "kato_resets_received_total 0",
+            "kato_events_lost_total{cause=\"ring_full\"} 0",
+        ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }
     }

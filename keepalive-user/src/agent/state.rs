@@ -17,9 +17,9 @@ use crate::{
     caps,
     closes::CloseTracker,
     event::{DecodeError, Derived, Deriver, Record},
-    policy::Policy,
-    loader::{LoadError, LoadOptions, ATTACH_KIND},
+    loader::{LoadError, LoadOptions},
     netns::{self, NetnsError},
+    policy::Policy,
     sockets::{
         query::Query,
         snapshot::{SnapshotError, Snapshotter, Source, Sysctls, Targets},
@@ -76,7 +76,13 @@ impl AgentState {
 
     /// Loads and attaches everything; checks the scope can be served.
     pub fn new(cfg: &AgentConfig) -> Result<(Self, EventStream), AgentError> {
-        let opts = LoadOptions { tracing: true, btf: cfg.btf.clone(), hz: cfg.hz, ring_bytes: cfg.ring_bytes };
+        let opts = LoadOptions {
+            tracing: true,
+            btf: cfg.btf.clone(),
+            hz: cfg.hz,
+            ring_bytes: cfg.ring_bytes,
+            attach: cfg.attach,
+        };
         let mut snap = Snapshotter::new(Source::Auto, &opts, true)?;
         if let Some(why) = &snap.degraded {
             log::warn!("{why}");
@@ -87,13 +93,22 @@ impl AgentState {
             }
         }
         let probes = snap.probes.as_mut().expect("opened with probes");
-        probes.attach_tracing()?;
+        probes.attach_tracing(cfg.attach)?;
         if cfg.http_keepalive {
             probes.attach_turns()?;
         }
         let stream = probes.events()?;
-        let (hz, reasons, release) = (probes.kernel.hz, probes.kernel.reset_reasons.clone(), probes.kernel.release.clone());
-        let mut metrics = Metrics::new(&cfg.label_by, cfg.label_limit, &release, ATTACH_KIND);
+        let (hz, reasons, release) = (
+            probes.kernel.hz,
+            probes.kernel.reset_reasons.clone(),
+            probes.kernel.release.clone(),
+        );
+        let mut metrics = Metrics::new(
+            &cfg.label_by,
+            cfg.label_limit,
+            &release,
+            probes.attach.as_ref().map_or("none", |a| a.kind),
+        );
         metrics.turns = cfg.http_keepalive;
         let state = AgentState {
             hz,
@@ -123,10 +138,15 @@ impl AgentState {
 
     /// The namespaces to snapshot now; also fixes whose events count.
     fn targets(&mut self) -> Result<Targets, AgentError> {
-        let own = netns::current().map_err(|e| AgentError::Snapshot(SnapshotError::OwnNetns(e)))?.inode;
+        let own = netns::current()
+            .map_err(|e| AgentError::Snapshot(SnapshotError::OwnNetns(e)))?
+            .inode;
         let targets: Targets = match &self.scope {
             NetnsScope::Own => vec![None],
-            NetnsScope::All => netns::list().into_iter().map(|n| (n.inode != own).then_some(n)).collect(),
+            NetnsScope::All => netns::list()
+                .into_iter()
+                .map(|n| (n.inode != own).then_some(n))
+                .collect(),
             NetnsScope::Listed(names) => {
                 let mut t = vec![];
                 for n in names {
@@ -141,7 +161,12 @@ impl AgentState {
         };
         self.watched = match self.scope {
             NetnsScope::All => None,
-            _ => Some(targets.iter().map(|t| t.as_ref().map_or(own, |n| n.inode)).collect()),
+            _ => Some(
+                targets
+                    .iter()
+                    .map(|t| t.as_ref().map_or(own, |n| n.inode))
+                    .collect(),
+            ),
         };
         Ok(targets)
     }
@@ -163,7 +188,8 @@ impl AgentState {
             }
             self.table.apply_snapshot(s.inode, s.sockets);
         }
-        self.metrics.on_snapshot(t.elapsed().as_secs_f64(), &self.sysctls);
+        self.metrics
+            .on_snapshot(t.elapsed().as_secs_f64(), &self.sysctls);
         log::debug!("snapshot: {n} sockets in {:?}", t.elapsed());
         Ok(n)
     }
@@ -179,28 +205,57 @@ impl AgentState {
                     continue;
                 }
             };
-            if self.watched.as_ref().is_some_and(|w| !w.contains(&rec.netns)) {
+            if self
+                .watched
+                .as_ref()
+                .is_some_and(|w| !w.contains(&rec.netns))
+            {
                 continue;
             }
             self.processed += 1;
             self.derived.clear();
             self.deriver.derive(&rec, &mut self.derived);
             let reasons = &self.reasons;
-            let name = |c: u32| reasons.get(&c).cloned().unwrap_or_else(|| format!("UNKNOWN_{c}"));
+            let name = |c: u32| {
+                reasons
+                    .get(&c)
+                    .cloned()
+                    .unwrap_or_else(|| format!("UNKNOWN_{c}"))
+            };
             let comm = self.table.get(rec.sk).and_then(|s| s.comm.as_deref());
             let closed = self.closes.on(&rec, &self.derived, self.hz);
-            let policy = self.policy.lookup(rec.local, rec.remote).map(|r| r.text.as_str());
-            let ctx = LabelCtx { local_port_listening: self.listening.contains(&(rec.netns, rec.local.port())), comm, policy, closed };
-            self.metrics.on_event(&rec, &self.derived, &ctx, self.hz, name);
+            let policy = self
+                .policy
+                .lookup(rec.local, rec.remote)
+                .map(|r| r.text.as_str());
+            let ctx = LabelCtx {
+                local_port_listening: self.listening.contains(&(rec.netns, rec.local.port())),
+                comm,
+                policy,
+                closed,
+            };
+            self.metrics
+                .on_event(&rec, &self.derived, &ctx, self.hz, name);
             self.table.apply_event(&rec, &self.derived, name, self.hz);
         }
     }
 
     /// The Prometheus exposition, refreshed from the table and kernel counters.
     pub fn metrics_text(&mut self) -> String {
-        let kernel = self.snap.probes.as_ref().and_then(|p| p.counters().ok()).unwrap_or_default();
+        let kernel = self
+            .snap
+            .probes
+            .as_ref()
+            .and_then(|p| p.counters().ok())
+            .unwrap_or_default();
         let policy = &self.policy;
-        self.metrics.refresh(self.table.iter(), |s| policy.classify(s).map(|(r, _)| r), kernel, self.table.evictions, self.undecodable);
+        self.metrics.refresh(
+            self.table.iter(),
+            |s| policy.classify(s).map(|(r, _)| r),
+            kernel,
+            self.table.evictions,
+            self.undecodable,
+        );
         self.metrics.encode()
     }
 

@@ -63,6 +63,10 @@ pub struct AgentArgs {
     /// (testing) Ring buffer size in bytes: a power of two, at least 4096.
     #[arg(long, hide = true, value_parser = super::parse_ring_bytes_pub)]
     pub ring_bytes: Option<u32>,
+    /// How the programs reach the kernel: auto (fentry where the kernel
+    /// allows it, else tracepoints), fentry, or tracepoint [default: auto].
+    #[arg(long, value_name = "PATH")]
+    pub attach: Option<String>,
 }
 
 /// Flags as overrides; a bad value is a ConfigError naming the flag.
@@ -73,18 +77,37 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
     if let Some(v) = &a.listen {
         toml += &format!("listen = {}\n", quote(v));
     }
+    if let Some(v) = &a.attach {
+        toml += &format!("attach = {}\n", quote(v));
+    }
     match a.netns.as_slice() {
         [] => {}
         [one] if one == "all" || one == "self" => toml += &format!("netns = {}\n", quote(one)),
-        many => toml += &format!("netns = [{}]\n", many.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")),
+        many => {
+            toml += &format!(
+                "netns = [{}]\n",
+                many.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+            )
+        }
     }
     if let Some(v) = &a.snapshot_interval {
         toml += &format!("snapshot_interval = {}\n", quote(v));
     }
     if !a.label_by.is_empty() {
-        toml += &format!("label_by = [{}]\n", a.label_by.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "));
+        toml += &format!(
+            "label_by = [{}]\n",
+            a.label_by
+                .iter()
+                .map(|s| quote(s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
-    for (key, v) in [("label_limit", &a.label_limit), ("table_capacity", &a.table_capacity), ("hz", &a.hz)] {
+    for (key, v) in [
+        ("label_limit", &a.label_limit),
+        ("table_capacity", &a.table_capacity),
+        ("hz", &a.hz),
+    ] {
         if let Some(v) = v {
             let n: i64 = v.parse().map_err(|_| ConfigError {
                 origin: "command line".into(),
@@ -114,7 +137,9 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
 }
 
 /// `--idle-timeout` values, each one error naming the flag.
-pub fn idle_timeout_flags(values: &[String]) -> Result<Vec<keepalive_user::policy::Rule>, ConfigError> {
+pub fn idle_timeout_flags(
+    values: &[String],
+) -> Result<Vec<keepalive_user::policy::Rule>, ConfigError> {
     values
         .iter()
         .map(|v| {
@@ -134,7 +159,11 @@ pub fn config(a: &AgentArgs) -> Result<keepalive_user::agent::config::AgentConfi
         None => Overrides::default(),
         Some(path) => {
             let origin = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError { origin: origin.clone(), key: "(file)".into(), message: format!("cannot read: {e}") })?;
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                origin: origin.clone(),
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            })?;
             Overrides::from_toml(&origin, &text)?
         }
     };
@@ -148,7 +177,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Before anything is announced, so a signal right after start is handled.
     let stop = super::signals::shutdown()?;
     let (state, mut stream) = AgentState::new(&cfg)?;
-    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let state = Arc::new(std::sync::Mutex::new(state));
     let n = state.lock().expect("lock").snapshot()?;
@@ -197,7 +228,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn route(state: &std::sync::Mutex<AgentState>, req: http::Request) -> Response {
-    let json = |body| Response { status: 200, content_type: "application/json", body };
+    let json = |body| Response {
+        status: 200,
+        content_type: "application/json",
+        body,
+    };
     match req.path.as_str() {
         "/metrics" => Response {
             status: 200,

@@ -8,6 +8,8 @@ use keepalive_user::{
     policy::Policy,
 };
 
+use keepalive_user::loader::AttachMode;
+
 use super::Output;
 
 #[derive(Debug, Args)]
@@ -27,19 +29,50 @@ pub struct DoctorArgs {
     /// The kernel's CONFIG_HZ, if its config cannot be read.
     #[arg(long, value_name = "HZ")]
     pub hz: Option<u32>,
+    /// Check this attach path (auto: what trace and the agent would pick).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
 }
 
 fn render(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(out, "kato doctor: {}\n", if r.ok { "kato works on this host" } else { "kato cannot work on this host yet" })?;
+    writeln!(
+        out,
+        "kato doctor: {}\n",
+        if r.ok {
+            "kato works on this host"
+        } else {
+            "kato cannot work on this host yet"
+        }
+    )?;
     writeln!(out, "Kernel       {}", r.kernel)?;
     writeln!(out, "Attach path  {}: {}\n", r.attach_path, r.attach_reason)?;
     writeln!(out, "Checks")?;
     for c in &r.checks {
-        writeln!(out, "  [{}] {:<22} {}", if c.ok { " ok " } else { "FAIL" }, c.name, c.detail)?;
+        writeln!(
+            out,
+            "  [{}] {:<22} {}",
+            if c.ok { " ok " } else { "FAIL" },
+            c.name,
+            c.detail
+        )?;
     }
     if !r.namespaces.is_empty() {
-        writeln!(out, "\nKeepalive sysctls and the connections relying on them, per network namespace")?;
-        writeln!(out, "  {:<12} {:<16} {:>6} {:>6} {:>6} {:>11} {:>12} {:>20}", "NETNS", "NAME", "TIME", "INTVL", "PROBES", "CONNECTIONS", "KEEPALIVE-ON", "DEFAULT-TIME/INTVL/N")?;
+        writeln!(
+            out,
+            "\nKeepalive sysctls and the connections relying on them, per network namespace"
+        )?;
+        writeln!(
+            out,
+            "  {:<12} {:<16} {:>6} {:>6} {:>6} {:>11} {:>12} {:>20}",
+            "NETNS",
+            "NAME",
+            "TIME",
+            "INTVL",
+            "PROBES",
+            "CONNECTIONS",
+            "KEEPALIVE-ON",
+            "DEFAULT-TIME/INTVL/N"
+        )?;
         for n in &r.namespaces {
             let v = |x: Option<u32>| x.map_or("?".to_owned(), |v| v.to_string());
             writeln!(
@@ -52,7 +85,12 @@ fn render(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
                 v(n.tcp_keepalive_probes),
                 n.connections,
                 n.keepalive_on,
-                format!("{}/{}/{}", n.relying_on_default_time, n.relying_on_default_intvl, n.relying_on_default_probes)
+                format!(
+                    "{}/{}/{}",
+                    n.relying_on_default_time,
+                    n.relying_on_default_intvl,
+                    n.relying_on_default_probes
+                )
             )?;
         }
     }
@@ -70,20 +108,26 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut rules = super::agent::idle_timeout_flags(&args.idle_timeout)?;
     if let Some(path) = &args.config {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| keepalive_user::agent::config::ConfigError {
-            origin: origin.clone(),
-            key: "(file)".into(),
-            message: format!("cannot read: {e}"),
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            keepalive_user::agent::config::ConfigError {
+                origin: origin.clone(),
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }
         })?;
         let file = keepalive_user::agent::config::Overrides::from_toml(&origin, &text)?;
         rules.extend(file.idle_timeouts.unwrap_or_default());
     }
-    let report = doctor::run(args.btf, args.hz, &Policy { rules });
+    let report = doctor::run(args.btf, args.hz, &Policy { rules }, args.attach);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.output {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
         Output::Table => render(&report, &mut out)?,
     }
-    Ok(if report.ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    Ok(if report.ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }

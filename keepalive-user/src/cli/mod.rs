@@ -10,7 +10,7 @@ pub mod trace;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keepalive_user::loader::LoadOptions;
+use keepalive_user::loader::{AttachMode, LoadOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,7 +34,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print keepalive and reset events live, one line each, until Ctrl-C.
-    #[command(long_about = "Print keepalive and reset events live, one line each, until Ctrl-C.\n\n\
+    #[command(
+        long_about = "Print keepalive and reset events live, one line each, until Ctrl-C.\n\n\
 Events:\n  \
 armed              keepalive timer armed (SO_KEEPALIVE set, connection established, re-configured)\n  \
 fired              the timer ran and re-armed; the connection was not idle long enough to probe\n  \
@@ -52,10 +53,12 @@ fin_sent, fin_received, closed   how each connection ends (only with --closes: e
 TIMER is the time left on the keepalive timer, like the first number of `netstat -o`'s \
 keepalive (7198.14/0/0). PID/COMM is the process holding the socket, found via /proc like \
 `netstat -p` (blank once no process holds it).\n\n\
-On Ctrl-C (or SIGTERM) kato prints one summary line to stderr: events seen and events lost.")]
+On Ctrl-C (or SIGTERM) kato prints one summary line to stderr: events seen and events lost."
+    )]
     Trace(trace::TraceArgs),
     /// List TCP sockets with their keepalive state, like `netstat -tnop` and more.
-    #[command(long_about = "List TCP sockets with their keepalive state, like `netstat -tnop`, plus what \
+    #[command(
+        long_about = "List TCP sockets with their keepalive state, like `netstat -tnop`, plus what \
 neither netstat nor ss shows.\n\n\
 Columns as in netstat -tnop: Proto, Recv-Q, Send-Q, Local and Foreign Address, State, \
 PID/Program name, and Timer in netstat's notation: `keepalive (7198.14/0/0)` = seconds left / \
@@ -68,25 +71,30 @@ Idle       seconds since the peer was last heard from (what keepalive measures)\
 Unans      keepalive probes sent and not yet answered\n\n\
 Examples:\n  sudo kato sockets --keepalive off --state established    connections a NAT may silently drop\n  \
 sudo kato sockets --sort probes --watch 1                 who is probing a dead peer right now\n  \
-sudo kato sockets --all-netns --output json | jq ...")]
+sudo kato sockets --all-netns --output json | jq ..."
+    )]
     Sockets(sockets::SocketsArgs),
     /// Run as the node agent: track every socket, serve Prometheus /metrics.
-    #[command(long_about = "Run as the node agent: load the programs, take a snapshot of every TCP socket, \
+    #[command(
+        long_about = "Run as the node agent: load the programs, take a snapshot of every TCP socket, \
 keep the table current from kernel events, and serve over HTTP:\n  \
 /metrics   Prometheus metrics (docs/metrics.md lists them)\n  \
 /sockets   the socket table as JSON; filters as query parameters: state, port, addr, pid, netns, keepalive, sort\n  \
 /healthz   liveness, as JSON\n\n\
 Listens on 127.0.0.1:7941 by default. After start-up it keeps only CAP_BPF and CAP_PERFMON \
 (plus CAP_SYS_ADMIN and CAP_SYS_PTRACE when it watches other network namespaces). \
-Stops cleanly on SIGTERM or SIGINT. A bad option or config value exits with code 2.")]
+Stops cleanly on SIGTERM or SIGINT. A bad option or config value exits with code 2."
+    )]
     Agent(agent::AgentArgs),
     /// Check what kato can do on this host, and advise against declared idle timeouts.
-    #[command(long_about = "Check what kato can do on this host: kernel config, BTF, the attach path and \
+    #[command(
+        long_about = "Check what kato can do on this host: kernel config, BTF, the attach path and \
 why, capabilities, a trial load of every program; then, per network namespace, the keepalive \
 sysctls and how many connections rely on each default; and, against the middlebox idle timeouts \
 you declare (--idle-timeout or the agent's --config), concrete advice.\n\n\
 Exits 0 when kato works here, 1 when it cannot.\n\n\
-Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout :443=4m")]
+Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout :443=4m"
+    )]
     Doctor(doctor::DoctorArgs),
     /// (benchmarks) Attach empty programs on kato's tracepoints until SIGTERM.
     #[command(hide = true)]
@@ -114,6 +122,12 @@ pub struct KernelArgs {
     /// (testing) Ring buffer size in bytes: a power of two, at least 4096.
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
+    /// How the programs reach the kernel: fentry/fexit trampolines on the
+    /// keepalive functions (no cost to other timers), BTF tracepoints
+    /// (timer:* filtered on the keepalive timer), or auto: fentry where the
+    /// kernel allows it, else tracepoints. `kato doctor` shows the choice.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
 }
 
 pub fn parse_ring_bytes_pub(s: &str) -> Result<u32, String> {
@@ -129,6 +143,12 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
 
 impl KernelArgs {
     pub fn load_options(&self, tracing: bool) -> LoadOptions {
-        LoadOptions { tracing, btf: Some(self.btf.clone()), hz: self.hz, ring_bytes: self.ring_bytes }
+        LoadOptions {
+            tracing,
+            btf: Some(self.btf.clone()),
+            hz: self.hz,
+            ring_bytes: self.ring_bytes,
+            attach: self.attach,
+        }
     }
 }

@@ -91,7 +91,8 @@ pub struct SocketsArgs {
 }
 
 fn parse_risk(s: &str) -> Result<Risk, String> {
-    Risk::parse(s).ok_or_else(|| format!("unknown risk class `{s}` (safe, at-risk, unprotected, unknown)"))
+    Risk::parse(s)
+        .ok_or_else(|| format!("unknown risk class `{s}` (safe, at-risk, unprotected, unknown)"))
 }
 
 fn parse_state(s: &str) -> Result<TcpState, String> {
@@ -101,7 +102,9 @@ fn parse_state(s: &str) -> Result<TcpState, String> {
 fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.1..=86_400.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!("`{s}` is not a number of seconds between 0.1 and 86400")),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds between 0.1 and 86400"
+        )),
     }
 }
 
@@ -113,10 +116,18 @@ fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
     if args.netns.is_empty() {
         return Ok(vec![None]);
     }
-    args.netns.iter().map(|s| Ok(Some(netns::resolve(s)?))).collect()
+    args.netns
+        .iter()
+        .map(|s| Ok(Some(netns::resolve(s)?)))
+        .collect()
 }
 
-fn print(out: &mut impl Write, output: Output, sockets: &[Socket], with_risk: bool) -> std::io::Result<()> {
+fn print(
+    out: &mut impl Write,
+    output: Output,
+    sockets: &[Socket],
+    with_risk: bool,
+) -> std::io::Result<()> {
     match output {
         Output::Json => {
             serde_json::to_writer(&mut *out, sockets)?;
@@ -152,7 +163,9 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         sort: args.sort,
     };
     let targets = targets(&args)?;
-    let policy = Policy { rules: super::agent::idle_timeout_flags(&args.idle_timeout)? };
+    let policy = Policy {
+        rules: super::agent::idle_timeout_flags(&args.idle_timeout)?,
+    };
     if !args.risk.is_empty() && policy.is_empty() {
         return Err(keepalive_user::agent::config::ConfigError {
             origin: "command line".into(),
@@ -167,25 +180,38 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         SourceArg::Iter => Source::Iter,
         SourceArg::Diag => Source::Diag,
     };
-    let mut snap = Snapshotter::new(source, &args.kernel.load_options(args.watch.is_some()), args.watch.is_some())?;
+    let mut snap = Snapshotter::new(
+        source,
+        &args.kernel.load_options(args.watch.is_some()),
+        args.watch.is_some(),
+    )?;
     if let Some(why) = &snap.degraded {
         eprintln!("kato: {why}");
     }
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
-        let sockets = snap.take(&targets)?.into_iter().flat_map(|n| n.sockets).collect();
+        let sockets = snap
+            .take(&targets)?
+            .into_iter()
+            .flat_map(|n| n.sockets)
+            .collect();
         let mut out = std::io::BufWriter::new(stdout.lock());
         let sockets = shown(&query, &policy, sockets);
-        return ignore_broken_pipe(print(&mut out, args.output, &sockets, with_risk).and_then(|()| out.flush()));
+        return ignore_broken_pipe(
+            print(&mut out, args.output, &sockets, with_risk).and_then(|()| out.flush()),
+        );
     };
 
     // Watch: snapshots every period, keepalive events in between.
     let mut probes = snap.probes.take().expect("watch loads the programs");
-    probes.attach_tracing()?;
+    probes.attach_tracing(args.kernel.attach)?;
     snap.probes = Some(probes);
     let probes_ref = snap.probes.as_mut().expect("just set");
     let mut stream = probes_ref.events()?;
-    let (hz, names) = (probes_ref.kernel.hz, probes_ref.kernel.reset_reasons.clone());
+    let (hz, names) = (
+        probes_ref.kernel.hz,
+        probes_ref.kernel.reset_reasons.clone(),
+    );
     let mut table = SocketTable::new(1 << 20);
     let mut deriver = Deriver::default();
     let (mut batch, mut derived) = (Vec::new(), Vec::<Derived>::new());

@@ -11,7 +11,7 @@ use keepalive_user::{
     event::{Derived, Deriver},
     filter::Filter,
     format::{table_line, Formatter, TABLE_HEADER},
-    loader::{self, Probes},
+    loader::Probes,
     owner::OwnerCache,
     timefmt::Clock,
 };
@@ -64,17 +64,18 @@ pub struct TraceArgs {
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let stop = super::signals::shutdown()?;
-    let policy = keepalive_user::policy::Policy { rules: super::agent::idle_timeout_flags(&args.idle_timeout)? };
+    let policy = keepalive_user::policy::Policy {
+        rules: super::agent::idle_timeout_flags(&args.idle_timeout)?,
+    };
     let mut probes = Probes::load(&args.kernel.load_options(true))?;
     if args.http_keepalive {
         probes.attach_turns()?;
     }
     let mut stream = probes.events()?;
     eprintln!(
-        "kato trace: watching keepalive timers and resets on {} ({} programs via {}); Ctrl-C to stop",
+        "kato trace: watching keepalive timers and resets on {} (via {}); Ctrl-C to stop",
         probes.kernel.release,
-        loader::PROGRAMS.len(),
-        loader::ATTACH_KIND
+        probes.attach.as_ref().map_or("none", |a| a.kind)
     );
     let filter = Filter {
         pids: args.pid.clone(),
@@ -159,8 +160,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut line = format!("kato trace: {seen} events seen, {lost} lost");
     if lost > 0 {
         line += &format!(
-            " ({} ring buffer full, {} unreadable kernel memory, {} undecodable)",
-            c.lost, c.read_failed, undecodable
+            " ({} ring buffer full, {} unreadable kernel memory{}, {} undecodable)",
+            c.lost,
+            c.read_failed,
+            c.last_failed_offset
+                .map(|o| format!(" (last at field offset {o})"))
+                .unwrap_or_default(),
+            undecodable
         );
     }
     eprintln!("{line}");

@@ -27,7 +27,10 @@ pub fn parse(config: &str) -> Result<u32, HzError> {
 pub fn running_config(release: &str) -> Option<String> {
     if let Ok(f) = std::fs::File::open("/proc/config.gz") {
         let mut text = String::new();
-        if flate2::read::GzDecoder::new(f).read_to_string(&mut text).is_ok() {
+        if flate2::read::GzDecoder::new(f)
+            .read_to_string(&mut text)
+            .is_ok()
+        {
             return Some(text);
         }
     }
@@ -37,13 +40,19 @@ pub fn running_config(release: &str) -> Option<String> {
 /// `Some(true)` for `CONFIG_X=y|m`, `Some(false)` for "is not set" or absent
 /// from a config that was read.
 pub fn config_flag(config: &str, name: &str) -> bool {
-    config.lines().any(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix('=')).is_some_and(|v| v == "y" || v == "m"))
+    config.lines().any(|l| {
+        l.strip_prefix(name)
+            .and_then(|r| r.strip_prefix('='))
+            .is_some_and(|v| v == "y" || v == "m")
+    })
 }
 
 pub fn running(release: &str) -> Result<u32, HzError> {
     match running_config(release) {
         Some(text) => parse(&text),
-        None => Err(HzError::NoConfig { release: release.into() }),
+        None => Err(HzError::NoConfig {
+            release: release.into(),
+        }),
     }
 }
 
@@ -51,7 +60,8 @@ pub fn running(release: &str) -> Result<u32, HzError> {
 mod tests {
     #[test]
     fn parses_config_hz() {
-        let cfg = "CONFIG_HZ_250=y\n# CONFIG_HZ_1000 is not set\nCONFIG_HZ=250\nCONFIG_SCHED_HRTICK=y\n";
+        let cfg =
+            "CONFIG_HZ_250=y\n# CONFIG_HZ_1000 is not set\nCONFIG_HZ=250\nCONFIG_SCHED_HRTICK=y\n";
         assert_eq!(super::parse(cfg).unwrap(), 250);
         assert!(super::parse("CONFIG_HZ_250=y\n").is_err());
         assert!(super::parse("CONFIG_HZ=0\n").is_err());

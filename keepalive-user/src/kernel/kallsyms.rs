@@ -26,7 +26,8 @@ pub fn lookup(text: &str, name: &str) -> Result<u64, KallsymsError> {
         if sym != name || !matches!(ty, "t" | "T") {
             continue;
         }
-        let addr = u64::from_str_radix(addr, 16).map_err(|_| KallsymsError::Missing(name.into()))?;
+        let addr =
+            u64::from_str_radix(addr, 16).map_err(|_| KallsymsError::Missing(name.into()))?;
         if addr == 0 {
             return Err(KallsymsError::Hidden(name.into()));
         }
@@ -52,14 +53,23 @@ ffffffffc0001000 t tcp_keepalive_timer\t[some_module]
 
     #[test]
     fn finds_exact_text_symbol() {
-        assert_eq!(lookup(SAMPLE, "tcp_keepalive_timer").unwrap(), 0xffffffff8202bdf0);
+        assert_eq!(
+            lookup(SAMPLE, "tcp_keepalive_timer").unwrap(),
+            0xffffffff8202bdf0
+        );
     }
 
     #[test]
     fn missing_and_hidden() {
-        assert!(matches!(lookup(SAMPLE, "nope"), Err(KallsymsError::Missing(_))));
+        assert!(matches!(
+            lookup(SAMPLE, "nope"),
+            Err(KallsymsError::Missing(_))
+        ));
         let hidden = "0000000000000000 t tcp_keepalive_timer\n";
         let err = lookup(hidden, "tcp_keepalive_timer").unwrap_err();
-        assert!(err.to_string().contains("CAP_SYSLOG") && err.to_string().contains("kptr_restrict"), "{err}");
+        assert!(
+            err.to_string().contains("CAP_SYSLOG") && err.to_string().contains("kptr_restrict"),
+            "{err}"
+        );
     }
 }

@@ -47,13 +47,21 @@ pub fn release() -> String {
 impl KernelInfo {
     /// `symbols`: also look up `tcp_keepalive_timer` in /proc/kallsyms (about
     /// 50 ms: the kernel formats 100k+ lines), which only the timer programs need.
-    pub fn probe(btf_path: Option<PathBuf>, hz: Option<u32>, symbols: bool) -> Result<Self, KernelError> {
+    pub fn probe(
+        btf_path: Option<PathBuf>,
+        hz: Option<u32>,
+        symbols: bool,
+    ) -> Result<Self, KernelError> {
         let release = release();
         let btf_path = btf_path.unwrap_or_else(|| PathBuf::from(DEFAULT_BTF));
         let t = std::time::Instant::now();
         let btf = Btf::from_file(&btf_path)?;
         log::debug!("BTF parsed in {:?}", t.elapsed());
-        let keepalive_fn = if symbols { kallsyms::lookup_running(KEEPALIVE_TIMER_FN)? } else { 0 };
+        let keepalive_fn = if symbols {
+            kallsyms::lookup_running(KEEPALIVE_TIMER_FN)?
+        } else {
+            0
+        };
         log::debug!("kallsyms read at {:?}", t.elapsed());
         let config = offsets::resolve(&btf, keepalive_fn)?;
         let iter_config = offsets::resolve_iter(&btf)?;
@@ -62,7 +70,15 @@ impl KernelInfo {
             None => hz::running(&release)?,
         };
         let reset_reasons = reset_reason_names(&btf);
-        Ok(Self { release, btf_path, btf, config, iter_config, hz, reset_reasons })
+        Ok(Self {
+            release,
+            btf_path,
+            btf,
+            config,
+            iter_config,
+            hz,
+            reset_reasons,
+        })
     }
 }
 
@@ -72,7 +88,10 @@ pub fn reset_reason_names(btf: &Btf) -> BTreeMap<u32, String> {
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(name, v)| {
-            let name = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name).to_owned();
+            let name = name
+                .strip_prefix("SK_RST_REASON_")
+                .unwrap_or(&name)
+                .to_owned();
             Some((u32::try_from(v).ok()?, name))
         })
         .collect()
@@ -86,7 +105,10 @@ mod tests {
     fn reset_reason_prefix_stripped() {
         let btf = Btf::parse(&fixture::kernel_like()).unwrap();
         let names = super::reset_reason_names(&btf);
-        assert_eq!(names.get(&15).map(String::as_str), Some("TCP_KEEPALIVE_TIMEOUT"));
+        assert_eq!(
+            names.get(&15).map(String::as_str),
+            Some("TCP_KEEPALIVE_TIMEOUT")
+        );
         assert_eq!(names.get(&0).map(String::as_str), Some("NOT_SPECIFIED"));
     }
 
@@ -95,15 +117,47 @@ mod tests {
         let btf = Btf::parse(&fixture::kernel_like()).unwrap();
         let c = super::offsets::resolve(&btf, 0xffff_ffff_8202_bdf0).unwrap();
         assert_eq!(c.keepalive_fn, 0xffff_ffff_8202_bdf0);
-        assert_eq!((c.sk_timer, c.timer_function, c.timer_expires, c.timer_pprev), (512, 24, 16, 8));
-        assert_eq!((c.skc_daddr, c.skc_rcv_saddr, c.skc_dport, c.skc_num), (0, 4, 12, 14));
+        assert_eq!(
+            (c.sk_timer, c.timer_function, c.timer_expires, c.timer_pprev),
+            (512, 24, 16, 8)
+        );
+        assert_eq!(
+            (c.skc_daddr, c.skc_rcv_saddr, c.skc_dport, c.skc_num),
+            (0, 4, 12, 14)
+        );
         assert_eq!((c.skc_family, c.skc_state, c.skc_net), (16, 18, 48));
         assert_eq!((c.skc_v6_daddr, c.skc_v6_rcv_saddr), (56, 72));
         assert_eq!((c.net_inum, c.sk_err, c.icsk_probes_out), (24, 256, 1051));
         // vfs_inode (128) - socket (0) + i_ino (64)
         assert_eq!(c.socket_ino, 192);
         assert_eq!(c.sk_socket, 264);
-        assert_eq!((c.icsk_lrcvtime, c.tp_rcv_tstamp, c.sk_protocol, c.inet_sport, c.tp_lsndtime), (1064, 1724, 272, 800, 1584));
+        assert_eq!(
+            (
+                c.icsk_lrcvtime,
+                c.tp_rcv_tstamp,
+                c.sk_protocol,
+                c.inet_sport,
+                c.tp_lsndtime
+            ),
+            (1064, 1724, 272, 800, 1584)
+        );
         assert_eq!(c.has_reset_reason, 1);
+        assert_eq!(
+            super::offsets::keepalive_timer(&btf).unwrap(),
+            (512, "sock.sk_timer")
+        );
+    }
+
+    /// Debian's 6.1.0-56 keeps the keepalive timer in the connection socket;
+    /// reading `sk_timer` there watched a timer nobody arms.
+    #[test]
+    fn keepalive_timer_found_where_the_kernel_moved_it() {
+        let btf = Btf::parse(&fixture::kernel_like_with(true)).unwrap();
+        let c = super::offsets::resolve(&btf, 1).unwrap();
+        assert_eq!(c.sk_timer, 1176);
+        assert_eq!(
+            super::offsets::keepalive_timer(&btf).unwrap(),
+            (1176, "inet_connection_sock.icsk_keepalive_timer")
+        );
     }
 }

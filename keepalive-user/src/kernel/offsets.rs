@@ -11,7 +11,12 @@ pub enum OffsetError {
     #[error(transparent)]
     Btf(#[from] BtfError),
     #[error("`struct {ty}.{field}` is {found} bytes in the running kernel; kato reads {expected}")]
-    Size { ty: &'static str, field: &'static str, expected: u32, found: u32 },
+    Size {
+        ty: &'static str,
+        field: &'static str,
+        expected: u32,
+        found: u32,
+    },
     #[error("the running kernel's `enum sock_flags` has no SOCK_KEEPOPEN")]
     NoKeepopen,
 }
@@ -20,20 +25,40 @@ pub enum OffsetError {
 fn at(btf: &Btf, ty: &'static str, field: &'static str, size: u32) -> Result<u32, OffsetError> {
     let f = btf.field(ty, field)?;
     if size != 0 && f.size != size {
-        return Err(OffsetError::Size { ty, field, expected: size, found: f.size });
+        return Err(OffsetError::Size {
+            ty,
+            field,
+            expected: size,
+            found: f.size,
+        });
     }
     Ok(f.offset)
+}
+
+/// Where a TCP socket's keepalive timer lives. Upstream it is
+/// `struct sock.sk_timer`; some stable kernels moved it into
+/// `inet_connection_sock.icsk_keepalive_timer` (Debian's 6.1.0-56, kernel
+/// 6.1.192, unions it with MPTCP's timeout timer), and a socket is read
+/// through a `struct sock *` at offset 0 of either. Returns the offset and
+/// the field's name (for `kato doctor`).
+pub fn keepalive_timer(btf: &Btf) -> Result<(u32, &'static str), OffsetError> {
+    const ICSK: &str = "inet_connection_sock.icsk_keepalive_timer";
+    match btf.field("inet_connection_sock", "icsk_keepalive_timer") {
+        Ok(f) => Ok((f.offset, ICSK)),
+        _ => Ok((at(btf, "sock", "sk_timer", 0)?, "sock.sk_timer")),
+    }
 }
 
 /// Resolves all offsets. `keepalive_fn` is the address of `tcp_keepalive_timer`.
 pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError> {
     let sk = |field, size| at(btf, "sock", field, size);
-    let socket_ino = at(btf, "socket_alloc", "vfs_inode", 0)? - at(btf, "socket_alloc", "socket", 0)?
+    let socket_ino = at(btf, "socket_alloc", "vfs_inode", 0)?
+        - at(btf, "socket_alloc", "socket", 0)?
         + at(btf, "inode", "i_ino", 8)?;
     let reset_args = btf.tracepoint_args("tcp_send_reset")?;
     Ok(KernelConfig {
         keepalive_fn,
-        sk_timer: sk("sk_timer", 0)?,
+        sk_timer: keepalive_timer(btf)?.0,
         timer_function: at(btf, "timer_list", "function", 8)?,
         timer_expires: at(btf, "timer_list", "expires", 8)?,
         timer_pprev: at(btf, "timer_list", "entry.pprev", 8)?,
@@ -57,6 +82,10 @@ pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError
         sk_protocol: sk("sk_protocol", 2)?,
         inet_sport: at(btf, "inet_sock", "inet_sport", 2)?,
         tp_lsndtime: at(btf, "tcp_sock", "lsndtime", 4)?,
+        // Absent function: the fentry path is not offered, nothing to read.
+        active_reset_has_reason: (btf.function_args("tcp_send_active_reset").unwrap_or(0) >= 3)
+            as u32,
+        _pad: 0,
     })
 }
 
@@ -67,7 +96,10 @@ pub fn resolve_iter(btf: &Btf) -> Result<IterConfig, OffsetError> {
     let tp = |field, size| at(btf, "tcp_sock", field, size);
     let timer = |ty, field| -> Result<(u32, u32), OffsetError> {
         let base = at(btf, ty, field, 0)?;
-        Ok((base + at(btf, "timer_list", "expires", 8)?, base + at(btf, "timer_list", "entry.pprev", 8)?))
+        Ok((
+            base + at(btf, "timer_list", "expires", 8)?,
+            base + at(btf, "timer_list", "entry.pprev", 8)?,
+        ))
     };
     let keepopen = btf
         .enum_values("sock_flags")
@@ -76,7 +108,8 @@ pub fn resolve_iter(btf: &Btf) -> Result<IterConfig, OffsetError> {
         .find(|(n, _)| n == "SOCK_KEEPOPEN")
         .and_then(|(_, v)| u32::try_from(v).ok())
         .ok_or(OffsetError::NoKeepopen)?;
-    let (icsk_rto_expires, icsk_rto_pprev) = timer("inet_connection_sock", "icsk_retransmit_timer")?;
+    let (icsk_rto_expires, icsk_rto_pprev) =
+        timer("inet_connection_sock", "icsk_retransmit_timer")?;
     let (tw_expires, tw_pprev) = timer("inet_timewait_sock", "tw_timer")?;
     let (rsk_expires, rsk_pprev) = timer("request_sock", "rsk_timer")?;
     Ok(IterConfig {

@@ -63,21 +63,40 @@ pub fn decode(msg: &[u8], netns: u32) -> Option<Socket> {
         4 => (TimerKind::Probe, 0, retrans),
         _ => (TimerKind::Off, 0, 0),
     };
-    let timer = Timer { kind, remaining_s: f64::from(expires_ms) / 1000.0, retransmits, probes };
+    let timer = Timer {
+        kind,
+        remaining_s: f64::from(expires_ms) / 1000.0,
+        retransmits,
+        probes,
+    };
     let local = SocketAddr::new(ip(&msg[8..24])?, sport);
     let remote = SocketAddr::new(ip(&msg[24..40])?, dport);
     Some(Socket {
         recv_q: u32_at(56),
         send_q: u32_at(60),
         uid: u32_at(64),
-        ..Socket::bare(cookie, netns, local, remote, state, u64::from(u32_at(68)), timer)
+        ..Socket::bare(
+            cookie,
+            netns,
+            local,
+            remote,
+            state,
+            u64::from(u32_at(68)),
+            timer,
+        )
     })
 }
 
 /// Every TCP socket of the calling thread's network namespace.
 pub fn dump(netns: u32) -> io::Result<Vec<Socket>> {
     // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -100,7 +119,10 @@ pub fn dump(netns: u32) -> io::Result<Vec<Socket>> {
                 let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
                 let ty = u16::from_ne_bytes([data[4], data[5]]);
                 if len < NLMSG_HDRLEN || len > data.len() {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "truncated netlink message",
+                    ));
                 }
                 match ty {
                     NLMSG_DONE => break 'recv,
@@ -163,7 +185,10 @@ mod tests {
         let r = request(libc::AF_INET6 as u8, 9);
         assert_eq!(r.len(), 72);
         assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 72);
-        assert_eq!((r[16], r[17]), (libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8));
+        assert_eq!(
+            (r[16], r[17]),
+            (libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8)
+        );
     }
 
     #[test]
@@ -171,6 +196,8 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let all = dump(0).unwrap();
-        assert!(all.iter().any(|s| s.local.port() == port && s.state == TcpState::Listen));
+        assert!(all
+            .iter()
+            .any(|s| s.local.port() == port && s.state == TcpState::Listen));
     }
 }

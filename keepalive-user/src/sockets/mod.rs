@@ -56,7 +56,13 @@ pub struct Timer {
 impl Timer {
     /// `keepalive (7198.14/0/0)`, like `netstat -o`.
     pub fn netstat(&self) -> String {
-        format!("{} ({:.2}/{}/{})", self.kind.netstat_name(), self.remaining_s, self.retransmits, self.probes)
+        format!(
+            "{} ({:.2}/{}/{})",
+            self.kind.netstat_name(),
+            self.remaining_s,
+            self.retransmits,
+            self.probes
+        )
     }
 }
 
@@ -79,9 +85,15 @@ pub struct Setting {
 impl Setting {
     fn pick(own: u32, sysctl: u32) -> Self {
         if own != 0 {
-            Setting { value: own, source: Source::Socket }
+            Setting {
+                value: own,
+                source: Source::Socket,
+            }
         } else {
-            Setting { value: sysctl, source: Source::Sysctl }
+            Setting {
+                value: sysctl,
+                source: Source::Sysctl,
+            }
         }
     }
 
@@ -159,7 +171,15 @@ fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 impl Socket {
     /// A socket known only by identity, state and timer: what sock_diag or a
     /// lone event tells. Everything else is unknown (None) or zero.
-    pub fn bare(sock: u64, netns: u32, local: SocketAddr, remote: SocketAddr, state: TcpState, inode: u64, timer: Timer) -> Self {
+    pub fn bare(
+        sock: u64,
+        netns: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        state: TcpState,
+        inode: u64,
+        timer: Timer,
+    ) -> Self {
         Socket {
             sock,
             netns,
@@ -215,32 +235,57 @@ fn secs_since32(now: u64, then: u32, hz: u32) -> f64 {
 
 impl Socket {
     /// Builds the model from an iterator record; `owner` from `iter/task_file`.
-    pub fn from_record(r: &SockRecord, hz: u32, owner: Option<&Owner>) -> Result<Self, RecordError> {
+    pub fn from_record(
+        r: &SockRecord,
+        hz: u32,
+        owner: Option<&Owner>,
+    ) -> Result<Self, RecordError> {
         if r.family != AF_INET && r.family != AF_INET6 {
             return Err(RecordError::Family(r.family));
         }
         let state = TcpState::from_raw(r.state).ok_or(RecordError::State(r.state))?;
         let full = r.flags & sock_flags::FULL != 0;
-        let rto_left = if r.flags & sock_flags::RTO_PENDING != 0 { secs_until(r.jiffies, r.rto_expires, hz) } else { 0.0 };
+        let rto_left = if r.flags & sock_flags::RTO_PENDING != 0 {
+            secs_until(r.jiffies, r.rto_expires, hz)
+        } else {
+            0.0
+        };
         let timewait = r.flags & sock_flags::TIMEWAIT != 0;
         let timer = match state {
-            _ if timewait => Timer { kind: TimerKind::TimeWait, remaining_s: rto_left, retransmits: 0, probes: 0 },
+            _ if timewait => Timer {
+                kind: TimerKind::TimeWait,
+                remaining_s: rto_left,
+                retransmits: 0,
+                probes: 0,
+            },
             TcpState::NewSynRecv => Timer {
-                kind: if r.flags & sock_flags::RTO_PENDING != 0 { TimerKind::On } else { TimerKind::Off },
+                kind: if r.flags & sock_flags::RTO_PENDING != 0 {
+                    TimerKind::On
+                } else {
+                    TimerKind::Off
+                },
                 remaining_s: rto_left,
                 retransmits: r.retransmits,
                 probes: 0,
             },
             _ => {
                 let (kind, remaining_s) = match r.icsk_pending {
-                    ICSK_TIME_RETRANS | ICSK_TIME_LOSS_PROBE | ICSK_TIME_REO_TIMEOUT => (TimerKind::On, rto_left),
-                    ICSK_TIME_PROBE0 => (TimerKind::Probe, rto_left),
-                    _ if r.flags & sock_flags::KA_PENDING != 0 => {
-                        (TimerKind::Keepalive, secs_until(r.jiffies, r.ka_expires, hz))
+                    ICSK_TIME_RETRANS | ICSK_TIME_LOSS_PROBE | ICSK_TIME_REO_TIMEOUT => {
+                        (TimerKind::On, rto_left)
                     }
+                    ICSK_TIME_PROBE0 => (TimerKind::Probe, rto_left),
+                    _ if r.flags & sock_flags::KA_PENDING != 0 => (
+                        TimerKind::Keepalive,
+                        secs_until(r.jiffies, r.ka_expires, hz),
+                    ),
                     _ => (TimerKind::Off, 0.0),
                 };
-                Timer { kind, remaining_s, retransmits: r.retransmits, probes: r.probes_out }
+                Timer {
+                    kind,
+                    remaining_s,
+                    retransmits: r.retransmits,
+                    probes: r.probes_out,
+                }
             }
         };
         let keepalive = full.then(|| Keepalive {
@@ -251,7 +296,11 @@ impl Socket {
             user_timeout_ms: (r.user_timeout != 0).then_some(r.user_timeout),
         });
         let connected = full && !matches!(state, TcpState::Listen);
-        let last_rx = if (r.lrcvtime.wrapping_sub(r.rcv_tstamp) as i32) > 0 { r.lrcvtime } else { r.rcv_tstamp };
+        let last_rx = if (r.lrcvtime.wrapping_sub(r.rcv_tstamp) as i32) > 0 {
+            r.lrcvtime
+        } else {
+            r.rcv_tstamp
+        };
         Ok(Socket {
             sock: r.sk,
             netns: r.netns,
@@ -288,8 +337,17 @@ pub fn owners(records: &[OwnerRecord]) -> HashMap<u64, Owner> {
     let mut map: HashMap<u64, Owner> = HashMap::with_capacity(records.len());
     for r in records {
         let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
-        let owner = Owner { pid: r.tgid, comm: String::from_utf8_lossy(&r.comm[..end]).into_owned() };
-        map.entry(r.sk).and_modify(|o| if owner.pid < o.pid { *o = owner.clone() }).or_insert(owner);
+        let owner = Owner {
+            pid: r.tgid,
+            comm: String::from_utf8_lossy(&r.comm[..end]).into_owned(),
+        };
+        map.entry(r.sk)
+            .and_modify(|o| {
+                if owner.pid < o.pid {
+                    *o = owner.clone()
+                }
+            })
+            .or_insert(owner);
     }
     map
 }
@@ -331,53 +389,144 @@ pub(crate) mod tests {
         assert_eq!(s.timer.netstat(), "keepalive (7198.14/0/0)");
         let ka = s.keepalive.unwrap();
         assert!(ka.enabled);
-        assert_eq!(ka.idle_s, Setting { value: 7200, source: Source::Sysctl });
-        assert_eq!(ka.interval_s, Setting { value: 10, source: Source::Socket });
-        assert_eq!((ka.idle_s.short(), ka.interval_s.short(), ka.count.short()), ("7200*".into(), "10".into(), "9*".into()));
-        assert_eq!(s.idle_s, Some(1.0), "since the later of data (2 s) and ACK (1 s)");
+        assert_eq!(
+            ka.idle_s,
+            Setting {
+                value: 7200,
+                source: Source::Sysctl
+            }
+        );
+        assert_eq!(
+            ka.interval_s,
+            Setting {
+                value: 10,
+                source: Source::Socket
+            }
+        );
+        assert_eq!(
+            (ka.idle_s.short(), ka.interval_s.short(), ka.count.short()),
+            ("7200*".into(), "10".into(), "9*".into())
+        );
+        assert_eq!(
+            s.idle_s,
+            Some(1.0),
+            "since the later of data (2 s) and ACK (1 s)"
+        );
         assert_eq!(s.last_data_recv_s, Some(2.0));
         assert_eq!(s.last_data_sent_s, Some(4.0));
     }
 
     #[test]
     fn retransmit_timer_wins_over_keepalive() {
-        let r = SockRecord { icsk_pending: ICSK_TIME_RETRANS, retransmits: 3, rto_expires: 100_050, flags: record().flags | sock_flags::RTO_PENDING, ..record() };
-        assert_eq!(Socket::from_record(&r, 250, None).unwrap().timer.netstat(), "on (0.20/3/0)");
-        let r = SockRecord { icsk_pending: ICSK_TIME_PROBE0, probes_out: 2, ..r };
-        assert_eq!(Socket::from_record(&r, 250, None).unwrap().timer.netstat(), "probe (0.20/3/2)");
+        let r = SockRecord {
+            icsk_pending: ICSK_TIME_RETRANS,
+            retransmits: 3,
+            rto_expires: 100_050,
+            flags: record().flags | sock_flags::RTO_PENDING,
+            ..record()
+        };
+        assert_eq!(
+            Socket::from_record(&r, 250, None).unwrap().timer.netstat(),
+            "on (0.20/3/0)"
+        );
+        let r = SockRecord {
+            icsk_pending: ICSK_TIME_PROBE0,
+            probes_out: 2,
+            ..r
+        };
+        assert_eq!(
+            Socket::from_record(&r, 250, None).unwrap().timer.netstat(),
+            "probe (0.20/3/2)"
+        );
     }
 
     #[test]
     fn keepalive_off_and_overdue_timer() {
-        let r = SockRecord { flags: sock_flags::FULL, ..record() };
+        let r = SockRecord {
+            flags: sock_flags::FULL,
+            ..record()
+        };
         let s = Socket::from_record(&r, 250, None).unwrap();
         assert_eq!(s.timer.netstat(), "off (0.00/0/0)");
         assert!(!s.keepalive.unwrap().enabled);
-        let r = SockRecord { ka_expires: 99_000, ..record() };
-        assert_eq!(Socket::from_record(&r, 250, None).unwrap().timer.remaining_s, 0.0);
+        let r = SockRecord {
+            ka_expires: 99_000,
+            ..record()
+        };
+        assert_eq!(
+            Socket::from_record(&r, 250, None)
+                .unwrap()
+                .timer
+                .remaining_s,
+            0.0
+        );
     }
 
     #[test]
     fn time_wait_and_request_sockets() {
-        let tw = SockRecord { state: 6, flags: sock_flags::RTO_PENDING | sock_flags::TIMEWAIT, rto_expires: 100_000 + 250 * 59 + 210, ..record() };
+        let tw = SockRecord {
+            state: 6,
+            flags: sock_flags::RTO_PENDING | sock_flags::TIMEWAIT,
+            rto_expires: 100_000 + 250 * 59 + 210,
+            ..record()
+        };
         let s = Socket::from_record(&tw, 250, None).unwrap();
         assert_eq!(s.timer.netstat(), "timewait (59.84/0/0)");
         assert_eq!((s.keepalive, s.idle_s), (None, None));
         // An orphaned FIN_WAIT2 lives on as a TIME_WAIT mini-socket.
         let fw2 = SockRecord { state: 5, ..tw };
         let s = Socket::from_record(&fw2, 250, None).unwrap();
-        assert_eq!((s.state, s.timer.kind), (TcpState::FinWait2, TimerKind::TimeWait));
-        let syn = SockRecord { state: 12, flags: sock_flags::RTO_PENDING, rto_expires: 100_250, retransmits: 1, ..record() };
-        assert_eq!(Socket::from_record(&syn, 250, None).unwrap().timer.netstat(), "on (1.00/1/0)");
+        assert_eq!(
+            (s.state, s.timer.kind),
+            (TcpState::FinWait2, TimerKind::TimeWait)
+        );
+        let syn = SockRecord {
+            state: 12,
+            flags: sock_flags::RTO_PENDING,
+            rto_expires: 100_250,
+            retransmits: 1,
+            ..record()
+        };
+        assert_eq!(
+            Socket::from_record(&syn, 250, None)
+                .unwrap()
+                .timer
+                .netstat(),
+            "on (1.00/1/0)"
+        );
     }
 
     #[test]
     fn ipv6_and_bad_records() {
-        let r = SockRecord { family: AF_INET6, saddr: std::net::Ipv6Addr::LOCALHOST.octets(), ..record() };
+        let r = SockRecord {
+            family: AF_INET6,
+            saddr: std::net::Ipv6Addr::LOCALHOST.octets(),
+            ..record()
+        };
         let s = Socket::from_record(&r, 250, None).unwrap();
         assert_eq!((s.proto, s.local), ("tcp6", "[::1]:40000".parse().unwrap()));
-        assert_eq!(Socket::from_record(&SockRecord { family: 1, ..record() }, 250, None), Err(RecordError::Family(1)));
-        assert_eq!(Socket::from_record(&SockRecord { state: 0, ..record() }, 250, None), Err(RecordError::State(0)));
+        assert_eq!(
+            Socket::from_record(
+                &SockRecord {
+                    family: 1,
+                    ..record()
+                },
+                250,
+                None
+            ),
+            Err(RecordError::Family(1))
+        );
+        assert_eq!(
+            Socket::from_record(
+                &SockRecord {
+                    state: 0,
+                    ..record()
+                },
+                250,
+                None
+            ),
+            Err(RecordError::State(0))
+        );
     }
 
     #[test]
@@ -385,10 +534,25 @@ pub(crate) mod tests {
         let rec = |sk, tgid, comm: &[u8]| {
             let mut c = [0u8; 16];
             c[..comm.len()].copy_from_slice(comm);
-            OwnerRecord { sk, tgid, fd: 3, comm: c }
+            OwnerRecord {
+                sk,
+                tgid,
+                fd: 3,
+                comm: c,
+            }
         };
-        let m = owners(&[rec(1, 200, b"child"), rec(1, 100, b"parent"), rec(2, 7, b"fifteen-chars-x")]);
-        assert_eq!(m[&1], Owner { pid: 100, comm: "parent".into() });
+        let m = owners(&[
+            rec(1, 200, b"child"),
+            rec(1, 100, b"parent"),
+            rec(2, 7, b"fifteen-chars-x"),
+        ]);
+        assert_eq!(
+            m[&1],
+            Owner {
+                pid: 100,
+                comm: "parent".into()
+            }
+        );
         assert_eq!(m[&2].comm, "fifteen-chars-x");
     }
 }

@@ -67,14 +67,18 @@ impl Query {
             v.is_empty() || v.iter().any(f)
         }
         any(&self.states, |st| s.state == *st)
-            && any(&self.ports, |p| s.local.port() == *p || s.remote.port() == *p)
+            && any(&self.ports, |p| {
+                s.local.port() == *p || s.remote.port() == *p
+            })
             && any(&self.addrs, |a| {
                 let a = canonical(*a);
                 canonical(s.local.ip()) == a || canonical(s.remote.ip()) == a
             })
             && any(&self.pids, |p| s.pid == Some(*p))
             && any(&self.netns, |n| s.netns == *n)
-            && self.keepalive.is_none_or(|want| s.keepalive.is_some_and(|k| k.enabled == want))
+            && self
+                .keepalive
+                .is_none_or(|want| s.keepalive.is_some_and(|k| k.enabled == want))
             && any(&self.risks, |r| s.risk == Some(*r))
     }
 
@@ -89,7 +93,9 @@ impl Query {
             SortKey::Idle => f(b.idle_s).total_cmp(&f(a.idle_s)),
             SortKey::Probes => b.probes_unanswered.cmp(&a.probes_unanswered),
         };
-        primary.then_with(|| a.local.cmp(&b.local)).then_with(|| a.remote.cmp(&b.remote))
+        primary
+            .then_with(|| a.local.cmp(&b.local))
+            .then_with(|| a.remote.cmp(&b.remote))
     }
 
     /// Keeps the matching sockets, sorted.
@@ -108,33 +114,102 @@ mod tests {
 
     fn sock(sport: u16, state: u8, ka: bool, idle_ago: u32) -> Socket {
         let flags = sock_flags::FULL | if ka { sock_flags::KEEPALIVE_ON } else { 0 };
-        let r = SockRecord { sport, state, flags, rcv_tstamp: 100_000 - idle_ago, lrcvtime: 0, ..record() };
+        let r = SockRecord {
+            sport,
+            state,
+            flags,
+            rcv_tstamp: 100_000 - idle_ago,
+            lrcvtime: 0,
+            ..record()
+        };
         Socket::from_record(&r, 250, None).unwrap()
     }
 
     #[test]
     fn filters() {
-        let all = vec![sock(1, 1, true, 0), sock(2, 1, false, 0), sock(3, 10, false, 0)];
-        let q = |q: Query| q.apply(all.clone()).iter().map(|s| s.local.port()).collect::<Vec<_>>();
+        let all = vec![
+            sock(1, 1, true, 0),
+            sock(2, 1, false, 0),
+            sock(3, 10, false, 0),
+        ];
+        let q = |q: Query| {
+            q.apply(all.clone())
+                .iter()
+                .map(|s| s.local.port())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(q(Query::default()), [1, 2, 3]);
-        assert_eq!(q(Query { keepalive: Some(true), ..Default::default() }), [1]);
-        assert_eq!(q(Query { keepalive: Some(false), ..Default::default() }), [2, 3]);
-        assert_eq!(q(Query { states: vec![TcpState::Listen], ..Default::default() }), [3]);
-        assert_eq!(q(Query { ports: vec![2, 5432], ..Default::default() }).len(), 3, "remote port matches too");
-        assert_eq!(q(Query { pids: vec![1], ..Default::default() }), Vec::<u16>::new());
-        assert_eq!(q(Query { addrs: vec!["::ffff:10.0.0.2".parse().unwrap()], ..Default::default() }).len(), 3);
+        assert_eq!(
+            q(Query {
+                keepalive: Some(true),
+                ..Default::default()
+            }),
+            [1]
+        );
+        assert_eq!(
+            q(Query {
+                keepalive: Some(false),
+                ..Default::default()
+            }),
+            [2, 3]
+        );
+        assert_eq!(
+            q(Query {
+                states: vec![TcpState::Listen],
+                ..Default::default()
+            }),
+            [3]
+        );
+        assert_eq!(
+            q(Query {
+                ports: vec![2, 5432],
+                ..Default::default()
+            })
+            .len(),
+            3,
+            "remote port matches too"
+        );
+        assert_eq!(
+            q(Query {
+                pids: vec![1],
+                ..Default::default()
+            }),
+            Vec::<u16>::new()
+        );
+        assert_eq!(
+            q(Query {
+                addrs: vec!["::ffff:10.0.0.2".parse().unwrap()],
+                ..Default::default()
+            })
+            .len(),
+            3
+        );
     }
 
     #[test]
     fn sorts() {
-        let all = vec![sock(2, 1, true, 250), sock(1, 10, true, 1000), sock(3, 1, true, 500)];
+        let all = vec![
+            sock(2, 1, true, 250),
+            sock(1, 10, true, 1000),
+            sock(3, 1, true, 500),
+        ];
         let order = |k: &str| {
-            let q = Query { sort: k.parse().unwrap(), ..Default::default() };
-            q.apply(all.clone()).iter().map(|s| s.local.port()).collect::<Vec<_>>()
+            let q = Query {
+                sort: k.parse().unwrap(),
+                ..Default::default()
+            };
+            q.apply(all.clone())
+                .iter()
+                .map(|s| s.local.port())
+                .collect::<Vec<_>>()
         };
         assert_eq!(order("local"), [1, 2, 3]);
         assert_eq!(order("state"), [2, 3, 1]);
-        assert_eq!(order("idle"), [3, 2, 1], "longest idle first; LISTEN has none");
+        assert_eq!(
+            order("idle"),
+            [3, 2, 1],
+            "longest idle first; LISTEN has none"
+        );
         assert!("bogus".parse::<SortKey>().unwrap_err().contains("bogus"));
     }
 }

@@ -7,7 +7,11 @@ use super::Socket;
 
 /// netstat's address notation: no brackets for IPv6, `*` for port 0.
 pub fn netstat_addr(a: &SocketAddr) -> String {
-    let port = if a.port() == 0 { "*".to_owned() } else { a.port().to_string() };
+    let port = if a.port() == 0 {
+        "*".to_owned()
+    } else {
+        a.port().to_string()
+    };
     format!("{}:{port}", a.ip())
 }
 
@@ -27,7 +31,12 @@ pub fn keepalive_cell(s: &Socket) -> String {
     match &s.keepalive {
         None => "-".into(),
         Some(k) if !k.enabled => "off".into(),
-        Some(k) => format!("{}/{}/{}", k.idle_s.short(), k.interval_s.short(), k.count.short()),
+        Some(k) => format!(
+            "{}/{}/{}",
+            k.idle_s.short(),
+            k.interval_s.short(),
+            k.count.short()
+        ),
     }
 }
 
@@ -36,8 +45,15 @@ pub fn row(s: &Socket, with_risk: bool) -> String {
         (Some(p), Some(c)) => format!("{p}/{c}"),
         _ => "-".into(),
     };
-    let idle = s.idle_s.map(|i| format!("{i:.1}s")).unwrap_or_else(|| "-".into());
-    let unans = if s.keepalive.is_some() { s.probes_unanswered.to_string() } else { "-".into() };
+    let idle = s
+        .idle_s
+        .map(|i| format!("{i:.1}s"))
+        .unwrap_or_else(|| "-".into());
+    let unans = if s.keepalive.is_some() {
+        s.probes_unanswered.to_string()
+    } else {
+        "-".into()
+    };
     let risk = match (with_risk, &s.risk, &s.idle_timeout) {
         (false, _, _) => String::new(),
         (true, Some(r), Some(rule)) => format!(" {} ({rule})", r.name()),
@@ -79,9 +95,14 @@ mod tests {
 
     #[test]
     fn row_aligns_with_header() {
-        let owner = Owner { pid: 812, comm: "postgres".into() };
+        let owner = Owner {
+            pid: 812,
+            comm: "postgres".into(),
+        };
         let mut s = Socket::from_record(&record(), 250, Some(&owner)).unwrap();
-        let p = crate::policy::Policy { rules: vec![crate::policy::Rule::parse("10.0.0.2:5432=350s").unwrap()] };
+        let p = crate::policy::Policy {
+            rules: vec![crate::policy::Rule::parse("10.0.0.2:5432=350s").unwrap()],
+        };
         p.annotate(&mut s);
         let line = row(&s, true);
         for (col, value) in [
@@ -100,7 +121,16 @@ mod tests {
             let at = h.find(col).unwrap();
             assert!(line[at..].starts_with(value), "{col}:\n{h}\n{line}");
         }
-        let tw = Socket::from_record(&SockRecord { state: 6, flags: 0, ..record() }, 250, None).unwrap();
+        let tw = Socket::from_record(
+            &SockRecord {
+                state: 6,
+                flags: 0,
+                ..record()
+            },
+            250,
+            None,
+        )
+        .unwrap();
         assert!(row(&tw, false).contains(" - "));
         assert!(row(&tw, true).ends_with(" -"));
         assert_eq!(keepalive_cell(&tw), "-");

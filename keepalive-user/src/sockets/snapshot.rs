@@ -70,9 +70,17 @@ pub struct Snapshotter {
 impl Snapshotter {
     /// `with_probes`: keep the eBPF object loaded (for tracing) even with
     /// `Source::Diag`.
-    pub fn new(source: Source, opts: &LoadOptions, with_probes: bool) -> Result<Self, SnapshotError> {
+    pub fn new(
+        source: Source,
+        opts: &LoadOptions,
+        with_probes: bool,
+    ) -> Result<Self, SnapshotError> {
         if source == Source::Diag && !with_probes {
-            return Ok(Self { probes: None, diag: true, degraded: None });
+            return Ok(Self {
+                probes: None,
+                diag: true,
+                degraded: None,
+            });
         }
         let mut probes = Probes::open(opts)?;
         let (diag, degraded) = match source {
@@ -86,10 +94,17 @@ impl Snapshotter {
                 Err(e) => (true, Some(format!("BPF iterators unavailable ({e}); using sock_diag, keepalive settings unknown"))),
             },
         };
-        Ok(Self { probes: Some(probes), diag, degraded })
+        Ok(Self {
+            probes: Some(probes),
+            diag,
+            degraded,
+        })
     }
 
-    pub fn take(&mut self, targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
+    pub fn take(
+        &mut self,
+        targets: &[Option<NetnsRef>],
+    ) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
         match (&mut self.probes, self.diag) {
             (Some(p), false) => snapshot_iter(p, targets),
             _ => snapshot_diag(targets),
@@ -98,18 +113,24 @@ impl Snapshotter {
 }
 
 /// Through the BPF iterators, owners joined in.
-pub fn snapshot_iter(probes: &mut Probes, targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
+pub fn snapshot_iter(
+    probes: &mut Probes,
+    targets: &[Option<NetnsRef>],
+) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
     let owner_of = owners(&probes.socket_owners()?);
     let hz = probes.kernel.hz;
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let inode = inode_of(t)?;
         let records = probes.tcp_sockets(t.as_ref())?;
-        let sysctls = records.iter().find(|r| r.flags & keepalive_common::sock_flags::FULL != 0).map(|r| Sysctls {
-            time_s: r.sysctl_ka_time / hz,
-            intvl_s: r.sysctl_ka_intvl / hz,
-            probes: u32::from(r.sysctl_ka_probes),
-        });
+        let sysctls = records
+            .iter()
+            .find(|r| r.flags & keepalive_common::sock_flags::FULL != 0)
+            .map(|r| Sysctls {
+                time_s: r.sysctl_ka_time / hz,
+                intvl_s: r.sysctl_ka_intvl / hz,
+                probes: u32::from(r.sysctl_ka_probes),
+            });
         let mut sockets = Vec::with_capacity(records.len());
         for r in &records {
             match Socket::from_record(r, hz, owner_of.get(&r.sk)) {
@@ -117,7 +138,11 @@ pub fn snapshot_iter(probes: &mut Probes, targets: &[Option<NetnsRef>]) -> Resul
                 Err(e) => log::warn!("skipping a socket record: {e}"),
             }
         }
-        out.push(NetnsSnapshot { inode, sockets, sysctls });
+        out.push(NetnsSnapshot {
+            inode,
+            sockets,
+            sysctls,
+        });
     }
     Ok(out)
 }
@@ -138,7 +163,11 @@ pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>,
                 (s.pid, s.comm) = (Some(o.pid), Some(o.comm));
             }
         }
-        out.push(NetnsSnapshot { inode, sockets, sysctls: None });
+        out.push(NetnsSnapshot {
+            inode,
+            sockets,
+            sysctls: None,
+        });
     }
     Ok(out)
 }

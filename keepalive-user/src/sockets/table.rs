@@ -31,7 +31,12 @@ pub struct SocketTable {
 
 impl SocketTable {
     pub fn new(capacity: usize) -> Self {
-        Self { entries: HashMap::new(), capacity: capacity.max(1), clock: 0, evictions: 0 }
+        Self {
+            entries: HashMap::new(),
+            capacity: capacity.max(1),
+            clock: 0,
+            evictions: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -63,16 +68,32 @@ impl SocketTable {
                 }
                 // New socket, or a reused kernel address: start over.
                 _ => {
-                    self.entries.insert(s.sock, Entry { socket: s, probes_sent: 0, probes_answered: 0, last_reset: None, touched: now });
+                    self.entries.insert(
+                        s.sock,
+                        Entry {
+                            socket: s,
+                            probes_sent: 0,
+                            probes_answered: 0,
+                            last_reset: None,
+                            touched: now,
+                        },
+                    );
                 }
             }
         }
-        self.entries.retain(|sk, e| e.socket.netns != netns || keep.contains(sk));
+        self.entries
+            .retain(|sk, e| e.socket.netns != netns || keep.contains(sk));
         self.evict();
     }
 
     /// Applies one kernel record and what it was derived into.
-    pub fn apply_event(&mut self, rec: &Record, derived: &[Derived], reason_name: impl Fn(u32) -> String, hz: u32) {
+    pub fn apply_event(
+        &mut self,
+        rec: &Record,
+        derived: &[Derived],
+        reason_name: impl Fn(u32) -> String,
+        hz: u32,
+    ) {
         let now = self.tick();
         let e = self.entries.entry(rec.sk).or_insert_with(|| Entry {
             socket: partial(rec),
@@ -86,7 +107,13 @@ impl SocketTable {
             match d.kind {
                 Kind::ProbeSent => e.probes_sent += 1,
                 Kind::PeerAnswered => e.probes_answered += 1,
-                Kind::ResetSent => e.last_reset = Some(rec.reason.map(&reason_name).unwrap_or_else(|| "UNKNOWN".into())),
+                Kind::ResetSent => {
+                    e.last_reset = Some(
+                        rec.reset_reason(&reason_name)
+                            .map(|r| r.0)
+                            .unwrap_or_else(|| "UNKNOWN".into()),
+                    )
+                }
                 _ => {}
             }
         }
@@ -98,8 +125,18 @@ impl SocketTable {
         s.probes_unanswered = rec.probes_out;
         if matches!(rec.kind, RecordKind::Armed | RecordKind::Fired) {
             s.timer = match rec.timer_remaining(hz) {
-                Some(left) => Timer { kind: TimerKind::Keepalive, remaining_s: left.max(0.0), retransmits: s.timer.retransmits, probes: rec.probes_out },
-                None => Timer { kind: TimerKind::Off, remaining_s: 0.0, retransmits: s.timer.retransmits, probes: rec.probes_out },
+                Some(left) => Timer {
+                    kind: TimerKind::Keepalive,
+                    remaining_s: left.max(0.0),
+                    retransmits: s.timer.retransmits,
+                    probes: rec.probes_out,
+                },
+                None => Timer {
+                    kind: TimerKind::Off,
+                    remaining_s: 0.0,
+                    retransmits: s.timer.retransmits,
+                    probes: rec.probes_out,
+                },
             };
         }
         if rec.state == TcpState::Close {
@@ -113,7 +150,8 @@ impl SocketTable {
             return;
         }
         // Drop the oldest-touched entries, plus 1% headroom so eviction is rare.
-        let excess = (self.entries.len() - self.capacity + self.capacity / 100).min(self.entries.len());
+        let excess =
+            (self.entries.len() - self.capacity + self.capacity / 100).min(self.entries.len());
         let mut ages: Vec<(u64, u64)> = self.entries.iter().map(|(k, e)| (e.touched, *k)).collect();
         ages.select_nth_unstable(excess - 1);
         for (_, k) in &ages[..excess] {
@@ -148,21 +186,40 @@ impl SocketTable {
 /// A socket first seen through an event: what the record tells, the rest
 /// filled by the next snapshot.
 fn partial(rec: &Record) -> Socket {
-    let timer = Timer { kind: TimerKind::Off, remaining_s: 0.0, retransmits: 0, probes: rec.probes_out };
-    Socket::bare(rec.sk, rec.netns, rec.local, rec.remote, rec.state, rec.ino, timer)
+    let timer = Timer {
+        kind: TimerKind::Off,
+        remaining_s: 0.0,
+        retransmits: 0,
+        probes: rec.probes_out,
+    };
+    Socket::bare(
+        rec.sk, rec.netns, rec.local, rec.remote, rec.state, rec.ino, timer,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        event::{tests::{bytes, raw}, Deriver},
+        event::{
+            tests::{bytes, raw},
+            Deriver,
+        },
         sockets::tests::record,
     };
     use keepalive_common::{kind, SockRecord};
 
     fn sock(sk: u64, sport: u16) -> Socket {
-        Socket::from_record(&SockRecord { sk, sport, ..record() }, 250, None).unwrap()
+        Socket::from_record(
+            &SockRecord {
+                sk,
+                sport,
+                ..record()
+            },
+            250,
+            None,
+        )
+        .unwrap()
     }
 
     fn event(sk: u64, k: u32, before: u8, after: u8, state: u8) -> Record {
@@ -230,10 +287,19 @@ mod tests {
         let mut d = Deriver::default();
         // Touch socket 0 so it is the newest.
         feed(&mut t, &mut d, event(0, kind::ARMED, 0, 0, 1));
-        t.apply_snapshot(2, vec![Socket { netns: 2, ..sock(1000, 1) }]);
+        t.apply_snapshot(
+            2,
+            vec![Socket {
+                netns: 2,
+                ..sock(1000, 1)
+            }],
+        );
         assert!(t.len() <= 100);
         assert_eq!(t.evictions, 2);
         let left: Vec<u64> = t.sockets().iter().map(|s| s.sock).collect();
-        assert!(left.contains(&0) && left.contains(&1000), "recently touched kept");
+        assert!(
+            left.contains(&0) && left.contains(&1000),
+            "recently touched kept"
+        );
     }
 }

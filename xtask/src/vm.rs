@@ -1,0 +1,414 @@
+//! `cargo xtask test --kernel debian-6.1`: the kernel-facing tests inside a
+//! qemu VM (software emulation) booting another kernel than the host's.
+//!
+//! The VM has no disk: an initramfs holds busybox, the few tools the tests
+//! drive (ip, nft, ss, modprobe) with their shared libraries, the kernel's
+//! network modules, and the test binary and `kato` at their host paths (the
+//! tests find `kato` through the compile-time CARGO_BIN_EXE_kato). The
+//! result comes back on the serial console as one marker line.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::{cargo, setup, status};
+
+/// A kernel the tests can run on: a Debian package name pattern.
+struct Kernel {
+    name: &'static str,
+    /// `apt-cache search --names-only` regex; the highest ABI number wins.
+    package: &'static str,
+}
+
+const KERNELS: &[Kernel] = &[Kernel {
+    name: "debian-6.1",
+    package: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
+}];
+
+/// The tests that run inside the VM (module filters of the `kernel` test):
+/// the keepalive life cycle (dead peer v4/v6, healthy peer), the snapshot
+/// iterators against `ss`, and doctor's report of the attach path.
+pub const DEFAULT_FILTERS: &[&str] = &["keepalive::", "sockets::", "doctor::"];
+
+/// Every test runs once per attach path (`KATO_TEST_ATTACH`): the kernel's
+/// own choice, then each path forced.
+pub const ATTACH_PATHS: &[&str] = &["auto", "fentry", "tracepoint"];
+
+/// Host tools copied into the VM with their libraries.
+const TOOLS: &[&str] = &[
+    "/usr/sbin/ip",
+    "/usr/sbin/nft",
+    "/usr/bin/ss",
+    "/usr/bin/kmod",
+    "/usr/bin/setpriv",
+];
+
+/// Module trees the tests need (veth, nf_tables, conntrack and what they use).
+const MODULE_DIRS: &[&str] = &[
+    "kernel/net",
+    "kernel/lib",
+    "kernel/crypto",
+    "kernel/drivers/net",
+];
+
+const MARKER: &str = "KATO-VM-RC=";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+pub fn names() -> Vec<&'static str> {
+    KERNELS.iter().map(|k| k.name).collect()
+}
+
+/// Runs the kernel tests matching `filters` (each run separately, one
+/// namespace-creating test at a time) in a VM booting `kernel`, once per
+/// attach path in `attach`.
+pub fn test(kernel: &str, filters: &[String], attach: &[&str]) -> Result<()> {
+    let k = KERNELS
+        .iter()
+        .find(|k| k.name == kernel)
+        .with_context(|| format!("unknown --kernel {kernel}; known: {}", names().join(", ")))?;
+    setup::ensure_packages(&["qemu-system-x86", "cpio", "busybox-static", "kmod"])?;
+    let dir = PathBuf::from("target/vm");
+    std::fs::create_dir_all(&dir)?;
+    let root = unpack_kernel(k, &dir)?;
+    let release = only_entry(&root.join("lib/modules"))?;
+    let test_bin = build_tests()?;
+    let kato =
+        std::fs::canonicalize("target/debug/kato").context("target/debug/kato (build first)")?;
+    let initramfs = dir.join("initramfs.cpio");
+    let rootfs = dir.join("rootfs");
+    assemble(&rootfs, &root, &release, &test_bin, &kato, filters, attach)?;
+    status(
+        Command::new("sh")
+            .arg("-c")
+            .arg("find . | cpio -o -H newc --quiet > ../initramfs.cpio")
+            .current_dir(&rootfs),
+    )?;
+    let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
+    boot(&vmlinuz, &initramfs, &release)
+}
+
+/// Downloads (once) and unpacks the newest matching kernel package.
+fn unpack_kernel(k: &Kernel, dir: &Path) -> Result<PathBuf> {
+    let list = Command::new("apt-cache")
+        .args(["search", "--names-only", k.package])
+        .output()?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    names.sort_by_key(|n| abi(n));
+    let cached = || -> Option<PathBuf> {
+        let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+            .collect();
+        debs.sort();
+        debs.pop()
+    };
+    let deb = match names.last() {
+        Some(name) => {
+            let have = std::fs::read_dir(dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|f| f.to_str())
+                        .is_some_and(|f| f.starts_with(&format!("{name}_")))
+                });
+            match have {
+                Some(p) => p,
+                None => {
+                    eprintln!("xtask vm: downloading {name}");
+                    status(
+                        Command::new("apt-get")
+                            .args(["download", name])
+                            .current_dir(dir),
+                    )?;
+                    cached().context("apt-get download left no .deb")?
+                }
+            }
+        }
+        // No package index (offline): a kernel downloaded earlier still works.
+        None => cached().with_context(|| {
+            format!("no Debian package matches {} (apt-get update?)", k.package)
+        })?,
+    };
+    let root = dir.join(deb.file_stem().context("deb name")?);
+    if !root.join("boot").exists() {
+        status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
+    Ok(root)
+}
+
+/// `linux-image-6.1.0-54-cloud-amd64-unsigned` → 54.
+fn abi(name: &str) -> u32 {
+    name.split('-')
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn only_entry(dir: &Path) -> Result<String> {
+    let mut entries =
+        std::fs::read_dir(dir)?.filter_map(|e| e.ok()?.file_name().into_string().ok());
+    let first = entries
+        .next()
+        .with_context(|| format!("{} is empty", dir.display()))?;
+    ensure!(
+        entries.next().is_none(),
+        "{} holds more than one kernel",
+        dir.display()
+    );
+    Ok(first)
+}
+
+/// Builds the `kernel` test binary and returns its path.
+fn build_tests() -> Result<PathBuf> {
+    crate::build(false)?;
+    let out = cargo()
+        .args([
+            "test",
+            "--package",
+            "keepalive-user",
+            "--test",
+            "kernel",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()?;
+    ensure!(out.status.success(), "building the kernel tests failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"name\":\"kernel\"")
+        })
+        .find_map(|l| {
+            let rest = &l[l.find("\"executable\":\"")? + 14..];
+            Some(PathBuf::from(&rest[..rest.find('"')?]))
+        })
+        .context("cargo did not report the kernel test executable")
+}
+
+fn assemble(
+    rootfs: &Path,
+    kernel_root: &Path,
+    release: &str,
+    test_bin: &Path,
+    kato: &Path,
+    filters: &[String],
+    attach: &[&str],
+) -> Result<()> {
+    if rootfs.exists() {
+        std::fs::remove_dir_all(rootfs)?;
+    }
+    for d in [
+        "bin", "sbin", "proc", "sys", "dev", "tmp", "run", "etc", "boot", "var",
+    ] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    let modules = format!("lib/modules/{release}");
+    for sub in MODULE_DIRS {
+        let to = rootfs.join(&modules).join(sub);
+        std::fs::create_dir_all(to.parent().unwrap())?;
+        status(
+            Command::new("cp")
+                .arg("-a")
+                .arg(kernel_root.join(&modules).join(sub))
+                .arg(&to),
+        )?;
+    }
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        std::fs::copy(
+            kernel_root.join(&modules).join(f),
+            rootfs.join(&modules).join(f),
+        )?;
+    }
+    status(Command::new("depmod").arg("-b").arg(rootfs).arg(release))?;
+    // CONFIG_HZ for kato (Debian kernels have no /proc/config.gz).
+    let config = format!("boot/config-{release}");
+    std::fs::copy(kernel_root.join(&config), rootfs.join(&config))?;
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .context("busybox (busybox-static)")?;
+    for tool in TOOLS {
+        copy_with_libs(rootfs, Path::new(tool))?;
+    }
+    std::os::unix::fs::symlink("/usr/bin/kmod", rootfs.join("sbin/modprobe"))?;
+    for bin in [test_bin, kato] {
+        let to = under(rootfs, bin);
+        std::fs::create_dir_all(to.parent().unwrap())?;
+        // Debug info is most of their size and the VM reads it from RAM.
+        status(
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(bin)
+                .arg(&to),
+        )?;
+        copy_libs(rootfs, bin)?;
+    }
+    std::fs::create_dir_all(under(rootfs, &std::fs::canonicalize("keepalive-user")?))?;
+    let init = rootfs.join("init");
+    std::fs::write(&init, init_script(test_bin, filters, attach))?;
+    status(Command::new("chmod").arg("+x").arg(&init))
+}
+
+/// `path` inside `rootfs`, at the same absolute location.
+fn under(rootfs: &Path, path: &Path) -> PathBuf {
+    rootfs.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn copy_with_libs(rootfs: &Path, bin: &Path) -> Result<()> {
+    let to = under(rootfs, bin);
+    std::fs::create_dir_all(to.parent().unwrap())?;
+    std::fs::copy(bin, &to).with_context(|| format!("copying {}", bin.display()))?;
+    copy_libs(rootfs, bin)
+}
+
+/// Copies the shared libraries `ldd` lists for `bin` (and the loader).
+fn copy_libs(rootfs: &Path, bin: &Path) -> Result<()> {
+    let out = Command::new("ldd").arg(bin).output()?;
+    for lib in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let lib = Path::new(lib);
+        let to = under(rootfs, lib);
+        if !to.exists() {
+            std::fs::create_dir_all(to.parent().unwrap())?;
+            std::fs::copy(lib, &to).with_context(|| format!("copying {}", lib.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// PID 1 of the VM: mounts, loads the modules, runs every filter under
+/// every attach path, prints the marker and powers off.
+fn init_script(test_bin: &Path, filters: &[String], attach: &[&str]) -> String {
+    let bin = test_bin.display();
+    let mut runs = String::new();
+    for path in attach {
+        for f in filters {
+            runs += &format!(
+                "echo \"KATO-VM: attach={path} tests={f}\"\nKATO_TEST_ATTACH={path} {bin} --test-threads=1 {f} || rc=1\n"
+            );
+        }
+    }
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+# The host's iproute2 before busybox's applets of the same names.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /run/netns /sys/fs/bpf
+ln -s /run /var/run
+mount -t bpf bpf /sys/fs/bpf
+echo /sbin/modprobe > /proc/sys/kernel/modprobe
+for m in veth nf_tables nft_reject_inet nft_ct nf_conntrack; do modprobe $m || echo "KATO-VM: modprobe $m failed"; done
+ip link set lo up
+cd {cwd}
+echo "KATO-VM: kernel $(uname -r), $(nproc) CPUs"
+rc=0
+{runs}echo "{MARKER}$rc"
+poweroff -f
+"#,
+        cwd = std::fs::canonicalize("keepalive-user")
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "/".into()),
+    )
+}
+
+/// Boots the VM and streams its console; the marker line gives the result.
+fn boot(vmlinuz: &Path, initramfs: &Path, release: &str) -> Result<()> {
+    eprintln!("xtask vm: booting {release} under qemu (TCG)");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "2048",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start qemu-system-x86_64")?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Serial consoles end lines with \r\n.
+            let line = line.trim_end_matches('\r').to_owned();
+            println!("[vm] {line}");
+            if let Some(rc) = line.strip_prefix(MARKER) {
+                let _ = tx.send(rc.trim().parse::<i32>().unwrap_or(-1));
+            }
+        }
+    });
+    let start = Instant::now();
+    let rc = rx.recv_timeout(BOOT_TIMEOUT);
+    let _ = child.wait_timeout_or_kill(Duration::from_secs(30));
+    match rc {
+        Ok(0) => {
+            eprintln!(
+                "xtask vm: every test passed on {release} ({:.0?})",
+                start.elapsed()
+            );
+            Ok(())
+        }
+        Ok(rc) => bail!("kernel tests failed inside the {release} VM (rc {rc})"),
+        Err(_) => bail!("the {release} VM printed no result within {BOOT_TIMEOUT:?}"),
+    }
+}
+
+trait WaitTimeout {
+    fn wait_timeout_or_kill(&mut self, limit: Duration) -> std::io::Result<()>;
+}
+
+impl WaitTimeout for std::process::Child {
+    /// Waits for poweroff; kills qemu if the guest hangs after the marker.
+    fn wait_timeout_or_kill(&mut self, limit: Duration) -> std::io::Result<()> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill()?;
+        self.wait().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn abi_number_from_package_name() {
+        assert_eq!(super::abi("linux-image-6.1.0-54-cloud-amd64-unsigned"), 54);
+        assert_eq!(super::abi("linux-image-6.1.0-9-cloud-amd64-unsigned"), 9);
+        assert_eq!(super::abi("garbage"), 0);
+    }
+}
