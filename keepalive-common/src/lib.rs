@@ -58,7 +58,9 @@ pub mod counter {
     /// Not a count: 1 + the offset of this CPU's last failed read, so a
     /// kernel whose layout kato misreads names the field (0: none failed).
     pub const LAST_FAILED_OFFSET: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Events of namespaces outside the watched set, not written (by design).
+    pub const FILTERED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// One record in the `EVENTS` ring buffer.
@@ -175,10 +177,15 @@ pub struct KernelConfig {
     /// 1 when the function `tcp_send_active_reset` takes `enum
     /// sk_rst_reason` as its third argument (fentry path).
     pub active_reset_has_reason: u32,
-    pub _pad: u32,
+    /// 1: only sockets of the namespaces in the `WATCHED_NETNS` map make
+    /// events (an agent or trace scoped to namespaces does not fill the
+    /// ring with everyone else's).
+    pub netns_filter: u32,
 }
 
 pub const KERNEL_CONFIG_SIZE: usize = 112;
+/// Namespaces the netns filter admits at most.
+pub const MAX_WATCHED_NETNS: u32 = 4096;
 const _: () = assert!(size_of::<KernelConfig>() == KERNEL_CONFIG_SIZE);
 
 /// Per-socket request/response turn counting (`CONN` map), fed by the

@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
 use keepalive_common::{counter, Event};
 
-use crate::{bump, EVENTS};
+use crate::{bump, conf, EVENTS, WATCHED_NETNS};
 
 /// A zeroed event of `kind`, stamped with both clocks.
 #[inline(always)]
@@ -31,6 +31,10 @@ const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
 /// threshold made each one cost ~6 µs of irq_work while the reader slept.)
 #[inline(always)]
 pub fn submit(ev: &Event) {
+    if conf!(netns_filter) != 0 && unsafe { WATCHED_NETNS.get(&ev.netns) }.is_none() {
+        bump(counter::FILTERED);
+        return;
+    }
     let avail = EVENTS.query(RB_AVAIL_DATA);
     let after = avail + RECORD_BYTES;
     let flags = if after / WAKE_AT > avail / WAKE_AT {

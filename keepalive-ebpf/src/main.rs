@@ -16,9 +16,9 @@ mod turns;
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
-use keepalive_common::{counter, KernelConfig};
+use keepalive_common::{counter, KernelConfig, MAX_WATCHED_NETNS};
 
 /// Resolved by userspace from the running kernel's BTF and kallsyms.
 #[no_mangle]
@@ -28,6 +28,11 @@ static KATO_CONFIG: KernelConfig = unsafe { core::mem::zeroed() };
 /// the reader sleeps between batched wakeups.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Network namespace inodes whose sockets make events, when
+/// `KATO_CONFIG.netns_filter` is set; kept current by userspace.
+#[map]
+static WATCHED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_WATCHED_NETNS, 0);
 
 /// Per-CPU counters, indexed by `keepalive_common::counter`.
 #[map]

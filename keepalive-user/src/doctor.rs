@@ -165,6 +165,7 @@ pub fn run(
         hz: hz_override,
         ring_bytes: None,
         attach,
+        netns_filter: false,
     }) {
         Err(e) => {
             checks.push(check("load", false, e.to_string()));

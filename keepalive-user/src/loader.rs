@@ -180,6 +180,8 @@ pub struct LoadOptions {
     pub ring_bytes: Option<u32>,
     /// fentry, tracepoints, or the best the kernel allows.
     pub attach: AttachMode,
+    /// Only namespaces given to [`Probes::watch_netns`] make events.
+    pub netns_filter: bool,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -190,6 +192,8 @@ pub struct Counters {
     /// Events dropped because a kernel read failed.
     pub read_failed: u64,
     pub emitted: u64,
+    /// Events of unwatched namespaces, dropped in the kernel by design.
+    pub filtered: u64,
     /// Offset of the last kernel read that failed (on any CPU), if one did.
     pub last_failed_offset: Option<u32>,
 }
@@ -245,9 +249,13 @@ impl Probes {
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
+        let config = keepalive_common::KernelConfig {
+            netns_filter: opts.netns_filter as u32,
+            ..kernel.config
+        };
         let ebpf = loader
             .btf(Some(&btf))
-            .override_global("KATO_CONFIG", &kernel.config, true)
+            .override_global("KATO_CONFIG", &config, true)
             .override_global("KATO_ITER_CONFIG", &kernel.iter_config, true)
             .load(OBJECT)?;
         log::debug!("object loaded at {:?}", t.elapsed());
@@ -501,6 +509,33 @@ impl Probes {
         EventStream::new(ring).map_err(|_| LoadError::Map("EVENTS"))
     }
 
+    /// Makes exactly `inodes` the namespaces whose sockets make events
+    /// (with [`LoadOptions::netns_filter`]; otherwise every namespace does).
+    pub fn watch_netns(
+        &mut self,
+        inodes: &std::collections::HashSet<u32>,
+    ) -> Result<(), LoadError> {
+        let map = self
+            .ebpf
+            .map_mut("WATCHED_NETNS")
+            .ok_or(LoadError::Map("WATCHED_NETNS"))?;
+        let mut m: aya::maps::HashMap<&mut MapData, u32, u8> =
+            aya::maps::HashMap::try_from(map).map_err(|_| LoadError::Map("WATCHED_NETNS"))?;
+        let stale: Vec<u32> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !inodes.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.remove(&k);
+        }
+        for &k in inodes {
+            m.insert(k, 1, 0)
+                .map_err(|_| LoadError::Map("WATCHED_NETNS (full)"))?;
+        }
+        Ok(())
+    }
+
     pub fn counters(&self) -> Result<Counters, LoadError> {
         let map = self
             .ebpf
@@ -513,6 +548,7 @@ impl Probes {
             lost: sum(counter::LOST),
             read_failed: sum(counter::READ_FAILED),
             emitted: sum(counter::EMITTED),
+            filtered: sum(counter::FILTERED),
             last_failed_offset: arr
                 .get(&counter::LAST_FAILED_OFFSET, 0)
                 .ok()

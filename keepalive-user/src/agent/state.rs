@@ -82,6 +82,9 @@ impl AgentState {
             hz: cfg.hz,
             ring_bytes: cfg.ring_bytes,
             attach: cfg.attach,
+            // Scoped to namespaces: the kernel drops everyone else's events
+            // before they reach the ring (kept current in `targets`).
+            netns_filter: !matches!(cfg.netns, NetnsScope::All),
         };
         let mut snap = Snapshotter::new(Source::Auto, &opts, true)?;
         if let Some(why) = &snap.degraded {
@@ -168,6 +171,9 @@ impl AgentState {
                     .collect(),
             ),
         };
+        if let (Some(w), Some(p)) = (&self.watched, self.snap.probes.as_mut()) {
+            p.watch_netns(w).map_err(AgentError::from)?;
+        }
         Ok(targets)
     }
 

@@ -149,6 +149,7 @@ impl KernelArgs {
             hz: self.hz,
             ring_bytes: self.ring_bytes,
             attach: self.attach,
+            netns_filter: false,
         }
     }
 }

@@ -11,7 +11,7 @@ use keepalive_user::{
     event::{Derived, Deriver},
     filter::Filter,
     format::{table_line, Formatter, TABLE_HEADER},
-    loader::Probes,
+    loader::{LoadOptions, Probes},
     owner::OwnerCache,
     timefmt::Clock,
 };
@@ -67,7 +67,15 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let policy = keepalive_user::policy::Policy {
         rules: super::agent::idle_timeout_flags(&args.idle_timeout)?,
     };
-    let mut probes = Probes::load(&args.kernel.load_options(true))?;
+    // --netns: the kernel drops other namespaces' events before the ring.
+    let opts = LoadOptions {
+        netns_filter: !args.netns.is_empty(),
+        ..args.kernel.load_options(true)
+    };
+    let mut probes = Probes::load(&opts)?;
+    if opts.netns_filter {
+        probes.watch_netns(&args.netns.iter().copied().collect())?;
+    }
     if args.http_keepalive {
         probes.attach_turns()?;
     }

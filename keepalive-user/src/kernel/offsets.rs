@@ -85,7 +85,8 @@ pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError
         // Absent function: the fentry path is not offered, nothing to read.
         active_reset_has_reason: (btf.function_args("tcp_send_active_reset").unwrap_or(0) >= 3)
             as u32,
-        _pad: 0,
+        // Set by the loader from LoadOptions.
+        netns_filter: 0,
     })
 }
 
