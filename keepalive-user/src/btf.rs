@@ -281,11 +281,6 @@ impl Btf {
                     typedef: true,
                     ..
                 } => *name_off,
-                Type::Func { name_off, .. } if *name_off != 0 => {
-                    let name = format!("fn {}", btf.name(*name_off));
-                    btf.by_name.entry(name).or_default().push(id);
-                    continue;
-                }
                 _ => continue,
             };
             if name_off != 0 {
@@ -448,15 +443,17 @@ impl Btf {
     /// renamed or absent), so it cannot be attached to.
     pub fn function_args(&self, name: &str) -> Result<u32, BtfError> {
         let missing = || BtfError::NoSuchType(format!("function {name}"));
-        let id = *self
-            .by_name
-            .get(&format!("fn {name}"))
-            .and_then(|ids| ids.first())
+        // A scan, not an index: a handful of lookups at start-up, while
+        // indexing ~60,000 kernel functions cost the agent megabytes.
+        let proto = self
+            .types
+            .iter()
+            .find_map(|t| match t {
+                Type::Func { name_off, proto } if self.name(*name_off) == name => Some(*proto),
+                _ => None,
+            })
             .ok_or_else(missing)?;
-        let Type::Func { proto, .. } = self.ty(id)? else {
-            return Err(missing());
-        };
-        match self.ty(*proto)? {
+        match self.ty(proto)? {
             Type::FuncProto { params } => Ok(*params),
             _ => Err(missing()),
         }

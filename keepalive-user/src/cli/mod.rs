@@ -43,7 +43,9 @@ probe_sent         the connection was idle past its keepalive time: a probe went
 peer_answered      the peer acknowledged an outstanding probe (PROBES: how many were out)\n  \
 keepalive_timeout  TCP_KEEPCNT probes went unanswered: the kernel closed the socket with ETIMEDOUT\n  \
 disarmed           the timer was stopped (keepalive off, socket closed, or a re-arm)\n  \
-reset_sent         the kernel sent an active RST; REASON is the kernel's sk_rst_reason\n  \
+reset_sent         the kernel sent an active RST; REASON is the kernel's sk_rst_reason (before 6.12 the \
+kernel gives none: a reset from the socket's own keepalive timer shows TCP_KEEPALIVE_TIMEOUT, JSON \
+reset_reason_inferred: true)\n  \
 reset_received     the peer sent a RST\n  \
 stale_reuse        data written after the peer's FIN was answered by a RST: a client reused a connection \
 the server had closed (REASON: how long it sat idle)\n  \
