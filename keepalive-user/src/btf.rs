@@ -31,6 +31,8 @@ pub enum BtfError {
     Bitfield { ty: String, field: String },
     #[error("`{ty}.{field}` is not a struct or union, cannot descend into it")]
     NotComposite { ty: String, field: String },
+    #[error("BTF nests anonymous members more than {0} deep (corrupt: a struct inside itself?)")]
+    TooDeep(u32),
     #[error("BTF type id {0} is out of range")]
     BadTypeId(u32),
 }
@@ -366,6 +368,22 @@ impl Btf {
     /// Finds `field` in composite `id`, looking through anonymous members.
     /// Returns (bit offset, member).
     fn find_member(&self, id: u32, field: &str) -> Result<Option<(u32, Member)>, BtfError> {
+        self.find_member_in(id, field, 0)
+    }
+
+    /// Kernels nest anonymous members a few levels deep; a corrupt file can
+    /// make a member contain its own struct, so the depth is bounded (found
+    /// by cargo fuzz: unbounded, it overflowed the stack).
+    fn find_member_in(
+        &self,
+        id: u32,
+        field: &str,
+        depth: u32,
+    ) -> Result<Option<(u32, Member)>, BtfError> {
+        const MAX_ANON_DEPTH: u32 = 16;
+        if depth > MAX_ANON_DEPTH {
+            return Err(BtfError::TooDeep(MAX_ANON_DEPTH));
+        }
         let Type::Composite { members, .. } = self.ty(id)? else {
             return Ok(None);
         };
@@ -374,7 +392,9 @@ impl Btf {
                 if self.name(m.name_off) == field {
                     return Ok(Some((m.bit_offset, m.clone())));
                 }
-            } else if let Some((off, found)) = self.find_member(self.strip(m.ty)?, field)? {
+            } else if let Some((off, found)) =
+                self.find_member_in(self.strip(m.ty)?, field, depth + 1)?
+            {
                 return Ok(Some((m.bit_offset + off, found)));
             }
         }
@@ -588,6 +608,10 @@ pub(crate) mod fixture {
                 self.types.extend_from_slice(&p.to_le_bytes());
             }
             id
+        }
+        /// The id the next type added will get.
+        pub fn next_id(&self) -> u32 {
+            self.next_id
         }
         pub fn func(&mut self, name: &str, proto: u32) -> u32 {
             self.head(name, 12, 0, false, proto)
@@ -898,6 +922,18 @@ mod tests {
             btf().field("sock", "sk_err.x"),
             Err(BtfError::NotComposite { .. })
         ));
+    }
+
+    /// cargo fuzz's find: an anonymous member whose type is its own struct
+    /// recursed until the stack overflowed. Now an error naming the problem.
+    #[test]
+    fn self_containing_anonymous_member_is_an_error() {
+        let mut b = fixture::Builder::new();
+        let me = b.next_id();
+        b.composite("sock", false, 8, &[("", me, 0, 0)]);
+        let btf = Btf::parse(&b.build()).unwrap();
+        let e = btf.field("sock", "sk_timer").unwrap_err();
+        assert!(matches!(e, BtfError::TooDeep(_)), "{e}");
     }
 
     #[test]
