@@ -33,6 +33,10 @@ pub mod kind {
     pub const FIN_RECEIVED: u32 = 7;
     /// ESTABLISHED -> FIN_WAIT1: this side closed first.
     pub const FIN_SENT: u32 = 8;
+    /// `sock:inet_sk_error_report` on a TCP socket: an error was reported to
+    /// its owner (`sk_err`: ETIMEDOUT from keepalive or retransmission
+    /// timeouts, ECONNRESET, ...).
+    pub const ERROR_REPORT: u32 = 9;
 }
 
 /// Bits of [`Event::flags`].

@@ -20,4 +20,5 @@ floor! {
     floor_tcp_send_reset => "tcp_send_reset",
     floor_tcp_receive_reset => "tcp_receive_reset",
     floor_inet_sock_set_state => "inet_sock_set_state",
+    floor_inet_sk_error_report => "inet_sk_error_report",
 }

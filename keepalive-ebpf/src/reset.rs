@@ -68,6 +68,32 @@ fn try_tcp_receive_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
+    match try_inet_sk_error_report(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// `sk_error_report()` (5.13+): the kernel tells a TCP socket's owner about
+/// an error. Inside the socket's own keepalive timer run, an ETIMEDOUT is
+/// the keepalive giving up; elsewhere it is retransmissions (or
+/// TCP_USER_TIMEOUT) giving up: both are dead peers, found two ways.
+fn try_inet_sk_error_report(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let sk: u64 = ctx.arg(0);
+    if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let mut ev = new_event(kind::ERROR_REPORT);
+    fill(&mut ev, sk)?;
+    crate::sock::fill_stamps(&mut ev, sk)?;
+    if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
+        ev.flags |= flags::IN_KEEPALIVE_TIMER;
+    }
+    submit(&ev);
+    Ok(0)
+}
+
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;

@@ -15,6 +15,20 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const ETIMEDOUT: i32 = 110;
 
+/// The errno names TCP reports to sockets; others by number.
+pub fn errno_name(e: i32) -> String {
+    match e {
+        110 => "ETIMEDOUT".into(),
+        104 => "ECONNRESET".into(),
+        111 => "ECONNREFUSED".into(),
+        32 => "EPIPE".into(),
+        113 => "EHOSTUNREACH".into(),
+        101 => "ENETUNREACH".into(),
+        71 => "EPROTO".into(),
+        e => format!("errno {e}"),
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("event record is {0} bytes, expected {EVENT_SIZE}")]
@@ -40,6 +54,7 @@ pub enum RecordKind {
     Closed,
     FinReceived,
     FinSent,
+    ErrorReport,
 }
 
 /// A decoded, validated kernel record.
@@ -103,6 +118,7 @@ impl Record {
             kind::CLOSED => RecordKind::Closed,
             kind::FIN_RECEIVED => RecordKind::FinReceived,
             kind::FIN_SENT => RecordKind::FinSent,
+            kind::ERROR_REPORT => RecordKind::ErrorReport,
             k => return Err(DecodeError::Kind(k)),
         };
         if raw.family != AF_INET && raw.family != AF_INET6 {
@@ -155,6 +171,17 @@ impl Record {
         }
     }
 
+    /// What an error report says: the errno's name, and for ETIMEDOUT which
+    /// timer gave up (keepalive, or retransmissions / TCP_USER_TIMEOUT).
+    pub fn error_text(&self) -> String {
+        let name = errno_name(self.sk_err);
+        match (self.sk_err, self.in_keepalive_timer) {
+            (ETIMEDOUT, true) => format!("{name} (keepalive)"),
+            (ETIMEDOUT, false) => format!("{name} (retransmits)"),
+            _ => name,
+        }
+    }
+
     fn has_stamps(&self) -> bool {
         matches!(
             self.kind,
@@ -163,6 +190,7 @@ impl Record {
                 | RecordKind::ResetReceived
                 | RecordKind::FinReceived
                 | RecordKind::FinSent
+                | RecordKind::ErrorReport
         )
     }
 
@@ -245,10 +273,12 @@ pub enum Kind {
     /// A connection idle for at least `idle_kill_min` was reset or timed
     /// out: the signature of a NAT or load balancer forgetting the flow.
     IdleKillSuspected,
+    /// The kernel reported an error to the socket's owner (`sk_err`).
+    SocketError,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Armed,
         Kind::Fired,
         Kind::ProbeSent,
@@ -262,6 +292,7 @@ impl Kind {
         Kind::FinSent,
         Kind::StaleReuse,
         Kind::IdleKillSuspected,
+        Kind::SocketError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -279,6 +310,7 @@ impl Kind {
             Kind::FinSent => "fin_sent",
             Kind::StaleReuse => "stale_reuse",
             Kind::IdleKillSuspected => "idle_kill_suspected",
+            Kind::SocketError => "socket_error",
         }
     }
 
@@ -350,6 +382,7 @@ impl Deriver {
             }
             RecordKind::FinReceived => push(Kind::FinReceived, 0),
             RecordKind::FinSent => push(Kind::FinSent, 0),
+            RecordKind::ErrorReport => push(Kind::SocketError, rec.probes_out),
             RecordKind::Closed => {
                 self.unanswered.remove(&rec.sk);
                 push(Kind::Closed, rec.probes_out);
@@ -429,6 +462,33 @@ pub(crate) mod tests {
         assert_eq!(r.reason, None);
     }
 
+    #[test]
+    fn error_report_names_the_errno_and_the_timer() {
+        let mut e = raw(kind::ERROR_REPORT);
+        e.sk_err = ETIMEDOUT;
+        let r = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!(r.kind, RecordKind::ErrorReport);
+        assert_eq!(r.error_text(), "ETIMEDOUT (retransmits)");
+        let mut out = vec![];
+        Deriver::default().derive(&r, &mut out);
+        assert_eq!(
+            out.iter().map(|d| d.kind).collect::<Vec<_>>(),
+            [Kind::SocketError]
+        );
+        e.flags = flags::IN_KEEPALIVE_TIMER;
+        assert_eq!(
+            Record::decode(&bytes(&e)).unwrap().error_text(),
+            "ETIMEDOUT (keepalive)"
+        );
+        e.sk_err = 104;
+        assert_eq!(
+            Record::decode(&bytes(&e)).unwrap().error_text(),
+            "ECONNRESET"
+        );
+        e.sk_err = 5;
+        assert_eq!(Record::decode(&bytes(&e)).unwrap().error_text(), "errno 5");
+    }
+
     /// Before 6.12 resets carry no reason; one sent from the socket's own
     /// keepalive timer while established is the keepalive timeout.
     #[test]
@@ -499,7 +559,7 @@ pub(crate) mod tests {
         );
         for (field, want) in [
             (raw(0), DecodeError::Kind(0)),
-            (raw(9), DecodeError::Kind(9)),
+            (raw(10), DecodeError::Kind(10)),
             (raw(99), DecodeError::Kind(99)),
             (
                 RawEvent {

@@ -45,6 +45,8 @@ pub struct TraceEvent {
     /// The kernel gave no reason (before 6.12); kato named it from where
     /// the reset was sent.
     pub reset_reason_inferred: bool,
+    /// socket_error: the errno and, for ETIMEDOUT, which timer gave up.
+    pub error: Option<String>,
     pub sk_err: i32,
     pub netns: u32,
     pub inode: u64,
@@ -98,6 +100,7 @@ impl Formatter<'_> {
             reset_reason_code: rec.reason,
             reset_reason_inferred: reason.is_some_and(|r| r.1),
             sk_err: rec.sk_err,
+            error: (d.kind == Kind::SocketError).then(|| rec.error_text()),
             netns: rec.netns,
             inode: rec.ino,
             sock: format!("{:#x}", rec.sk),
@@ -130,6 +133,7 @@ pub fn table_line(e: &TraceEvent) -> String {
             .data_idle_s
             .map(|i| format!("after {i:.2}s idle"))
             .unwrap_or_else(|| "-".into()),
+        ("socket_error", _, _, _) => e.error.clone().unwrap_or_else(|| "-".into()),
         ("closed", _, _, _) => match (e.turns_out, e.turns_in) {
             (Some(o), Some(i)) => format!("turns {o} out/{i} in"),
             _ => "-".into(),

@@ -61,6 +61,10 @@ const TRACEPOINT_ARMING: [(&str, &str); 2] = [
     ("timer_cancel", "timer_cancel"),
 ];
 
+/// Both paths, where the kernel has it (5.13+): errors reported to a TCP
+/// socket's owner (ETIMEDOUT, ECONNRESET, ...).
+pub const ERROR_REPORT: (&str, &str) = ("inet_sk_error_report", "inet_sk_error_report");
+
 /// Both paths: tracepoints that fire only on TCP events (no filtering).
 const TCP_TRACEPOINTS: [(&str, &str); 2] = [
     ("tcp_receive_reset", "tcp_receive_reset"),
@@ -99,7 +103,7 @@ pub struct AttachPath {
 }
 
 /// Empty programs on the same tracepoints (benchmark floor only).
-pub const FLOOR_PROGRAMS: [(&str, &str); 7] = [
+pub const FLOOR_PROGRAMS: [(&str, &str); 8] = [
     ("floor_timer_start", "timer_start"),
     ("floor_timer_expire_entry", "timer_expire_entry"),
     ("floor_timer_expire_exit", "timer_expire_exit"),
@@ -107,6 +111,7 @@ pub const FLOOR_PROGRAMS: [(&str, &str); 7] = [
     ("floor_tcp_send_reset", "tcp_send_reset"),
     ("floor_tcp_receive_reset", "tcp_receive_reset"),
     ("floor_inet_sock_set_state", "inet_sock_set_state"),
+    ("floor_inet_sk_error_report", "inet_sk_error_report"),
 ];
 
 /// Opt-in: request/response turns from every send/recv (HTTP keep-alive view).
@@ -311,11 +316,22 @@ impl Probes {
         self.attach_btf_tracepoints(&PROGRAMS)?;
         Ok(AttachPath {
             kind: "tp_btf",
-            detail: "BTF tracepoints timer:timer_start/expire_entry/expire_exit/cancel (every kernel timer, filtered \
-                     on tcp_keepalive_timer), tcp:tcp_send_reset, tcp:tcp_receive_reset, sock:inet_sock_set_state"
-                .into(),
+            detail: format!(
+                "BTF tracepoints timer:timer_start/expire_entry/expire_exit/cancel (every kernel timer, filtered \
+                 on tcp_keepalive_timer), tcp:tcp_send_reset, tcp:tcp_receive_reset, sock:inet_sock_set_state{}",
+                self.attach_error_report()?
+            ),
             why,
         })
+    }
+
+    /// `sock:inet_sk_error_report` where the kernel has it; says which.
+    fn attach_error_report(&mut self) -> Result<&'static str, LoadError> {
+        if self.kernel.btf.tracepoint_args(ERROR_REPORT.1).is_err() {
+            return Ok(" (no sock:inet_sk_error_report before 5.13: no socket_error events)");
+        }
+        self.attach_btf_tracepoints(&[ERROR_REPORT])?;
+        Ok(", sock:inet_sk_error_report")
     }
 
     fn attach_fentry_path(&mut self, why: String) -> Result<AttachPath, LoadError> {
@@ -336,11 +352,12 @@ impl Probes {
             "timer:timer_start/cancel (filtered; the arming functions are inlined on this kernel)"
         };
         self.attach_btf_tracepoints(&TCP_TRACEPOINTS)?;
+        let errors = self.attach_error_report()?;
         Ok(AttachPath {
             kind: "fentry",
             detail: format!(
                 "fentry/fexit tcp_keepalive_timer, fentry tcp_send_active_reset; arming: {arming}; \
-                 tcp:tcp_receive_reset, sock:inet_sock_set_state"
+                 tcp:tcp_receive_reset, sock:inet_sock_set_state{errors}"
             ),
             why,
         })
@@ -392,7 +409,11 @@ impl Probes {
                 _ => Ok(()),
             };
         }
-        for &(name, _) in TRACEPOINT_ARMING.iter().chain(&TCP_TRACEPOINTS) {
+        for &(name, _) in TRACEPOINT_ARMING
+            .iter()
+            .chain(&TCP_TRACEPOINTS)
+            .chain([&ERROR_REPORT])
+        {
             if let Some(Program::BtfTracePoint(p)) = self.ebpf.program_mut(name) {
                 let _ = p.unload();
             }

@@ -86,10 +86,13 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
             "probe_sent",
             "probe_sent",
             "reset_sent",
+            "socket_error",
             "keepalive_timeout"
         ],
         "{names:?}"
     );
+    let error = events.iter().find(|v| v["event"] == "socket_error").unwrap();
+    assert_eq!(error["error"], "ETIMEDOUT (keepalive)");
     for v in &events {
         assert_eq!(v["local"], local.to_string());
         assert_eq!(v["remote"], remote.to_string());

@@ -53,7 +53,10 @@ fn dead_peer(v6: bool) {
         .partition(|s| s.rec.local == remote);
     for s in &server_side {
         assert!(
-            matches!(s.kind, Kind::ResetReceived | Kind::FinSent | Kind::Closed),
+            matches!(
+                s.kind,
+                Kind::ResetReceived | Kind::FinSent | Kind::Closed | Kind::SocketError
+            ),
             "server socket: {s:?}"
         );
     }
@@ -144,6 +147,15 @@ fn dead_peer(v6: bool) {
         timeout.rec.expires.is_none(),
         "no timer left after the timeout"
     );
+    // The owner is told ETIMEDOUT from inside the keepalive timer run.
+    let err = seen
+        .iter()
+        .find(|s| s.kind == Kind::SocketError)
+        .expect("socket_error for the client");
+    assert_eq!(
+        (err.rec.sk_err, err.rec.error_text().as_str()),
+        (ETIMEDOUT, "ETIMEDOUT (keepalive)")
+    );
     // Dead-peer detection time: idle 1 s + 3 probes 1 s apart = about 4 s
     // since the peer was last heard from.
     let idle = timeout.rec.idle_secs(hz).unwrap();
@@ -161,6 +173,54 @@ fn dead_peer_ipv4_three_probes_then_keepalive_reset() {
 #[test]
 fn dead_peer_ipv6_three_probes_then_keepalive_reset() {
     dead_peer(true);
+}
+
+/// A dead peer found by data instead: unacknowledged writes and
+/// TCP_USER_TIMEOUT, keepalive off. kato names the same ETIMEDOUT as
+/// retransmissions giving up, not keepalive.
+#[test]
+fn dead_peer_found_by_retransmissions_is_named() {
+    let mut collector = Collector::start();
+    let ns = Netns::new("retrans");
+    let (tx, rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let worker = ns.spawn(move || {
+        let (mut client, server) = pair(false, 0, 0, 0);
+        crate::support::setsockopt_pub(&client, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 1500);
+        tx.send(server.local_addr().unwrap()).unwrap();
+        go_rx.recv().unwrap();
+        client.write_all(b"hello?").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let res = client.read(&mut [0u8; 1]);
+        drop(server);
+        res
+    });
+    let remote = rx.recv().unwrap();
+    ns.drop_from_port(remote.port());
+    go_tx.send(()).unwrap();
+    let seen = collector.collect(ns.inode, Duration::from_secs(20), |s| {
+        s.iter().any(|e| e.kind == Kind::SocketError)
+    });
+    let err = worker
+        .join()
+        .expect("worker")
+        .expect_err("the write must time out");
+    assert_eq!(err.raw_os_error(), Some(ETIMEDOUT), "read error: {err}");
+    let report = seen
+        .iter()
+        .find(|s| s.kind == Kind::SocketError)
+        .unwrap_or_else(|| panic!("no socket_error: {:?}", kinds(&seen)));
+    assert_eq!(report.rec.remote, remote);
+    assert_eq!(report.rec.sk_err, ETIMEDOUT);
+    assert!(!report.rec.in_keepalive_timer);
+    assert_eq!(report.rec.error_text(), "ETIMEDOUT (retransmits)");
+    assert!(
+        !seen.iter().any(|s| s.kind.is_firing()),
+        "keepalive is off: {:?}",
+        kinds(&seen)
+    );
 }
 
 /// A healthy idle connection: every probe is answered, nothing times out.

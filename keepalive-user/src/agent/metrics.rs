@@ -67,6 +67,7 @@ pub struct Metrics {
     timeouts: IntCounterVec,
     resets_sent: IntCounterVec,
     resets_received: IntCounterVec,
+    socket_errors: IntCounterVec,
     detection: Histogram,
     probes_before_answer: Histogram,
     sockets: IntGaugeVec,
@@ -140,6 +141,12 @@ impl Metrics {
             timeouts: counter(&r, "kato_keepalive_timeouts_total", "Connections the kernel closed with ETIMEDOUT after unanswered keepalive probes: dead peers found.", &names),
             resets_sent: counter(&r, "kato_resets_sent_total", "Active resets the kernel sent, by its sk_rst_reason.", &with_reason),
             resets_received: counter(&r, "kato_resets_received_total", "Resets received from peers.", &names),
+            socket_errors: counter(
+                &r,
+                "kato_socket_errors_total",
+                "Errors the kernel reported to TCP sockets' owners, by errno and cause: ETIMEDOUT from keepalive (also in kato_keepalive_timeouts_total) or from retransmissions/TCP_USER_TIMEOUT (a dead peer found by data), or from the peer (ECONNRESET, ...).",
+                &["errno", "cause"],
+            ),
             detection: histogram(
                 &r,
                 "kato_dead_peer_detection_seconds",
@@ -329,6 +336,17 @@ impl Metrics {
                     .idle_kills
                     .with_label_values(&[ctx.policy.unwrap_or("none")])
                     .inc(),
+                Kind::SocketError => {
+                    let e = crate::event::errno_name(rec.sk_err);
+                    let cause = match (rec.sk_err, rec.in_keepalive_timer) {
+                        (crate::event::ETIMEDOUT, true) => "keepalive",
+                        (crate::event::ETIMEDOUT, false) => "retransmits",
+                        _ => "peer",
+                    };
+                    self.socket_errors
+                        .with_label_values(&[e.as_str(), cause])
+                        .inc();
+                }
                 Kind::Armed
                 | Kind::Fired
                 | Kind::Disarmed

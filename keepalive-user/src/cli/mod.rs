@@ -47,6 +47,9 @@ reset_sent         the kernel sent an active RST; REASON is the kernel's sk_rst_
 kernel gives none: a reset from the socket's own keepalive timer shows TCP_KEEPALIVE_TIMEOUT, JSON \
 reset_reason_inferred: true)\n  \
 reset_received     the peer sent a RST\n  \
+socket_error       the kernel reported an error to the socket's owner: REASON is the errno, and for \
+ETIMEDOUT which timer gave up: (keepalive) or (retransmits), a dead peer found by unacknowledged data or \
+TCP_USER_TIMEOUT\n  \
 stale_reuse        data written after the peer's FIN was answered by a RST: a client reused a connection \
 the server had closed (REASON: how long it sat idle)\n  \
 idle_kill_suspected  a connection idle for at least --idle-kill-min was reset or timed out: a NAT or \
