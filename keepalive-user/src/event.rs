@@ -347,6 +347,9 @@ const DERIVER_CAPACITY: usize = 1 << 18;
 #[derive(Default)]
 pub struct Deriver {
     unanswered: HashMap<u64, u8>,
+    /// Sockets whose keepalive timeout was already reported by the error
+    /// report inside the timer run; their exit record adds nothing.
+    timed_out: std::collections::HashSet<u64>,
     pub evictions: u64,
     /// (CONFIG_HZ, seconds): report `idle_kill_suspected` for resets and
     /// keepalive timeouts after at least this much idle time.
@@ -382,7 +385,23 @@ impl Deriver {
             }
             RecordKind::FinReceived => push(Kind::FinReceived, 0),
             RecordKind::FinSent => push(Kind::FinSent, 0),
-            RecordKind::ErrorReport => push(Kind::SocketError, rec.probes_out),
+            RecordKind::ErrorReport => {
+                push(Kind::SocketError, rec.probes_out);
+                // Reported from inside the timer run, before the socket can
+                // go away: the reliable moment of a keepalive timeout. The
+                // run's exit record is read after the callback, when a
+                // closed socket may already be freed (seen under emulation).
+                if rec.in_keepalive_timer && rec.sk_err == ETIMEDOUT {
+                    push(Kind::KeepaliveTimeout, rec.probes_out);
+                    if self.idle_kill(rec) {
+                        push(Kind::IdleKillSuspected, 0);
+                    }
+                    if self.timed_out.len() >= DERIVER_CAPACITY {
+                        self.timed_out.clear();
+                    }
+                    self.timed_out.insert(rec.sk);
+                }
+            }
             RecordKind::Closed => {
                 self.unanswered.remove(&rec.sk);
                 push(Kind::Closed, rec.probes_out);
@@ -392,6 +411,10 @@ impl Deriver {
                 push(Kind::Disarmed, rec.probes_out);
             }
             RecordKind::Fired => {
+                if self.timed_out.remove(&rec.sk) {
+                    self.unanswered.remove(&rec.sk);
+                    return;
+                }
                 let before = self.unanswered.remove(&rec.sk).unwrap_or(0);
                 let answered = before > 0 && rec.probes_before == 0;
                 if answered {
@@ -460,6 +483,40 @@ pub(crate) mod tests {
         assert_eq!(r.state, TcpState::Established);
         assert_eq!(r.timer_remaining(250), Some(1.0));
         assert_eq!(r.reason, None);
+    }
+
+    /// The keepalive timeout comes from the error report inside the timer
+    /// run; the run's exit record, read after the callback (possibly from a
+    /// freed socket), adds nothing for that socket.
+    #[test]
+    fn keepalive_timeout_from_the_error_report_once() {
+        let mut d = Deriver::default();
+        let mut e = raw(kind::ERROR_REPORT);
+        e.sk_err = ETIMEDOUT;
+        e.flags = flags::IN_KEEPALIVE_TIMER;
+        e.probes_out = 3;
+        let mut out = vec![];
+        d.derive(&Record::decode(&bytes(&e)).unwrap(), &mut out);
+        assert_eq!(
+            out.iter().map(|d| (d.kind, d.probes)).collect::<Vec<_>>(),
+            [(Kind::SocketError, 3), (Kind::KeepaliveTimeout, 3)]
+        );
+        // A stale exit record (state read back as ESTABLISHED, no error).
+        out.clear();
+        d.derive(
+            &Record::decode(&bytes(&raw(kind::FIRED))).unwrap(),
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // The next run of the same address is a new story.
+        d.derive(
+            &Record::decode(&bytes(&raw(kind::FIRED))).unwrap(),
+            &mut out,
+        );
+        assert_eq!(
+            out.iter().map(|d| d.kind).collect::<Vec<_>>(),
+            [Kind::Fired]
+        );
     }
 
     #[test]

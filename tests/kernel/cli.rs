@@ -91,7 +91,10 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
         ],
         "{names:?}"
     );
-    let error = events.iter().find(|v| v["event"] == "socket_error").unwrap();
+    let error = events
+        .iter()
+        .find(|v| v["event"] == "socket_error")
+        .unwrap();
     assert_eq!(error["error"], "ETIMEDOUT (keepalive)");
     for v in &events {
         assert_eq!(v["local"], local.to_string());
