@@ -162,6 +162,10 @@ impl Record {
     /// is the keepalive timeout (the timer's other reset ends FIN_WAIT2).
     /// The flag says whether it was inferred.
     pub fn reset_reason(&self, name: impl Fn(u32) -> String) -> Option<(String, bool)> {
+        // Other records from inside the timer (error reports) are no resets.
+        if self.kind != RecordKind::ResetSent {
+            return None;
+        }
         match self.reason {
             Some(code) => Some((name(code), false)),
             None if self.in_keepalive_timer && self.state != TcpState::FinWait2 => {
@@ -533,9 +537,12 @@ pub(crate) mod tests {
             [Kind::SocketError]
         );
         e.flags = flags::IN_KEEPALIVE_TIMER;
+        let r = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!(r.error_text(), "ETIMEDOUT (keepalive)");
         assert_eq!(
-            Record::decode(&bytes(&e)).unwrap().error_text(),
-            "ETIMEDOUT (keepalive)"
+            r.reset_reason(|c| c.to_string()),
+            None,
+            "an error report is not a reset"
         );
         e.sk_err = 104;
         assert_eq!(
