@@ -7,8 +7,21 @@ use keepalive_common::{flags, kind};
 use crate::{
     conf,
     emit::{new_event, submit},
-    sock::fill,
+    sock::{fill, fill_stamps},
 };
+
+/// A record of `kind` for `sk` with its activity stamps: resets, error
+/// reports (the moments that say how long the connection sat idle).
+#[inline(always)]
+fn stamped(kind: u32, sk: u64) -> Result<keepalive_common::Event, u32> {
+    let mut ev = new_event(kind);
+    fill(&mut ev, sk)?;
+    fill_stamps(&mut ev, sk)?;
+    if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
+        ev.flags |= flags::IN_KEEPALIVE_TIMER;
+    }
+    Ok(ev)
+}
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> u32 {
@@ -33,15 +46,10 @@ fn try_tcp_send_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// older verifiers reject the spill of an unwritten register.
 #[inline(always)]
 pub(crate) fn on_active_reset(sk: u64, has_reason: bool, reason: u32) -> Result<u32, u32> {
-    let mut ev = new_event(kind::RESET_SENT);
-    fill(&mut ev, sk)?;
-    crate::sock::fill_stamps(&mut ev, sk)?;
+    let mut ev = stamped(kind::RESET_SENT, sk)?;
     if has_reason {
         ev.reason = reason;
         ev.flags |= flags::HAS_REASON;
-    }
-    if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
-        ev.flags |= flags::IN_KEEPALIVE_TIMER;
     }
     submit(&ev);
     Ok(0)
@@ -61,10 +69,7 @@ fn try_tcp_receive_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sk == 0 {
         return Ok(0);
     }
-    let mut ev = new_event(kind::RESET_RECEIVED);
-    fill(&mut ev, sk)?;
-    crate::sock::fill_stamps(&mut ev, sk)?;
-    submit(&ev);
+    submit(&stamped(kind::RESET_RECEIVED, sk)?);
     Ok(0)
 }
 
@@ -84,13 +89,7 @@ fn try_inet_sk_error_report(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
         return Ok(0);
     }
-    let mut ev = new_event(kind::ERROR_REPORT);
-    fill(&mut ev, sk)?;
-    crate::sock::fill_stamps(&mut ev, sk)?;
-    if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
-        ev.flags |= flags::IN_KEEPALIVE_TIMER;
-    }
-    submit(&ev);
+    submit(&stamped(kind::ERROR_REPORT, sk)?);
     Ok(0)
 }
 
@@ -132,7 +131,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if k == kind::CLOSED {
         crate::turns::take(&mut ev, sk);
     } else {
-        crate::sock::fill_stamps(&mut ev, sk)?;
+        fill_stamps(&mut ev, sk)?;
     }
     submit(&ev);
     Ok(0)
