@@ -311,7 +311,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
+# No tmpfs on /tmp: the initramfs is writable already, and a checkout under
+# /tmp (the binaries sit at their host paths) would be hidden by it.
 mount -t tmpfs run /run
 mkdir -p /run/netns /sys/fs/bpf
 ln -s /run /var/run
