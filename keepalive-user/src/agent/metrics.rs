@@ -77,6 +77,7 @@ pub struct Metrics {
     sysctl_intvl: IntGaugeVec,
     sysctl_probes: IntGaugeVec,
     events_processed: IntCounter,
+    events_filtered: IntCounter,
     events_lost: IntCounterVec,
     evictions: IntCounter,
     snapshots: IntCounter,
@@ -166,6 +167,11 @@ impl Metrics {
             sysctl_intvl: gauge_vec(&r, "kato_netns_tcp_keepalive_intvl_seconds", "net.ipv4.tcp_keepalive_intvl of each network namespace.", &["netns"]),
             sysctl_probes: gauge_vec(&r, "kato_netns_tcp_keepalive_probes", "net.ipv4.tcp_keepalive_probes of each network namespace.", &["netns"]),
             events_processed: IntCounter::new("kato_events_processed_total", "Kernel events the agent processed.").expect("valid"),
+            events_filtered: IntCounter::new(
+                "kato_events_filtered_total",
+                "Kernel events of namespaces outside the agent's scope, dropped in the kernel by design (netns = [...] or \"self\").",
+            )
+            .expect("valid"),
             events_lost: counter(&r, "kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), kernel_read (a kernel read failed), decode (malformed record).", &["cause"]),
             evictions: IntCounter::new("kato_table_evictions_total", "Sockets evicted from the full table (least recently updated first).").expect("valid"),
             snapshots: IntCounter::new("kato_snapshots_total", "Full socket snapshots taken.").expect("valid"),
@@ -205,7 +211,12 @@ impl Metrics {
         for c in [&m.probing, &m.tracked] {
             m.registry.register(Box::new(c.clone())).expect("unique");
         }
-        for c in [&m.events_processed, &m.evictions, &m.snapshots] {
+        for c in [
+            &m.events_processed,
+            &m.events_filtered,
+            &m.evictions,
+            &m.snapshots,
+        ] {
             m.registry.register(Box::new(c.clone())).expect("unique");
         }
         m.registry
@@ -423,6 +434,8 @@ impl Metrics {
             self.last_kernel.read_failed,
         );
         lost("decode", undecodable, self.last_undecodable);
+        self.events_filtered
+            .inc_by(kernel.filtered.saturating_sub(self.last_kernel.filtered));
         self.evictions
             .inc_by(evictions.saturating_sub(self.last_evictions));
         self.last_kernel = kernel;
