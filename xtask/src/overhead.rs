@@ -536,7 +536,10 @@ pub fn churn(kato: &str, total: usize) -> Result<Churn> {
     std::thread::sleep(Duration::from_secs(5));
     let (table_after, lost1, p1) = read()?;
     let ss = ns.cmd("ss").args(["-tanH"]).output()?;
-    let kernel_after = String::from_utf8_lossy(&ss.stdout).lines().filter(|l| !l.trim().is_empty()).count();
+    let kernel_after = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
     let rss_after = rss_kib(agent.id())?;
     let _ = agent.kill();
     let _ = agent.wait();
@@ -564,7 +567,10 @@ pub fn churn_report(c: &Churn) -> String {
         c.connections as f64 / c.secs
     );
     let _ = writeln!(s, "| table before | table after | kernel after (ss) | RSS before | RSS after | RSS after / before | records processed | lost |");
-    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     let _ = writeln!(
         s,
         "| {:.0} | {:.0} | {} | {} KiB | {} KiB | {:.2}× | {:.0} | {:.0} |",

@@ -103,39 +103,39 @@ fn unpack_kernel(k: &Kernel, dir: &Path) -> Result<PathBuf> {
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect();
     names.sort_by_key(|n| abi(n));
-    let cached = || -> Option<PathBuf> {
+    // Downloaded .debs in `dir`, highest ABI number last.
+    let debs = || -> Vec<PathBuf> {
         let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
-            .ok()?
+            .into_iter()
+            .flatten()
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "deb"))
             .collect();
-        debs.sort();
-        debs.pop()
+        debs.sort_by_key(|p| abi(&p.file_name().unwrap_or_default().to_string_lossy()));
+        debs
+    };
+    let named = |name: &str| {
+        debs().into_iter().find(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(&format!("{name}_")))
+        })
     };
     let deb = match names.last() {
-        Some(name) => {
-            let have = std::fs::read_dir(dir)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|f| f.to_str())
-                        .is_some_and(|f| f.starts_with(&format!("{name}_")))
-                });
-            match have {
-                Some(p) => p,
-                None => {
-                    eprintln!("xtask vm: downloading {name}");
-                    status(
-                        Command::new("apt-get")
-                            .args(["download", name])
-                            .current_dir(dir),
-                    )?;
-                    cached().context("apt-get download left no .deb")?
-                }
+        Some(name) => match named(name) {
+            Some(p) => p,
+            None => {
+                eprintln!("xtask vm: downloading {name}");
+                status(
+                    Command::new("apt-get")
+                        .args(["download", name])
+                        .current_dir(dir),
+                )?;
+                named(name).context("apt-get download left no .deb")?
             }
-        }
+        },
         // No package index (offline): a kernel downloaded earlier still works.
-        None => cached().with_context(|| {
+        None => debs().pop().with_context(|| {
             format!("no Debian package matches {} (apt-get update?)", k.package)
         })?,
     };
