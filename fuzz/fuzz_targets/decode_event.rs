@@ -1,7 +1,7 @@
 //! Ring-buffer bytes: any input decodes or is an error, never a panic, and
 //! derived events, formatting and close tracking accept every decoded record.
 #![no_main]
-use keepalive_user::{closes::CloseTracker, event::{Deriver, Record}};
+use keepalive_user::events::{closes::CloseTracker, Deriver, Record};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! Kernel BTF from a file kato is pointed at: any bytes parse or fail cleanly.
 #![no_main]
-use keepalive_user::btf::Btf;
+use keepalive_user::kernel::btf::Btf;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

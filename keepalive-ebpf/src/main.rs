@@ -7,7 +7,6 @@
 
 mod emit;
 mod fentry;
-mod floor;
 mod iter;
 mod reset;
 mod sock;

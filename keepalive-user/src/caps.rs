@@ -1,40 +1,35 @@
 //! The capabilities kato needs, checked up front so a missing one is named
-//! instead of surfacing as EPERM from deep inside a BPF syscall.
+//! instead of surfacing as EPERM from deep inside a BPF syscall, and
+//! dropped (with the `caps` crate) once start-up is done.
 
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
+pub use caps::Capability;
+use caps::{CapSet, CapsHashSet};
 
-/// Effective capability mask from /proc/self/status text.
-pub fn effective(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
-}
+pub const CAP_SYS_ADMIN: Capability = Capability::CAP_SYS_ADMIN;
+pub const CAP_SYS_PTRACE: Capability = Capability::CAP_SYS_PTRACE;
+pub const CAP_SYSLOG: Capability = Capability::CAP_SYSLOG;
+pub const CAP_PERFMON: Capability = Capability::CAP_PERFMON;
+pub const CAP_BPF: Capability = Capability::CAP_BPF;
 
-/// Names of the capabilities missing from `eff` for loading tracing
+/// Names of the capabilities missing from `has` for loading tracing
 /// programs: CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN (kernels before 5.8).
-pub fn missing_for_tracing(eff: u64) -> Vec<&'static str> {
-    let has = |cap: u32| eff & (1 << cap) != 0;
+pub fn missing_for_tracing(has: impl Fn(Capability) -> bool) -> Vec<&'static str> {
     if has(CAP_SYS_ADMIN) {
         return vec![];
     }
-    let mut missing = vec![];
-    if !has(CAP_BPF) {
-        missing.push("CAP_BPF");
-    }
-    if !has(CAP_PERFMON) {
-        missing.push("CAP_PERFMON");
-    }
-    missing
+    [CAP_BPF, CAP_PERFMON]
+        .into_iter()
+        .filter(|&c| !has(c))
+        .map(name)
+        .collect()
 }
 
 /// Checks this process; `Err` is one sentence naming what is missing.
 pub fn require_tracing() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(eff) = effective(&status) else {
+    let Ok(eff) = caps::read(None, CapSet::Effective) else {
         return Ok(()); // cannot tell; let the kernel decide
     };
-    let missing = missing_for_tracing(eff);
+    let missing = missing_for_tracing(|c| eff.contains(&c));
     if missing.is_empty() {
         return Ok(());
     }
@@ -44,86 +39,58 @@ pub fn require_tracing() -> Result<(), String> {
     ))
 }
 
-pub const CAP_SYS_PTRACE: u32 = 19;
-pub const CAP_SYSLOG: u32 = 34;
-
-/// Capability names for messages and docs.
-pub fn name(cap: u32) -> &'static str {
+/// Capability names for messages and docs (`CAP_BPF`).
+pub fn name(cap: Capability) -> &'static str {
     match cap {
-        CAP_SYS_PTRACE => "CAP_SYS_PTRACE",
-        CAP_SYSLOG => "CAP_SYSLOG",
-        CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
-        CAP_PERFMON => "CAP_PERFMON",
-        CAP_BPF => "CAP_BPF",
+        Capability::CAP_SYS_PTRACE => "CAP_SYS_PTRACE",
+        Capability::CAP_SYSLOG => "CAP_SYSLOG",
+        Capability::CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
+        Capability::CAP_PERFMON => "CAP_PERFMON",
+        Capability::CAP_BPF => "CAP_BPF",
+        Capability::CAP_SETPCAP => "CAP_SETPCAP",
         _ => "CAP_?",
     }
 }
 
-/// Does this process have `cap` in its effective set?
-pub fn has(cap: u32) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    effective(&status).is_some_and(|e| e & (1 << cap) != 0)
+/// Does this thread have `cap` in its effective set?
+pub fn has(cap: Capability) -> bool {
+    caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false)
+}
+
+/// What [`keep_only`] did with the bounding set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bounding {
+    /// Emptied: not even an exec can bring a capability back.
+    Emptied,
+    /// Left as the process was started with: emptying it needs
+    /// CAP_SETPCAP, which this process lacks (no_new_privs still blocks
+    /// every gain through exec).
+    LeftWithoutSetpcap,
 }
 
 /// Keeps only `keep` in the effective and permitted sets, empties the
-/// inheritable, ambient and bounding sets, and sets no_new_privs: after
-/// this the process can never regain what it dropped.
-pub fn keep_only(keep: &[u32]) -> std::io::Result<()> {
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
-    let mask: u64 = keep.iter().fold(0, |m, c| m | 1 << c);
-    // SAFETY: prctl/capset with valid arguments and local structs.
-    unsafe {
-        // The bounding set first, while CAP_SETPCAP is still held.
-        for cap in 0..=last {
-            if mask & (1 << cap) == 0 {
-                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
-            }
-        }
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: i32,
-        }
-        #[repr(C)]
-        #[derive(Clone, Copy)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        let header = Header {
-            version: 0x2008_0522,
-            pid: 0,
-        };
-        let lo = Data {
-            effective: mask as u32,
-            permitted: mask as u32,
-            inheritable: 0,
-        };
-        let hi = Data {
-            effective: (mask >> 32) as u32,
-            permitted: (mask >> 32) as u32,
-            inheritable: 0,
-        };
-        let data = [lo, hi];
-        if libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+/// bounding (where CAP_SETPCAP allows), inheritable and ambient sets, and
+/// sets no_new_privs: after this the process can never regain what it
+/// dropped. Every failure is an error. Applies to the calling thread and
+/// the threads it starts afterwards.
+pub fn keep_only(keep: &[Capability]) -> Result<Bounding, caps::errors::CapsError> {
+    let bounding = if has(Capability::CAP_SETPCAP) {
+        // First, while CAP_SETPCAP is still held.
+        caps::clear(None, CapSet::Bounding)?;
+        Bounding::Emptied
+    } else {
+        Bounding::LeftWithoutSetpcap
+    };
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    let keep: CapsHashSet = keep.iter().copied().collect();
+    caps::set(None, CapSet::Effective, &keep)?;
+    caps::set(None, CapSet::Permitted, &keep)?;
+    // SAFETY: prctl with constant arguments; affects only this process.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(format!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error()).into());
     }
-    Ok(())
+    Ok(bounding)
 }
 
 #[cfg(test)]
@@ -131,18 +98,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_cap_eff() {
-        let status = "Name:\tkato\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        assert_eq!(effective(status), Some(0x1ff_ffff_ffff));
-        assert_eq!(effective("Name: x\n"), None);
-    }
-
-    #[test]
     fn names_what_is_missing() {
-        assert!(missing_for_tracing(0x1ff_ffff_ffff).is_empty());
-        assert!(missing_for_tracing(1 << CAP_SYS_ADMIN).is_empty());
-        assert_eq!(missing_for_tracing(0), ["CAP_BPF", "CAP_PERFMON"]);
-        assert_eq!(missing_for_tracing(1 << CAP_BPF), ["CAP_PERFMON"]);
-        assert!(missing_for_tracing((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
+        let set = |caps: &[Capability]| {
+            let caps = caps.to_vec();
+            move |c| caps.contains(&c)
+        };
+        assert!(missing_for_tracing(set(&[CAP_SYS_ADMIN])).is_empty());
+        assert_eq!(missing_for_tracing(set(&[])), ["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(missing_for_tracing(set(&[CAP_BPF])), ["CAP_PERFMON"]);
+        assert!(missing_for_tracing(set(&[CAP_BPF, CAP_PERFMON])).is_empty());
     }
 }

@@ -7,12 +7,12 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Serialize;
 
 use crate::{
+    bpf::{AttachMode, Bpf, Hook, Iterators, LoadError, LoadOptions},
     caps,
-    kernel::{self, hz},
-    loader::{LoadOptions, Probes, ITER_TASK_FILE, ITER_TCP},
+    kernel::{self, btf::Btf, hz, KernelInfo},
     netns,
     policy::{Policy, Risk},
-    sockets::{snapshot::snapshot_iter, Socket},
+    sockets::{snapshot::snapshot_iter, Keepalive, Socket, Source},
     tcp::TcpState,
 };
 
@@ -73,7 +73,7 @@ pub fn run(
     btf: Option<PathBuf>,
     hz_override: Option<u32>,
     policy: &Policy,
-    attach: crate::loader::AttachMode,
+    attach: AttachMode,
 ) -> Report {
     let release = kernel::release();
     let mut checks = vec![];
@@ -111,11 +111,13 @@ pub fn run(
     let path = btf
         .clone()
         .unwrap_or_else(|| PathBuf::from(kernel::DEFAULT_BTF));
-    match crate::btf::Btf::from_file(&path) {
+    // Parsed once: the checks read it, then the programs load from it.
+    let parsed = Btf::from_file(&path);
+    match &parsed {
         Ok(b) => {
-            let tcp = kernel::offsets::resolve(&b, 1)
+            let tcp = kernel::offsets::resolve(b, 1)
                 .map(|_| ())
-                .and_then(|_| kernel::offsets::resolve_iter(&b).map(|_| ()));
+                .and_then(|()| kernel::offsets::resolve_iter(b).map(|_| ()));
             checks.push(check(
                 "BTF",
                 tcp.is_ok(),
@@ -124,7 +126,7 @@ pub fn run(
                     Err(e) => format!("{}: {e}", path.display()),
                 },
             ));
-            let reasons = kernel::reset_reason_names(&b);
+            let reasons = kernel::reset_reason_names(b);
             // Degraded, not failed: kato names keepalive resets from context.
             checks.push(check(
                 "reset reasons",
@@ -137,7 +139,7 @@ pub fn run(
                     format!("{} sk_rst_reason values", reasons.len())
                 },
             ));
-            if let Ok((_, field)) = kernel::offsets::keepalive_timer(&b) {
+            if let Ok((_, field)) = kernel::offsets::keepalive_timer(b) {
                 checks.push(check("keepalive timer", true, format!("found at {field}")));
             }
         }
@@ -159,14 +161,22 @@ pub fn run(
 
     let mut namespaces = vec![];
     let mut advice = vec![];
-    let (attach_path, attach_reason, ok) = match Probes::load(&LoadOptions {
+    let opts = LoadOptions {
         tracing: true,
-        btf,
+        iterators: Iterators::Try,
+        btf: Some(path.clone()),
         hz: hz_override,
-        ring_bytes: None,
         attach,
-        netns_filter: false,
-    }) {
+        ..LoadOptions::default()
+    };
+    let loaded = caps::require_tracing()
+        .map_err(LoadError::Privilege)
+        .and_then(|()| parsed.map_err(|e| LoadError::Kernel(e.into())))
+        .and_then(|b| {
+            let info = KernelInfo::from_btf(path, &b, hz_override, true)?;
+            Bpf::open_with(info, &b, &opts)
+        });
+    let (attach_path, attach_reason, ok) = match loaded {
         Err(e) => {
             checks.push(check("load", false, e.to_string()));
             (
@@ -176,18 +186,21 @@ pub fn run(
             )
         }
         Ok(mut p) => {
-            let path = p.attach.clone().expect("attached by load");
+            let path = p.attach.clone().expect("opened for tracing");
             checks.push(check(
                 "tracing programs",
                 true,
-                format!("attached via {} and detached again", path.kind),
+                format!("attached via {} and detached again", path.kind.name()),
             ));
-            let iters = p.check_iterators();
             checks.push(check(
                 "BPF iterators",
-                iters.is_ok(),
-                match &iters {
-                    Ok(()) => format!("{} and {} load", ITER_TCP.1, ITER_TASK_FILE.1),
+                p.iterators.is_ok(),
+                match &p.iterators {
+                    Ok(()) => format!(
+                        "{} and {} load",
+                        Hook::IterTcp.target(),
+                        Hook::IterTaskFile.target()
+                    ),
                     Err(e) => format!("{e}: kato sockets falls back to sock_diag"),
                 },
             ));
@@ -195,7 +208,7 @@ pub fn run(
             namespaces = np;
             advice = adv;
             (
-                path.kind.to_owned(),
+                path.kind.name().to_owned(),
                 format!("{}. {} (kprobes are not used)", path.why, path.detail),
                 true,
             )
@@ -226,7 +239,7 @@ fn is_connection(s: &Socket) -> bool {
     s.keepalive.is_some() && s.state != TcpState::Listen
 }
 
-fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice>) {
+fn sockets_report(p: &mut Bpf, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice>) {
     let own = netns::current().ok().map(|n| n.inode);
     let targets: Vec<_> = netns::list()
         .into_iter()
@@ -250,11 +263,11 @@ fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Adv
             .iter()
             .filter(|s| s.keepalive.is_some_and(|k| k.enabled))
             .collect();
-        let default = |f: fn(&crate::sockets::Keepalive) -> crate::sockets::Source| {
+        let default = |f: fn(&Keepalive) -> Source| {
             on.iter()
                 .filter(|s| {
                     s.keepalive
-                        .is_some_and(|k| f(&k) == crate::sockets::Source::Sysctl)
+                        .is_some_and(|k| f(&k) == Source::Sysctl)
                 })
                 .count()
         };
@@ -281,7 +294,7 @@ fn sockets_report(p: &mut Probes, policy: &Policy) -> (Vec<NetnsReport>, Vec<Adv
                 *e.classes.entry(risk).or_default() += 1;
                 if risk == Risk::AtRisk
                     && s.keepalive
-                        .is_some_and(|k| k.idle_s.source == crate::sockets::Source::Sysctl)
+                        .is_some_and(|k| k.idle_s.source == Source::Sysctl)
                 {
                     e.at_risk_on_default += 1;
                     e.sysctl_time = snap.sysctls.map(|x| x.time_s);

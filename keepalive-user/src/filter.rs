@@ -1,108 +1,292 @@
-//! Which events the user asked to see (`--pid`, `--comm`, `--port`, `--addr`, `--netns`).
+//! Which sockets and events the user asked to see, and in what order:
+//! one filter for `kato sockets`, `kato trace` and the agent's `/sockets`.
 
-use std::net::IpAddr;
+use std::{cmp::Ordering, net::IpAddr, str::FromStr};
 
-use crate::{event::Record, owner::Owner};
+use crate::{
+    events::Observation, ip::canonical, owner::Owner, policy::Risk, tcp::TcpState, view::SocketView,
+};
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Filter {
+    pub states: Vec<TcpState>,
+    /// Local or remote port.
+    pub ports: Vec<u16>,
+    /// Local or remote address.
+    pub addrs: Vec<IpAddr>,
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
-    /// Matches the local or the remote port.
-    pub ports: Vec<u16>,
-    /// Matches the local or the remote address.
-    pub addrs: Vec<IpAddr>,
     pub netns: Vec<u32>,
+    /// SO_KEEPALIVE on (true) or off (false); sockets without a keepalive
+    /// setting (TIME_WAIT, SYN_RECV) match neither.
+    pub keepalive: Option<bool>,
+    /// Idle-timeout risk classes.
+    pub risks: Vec<Risk>,
 }
 
-/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) compares equal to the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
+fn any<T>(v: &[T], f: impl Fn(&T) -> bool) -> bool {
+    v.is_empty() || v.iter().any(f)
 }
 
 impl Filter {
+    fn endpoints(&self, local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+        any(&self.ports, |p| local.port() == *p || remote.port() == *p)
+            && any(&self.addrs, |a| {
+                let a = canonical(*a);
+                canonical(local.ip()) == a || canonical(remote.ip()) == a
+            })
+    }
+
+    fn owner(&self, pid: Option<u32>, comm: Option<&str>) -> bool {
+        any(&self.pids, |p| pid == Some(*p)) && any(&self.comms, |c| comm == Some(c.as_str()))
+    }
+
     /// True when the filter needs the socket's owner to decide.
     pub fn needs_owner(&self) -> bool {
         !self.pids.is_empty() || !self.comms.is_empty()
     }
 
-    pub fn matches(&self, rec: &Record, owner: Option<&Owner>) -> bool {
-        fn any<T>(v: &[T], f: impl Fn(&T) -> bool) -> bool {
-            v.is_empty() || v.iter().any(f)
-        }
-        any(&self.ports, |p: &u16| {
-            rec.local.port() == *p || rec.remote.port() == *p
-        }) && any(&self.addrs, |a: &IpAddr| {
-            let a = canonical(*a);
-            canonical(rec.local.ip()) == a || canonical(rec.remote.ip()) == a
-        }) && any(&self.netns, |n: &u32| rec.netns == *n)
-            && any(&self.pids, |p: &u32| owner.is_some_and(|o| o.pid == *p))
-            && any(&self.comms, |c: &String| {
-                owner.is_some_and(|o| o.comm == *c)
-            })
+    pub fn matches_socket(&self, v: &SocketView<'_>) -> bool {
+        let s = v.socket;
+        any(&self.states, |st| s.state == *st)
+            && self.endpoints(s.local, s.remote)
+            && self.owner(s.pid, s.comm.as_deref())
+            && any(&self.netns, |n| s.netns == *n)
+            && self
+                .keepalive
+                .is_none_or(|want| s.keepalive.is_some_and(|k| k.enabled == want))
+            && any(&self.risks, |r| v.risk == Some(*r))
     }
+
+    pub fn matches_event(&self, obs: &Observation<'_>) -> bool {
+        let rec = obs.record;
+        let owner: Option<&Owner> = obs.owner.as_ref();
+        any(&self.states, |st| rec.state == *st)
+            && self.endpoints(rec.local, rec.remote)
+            && any(&self.netns, |n| rec.netns == *n)
+            && self.owner(owner.map(|o| o.pid), owner.map(|o| o.comm.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortKey {
+    #[default]
+    Local,
+    Remote,
+    State,
+    Pid,
+    /// Time left on the socket's timer.
+    Timer,
+    /// Seconds since the peer was last heard from (longest first).
+    Idle,
+    /// Unanswered keepalive probes (most first).
+    Probes,
+}
+
+impl FromStr for SortKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "local" => SortKey::Local,
+            "remote" => SortKey::Remote,
+            "state" => SortKey::State,
+            "pid" => SortKey::Pid,
+            "timer" => SortKey::Timer,
+            "idle" => SortKey::Idle,
+            "probes" => SortKey::Probes,
+            _ => return Err(format!("unknown sort key `{s}` (expected local, remote, state, pid, timer, idle or probes)")),
+        })
+    }
+}
+
+impl SortKey {
+    fn compare(self, a: &SocketView<'_>, b: &SocketView<'_>) -> Ordering {
+        let (a, b) = (a.socket, b.socket);
+        let f = |x: Option<f64>| x.unwrap_or(-1.0);
+        let primary = match self {
+            SortKey::Local => a.local.cmp(&b.local),
+            SortKey::Remote => a.remote.cmp(&b.remote),
+            SortKey::State => a.state.cmp(&b.state),
+            SortKey::Pid => a.pid.cmp(&b.pid),
+            SortKey::Timer => a.timer.remaining_s.total_cmp(&b.timer.remaining_s),
+            SortKey::Idle => f(b.idle_s).total_cmp(&f(a.idle_s)),
+            SortKey::Probes => b.probes_unanswered.cmp(&a.probes_unanswered),
+        };
+        primary
+            .then_with(|| a.local.cmp(&b.local))
+            .then_with(|| a.remote.cmp(&b.remote))
+    }
+
+    pub fn sort(self, views: &mut [SocketView<'_>]) {
+        views.sort_by(|a, b| self.compare(a, b));
+    }
+}
+
+/// Keeps the matching views, sorted.
+pub fn select<'a>(
+    views: impl IntoIterator<Item = SocketView<'a>>,
+    filter: &Filter,
+    sort: SortKey,
+) -> Vec<SocketView<'a>> {
+    let mut v: Vec<_> = views.into_iter().filter(|v| filter.matches_socket(v)).collect();
+    sort.sort(&mut v);
+    v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{
-        tests::{bytes, raw},
-        Record,
+    use crate::{
+        events::{
+            fixture::{bytes, raw},
+            Observation, Record,
+        },
+        policy::Policy,
+        sockets::{tests::record, Socket},
     };
+    use keepalive_common::{sock_flags, SockRecord};
 
-    fn rec() -> Record {
-        Record::decode(&bytes(&raw(keepalive_common::kind::ARMED))).unwrap()
+    fn sock(sport: u16, state: u8, ka: bool, idle_ago: u32) -> Socket {
+        let flags = sock_flags::FULL | if ka { sock_flags::KEEPALIVE_ON } else { 0 };
+        let r = SockRecord {
+            sport,
+            state,
+            flags,
+            rcv_tstamp: 100_000 - idle_ago,
+            lrcvtime: 0,
+            ..record()
+        };
+        Socket::from_record(&r, 250, None).unwrap()
+    }
+
+    fn ports(all: &[Socket], f: &Filter, sort: SortKey) -> Vec<u16> {
+        let p = Policy::default();
+        select(all.iter().map(|s| SocketView::new(s, None, &p)), f, sort)
+            .iter()
+            .map(|v| v.socket.local.port())
+            .collect()
     }
 
     #[test]
-    fn empty_filter_matches_all() {
-        assert!(Filter::default().matches(&rec(), None));
+    fn socket_filters() {
+        let all = [
+            sock(1, 1, true, 0),
+            sock(2, 1, false, 0),
+            sock(3, 10, false, 0),
+        ];
+        let q = |f: Filter| ports(&all, &f, SortKey::Local);
+        assert_eq!(q(Filter::default()), [1, 2, 3]);
+        assert_eq!(
+            q(Filter {
+                keepalive: Some(true),
+                ..Default::default()
+            }),
+            [1]
+        );
+        assert_eq!(
+            q(Filter {
+                keepalive: Some(false),
+                ..Default::default()
+            }),
+            [2, 3]
+        );
+        assert_eq!(
+            q(Filter {
+                states: vec![TcpState::Listen],
+                ..Default::default()
+            }),
+            [3]
+        );
+        assert_eq!(
+            q(Filter {
+                ports: vec![2, 5432],
+                ..Default::default()
+            })
+            .len(),
+            3,
+            "remote port matches too"
+        );
+        assert!(q(Filter {
+            pids: vec![1],
+            ..Default::default()
+        })
+        .is_empty());
+        assert_eq!(
+            q(Filter {
+                addrs: vec!["::ffff:10.0.0.2".parse().unwrap()],
+                ..Default::default()
+            })
+            .len(),
+            3
+        );
     }
 
     #[test]
-    fn ports_and_addresses_match_either_end() {
+    fn sorts() {
+        let all = [
+            sock(2, 1, true, 250),
+            sock(1, 10, true, 1000),
+            sock(3, 1, true, 500),
+        ];
+        let order = |k: &str| ports(&all, &Filter::default(), k.parse().unwrap());
+        assert_eq!(order("local"), [1, 2, 3]);
+        assert_eq!(order("state"), [2, 3, 1]);
+        assert_eq!(order("idle"), [3, 2, 1], "longest idle first; LISTEN has none");
+        assert!("bogus".parse::<SortKey>().unwrap_err().contains("bogus"));
+    }
+
+    fn matches(f: &Filter, owner: Option<Owner>) -> bool {
+        let rec = Record::decode(&bytes(&raw(keepalive_common::kind::ARMED))).unwrap();
+        let obs = Observation {
+            record: &rec,
+            events: &[],
+            reset: None,
+            error: None,
+            idle_s: None,
+            data_idle_s: None,
+            closed: None,
+            owner,
+            hz: 250,
+        };
+        f.matches_event(&obs)
+    }
+
+    #[test]
+    fn event_filters_match_either_end_and_need_owners() {
         let f = |ports: Vec<u16>, addrs: Vec<&str>| Filter {
             ports,
             addrs: addrs.into_iter().map(|a| a.parse().unwrap()).collect(),
             ..Default::default()
         };
-        assert!(f(vec![8080], vec![]).matches(&rec(), None));
-        assert!(f(vec![41234], vec![]).matches(&rec(), None));
-        assert!(!f(vec![22], vec![]).matches(&rec(), None));
-        assert!(f(vec![], vec!["127.0.0.2"]).matches(&rec(), None));
-        assert!(f(vec![], vec!["::ffff:127.0.0.1"]).matches(&rec(), None));
-        assert!(
-            !f(vec![8080], vec!["10.0.0.1"]).matches(&rec(), None),
-            "all filters must hold"
-        );
-    }
-
-    #[test]
-    fn owner_filters_need_an_owner() {
-        let f = Filter {
+        assert!(matches(&Filter::default(), None));
+        assert!(matches(&f(vec![8080], vec![]), None));
+        assert!(matches(&f(vec![41234], vec![]), None));
+        assert!(!matches(&f(vec![22], vec![]), None));
+        assert!(matches(&f(vec![], vec!["127.0.0.2"]), None));
+        assert!(matches(&f(vec![], vec!["::ffff:127.0.0.1"]), None));
+        assert!(!matches(&f(vec![8080], vec!["10.0.0.1"]), None), "all filters must hold");
+        let by_pid = Filter {
             pids: vec![42],
             ..Default::default()
         };
-        assert!(f.needs_owner());
-        assert!(!f.matches(&rec(), None));
-        let o = Owner {
+        assert!(by_pid.needs_owner());
+        assert!(!matches(&by_pid, None));
+        let curl = Owner {
             pid: 42,
             comm: "curl".into(),
         };
-        assert!(f.matches(&rec(), Some(&o)));
-        let f = Filter {
+        assert!(matches(&by_pid, Some(curl.clone())));
+        let wget = Filter {
             comms: vec!["wget".into()],
             ..Default::default()
         };
-        assert!(!f.matches(&rec(), Some(&o)));
-        assert!(!Filter {
-            netns: vec![1],
-            ..Default::default()
-        }
-        .matches(&rec(), None));
+        assert!(!matches(&wget, Some(curl)));
+        assert!(!matches(
+            &Filter {
+                netns: vec![1],
+                ..Default::default()
+            },
+            None
+        ));
     }
 }

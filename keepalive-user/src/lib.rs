@@ -1,21 +1,23 @@
 //! kato: a Linux TCP keepalive observer. The library behind the `kato`
-//! binary: kernel probing, eBPF loading, event decoding and formatting.
+//! binary. A record flows one way: `bpf` (the loaded object, the ring) ->
+//! `events` (decode, derive, name: one `Observation`) -> sinks (the trace
+//! printer in `view`, the socket table in `sockets`, the agent's metrics).
 
 pub mod agent;
-pub mod btf;
+pub mod bpf;
 pub mod caps;
-pub mod closes;
 pub mod doctor;
 pub mod duration;
-pub mod event;
+pub mod events;
 pub mod filter;
-pub mod format;
+pub mod ip;
+pub mod jiffies;
 pub mod kernel;
-pub mod loader;
 pub mod netns;
 pub mod owner;
 pub mod policy;
 pub mod sockets;
-pub mod stream;
 pub mod tcp;
+pub mod text;
 pub mod timefmt;
+pub mod view;

@@ -24,12 +24,7 @@ pub struct Cidr {
     prefix: u8,
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
+use crate::ip::canonical;
 
 impl Cidr {
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -234,17 +229,6 @@ impl Policy {
         };
         Some((risk, Some(rule)))
     }
-
-    /// Fills a socket's `risk` and `idle_timeout` fields.
-    pub fn annotate(&self, s: &mut Socket) {
-        match self.classify(s) {
-            Some((risk, rule)) => {
-                s.risk = Some(risk);
-                s.idle_timeout = rule.map(|r| r.text.clone());
-            }
-            None => (s.risk, s.idle_timeout) = (None, None),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -382,11 +366,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(class(&tw), None);
-        let mut s = sock(sock_flags::KEEPALIVE_ON, 300, 30);
-        p.annotate(&mut s);
+        let s = sock(sock_flags::KEEPALIVE_ON, 300, 30);
+        let (risk, rule) = p.classify(&s).unwrap();
         assert_eq!(
-            (s.risk, s.idle_timeout.as_deref()),
-            (Some(Risk::Safe), Some("10.0.0.2:5432=350s"))
+            (risk, rule.map(|r| r.text.as_str())),
+            (Risk::Safe, Some("10.0.0.2:5432=350s"))
         );
     }
 }

@@ -1,11 +1,17 @@
 //! Event timestamps: kernel CLOCK_MONOTONIC turned into UTC wall time.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::cell::Cell;
 
-/// Offset from CLOCK_MONOTONIC to the Unix epoch, taken once at start.
-#[derive(Debug, Clone, Copy)]
+/// How old the monotonic-to-wall offset may get before it is taken again:
+/// a long-running agent or trace follows NTP steps within this.
+const REFRESH_NS: i128 = 1_000_000_000;
+
+/// Maps CLOCK_MONOTONIC to the Unix epoch, re-reading the wall clock at
+/// most once a second.
+#[derive(Debug, Clone)]
 pub struct Clock {
-    mono_to_unix_ns: i128,
+    /// (offset, monotonic time it was taken at).
+    offset: Cell<(i128, i128)>,
 }
 
 fn monotonic_ns() -> i128 {
@@ -14,28 +20,35 @@ fn monotonic_ns() -> i128 {
         tv_nsec: 0,
     };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+fn offset_now() -> (i128, i128) {
+    let mono = monotonic_ns();
+    (jiff::Timestamp::now().as_nanosecond() - mono, mono)
 }
 
 impl Clock {
     pub fn new() -> Self {
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
         Self {
-            mono_to_unix_ns: unix - monotonic_ns(),
+            offset: Cell::new(offset_now()),
         }
     }
 
     pub fn unix_ns(&self, mono_ns: u64) -> i128 {
-        mono_ns as i128 + self.mono_to_unix_ns
+        let (mut offset, taken) = self.offset.get();
+        if monotonic_ns() - taken > REFRESH_NS {
+            let fresh = offset_now();
+            self.offset.set(fresh);
+            offset = fresh.0;
+        }
+        i128::from(mono_ns) + offset
     }
 
     /// Monotonic nanoseconds now, on the kernel's `bpf_ktime_get_ns` clock.
     pub fn now_mono_ns() -> u64 {
-        monotonic_ns() as u64
+        u64::try_from(monotonic_ns()).unwrap_or(0)
     }
 }
 
@@ -45,31 +58,13 @@ impl Default for Clock {
     }
 }
 
-/// (year, month, day) from days since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// RFC 3339 UTC with microseconds: `2026-11-22T03:04:05.123456Z`.
 pub fn rfc3339(unix_ns: i128) -> String {
-    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
-    let micros = (unix_ns.rem_euclid(1_000_000_000) / 1000) as u32;
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    let Ok(t) = jiff::Timestamp::from_nanosecond(unix_ns) else {
+        return "invalid-time".to_owned();
+    };
+    let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
+    format!("{}.{micros:06}Z", t.strftime("%Y-%m-%dT%H:%M:%S"))
 }
 
 /// `03:04:05.123456` (UTC), for the table.
@@ -100,10 +95,7 @@ mod tests {
     #[test]
     fn clock_maps_now_to_now() {
         let c = Clock::new();
-        let now_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i128;
+        let now_unix = jiff::Timestamp::now().as_nanosecond();
         let mapped = c.unix_ns(Clock::now_mono_ns());
         assert!(
             (mapped - now_unix).abs() < 1_000_000_000,

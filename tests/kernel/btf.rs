@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, process::Command};
 
-use keepalive_user::{btf::Btf, kernel::DEFAULT_BTF};
+use keepalive_user::kernel::{btf::Btf, DEFAULT_BTF};
 
 use crate::support::run;
 

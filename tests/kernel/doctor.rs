@@ -4,7 +4,7 @@ use std::{net::TcpListener, process::Command, sync::mpsc, time::Duration};
 
 use serde_json::Value;
 
-use keepalive_user::loader::AttachMode;
+use keepalive_user::bpf::AttachMode;
 
 use crate::support::{attach_arg, client, require_root, setsockopt_pub, test_attach, Netns};
 

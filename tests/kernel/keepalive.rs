@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use keepalive_user::event::{Kind, ETIMEDOUT};
+use keepalive_user::events::{Kind, ETIMEDOUT};
 
 use crate::support::{count, kinds, pair, without_listener, Collector, Netns, Seen};
 
@@ -106,7 +106,7 @@ fn dead_peer(v6: bool) {
         kinds(&seen)
     );
     assert_eq!(count(&seen, Kind::PeerAnswered), 0);
-    let hz = collector.probes.kernel.hz;
+    let hz = collector.bpf.kernel.hz;
     for (i, p) in outcome[..3].iter().enumerate() {
         assert_eq!(p.probes as usize, i + 1, "probe count of probe {i}");
         // Re-armed for TCP_KEEPINTVL = 1 s, to the jiffy.
@@ -117,26 +117,27 @@ fn dead_peer(v6: bool) {
         );
     }
     let reset = outcome[3];
-    let kernel = &collector.probes.kernel;
+    let kernel = &collector.bpf.kernel;
     let names = &kernel.reset_reasons;
     assert!(
         reset.rec.in_keepalive_timer,
         "the reset comes from the keepalive timer: {:?}",
         reset.rec
     );
-    let name = |c: u32| names.get(&c).cloned().unwrap_or_default();
+    let names = keepalive_user::events::ResetReasons(names.clone());
+    let name = |rec| names.of(rec).map(|r| (r.name.into_owned(), r.inferred));
     if kernel.config.has_reset_reason != 0 {
         // 6.12+: the kernel's own word.
         assert_eq!(reset.rec.reason, Some(TCP_KEEPALIVE_TIMEOUT));
         assert_eq!(
-            reset.rec.reset_reason(name),
+            name(&reset.rec),
             Some(("TCP_KEEPALIVE_TIMEOUT".into(), false))
         );
     } else {
         // Older kernels: no reason argument; kato names it from the context.
         assert_eq!(reset.rec.reason, None);
         assert_eq!(
-            reset.rec.reset_reason(name),
+            name(&reset.rec),
             Some(("TCP_KEEPALIVE_TIMEOUT".into(), true))
         );
     }
@@ -153,7 +154,7 @@ fn dead_peer(v6: bool) {
         .find(|s| s.kind == Kind::SocketError)
         .expect("socket_error for the client");
     assert_eq!(
-        (err.rec.sk_err, err.rec.error_text().as_str()),
+        (err.rec.sk_err, error_text(&err.rec).as_str()),
         (ETIMEDOUT, "ETIMEDOUT (keepalive)")
     );
     // Dead-peer detection time: idle 1 s + 3 probes 1 s apart = about 4 s
@@ -215,7 +216,7 @@ fn dead_peer_found_by_retransmissions_is_named() {
     assert_eq!(report.rec.remote, remote);
     assert_eq!(report.rec.sk_err, ETIMEDOUT);
     assert!(!report.rec.in_keepalive_timer);
-    assert_eq!(report.rec.error_text(), "ETIMEDOUT (retransmits)");
+    assert_eq!(error_text(&report.rec), "ETIMEDOUT (retransmits)");
     assert!(
         !seen.iter().any(|s| s.kind.is_firing()),
         "keepalive is off: {:?}",
@@ -274,4 +275,11 @@ fn healthy_idle_peer_answers_probes() {
     for s in seen.iter().filter(|s| s.kind == Kind::PeerAnswered) {
         assert_eq!(s.probes, 1, "one probe was out when the peer answered");
     }
+}
+
+/// The text kato shows for an error report.
+fn error_text(rec: &keepalive_user::events::Record) -> String {
+    keepalive_user::events::SocketError::of(rec)
+        .expect("an error report")
+        .to_string()
 }

@@ -11,9 +11,8 @@ use std::{
 };
 
 use keepalive_user::{
-    event::{Derived, Deriver, Kind, Record},
-    loader::{AttachMode, LoadOptions, Probes},
-    stream::EventStream,
+    bpf::{ring::EventStream, AttachKind, AttachMode, Bpf, LoadOptions},
+    events::{Kind, Observation, Pipeline, Record, ResetReasons, Sink},
 };
 
 /// Fails (never skips) when the test cannot do what it must.
@@ -143,7 +142,7 @@ fn setsockopt(fd: i32, level: i32, name: i32, value: i32) {
             level,
             name,
             (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as u32,
+            size_of::<i32>() as u32,
         )
     };
     assert_eq!(
@@ -166,7 +165,7 @@ pub fn keepalive(s: &TcpStream, idle: i32, intvl: i32, cnt: i32) {
 /// getsockopt of an int option.
 pub fn getsockopt(s: &impl AsRawFd, level: i32, name: i32) -> i32 {
     let mut v: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as u32;
+    let mut len = size_of::<i32>() as u32;
     let rc = unsafe {
         libc::getsockopt(
             s.as_raw_fd(),
@@ -239,7 +238,7 @@ fn connect(fd: i32, addr: SocketAddr) {
                 libc::connect(
                     fd,
                     (&sin as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of_val(&sin) as u32,
+                    size_of_val(&sin) as u32,
                 )
             }
         }
@@ -257,7 +256,7 @@ fn connect(fd: i32, addr: SocketAddr) {
                 libc::connect(
                     fd,
                     (&sin6 as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of_val(&sin6) as u32,
+                    size_of_val(&sin6) as u32,
                 )
             }
         }
@@ -273,12 +272,27 @@ pub struct Seen {
     pub probes: u8,
 }
 
-/// kato's programs loaded into the running kernel, and their event stream.
+/// kato's programs loaded into the running kernel, and their event stream,
+/// read through kato's own pipeline.
 pub struct Collector {
-    pub probes: Probes,
+    pub bpf: Bpf,
     stream: EventStream,
     rt: tokio::runtime::Runtime,
-    deriver: Deriver,
+    pipeline: Pipeline,
+}
+
+/// Every derived event of every observation, with its record.
+struct Gather<'a>(&'a mut Vec<Seen>);
+
+impl Sink for Gather<'_> {
+    fn observe(&mut self, obs: &Observation<'_>) -> std::ops::ControlFlow<()> {
+        self.0.extend(obs.events.iter().map(|d| Seen {
+            rec: obs.record.clone(),
+            kind: d.kind,
+            probes: d.probes,
+        }));
+        std::ops::ControlFlow::Continue(())
+    }
 }
 
 impl Collector {
@@ -292,25 +306,31 @@ impl Collector {
             .unwrap();
         let _guard = rt.enter();
         let attach = test_attach();
-        let mut probes = Probes::load(&LoadOptions {
+        let mut bpf = Bpf::open(&LoadOptions {
+            tracing: true,
             attach,
             ..LoadOptions::default()
         })
         .unwrap_or_else(|e| {
             panic!("kato's eBPF programs must load on this kernel ({attach:?}): {e}")
         });
-        let path = probes.attach.as_ref().expect("attached").kind;
+        let path = bpf.attach.as_ref().expect("attached").kind;
         match attach {
-            AttachMode::Fentry => assert_eq!(path, "fentry"),
-            AttachMode::Tracepoint => assert_eq!(path, "tp_btf"),
+            AttachMode::Fentry => assert_eq!(path, AttachKind::Fentry),
+            AttachMode::Tracepoint => assert_eq!(path, AttachKind::TpBtf),
             AttachMode::Auto => {}
         }
-        let stream = probes.events().expect("event stream");
+        let stream = bpf.events().expect("event stream");
+        let pipeline = Pipeline::new(
+            bpf.kernel.hz,
+            ResetReasons(bpf.kernel.reset_reasons.clone()),
+            None,
+        );
         Collector {
-            probes,
+            bpf,
             stream,
             rt,
-            deriver: Deriver::default(),
+            pipeline,
         }
     }
 
@@ -325,7 +345,8 @@ impl Collector {
         let end = Instant::now() + limit;
         let mut seen = Vec::new();
         let mut batch = Vec::new();
-        let mut derived: Vec<Derived> = Vec::new();
+        self.pipeline
+            .watch(Some(std::collections::HashSet::from([netns])));
         while !done(&seen) {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -335,19 +356,8 @@ impl Collector {
             let _ = self.rt.block_on(async {
                 tokio::time::timeout(left, stream.next_batch(&mut batch)).await
             });
-            for rec in batch.drain(..) {
-                let rec = rec.expect("every kernel record decodes");
-                if rec.netns != netns {
-                    continue;
-                }
-                derived.clear();
-                self.deriver.derive(&rec, &mut derived);
-                seen.extend(derived.iter().map(|d| Seen {
-                    rec: rec.clone(),
-                    kind: d.kind,
-                    probes: d.probes,
-                }));
-            }
+            let _ = self.pipeline.feed(&mut batch, &mut Gather(&mut seen));
+            assert_eq!(self.pipeline.undecodable, 0, "every kernel record decodes");
         }
         seen
     }

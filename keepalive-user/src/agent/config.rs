@@ -4,9 +4,13 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use serde::{de, Deserialize, Deserializer};
 use thiserror::Error;
 
-use crate::policy::{Policy, Rule};
+use crate::{
+    bpf::AttachMode,
+    policy::{Policy, Rule},
+};
 
 /// 9100-9999 is fully allocated to exporters; 7941 is not a well-known
 /// exporter's port.
@@ -93,7 +97,7 @@ pub struct AgentConfig {
     /// Ring buffer size override (tests only; not a config key).
     pub ring_bytes: Option<u32>,
     /// fentry, tracepoints, or the best the kernel allows.
-    pub attach: crate::loader::AttachMode,
+    pub attach: AttachMode,
 }
 
 impl Default for AgentConfig {
@@ -111,28 +115,195 @@ impl Default for AgentConfig {
             idle_kill_min: Duration::from_secs(30),
             http_keepalive: false,
             ring_bytes: None,
-            attach: crate::loader::AttachMode::Auto,
+            attach: AttachMode::Auto,
         }
     }
 }
 
-/// Settings as given (file or flags); `None` = not given.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Settings as given (file or flags); `None` = not given. The file is
+/// read by serde; each value goes through the same parser as its flag.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Overrides {
+    #[serde(default, deserialize_with = "de_via::<_, ListenAddr>")]
     pub listen: Option<SocketAddr>,
+    #[serde(default)]
     pub netns: Option<NetnsScope>,
+    #[serde(default, deserialize_with = "de_via::<_, Interval>")]
     pub snapshot_interval: Option<Duration>,
+    #[serde(default)]
     pub label_by: Option<Vec<LabelBy>>,
+    #[serde(default, deserialize_with = "de_via::<_, LabelLimit>")]
     pub label_limit: Option<usize>,
+    #[serde(default, deserialize_with = "de_via::<_, TableCapacity>")]
     pub table_capacity: Option<usize>,
+    #[serde(default)]
     pub btf: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_via::<_, Hz>")]
     pub hz: Option<u32>,
+    #[serde(default, deserialize_with = "de_rules")]
     pub idle_timeouts: Option<Vec<Rule>>,
+    #[serde(default, deserialize_with = "de_via::<_, IdleKillMin>")]
     pub idle_kill_min: Option<Duration>,
+    #[serde(default)]
     pub http_keepalive: Option<bool>,
-    pub attach: Option<crate::loader::AttachMode>,
+    #[serde(default, deserialize_with = "de_via::<_, Attach>")]
+    pub attach: Option<AttachMode>,
 }
 
+/// One setting's parser, shared by its flag (a string) and its file value
+/// (the TOML type `Raw`).
+pub trait Setting {
+    type Raw: for<'de> Deserialize<'de>;
+    type Value;
+    fn parse(raw: Self::Raw) -> Result<Self::Value, String>;
+}
+
+fn de_via<'de, D: Deserializer<'de>, S: Setting>(d: D) -> Result<Option<S::Value>, D::Error> {
+    S::parse(S::Raw::deserialize(d)?)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
+fn range(v: i64, max: i64) -> Result<i64, String> {
+    if v < 1 || v > max {
+        return Err(format!("{v} is out of range (1 to {max})"));
+    }
+    Ok(v)
+}
+
+pub struct ListenAddr;
+impl Setting for ListenAddr {
+    type Raw = String;
+    type Value = SocketAddr;
+    fn parse(s: String) -> Result<SocketAddr, String> {
+        s.parse().map_err(|_| format!("`{s}` is not an address:port"))
+    }
+}
+
+pub struct Interval;
+impl Setting for Interval {
+    type Raw = String;
+    type Value = Duration;
+    fn parse(s: String) -> Result<Duration, String> {
+        let d = crate::duration::parse(&s)?;
+        if d < Duration::from_millis(100) {
+            return Err(format!("`{s}` is too short (at least 100ms)"));
+        }
+        Ok(d)
+    }
+}
+
+pub struct IdleKillMin;
+impl Setting for IdleKillMin {
+    type Raw = String;
+    type Value = Duration;
+    fn parse(s: String) -> Result<Duration, String> {
+        crate::duration::parse(&s)
+    }
+}
+
+pub struct LabelLimit;
+impl Setting for LabelLimit {
+    type Raw = i64;
+    type Value = usize;
+    fn parse(v: i64) -> Result<usize, String> {
+        range(v, 10_000).map(|v| v as usize)
+    }
+}
+
+pub struct TableCapacity;
+impl Setting for TableCapacity {
+    type Raw = i64;
+    type Value = usize;
+    fn parse(v: i64) -> Result<usize, String> {
+        range(v, 100_000_000).map(|v| v as usize)
+    }
+}
+
+pub struct Hz;
+impl Setting for Hz {
+    type Raw = i64;
+    type Value = u32;
+    fn parse(v: i64) -> Result<u32, String> {
+        range(v, 10_000).map(|v| v as u32)
+    }
+}
+
+pub struct Attach;
+impl Setting for Attach {
+    type Raw = String;
+    type Value = AttachMode;
+    fn parse(s: String) -> Result<AttachMode, String> {
+        s.parse()
+    }
+}
+
+impl<'de> Deserialize<'de> for LabelBy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        LabelBy::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for NetnsScope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            Name(String),
+            Inode(i64),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<Item>),
+        }
+        let raw = Raw::deserialize(d).map_err(|_| {
+            de::Error::custom("expected \"all\", \"self\" or a list of namespaces")
+        })?;
+        Ok(match raw {
+            Raw::One(s) => NetnsScope::from_list(vec![s]),
+            Raw::Many(items) => NetnsScope::Listed(
+                items
+                    .into_iter()
+                    .map(|i| match i {
+                        Item::Name(s) => s,
+                        Item::Inode(n) => n.to_string(),
+                    })
+                    .collect(),
+            ),
+        })
+    }
+}
+
+impl NetnsScope {
+    /// `--netns` values: `all`, `self`, or namespaces.
+    pub fn from_list(values: Vec<String>) -> Self {
+        match values.as_slice() {
+            [one] if one == "all" => NetnsScope::All,
+            [one] if one == "self" => NetnsScope::Own,
+            _ => NetnsScope::Listed(values),
+        }
+    }
+}
+
+/// `[idle_timeouts]`: `"CIDR:PORT" = "DURATION"` (or `default`).
+fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Error> {
+    let table = std::collections::BTreeMap::<String, toml::Value>::deserialize(d)?;
+    let mut rules = vec![];
+    for (k, v) in table {
+        let Some(v) = v.as_str() else {
+            return Err(de::Error::custom(format!(
+                "`{k}`: expected a duration string like \"350s\""
+            )));
+        };
+        rules.push(Rule::from_entry(&k, v).map_err(|m| de::Error::custom(format!("`{k}`: {m}")))?);
+    }
+    Ok(Some(rules))
+}
+
+/// The file's keys, for the unknown-key message.
 pub const KEYS: [&str; 12] = [
     "listen",
     "netns",
@@ -148,154 +319,42 @@ pub const KEYS: [&str; 12] = [
     "attach",
 ];
 
-fn positive(key: &str, v: i64, max: i64) -> Result<i64, String> {
-    let _ = key;
-    if v < 1 || v > max {
-        return Err(format!("{v} is out of range (1 to {max})"));
-    }
-    Ok(v)
+/// The line of byte offset `at` in `text`, 1-based.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].lines().count().max(1)
 }
 
 impl Overrides {
     /// Parses a TOML config file's text.
     pub fn from_toml(origin: &str, text: &str) -> Result<Self, ConfigError> {
-        // An empty TOML key ("" = 1) is still named, as "".
-        let err = |key: &str, message: String| ConfigError {
+        let err = |key: String, message: String| ConfigError {
             origin: origin.into(),
-            key: if key.is_empty() {
-                "\"\"".into()
-            } else {
-                key.into()
-            },
+            key,
             message,
         };
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let de = toml::Deserializer::parse(text).map_err(|e| {
             let msg = e.message().to_owned();
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-            ConfigError {
-                origin: origin.into(),
-                key: "(syntax)".into(),
-                message: match line {
-                    Some(l) => format!("line {l}: {msg}"),
-                    None => msg,
-                },
-            }
+            let message = match e.span() {
+                Some(s) => format!("line {}: {msg}", line_of(text, s.start)),
+                None => msg,
+            };
+            err("(syntax)".into(), message)
         })?;
-        let mut o = Overrides::default();
-        for (key, value) in &table {
-            let want =
-                |what: &str| err(key, format!("expected {what}, found {}", value.type_str()));
-            match key.as_str() {
-                "listen" => {
-                    let s = value
-                        .as_str()
-                        .ok_or_else(|| want("a string like \"127.0.0.1:7941\""))?;
-                    o.listen = Some(
-                        s.parse()
-                            .map_err(|_| err(key, format!("`{s}` is not an address:port")))?,
-                    );
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().trim_end().to_owned();
+            // An unknown key is reported at the table that holds it.
+            let (key, message) = match msg.strip_prefix("unknown field `") {
+                Some(rest) => {
+                    let name = rest.split('`').next().unwrap_or_default();
+                    let key = if name.is_empty() { "\"\"".to_owned() } else { name.to_owned() };
+                    (key, format!("unknown key (known keys: {})", KEYS.join(", ")))
                 }
-                "netns" => {
-                    o.netns = Some(match value {
-                        toml::Value::String(s) if s == "all" => NetnsScope::All,
-                        toml::Value::String(s) if s == "self" => NetnsScope::Own,
-                        toml::Value::String(s) => NetnsScope::Listed(vec![s.clone()]),
-                        toml::Value::Array(a) => NetnsScope::Listed(
-                            a.iter()
-                                .map(|v| match v {
-                                    toml::Value::String(s) => Ok(s.clone()),
-                                    toml::Value::Integer(i) => Ok(i.to_string()),
-                                    _ => Err(want("\"all\", \"self\" or a list of namespaces")),
-                                })
-                                .collect::<Result<_, _>>()?,
-                        ),
-                        _ => return Err(want("\"all\", \"self\" or a list of namespaces")),
-                    });
-                }
-                "snapshot_interval" => {
-                    let s = value
-                        .as_str()
-                        .ok_or_else(|| want("a duration string like \"30s\""))?;
-                    let d = crate::duration::parse(s).map_err(|m| err(key, m))?;
-                    if d < Duration::from_millis(100) {
-                        return Err(err(key, format!("`{s}` is too short (at least 100ms)")));
-                    }
-                    o.snapshot_interval = Some(d);
-                }
-                "label_by" => {
-                    let a = value
-                        .as_array()
-                        .ok_or_else(|| want("a list like [\"remote_port\"]"))?;
-                    o.label_by = Some(
-                        a.iter()
-                            .map(|v| {
-                                v.as_str()
-                                    .ok_or_else(|| want("a list of strings"))
-                                    .and_then(|s| LabelBy::parse(s).map_err(|m| err(key, m)))
-                            })
-                            .collect::<Result<_, _>>()?,
-                    );
-                }
-                "label_limit" => {
-                    let v = value.as_integer().ok_or_else(|| want("an integer"))?;
-                    o.label_limit =
-                        Some(positive(key, v, 10_000).map_err(|m| err(key, m))? as usize);
-                }
-                "table_capacity" => {
-                    let v = value.as_integer().ok_or_else(|| want("an integer"))?;
-                    o.table_capacity =
-                        Some(positive(key, v, 100_000_000).map_err(|m| err(key, m))? as usize);
-                }
-                "btf" => o.btf = Some(value.as_str().ok_or_else(|| want("a path string"))?.into()),
-                "idle_timeouts" => {
-                    let t = value
-                        .as_table()
-                        .ok_or_else(|| want("a table like { \"10.0.0.0/8:5432\" = \"350s\" }"))?;
-                    let mut rules = vec![];
-                    for (k, v) in t {
-                        let v = v.as_str().ok_or_else(|| {
-                            err(
-                                &format!("idle_timeouts.{k}"),
-                                "expected a duration string like \"350s\"".into(),
-                            )
-                        })?;
-                        rules.push(
-                            Rule::from_entry(k, v)
-                                .map_err(|m| err(&format!("idle_timeouts.{k}"), m))?,
-                        );
-                    }
-                    o.idle_timeouts = Some(rules);
-                }
-                "idle_kill_min" => {
-                    let s = value
-                        .as_str()
-                        .ok_or_else(|| want("a duration string like \"30s\""))?;
-                    o.idle_kill_min = Some(crate::duration::parse(s).map_err(|m| err(key, m))?);
-                }
-                "http_keepalive" => {
-                    o.http_keepalive = Some(value.as_bool().ok_or_else(|| want("true or false"))?)
-                }
-                "attach" => {
-                    let s = value
-                        .as_str()
-                        .ok_or_else(|| want("\"auto\", \"fentry\" or \"tracepoint\""))?;
-                    o.attach = Some(s.parse().map_err(|m| err(key, m))?);
-                }
-                "hz" => {
-                    let v = value.as_integer().ok_or_else(|| want("an integer"))?;
-                    o.hz = Some(positive(key, v, 10_000).map_err(|m| err(key, m))? as u32);
-                }
-                _ => {
-                    return Err(err(
-                        key,
-                        format!("unknown key (known keys: {})", KEYS.join(", ")),
-                    ))
-                }
-            }
-        }
-        Ok(o)
+                None => (path, msg),
+            };
+            err(key, message)
+        })
     }
 
     /// `self` on top of `base`.
@@ -394,18 +453,18 @@ mod tests {
             (
                 "snapshot_interval = \"3x\"",
                 "snapshot_interval",
-                "unknown unit `x`",
+                "`3x` is not a duration",
             ),
             (
                 "snapshot_interval = \"10ms\"",
                 "snapshot_interval",
                 "too short",
             ),
-            ("label_by = [\"pid\"]", "label_by", "unknown label `pid`"),
-            ("label_by = \"comm\"", "label_by", "expected a list"),
+            ("label_by = [\"pid\"]", "label_by[0]", "unknown label `pid`"),
+            ("label_by = \"comm\"", "label_by", "expected a sequence"),
             ("label_limit = 0", "label_limit", "out of range"),
             ("table_capacity = -4", "table_capacity", "out of range"),
-            ("hz = \"250\"", "hz", "expected an integer, found string"),
+            ("hz = \"250\"", "hz", "invalid type: string \"250\""),
             (
                 "attach = \"kprobe\"",
                 "attach",
@@ -433,8 +492,8 @@ mod tests {
         assert_eq!(c.idle_kill_min, Duration::from_secs(5));
         assert!(c.http_keepalive);
         let e = parse("[idle_timeouts]\n\"10.0.0.0/99\" = \"5s\"\n").unwrap_err();
-        assert_eq!(e.key, "idle_timeouts.10.0.0.0/99");
-        assert!(e.message.contains("prefix length"), "{e}");
+        assert_eq!(e.key, "idle_timeouts");
+        assert!(e.message.starts_with("`10.0.0.0/99`: ") && e.message.contains("prefix length"), "{e}");
         let e = parse("[idle_timeouts]\n\":443\" = 5\n").unwrap_err();
         assert!(e.message.contains("expected a duration string"), "{e}");
         assert_eq!(

@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use crate::{
-    sockets::query::{Query, SortKey},
+    filter::{Filter, SortKey},
     tcp::TcpState,
 };
 
@@ -42,28 +42,14 @@ impl Response {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+/// Every `%` starts a two-digit hex escape.
+fn valid_escapes(qs: &str) -> bool {
+    let b = qs.as_bytes();
+    b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
 }
 
 /// Parses the request line of `head`.
@@ -78,13 +64,19 @@ pub fn parse_head(head: &str) -> Result<Request, &'static str> {
         return Err("unsupported HTTP version");
     }
     let (path, qs) = target.split_once('?').unwrap_or((target, ""));
-    let mut query = vec![];
-    for pair in qs.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        query.push((
-            percent_decode(k).ok_or("bad query encoding")?,
-            percent_decode(v).ok_or("bad query encoding")?,
-        ));
+    // form_urlencoded decodes lossily; a malformed escape or non-UTF-8
+    // byte would silently become U+FFFD and match nothing, so refuse it.
+    if !valid_escapes(qs) {
+        return Err("bad query encoding");
+    }
+    let query: Vec<(String, String)> = form_urlencoded::parse(qs.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if query
+        .iter()
+        .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
+    {
+        return Err("bad query encoding");
     }
     Ok(Request {
         method: method.into(),
@@ -102,8 +94,9 @@ fn parse_all<T: FromStr>(key: &str, values: &[&str]) -> Result<Vec<T>, String> {
 
 /// `/sockets?state=established&port=5432&keepalive=on&sort=idle`: the same
 /// filters as `kato sockets`. Repeat a key to allow several values.
-pub fn query_from(params: &[(String, String)]) -> Result<Query, String> {
-    let mut q = Query::default();
+pub fn query_from(params: &[(String, String)]) -> Result<(Filter, SortKey), String> {
+    let mut q = Filter::default();
+    let mut sort = SortKey::default();
     let get = |k: &str| {
         params
             .iter()
@@ -152,9 +145,9 @@ pub fn query_from(params: &[(String, String)]) -> Result<Query, String> {
         })
         .collect::<Result<_, _>>()?;
     if let Some(s) = get("sort").last() {
-        q.sort = s.parse::<SortKey>()?;
+        sort = s.parse::<SortKey>()?;
     }
-    Ok(q)
+    Ok((q, sort))
 }
 
 fn reason(status: u16) -> &'static str {
@@ -242,7 +235,7 @@ mod tests {
                 .unwrap()
                 .query
         };
-        let q = query_from(&p(
+        let (q, sort) = query_from(&p(
             "state=time-wait&port=1&port=2&keepalive=off&sort=idle&risk=at-risk",
         ))
         .unwrap();
@@ -253,7 +246,7 @@ mod tests {
         assert_eq!(q.states, [TcpState::TimeWait]);
         assert_eq!(q.ports, [1, 2]);
         assert_eq!(q.keepalive, Some(false));
-        assert_eq!(q.sort, SortKey::Idle);
+        assert_eq!(sort, SortKey::Idle);
         assert!(query_from(&p("port=http")).unwrap_err().contains("`port`"));
         assert!(query_from(&p("keepalive=maybe")).is_err());
         assert!(query_from(&p("colour=red"))

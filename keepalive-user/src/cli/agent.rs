@@ -6,11 +6,16 @@ use anyhow::Context as _;
 use clap::Args;
 use keepalive_user::{
     agent::{
-        config::{ConfigError, NetnsScope, Overrides},
+        config::{
+            self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit,
+            ListenAddr, NetnsScope, Overrides, Setting, TableCapacity,
+        },
         http::{self, Response},
-        state::AgentState,
+        state::{self, AgentState},
     },
+    bpf::{Bpf, Iterators, LoadOptions},
     caps,
+    filter::{Filter, SortKey},
 };
 use tokio::net::TcpListener;
 
@@ -69,71 +74,62 @@ pub struct AgentArgs {
     pub attach: Option<String>,
 }
 
-/// Flags as overrides; a bad value is a ConfigError naming the flag.
+/// Flags as overrides, each through its setting's parser (the one the
+/// config file uses); a bad value is a ConfigError naming the flag.
 fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
-    // Reuse the file parser for values so flags and file agree exactly.
-    let mut toml = String::new();
-    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-    if let Some(v) = &a.listen {
-        toml += &format!("listen = {}\n", quote(v));
+    fn flag<S: Setting>(name: &str, v: Option<S::Raw>) -> Result<Option<S::Value>, ConfigError> {
+        v.map(S::parse).transpose().map_err(|message| ConfigError {
+            origin: "command line".into(),
+            key: format!("--{name}"),
+            message,
+        })
     }
-    if let Some(v) = &a.attach {
-        toml += &format!("attach = {}\n", quote(v));
+    fn number(name: &str, v: Option<&String>) -> Result<Option<i64>, ConfigError> {
+        v.map(|v| {
+            v.parse().map_err(|_| ConfigError {
+                origin: "command line".into(),
+                key: format!("--{name}"),
+                message: format!("`{v}` is not a number"),
+            })
+        })
+        .transpose()
     }
-    match a.netns.as_slice() {
-        [] => {}
-        [one] if one == "all" || one == "self" => toml += &format!("netns = {}\n", quote(one)),
-        many => {
-            toml += &format!(
-                "netns = [{}]\n",
-                many.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
-            )
-        }
-    }
-    if let Some(v) = &a.snapshot_interval {
-        toml += &format!("snapshot_interval = {}\n", quote(v));
-    }
-    if !a.label_by.is_empty() {
-        toml += &format!(
-            "label_by = [{}]\n",
+    let label_by = if a.label_by.is_empty() {
+        None
+    } else {
+        Some(
             a.label_by
                 .iter()
-                .map(|s| quote(s))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    for (key, v) in [
-        ("label_limit", &a.label_limit),
-        ("table_capacity", &a.table_capacity),
-        ("hz", &a.hz),
-    ] {
-        if let Some(v) = v {
-            let n: i64 = v.parse().map_err(|_| ConfigError {
-                origin: "command line".into(),
-                key: format!("--{}", key.replace('_', "-")),
-                message: format!("`{v}` is not a number"),
-            })?;
-            toml += &format!("{key} = {n}\n");
-        }
-    }
-    if let Some(v) = &a.btf {
-        toml += &format!("btf = {}\n", quote(&v.display().to_string()));
-    }
-    if let Some(v) = &a.idle_kill_min {
-        toml += &format!("idle_kill_min = {}\n", quote(v));
-    }
-    if a.http_keepalive {
-        toml += "http_keepalive = true\n";
-    }
-    let mut o = Overrides::from_toml("command line", &toml).map_err(|mut e| {
-        e.key = format!("--{}", e.key.replace('_', "-"));
-        e
-    })?;
-    if !a.idle_timeout.is_empty() {
-        o.idle_timeouts = Some(idle_timeout_flags(&a.idle_timeout)?);
-    }
-    Ok(o)
+                .map(|l| LabelBy::parse(l))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|message| ConfigError {
+                    origin: "command line".into(),
+                    key: "--label-by".into(),
+                    message,
+                })?,
+        )
+    };
+    Ok(Overrides {
+        listen: flag::<ListenAddr>("listen", a.listen.clone())?,
+        netns: (!a.netns.is_empty()).then(|| NetnsScope::from_list(a.netns.clone())),
+        snapshot_interval: flag::<Interval>("snapshot-interval", a.snapshot_interval.clone())?,
+        label_by,
+        label_limit: flag::<LabelLimit>("label-limit", number("label-limit", a.label_limit.as_ref())?)?,
+        table_capacity: flag::<TableCapacity>(
+            "table-capacity",
+            number("table-capacity", a.table_capacity.as_ref())?,
+        )?,
+        btf: a.btf.clone(),
+        hz: flag::<Hz>("hz", number("hz", a.hz.as_ref())?)?,
+        idle_timeouts: if a.idle_timeout.is_empty() {
+            None
+        } else {
+            Some(idle_timeout_flags(&a.idle_timeout)?)
+        },
+        idle_kill_min: flag::<IdleKillMin>("idle-kill-min", a.idle_kill_min.clone())?,
+        http_keepalive: a.http_keepalive.then_some(true),
+        attach: flag::<Attach>("attach", a.attach.clone())?,
+    })
 }
 
 /// `--idle-timeout` values, each one error naming the flag.
@@ -152,7 +148,7 @@ pub fn idle_timeout_flags(
         .collect()
 }
 
-pub fn config(a: &AgentArgs) -> Result<keepalive_user::agent::config::AgentConfig, ConfigError> {
+pub fn config(a: &AgentArgs) -> Result<config::AgentConfig, ConfigError> {
     let flags = flag_overrides(a)?;
     let ring_bytes = a.ring_bytes;
     let file = match &a.config {
@@ -176,17 +172,34 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = config(&args)?;
     // Before anything is announced, so a signal right after start is handled.
     let stop = super::signals::shutdown()?;
-    let (state, mut stream) = AgentState::new(&cfg)?;
+    let mut bpf = Bpf::open(&LoadOptions {
+        tracing: true,
+        turns: cfg.http_keepalive,
+        iterators: Iterators::Try,
+        btf: cfg.btf.clone(),
+        hz: cfg.hz,
+        ring_bytes: cfg.ring_bytes,
+        attach: cfg.attach,
+        // Scoped to namespaces: the kernel drops everyone else's events
+        // before they reach the ring (kept current at each snapshot).
+        netns_filter: !matches!(cfg.netns, NetnsScope::All),
+    })?;
+    state::check_caps(&cfg.netns)?;
+    let mut stream = bpf.events()?;
+    let mut state = AgentState::new(&cfg, &bpf)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let n = state.snapshot(&mut bpf)?;
     let state = Arc::new(std::sync::Mutex::new(state));
-    let n = state.lock().expect("lock").snapshot()?;
 
     // Everything that needed privileges is done: keep only what runs need.
-    let keep = AgentState::runtime_caps(&cfg.netns);
-    caps::keep_only(&keep).context("dropping capabilities")?;
+    let keep = state::runtime_caps(&cfg.netns);
+    let bounding = caps::keep_only(&keep).context("dropping capabilities")?;
+    if bounding == caps::Bounding::LeftWithoutSetpcap {
+        log::warn!("capability bounding set left as started: emptying it needs CAP_SETPCAP (no_new_privs still blocks regaining any)");
+    }
     let kept: Vec<&str> = keep.iter().map(|c| caps::name(*c)).collect();
     eprintln!(
         "kato agent: listening on http://{addr} (/metrics, /sockets, /healthz); {n} sockets in {}; keeping {}",
@@ -204,30 +217,31 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            () = &mut stop => break,
             r = stream.next_batch(&mut batch) => {
                 r.context("reading the event ring buffer")?;
                 state.lock().expect("lock").on_records(&mut batch);
             }
             _ = tick.tick() => {
-                if let Err(e) = state.lock().expect("lock").snapshot() {
+                if let Err(e) = state.lock().expect("lock").snapshot(&mut bpf) {
                     log::warn!("snapshot failed: {e}");
                 }
             }
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
                 let state = Arc::clone(&state);
-                tokio::spawn(http::serve_one(stream, move |req| route(&state, req)));
+                tokio::spawn(http::serve_one(stream, move |req| route(&state, &req)));
             }
         }
     }
-    // Dropping the state closes every program, map and link fd: the kernel detaches them.
-    drop(state);
+    // The HTTP tasks' copies of the state go with the runtime; dropping the
+    // object closes every program, map and link fd: the kernel detaches them.
+    drop(bpf);
     eprintln!("kato agent: stopped");
     Ok(())
 }
 
-fn route(state: &std::sync::Mutex<AgentState>, req: http::Request) -> Response {
+fn route(state: &std::sync::Mutex<AgentState>, req: &http::Request) -> Response {
     let json = |body| Response {
         status: 200,
         content_type: "application/json",
@@ -240,11 +254,15 @@ fn route(state: &std::sync::Mutex<AgentState>, req: http::Request) -> Response {
             body: state.lock().expect("lock").metrics_text(),
         },
         "/sockets" => match http::query_from(&req.query) {
-            Ok(q) => json(state.lock().expect("lock").sockets_json(&q)),
+            Ok((filter, sort)) => json(sockets(state, &filter, sort)),
             Err(e) => Response::text(400, format!("{e}\n")),
         },
         "/healthz" => json(state.lock().expect("lock").health_json()),
         "/" => Response::text(200, "kato agent: /metrics /sockets /healthz\n"),
         _ => Response::text(404, "not found: try /metrics, /sockets or /healthz\n"),
     }
+}
+
+fn sockets(state: &std::sync::Mutex<AgentState>, filter: &Filter, sort: SortKey) -> String {
+    state.lock().expect("lock").sockets_json(filter, sort)
 }

@@ -8,7 +8,7 @@ use keepalive_user::{
     policy::Policy,
 };
 
-use keepalive_user::loader::AttachMode;
+use keepalive_user::bpf::AttachMode;
 
 use super::Output;
 

@@ -10,7 +10,7 @@ pub mod trace;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keepalive_user::loader::{AttachMode, LoadOptions};
+use keepalive_user::bpf::{AttachMode, LoadOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -147,14 +147,14 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
 }
 
 impl KernelArgs {
-    pub fn load_options(&self, tracing: bool) -> LoadOptions {
+    /// Where and how to load; the command says what to attach.
+    pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
-            tracing,
             btf: Some(self.btf.clone()),
             hz: self.hz,
             ring_bytes: self.ring_bytes,
             attach: self.attach,
-            netns_filter: false,
+            ..LoadOptions::default()
         }
     }
 }

@@ -5,17 +5,17 @@ use std::{io::Write, net::IpAddr, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use keepalive_user::{
-    event::{Derived, Deriver},
+    bpf::{Bpf, LoadOptions},
+    events::{Pipeline, ResetReasons},
+    filter::{self, Filter, SortKey},
     netns,
     policy::{Policy, Risk},
     sockets::{
-        query::{Query, SortKey},
-        render,
         snapshot::{Snapshotter, Source, Targets},
         table::SocketTable,
-        Socket,
     },
     tcp::TcpState,
+    view::{sockets as render, SocketView},
 };
 
 use super::{KernelArgs, Output};
@@ -125,7 +125,7 @@ fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
 fn print(
     out: &mut impl Write,
     output: Output,
-    sockets: &[Socket],
+    sockets: &[SocketView<'_>],
     with_risk: bool,
 ) -> std::io::Result<()> {
     match output {
@@ -143,25 +143,17 @@ fn print(
     }
 }
 
-/// Classifies, then filters and sorts.
-fn shown(query: &Query, policy: &Policy, mut sockets: Vec<Socket>) -> Vec<Socket> {
-    for s in &mut sockets {
-        policy.annotate(s);
-    }
-    query.apply(sockets)
-}
-
 pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
-    let query = Query {
+    let filter = Filter {
         states: args.state.clone(),
         ports: args.port.clone(),
         addrs: args.addr.clone(),
         pids: args.pid.clone(),
-        netns: vec![],
         keepalive: args.keepalive.map(|k| matches!(k, OnOff::On)),
         risks: args.risk.clone(),
-        sort: args.sort,
+        ..Filter::default()
     };
+    let sort = args.sort;
     let targets = targets(&args)?;
     let policy = Policy {
         rules: super::agent::idle_timeout_flags(&args.idle_timeout)?,
@@ -180,61 +172,62 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         SourceArg::Iter => Source::Iter,
         SourceArg::Diag => Source::Diag,
     };
-    let mut snap = Snapshotter::new(
-        source,
-        &args.kernel.load_options(args.watch.is_some()),
-        args.watch.is_some(),
-    )?;
+    let watch = args.watch.is_some();
+    // sock_diag alone needs no eBPF; --watch always traces.
+    let mut bpf = if source == Source::Diag && !watch {
+        None
+    } else {
+        Some(Bpf::open(&LoadOptions {
+            tracing: watch,
+            iterators: source.iterators(),
+            ..args.kernel.load_options()
+        })?)
+    };
+    let snap = Snapshotter::new(source, bpf.as_ref());
     if let Some(why) = &snap.degraded {
         eprintln!("kato: {why}");
     }
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
-        let sockets = snap
-            .take(&targets)?
-            .into_iter()
-            .flat_map(|n| n.sockets)
-            .collect();
+        let snaps = snap.take(bpf.as_mut(), &targets)?;
+        let views = snaps
+            .iter()
+            .flat_map(|n| &n.sockets)
+            .map(|s| SocketView::new(s, None, &policy));
+        let shown = filter::select(views, &filter, sort);
         let mut out = std::io::BufWriter::new(stdout.lock());
-        let sockets = shown(&query, &policy, sockets);
         return ignore_broken_pipe(
-            print(&mut out, args.output, &sockets, with_risk).and_then(|()| out.flush()),
+            print(&mut out, args.output, &shown, with_risk).and_then(|()| out.flush()),
         );
     };
 
     // Watch: snapshots every period, keepalive events in between.
-    let mut probes = snap.probes.take().expect("watch loads the programs");
-    probes.attach_tracing(args.kernel.attach)?;
-    snap.probes = Some(probes);
-    let probes_ref = snap.probes.as_mut().expect("just set");
-    let mut stream = probes_ref.events()?;
-    let (hz, names) = (
-        probes_ref.kernel.hz,
-        probes_ref.kernel.reset_reasons.clone(),
+    let mut bpf = bpf.expect("--watch loads the programs");
+    let mut stream = bpf.events()?;
+    let mut pipeline = Pipeline::new(
+        bpf.kernel.hz,
+        ResetReasons(bpf.kernel.reset_reasons.clone()),
+        None,
     );
     let mut table = SocketTable::new(1 << 20);
-    let mut deriver = Deriver::default();
-    let (mut batch, mut derived) = (Vec::new(), Vec::<Derived>::new());
+    let mut batch = Vec::new();
     let mut tick = tokio::time::interval(period);
     let stop = super::signals::shutdown()?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => return Ok(()),
+            () = &mut stop => return Ok(()),
             r = stream.next_batch(&mut batch) => {
                 r.context("reading the event ring buffer")?;
-                for rec in batch.drain(..).flatten() {
-                    derived.clear();
-                    deriver.derive(&rec, &mut derived);
-                    table.apply_event(&rec, &derived, |c| names.get(&c).cloned().unwrap_or_else(|| format!("UNKNOWN_{c}")), hz);
-                }
+                let _ = pipeline.feed(&mut batch, &mut table);
             }
             _ = tick.tick() => {
-                for n in snap.take(&targets)? {
+                for n in snap.take(Some(&mut bpf), &targets)? {
                     table.apply_snapshot(n.inode, n.sockets);
                 }
                 let mut out = std::io::BufWriter::new(stdout.lock());
-                let shown = shown(&query, &policy, table.sockets());
+                let views = table.iter().map(|(s, c)| SocketView::new(s, Some(c), &policy));
+                let shown = filter::select(views, &filter, sort);
                 let r = (|| {
                     if args.output == Output::Table {
                         write!(out, "\x1b[H\x1b[2J")?;

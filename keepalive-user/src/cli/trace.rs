@@ -3,19 +3,20 @@
 use std::{
     io::{self, Write},
     net::IpAddr,
+    ops::ControlFlow,
 };
 
 use anyhow::Context as _;
 use clap::Args;
 use keepalive_user::{
-    event::{Derived, Deriver},
+    bpf::{Bpf, LoadOptions},
+    events::{Observation, Pipeline, Record, ResetReasons, Sink},
     filter::Filter,
-    format::{table_line, Formatter, TABLE_HEADER},
-    loader::{LoadOptions, Probes},
-    owner::OwnerCache,
+    owner::{Owner, OwnerCache},
+    policy::Policy,
     timefmt::Clock,
+    view::trace::{table_line, Formatter, TABLE_HEADER},
 };
-use log::debug;
 
 use super::{KernelArgs, Output};
 
@@ -62,110 +63,140 @@ pub struct TraceArgs {
     pub kernel: KernelArgs,
 }
 
+/// Prints what the filter lets through, until `--count` or a closed pipe.
+struct Printer<'a, W: Write> {
+    out: W,
+    output: Output,
+    fmt: Formatter<'a>,
+    filter: Filter,
+    owners: OwnerCache,
+    closes: bool,
+    seen: u64,
+    count: Option<u64>,
+    /// A write failure other than a closed pipe.
+    failed: Option<io::Error>,
+}
+
+impl<W: Write> Printer<'_, W> {
+    fn write(&mut self, obs: &Observation<'_>, d: keepalive_user::events::Derived) -> io::Result<()> {
+        let ev = self.fmt.event(obs, d);
+        match self.output {
+            Output::Table => writeln!(self.out, "{}", table_line(&ev)),
+            Output::Json => serde_json::to_writer(&mut self.out, &ev)
+                .map_err(io::Error::from)
+                .and_then(|()| writeln!(self.out)),
+        }
+    }
+}
+
+impl<W: Write> Sink for Printer<'_, W> {
+    fn owner(&mut self, rec: &Record) -> Option<Owner> {
+        self.owners.lookup(rec.ino)
+    }
+
+    fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
+        if !self.filter.matches_event(obs) {
+            return ControlFlow::Continue(());
+        }
+        for &d in obs.events {
+            if d.kind.is_lifecycle() && !self.closes {
+                continue;
+            }
+            if let Err(e) = self.write(obs, d) {
+                if e.kind() != io::ErrorKind::BrokenPipe {
+                    self.failed = Some(e);
+                }
+                return ControlFlow::Break(());
+            }
+            self.seen += 1;
+            if self.count.is_some_and(|n| self.seen >= n) {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let stop = super::signals::shutdown()?;
-    let policy = keepalive_user::policy::Policy {
+    let policy = Policy {
         rules: super::agent::idle_timeout_flags(&args.idle_timeout)?,
     };
     // --netns: the kernel drops other namespaces' events before the ring.
     let opts = LoadOptions {
+        tracing: true,
+        turns: args.http_keepalive,
         netns_filter: !args.netns.is_empty(),
-        ..args.kernel.load_options(true)
+        ..args.kernel.load_options()
     };
-    let mut probes = Probes::load(&opts)?;
+    let mut bpf = Bpf::open(&opts)?;
     if opts.netns_filter {
-        probes.watch_netns(&args.netns.iter().copied().collect())?;
+        bpf.watch_netns(&args.netns.iter().copied().collect())?;
     }
-    if args.http_keepalive {
-        probes.attach_turns()?;
-    }
-    let mut stream = probes.events()?;
+    let mut stream = bpf.events()?;
     eprintln!(
         "kato trace: watching keepalive timers and resets on {} (via {}); Ctrl-C to stop",
-        probes.kernel.release,
-        probes.attach.as_ref().map_or("none", |a| a.kind)
+        bpf.kernel.release,
+        bpf.attach.as_ref().map_or("none", |a| a.kind.name())
     );
-    let filter = Filter {
-        pids: args.pid.clone(),
-        comms: args.comm.clone(),
-        ports: args.port.clone(),
-        addrs: args.addr.clone(),
-        netns: args.netns.clone(),
-    };
-    let fmt = Formatter {
-        clock: Clock::new(),
-        hz: probes.kernel.hz,
-        reasons: &probes.kernel.reset_reasons,
-        policy: &policy,
-        turns: args.http_keepalive,
-    };
-    let mut deriver = Deriver::with_idle_kill(probes.kernel.hz, args.idle_kill_min.as_secs_f64());
-    let mut owners = OwnerCache::default();
+    let mut pipeline = Pipeline::new(
+        bpf.kernel.hz,
+        ResetReasons(bpf.kernel.reset_reasons.clone()),
+        Some(args.idle_kill_min.as_secs_f64()),
+    );
     let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
+    let mut printer = Printer {
+        out: io::BufWriter::new(stdout.lock()),
+        output: args.output,
+        fmt: Formatter {
+            clock: Clock::new(),
+            policy: &policy,
+            turns: args.http_keepalive,
+        },
+        filter: Filter {
+            pids: args.pid.clone(),
+            comms: args.comm.clone(),
+            ports: args.port.clone(),
+            addrs: args.addr.clone(),
+            netns: args.netns.clone(),
+            ..Filter::default()
+        },
+        owners: OwnerCache::default(),
+        closes: args.closes,
+        seen: 0,
+        count: args.count,
+        failed: None,
+    };
     if args.output == Output::Table {
-        writeln!(out, "{TABLE_HEADER}")?;
-        out.flush()?;
+        writeln!(printer.out, "{TABLE_HEADER}")?;
+        printer.out.flush()?;
     }
 
-    let (mut seen, mut undecodable) = (0u64, 0u64);
     let mut batch = Vec::new();
-    let mut derived: Vec<Derived> = Vec::new();
     tokio::pin!(stop);
-    'outer: loop {
+    loop {
         tokio::select! {
-            _ = &mut stop => break,
+            () = &mut stop => break,
             r = stream.next_batch(&mut batch) => r.context("reading the event ring buffer")?,
         }
-        for rec in batch.drain(..) {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(e) => {
-                    undecodable += 1;
-                    debug!("undecodable event: {e}");
-                    continue;
-                }
-            };
-            derived.clear();
-            deriver.derive(&rec, &mut derived);
-            let owner = owners.lookup(rec.ino);
-            if !filter.matches(&rec, owner.as_ref()) {
-                continue;
-            }
-            for d in &derived {
-                if d.kind.is_lifecycle() && !args.closes {
-                    continue;
-                }
-                let ev = fmt.event(&rec, *d, owner.as_ref());
-                let written = match args.output {
-                    Output::Table => writeln!(out, "{}", table_line(&ev)),
-                    Output::Json => serde_json::to_writer(&mut out, &ev)
-                        .map_err(io::Error::from)
-                        .and_then(|()| writeln!(out)),
-                };
-                if let Err(e) = written {
-                    if e.kind() == io::ErrorKind::BrokenPipe {
-                        break 'outer;
-                    }
-                    return Err(e.into());
-                }
-                seen += 1;
-                if args.count.is_some_and(|n| seen >= n) {
-                    break 'outer;
-                }
-            }
+        let flow = pipeline.feed(&mut batch, &mut printer);
+        if let Some(e) = printer.failed.take() {
+            return Err(e.into());
         }
-        if let Err(e) = out.flush() {
+        if flow.is_break() {
+            break;
+        }
+        if let Err(e) = printer.out.flush() {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 break;
             }
             return Err(e.into());
         }
     }
-    let _ = out.flush();
-    let c = probes.counters()?;
-    let lost = c.lost + c.read_failed + undecodable;
-    let mut line = format!("kato trace: {seen} events seen, {lost} lost");
+    let _ = printer.out.flush();
+    let c = bpf.counters();
+    let lost = c.lost + c.read_failed + pipeline.undecodable;
+    let mut line = format!("kato trace: {} events seen, {lost} lost", printer.seen);
     if lost > 0 {
         line += &format!(
             " ({} ring buffer full, {} unreadable kernel memory{}, {} undecodable)",
@@ -174,7 +205,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             c.last_failed_offset
                 .map(|o| format!(" (last at field offset {o})"))
                 .unwrap_or_default(),
-            undecodable
+            pipeline.undecodable
         );
     }
     eprintln!("{line}");

@@ -1,5 +1,6 @@
 //! What kato learns about the running kernel before loading its programs.
 
+pub mod btf;
 pub mod hz;
 pub mod kallsyms;
 pub mod offsets;
@@ -9,7 +10,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use keepalive_common::{IterConfig, KernelConfig};
 use thiserror::Error;
 
-use crate::btf::{Btf, BtfError};
+use btf::{Btf, BtfError};
 
 pub const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub const KEEPALIVE_TIMER_FN: &str = "tcp_keepalive_timer";
@@ -26,16 +27,20 @@ pub enum KernelError {
     Hz(#[from] hz::HzError),
 }
 
-/// Everything resolved about the running kernel.
+/// Everything resolved about the running kernel. The parsed BTF is not part
+/// of it: [`KernelInfo::probe`] hands it out separately so that it can be
+/// dropped once the programs are loaded (it is the largest allocation kato
+/// makes).
 pub struct KernelInfo {
     pub release: String,
     pub btf_path: PathBuf,
-    pub btf: Btf,
     pub config: KernelConfig,
     pub iter_config: IterConfig,
     pub hz: u32,
     /// `enum sk_rst_reason` values to names, without the `SK_RST_REASON_` prefix.
     pub reset_reasons: BTreeMap<u32, String>,
+    /// Where the keepalive timer lives (`sock.sk_timer`, ...), for doctor.
+    pub keepalive_timer: &'static str,
 }
 
 pub fn release() -> String {
@@ -45,39 +50,51 @@ pub fn release() -> String {
 }
 
 impl KernelInfo {
-    /// `symbols`: also look up `tcp_keepalive_timer` in /proc/kallsyms (about
-    /// 50 ms: the kernel formats 100k+ lines), which only the timer programs need.
+    /// Parses the BTF at `btf_path` (default: the running kernel's) and
+    /// resolves everything from it. `symbols`: also look up
+    /// `tcp_keepalive_timer` in /proc/kallsyms (about 50 ms: the kernel
+    /// formats 100k+ lines), which only the timer programs need.
     pub fn probe(
         btf_path: Option<PathBuf>,
         hz: Option<u32>,
         symbols: bool,
-    ) -> Result<Self, KernelError> {
-        let release = release();
+    ) -> Result<(Self, Btf), KernelError> {
         let btf_path = btf_path.unwrap_or_else(|| PathBuf::from(DEFAULT_BTF));
         let t = std::time::Instant::now();
         let btf = Btf::from_file(&btf_path)?;
         log::debug!("BTF parsed in {:?}", t.elapsed());
+        let info = Self::from_btf(btf_path, &btf, hz, symbols)?;
+        Ok((info, btf))
+    }
+
+    /// [`KernelInfo::probe`] with the BTF already parsed.
+    pub fn from_btf(
+        btf_path: PathBuf,
+        btf: &Btf,
+        hz: Option<u32>,
+        symbols: bool,
+    ) -> Result<Self, KernelError> {
+        let release = release();
         let keepalive_fn = if symbols {
             kallsyms::lookup_running(KEEPALIVE_TIMER_FN)?
         } else {
             0
         };
-        log::debug!("kallsyms read at {:?}", t.elapsed());
-        let config = offsets::resolve(&btf, keepalive_fn)?;
-        let iter_config = offsets::resolve_iter(&btf)?;
+        let config = offsets::resolve(btf, keepalive_fn)?;
+        let iter_config = offsets::resolve_iter(btf)?;
         let hz = match hz {
             Some(hz) => hz,
             None => hz::running(&release)?,
         };
-        let reset_reasons = reset_reason_names(&btf);
+        let (_, keepalive_timer) = offsets::keepalive_timer(btf)?;
         Ok(Self {
+            reset_reasons: reset_reason_names(btf),
             release,
             btf_path,
-            btf,
             config,
             iter_config,
             hz,
-            reset_reasons,
+            keepalive_timer,
         })
     }
 }
@@ -99,7 +116,7 @@ pub fn reset_reason_names(btf: &Btf) -> BTreeMap<u32, String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::btf::{fixture, Btf};
+    use super::btf::{fixture, Btf};
 
     #[test]
     fn reset_reason_prefix_stripped() {

@@ -4,7 +4,7 @@
 use keepalive_common::{IterConfig, KernelConfig};
 use thiserror::Error;
 
-use crate::btf::{Btf, BtfError};
+use crate::kernel::btf::{Btf, BtfError};
 
 #[derive(Debug, Error)]
 pub enum OffsetError {

@@ -1,9 +1,8 @@
-//! The per-socket keepalive model: what kato knows about one TCP socket,
-//! built from an iterator record (and, in the agent, kept current by events).
+//! The per-socket keepalive model: what the kernel said about one TCP
+//! socket, built from an iterator record (and, in the agent, kept current by
+//! events). Counters and risk verdicts live beside it (`table`, `policy`).
 
 pub mod diag;
-pub mod query;
-pub mod render;
 pub mod snapshot;
 pub mod table;
 
@@ -13,7 +12,8 @@ use keepalive_common::{sock_flags, OwnerRecord, SockRecord};
 use serde::Serialize;
 
 use crate::{
-    event::{addr, AF_INET, AF_INET6},
+    events::record::{addr, AF_INET, AF_INET6},
+    jiffies,
     owner::Owner,
     tcp::TcpState,
 };
@@ -152,16 +152,6 @@ pub struct Socket {
     pub last_data_recv_s: Option<f64>,
     /// Seconds since data was last sent.
     pub last_data_sent_s: Option<f64>,
-    /// Keepalive probes kato saw go out / get answered (null without events).
-    pub probes_sent: Option<u64>,
-    pub probes_answered: Option<u64>,
-    /// The last reset the kernel sent on this socket, with its reason.
-    pub last_reset: Option<String>,
-    /// Does keepalive beat the path's idle timeout? (null without a policy
-    /// or for sockets that are not connections).
-    pub risk: Option<crate::policy::Risk>,
-    /// The idle-timeout rule that applies, as written.
-    pub idle_timeout: Option<String>,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -200,11 +190,6 @@ impl Socket {
             idle_s: None,
             last_data_recv_s: None,
             last_data_sent_s: None,
-            probes_sent: None,
-            probes_answered: None,
-            last_reset: None,
-            risk: None,
-            idle_timeout: None,
         }
     }
 }
@@ -225,13 +210,10 @@ pub enum RecordError {
 
 /// Jiffies from `from` to `to` (64-bit), as seconds, never negative.
 fn secs_until(from: u64, to: u64, hz: u32) -> f64 {
-    ((to.wrapping_sub(from) as i64).max(0)) as f64 / hz as f64
+    jiffies::until64(from, to, hz).max(0.0)
 }
 
-/// Seconds since a 32-bit jiffies stamp.
-fn secs_since32(now: u64, then: u32, hz: u32) -> f64 {
-    ((now as u32).wrapping_sub(then) as i32).max(0) as f64 / hz as f64
-}
+use jiffies::since32 as secs_since32;
 
 impl Socket {
     /// Builds the model from an iterator record; `owner` from `iter/task_file`.
@@ -296,11 +278,7 @@ impl Socket {
             user_timeout_ms: (r.user_timeout != 0).then_some(r.user_timeout),
         });
         let connected = full && !matches!(state, TcpState::Listen);
-        let last_rx = if (r.lrcvtime.wrapping_sub(r.rcv_tstamp) as i32) > 0 {
-            r.lrcvtime
-        } else {
-            r.rcv_tstamp
-        };
+        let last_rx = jiffies::later32(r.lrcvtime, r.rcv_tstamp);
         Ok(Socket {
             sock: r.sk,
             netns: r.netns,
@@ -321,11 +299,6 @@ impl Socket {
             idle_s: connected.then(|| secs_since32(r.jiffies, last_rx, hz)),
             last_data_recv_s: connected.then(|| secs_since32(r.jiffies, r.lrcvtime, hz)),
             last_data_sent_s: connected.then(|| secs_since32(r.jiffies, r.lsndtime, hz)),
-            probes_sent: None,
-            probes_answered: None,
-            last_reset: None,
-            risk: None,
-            idle_timeout: None,
         })
     }
 }

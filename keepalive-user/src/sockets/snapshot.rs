@@ -5,7 +5,7 @@ use thiserror::Error;
 
 use super::{diag, owners, Socket};
 use crate::{
-    loader::{LoadError, LoadOptions, Probes},
+    bpf::{Bpf, Iterators, LoadError},
     netns::{self, NetnsError, NetnsRef},
     owner::OwnerCache,
 };
@@ -59,54 +59,53 @@ fn inode_of(t: &Option<NetnsRef>) -> Result<u32, SnapshotError> {
     })
 }
 
-/// Reads sockets from the iterators, or sock_diag when they are unavailable.
+impl Source {
+    /// What to ask of [`Bpf::open`] for this source.
+    pub fn iterators(self) -> Iterators {
+        match self {
+            Source::Auto => Iterators::Try,
+            Source::Iter => Iterators::Require,
+            Source::Diag => Iterators::Skip,
+        }
+    }
+}
+
+/// Reads sockets from the iterators, or sock_diag when they are
+/// unavailable; the choice is made once, from what the kernel loaded.
 pub struct Snapshotter {
-    pub probes: Option<Probes>,
     diag: bool,
-    /// Why the iterators are not used, when they are not.
+    /// Why the iterators are not used, when they should have been.
     pub degraded: Option<String>,
 }
 
 impl Snapshotter {
-    /// `with_probes`: keep the eBPF object loaded (for tracing) even with
-    /// `Source::Diag`.
-    pub fn new(
-        source: Source,
-        opts: &LoadOptions,
-        with_probes: bool,
-    ) -> Result<Self, SnapshotError> {
-        if source == Source::Diag && !with_probes {
-            return Ok(Self {
-                probes: None,
+    /// `bpf`: the object opened with [`Source::iterators`] (None: no eBPF).
+    pub fn new(source: Source, bpf: Option<&Bpf>) -> Self {
+        match (source, bpf.map(|b| &b.iterators)) {
+            (Source::Diag, _) | (_, None) => Self {
                 diag: true,
                 degraded: None,
-            });
-        }
-        let mut probes = Probes::open(opts)?;
-        let (diag, degraded) = match source {
-            Source::Diag => (true, None),
-            Source::Iter => {
-                probes.check_iterators()?;
-                (false, None)
-            }
-            Source::Auto => match probes.check_iterators() {
-                Ok(()) => (false, None),
-                Err(e) => (true, Some(format!("BPF iterators unavailable ({e}); using sock_diag, keepalive settings unknown"))),
             },
-        };
-        Ok(Self {
-            probes: Some(probes),
-            diag,
-            degraded,
-        })
+            (_, Some(Ok(()))) => Self {
+                diag: false,
+                degraded: None,
+            },
+            (_, Some(Err(e))) => Self {
+                diag: true,
+                degraded: Some(format!(
+                    "BPF iterators unavailable ({e}); using sock_diag, keepalive settings unknown"
+                )),
+            },
+        }
     }
 
     pub fn take(
-        &mut self,
+        &self,
+        bpf: Option<&mut Bpf>,
         targets: &[Option<NetnsRef>],
     ) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
-        match (&mut self.probes, self.diag) {
-            (Some(p), false) => snapshot_iter(p, targets),
+        match bpf {
+            Some(b) if !self.diag => snapshot_iter(b, targets),
             _ => snapshot_diag(targets),
         }
     }
@@ -114,15 +113,15 @@ impl Snapshotter {
 
 /// Through the BPF iterators, owners joined in.
 pub fn snapshot_iter(
-    probes: &mut Probes,
+    bpf: &mut Bpf,
     targets: &[Option<NetnsRef>],
 ) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
-    let owner_of = owners(&probes.socket_owners()?);
-    let hz = probes.kernel.hz;
+    let owner_of = owners(&bpf.socket_owners()?);
+    let hz = bpf.kernel.hz;
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let inode = inode_of(t)?;
-        let records = probes.tcp_sockets(t.as_ref())?;
+        let records = bpf.tcp_sockets(t.as_ref())?;
         let sysctls = records
             .iter()
             .find(|r| r.flags & keepalive_common::sock_flags::FULL != 0)

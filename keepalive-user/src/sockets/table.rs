@@ -2,21 +2,28 @@
 //! keepalive events between them. Bounded: past `capacity` the entries
 //! touched longest ago are evicted, and counted.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, ops::ControlFlow};
 
-use super::Socket;
+use super::{Socket, Timer, TimerKind};
 use crate::{
-    event::{Derived, Kind, Record, RecordKind},
-    sockets::{Timer, TimerKind},
+    events::{Kind, Observation, Record, RecordKind, Sink},
     tcp::TcpState,
 };
+
+/// What kato saw happen to a socket, beside what the kernel says of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Keepalive probes kato saw go out / get answered.
+    pub probes_sent: u64,
+    pub probes_answered: u64,
+    /// The last reset the kernel sent on this socket, with its reason.
+    pub last_reset: Option<String>,
+}
 
 #[derive(Debug, Clone)]
 struct Entry {
     socket: Socket,
-    probes_sent: u64,
-    probes_answered: u64,
-    last_reset: Option<String>,
+    counts: Counts,
     /// Monotonic counter of the last update (snapshot or event).
     touched: u64,
 }
@@ -72,9 +79,7 @@ impl SocketTable {
                         s.sock,
                         Entry {
                             socket: s,
-                            probes_sent: 0,
-                            probes_answered: 0,
-                            last_reset: None,
+                            counts: Counts::default(),
                             touched: now,
                         },
                     );
@@ -86,34 +91,21 @@ impl SocketTable {
         self.evict();
     }
 
-    /// Applies one kernel record and what it was derived into.
-    pub fn apply_event(
-        &mut self,
-        rec: &Record,
-        derived: &[Derived],
-        reason_name: impl Fn(u32) -> String,
-        hz: u32,
-    ) {
+    /// Applies one observation.
+    pub fn apply(&mut self, obs: &Observation<'_>) {
+        let rec = obs.record;
         let now = self.tick();
         let e = self.entries.entry(rec.sk).or_insert_with(|| Entry {
             socket: partial(rec),
-            probes_sent: 0,
-            probes_answered: 0,
-            last_reset: None,
+            counts: Counts::default(),
             touched: now,
         });
         e.touched = now;
-        for d in derived {
+        for d in obs.events {
             match d.kind {
-                Kind::ProbeSent => e.probes_sent += 1,
-                Kind::PeerAnswered => e.probes_answered += 1,
-                Kind::ResetSent => {
-                    e.last_reset = Some(
-                        rec.reset_reason(&reason_name)
-                            .map(|r| r.0)
-                            .unwrap_or_else(|| "UNKNOWN".into()),
-                    )
-                }
+                Kind::ProbeSent => e.counts.probes_sent += 1,
+                Kind::PeerAnswered => e.counts.probes_answered += 1,
+                Kind::ResetSent => e.counts.last_reset = Some(obs.reset_name().to_owned()),
                 _ => {}
             }
         }
@@ -124,7 +116,7 @@ impl SocketTable {
         s.state = rec.state;
         s.probes_unanswered = rec.probes_out;
         if matches!(rec.kind, RecordKind::Armed | RecordKind::Fired) {
-            s.timer = match rec.timer_remaining(hz) {
+            s.timer = match obs.timer_remaining_s() {
                 Some(left) => Timer {
                     kind: TimerKind::Keepalive,
                     remaining_s: left.max(0.0),
@@ -160,26 +152,20 @@ impl SocketTable {
         self.evictions += excess as u64;
     }
 
-    /// The sockets as last seen, without kato's counters (cheap: no clones).
-    pub fn iter(&self) -> impl Iterator<Item = &Socket> {
-        self.entries.values().map(|e| &e.socket)
+    /// The sockets as last seen, with kato's counts beside each.
+    pub fn iter(&self) -> impl Iterator<Item = (&Socket, &Counts)> {
+        self.entries.values().map(|e| (&e.socket, &e.counts))
     }
 
     pub fn get(&self, sk: u64) -> Option<&Socket> {
         self.entries.get(&sk).map(|e| &e.socket)
     }
+}
 
-    /// The sockets with kato's counters filled in.
-    pub fn sockets(&self) -> Vec<Socket> {
-        self.entries
-            .values()
-            .map(|e| Socket {
-                probes_sent: Some(e.probes_sent),
-                probes_answered: Some(e.probes_answered),
-                last_reset: e.last_reset.clone(),
-                ..e.socket.clone()
-            })
-            .collect()
+impl Sink for SocketTable {
+    fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
+        self.apply(obs);
+        ControlFlow::Continue(())
     }
 }
 
@@ -201,9 +187,9 @@ fn partial(rec: &Record) -> Socket {
 mod tests {
     use super::*;
     use crate::{
-        event::{
-            tests::{bytes, raw},
-            Deriver,
+        events::{
+            fixture::{bytes, raw},
+            Pipeline, ResetReasons,
         },
         sockets::tests::record,
     };
@@ -232,10 +218,18 @@ mod tests {
         Record::decode(&bytes(&e)).unwrap()
     }
 
-    fn feed(t: &mut SocketTable, d: &mut Deriver, r: Record) {
-        let mut out = vec![];
-        d.derive(&r, &mut out);
-        t.apply_event(&r, &out, |c| format!("R{c}"), 250);
+    fn feed(t: &mut SocketTable, p: &mut Pipeline, r: Record) {
+        let _ = p.feed(&mut vec![Ok(r)], t);
+    }
+
+    fn pipeline() -> Pipeline {
+        Pipeline::new(250, ResetReasons::default(), None)
+    }
+
+    fn sks(t: &SocketTable) -> Vec<u64> {
+        let mut v: Vec<u64> = t.iter().map(|(s, _)| s.sock).collect();
+        v.sort_unstable();
+        v
     }
 
     #[test]
@@ -244,9 +238,7 @@ mod tests {
         t.apply_snapshot(record().netns, vec![sock(1, 1), sock(2, 2)]);
         assert_eq!(t.len(), 2);
         t.apply_snapshot(record().netns, vec![sock(2, 2), sock(3, 3)]);
-        let mut sks: Vec<u64> = t.sockets().iter().map(|s| s.sock).collect();
-        sks.sort();
-        assert_eq!(sks, [2, 3], "socket 1 closed");
+        assert_eq!(sks(&t), [2, 3], "socket 1 closed");
         t.apply_snapshot(999, vec![]);
         assert_eq!(t.len(), 2, "other namespaces untouched");
     }
@@ -254,28 +246,28 @@ mod tests {
     #[test]
     fn events_count_and_survive_snapshots_until_pointer_reuse() {
         let mut t = SocketTable::new(100);
-        let mut d = Deriver::default();
+        let mut d = pipeline();
         t.apply_snapshot(record().netns, vec![sock(0xffff_8880_0000_1000, 41234)]);
         let sk = 0xffff_8880_0000_1000;
         feed(&mut t, &mut d, event(sk, kind::FIRED, 0, 1, 1));
         feed(&mut t, &mut d, event(sk, kind::FIRED, 0, 1, 1));
-        let s = &t.sockets()[0];
-        assert_eq!((s.probes_sent, s.probes_answered), (Some(2), Some(1)));
+        let (_, c) = t.iter().next().unwrap();
+        assert_eq!((c.probes_sent, c.probes_answered), (2, 1));
         // The event's tuple (127.0.0.1:41234) now differs from the snapshot's:
         // a fresh snapshot of another connection at the same address restarts.
         t.apply_snapshot(record().netns, vec![sock(sk, 41234)]);
-        assert_eq!(t.sockets()[0].probes_sent, Some(0));
+        assert_eq!(t.iter().next().unwrap().1.probes_sent, 0);
     }
 
     #[test]
     fn close_removes_and_unknown_sockets_appear() {
         let mut t = SocketTable::new(100);
-        let mut d = Deriver::default();
+        let mut d = pipeline();
         feed(&mut t, &mut d, event(7, kind::ARMED, 0, 0, 1));
         assert_eq!(t.len(), 1, "armed before any snapshot");
-        assert_eq!(t.sockets()[0].timer.kind, TimerKind::Off);
+        assert_eq!(t.iter().next().unwrap().0.timer.kind, TimerKind::Off);
         feed(&mut t, &mut d, event(7, kind::RESET_SENT, 3, 3, 1));
-        assert_eq!(t.sockets()[0].last_reset, Some("UNKNOWN".into()));
+        assert_eq!(t.iter().next().unwrap().1.last_reset, Some("UNKNOWN".into()));
         feed(&mut t, &mut d, event(7, kind::FIRED, 3, 3, 7));
         assert!(t.is_empty());
     }
@@ -284,7 +276,7 @@ mod tests {
     fn bounded_with_oldest_evicted_first() {
         let mut t = SocketTable::new(100);
         t.apply_snapshot(1, (0..100).map(|i| sock(i, i as u16)).collect());
-        let mut d = Deriver::default();
+        let mut d = pipeline();
         // Touch socket 0 so it is the newest.
         feed(&mut t, &mut d, event(0, kind::ARMED, 0, 0, 1));
         t.apply_snapshot(
@@ -296,7 +288,7 @@ mod tests {
         );
         assert!(t.len() <= 100);
         assert_eq!(t.evictions, 2);
-        let left: Vec<u64> = t.sockets().iter().map(|s| s.sock).collect();
+        let left = sks(&t);
         assert!(
             left.contains(&0) && left.contains(&1000),
             "recently touched kept"

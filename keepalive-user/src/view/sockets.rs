@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 
-use super::Socket;
+use super::SocketView;
+use crate::{sockets::Socket, text::printable};
 
 /// netstat's address notation: no brackets for IPv6, `*` for port 0.
 pub fn netstat_addr(a: &SocketAddr) -> String {
@@ -40,9 +41,10 @@ pub fn keepalive_cell(s: &Socket) -> String {
     }
 }
 
-pub fn row(s: &Socket, with_risk: bool) -> String {
+pub fn row(v: &SocketView<'_>, with_risk: bool) -> String {
+    let s = v.socket;
     let owner = match (s.pid, &s.comm) {
-        (Some(p), Some(c)) => format!("{p}/{c}"),
+        (Some(p), Some(c)) => format!("{p}/{}", printable(c)),
         _ => "-".into(),
     };
     let idle = s
@@ -54,7 +56,7 @@ pub fn row(s: &Socket, with_risk: bool) -> String {
     } else {
         "-".into()
     };
-    let risk = match (with_risk, &s.risk, &s.idle_timeout) {
+    let risk = match (with_risk, &v.risk, &v.idle_timeout) {
         (false, _, _) => String::new(),
         (true, Some(r), Some(rule)) => format!(" {} ({rule})", r.name()),
         (true, Some(r), None) => format!(" {}", r.name()),
@@ -83,6 +85,7 @@ mod tests {
     use super::*;
     use crate::{
         owner::Owner,
+        policy::{Policy, Rule},
         sockets::{tests::record, Socket},
     };
     use keepalive_common::SockRecord;
@@ -99,12 +102,11 @@ mod tests {
             pid: 812,
             comm: "postgres".into(),
         };
-        let mut s = Socket::from_record(&record(), 250, Some(&owner)).unwrap();
-        let p = crate::policy::Policy {
-            rules: vec![crate::policy::Rule::parse("10.0.0.2:5432=350s").unwrap()],
+        let s = Socket::from_record(&record(), 250, Some(&owner)).unwrap();
+        let p = Policy {
+            rules: vec![Rule::parse("10.0.0.2:5432=350s").unwrap()],
         };
-        p.annotate(&mut s);
-        let line = row(&s, true);
+        let line = row(&SocketView::new(&s, None, &p), true);
         for (col, value) in [
             ("Recv-Q", "     0"),
             ("Local Address", "10.0.0.1:40000"),
@@ -131,8 +133,9 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(row(&tw, false).contains(" - "));
-        assert!(row(&tw, true).ends_with(" -"));
+        let none = Policy::default();
+        assert!(row(&SocketView::new(&tw, None, &none), false).contains(" - "));
+        assert!(row(&SocketView::new(&tw, None, &none), true).ends_with(" -"));
         assert_eq!(keepalive_cell(&tw), "-");
     }
 }

@@ -1,12 +1,11 @@
 //! How `kato trace` prints an event: a table line or one JSON object.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::{
-    event::{Derived, Kind, Record},
-    owner::Owner,
+    events::{Derived, Kind, Observation},
+    policy::Policy,
+    text::printable,
     timefmt::{self, Clock},
 };
 
@@ -17,7 +16,7 @@ pub struct TraceEvent {
     pub time: String,
     /// Kernel CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
-    pub event: &'static str,
+    pub event: Kind,
     pub family: &'static str,
     pub local: String,
     pub remote: String,
@@ -58,54 +57,45 @@ pub struct TraceEvent {
 
 pub struct Formatter<'a> {
     pub clock: Clock,
-    pub hz: u32,
-    pub reasons: &'a BTreeMap<u32, String>,
-    pub policy: &'a crate::policy::Policy,
+    pub policy: &'a Policy,
     /// Whether send/recv turns are being counted.
     pub turns: bool,
 }
 
 impl Formatter<'_> {
-    pub fn event(&self, rec: &Record, d: Derived, owner: Option<&Owner>) -> TraceEvent {
-        let reason = rec.reset_reason(|r| {
-            self.reasons
-                .get(&r)
-                .cloned()
-                .unwrap_or_else(|| format!("UNKNOWN_{r}"))
-        });
+    pub fn event(&self, obs: &Observation<'_>, d: Derived) -> TraceEvent {
+        let rec = obs.record;
+        let closed = self.turns && d.kind == Kind::Closed;
         TraceEvent {
             time: timefmt::rfc3339(self.clock.unix_ns(rec.ts_ns)),
             ts_ns: rec.ts_ns,
-            event: d.kind.name(),
+            event: d.kind,
             family: if rec.local.is_ipv4() { "inet" } else { "inet6" },
             local: rec.local.to_string(),
             remote: rec.remote.to_string(),
             state: rec.state.name(),
             probes: d.probes,
-            timer_remaining_s: rec.timer_remaining(self.hz).map(round3),
-            idle_s: rec.idle_secs(self.hz).map(round3),
-            data_idle_s: rec.data_idle_secs(self.hz).map(round3),
-            reuse_after_s: (d.kind == Kind::StaleReuse)
-                .then(|| round3(rec.reuse_gap_secs(self.hz))),
+            timer_remaining_s: obs.timer_remaining_s().map(round3),
+            idle_s: obs.idle_s.map(round3),
+            data_idle_s: obs.data_idle_s.map(round3),
+            reuse_after_s: (d.kind == Kind::StaleReuse).then(|| round3(obs.reuse_gap_s())),
             idle_timeout: (d.kind == Kind::IdleKillSuspected)
-                .then(|| {
-                    self.policy
-                        .lookup(rec.local, rec.remote)
-                        .map(|r| r.text.clone())
-                })
+                .then(|| self.policy.lookup(rec.local, rec.remote).map(|r| r.text.clone()))
                 .flatten(),
-            turns_out: (self.turns && d.kind == Kind::Closed).then_some(rec.turns_out),
-            turns_in: (self.turns && d.kind == Kind::Closed).then_some(rec.turns_in),
-            reset_reason: reason.as_ref().map(|r| r.0.clone()),
+            turns_out: closed.then_some(rec.turns_out),
+            turns_in: closed.then_some(rec.turns_in),
+            reset_reason: obs.reset.as_ref().map(|r| r.name.clone().into_owned()),
             reset_reason_code: rec.reason,
-            reset_reason_inferred: reason.is_some_and(|r| r.1),
+            reset_reason_inferred: obs.reset.as_ref().is_some_and(|r| r.inferred),
             sk_err: rec.sk_err,
-            error: (d.kind == Kind::SocketError).then(|| rec.error_text()),
+            error: (d.kind == Kind::SocketError)
+                .then(|| obs.error.map(|e| e.to_string()))
+                .flatten(),
             netns: rec.netns,
             inode: rec.ino,
             sock: format!("{:#x}", rec.sk),
-            pid: owner.map(|o| o.pid),
-            comm: owner.map(|o| o.comm.clone()),
+            pid: obs.owner.as_ref().map(|o| o.pid),
+            comm: obs.owner.as_ref().map(|o| o.comm.clone()),
         }
     }
 }
@@ -122,32 +112,32 @@ pub fn table_line(e: &TraceEvent) -> String {
         .timer_remaining_s
         .map(|s| format!("{s:.2}s"))
         .unwrap_or_else(|| "-".into());
+    let dash = || "-".to_owned();
     let reason = match (e.event, &e.reset_reason, e.idle_s, e.reuse_after_s) {
         (_, Some(r), _, _) => r.clone(),
-        ("stale_reuse", _, _, Some(gap)) => format!("reused after {gap:.2}s idle"),
-        ("idle_kill_suspected", _, Some(idle), _) => match &e.idle_timeout {
+        (Kind::StaleReuse, _, _, Some(gap)) => format!("reused after {gap:.2}s idle"),
+        (Kind::IdleKillSuspected, _, Some(idle), _) => match &e.idle_timeout {
             Some(rule) => format!("idle {idle:.1}s ({rule})"),
             None => format!("idle {idle:.1}s"),
         },
-        ("fin_sent" | "fin_received", _, _, _) => e
+        (Kind::FinSent | Kind::FinReceived, _, _, _) => e
             .data_idle_s
-            .map(|i| format!("after {i:.2}s idle"))
-            .unwrap_or_else(|| "-".into()),
-        ("socket_error", _, _, _) => e.error.clone().unwrap_or_else(|| "-".into()),
-        ("closed", _, _, _) => match (e.turns_out, e.turns_in) {
+            .map_or_else(dash, |i| format!("after {i:.2}s idle")),
+        (Kind::SocketError, _, _, _) => e.error.clone().unwrap_or_else(dash),
+        (Kind::Closed, _, _, _) => match (e.turns_out, e.turns_in) {
             (Some(o), Some(i)) => format!("turns {o} out/{i} in"),
-            _ => "-".into(),
+            _ => dash(),
         },
-        _ => "-".into(),
+        _ => dash(),
     };
     let owner = match (&e.pid, &e.comm) {
-        (Some(p), Some(c)) => format!("{p}/{c}"),
+        (Some(p), Some(c)) => format!("{p}/{}", printable(c)),
         _ => "-".into(),
     };
     format!(
         "{:<15} {:<19} {:<22} {:<22} {:<12} {:<6} {:<9} {:<22} {}",
         &e.time[11..26],
-        e.event,
+        e.event.name(),
         e.local,
         e.remote,
         e.state,
@@ -161,11 +151,42 @@ pub fn table_line(e: &TraceEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{
-        tests::{bytes, raw},
-        Kind,
+    use crate::{
+        events::{
+            fixture::{bytes, raw},
+            Pipeline, Record, ResetReasons, Sink,
+        },
+        owner::Owner,
     };
     use keepalive_common::{flags, kind};
+    use std::ops::ControlFlow;
+
+    struct One(Option<TraceEvent>);
+
+    impl Sink for One {
+        fn owner(&mut self, _: &Record) -> Option<Owner> {
+            Some(Owner {
+                pid: 42,
+                comm: "client".into(),
+            })
+        }
+        fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
+            let policy = Policy::default();
+            let f = Formatter {
+                clock: Clock::new(),
+                policy: &policy,
+                turns: false,
+            };
+            self.0 = Some(f.event(
+                obs,
+                Derived {
+                    kind: Kind::ResetSent,
+                    probes: 3,
+                },
+            ));
+            ControlFlow::Continue(())
+        }
+    }
 
     fn sample() -> TraceEvent {
         let mut e = raw(kind::RESET_SENT);
@@ -173,28 +194,11 @@ mod tests {
         e.reason = 15;
         e.expires = 1500;
         e.state = 7;
-        let rec = Record::decode(&bytes(&e)).unwrap();
-        let reasons = BTreeMap::from([(15, "TCP_KEEPALIVE_TIMEOUT".to_owned())]);
-        let policy = crate::policy::Policy::default();
-        let f = Formatter {
-            clock: Clock::new(),
-            hz: 250,
-            reasons: &reasons,
-            policy: &policy,
-            turns: false,
-        };
-        let owner = Owner {
-            pid: 42,
-            comm: "client".into(),
-        };
-        f.event(
-            &rec,
-            Derived {
-                kind: Kind::ResetSent,
-                probes: 3,
-            },
-            Some(&owner),
-        )
+        let reasons = ResetReasons([(15, "TCP_KEEPALIVE_TIMEOUT".to_owned())].into());
+        let mut p = Pipeline::new(250, reasons, None);
+        let mut sink = One(None);
+        let _ = p.feed(&mut vec![Record::decode(&bytes(&e))], &mut sink);
+        sink.0.unwrap()
     }
 
     #[test]

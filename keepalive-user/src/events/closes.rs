@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::event::{Derived, Kind, Record};
+use super::{Derived, Kind, Record};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,8 +90,8 @@ impl CloseTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{
-        tests::{bytes, raw},
+    use crate::events::{
+        fixture::{bytes, raw},
         Deriver,
     };
     use keepalive_common::{kind, Event};

@@ -4,7 +4,7 @@
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use crate::event::{DecodeError, Record};
+use crate::events::{DecodeError, Record};
 
 /// Longest a record waits in the ring buffer when traffic is light.
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);

@@ -1,0 +1,557 @@
+//! The agent's Prometheus metrics, each declared once in [`Metrics::new`].
+//! Per-event counters move as observations arrive; gauges (sockets by
+//! state, probing sockets, sysctls) and kernel counters are computed at
+//! scrape time from the table and the per-CPU maps.
+
+mod registry;
+
+use std::collections::HashMap;
+
+use prometheus::{Encoder as _, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, TextEncoder};
+
+pub use registry::LabelLimiter;
+use registry::{Family, Reg};
+
+use super::config::LabelBy;
+use crate::{
+    bpf::Counters,
+    events::{Kind, Observation},
+    policy::Risk,
+    sockets::{snapshot::Sysctls, Socket},
+};
+
+/// Which end of a connection kato sits on: a server's listening port, or
+/// the remote port a client connects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
+}
+
+/// Why events were lost (`kato_events_lost_total{cause}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossCause {
+    RingFull,
+    KernelRead,
+    Decode,
+}
+
+impl LossCause {
+    pub const ALL: [LossCause; 3] = [LossCause::RingFull, LossCause::KernelRead, LossCause::Decode];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LossCause::RingFull => "ring_full",
+            LossCause::KernelRead => "kernel_read",
+            LossCause::Decode => "decode",
+        }
+    }
+}
+
+/// What an observation's labels are computed from, beside the record.
+pub struct LabelCtx<'a> {
+    /// Is the socket's local port a listening port in its namespace?
+    pub local_port_listening: bool,
+    pub comm: Option<&'a str>,
+    /// The idle-timeout rule for the connection's path, as written.
+    pub policy: Option<&'a str>,
+}
+
+pub struct Metrics {
+    registry: prometheus::Registry,
+    label_by: Vec<LabelBy>,
+    limiters: Vec<LabelLimiter>,
+    probes_sent: IntCounterVec,
+    probes_answered: IntCounterVec,
+    timeouts: IntCounterVec,
+    resets_sent: IntCounterVec,
+    resets_received: IntCounterVec,
+    socket_errors: Family<IntCounterVec, 2>,
+    detection: Histogram,
+    probes_before_answer: Histogram,
+    sockets: Family<prometheus::IntGaugeVec, 2>,
+    probing: IntGauge,
+    tracked: IntGauge,
+    sysctl_time: Family<prometheus::IntGaugeVec, 1>,
+    sysctl_intvl: Family<prometheus::IntGaugeVec, 1>,
+    sysctl_probes: Family<prometheus::IntGaugeVec, 1>,
+    events_processed: IntCounter,
+    events_filtered: IntCounter,
+    events_lost: Family<IntCounterVec, 1>,
+    evictions: IntCounter,
+    snapshots: IntCounter,
+    snapshot_seconds: Gauge,
+    idle_before_close: Family<prometheus::HistogramVec, 3>,
+    exchanges: Family<prometheus::HistogramVec, 3>,
+    stale_reuse: Family<IntCounterVec, 2>,
+    idle_kills: Family<IntCounterVec, 1>,
+    idle_before_reset: Histogram,
+    risk: Family<prometheus::IntGaugeVec, 1>,
+    /// Bounds the `port` label of the connection metrics.
+    ports: LabelLimiter,
+    /// Whether send/recv turns are counted (the HTTP keep-alive view).
+    turns: bool,
+    /// Last kernel/table counter values, to turn them into counter increments.
+    last_kernel: Counters,
+    last_evictions: u64,
+    last_undecodable: u64,
+}
+
+const DETECTION_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0, 7200.0, 10800.0,
+];
+const ANSWER_BUCKETS: [f64; 9] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0];
+const CLOSE_BUCKETS: [f64; 14] = [
+    0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+const EXCHANGE_BUCKETS: [f64; 10] = [1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0];
+const RESET_BUCKETS: [f64; 11] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0, 7200.0,
+];
+
+impl Metrics {
+    pub fn new(
+        label_by: &[LabelBy],
+        label_limit: usize,
+        kernel: &str,
+        attach: &str,
+        turns: bool,
+    ) -> Self {
+        let r = Reg(prometheus::Registry::new());
+        let names: Vec<&str> = label_by.iter().map(|l| l.name()).collect();
+        let with_reason: Vec<&str> = std::iter::once("reason").chain(names.iter().copied()).collect();
+        let m = Metrics {
+            probes_sent: r.counters_dyn("kato_keepalive_probes_sent_total", "Keepalive probes the kernel sent.", &names),
+            probes_answered: r.counters_dyn("kato_keepalive_probes_answered_total", "Times a peer answered outstanding keepalive probes.", &names),
+            timeouts: r.counters_dyn("kato_keepalive_timeouts_total", "Connections the kernel closed with ETIMEDOUT after unanswered keepalive probes: dead peers found.", &names),
+            resets_sent: r.counters_dyn("kato_resets_sent_total", "Active resets the kernel sent, by its sk_rst_reason.", &with_reason),
+            resets_received: r.counters_dyn("kato_resets_received_total", "Resets received from peers.", &names),
+            socket_errors: r.counters(
+                "kato_socket_errors_total",
+                "Errors the kernel reported to TCP sockets' owners, by errno and cause: ETIMEDOUT from keepalive (also in kato_keepalive_timeouts_total) or from retransmissions/TCP_USER_TIMEOUT (a dead peer found by data), or from the peer (ECONNRESET, ...).",
+                ["errno", "cause"],
+            ),
+            detection: r.histogram("kato_dead_peer_detection_seconds", "Time from the peer last being heard from to the keepalive timeout.", &DETECTION_BUCKETS),
+            probes_before_answer: r.histogram("kato_keepalive_probes_before_answer", "Keepalive probes outstanding when the peer answered.", &ANSWER_BUCKETS),
+            sockets: r.gauges("kato_sockets", "TCP sockets by state and SO_KEEPALIVE (n/a: TIME_WAIT and request sockets).", ["state", "keepalive"]),
+            probing: r.gauge("kato_sockets_probing", "Sockets with keepalive probes outstanding right now."),
+            tracked: r.gauge("kato_table_sockets", "Sockets in the agent's table."),
+            sysctl_time: r.gauges("kato_netns_tcp_keepalive_time_seconds", "net.ipv4.tcp_keepalive_time of each network namespace.", ["netns"]),
+            sysctl_intvl: r.gauges("kato_netns_tcp_keepalive_intvl_seconds", "net.ipv4.tcp_keepalive_intvl of each network namespace.", ["netns"]),
+            sysctl_probes: r.gauges("kato_netns_tcp_keepalive_probes", "net.ipv4.tcp_keepalive_probes of each network namespace.", ["netns"]),
+            events_processed: r.counter("kato_events_processed_total", "Kernel events the agent processed."),
+            events_filtered: r.counter(
+                "kato_events_filtered_total",
+                "Kernel events of namespaces outside the agent's scope, dropped in the kernel by design (netns = [...] or \"self\").",
+            ),
+            events_lost: r.counters("kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), kernel_read (a kernel read failed), decode (malformed record).", ["cause"]),
+            evictions: r.counter("kato_table_evictions_total", "Sockets evicted from the full table (least recently updated first)."),
+            snapshots: r.counter("kato_snapshots_total", "Full socket snapshots taken."),
+            snapshot_seconds: r.float_gauge("kato_snapshot_duration_seconds", "Duration of the last full socket snapshot."),
+            idle_before_close: r.histograms(
+                "kato_connection_idle_before_close_seconds",
+                "How long connections sat without data before they closed, by side (server: listening port; client: remote port) and who closed first.",
+                ["side", "port", "closed_by"],
+                &CLOSE_BUCKETS,
+            ),
+            exchanges: r.histograms(
+                "kato_connection_exchanges",
+                "Request/response exchanges a connection served before closing (with --http-keepalive).",
+                ["side", "port", "closed_by"],
+                &EXCHANGE_BUCKETS,
+            ),
+            stale_reuse: r.counters("kato_stale_reuse_total", "Writes on a connection after the peer's FIN, answered by a reset (a client reusing a connection the server closed).", ["side", "port"]),
+            idle_kills: r.counters("kato_idle_kills_suspected_total", "Connections idle for at least idle_kill_min that were reset or timed out: a middlebox probably forgot them. Labelled with the matching idle-timeout rule.", ["idle_timeout"]),
+            idle_before_reset: r.histogram("kato_idle_before_reset_seconds", "How long connections had not heard from the peer when a reset arrived.", &RESET_BUCKETS),
+            risk: r.gauges("kato_sockets_idle_timeout_risk", "Connections by whether keepalive beats the declared middlebox idle timeout: safe, at-risk, unprotected (keepalive off), unknown (no rule).", ["class"]),
+            ports: LabelLimiter::new(label_limit),
+            turns,
+            label_by: label_by.to_vec(),
+            limiters: label_by.iter().map(|_| LabelLimiter::new(label_limit)).collect(),
+            last_kernel: Counters::default(),
+            last_evictions: 0,
+            last_undecodable: 0,
+            registry: r.0.clone(),
+        };
+        // Without extra labels every event counter is one series: export it
+        // at 0 from the start, or Prometheus first sees it already at 1 and
+        // increase()/rate() miss the first event.
+        if m.label_by.is_empty() {
+            for c in [
+                &m.probes_sent,
+                &m.probes_answered,
+                &m.timeouts,
+                &m.resets_received,
+            ] {
+                c.with_label_values::<&str>(&[]).reset();
+            }
+        }
+        for cause in LossCause::ALL {
+            m.events_lost.with([cause.name()]).reset();
+        }
+        r.gauges(
+            "kato_build_info",
+            "kato's version, the kernel it runs on and its attach path.",
+            ["version", "kernel", "attach"],
+        )
+        .with([env!("CARGO_PKG_VERSION"), kernel, attach])
+        .set(1);
+        m
+    }
+
+    fn labels(&mut self, obs: &Observation<'_>, ctx: &LabelCtx<'_>) -> Vec<String> {
+        let rec = obs.record;
+        let mut out = Vec::with_capacity(self.label_by.len());
+        for (i, l) in self.label_by.iter().enumerate() {
+            let v = match l {
+                // Ephemeral ports would make unbounded series: only servers' ports count.
+                LabelBy::LocalPort if ctx.local_port_listening => {
+                    self.limiters[i].admit(rec.local.port().to_string())
+                }
+                LabelBy::LocalPort => "other".into(),
+                LabelBy::RemotePort => self.limiters[i].admit(rec.remote.port().to_string()),
+                LabelBy::Comm => self.limiters[i].admit(ctx.comm.unwrap_or("unknown").to_owned()),
+                LabelBy::Netns => self.limiters[i].admit(rec.netns.to_string()),
+            };
+            out.push(v);
+        }
+        out
+    }
+
+    /// (side, port) of a connection.
+    fn side_port(&mut self, obs: &Observation<'_>, ctx: &LabelCtx<'_>) -> (Side, String) {
+        let rec = obs.record;
+        if ctx.local_port_listening {
+            (Side::Server, self.ports.admit(rec.local.port().to_string()))
+        } else {
+            (Side::Client, self.ports.admit(rec.remote.port().to_string()))
+        }
+    }
+
+    /// Counts one observation.
+    pub fn observe(&mut self, obs: &Observation<'_>, ctx: &LabelCtx<'_>) {
+        self.events_processed.inc();
+        if let Some(c) = obs.closed {
+            let (side, port) = self.side_port(obs, ctx);
+            let l = [side.name(), port.as_str(), c.by.name()];
+            if let Some(idle) = c.idle_s {
+                self.idle_before_close.with(l).observe(idle);
+            }
+            if self.turns {
+                let n = match side {
+                    Side::Server => c.turns_out,
+                    Side::Client => c.turns_in,
+                };
+                self.exchanges.with(l).observe(f64::from(n));
+            }
+        }
+        if obs.events.iter().all(|d| {
+            d.kind.is_lifecycle() || matches!(d.kind, Kind::Armed | Kind::Fired | Kind::Disarmed)
+        }) {
+            return;
+        }
+        let labels = self.labels(obs, ctx);
+        let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+        for d in obs.events {
+            match d.kind {
+                Kind::ProbeSent => self.probes_sent.with_label_values(&l).inc(),
+                Kind::PeerAnswered => {
+                    self.probes_answered.with_label_values(&l).inc();
+                    self.probes_before_answer.observe(f64::from(d.probes));
+                }
+                Kind::KeepaliveTimeout => {
+                    self.timeouts.with_label_values(&l).inc();
+                    if let Some(idle) = obs.idle_s {
+                        self.detection.observe(idle);
+                    }
+                }
+                Kind::ResetSent => {
+                    let mut lr = vec![obs.reset_name()];
+                    lr.extend(&l);
+                    self.resets_sent.with_label_values(&lr).inc();
+                }
+                Kind::ResetReceived => {
+                    self.resets_received.with_label_values(&l).inc();
+                    if let Some(idle) = obs.idle_s {
+                        self.idle_before_reset.observe(idle);
+                    }
+                }
+                Kind::StaleReuse => {
+                    let (side, port) = self.side_port(obs, ctx);
+                    self.stale_reuse.with([side.name(), port.as_str()]).inc();
+                }
+                Kind::IdleKillSuspected => self
+                    .idle_kills
+                    .with([ctx.policy.unwrap_or("none")])
+                    .inc(),
+                Kind::SocketError => {
+                    if let Some(e) = obs.error {
+                        self.socket_errors
+                            .with([e.errno.to_string().as_str(), e.cause.name()])
+                            .inc();
+                    }
+                }
+                Kind::Armed
+                | Kind::Fired
+                | Kind::Disarmed
+                | Kind::Closed
+                | Kind::FinReceived
+                | Kind::FinSent => {}
+            }
+        }
+    }
+
+    /// A snapshot was taken: its duration and the sysctls of exactly the
+    /// namespaces it saw (series of namespaces that are gone are removed).
+    pub fn on_snapshot(&mut self, seconds: f64, sysctls: &HashMap<u32, Sysctls>) {
+        self.snapshots.inc();
+        self.snapshot_seconds.set(seconds);
+        for g in [&self.sysctl_time, &self.sysctl_intvl, &self.sysctl_probes] {
+            g.reset();
+        }
+        for (netns, s) in sysctls {
+            let n = netns.to_string();
+            self.sysctl_time.with([&n]).set(i64::from(s.time_s));
+            self.sysctl_intvl.with([&n]).set(i64::from(s.intvl_s));
+            self.sysctl_probes.with([&n]).set(i64::from(s.probes));
+        }
+    }
+
+    /// Scrape-time state: the table's sockets, kernel counters, evictions.
+    /// `risk` classifies a socket against the idle-timeout policy.
+    pub fn refresh<'a>(
+        &mut self,
+        sockets: impl Iterator<Item = &'a Socket>,
+        risk: impl Fn(&Socket) -> Option<Risk>,
+        kernel: Counters,
+        evictions: u64,
+        undecodable: u64,
+    ) {
+        let mut by: HashMap<(&'static str, &'static str), i64> = HashMap::new();
+        let mut classes: HashMap<Risk, i64> = Risk::ALL.iter().map(|r| (*r, 0)).collect();
+        let (mut probing, mut tracked) = (0, 0);
+        for s in sockets {
+            if let Some(r) = risk(s) {
+                *classes.entry(r).or_default() += 1;
+            }
+            tracked += 1;
+            let ka = match s.keepalive {
+                None => "n/a",
+                Some(k) if k.enabled => "on",
+                Some(_) => "off",
+            };
+            *by.entry((s.state.name(), ka)).or_default() += 1;
+            if s.probes_unanswered > 0 && s.keepalive.is_some_and(|k| k.enabled) {
+                probing += 1;
+            }
+        }
+        self.sockets.reset();
+        for ((state, ka), n) in by {
+            self.sockets.with([state, ka]).set(n);
+        }
+        self.probing.set(probing);
+        self.tracked.set(tracked);
+        for (r, n) in classes {
+            self.risk.with([r.name()]).set(n);
+        }
+        for (cause, now, last) in [
+            (LossCause::RingFull, kernel.lost, self.last_kernel.lost),
+            (LossCause::KernelRead, kernel.read_failed, self.last_kernel.read_failed),
+            (LossCause::Decode, undecodable, self.last_undecodable),
+        ] {
+            self.events_lost
+                .with([cause.name()])
+                .inc_by(now.saturating_sub(last));
+        }
+        self.events_filtered
+            .inc_by(kernel.filtered.saturating_sub(self.last_kernel.filtered));
+        self.evictions
+            .inc_by(evictions.saturating_sub(self.last_evictions));
+        self.last_kernel = kernel;
+        self.last_evictions = evictions;
+        self.last_undecodable = undecodable;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("utf-8 exposition")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{
+        fixture::{bytes, raw},
+        Pipeline, Record, ResetReasons, Sink,
+    };
+    use keepalive_common::{flags, kind};
+    use std::ops::ControlFlow;
+
+    impl Sink for Metrics {
+        fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
+            let ctx = LabelCtx {
+                local_port_listening: false,
+                comm: Some("psql"),
+                policy: None,
+            };
+            Metrics::observe(self, obs, &ctx);
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// Each record on its own (a fresh pipeline: no history per socket).
+    fn feed(m: &mut Metrics, e: keepalive_common::Event) {
+        let reasons = ResetReasons([(15, "R15".to_owned())].into());
+        let _ = Pipeline::new(250, reasons, None).feed(&mut vec![Record::decode(&bytes(&e))], m);
+    }
+
+    #[test]
+    fn counts_events_with_bounded_labels() {
+        let mut m = Metrics::new(
+            &[LabelBy::RemotePort, LabelBy::LocalPort],
+            1,
+            "6.18",
+            "tp_btf",
+            false,
+        );
+        feed(
+            &mut m,
+            keepalive_common::Event {
+                probes_before: 0,
+                probes_out: 1,
+                ..raw(kind::FIRED)
+            },
+        );
+        feed(
+            &mut m,
+            keepalive_common::Event {
+                dport: 9999,
+                probes_before: 0,
+                probes_out: 1,
+                ..raw(kind::FIRED)
+            },
+        );
+        feed(
+            &mut m,
+            keepalive_common::Event {
+                probes_before: 3,
+                probes_out: 3,
+                state: 7,
+                sk_err: 110,
+                ..raw(kind::FIRED)
+            },
+        );
+        feed(
+            &mut m,
+            keepalive_common::Event {
+                flags: flags::HAS_REASON,
+                reason: 15,
+                ..raw(kind::RESET_SENT)
+            },
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "kato_keepalive_probes_sent_total{local_port=\"other\",remote_port=\"8080\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "kato_keepalive_probes_sent_total{local_port=\"other\",remote_port=\"other\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "kato_keepalive_timeouts_total{local_port=\"other\",remote_port=\"8080\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("kato_resets_sent_total{local_port=\"other\",reason=\"R15\",remote_port=\"8080\"} 1"), "{text}");
+        assert!(
+            text.contains("kato_dead_peer_detection_seconds_bucket{le=\"5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kato_dead_peer_detection_seconds_sum 4"),
+            "{text}"
+        );
+        assert!(text.contains("kato_events_processed_total 4"), "{text}");
+        assert!(
+            text.contains("kato_build_info{attach=\"tp_btf\",kernel=\"6.18\",version=\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn refresh_turns_kernel_totals_into_increments() {
+        let mut m = Metrics::new(&[], 20, "k", "a", false);
+        m.refresh(
+            std::iter::empty(),
+            |_| None,
+            Counters {
+                lost: 5,
+                read_failed: 1,
+                emitted: 9,
+                ..Default::default()
+            },
+            2,
+            0,
+        );
+        m.refresh(
+            std::iter::empty(),
+            |_| None,
+            Counters {
+                lost: 7,
+                read_failed: 1,
+                emitted: 12,
+                ..Default::default()
+            },
+            3,
+            1,
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("kato_events_lost_total{cause=\"ring_full\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kato_events_lost_total{cause=\"decode\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("kato_table_evictions_total 3"), "{text}");
+        assert!(text.contains("kato_table_sockets 0"), "{text}");
+        assert!(
+            text.contains("kato_sockets_idle_timeout_risk{class=\"at-risk\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unlabeled_counters_start_at_zero() {
+        let text = Metrics::new(&[], 20, "k", "a", false).encode();
+        for series in [
+            "kato_keepalive_probes_sent_total 0",
+            "kato_keepalive_timeouts_total 0",
+            "kato_resets_received_total 0",
+            "kato_events_lost_total{cause=\"ring_full\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Probe, then degrade: loading and attaching programs by [`Hook`], and the
+//! attach ladder (fentry/fexit first, tracepoints when the kernel refuses
+//! trampolines or lacks a function). Runs only while the object is opened,
+//! the one time both BTF copies are alive.
+
+use aya::{
+    programs::{BtfTracePoint, FEntry, FExit, Iter, Program},
+    Ebpf,
+};
+
+use super::{
+    attach::{AttachKind, AttachMode, AttachPath},
+    hooks::{self, Hook, ProgKind},
+    tidy, LoadError,
+};
+use crate::kernel::btf::Btf;
+
+pub(super) struct Programs<'a> {
+    pub ebpf: &'a mut Ebpf,
+    /// kato's reader: which functions and tracepoints this kernel has.
+    pub btf: &'a Btf,
+    /// aya's: what program loading needs.
+    pub aya_btf: &'a aya::Btf,
+}
+
+fn program_error(hook: Hook) -> impl Fn(aya::programs::ProgramError) -> LoadError {
+    move |source| LoadError::Program {
+        name: hook.program(),
+        tracepoint: hook.target(),
+        source,
+    }
+}
+
+impl Programs<'_> {
+    /// Loads and attaches one program where its [`Hook`] says.
+    fn attach_one(&mut self, hook: Hook) -> Result<(), LoadError> {
+        let (name, target, kind) = hook.spec();
+        if matches!(kind, ProgKind::FEntry | ProgKind::FExit) {
+            self.btf
+                .function_args(target)
+                .map_err(|source| LoadError::NoFunction {
+                    name: target,
+                    source,
+                })?;
+        }
+        let err = program_error(hook);
+        let btf = self.aya_btf;
+        match (kind, self.ebpf.program_mut(name)) {
+            (ProgKind::TpBtf, Some(Program::BtfTracePoint(p))) => {
+                p.load(target, btf).map_err(&err)?;
+                p.attach().map_err(&err)?;
+            }
+            (ProgKind::FEntry, Some(Program::FEntry(p))) => {
+                p.load(target, btf).map_err(&err)?;
+                p.attach().map_err(&err)?;
+            }
+            (ProgKind::FExit, Some(Program::FExit(p))) => {
+                p.load(target, btf).map_err(&err)?;
+                p.attach().map_err(&err)?;
+            }
+            (ProgKind::Iter, Some(Program::Iter(p))) => p.load(target, btf).map_err(&err)?,
+            _ => return Err(LoadError::MissingProgram { name }),
+        }
+        Ok(())
+    }
+
+    pub fn attach_all(&mut self, group: &[Hook]) -> Result<(), LoadError> {
+        group.iter().try_for_each(|&h| self.attach_one(h))
+    }
+
+    /// Loads both iterators (they attach when run): fails where the kernel
+    /// has no BPF iterators or refuses these.
+    pub fn load_iterators(&mut self) -> Result<(), LoadError> {
+        self.attach_all(&hooks::ITERATORS)
+    }
+
+    /// Unloads (and so detaches) a group; for undoing a partial path.
+    fn unload_all(&mut self, group: &[Hook]) {
+        for &h in group {
+            let _ = match self.ebpf.program_mut(h.program()) {
+                Some(Program::FEntry(p)) => FEntry::unload(p),
+                Some(Program::FExit(p)) => FExit::unload(p),
+                Some(Program::BtfTracePoint(p)) => BtfTracePoint::unload(p),
+                Some(Program::Iter(p)) => Iter::unload(p),
+                _ => Ok(()),
+            };
+        }
+    }
+
+    /// `sock:inet_sk_error_report` where the kernel has it; says which.
+    fn attach_error_report(&mut self) -> Result<&'static str, LoadError> {
+        let hook = Hook::InetSkErrorReport;
+        if self.btf.tracepoint_args(hook.target()).is_err() {
+            return Ok(" (no sock:inet_sk_error_report before 5.13: no socket_error events)");
+        }
+        self.attach_one(hook)?;
+        Ok(", sock:inet_sk_error_report")
+    }
+
+    pub fn attach_tracing(&mut self, mode: AttachMode) -> Result<AttachPath, LoadError> {
+        match mode {
+            AttachMode::Tracepoint => self.tracepoint_path("forced with --attach tracepoint".into()),
+            AttachMode::Fentry => self
+                .fentry_path("forced with --attach fentry".into())
+                .map_err(|e| LoadError::FentryRefused(Box::new(e))),
+            AttachMode::Auto => {
+                match self.fentry_path("the kernel accepts fentry/fexit trampolines".into()) {
+                    Ok(p) => Ok(p),
+                    Err(e) => {
+                        let e = tidy(&e);
+                        log::info!("fentry path unavailable, using tracepoints: {e}");
+                        self.unload_all(&hooks::FENTRY_PATH);
+                        self.unload_all(&hooks::FENTRY_ARMING);
+                        self.unload_all(&hooks::TRACEPOINT_ARMING);
+                        self.unload_all(&hooks::TCP_TRACEPOINTS);
+                        self.unload_all(&[Hook::InetSkErrorReport]);
+                        self.tracepoint_path(format!("fentry/fexit unavailable: {e}"))
+                    }
+                }
+            }
+        }
+    }
+
+    fn tracepoint_path(&mut self, why: String) -> Result<AttachPath, LoadError> {
+        self.attach_all(&hooks::TRACEPOINT_PATH)?;
+        Ok(AttachPath {
+            kind: AttachKind::TpBtf,
+            detail: format!(
+                "BTF tracepoints timer:timer_start/expire_entry/expire_exit/cancel (every kernel timer, filtered \
+                 on tcp_keepalive_timer), tcp:tcp_send_reset, tcp:tcp_receive_reset, sock:inet_sock_set_state{}",
+                self.attach_error_report()?
+            ),
+            why,
+        })
+    }
+
+    fn fentry_path(&mut self, why: String) -> Result<AttachPath, LoadError> {
+        self.attach_all(&hooks::FENTRY_PATH)?;
+        let out_of_line = hooks::FENTRY_ARMING
+            .iter()
+            .all(|h| self.btf.function_args(h.target()).is_ok());
+        let arming = if out_of_line {
+            self.attach_all(&hooks::FENTRY_ARMING)?;
+            "fexit inet_csk_reset_keepalive_timer, fentry inet_csk_delete_keepalive_timer"
+        } else {
+            // Inlined on this kernel: arming is seen on the timer tracepoints.
+            self.attach_all(&hooks::TRACEPOINT_ARMING)?;
+            "timer:timer_start/cancel (filtered; the arming functions are inlined on this kernel)"
+        };
+        self.attach_all(&hooks::TCP_TRACEPOINTS)?;
+        let errors = self.attach_error_report()?;
+        Ok(AttachPath {
+            kind: AttachKind::Fentry,
+            detail: format!(
+                "fentry/fexit tcp_keepalive_timer, fentry tcp_send_active_reset; arming: {arming}; \
+                 tcp:tcp_receive_reset, sock:inet_sock_set_state{errors}"
+            ),
+            why,
+        })
+    }
+}

@@ -1,0 +1,241 @@
+//! The one owner of kato's loaded eBPF object: loads it with the offsets
+//! resolved from the running kernel's BTF, attaches what the command asks
+//! for, and hands out the ring stream, the iterators and the counters.
+//! Each command's `run` owns a [`Bpf`]; snapshots and the agent borrow it.
+//! Dropping it detaches every program.
+
+pub mod attach;
+mod error;
+pub mod floor;
+pub mod hooks;
+mod iter;
+mod ladder;
+pub mod ring;
+
+use std::{collections::HashSet, path::PathBuf, sync::Arc};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    Ebpf, EbpfLoader,
+};
+use keepalive_common::counter;
+
+pub use attach::{AttachKind, AttachMode, AttachPath};
+pub use error::LoadError;
+pub use hooks::Hook;
+
+use crate::{
+    caps,
+    kernel::{btf::Btf, KernelInfo},
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
+
+/// The smallest ring a kernel accepts (one page), for commands that never
+/// read events: `kato sockets` without `--watch` need not pin 8 MiB.
+const IDLE_RING_BYTES: u32 = 4096;
+
+/// Whether to load the socket-listing iterators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Iterators {
+    #[default]
+    Skip,
+    /// Load them; where the kernel refuses, say why in [`Bpf::iterators`].
+    Try,
+    /// Load them or fail.
+    Require,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LoadOptions {
+    /// Attach the keepalive/reset programs (needs kallsyms).
+    pub tracing: bool,
+    /// Also attach the send/recv turn counters (HTTP keep-alive view, 6.3+).
+    pub turns: bool,
+    pub iterators: Iterators,
+    /// Kernel BTF to resolve offsets from (default /sys/kernel/btf/vmlinux).
+    pub btf: Option<PathBuf>,
+    /// CONFIG_HZ, when the kernel config cannot be read.
+    pub hz: Option<u32>,
+    /// Ring buffer size in bytes (a power of two, at least a page); tests
+    /// shrink it to provoke overruns.
+    pub ring_bytes: Option<u32>,
+    /// fentry, tracepoints, or the best the kernel allows.
+    pub attach: AttachMode,
+    /// Only namespaces given to [`Bpf::watch_netns`] make events.
+    pub netns_filter: bool,
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Events that found the ring buffer full.
+    pub lost: u64,
+    /// Events dropped because a kernel read failed.
+    pub read_failed: u64,
+    pub emitted: u64,
+    /// Events of unwatched namespaces, dropped in the kernel by design.
+    pub filtered: u64,
+    /// Offset of the last kernel read that failed (on any CPU), if one did.
+    pub last_failed_offset: Option<u32>,
+}
+
+/// The per-CPU `COUNTERS` map: a read-only view that the agent's HTTP side
+/// may hold while the run loop owns the [`Bpf`].
+pub struct CounterMap(PerCpuArray<MapData, u64>);
+
+impl CounterMap {
+    pub fn read(&self) -> Counters {
+        let arr = &self.0;
+        let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        Counters {
+            lost: sum(counter::LOST),
+            read_failed: sum(counter::READ_FAILED),
+            emitted: sum(counter::EMITTED),
+            filtered: sum(counter::FILTERED),
+            last_failed_offset: arr
+                .get(&counter::LAST_FAILED_OFFSET, 0)
+                .ok()
+                .and_then(|v| v.iter().copied().max())
+                .and_then(|v| v.checked_sub(1))
+                .and_then(|v| u32::try_from(v).ok()),
+        }
+    }
+}
+
+/// kato's eBPF object in the kernel.
+pub struct Bpf {
+    ebpf: Ebpf,
+    pub kernel: KernelInfo,
+    /// Set when the tracing programs are attached.
+    pub attach: Option<AttachPath>,
+    /// With [`Iterators::Try`]: why the kernel refused them, if it did.
+    pub iterators: Result<(), String>,
+    counters: Arc<CounterMap>,
+}
+
+/// An error as one sentence: aya appends an empty "Verifier output:" when
+/// the kernel refused before verifying.
+pub(crate) fn tidy(e: &LoadError) -> String {
+    let s = e.to_string();
+    let s = s.trim_end();
+    let s = s.strip_suffix("Verifier output:").unwrap_or(s).trim_end();
+    s.strip_suffix('.').unwrap_or(s).to_owned()
+}
+
+impl Bpf {
+    /// Probes the running kernel, loads the object and attaches what
+    /// `opts` asks for.
+    pub fn open(opts: &LoadOptions) -> Result<Self, LoadError> {
+        caps::require_tracing().map_err(LoadError::Privilege)?;
+        let (kernel, btf) = KernelInfo::probe(opts.btf.clone(), opts.hz, opts.tracing)?;
+        Self::open_with(kernel, &btf, opts)
+    }
+
+    /// [`Bpf::open`] with a kernel already probed (doctor inspects its BTF
+    /// first). Both BTF copies, kato's and aya's, are dropped by the caller
+    /// and at return: nothing needs them once programs are loaded.
+    pub fn open_with(kernel: KernelInfo, btf: &Btf, opts: &LoadOptions) -> Result<Self, LoadError> {
+        caps::require_tracing().map_err(LoadError::Privilege)?;
+        if opts.tracing && kernel.config.keepalive_fn == 0 {
+            return Err(LoadError::NotForTracing);
+        }
+        let t = std::time::Instant::now();
+        let aya_btf = aya::Btf::parse_file(&kernel.btf_path, aya::Endianness::default())?;
+        log::debug!("aya parsed BTF in {:?}", t.elapsed());
+        let mut loader = EbpfLoader::new();
+        let ring = match opts.ring_bytes {
+            Some(bytes) => Some(bytes),
+            None if !opts.tracing => Some(IDLE_RING_BYTES),
+            None => None,
+        };
+        if let Some(bytes) = ring {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let config = keepalive_common::KernelConfig {
+            netns_filter: u32::from(opts.netns_filter),
+            ..kernel.config
+        };
+        let mut ebpf = loader
+            .btf(Some(&aya_btf))
+            .override_global("KATO_CONFIG", &config, true)
+            .override_global("KATO_ITER_CONFIG", &kernel.iter_config, true)
+            .load(OBJECT)?;
+        log::debug!("object loaded at {:?}", t.elapsed());
+        let counters = ebpf
+            .take_map("COUNTERS")
+            .and_then(|m| PerCpuArray::try_from(m).ok())
+            .ok_or(LoadError::Map("COUNTERS"))?;
+        let mut progs = ladder::Programs {
+            ebpf: &mut ebpf,
+            btf,
+            aya_btf: &aya_btf,
+        };
+        let attach = if opts.tracing {
+            let path = progs.attach_tracing(opts.attach)?;
+            log::debug!("attached via {}: {}", path.kind.name(), path.detail);
+            if opts.turns {
+                progs.attach_all(&hooks::TURNS)?;
+            }
+            Some(path)
+        } else {
+            None
+        };
+        let iterators = match opts.iterators {
+            Iterators::Skip => Err("not loaded".to_owned()),
+            Iterators::Try => progs.load_iterators().map_err(|e| e.to_string()),
+            Iterators::Require => Ok(progs.load_iterators()?),
+        };
+        log::debug!("attached at {:?}", t.elapsed());
+        Ok(Self {
+            ebpf,
+            kernel,
+            attach,
+            iterators,
+            counters: Arc::new(CounterMap(counters)),
+        })
+    }
+
+    /// The event stream; can be taken once.
+    pub fn events(&mut self) -> Result<ring::EventStream, LoadError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(LoadError::Map("EVENTS"))?;
+        let ring = RingBuf::try_from(map).map_err(|_| LoadError::Map("EVENTS"))?;
+        ring::EventStream::new(ring).map_err(|_| LoadError::Map("EVENTS"))
+    }
+
+    /// Makes exactly `inodes` the namespaces whose sockets make events
+    /// (with [`LoadOptions::netns_filter`]; otherwise every namespace does).
+    pub fn watch_netns(&mut self, inodes: &HashSet<u32>) -> Result<(), LoadError> {
+        let map = self
+            .ebpf
+            .map_mut("WATCHED_NETNS")
+            .ok_or(LoadError::Map("WATCHED_NETNS"))?;
+        let mut m: aya::maps::HashMap<&mut MapData, u32, u8> =
+            aya::maps::HashMap::try_from(map).map_err(|_| LoadError::Map("WATCHED_NETNS"))?;
+        let stale: Vec<u32> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !inodes.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.remove(&k);
+        }
+        for &k in inodes {
+            m.insert(k, 1, 0)
+                .map_err(|_| LoadError::Map("WATCHED_NETNS (full)"))?;
+        }
+        Ok(())
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters.read()
+    }
+
+    /// A handle on the counters that outlives borrows of `self`.
+    pub fn counter_map(&self) -> Arc<CounterMap> {
+        Arc::clone(&self.counters)
+    }
+}

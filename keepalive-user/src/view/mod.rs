@@ -1,0 +1,47 @@
+//! What the user sees: a socket with kato's counts and its risk verdict
+//! beside it ([`SocketView`]), socket rows like netstat's, and trace lines.
+
+pub mod sockets;
+pub mod trace;
+
+use serde::Serialize;
+
+use crate::{
+    policy::{Policy, Risk},
+    sockets::{table::Counts, Socket},
+};
+
+/// One socket as shown by `kato sockets` and `/sockets`: what the kernel
+/// said, then kato's counts (null without events), then the risk verdict
+/// (null without a policy or for sockets that are not connections).
+#[derive(Debug, Clone, Serialize)]
+pub struct SocketView<'a> {
+    #[serde(flatten)]
+    pub socket: &'a Socket,
+    /// Keepalive probes kato saw go out / get answered.
+    pub probes_sent: Option<u64>,
+    pub probes_answered: Option<u64>,
+    /// The last reset the kernel sent on this socket, with its reason.
+    pub last_reset: Option<&'a str>,
+    /// Does keepalive beat the path's idle timeout?
+    pub risk: Option<Risk>,
+    /// The idle-timeout rule that applies, as written.
+    pub idle_timeout: Option<&'a str>,
+}
+
+impl<'a> SocketView<'a> {
+    pub fn new(socket: &'a Socket, counts: Option<&'a Counts>, policy: &'a Policy) -> Self {
+        let (risk, rule) = match policy.classify(socket) {
+            Some((risk, rule)) => (Some(risk), rule.map(|r| r.text.as_str())),
+            None => (None, None),
+        };
+        SocketView {
+            socket,
+            probes_sent: counts.map(|c| c.probes_sent),
+            probes_answered: counts.map(|c| c.probes_answered),
+            last_reset: counts.and_then(|c| c.last_reset.as_deref()),
+            risk,
+            idle_timeout: rule,
+        }
+    }
+}
