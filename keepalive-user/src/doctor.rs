@@ -70,7 +70,7 @@ fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
 
 /// Runs every check; never fails (a failed check is part of the report).
 pub fn run(
-    btf: Option<PathBuf>,
+    btf: Option<&std::path::Path>,
     hz_override: Option<u32>,
     policy: &Policy,
     attach: AttachMode,
@@ -108,9 +108,7 @@ pub fn run(
             "no /proc/config.gz or /boot/config-*: pass --hz",
         )),
     }
-    let path = btf
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(kernel::DEFAULT_BTF));
+    let path = btf.map_or_else(|| PathBuf::from(kernel::DEFAULT_BTF), ToOwned::to_owned);
     // Parsed once: the checks read it, then the programs load from it.
     let parsed = Btf::from_file(&path);
     match &parsed {
@@ -265,10 +263,7 @@ fn sockets_report(p: &mut Bpf, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice
             .collect();
         let default = |f: fn(&Keepalive) -> Source| {
             on.iter()
-                .filter(|s| {
-                    s.keepalive
-                        .is_some_and(|k| f(&k) == Source::Sysctl)
-                })
+                .filter(|s| s.keepalive.is_some_and(|k| f(&k) == Source::Sysctl))
                 .count()
         };
         reports.push(NetnsReport {

@@ -18,7 +18,6 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-
 /// `350s`, `1.5s`, `250ms`: how kato prints durations back.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
@@ -50,7 +49,10 @@ mod tests {
     #[test]
     fn rejects_nonsense() {
         for bad in ["30", "3x", "s", "", "1e99s", "soon"] {
-            assert!(parse(bad).unwrap_err().contains("is not a duration"), "{bad}");
+            assert!(
+                parse(bad).unwrap_err().contains("is not a duration"),
+                "{bad}"
+            );
         }
         assert!(parse("-5s").unwrap_err().contains("negative"));
         assert!(parse("100000000000s").unwrap_err().contains("out of range"));

@@ -128,7 +128,10 @@ pub fn select<'a>(
     filter: &Filter,
     sort: SortKey,
 ) -> Vec<SocketView<'a>> {
-    let mut v: Vec<_> = views.into_iter().filter(|v| filter.matches_socket(v)).collect();
+    let mut v: Vec<_> = views
+        .into_iter()
+        .filter(|v| filter.matches_socket(v))
+        .collect();
     sort.sort(&mut v);
     v
 }
@@ -231,7 +234,11 @@ mod tests {
         let order = |k: &str| ports(&all, &Filter::default(), k.parse().unwrap());
         assert_eq!(order("local"), [1, 2, 3]);
         assert_eq!(order("state"), [2, 3, 1]);
-        assert_eq!(order("idle"), [3, 2, 1], "longest idle first; LISTEN has none");
+        assert_eq!(
+            order("idle"),
+            [3, 2, 1],
+            "longest idle first; LISTEN has none"
+        );
         assert!("bogus".parse::<SortKey>().unwrap_err().contains("bogus"));
     }
 
@@ -264,7 +271,10 @@ mod tests {
         assert!(!matches(&f(vec![22], vec![]), None));
         assert!(matches(&f(vec![], vec!["127.0.0.2"]), None));
         assert!(matches(&f(vec![], vec!["::ffff:127.0.0.1"]), None));
-        assert!(!matches(&f(vec![8080], vec!["10.0.0.1"]), None), "all filters must hold");
+        assert!(
+            !matches(&f(vec![8080], vec!["10.0.0.1"]), None),
+            "all filters must hold"
+        );
         let by_pid = Filter {
             pids: vec![42],
             ..Default::default()

@@ -30,7 +30,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(args) => cli::agent::run(args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),
-            Command::Doctor(args) => cli::doctor::run(args),
+            Command::Doctor(args) => cli::doctor::run(&args),
             Command::BenchFloor(args) => cli::bench_floor::run(args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),

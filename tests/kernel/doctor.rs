@@ -24,7 +24,7 @@ fn doctor_reports_defaults_and_advises_against_the_idle_timeout() {
         for _ in 0..2 {
             // Keepalive on with every setting left to the namespace's sysctls.
             held.push(client(to, |s| {
-                setsockopt_pub(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+                setsockopt_pub(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
             }));
             held.push(l.accept().unwrap().0);
         }

@@ -1,6 +1,8 @@
 //! Kernel-facing tests: the real eBPF programs in the running kernel, real
 //! sockets in network namespaces created (and deleted) per test. They need
 //! root and fail, never skip, when the programs cannot load.
+// Thread bodies own the channels they are handed.
+#![allow(clippy::needless_pass_by_value)]
 
 mod agent;
 mod agent_support;

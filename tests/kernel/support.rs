@@ -132,7 +132,7 @@ impl Drop for Netns {
 }
 
 pub fn setsockopt_pub(s: &impl AsRawFd, level: i32, name: i32, value: i32) {
-    setsockopt(s.as_raw_fd(), level, name, value)
+    setsockopt(s.as_raw_fd(), level, name, value);
 }
 
 fn setsockopt(fd: i32, level: i32, name: i32, value: i32) {
@@ -216,7 +216,7 @@ pub fn pair(v6: bool, idle: i32, intvl: i32, cnt: i32) -> (TcpStream, TcpStream)
     let listener = TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).expect("bind");
     let client = client(listener.local_addr().unwrap(), |s| {
         if idle > 0 {
-            keepalive(s, idle, intvl, cnt)
+            keepalive(s, idle, intvl, cnt);
         }
     });
     let (server, _) = listener.accept().expect("accept");

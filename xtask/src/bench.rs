@@ -320,7 +320,7 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
         "- date: {date}\n- kernel: {}\n- CPU: {cpu}, {} cores\n",
         kernel.trim(),
         std::thread::available_parallelism()
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(0)
     );
     let _ = writeln!(

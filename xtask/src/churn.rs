@@ -22,7 +22,7 @@ fn abort_on_close(s: &TcpStream) {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
+            size_of::<libc::linger>() as u32,
         );
     }
 }

@@ -185,7 +185,7 @@ fn main() -> Result<()> {
             let (rows, baseline) = bench::scale(kato, &sockets)?;
             let command = format!(
                 "cargo xtask bench --sockets {} --rr-secs {rr_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn} --fuzz-secs {fuzz_secs}",
-                sockets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+                sockets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
             );
             let mut text = bench::report(&rows, &baseline, &command);
             text += &overhead::report(&overhead, &throughput);
@@ -221,7 +221,10 @@ fn main() -> Result<()> {
             }
             let filters = || -> Vec<String> {
                 if args.is_empty() {
-                    vm::DEFAULT_FILTERS.iter().map(|s| s.to_string()).collect()
+                    vm::DEFAULT_FILTERS
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect()
                 } else {
                     args.clone()
                 }
@@ -229,6 +232,9 @@ fn main() -> Result<()> {
             match kernel.as_deref() {
                 None | Some("host") => {}
                 Some(k) => return vm::test(k, &filters(), vm::ATTACH_PATHS),
+            }
+            if args.is_empty() {
+                lint()?;
             }
             build(false)?;
             // default-members: the host crates (the eBPF crate only builds for BPF).
@@ -243,6 +249,13 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `cargo fmt --check` and clippy with warnings as errors, over the host
+/// crates and their tests (the workspace's `[lints]` say which).
+fn lint() -> Result<()> {
+    status(cargo().args(["fmt", "--all", "--check"]))?;
+    status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))
 }
 
 fn euid() -> u32 {

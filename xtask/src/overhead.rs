@@ -135,39 +135,21 @@ fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
         else {
             continue;
         };
-        let Ok(v) = serde_json_lite(&String::from_utf8_lossy(&o.stdout)) else {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else {
             continue;
         };
-        if let (Some(name), Some(ns), Some(cnt)) = (v.0, v.1, v.2) {
+        let (name, ns, cnt) = (
+            v["name"].as_str().map(str::to_owned),
+            v["run_time_ns"].as_u64(),
+            v["run_cnt"].as_u64(),
+        );
+        if let (Some(name), Some(ns), Some(cnt)) = (name, ns, cnt) {
             let e = out.entry(name).or_insert((0, 0));
             e.0 += ns;
             e.1 += cnt;
         }
     }
     out
-}
-
-/// (name, run_time_ns, run_cnt) from one `bpftool prog show --json` object,
-/// without a JSON dependency in xtask.
-fn serde_json_lite(s: &str) -> Result<(Option<String>, Option<u64>, Option<u64>)> {
-    let field = |k: &str| {
-        s.split(&format!("\"{k}\":"))
-            .nth(1)
-            .map(|r| r.trim_start().to_owned())
-    };
-    let num = |k: &str| {
-        field(k).and_then(|r| {
-            r.split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse().ok())
-        })
-    };
-    let name = field("name").and_then(|r| {
-        r.strip_prefix('"')
-            .and_then(|r| r.split('"').next())
-            .map(str::to_owned)
-    });
-    Ok((name, num("run_time_ns"), num("run_cnt")))
 }
 
 fn rr(ns: &Netns, conns: usize, secs: f64) -> Result<(u64, u64, u64)> {

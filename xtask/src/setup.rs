@@ -46,10 +46,33 @@ pub fn ensure_bench() -> Result<()> {
 
 pub fn ensure() -> Result<()> {
     nightly_rust_src()?;
+    lint_tools()?;
     let llvm = nightly_llvm_major()?;
     debian_packages(llvm)?;
     bpf_linker(llvm)?;
     Ok(())
+}
+
+/// rustfmt and clippy for the stable toolchain (`cargo xtask test` runs both).
+fn lint_tools() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: adding {} to the stable toolchain",
+        missing.join(" and ")
+    );
+    status(
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing),
+    )
 }
 
 fn nightly_rust_src() -> Result<()> {

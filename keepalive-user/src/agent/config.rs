@@ -177,7 +177,8 @@ impl Setting for ListenAddr {
     type Raw = String;
     type Value = SocketAddr;
     fn parse(s: String) -> Result<SocketAddr, String> {
-        s.parse().map_err(|_| format!("`{s}` is not an address:port"))
+        s.parse()
+            .map_err(|_| format!("`{s}` is not an address:port"))
     }
 }
 
@@ -259,9 +260,8 @@ impl<'de> Deserialize<'de> for NetnsScope {
             One(String),
             Many(Vec<Item>),
         }
-        let raw = Raw::deserialize(d).map_err(|_| {
-            de::Error::custom("expected \"all\", \"self\" or a list of namespaces")
-        })?;
+        let raw = Raw::deserialize(d)
+            .map_err(|_| de::Error::custom("expected \"all\", \"self\" or a list of namespaces"))?;
         Ok(match raw {
             Raw::One(s) => NetnsScope::from_list(vec![s]),
             Raw::Many(items) => NetnsScope::Listed(
@@ -348,8 +348,15 @@ impl Overrides {
             let (key, message) = match msg.strip_prefix("unknown field `") {
                 Some(rest) => {
                     let name = rest.split('`').next().unwrap_or_default();
-                    let key = if name.is_empty() { "\"\"".to_owned() } else { name.to_owned() };
-                    (key, format!("unknown key (known keys: {})", KEYS.join(", ")))
+                    let key = if name.is_empty() {
+                        "\"\"".to_owned()
+                    } else {
+                        name.to_owned()
+                    };
+                    (
+                        key,
+                        format!("unknown key (known keys: {})", KEYS.join(", ")),
+                    )
                 }
                 None => (path, msg),
             };
@@ -493,7 +500,10 @@ mod tests {
         assert!(c.http_keepalive);
         let e = parse("[idle_timeouts]\n\"10.0.0.0/99\" = \"5s\"\n").unwrap_err();
         assert_eq!(e.key, "idle_timeouts");
-        assert!(e.message.starts_with("`10.0.0.0/99`: ") && e.message.contains("prefix length"), "{e}");
+        assert!(
+            e.message.starts_with("`10.0.0.0/99`: ") && e.message.contains("prefix length"),
+            "{e}"
+        );
         let e = parse("[idle_timeouts]\n\":443\" = 5\n").unwrap_err();
         assert!(e.message.contains("expected a duration string"), "{e}");
         assert_eq!(

@@ -196,7 +196,8 @@ impl AgentState {
             }
             sink.table.apply_snapshot(s.inode, s.sockets);
         }
-        sink.metrics.on_snapshot(t.elapsed().as_secs_f64(), &sysctls);
+        sink.metrics
+            .on_snapshot(t.elapsed().as_secs_f64(), &sysctls);
         log::debug!("snapshot: {n} sockets in {:?}", t.elapsed());
         Ok(n)
     }

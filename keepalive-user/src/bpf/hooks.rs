@@ -48,9 +48,7 @@ impl Hook {
             Hook::TcpReceiveReset => ("tcp_receive_reset", "tcp_receive_reset", TpBtf),
             Hook::InetSockSetState => ("inet_sock_set_state", "inet_sock_set_state", TpBtf),
             Hook::InetSkErrorReport => ("inet_sk_error_report", "inet_sk_error_report", TpBtf),
-            Hook::FentryKeepaliveTimer => {
-                ("fentry_keepalive_timer", "tcp_keepalive_timer", FEntry)
-            }
+            Hook::FentryKeepaliveTimer => ("fentry_keepalive_timer", "tcp_keepalive_timer", FEntry),
             Hook::FexitKeepaliveTimer => ("fexit_keepalive_timer", "tcp_keepalive_timer", FExit),
             Hook::FentrySendActiveReset => {
                 ("fentry_send_active_reset", "tcp_send_active_reset", FEntry)
@@ -106,7 +104,10 @@ pub const FENTRY_PATH: [Hook; 3] = [
 
 /// fentry path, arming and disarming, where the kernel has these functions
 /// out of line (6.1 does; newer kernels inline them) ...
-pub const FENTRY_ARMING: [Hook; 2] = [Hook::FexitResetKeepaliveTimer, Hook::FentryDeleteKeepaliveTimer];
+pub const FENTRY_ARMING: [Hook; 2] = [
+    Hook::FexitResetKeepaliveTimer,
+    Hook::FentryDeleteKeepaliveTimer,
+];
 /// ... else the filtered timer tracepoints, as on the tracepoint path.
 pub const TRACEPOINT_ARMING: [Hook; 2] = [Hook::TimerStart, Hook::TimerCancel];
 
@@ -129,7 +130,10 @@ mod tests {
             assert_eq!(h.kind(), ProgKind::TpBtf, "{h:?}");
         }
         for h in FENTRY_PATH.iter().chain(&FENTRY_ARMING) {
-            assert!(matches!(h.kind(), ProgKind::FEntry | ProgKind::FExit), "{h:?}");
+            assert!(
+                matches!(h.kind(), ProgKind::FEntry | ProgKind::FExit),
+                "{h:?}"
+            );
         }
         assert!(ITERATORS.iter().all(|h| h.kind() == ProgKind::Iter));
     }

@@ -99,7 +99,9 @@ impl Programs<'_> {
 
     pub fn attach_tracing(&mut self, mode: AttachMode) -> Result<AttachPath, LoadError> {
         match mode {
-            AttachMode::Tracepoint => self.tracepoint_path("forced with --attach tracepoint".into()),
+            AttachMode::Tracepoint => {
+                self.tracepoint_path("forced with --attach tracepoint".into())
+            }
             AttachMode::Fentry => self
                 .fentry_path("forced with --attach fentry".into())
                 .map_err(|e| LoadError::FentryRefused(Box::new(e))),

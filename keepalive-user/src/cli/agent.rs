@@ -7,8 +7,8 @@ use clap::Args;
 use keepalive_user::{
     agent::{
         config::{
-            self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit,
-            ListenAddr, NetnsScope, Overrides, Setting, TableCapacity,
+            self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit, ListenAddr,
+            NetnsScope, Overrides, Setting, TableCapacity,
         },
         http::{self, Response},
         state::{self, AgentState},
@@ -114,7 +114,10 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         netns: (!a.netns.is_empty()).then(|| NetnsScope::from_list(a.netns.clone())),
         snapshot_interval: flag::<Interval>("snapshot-interval", a.snapshot_interval.clone())?,
         label_by,
-        label_limit: flag::<LabelLimit>("label-limit", number("label-limit", a.label_limit.as_ref())?)?,
+        label_limit: flag::<LabelLimit>(
+            "label-limit",
+            number("label-limit", a.label_limit.as_ref())?,
+        )?,
         table_capacity: flag::<TableCapacity>(
             "table-capacity",
             number("table-capacity", a.table_capacity.as_ref())?,
@@ -196,13 +199,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     // Everything that needed privileges is done: keep only what runs need.
     let keep = state::runtime_caps(&cfg.netns);
-    let bounding = caps::keep_only(&keep).context("dropping capabilities")?;
-    if bounding == caps::Bounding::LeftWithoutSetpcap {
-        log::warn!("capability bounding set left as started: emptying it needs CAP_SETPCAP (no_new_privs still blocks regaining any)");
-    }
+    let bounding = match caps::keep_only(&keep).context("dropping capabilities")? {
+        caps::Bounding::Emptied => "bounding set emptied",
+        // no_new_privs still blocks regaining any through exec.
+        caps::Bounding::LeftWithoutSetpcap => "bounding set left as started (no CAP_SETPCAP)",
+    };
     let kept: Vec<&str> = keep.iter().map(|c| caps::name(*c)).collect();
     eprintln!(
-        "kato agent: listening on http://{addr} (/metrics, /sockets, /healthz); {n} sockets in {}; keeping {}",
+        "kato agent: listening on http://{addr} (/metrics, /sockets, /healthz); {n} sockets in {}; keeping {}; {bounding}",
         match &cfg.netns {
             NetnsScope::All => "all network namespaces".to_owned(),
             NetnsScope::Own => "its own network namespace".to_owned(),

@@ -104,7 +104,7 @@ fn render(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn run(args: DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
+pub fn run(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut rules = super::agent::idle_timeout_flags(&args.idle_timeout)?;
     if let Some(path) = &args.config {
         let origin = path.display().to_string();
@@ -118,7 +118,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
         let file = keepalive_user::agent::config::Overrides::from_toml(&origin, &text)?;
         rules.extend(file.idle_timeouts.unwrap_or_default());
     }
-    let report = doctor::run(args.btf, args.hz, &Policy { rules }, args.attach);
+    let report = doctor::run(args.btf.as_deref(), args.hz, &Policy { rules }, args.attach);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.output {

@@ -78,7 +78,11 @@ struct Printer<'a, W: Write> {
 }
 
 impl<W: Write> Printer<'_, W> {
-    fn write(&mut self, obs: &Observation<'_>, d: keepalive_user::events::Derived) -> io::Result<()> {
+    fn write(
+        &mut self,
+        obs: &Observation<'_>,
+        d: keepalive_user::events::Derived,
+    ) -> io::Result<()> {
         let ev = self.fmt.event(obs, d);
         match self.output {
             Output::Table => writeln!(self.out, "{}", table_line(&ev)),

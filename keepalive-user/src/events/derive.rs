@@ -431,7 +431,10 @@ mod tests {
             ..raw(kind::ERROR_REPORT)
         };
         assert_eq!(
-            run(&mut Deriver::default(), &Record::decode(&bytes(&e)).unwrap()),
+            run(
+                &mut Deriver::default(),
+                &Record::decode(&bytes(&e)).unwrap()
+            ),
             [Kind::SocketError]
         );
     }

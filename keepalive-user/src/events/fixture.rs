@@ -24,6 +24,5 @@ pub fn raw(kind: u32) -> RawEvent {
 
 pub fn bytes(e: &RawEvent) -> Vec<u8> {
     // SAFETY: RawEvent is repr(C) plain data with explicit padding.
-    unsafe { std::slice::from_raw_parts((e as *const RawEvent).cast::<u8>(), EVENT_SIZE) }
-        .to_vec()
+    unsafe { std::slice::from_raw_parts((e as *const RawEvent).cast::<u8>(), EVENT_SIZE) }.to_vec()
 }

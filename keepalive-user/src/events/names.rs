@@ -70,7 +70,7 @@ impl SocketError {
     /// From an `ERROR_REPORT` record: the in-timer flag says which timer
     /// gave up on an ETIMEDOUT.
     pub fn of(rec: &Record) -> Option<Self> {
-        (rec.kind == RecordKind::ErrorReport).then(|| SocketError {
+        (rec.kind == RecordKind::ErrorReport).then_some(SocketError {
             errno: Errno(rec.sk_err),
             cause: match (rec.sk_err, rec.in_keepalive_timer) {
                 (ETIMEDOUT, true) => ErrorCause::Keepalive,
@@ -164,7 +164,11 @@ mod tests {
     fn error_report_names_the_errno_and_the_timer() {
         let mut e = raw(kind::ERROR_REPORT);
         e.sk_err = ETIMEDOUT;
-        let text = |e: &keepalive_common::Event| SocketError::of(&Record::decode(&bytes(e)).unwrap()).unwrap().to_string();
+        let text = |e: &keepalive_common::Event| {
+            SocketError::of(&Record::decode(&bytes(e)).unwrap())
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(text(&e), "ETIMEDOUT (retransmits)");
         e.flags = flags::IN_KEEPALIVE_TIMER;
         assert_eq!(text(&e), "ETIMEDOUT (keepalive)");
@@ -175,10 +179,15 @@ mod tests {
         e.sk_err = 5;
         assert_eq!(text(&e), "errno 5");
         assert_eq!(
-            SocketError::of(&Record::decode(&bytes(&e)).unwrap()).unwrap().cause,
+            SocketError::of(&Record::decode(&bytes(&e)).unwrap())
+                .unwrap()
+                .cause,
             ErrorCause::Peer
         );
-        assert_eq!(SocketError::of(&Record::decode(&bytes(&raw(kind::FIRED))).unwrap()), None);
+        assert_eq!(
+            SocketError::of(&Record::decode(&bytes(&raw(kind::FIRED))).unwrap()),
+            None
+        );
     }
 
     /// Before 6.12 resets carry no reason; one sent from the socket's own
@@ -186,7 +195,11 @@ mod tests {
     #[test]
     fn reset_reason_inferred_only_from_the_keepalive_timer() {
         let names = reasons();
-        let of = |e: &keepalive_common::Event| names.of(&Record::decode(&bytes(e)).unwrap()).map(|r| (r.name.into_owned(), r.inferred));
+        let of = |e: &keepalive_common::Event| {
+            names
+                .of(&Record::decode(&bytes(e)).unwrap())
+                .map(|r| (r.name.into_owned(), r.inferred))
+        };
         let mut e = raw(kind::RESET_SENT);
         assert_eq!(of(&e), None);
         e.flags = flags::IN_KEEPALIVE_TIMER;
@@ -195,7 +208,11 @@ mod tests {
         assert_eq!(of(&e), None);
         e.flags |= flags::HAS_REASON;
         e.reason = 15;
-        assert_eq!(of(&e), Some(("R15".into(), false)), "the kernel's word wins");
+        assert_eq!(
+            of(&e),
+            Some(("R15".into(), false)),
+            "the kernel's word wins"
+        );
         e.reason = 99;
         assert_eq!(of(&e), Some(("UNKNOWN_99".into(), false)));
     }

@@ -44,7 +44,8 @@ impl Pipeline {
         Self {
             hz,
             reasons,
-            deriver: idle_kill_min.map_or_else(Deriver::default, |m| Deriver::with_idle_kill(hz, m)),
+            deriver: idle_kill_min
+                .map_or_else(Deriver::default, |m| Deriver::with_idle_kill(hz, m)),
             closes: CloseTracker::default(),
             watched: None,
             derived: Vec::with_capacity(4),
@@ -157,7 +158,10 @@ mod tests {
         assert!(p.feed(&mut batch, &mut sink).is_continue());
         assert!(batch.is_empty());
         assert_eq!((p.processed, p.undecodable), (2, 1));
-        assert_eq!(sink.0[0], (vec![Kind::ResetSent], "TCP_KEEPALIVE_TIMEOUT".into(), None));
+        assert_eq!(
+            sink.0[0],
+            (vec![Kind::ResetSent], "TCP_KEEPALIVE_TIMEOUT".into(), None)
+        );
         assert_eq!(
             sink.0[1],
             (

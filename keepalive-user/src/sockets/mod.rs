@@ -317,7 +317,7 @@ pub fn owners(records: &[OwnerRecord]) -> HashMap<u64, Owner> {
         map.entry(r.sk)
             .and_modify(|o| {
                 if owner.pid < o.pid {
-                    *o = owner.clone()
+                    *o = owner.clone();
                 }
             })
             .or_insert(owner);

@@ -267,7 +267,10 @@ mod tests {
         assert_eq!(t.len(), 1, "armed before any snapshot");
         assert_eq!(t.iter().next().unwrap().0.timer.kind, TimerKind::Off);
         feed(&mut t, &mut d, event(7, kind::RESET_SENT, 3, 3, 1));
-        assert_eq!(t.iter().next().unwrap().1.last_reset, Some("UNKNOWN".into()));
+        assert_eq!(
+            t.iter().next().unwrap().1.last_reset,
+            Some("UNKNOWN".into())
+        );
         feed(&mut t, &mut d, event(7, kind::FIRED, 3, 3, 7));
         assert!(t.is_empty());
     }

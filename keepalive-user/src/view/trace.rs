@@ -80,7 +80,11 @@ impl Formatter<'_> {
             data_idle_s: obs.data_idle_s.map(round3),
             reuse_after_s: (d.kind == Kind::StaleReuse).then(|| round3(obs.reuse_gap_s())),
             idle_timeout: (d.kind == Kind::IdleKillSuspected)
-                .then(|| self.policy.lookup(rec.local, rec.remote).map(|r| r.text.clone()))
+                .then(|| {
+                    self.policy
+                        .lookup(rec.local, rec.remote)
+                        .map(|r| r.text.clone())
+                })
                 .flatten(),
             turns_out: closed.then_some(rec.turns_out),
             turns_in: closed.then_some(rec.turns_in),

@@ -7,7 +7,9 @@ mod registry;
 
 use std::collections::HashMap;
 
-use prometheus::{Encoder as _, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, TextEncoder};
+use prometheus::{
+    Encoder as _, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, TextEncoder,
+};
 
 pub use registry::LabelLimiter;
 use registry::{Family, Reg};
@@ -46,7 +48,11 @@ pub enum LossCause {
 }
 
 impl LossCause {
-    pub const ALL: [LossCause; 3] = [LossCause::RingFull, LossCause::KernelRead, LossCause::Decode];
+    pub const ALL: [LossCause; 3] = [
+        LossCause::RingFull,
+        LossCause::KernelRead,
+        LossCause::Decode,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -128,7 +134,9 @@ impl Metrics {
     ) -> Self {
         let r = Reg(prometheus::Registry::new());
         let names: Vec<&str> = label_by.iter().map(|l| l.name()).collect();
-        let with_reason: Vec<&str> = std::iter::once("reason").chain(names.iter().copied()).collect();
+        let with_reason: Vec<&str> = std::iter::once("reason")
+            .chain(names.iter().copied())
+            .collect();
         let m = Metrics {
             probes_sent: r.counters_dyn("kato_keepalive_probes_sent_total", "Keepalive probes the kernel sent.", &names),
             probes_answered: r.counters_dyn("kato_keepalive_probes_answered_total", "Times a peer answered outstanding keepalive probes.", &names),
@@ -233,7 +241,10 @@ impl Metrics {
         if ctx.local_port_listening {
             (Side::Server, self.ports.admit(rec.local.port().to_string()))
         } else {
-            (Side::Client, self.ports.admit(rec.remote.port().to_string()))
+            (
+                Side::Client,
+                self.ports.admit(rec.remote.port().to_string()),
+            )
         }
     }
 
@@ -289,10 +300,9 @@ impl Metrics {
                     let (side, port) = self.side_port(obs, ctx);
                     self.stale_reuse.with([side.name(), port.as_str()]).inc();
                 }
-                Kind::IdleKillSuspected => self
-                    .idle_kills
-                    .with([ctx.policy.unwrap_or("none")])
-                    .inc(),
+                Kind::IdleKillSuspected => {
+                    self.idle_kills.with([ctx.policy.unwrap_or("none")]).inc();
+                }
                 Kind::SocketError => {
                     if let Some(e) = obs.error {
                         self.socket_errors
@@ -365,7 +375,11 @@ impl Metrics {
         }
         for (cause, now, last) in [
             (LossCause::RingFull, kernel.lost, self.last_kernel.lost),
-            (LossCause::KernelRead, kernel.read_failed, self.last_kernel.read_failed),
+            (
+                LossCause::KernelRead,
+                kernel.read_failed,
+                self.last_kernel.read_failed,
+            ),
             (LossCause::Decode, undecodable, self.last_undecodable),
         ] {
             self.events_lost

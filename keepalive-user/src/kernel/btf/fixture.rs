@@ -25,14 +25,7 @@ impl Builder {
         self.strings.push(0);
         off
     }
-    fn head(
-        &mut self,
-        name: &str,
-        kind: u32,
-        vlen: u32,
-        kflag: bool,
-        size_or_type: u32,
-    ) -> u32 {
+    fn head(&mut self, name: &str, kind: u32, vlen: u32, kflag: bool, size_or_type: u32) -> u32 {
         let n = self.s(name);
         let info = (kflag as u32) << 31 | kind << 24 | vlen;
         for w in [n, info, size_or_type] {
