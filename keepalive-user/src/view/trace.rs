@@ -11,7 +11,7 @@ use crate::{
 
 /// One printed event; also the JSON schema of `kato trace --output json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TraceEvent {
+pub struct TraceLine {
     /// RFC 3339 UTC.
     pub time: String,
     /// Kernel CLOCK_MONOTONIC nanoseconds.
@@ -63,10 +63,10 @@ pub struct Formatter<'a> {
 }
 
 impl Formatter<'_> {
-    pub fn event(&self, obs: &Observation<'_>, d: Derived) -> TraceEvent {
+    pub fn event(&self, obs: &Observation<'_>, d: Derived) -> TraceLine {
         let rec = obs.record;
         let closed = self.turns && d.kind == Kind::Closed;
-        TraceEvent {
+        TraceLine {
             time: timefmt::rfc3339(self.clock.unix_ns(rec.ts_ns)),
             ts_ns: rec.ts_ns,
             event: d.kind,
@@ -111,7 +111,7 @@ fn round3(s: f64) -> f64 {
 pub const TABLE_HEADER: &str = "TIME(UTC)       EVENT               LOCAL                  REMOTE                 STATE        PROBES TIMER     REASON                 PID/COMM";
 
 /// One table line, columns aligned with [`TABLE_HEADER`].
-pub fn table_line(e: &TraceEvent) -> String {
+pub fn table_line(e: &TraceLine) -> String {
     let timer = e
         .timer_remaining_s
         .map(|s| format!("{s:.2}s"))
@@ -165,7 +165,7 @@ mod tests {
     use keepalive_common::{flags, kind};
     use std::ops::ControlFlow;
 
-    struct One(Option<TraceEvent>);
+    struct One(Option<TraceLine>);
 
     impl Sink for One {
         fn owner(&mut self, _: &Record) -> Option<Owner> {
@@ -192,7 +192,7 @@ mod tests {
         }
     }
 
-    fn sample() -> TraceEvent {
+    fn sample() -> TraceLine {
         let mut e = raw(kind::RESET_SENT);
         e.flags = flags::HAS_REASON | flags::TIMER_PENDING;
         e.reason = 15;
@@ -240,7 +240,7 @@ mod tests {
                 "column {col}:\n{TABLE_HEADER}\n{line}"
             );
         }
-        let unknown = TraceEvent {
+        let unknown = TraceLine {
             reset_reason: None,
             pid: None,
             timer_remaining_s: None,
