@@ -14,11 +14,23 @@ pub fn read<T>(base: u64, off: u32) -> Result<T, u32> {
     match unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) } {
         Ok(v) => Ok(v),
         Err(_) => {
-            bump(counter::READ_FAILED);
-            crate::set(counter::LAST_FAILED_OFFSET, off as u64 + 1);
+            read_failed(off);
             Err(0)
         }
     }
+}
+
+/// The rare path, out of line so that the log call is not copied into every
+/// read site: counted per CPU, the field offset kept, and with aya-log on
+/// (`RUST_LOG=kato::ebpf=debug`) a debug line. With logging off userspace
+/// loads `AYA_LOG_LEVEL = 0` into frozen .rodata and the verifier drops the
+/// log code as dead.
+#[inline(never)]
+fn read_failed(off: u32) {
+    bump(counter::READ_FAILED);
+    crate::set(counter::LAST_FAILED_OFFSET, off as u64 + 1);
+    // aya-log's macros take a context but do not use it yet.
+    aya_log_ebpf::debug!(&(), "kernel read failed at field offset {}", off);
 }
 
 /// `struct sock *` from its embedded `sk_timer`.

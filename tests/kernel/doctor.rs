@@ -198,3 +198,27 @@ fn attach_ladder_tries_fentry_then_degrades() {
         other => panic!("unexpected attach path {other}"),
     }
 }
+
+/// With aya-log asked for (`RUST_LOG=kato::ebpf=debug`), the programs carry
+/// their log code past the verifier: they load and attach on this kernel
+/// under the attach path under test.
+#[test]
+fn programs_load_with_ebpf_logging_on() {
+    require_root();
+    let out = Command::new(KATO)
+        .args(["doctor", "--output", "json", "--attach", attach_arg()])
+        .env("RUST_LOG", "kato::ebpf=debug")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tracing = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tracing programs")
+        .unwrap_or_else(|| panic!("no tracing check: {r}"));
+    assert_eq!(tracing["ok"], true, "{tracing}");
+    assert!(!err.contains("program logs unavailable"), "{err}");
+}

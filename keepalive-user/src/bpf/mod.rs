@@ -10,6 +10,7 @@ pub mod floor;
 pub mod hooks;
 mod iter;
 mod ladder;
+pub mod proglog;
 pub mod ring;
 
 use std::{collections::HashSet, path::PathBuf, sync::Arc};
@@ -156,11 +157,16 @@ impl Bpf {
             netns_filter: u32::from(opts.netns_filter),
             ..kernel.config
         };
+        let log_level = proglog::level();
         let mut ebpf = loader
             .btf(Some(&aya_btf))
             .override_global("KATO_CONFIG", &config, true)
             .override_global("KATO_ITER_CONFIG", &kernel.iter_config, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, true)
             .load(OBJECT)?;
+        if log_level != 0 {
+            proglog::start(&mut ebpf);
+        }
         log::debug!("object loaded at {:?}", t.elapsed());
         let counters = ebpf
             .take_map("COUNTERS")
