@@ -100,7 +100,7 @@ impl FromStr for SortKey {
 }
 
 impl SortKey {
-    fn compare(self, a: &SocketView<'_>, b: &SocketView<'_>) -> Ordering {
+    pub fn compare(self, a: &SocketView<'_>, b: &SocketView<'_>) -> Ordering {
         let (a, b) = (a.socket, b.socket);
         let f = |x: Option<f64>| x.unwrap_or(-1.0);
         let primary = match self {

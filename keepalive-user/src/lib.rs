@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod netns;
 pub mod owner;
 pub mod policy;
+pub mod rlimit;
 pub mod sockets;
 pub mod tcp;
 pub mod text;

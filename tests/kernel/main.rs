@@ -10,6 +10,7 @@ mod btf;
 mod cli;
 mod deploy;
 mod doctor;
+mod http;
 mod keepalive;
 mod middlebox;
 mod nginx;

@@ -98,6 +98,11 @@ pub struct AgentConfig {
     pub ring_bytes: Option<u32>,
     /// fentry, tracepoints, or the best the kernel allows.
     pub attach: AttachMode,
+    /// `Host` names the endpoint answers to besides IP literals,
+    /// `localhost` and the node's own names.
+    pub allowed_hosts: Vec<String>,
+    /// HTTP connections served at once.
+    pub max_connections: usize,
 }
 
 impl Default for AgentConfig {
@@ -116,6 +121,8 @@ impl Default for AgentConfig {
             http_keepalive: false,
             ring_bytes: None,
             attach: AttachMode::Auto,
+            allowed_hosts: vec![],
+            max_connections: 64,
         }
     }
 }
@@ -149,6 +156,10 @@ pub struct Overrides {
     pub http_keepalive: Option<bool>,
     #[serde(default, deserialize_with = "de_via::<_, Attach>")]
     pub attach: Option<AttachMode>,
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_via::<_, MaxConnections>")]
+    pub max_connections: Option<usize>,
 }
 
 /// One setting's parser, shared by its flag (a string) and its file value
@@ -219,6 +230,15 @@ impl Setting for TableCapacity {
     type Value = usize;
     fn parse(v: i64) -> Result<usize, String> {
         range(v, 100_000_000).map(|v| v as usize)
+    }
+}
+
+pub struct MaxConnections;
+impl Setting for MaxConnections {
+    type Raw = i64;
+    type Value = usize;
+    fn parse(v: i64) -> Result<usize, String> {
+        range(v, 10_000).map(|v| v as usize)
     }
 }
 
@@ -304,7 +324,7 @@ fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Err
 }
 
 /// The file's keys, for the unknown-key message.
-pub const KEYS: [&str; 12] = [
+pub const KEYS: [&str; 14] = [
     "listen",
     "netns",
     "snapshot_interval",
@@ -317,6 +337,8 @@ pub const KEYS: [&str; 12] = [
     "idle_kill_min",
     "http_keepalive",
     "attach",
+    "allowed_hosts",
+    "max_connections",
 ];
 
 /// The line of byte offset `at` in `text`, 1-based.
@@ -379,6 +401,8 @@ impl Overrides {
             idle_kill_min: self.idle_kill_min.or(base.idle_kill_min),
             http_keepalive: self.http_keepalive.or(base.http_keepalive),
             attach: self.attach.or(base.attach),
+            allowed_hosts: self.allowed_hosts.or(base.allowed_hosts),
+            max_connections: self.max_connections.or(base.max_connections),
         }
     }
 
@@ -401,6 +425,8 @@ impl Overrides {
             http_keepalive: self.http_keepalive.unwrap_or(d.http_keepalive),
             ring_bytes: None,
             attach: self.attach.unwrap_or(d.attach),
+            allowed_hosts: self.allowed_hosts.unwrap_or(d.allowed_hosts),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
         }
     }
 }

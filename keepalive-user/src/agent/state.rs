@@ -16,18 +16,18 @@ use super::{
     metrics::{LabelCtx, Metrics},
 };
 use crate::{
+    agent::http::{Backend, Page, SocketsQuery},
     bpf::{Bpf, CounterMap, LoadError},
     caps::{self, Capability},
     events::{DecodeError, Observation, Pipeline, Record, ResetReasons, Sink},
-    filter::{self, Filter, SortKey},
     netns::{self, NetnsError},
     policy::Policy,
     sockets::{
         snapshot::{SnapshotError, Snapshotter, Source, Sysctls, Targets},
-        table::SocketTable,
+        table::{Counts, SocketTable},
     },
     tcp::TcpState,
-    view::SocketView,
+    view::{SocketRow, SocketView},
 };
 
 #[derive(Debug, Error)]
@@ -222,13 +222,29 @@ impl AgentState {
         sink.metrics.encode()
     }
 
-    pub fn sockets_json(&self, filter: &Filter, sort: SortKey) -> String {
+    /// One page of the table, filtered and sorted, copied out.
+    pub fn sockets_page(&self, q: &SocketsQuery) -> Page {
         let sink = &self.sink;
-        let views = sink
+        let mut views: Vec<(SocketView<'_>, &Counts)> = sink
             .table
             .iter()
-            .map(|(s, c)| SocketView::new(s, Some(c), &sink.policy));
-        serde_json::to_string(&filter::select(views, filter, sort)).expect("serializable")
+            .map(|(s, c)| (SocketView::new(s, Some(c), &sink.policy), c))
+            .filter(|(v, _)| q.filter.matches_socket(v))
+            .collect();
+        views.sort_by(|a, b| q.sort.compare(&a.0, &b.0));
+        let total = views.len();
+        let end = q.offset.saturating_add(q.limit).min(total);
+        let rows = views
+            .get(q.offset.min(total)..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|(v, c)| SocketRow::of(v, Some(c)))
+            .collect();
+        Page {
+            rows,
+            total,
+            next: (end < total).then_some(end),
+        }
     }
 
     pub fn health_json(&self) -> String {
@@ -240,5 +256,19 @@ impl AgentState {
             "degraded": self.snapshotter.degraded,
         })
         .to_string()
+    }
+}
+
+impl Backend for std::sync::Mutex<AgentState> {
+    fn metrics(&self) -> String {
+        self.lock().expect("lock").metrics_text()
+    }
+
+    fn health(&self) -> String {
+        self.lock().expect("lock").health_json()
+    }
+
+    fn sockets(&self, q: &SocketsQuery) -> Page {
+        self.lock().expect("lock").sockets_page(q)
     }
 }

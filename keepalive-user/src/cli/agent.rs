@@ -8,21 +8,22 @@ use keepalive_user::{
     agent::{
         config::{
             self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit, ListenAddr,
-            NetnsScope, Overrides, Setting, TableCapacity,
+            MaxConnections, NetnsScope, Overrides, Setting, TableCapacity,
         },
-        http::{self, Response},
+        http::{self, HostAllow, Limits},
         state::{self, AgentState},
     },
     bpf::{Bpf, Iterators, LoadOptions},
     caps,
-    filter::{Filter, SortKey},
 };
 use tokio::net::TcpListener;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// TOML file with any of: listen, netns, snapshot_interval, label_by,
-    /// label_limit, table_capacity, btf, hz. Flags override it.
+    /// label_limit, table_capacity, btf, hz, idle_timeouts, idle_kill_min,
+    /// http_keepalive, attach, allowed_hosts, max_connections (see
+    /// docs/deploy/kato.toml). Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address for /metrics, /sockets and /healthz [default: 127.0.0.1:7941].
@@ -72,6 +73,13 @@ pub struct AgentArgs {
     /// allows it, else tracepoints), fentry, or tracepoint [default: auto].
     #[arg(long, value_name = "PATH")]
     pub attach: Option<String>,
+    /// A `Host` name the endpoint answers to (repeatable), besides IP
+    /// addresses, localhost and this node's names; others get 421.
+    #[arg(long, value_name = "NAME")]
+    pub allowed_host: Vec<String>,
+    /// HTTP connections served at once; more wait [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
 }
 
 /// Flags as overrides, each through its setting's parser (the one the
@@ -132,7 +140,28 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         idle_kill_min: flag::<IdleKillMin>("idle-kill-min", a.idle_kill_min.clone())?,
         http_keepalive: a.http_keepalive.then_some(true),
         attach: flag::<Attach>("attach", a.attach.clone())?,
+        allowed_hosts: (!a.allowed_host.is_empty()).then(|| a.allowed_host.clone()),
+        max_connections: flag::<MaxConnections>(
+            "max-connections",
+            number("max-connections", a.max_connections.as_ref())?,
+        )?,
     })
+}
+
+/// Clients beyond the connection limit wait in the kernel's accept queue:
+/// a deep one (capped by net.core.somaxconn) keeps a burst of them from
+/// being dropped at SYN.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// `--idle-timeout` values, each one error naming the flag.
@@ -173,6 +202,10 @@ pub fn config(a: &AgentArgs) -> Result<config::AgentConfig, ConfigError> {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = config(&args)?;
+    match keepalive_user::rlimit::raise_nofile() {
+        Ok((soft, _)) => log::debug!("RLIMIT_NOFILE soft limit {soft}"),
+        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
+    }
     // Before anything is announced, so a signal right after start is handled.
     let stop = super::signals::shutdown()?;
     let mut bpf = Bpf::open(&LoadOptions {
@@ -190,9 +223,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     state::check_caps(&cfg.netns)?;
     let mut stream = bpf.events()?;
     let mut state = AgentState::new(&cfg, &bpf)?;
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener =
+        listen(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let n = state.snapshot(&mut bpf)?;
     let state = Arc::new(std::sync::Mutex::new(state));
@@ -215,6 +247,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         kept.join(", ")
     );
 
+    let server = tokio::spawn(http::serve(
+        listener,
+        Arc::clone(&state),
+        Limits {
+            max_connections: cfg.max_connections,
+            hosts: HostAllow::new(&cfg.allowed_hosts),
+            ..Limits::default()
+        },
+    ));
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(cfg.snapshot_interval);
     tick.tick().await; // the first tick fires at once: the seed snapshot was just taken
@@ -231,42 +272,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     log::warn!("snapshot failed: {e}");
                 }
             }
-            conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
-                let state = Arc::clone(&state);
-                tokio::spawn(http::serve_one(stream, move |req| route(&state, &req)));
-            }
+
         }
     }
+    server.abort();
     // The HTTP tasks' copies of the state go with the runtime; dropping the
     // object closes every program, map and link fd: the kernel detaches them.
     drop(bpf);
     eprintln!("kato agent: stopped");
     Ok(())
-}
-
-fn route(state: &std::sync::Mutex<AgentState>, req: &http::Request) -> Response {
-    let json = |body| Response {
-        status: 200,
-        content_type: "application/json",
-        body,
-    };
-    match req.path.as_str() {
-        "/metrics" => Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: state.lock().expect("lock").metrics_text(),
-        },
-        "/sockets" => match http::query_from(&req.query) {
-            Ok((filter, sort)) => json(sockets(state, &filter, sort)),
-            Err(e) => Response::text(400, format!("{e}\n")),
-        },
-        "/healthz" => json(state.lock().expect("lock").health_json()),
-        "/" => Response::text(200, "kato agent: /metrics /sockets /healthz\n"),
-        _ => Response::text(404, "not found: try /metrics, /sockets or /healthz\n"),
-    }
-}
-
-fn sockets(state: &std::sync::Mutex<AgentState>, filter: &Filter, sort: SortKey) -> String {
-    state.lock().expect("lock").sockets_json(filter, sort)
 }

@@ -45,3 +45,35 @@ impl<'a> SocketView<'a> {
         }
     }
 }
+
+/// A [`SocketView`] that owns its parts: a page of `/sockets` copied out of
+/// the table, rendered after the table's lock is released.
+#[derive(Debug, Clone)]
+pub struct SocketRow {
+    pub socket: Socket,
+    pub counts: Option<Counts>,
+    pub risk: Option<Risk>,
+    pub idle_timeout: Option<String>,
+}
+
+impl SocketRow {
+    pub fn of(v: &SocketView<'_>, counts: Option<&Counts>) -> Self {
+        SocketRow {
+            socket: v.socket.clone(),
+            counts: counts.cloned(),
+            risk: v.risk,
+            idle_timeout: v.idle_timeout.map(str::to_owned),
+        }
+    }
+
+    pub fn view(&self) -> SocketView<'_> {
+        SocketView {
+            socket: &self.socket,
+            probes_sent: self.counts.as_ref().map(|c| c.probes_sent),
+            probes_answered: self.counts.as_ref().map(|c| c.probes_answered),
+            last_reset: self.counts.as_ref().and_then(|c| c.last_reset.as_deref()),
+            risk: self.risk,
+            idle_timeout: self.idle_timeout.as_deref(),
+        }
+    }
+}

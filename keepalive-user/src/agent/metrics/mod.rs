@@ -206,6 +206,11 @@ impl Metrics {
         for cause in LossCause::ALL {
             m.events_lost.with([cause.name()]).reset();
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        r.0.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("metric names are unique");
         r.gauges(
             "kato_build_info",
             "kato's version, the kernel it runs on and its attach path.",

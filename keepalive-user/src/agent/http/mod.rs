@@ -1,0 +1,214 @@
+//! The agent's HTTP endpoint, on hyper (HTTP/1.1): keep-alive, HEAD, gzip
+//! when asked, a `Host` allow-list, bounded connections and renders, a
+//! header-read timeout and a write deadline. Requests are untrusted input;
+//! nothing in them reaches a shell or the filesystem.
+
+mod deadline;
+pub mod host;
+pub mod query;
+mod respond;
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderValue},
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+pub use host::HostAllow;
+pub use query::{parse_query, query_from, SocketsQuery};
+
+use crate::view::SocketRow;
+
+/// What the endpoint serves; the agent's state implements it. Each call
+/// holds the agent's lock for as long as it takes: computing the metrics,
+/// or filtering, sorting and copying one page of sockets; serializing and
+/// sending a page happen afterwards, off the lock and off the event path.
+pub trait Backend: Send + Sync + 'static {
+    /// The Prometheus text exposition.
+    fn metrics(&self) -> String;
+    fn health(&self) -> String;
+    /// One page of `/sockets`, copied out of the table: rendering and
+    /// sending happen without holding anything the event path needs.
+    fn sockets(&self, q: &SocketsQuery) -> Page;
+}
+
+/// One page of sockets.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub rows: Vec<SocketRow>,
+    /// Sockets matching the filter, all pages together.
+    pub total: usize,
+    /// The cursor of the next page, if there is one.
+    pub next: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; further clients wait in the backlog.
+    pub max_connections: usize,
+    /// `/sockets` responses being rendered or sent at once; more get 503.
+    pub max_renders: usize,
+    /// A request head must arrive within this, also between keep-alive
+    /// requests (an idle connection is closed after it).
+    pub header_read_timeout: Duration,
+    /// A client that stops reading for this long is disconnected.
+    pub write_timeout: Duration,
+    pub hosts: HostAllow,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            max_renders: 4,
+            header_read_timeout: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(10),
+            hosts: HostAllow::new(&[]),
+        }
+    }
+}
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Serves `listener` until the task is dropped.
+pub async fn serve<B: Backend>(listener: TcpListener, backend: Arc<B>, limits: Limits) {
+    let limits = Arc::new(limits);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let renders = Arc::new(Semaphore::new(limits.max_renders));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff = Duration::from_millis(10);
+                s
+            }
+            // EMFILE and friends: wait for fds to free up instead of spinning.
+            Err(e) => {
+                log::warn!("accept failed ({e}); retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let (backend, limits, renders) = (
+            Arc::clone(&backend),
+            Arc::clone(&limits),
+            Arc::clone(&renders),
+        );
+        tokio::spawn(async move {
+            let io = TokioIo::new(deadline::WriteDeadline::new(stream, limits.write_timeout));
+            let header_read_timeout = limits.header_read_timeout;
+            let service = hyper::service::service_fn(move |req| {
+                let (backend, limits, renders) = (
+                    Arc::clone(&backend),
+                    Arc::clone(&limits),
+                    Arc::clone(&renders),
+                );
+                async move { Ok::<_, Infallible>(route(req, &*backend, &limits, &renders).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .keep_alive(true)
+                .serve_connection(io, service);
+            if let Err(e) = conn.await {
+                log::debug!("HTTP connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn route<B: Backend>(
+    req: Request<Incoming>,
+    backend: &B,
+    limits: &Limits,
+    renders: &Arc<Semaphore>,
+) -> Response<Body> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !limits.hosts.allows(host) {
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "kato does not answer to Host `{}`: allowed are IP addresses and {} (config key allowed_hosts)\n",
+                host.escape_debug(),
+                limits.hosts.names().join(", ")
+            ),
+        );
+    }
+    let gzip = respond::wants_gzip(&req);
+    match req.uri().path() {
+        "/" => respond::html(respond::LANDING.replace("{version}", env!("CARGO_PKG_VERSION"))),
+        "/metrics" => {
+            let body = backend.metrics();
+            respond::encoded(
+                body.into_bytes(),
+                "text/plain; version=0.0.4; charset=utf-8",
+                gzip,
+            )
+        }
+        "/healthz" => {
+            let body = backend.health();
+            respond::encoded(body.into_bytes(), "application/json", false)
+        }
+        "/sockets" => {
+            let q = match parse_query(req.uri().query().unwrap_or_default())
+                .map_err(str::to_owned)
+                .and_then(|p| query_from(&p))
+            {
+                Ok(q) => q,
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            };
+            let Ok(permit) = Arc::clone(renders).try_acquire_owned() else {
+                let mut r = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many /sockets requests at once; retry\n",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            };
+            let page = backend.sockets(&q);
+            respond::sockets(page, gzip, permit)
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /sockets or /healthz\n",
+        ),
+    }
+}

@@ -1,0 +1,184 @@
+//! `/sockets` query strings: the same filters as `kato sockets`, plus
+//! paging. Untrusted input: every value is parsed, unknown keys refused.
+
+use std::{net::IpAddr, str::FromStr};
+
+use crate::{
+    filter::{Filter, SortKey},
+    tcp::TcpState,
+};
+
+/// Sockets per page unless `limit=` says otherwise, and the most it may say.
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 10_000;
+
+/// A `/sockets` request: which sockets, in what order, which page.
+#[derive(Debug, Clone, Default)]
+pub struct SocketsQuery {
+    pub filter: Filter,
+    pub sort: SortKey,
+    /// Sockets in this page.
+    pub limit: usize,
+    /// Sockets to skip: the `cursor` of the previous page.
+    pub offset: usize,
+}
+
+/// Every `%` starts a two-digit hex escape.
+fn valid_escapes(qs: &str) -> bool {
+    let b = qs.as_bytes();
+    b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
+
+/// Decodes a query string (`a=1&b=%3A%3A1`); malformed escapes and
+/// non-UTF-8 bytes are errors (form_urlencoded alone would turn them into
+/// U+FFFD, matching nothing, silently).
+pub fn parse_query(qs: &str) -> Result<Vec<(String, String)>, &'static str> {
+    if !valid_escapes(qs) {
+        return Err("bad query encoding");
+    }
+    let query: Vec<(String, String)> = form_urlencoded::parse(qs.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if query
+        .iter()
+        .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
+    {
+        return Err("bad query encoding");
+    }
+    Ok(query)
+}
+
+fn parse_all<T: FromStr>(key: &str, values: &[&str]) -> Result<Vec<T>, String> {
+    values
+        .iter()
+        .map(|v| v.parse().map_err(|_| format!("bad `{key}` value `{v}`")))
+        .collect()
+}
+
+/// `/sockets?state=established&port=5432&keepalive=on&sort=idle&limit=100`:
+/// the same filters as `kato sockets`, repeat a key to allow several values;
+/// `limit` (default 1000, at most 10000) and `cursor` (from the previous
+/// page's `Kato-Next-Cursor` header) page through large tables.
+pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, String> {
+    const KEYS: [&str; 10] = [
+        "state",
+        "port",
+        "addr",
+        "pid",
+        "netns",
+        "keepalive",
+        "risk",
+        "sort",
+        "limit",
+        "cursor",
+    ];
+    let get = |k: &str| {
+        params
+            .iter()
+            .filter(|(pk, _)| pk == k)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+    };
+    if let Some((k, _)) = params.iter().find(|(k, _)| !KEYS.contains(&k.as_str())) {
+        return Err(format!("unknown parameter `{k}` ({})", KEYS.join(", ")));
+    }
+    let mut q = SocketsQuery {
+        limit: DEFAULT_LIMIT,
+        ..SocketsQuery::default()
+    };
+    let f = &mut q.filter;
+    f.states = get("state")
+        .iter()
+        .map(|s| TcpState::parse(s).ok_or(format!("unknown state `{s}`")))
+        .collect::<Result<_, _>>()?;
+    f.ports = parse_all("port", &get("port"))?;
+    f.addrs = parse_all::<IpAddr>("addr", &get("addr"))?;
+    f.pids = parse_all("pid", &get("pid"))?;
+    f.netns = parse_all("netns", &get("netns"))?;
+    f.keepalive = match get("keepalive").as_slice() {
+        [] => None,
+        ["on"] => Some(true),
+        ["off"] => Some(false),
+        other => return Err(format!("bad `keepalive` value {other:?} (on or off)")),
+    };
+    f.risks = get("risk")
+        .iter()
+        .map(|r| {
+            crate::policy::Risk::parse(r).ok_or(format!(
+                "unknown risk class `{r}` (safe, at-risk, unprotected, unknown)"
+            ))
+        })
+        .collect::<Result<_, _>>()?;
+    if let Some(s) = get("sort").last() {
+        q.sort = s.parse::<SortKey>()?;
+    }
+    if let Some(l) = get("limit").last() {
+        q.limit = l
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or(format!("bad `limit` value `{l}` (1 to {MAX_LIMIT})"))?;
+    }
+    if let Some(c) = get("cursor").last() {
+        q.offset = c.parse().map_err(|_| format!("bad `cursor` value `{c}`"))?;
+    }
+    Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_and_refuses_bad_escapes() {
+        assert_eq!(
+            parse_query("state=established&addr=%3A%3A1&port=5432").unwrap(),
+            [
+                ("state".into(), "established".into()),
+                ("addr".into(), "::1".into()),
+                ("port".into(), "5432".into())
+            ]
+        );
+        assert!(parse_query("a=%zz").is_err());
+        assert!(parse_query("a=%4").is_err());
+        assert!(parse_query("a=%ff").is_err(), "not UTF-8");
+        assert_eq!(parse_query("").unwrap(), []);
+    }
+
+    #[test]
+    fn query_parameters_like_the_cli() {
+        let p = |s: &str| parse_query(s).unwrap();
+        let q = query_from(&p(
+            "state=time-wait&port=1&port=2&keepalive=off&sort=idle&risk=at-risk",
+        ))
+        .unwrap();
+        assert_eq!(q.filter.risks, [crate::policy::Risk::AtRisk]);
+        assert!(query_from(&p("risk=doomed"))
+            .unwrap_err()
+            .contains("`doomed`"));
+        assert_eq!(q.filter.states, [TcpState::TimeWait]);
+        assert_eq!(q.filter.ports, [1, 2]);
+        assert_eq!(q.filter.keepalive, Some(false));
+        assert_eq!(q.sort, SortKey::Idle);
+        assert_eq!((q.limit, q.offset), (DEFAULT_LIMIT, 0));
+        assert!(query_from(&p("port=http")).unwrap_err().contains("`port`"));
+        assert!(query_from(&p("keepalive=maybe")).is_err());
+        assert!(query_from(&p("colour=red"))
+            .unwrap_err()
+            .contains("unknown parameter `colour`"));
+        assert!(query_from(&p("sort=random")).is_err());
+    }
+
+    #[test]
+    fn pages() {
+        let q = query_from(&parse_query("limit=50&cursor=100").unwrap()).unwrap();
+        assert_eq!((q.limit, q.offset), (50, 100));
+        for bad in ["limit=0", "limit=10001", "limit=x", "cursor=-1"] {
+            assert!(query_from(&parse_query(bad).unwrap()).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The agent's HTTP endpoint as Prometheus, a browser and an abuser use it:
+//! keep-alive, HEAD, gzip, the Host allow-list, bounded connections, slow
+//! readers at 20k sockets, an fd flood.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    agent_support::{http_get, http_request, Agent},
+    support::{require_root, Netns},
+};
+
+/// One response off a keep-alive connection: (status, lower-case head, body).
+fn read_response(r: &mut BufReader<TcpStream>, head_only: bool) -> (u16, String, Vec<u8>) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "connection closed: {head}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; if head_only { 0 } else { len }];
+    r.read_exact(&mut body).unwrap();
+    (status, head, body)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn keep_alive_head_gzip_and_the_host_allow_list() {
+    require_root();
+    let agent = Agent::start(&["--netns", "self", "--allowed-host", "kato.test"]);
+    let s = TcpStream::connect(agent.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let host = agent.addr;
+
+    // Keep-alive: several requests on one connection, as Prometheus scrapes.
+    write!(w, "GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let (status, head, body) = read_response(&mut r, false);
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let plain = String::from_utf8(body).unwrap();
+    assert!(plain.contains("kato_build_info{"), "{plain}");
+    assert!(plain.contains("process_resident_memory_bytes"), "{plain}");
+
+    // HEAD: the same head, no body (the next response parses right after).
+    write!(w, "HEAD /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let (status, head, _) = read_response(&mut r, true);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-length: "), "{head}");
+
+    // gzip when asked, on the same connection.
+    write!(
+        w,
+        "GET /metrics HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: gzip, deflate\r\n\r\n"
+    )
+    .unwrap();
+    let (status, head, body) = read_response(&mut r, false);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+    assert!(unzipped.contains("kato_build_info{"), "{unzipped}");
+    assert!(
+        body.len() < unzipped.len() / 2,
+        "compressed: {} of {}",
+        body.len(),
+        unzipped.len()
+    );
+
+    // Host: names kato was not told about are refused (DNS rebinding).
+    for (h, want) in [
+        ("evil.example", 421),
+        ("evil.example:7941", 421),
+        ("kato.test:7941", 200),
+        ("localhost", 200),
+        ("[::1]:7941", 200),
+    ] {
+        write!(w, "GET /healthz HTTP/1.1\r\nHost: {h}\r\n\r\n").unwrap();
+        let (status, head, body) = read_response(&mut r, false);
+        assert_eq!(
+            status,
+            want,
+            "Host {h}: {head}{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    // Other methods: 405 with Allow.
+    write!(w, "DELETE /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let (status, head, _) = read_response(&mut r, false);
+    assert_eq!(status, 405);
+    assert!(head.contains("allow: get, head"), "{head}");
+
+    // The landing page names the endpoints and the version.
+    let (status, body) = agent.get("/");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("href=\"/metrics\"") && body.contains(env!("CARGO_PKG_VERSION")),
+        "{body}"
+    );
+}
+
+/// `--max-connections 2`: two idle connections take both slots; a third
+/// client waits (in the backlog) until one frees.
+#[test]
+fn connections_are_bounded() {
+    require_root();
+    let agent = Agent::start(&["--netns", "self", "--max-connections", "2"]);
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(agent.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = TcpStream::connect(agent.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    write!(
+        third,
+        "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        agent.addr
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let waited = third.read(&mut buf);
+    assert!(
+        waited.is_err(),
+        "served beyond the connection limit: {:?}",
+        waited.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+    drop(idle);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut resp = String::new();
+    third.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
+/// 20,000 sockets (TIME_WAIT: they need no file descriptors) and 30
+/// clients that ask for `/sockets` and never read: the agent copies at most
+/// a page per render, at most a few renders at once, and keeps serving.
+#[test]
+fn slow_readers_at_20k_sockets_keep_memory_bounded() {
+    require_root();
+    let ns = Netns::new("slow");
+    // TIME_WAIT ports are reused on loopback by default (tcp_tw_reuse = 2).
+    ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"]);
+    let made = ns
+        .spawn(|| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let to = l.local_addr().unwrap();
+            // A margin: under a loaded test run the first ones can leave
+            // TIME_WAIT (60 s) before the agent's snapshot.
+            for _ in 0..20_500 {
+                let c = TcpStream::connect(to).unwrap();
+                let (a, _) = l.accept().unwrap();
+                drop(c); // the client closes first: its socket stays in TIME_WAIT
+                drop(a);
+            }
+            20_000
+        })
+        .join()
+        .unwrap();
+    let path = format!("/run/netns/{}", ns.name);
+    let agent = Agent::start(&["--netns", &path]);
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, h) = agent.get("/healthz");
+        let v: serde_json::Value = serde_json::from_str(&h).unwrap();
+        if v["sockets"].as_u64().unwrap() >= made {
+            break;
+        }
+        assert!(Instant::now() < end, "table never reached {made}: {h}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = rss_kib(agent.child.id());
+    // Half ask for the default page, half for the largest one.
+    let readers: Vec<TcpStream> = (0..30)
+        .map(|i| {
+            let s = TcpStream::connect(agent.addr).unwrap();
+            // A small receive window: the server's writes stall quickly.
+            crate::support::setsockopt_pub(&s, libc::SOL_SOCKET, libc::SO_RCVBUF, 4096);
+            let mut w = &s;
+            let path = if i % 2 == 0 {
+                "/sockets"
+            } else {
+                "/sockets?limit=10000"
+            };
+            write!(w, "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", agent.addr).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = rss_kib(agent.child.id());
+    // Still serving while the renders are stuck.
+    let t = Instant::now();
+    let (status, _) = http_get(agent.addr, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "healthz took {:?}",
+        t.elapsed()
+    );
+    let grown = during.saturating_sub(before);
+    eprintln!("agent RSS with 30 slow readers at {made} sockets: {before} -> {during} KiB");
+    assert!(
+        grown < 64 * 1024,
+        "RSS grew {grown} KiB with 30 slow readers ({before} -> {during} KiB)"
+    );
+    drop(readers);
+}
+
+/// A soft `RLIMIT_NOFILE` of 1024 and 1,100 idle clients: the agent raises
+/// its soft limit, serves at most its connection limit, and its snapshots
+/// keep running.
+#[test]
+fn fd_flood_leaves_snapshots_running() {
+    require_root();
+    let raise = |soft: u64| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        lim.rlim_cur = soft.min(lim.rlim_max);
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+        lim.rlim_max
+    };
+    let mut child = unsafe {
+        Command::new(env!("CARGO_BIN_EXE_kato"))
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--netns",
+                "self",
+                "--snapshot-interval",
+                "500ms",
+            ])
+            .env("RUST_LOG", "keepalive_user::agent::state=debug")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .pre_exec(move || {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                lim.rlim_cur = 1024;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            })
+            .spawn()
+            .unwrap()
+    };
+    let hard = raise(u64::MAX); // this test holds 1,100 sockets itself
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr: SocketAddr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("agent banner");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<u64> = open_files
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(
+        nums,
+        [hard, hard],
+        "soft limit raised to hard: {open_files}"
+    );
+
+    let flood: Vec<TcpStream> = (0..1100)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    assert!(flood.iter().all(|s| s.as_raw_fd() > 0));
+    // Snapshots go on: two more within a few seconds.
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut snapshots = 0;
+    while snapshots < 2 {
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no snapshots during the flood");
+        if let Ok(line) = rx.recv_timeout(left) {
+            assert!(!line.contains("snapshot failed"), "{line}");
+            snapshots += usize::from(line.contains("snapshot: "));
+        }
+    }
+    drop(flood);
+    let (status, _) = http_get(addr, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    let _ = http_request;
+    let _ = child.kill();
+    let _ = child.wait();
+}
