@@ -337,3 +337,57 @@ fn fd_flood_leaves_snapshots_running() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The thread that parses requests holds no capability and runs as
+/// nobody; no thread of the agent keeps a bounding set.
+#[test]
+fn the_http_thread_is_unprivileged_and_no_thread_can_regain_anything() {
+    require_root();
+    let agent = Agent::start(&[]);
+    let (status, _) = agent.get("/metrics");
+    assert_eq!(status, 200);
+    let field = |status: &str, name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut http = 0;
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.child.id())).unwrap();
+    for t in tasks {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap();
+        let status = std::fs::read_to_string(t.join("status")).unwrap();
+        assert_eq!(
+            field(&status, "CapBnd:"),
+            "0000000000000000",
+            "{comm}: {status}"
+        );
+        if comm.trim() == "kato-http" {
+            http += 1;
+            assert_eq!(field(&status, "CapEff:"), "0000000000000000", "{status}");
+            assert_eq!(field(&status, "CapPrm:"), "0000000000000000", "{status}");
+            assert_eq!(
+                field(&status, "Uid:"),
+                "65534 65534 65534 65534",
+                "{status}"
+            );
+            assert_eq!(
+                field(&status, "Gid:"),
+                "65534 65534 65534 65534",
+                "{status}"
+            );
+            assert_eq!(field(&status, "NoNewPrivs:"), "1", "{status}");
+        } else if comm.trim() == "kato" {
+            assert_ne!(
+                field(&status, "CapEff:"),
+                "0000000000000000",
+                "the core keeps CAP_BPF"
+            );
+        }
+    }
+    assert_eq!(http, 1, "one serving thread");
+}

@@ -1,4 +1,5 @@
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod serving;
 pub mod state;

@@ -10,7 +10,8 @@ use keepalive_user::{
             self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit, ListenAddr,
             MaxConnections, NetnsScope, Overrides, Setting, TableCapacity,
         },
-        http::{self, HostAllow, Limits},
+        http::{HostAllow, Limits},
+        serving,
         state::{self, AgentState},
     },
     bpf::{Bpf, Iterators, LoadOptions},
@@ -229,7 +230,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let n = state.snapshot(&mut bpf)?;
     let state = Arc::new(std::sync::Mutex::new(state));
 
-    // Everything that needed privileges is done: keep only what runs need.
+    // The thread that parses requests gives up everything first (its own
+    // copy of the credentials), then the core keeps only what runs need.
+    let served = serving::spawn(
+        listener.into_std()?,
+        Arc::clone(&state),
+        Limits {
+            max_connections: cfg.max_connections,
+            hosts: HostAllow::new(&cfg.allowed_hosts),
+            ..Limits::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("dropping the HTTP thread's privileges: {e}"))?;
+    let serving_as = if served.uid == 0 {
+        "HTTP served without capabilities, as uid 0 (no CAP_SETUID/CAP_SETGID to switch)".to_owned()
+    } else {
+        format!("HTTP served without capabilities as uid {}", served.uid)
+    };
     let keep = state::runtime_caps(&cfg.netns);
     let bounding = match caps::keep_only(&keep).context("dropping capabilities")? {
         caps::Bounding::Emptied => "bounding set emptied",
@@ -238,7 +255,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let kept: Vec<&str> = keep.iter().map(|c| caps::name(*c)).collect();
     eprintln!(
-        "kato agent: listening on http://{addr} (/metrics, /sockets, /healthz); {n} sockets in {}; keeping {}; {bounding}",
+        "kato agent: listening on http://{addr} (/metrics, /sockets, /healthz); {n} sockets in {}; keeping {}; {bounding}; {serving_as}",
         match &cfg.netns {
             NetnsScope::All => "all network namespaces".to_owned(),
             NetnsScope::Own => "its own network namespace".to_owned(),
@@ -247,15 +264,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         kept.join(", ")
     );
 
-    let server = tokio::spawn(http::serve(
-        listener,
-        Arc::clone(&state),
-        Limits {
-            max_connections: cfg.max_connections,
-            hosts: HostAllow::new(&cfg.allowed_hosts),
-            ..Limits::default()
-        },
-    ));
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(cfg.snapshot_interval);
     tick.tick().await; // the first tick fires at once: the seed snapshot was just taken
@@ -275,9 +283,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
         }
     }
-    server.abort();
-    // The HTTP tasks' copies of the state go with the runtime; dropping the
-    // object closes every program, map and link fd: the kernel detaches them.
+    // The HTTP thread ends with the process; dropping the object closes
+    // every program, map and link fd: the kernel detaches them.
     drop(bpf);
     eprintln!("kato agent: stopped");
     Ok(())
