@@ -239,13 +239,14 @@ fn is_connection(s: &Socket) -> bool {
 
 fn sockets_report(p: &mut Bpf, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice>) {
     let own = netns::current().ok().map(|n| n.inode);
-    let targets: Vec<_> = netns::list()
+    let listed = netns::list().namespaces;
+    let names: BTreeMap<u32, String> = listed
+        .iter()
+        .filter_map(|n| Some((n.inode, n.name.clone()?)))
+        .collect();
+    let targets: Vec<_> = listed
         .into_iter()
         .map(|n| (Some(n.inode) != own).then_some(n))
-        .collect();
-    let names: BTreeMap<u32, String> = netns::list()
-        .into_iter()
-        .filter_map(|n| Some((n.inode, n.name?)))
         .collect();
     let Ok(snaps) = snapshot_iter(p, &targets) else {
         return (vec![], vec![]);

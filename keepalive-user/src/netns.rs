@@ -1,6 +1,11 @@
 //! Network namespaces: listing them, naming one on the command line, and
 //! running code inside one. The kernel's TCP iterator only walks the
 //! namespace of the task that opens it, so kato enters each in turn.
+//!
+//! A reference holds the namespace open from the moment it is listed or
+//! resolved: entering it later cannot fail because the process that made
+//! it exited, nor because the caller has since dropped the capabilities
+//! that reading other users' `/proc/PID/ns/net` needs.
 
 use std::{
     collections::BTreeMap,
@@ -8,18 +13,51 @@ use std::{
     io,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use thiserror::Error;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NetnsRef {
     /// Namespace inode, as `ls -l /proc/PID/ns/net` shows it.
     pub inode: u32,
-    /// A file that refers to it (/run/netns/NAME or /proc/PID/ns/net).
+    /// The file it was opened from (/run/netns/NAME or /proc/PID/ns/net).
     pub path: PathBuf,
     /// Its `ip netns` name, if it has one.
     pub name: Option<String>,
+    /// The open namespace (shared by clones).
+    file: Arc<File>,
+}
+
+impl PartialEq for NetnsRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.inode == other.inode
+    }
+}
+
+impl Eq for NetnsRef {}
+
+impl NetnsRef {
+    /// Opens `path`; None when it is gone (or not readable).
+    fn open(path: PathBuf, name: Option<String>) -> Option<Self> {
+        let file = File::open(&path).ok()?;
+        let inode = file.metadata().ok()?.ino() as u32;
+        Some(NetnsRef {
+            inode,
+            path,
+            name,
+            file: Arc::new(file),
+        })
+    }
+}
+
+/// Every namespace found, and how many vanished while being listed.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub namespaces: Vec<NetnsRef>,
+    /// Found in /proc or /run/netns but gone before kato could open it.
+    pub vanished: usize,
 }
 
 #[derive(Debug, Error)]
@@ -36,31 +74,23 @@ fn inode_of(path: &Path) -> Option<u32> {
 
 /// The namespace of this process.
 pub fn current() -> io::Result<NetnsRef> {
-    let path = PathBuf::from("/proc/self/ns/net");
-    let inode = std::fs::metadata(&path)?.ino() as u32;
-    Ok(NetnsRef {
-        inode,
-        path,
-        name: None,
-    })
+    NetnsRef::open(PathBuf::from("/proc/self/ns/net"), None)
+        .ok_or_else(|| io::Error::other("cannot open /proc/self/ns/net"))
 }
 
-/// Every namespace with a process in it or a name under /run/netns.
-pub fn list() -> Vec<NetnsRef> {
+/// Every namespace with a process in it or a name under /run/netns, each
+/// held open.
+pub fn list() -> Listing {
     let mut by_inode = BTreeMap::new();
+    let mut vanished = 0;
     if let Ok(dir) = std::fs::read_dir("/run/netns") {
         for e in dir.flatten() {
-            let path = e.path();
-            if let Some(inode) = inode_of(&path) {
-                let name = e.file_name().to_string_lossy().into_owned();
-                by_inode.insert(
-                    inode,
-                    NetnsRef {
-                        inode,
-                        path,
-                        name: Some(name),
-                    },
-                );
+            let name = e.file_name().to_string_lossy().into_owned();
+            match NetnsRef::open(e.path(), Some(name)) {
+                Some(n) => {
+                    by_inode.insert(n.inode, n);
+                }
+                None => vanished += 1,
             }
         }
     }
@@ -75,22 +105,31 @@ pub fn list() -> Vec<NetnsRef> {
                 continue;
             }
             let path = p.path().join("ns/net");
-            if let Some(inode) = inode_of(&path) {
-                by_inode.entry(inode).or_insert(NetnsRef {
-                    inode,
-                    path,
-                    name: None,
-                });
+            // Most processes share a few namespaces: stat first, open new ones only.
+            match inode_of(&path) {
+                Some(inode) if by_inode.contains_key(&inode) => {}
+                Some(_) => match NetnsRef::open(path, None) {
+                    Some(n) => {
+                        by_inode.entry(n.inode).or_insert(n);
+                    }
+                    None => vanished += 1,
+                },
+                // Exited between readdir and stat: it had no namespace of its own to lose.
+                None => {}
             }
         }
     }
-    by_inode.into_values().collect()
+    Listing {
+        namespaces: by_inode.into_values().collect(),
+        vanished,
+    }
 }
 
 /// Resolves a user's `--netns`: inode number, `ip netns` name, or path.
 pub fn resolve(spec: &str) -> Result<NetnsRef, NetnsError> {
     if let Ok(inode) = spec.parse::<u32>() {
         return list()
+            .namespaces
             .into_iter()
             .find(|n| n.inode == inode)
             .ok_or_else(|| NetnsError::NotFound(spec.into()));
@@ -100,9 +139,8 @@ pub fn resolve(spec: &str) -> Result<NetnsRef, NetnsError> {
     } else {
         Path::new("/run/netns").join(spec)
     };
-    let inode = inode_of(&path).ok_or_else(|| NetnsError::NotFound(spec.into()))?;
     let name = (!spec.contains('/')).then(|| spec.to_owned());
-    Ok(NetnsRef { inode, path, name })
+    NetnsRef::open(path, name).ok_or_else(|| NetnsError::NotFound(spec.into()))
 }
 
 /// Runs `f` on a thread that has entered `ns`.
@@ -111,7 +149,7 @@ pub fn run_in<T: Send>(ns: &NetnsRef, f: impl FnOnce() -> T + Send) -> Result<T,
         path: ns.path.display().to_string(),
         source,
     };
-    let file = File::open(&ns.path).map_err(enter_err)?;
+    let file = &ns.file;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: plain syscall on a valid fd; affects only this thread.
@@ -132,7 +170,7 @@ mod tests {
     #[test]
     fn current_is_listed_and_resolvable_by_inode() {
         let me = current().unwrap();
-        assert!(list().iter().any(|n| n.inode == me.inode));
+        assert!(list().namespaces.iter().any(|n| n.inode == me.inode));
         assert_eq!(resolve(&me.inode.to_string()).unwrap().inode, me.inode);
         assert_eq!(resolve("/proc/self/ns/net").unwrap().inode, me.inode);
     }

@@ -394,3 +394,41 @@ fn agent_runs_with_the_documented_minimum_capabilities() {
         let _ = child.wait();
     }
 }
+
+/// Namespaces come and go (a process in its own namespace per run, as
+/// pods and CI jobs do) while the agent snapshots every namespace ten
+/// times a second: it never fails a snapshot, it skips and counts.
+#[test]
+fn namespaces_that_vanish_mid_snapshot_are_skipped_not_fatal() {
+    require_root();
+    let (agent, log) = Agent::start_logged(&["--snapshot-interval", "100ms"], "warn");
+    let churn = std::thread::spawn(|| {
+        let end = Instant::now() + Duration::from_secs(4);
+        let mut runs = 0;
+        while Instant::now() < end {
+            let st = Command::new("unshare")
+                .args(["-n", "true"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            runs += 1;
+        }
+        runs
+    });
+    let runs = churn.join().unwrap();
+    let m = agent.metrics();
+    let snapshots = sample(&m, "kato_snapshots_total");
+    assert!(
+        snapshots >= 20.0,
+        "{snapshots} snapshots during {runs} namespace lifetimes"
+    );
+    let failed: Vec<String> = log
+        .try_iter()
+        .filter(|l| l.contains("snapshot failed"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{runs} namespaces came and went: {failed:?}"
+    );
+    assert!(m.contains("kato_netns_vanished_total "), "{m}");
+}

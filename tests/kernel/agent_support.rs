@@ -16,6 +16,37 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts `kato agent --listen 127.0.0.1:0 ARGS` with `RUST_LOG=log`;
+    /// every later stderr line goes to the receiver.
+    pub fn start_logged(args: &[&str], log: &str) -> (Agent, std::sync::mpsc::Receiver<String>) {
+        let mut child = Command::new(KATO)
+            .args(["agent", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", log)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn kato agent");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("agent banner");
+            if let Some(rest) = line.split("http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        (Agent { child, addr }, rx)
+    }
+
     /// Starts `kato agent --listen 127.0.0.1:0 ARGS` and waits for its banner.
     pub fn start(args: &[&str]) -> Agent {
         let mut child = Command::new(KATO)

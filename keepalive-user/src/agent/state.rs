@@ -74,6 +74,9 @@ pub struct AgentState {
     sink: AgentSink,
     snapshotter: Snapshotter,
     scope: NetnsScope,
+    /// `netns = [...]`: resolved and opened once, at start, while the
+    /// agent still has every capability.
+    listed: Vec<netns::NetnsRef>,
     counters: Arc<CounterMap>,
     started: Instant,
 }
@@ -113,11 +116,13 @@ impl AgentState {
             attach,
             cfg.http_keepalive,
         );
-        if let NetnsScope::Listed(names) = &cfg.netns {
-            for n in names {
-                netns::resolve(n)?;
-            }
-        }
+        let listed = match &cfg.netns {
+            NetnsScope::Listed(names) => names
+                .iter()
+                .map(|n| netns::resolve(n))
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => vec![],
+        };
         Ok(AgentState {
             pipeline: Pipeline::new(
                 k.hz,
@@ -132,34 +137,27 @@ impl AgentState {
             },
             snapshotter,
             scope: cfg.netns.clone(),
+            listed,
             counters: bpf.counter_map(),
             started: Instant::now(),
         })
     }
 
-    /// The namespaces to snapshot now; also fixes whose events count, in
-    /// the kernel and in the pipeline.
-    fn targets(&mut self, bpf: &mut Bpf) -> Result<Targets, AgentError> {
+    /// The namespaces to snapshot now, and how many vanished while being
+    /// listed; also fixes whose events count, in the kernel and in the
+    /// pipeline.
+    fn targets(&mut self, bpf: &mut Bpf) -> Result<(Targets, usize), AgentError> {
         let own = netns::current()
             .map_err(|e| AgentError::Snapshot(SnapshotError::OwnNetns(e)))?
             .inode;
-        let targets: Targets = match &self.scope {
-            NetnsScope::Own => vec![None],
-            NetnsScope::All => netns::list()
-                .into_iter()
-                .map(|n| (n.inode != own).then_some(n))
-                .collect(),
-            NetnsScope::Listed(names) => {
-                let mut t = vec![];
-                for n in names {
-                    match netns::resolve(n) {
-                        Ok(r) if r.inode == own => t.push(None),
-                        Ok(r) => t.push(Some(r)),
-                        Err(e) => log::warn!("skipping namespace: {e}"),
-                    }
-                }
-                t
+        let mine = |n: netns::NetnsRef| (n.inode != own).then_some(n);
+        let (targets, vanished): (Targets, usize) = match &self.scope {
+            NetnsScope::Own => (vec![None], 0),
+            NetnsScope::All => {
+                let l = netns::list();
+                (l.namespaces.into_iter().map(mine).collect(), l.vanished)
             }
+            NetnsScope::Listed(_) => (self.listed.iter().cloned().map(mine).collect(), 0),
         };
         let watched: Option<HashSet<u32>> = match self.scope {
             NetnsScope::All => None,
@@ -174,13 +172,13 @@ impl AgentState {
             bpf.watch_netns(w)?;
         }
         self.pipeline.watch(watched);
-        Ok(targets)
+        Ok((targets, vanished))
     }
 
     /// Reconciles the table with a full snapshot of every watched namespace.
     pub fn snapshot(&mut self, bpf: &mut Bpf) -> Result<usize, AgentError> {
         let t = Instant::now();
-        let targets = self.targets(bpf)?;
+        let (targets, vanished) = self.targets(bpf)?;
         let snaps = self.snapshotter.take(Some(bpf), &targets)?;
         let sink = &mut self.sink;
         sink.listening.clear();
@@ -197,7 +195,7 @@ impl AgentState {
             sink.table.apply_snapshot(s.inode, s.sockets);
         }
         sink.metrics
-            .on_snapshot(t.elapsed().as_secs_f64(), &sysctls);
+            .on_snapshot(t.elapsed().as_secs_f64(), &sysctls, vanished);
         log::debug!("snapshot: {n} sockets in {:?}", t.elapsed());
         Ok(n)
     }

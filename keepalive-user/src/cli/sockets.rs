@@ -111,7 +111,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 /// The namespaces to list; `None` is kato's own (no namespace switch).
 fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
     if args.all_netns {
-        return Ok(netns::list().into_iter().map(Some).collect());
+        return Ok(netns::list().namespaces.into_iter().map(Some).collect());
     }
     if args.netns.is_empty() {
         return Ok(vec![None]);

@@ -95,6 +95,7 @@ pub struct Metrics {
     events_lost: Family<IntCounterVec, 1>,
     evictions: IntCounter,
     snapshots: IntCounter,
+    netns_vanished: IntCounter,
     snapshot_seconds: Gauge,
     idle_before_close: Family<prometheus::HistogramVec, 3>,
     exchanges: Family<prometheus::HistogramVec, 3>,
@@ -164,6 +165,10 @@ impl Metrics {
             events_lost: r.counters("kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), kernel_read (a kernel read failed), decode (malformed record).", ["cause"]),
             evictions: r.counter("kato_table_evictions_total", "Sockets evicted from the full table (least recently updated first)."),
             snapshots: r.counter("kato_snapshots_total", "Full socket snapshots taken."),
+            netns_vanished: r.counter(
+                "kato_netns_vanished_total",
+                "Network namespaces that were gone (their last process exited) between being found and being opened for a snapshot: skipped.",
+            ),
             snapshot_seconds: r.float_gauge("kato_snapshot_duration_seconds", "Duration of the last full socket snapshot."),
             idle_before_close: r.histograms(
                 "kato_connection_idle_before_close_seconds",
@@ -327,8 +332,9 @@ impl Metrics {
 
     /// A snapshot was taken: its duration and the sysctls of exactly the
     /// namespaces it saw (series of namespaces that are gone are removed).
-    pub fn on_snapshot(&mut self, seconds: f64, sysctls: &HashMap<u32, Sysctls>) {
+    pub fn on_snapshot(&mut self, seconds: f64, sysctls: &HashMap<u32, Sysctls>, vanished: usize) {
         self.snapshots.inc();
+        self.netns_vanished.inc_by(vanished as u64);
         self.snapshot_seconds.set(seconds);
         for g in [&self.sysctl_time, &self.sysctl_intvl, &self.sysctl_probes] {
             g.reset();
