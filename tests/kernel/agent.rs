@@ -432,3 +432,46 @@ fn namespaces_that_vanish_mid_snapshot_are_skipped_not_fatal() {
     );
     assert!(m.contains("kato_netns_vanished_total "), "{m}");
 }
+
+/// In a memory cgroup limited to 256 MiB the table holds what half of it
+/// affords at 1 KiB a socket, not a fixed million.
+#[test]
+fn table_capacity_follows_the_cgroup_memory_limit() {
+    require_root();
+    let cg = format!("/sys/fs/cgroup/memory/kato-cap-{}", std::process::id());
+    let (dir, limit_file) = if std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
+        (cg.clone(), "memory.limit_in_bytes")
+    } else {
+        (
+            format!("/sys/fs/cgroup/kato-cap-{}", std::process::id()),
+            "memory.max",
+        )
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(format!("{dir}/{limit_file}"), (256u64 << 20).to_string()).unwrap();
+    let procs = format!("{dir}/cgroup.procs");
+    let mut child = unsafe {
+        use std::os::unix::process::CommandExt;
+        Command::new(env!("CARGO_BIN_EXE_kato"))
+            .args(["agent", "--listen", "127.0.0.1:0", "--netns", "self"])
+            .stderr(std::process::Stdio::piped())
+            .pre_exec(move || std::fs::write(&procs, "0"))
+            .spawn()
+            .unwrap()
+    };
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut banner = String::new();
+    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
+    let addr: SocketAddr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{banner}"))
+        .parse()
+        .unwrap();
+    let (_, m) = crate::agent_support::http_get(addr, "/metrics").unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(sample(&m, "kato_table_capacity"), 131_072.0, "{m}");
+}

@@ -83,7 +83,8 @@ pub struct AgentConfig {
     /// Distinct values per opt-in label before the rest become `other`.
     pub label_limit: usize,
     /// Sockets tracked at most; the least recently updated are evicted first.
-    pub table_capacity: usize,
+    /// None: derived from the cgroup memory limit (`agent::capacity`).
+    pub table_capacity: Option<usize>,
     pub btf: Option<PathBuf>,
     pub hz: Option<u32>,
     /// Declared middlebox idle timeouts.
@@ -113,7 +114,7 @@ impl Default for AgentConfig {
             snapshot_interval: Duration::from_secs(30),
             label_by: vec![],
             label_limit: 20,
-            table_capacity: 1_000_000,
+            table_capacity: None,
             btf: None,
             hz: None,
             policy: Policy::default(),
@@ -414,7 +415,7 @@ impl Overrides {
             snapshot_interval: self.snapshot_interval.unwrap_or(d.snapshot_interval),
             label_by: self.label_by.unwrap_or(d.label_by),
             label_limit: self.label_limit.unwrap_or(d.label_limit),
-            table_capacity: self.table_capacity.unwrap_or(d.table_capacity),
+            table_capacity: self.table_capacity.or(d.table_capacity),
             btf: self.btf.or(d.btf),
             hz: self.hz.or(d.hz),
             policy: self
@@ -456,7 +457,7 @@ mod tests {
         assert_eq!(c.label_by, [LabelBy::RemotePort, LabelBy::Netns]);
         assert_eq!(
             (c.label_limit, c.table_capacity, c.hz),
-            (5, 1000, Some(100))
+            (5, Some(1000), Some(100))
         );
     }
 

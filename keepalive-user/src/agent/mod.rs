@@ -1,3 +1,4 @@
+pub mod capacity;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -116,6 +116,12 @@ impl AgentState {
             attach,
             cfg.http_keepalive,
         );
+        let capacity = cfg.table_capacity.unwrap_or_else(|| {
+            let (n, limit) = super::capacity::default_capacity();
+            log::info!("table capacity {n} (memory limit {limit:?})");
+            n
+        });
+        metrics.set_capacity(capacity);
         let listed = match &cfg.netns {
             NetnsScope::Listed(names) => names
                 .iter()
@@ -130,7 +136,7 @@ impl AgentState {
                 Some(cfg.idle_kill_min.as_secs_f64()),
             ),
             sink: AgentSink {
-                table: SocketTable::new(cfg.table_capacity),
+                table: SocketTable::new(capacity),
                 metrics,
                 listening: HashSet::new(),
                 policy: cfg.policy.clone(),

@@ -87,6 +87,7 @@ pub struct Metrics {
     sockets: Family<prometheus::IntGaugeVec, 2>,
     probing: IntGauge,
     tracked: IntGauge,
+    capacity: IntGauge,
     sysctl_time: Family<prometheus::IntGaugeVec, 1>,
     sysctl_intvl: Family<prometheus::IntGaugeVec, 1>,
     sysctl_probes: Family<prometheus::IntGaugeVec, 1>,
@@ -154,6 +155,10 @@ impl Metrics {
             sockets: r.gauges("kato_sockets", "TCP sockets by state and SO_KEEPALIVE (n/a: TIME_WAIT and request sockets).", ["state", "keepalive"]),
             probing: r.gauge("kato_sockets_probing", "Sockets with keepalive probes outstanding right now."),
             tracked: r.gauge("kato_table_sockets", "Sockets in the agent's table."),
+            capacity: r.gauge(
+                "kato_table_capacity",
+                "Sockets the table holds at most (table_capacity, or half the cgroup memory limit at 1 KiB a socket).",
+            ),
             sysctl_time: r.gauges("kato_netns_tcp_keepalive_time_seconds", "net.ipv4.tcp_keepalive_time of each network namespace.", ["netns"]),
             sysctl_intvl: r.gauges("kato_netns_tcp_keepalive_intvl_seconds", "net.ipv4.tcp_keepalive_intvl of each network namespace.", ["netns"]),
             sysctl_probes: r.gauges("kato_netns_tcp_keepalive_probes", "net.ipv4.tcp_keepalive_probes of each network namespace.", ["netns"]),
@@ -256,6 +261,10 @@ impl Metrics {
                 self.ports.admit(rec.remote.port().to_string()),
             )
         }
+    }
+
+    pub fn set_capacity(&self, n: usize) {
+        self.capacity.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts one observation.
