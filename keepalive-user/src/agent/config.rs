@@ -188,9 +188,19 @@ pub struct ListenAddr;
 impl Setting for ListenAddr {
     type Raw = String;
     type Value = SocketAddr;
+    /// `IP:PORT`, `[IPv6]:PORT`, and `[IPv4]:PORT` too, so that one
+    /// template (`[$(NODE_IP)]:7941`) serves both families.
     fn parse(s: String) -> Result<SocketAddr, String> {
-        s.parse()
-            .map_err(|_| format!("`{s}` is not an address:port"))
+        let bad = || format!("`{s}` is not an address:port");
+        if let Ok(a) = s.parse() {
+            return Ok(a);
+        }
+        let (ip, port) = s
+            .strip_prefix('[')
+            .and_then(|r| r.split_once("]:"))
+            .ok_or_else(bad)?;
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        Ok(SocketAddr::new(ip.into(), port.parse().map_err(|_| bad())?))
     }
 }
 
@@ -537,6 +547,17 @@ mod tests {
             parse("http_keepalive = \"yes\"").unwrap_err().key,
             "http_keepalive"
         );
+    }
+
+    #[test]
+    fn listen_takes_either_family_in_brackets() {
+        let p = |s: &str| ListenAddr::parse(s.to_owned());
+        assert_eq!(p("[10.0.0.5]:7941"), Ok("10.0.0.5:7941".parse().unwrap()));
+        assert_eq!(p("[fd00::5]:7941"), Ok("[fd00::5]:7941".parse().unwrap()));
+        assert_eq!(p("127.0.0.1:0"), Ok("127.0.0.1:0".parse().unwrap()));
+        for bad in ["[10.0.0.5]", "[host]:1", "[10.0.0.5]:x", "fd00::5:7941"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -30,8 +30,10 @@ pub const NOBODY: u32 = 65534;
 /// What the serving thread gave up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dropped {
-    /// The thread's uid after the drop (0 where CAP_SETUID was missing).
+    /// The thread's uid after the drop.
     pub uid: u32,
+    /// Whether it switched to [`NOBODY`] (it needs CAP_SETUID + CAP_SETGID).
+    pub switched: bool,
     pub bounding_emptied: bool,
 }
 
@@ -50,8 +52,8 @@ pub fn drop_thread_privileges() -> Result<Dropped, String> {
     if bounding_emptied {
         caps::clear(None, CapSet::Bounding).map_err(|e| format!("bounding set: {e}"))?;
     }
-    let mut uid = 0;
-    if has(caps::Capability::CAP_SETUID) && has(caps::Capability::CAP_SETGID) {
+    let switched = has(caps::Capability::CAP_SETUID) && has(caps::Capability::CAP_SETGID);
+    if switched {
         let n = libc::c_long::from(NOBODY);
         // SAFETY: raw credential syscalls with plain integer arguments;
         // they act on this thread only (no glibc broadcast).
@@ -63,7 +65,6 @@ pub fn drop_thread_privileges() -> Result<Dropped, String> {
             check(libc::syscall(libc::SYS_setresgid, n, n, n), "setresgid")?;
             check(libc::syscall(libc::SYS_setresuid, n, n, n), "setresuid")?;
         }
-        uid = NOBODY;
     }
     for set in [
         CapSet::Ambient,
@@ -79,7 +80,9 @@ pub fn drop_thread_privileges() -> Result<Dropped, String> {
         "no_new_privs",
     )?;
     Ok(Dropped {
-        uid,
+        // SAFETY: getuid has no arguments; glibc reads this thread's uid.
+        uid: unsafe { libc::getuid() },
+        switched,
         bounding_emptied,
     })
 }

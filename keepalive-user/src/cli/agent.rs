@@ -242,10 +242,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
     )
     .map_err(|e| anyhow::anyhow!("dropping the HTTP thread's privileges: {e}"))?;
-    let serving_as = if served.uid == 0 {
-        "HTTP served without capabilities, as uid 0 (no CAP_SETUID/CAP_SETGID to switch)".to_owned()
-    } else {
+    let serving_as = if served.switched {
         format!("HTTP served without capabilities as uid {}", served.uid)
+    } else {
+        format!(
+            "HTTP served without capabilities as uid {} (no CAP_SETUID/CAP_SETGID to switch to {})",
+            served.uid,
+            serving::NOBODY
+        )
     };
     let keep = state::runtime_caps(&cfg.netns);
     let bounding = match caps::keep_only(&keep).context("dropping capabilities")? {
