@@ -9,7 +9,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::seq_file,
-    helpers::{bpf_jiffies64, bpf_seq_write},
+    helpers::{bpf_get_socket_cookie, bpf_jiffies64, bpf_seq_write},
 };
 use keepalive_common::{sock_flags, IterConfig, OwnerRecord, SockRecord, SOCK_RECORD_SIZE};
 
@@ -60,6 +60,9 @@ unsafe fn try_iter_tcp(ctx: *mut c_void) -> Result<(), u32> {
     let seq = unsafe { *(meta as *const *mut seq_file) };
     let mut r = SockRecord::default();
     r.sk = sk;
+    // Generates the cookie where none was yet (ss -e prints the same one);
+    // events read it back from the socket.
+    r.cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     r.uid = unsafe { *((ctx as *const u32).add(4)) };
     r.jiffies = unsafe { bpf_jiffies64() };
     fill_addrs(

@@ -147,6 +147,7 @@ pub fn fill(ev: &mut Event, sk: u64) -> Result<(), u32> {
     ev.sk_err = read::<i32>(sk, conf!(sk_err))?;
     ev.netns = netns(sk)?;
     ev.ino = ino(sk)?;
+    ev.cookie = read::<u64>(sk, conf!(skc_cookie))?;
     Ok(())
 }
 

@@ -71,6 +71,12 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
         }
     }
     assert!(worker.join().unwrap().is_err());
+    assert!(
+        events
+            .iter()
+            .all(|v| v.get("sock").is_none() && v.get("cookie").is_some()),
+        "cookies, never kernel addresses: {events:?}"
+    );
     let names: Vec<&str> = events
         .iter()
         .map(|v| v["event"].as_str().unwrap())

@@ -214,7 +214,15 @@ fn sockets_agree_with_ss_and_getsockopt() {
             d["keepalive"].is_null(),
             "sock_diag cannot know keepalive settings"
         );
+        // Identity without kernel addresses: the iterator's cookie is the
+        // kernel's own (inet_diag's idiag_cookie, `ss -e`'s `sk:`).
+        assert!(kmap[k]["cookie"].as_u64().is_some_and(|c| c > 0), "{k:?}");
+        assert_eq!(d["cookie"], kmap[k]["cookie"], "cookie of {k:?}");
     }
+    assert!(
+        kato.iter().chain(&diag).all(|v| v.get("sock").is_none()),
+        "no kernel address without --show-kernel-addresses"
+    );
 
     let mut kinds: HashMap<&str, usize> = HashMap::new();
     let mut probing = 0;

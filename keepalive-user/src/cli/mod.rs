@@ -135,6 +135,21 @@ pub struct KernelArgs {
     pub attach: AttachMode,
 }
 
+/// `--show-kernel-addresses`: kernel pointers defeat KASLR, so only root
+/// sees them, and only on the command line (never over HTTP).
+pub fn check_show_addresses(wanted: bool) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if wanted && unsafe { libc::geteuid() } != 0 {
+        return Err(keepalive_user::agent::config::ConfigError {
+            origin: "command line".into(),
+            key: "--show-kernel-addresses".into(),
+            message: "only root may see kernel addresses".into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 pub fn parse_ring_bytes_pub(s: &str) -> Result<u32, String> {
     parse_ring_bytes(s)
 }

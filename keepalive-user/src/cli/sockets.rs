@@ -86,6 +86,10 @@ pub struct SocketsArgs {
     /// Keepalive events are traced meanwhile, so probes sent/answered are counted.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub watch: Option<Duration>,
+    /// Also print each socket's kernel address (`sock`), as `ss -e` did
+    /// before cookies; root only.
+    #[arg(long)]
+    pub show_kernel_addresses: bool,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -154,6 +158,12 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         ..Filter::default()
     };
     let sort = args.sort;
+    super::check_show_addresses(args.show_kernel_addresses)?;
+    let show = args.show_kernel_addresses;
+    fn addresses(show: bool) -> impl Fn(SocketView<'_>) -> SocketView<'_> {
+        move |v| if show { v.with_address() } else { v }
+    }
+    let addresses = addresses(show);
     let targets = targets(&args)?;
     let policy = Policy {
         rules: super::agent::idle_timeout_flags(&args.idle_timeout)?,
@@ -193,7 +203,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         let views = snaps
             .iter()
             .flat_map(|n| &n.sockets)
-            .map(|s| SocketView::new(s, None, &policy));
+            .map(|s| addresses(SocketView::new(s, None, &policy)));
         let shown = filter::select(views, &filter, sort);
         let mut out = std::io::BufWriter::new(stdout.lock());
         return ignore_broken_pipe(
@@ -226,7 +236,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                     table.apply_snapshot(n.inode, n.sockets);
                 }
                 let mut out = std::io::BufWriter::new(stdout.lock());
-                let views = table.iter().map(|(s, c)| SocketView::new(s, Some(c), &policy));
+                let views = table.iter().map(|(s, c)| addresses(SocketView::new(s, Some(c), &policy)));
                 let shown = filter::select(views, &filter, sort);
                 let r = (|| {
                     if args.output == Output::Table {

@@ -56,6 +56,9 @@ pub struct TraceArgs {
     /// --closes; costs a little on every socket syscall).
     #[arg(long)]
     pub http_keepalive: bool,
+    /// Also print each socket's kernel address (`sock`, JSON only); root only.
+    #[arg(long)]
+    pub show_kernel_addresses: bool,
     /// Exit after printing this many events.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
@@ -123,6 +126,7 @@ impl<W: Write> Sink for Printer<'_, W> {
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let stop = super::signals::shutdown()?;
+    super::check_show_addresses(args.show_kernel_addresses)?;
     let policy = Policy {
         rules: super::agent::idle_timeout_flags(&args.idle_timeout)?,
     };
@@ -156,6 +160,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             clock: Clock::new(),
             policy: &policy,
             turns: args.http_keepalive,
+            addresses: args.show_kernel_addresses,
         },
         filter: Filter {
             pids: args.pid.clone(),

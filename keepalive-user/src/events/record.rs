@@ -48,6 +48,8 @@ pub struct Record {
     /// Keepalive deadline in jiffies, when the timer was pending.
     pub expires: Option<u64>,
     pub ino: u64,
+    /// The socket cookie, where one was generated already (`ss -e`'s `sk:`).
+    pub cookie: Option<u64>,
     pub netns: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -116,6 +118,7 @@ impl Record {
             kind,
             ts_ns: raw.ts_ns,
             sk: raw.sk,
+            cookie: (raw.cookie != 0).then_some(raw.cookie),
             jiffies: raw.jiffies,
             expires: (raw.flags & flags::TIMER_PENDING != 0).then_some(raw.expires),
             ino: raw.ino,

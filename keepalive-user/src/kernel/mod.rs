@@ -143,7 +143,10 @@ mod tests {
             (0, 4, 12, 14)
         );
         assert_eq!((c.skc_family, c.skc_state, c.skc_net), (16, 18, 48));
-        assert_eq!((c.skc_v6_daddr, c.skc_v6_rcv_saddr), (56, 72));
+        assert_eq!(
+            (c.skc_v6_daddr, c.skc_v6_rcv_saddr, c.skc_cookie),
+            (56, 72, 88)
+        );
         assert_eq!((c.net_inum, c.sk_err, c.icsk_probes_out), (24, 256, 1051));
         // vfs_inode (128) - socket (0) + i_ino (64)
         assert_eq!(c.socket_ino, 192);

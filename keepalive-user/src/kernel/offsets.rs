@@ -87,6 +87,8 @@ pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError
             as u32,
         // Set by the loader from LoadOptions.
         netns_filter: 0,
+        skc_cookie: sk("__sk_common.skc_cookie", 8)?,
+        _pad0: 0,
     })
 }
 

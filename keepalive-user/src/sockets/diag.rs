@@ -72,6 +72,9 @@ pub fn decode(msg: &[u8], netns: u32) -> Option<Socket> {
     let local = SocketAddr::new(ip(&msg[8..24])?, sport);
     let remote = SocketAddr::new(ip(&msg[24..40])?, dport);
     Some(Socket {
+        // inet_diag's idiag_cookie is the socket cookie (it is also kato's
+        // key here: sock_diag gives no kernel address).
+        cookie: Some(cookie),
         recv_q: u32_at(56),
         send_q: u32_at(60),
         uid: u32_at(64),

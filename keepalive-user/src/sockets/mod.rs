@@ -124,8 +124,12 @@ pub struct Keepalive {
 /// What kato knows about one TCP socket.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Socket {
-    /// Kernel socket address, hex.
-    #[serde(serialize_with = "hex")]
+    /// The socket cookie: a stable identity without kernel addresses, the
+    /// one `ss -e` prints (in hex) as `sk:` (null where none is known).
+    pub cookie: Option<u64>,
+    /// Kernel socket address: kato's key, never shown by default
+    /// (`--show-kernel-addresses`, root, CLI only).
+    #[serde(skip)]
     pub sock: u64,
     pub netns: u32,
     /// `tcp` or `tcp6`, as netstat prints it.
@@ -154,10 +158,6 @@ pub struct Socket {
     pub last_data_sent_s: Option<f64>,
 }
 
-fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{v:#x}"))
-}
-
 impl Socket {
     /// A socket known only by identity, state and timer: what sock_diag or a
     /// lone event tells. Everything else is unknown (None) or zero.
@@ -171,6 +171,7 @@ impl Socket {
         timer: Timer,
     ) -> Self {
         Socket {
+            cookie: None,
             sock,
             netns,
             proto: if local.is_ipv4() { "tcp" } else { "tcp6" },
@@ -280,6 +281,7 @@ impl Socket {
         let connected = full && !matches!(state, TcpState::Listen);
         let last_rx = jiffies::later32(r.lrcvtime, r.rcv_tstamp);
         Ok(Socket {
+            cookie: (r.cookie != 0).then_some(r.cookie),
             sock: r.sk,
             netns: r.netns,
             proto: if r.family == AF_INET { "tcp" } else { "tcp6" },

@@ -110,6 +110,9 @@ impl SocketTable {
             }
         }
         let s = &mut e.socket;
+        if s.cookie.is_none() {
+            s.cookie = rec.cookie;
+        }
         if rec.local.port() != 0 {
             s.local = rec.local;
         }
@@ -178,9 +181,12 @@ fn partial(rec: &Record) -> Socket {
         retransmits: 0,
         probes: rec.probes_out,
     };
-    Socket::bare(
-        rec.sk, rec.netns, rec.local, rec.remote, rec.state, rec.ino, timer,
-    )
+    Socket {
+        cookie: rec.cookie,
+        ..Socket::bare(
+            rec.sk, rec.netns, rec.local, rec.remote, rec.state, rec.ino, timer,
+        )
+    }
 }
 
 #[cfg(test)]

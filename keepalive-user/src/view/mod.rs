@@ -16,6 +16,9 @@ use crate::{
 /// (null without a policy or for sockets that are not connections).
 #[derive(Debug, Clone, Serialize)]
 pub struct SocketView<'a> {
+    /// The kernel address, only with `--show-kernel-addresses` (CLI, root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sock: Option<String>,
     #[serde(flatten)]
     pub socket: &'a Socket,
     /// Keepalive probes kato saw go out / get answered.
@@ -30,12 +33,20 @@ pub struct SocketView<'a> {
 }
 
 impl<'a> SocketView<'a> {
+    /// Adds the kernel address (`--show-kernel-addresses`).
+    #[must_use]
+    pub fn with_address(mut self) -> Self {
+        self.sock = Some(format!("{:#x}", self.socket.sock));
+        self
+    }
+
     pub fn new(socket: &'a Socket, counts: Option<&'a Counts>, policy: &'a Policy) -> Self {
         let (risk, rule) = match policy.classify(socket) {
             Some((risk, rule)) => (Some(risk), rule.map(|r| r.text.as_str())),
             None => (None, None),
         };
         SocketView {
+            sock: None,
             socket,
             probes_sent: counts.map(|c| c.probes_sent),
             probes_answered: counts.map(|c| c.probes_answered),
@@ -68,6 +79,7 @@ impl SocketRow {
 
     pub fn view(&self) -> SocketView<'_> {
         SocketView {
+            sock: None,
             socket: &self.socket,
             probes_sent: self.counts.as_ref().map(|c| c.probes_sent),
             probes_answered: self.counts.as_ref().map(|c| c.probes_answered),

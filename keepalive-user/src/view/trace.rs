@@ -49,8 +49,12 @@ pub struct TraceLine {
     pub sk_err: i32,
     pub netns: u32,
     pub inode: u64,
-    /// Kernel socket address, as `ss -e` prints it.
-    pub sock: String,
+    /// The socket cookie (`ss -e` prints it in hex as `sk:`), where one
+    /// was generated already (a snapshot, ss, sock_diag).
+    pub cookie: Option<u64>,
+    /// The kernel address, only with `--show-kernel-addresses`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sock: Option<String>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
 }
@@ -60,6 +64,8 @@ pub struct Formatter<'a> {
     pub policy: &'a Policy,
     /// Whether send/recv turns are being counted.
     pub turns: bool,
+    /// Show kernel socket addresses (`--show-kernel-addresses`).
+    pub addresses: bool,
 }
 
 impl Formatter<'_> {
@@ -97,7 +103,8 @@ impl Formatter<'_> {
                 .flatten(),
             netns: rec.netns,
             inode: rec.ino,
-            sock: format!("{:#x}", rec.sk),
+            cookie: rec.cookie,
+            sock: self.addresses.then(|| format!("{:#x}", rec.sk)),
             pid: obs.owner.as_ref().map(|o| o.pid),
             comm: obs.owner.as_ref().map(|o| o.comm.clone()),
         }
@@ -180,6 +187,7 @@ mod tests {
                 clock: Clock::new(),
                 policy: &policy,
                 turns: false,
+                addresses: false,
             };
             self.0 = Some(f.event(
                 obs,

@@ -205,6 +205,8 @@ pub fn kernel_like_with(icsk_keepalive: bool) -> Vec<u8> {
     let net_ptr = b.ptr(net);
     let possible_net = b.composite("", false, 8, &[("net", net_ptr, 0, 0)]);
     let possible_net_t = b.typedef("possible_net_t", possible_net);
+    let a64 = b.composite("", false, 8, &[("counter", u64_, 0, 0)]);
+    let atomic64 = b.typedef("atomic64_t", a64);
     let skc = b.composite(
         "sock_common",
         false,
@@ -218,6 +220,7 @@ pub fn kernel_like_with(icsk_keepalive: bool) -> Vec<u8> {
             ("skc_net", possible_net_t, 384, 0),
             ("skc_v6_daddr", in6, 448, 0),
             ("skc_v6_rcv_saddr", in6, 576, 0),
+            ("skc_cookie", atomic64, 704, 0),
         ],
     );
     b.composite(
