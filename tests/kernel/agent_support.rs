@@ -40,7 +40,11 @@ impl Agent {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("agent banner");
-            if let Some(rest) = line.split("http://").nth(1) {
+            if let Some(rest) = line
+                .split("://")
+                .nth(1)
+                .filter(|_| line.contains("listening on"))
+            {
                 break rest.split_whitespace().next().unwrap().parse().unwrap();
             }
         };

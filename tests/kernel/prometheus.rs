@@ -39,15 +39,27 @@ fn free_port() -> u16 {
 
 impl Prometheus {
     fn start(target: SocketAddr) -> Prometheus {
+        Self::start_with(&format!(
+            "  - job_name: kato\n    static_configs:\n      - targets: ['{target}']\n"
+        ))
+    }
+
+    /// Prometheus with these `scrape_configs` entries.
+    fn start_with(scrape_configs: &str) -> Prometheus {
         assert!(
             std::path::Path::new("/usr/bin/prometheus").exists(),
             "Debian's prometheus package is missing: `cargo xtask setup` installs it"
         );
-        let dir = std::env::temp_dir().join(format!("kato-prom-{}", std::process::id()));
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kato-prom-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: kato\n    static_configs:\n      - targets: ['{target}']\n"
+             scrape_configs:\n{scrape_configs}"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -149,4 +161,124 @@ fn real_prometheus_scrapes_a_dead_peer() {
         1.0,
         Duration::from_secs(15),
     );
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real Prometheus scrapes the agent over TLS with basic auth, as the
+/// exporter-toolkit web config says; without the password, or without
+/// TLS, it cannot.
+#[test]
+fn prometheus_scrapes_over_tls_with_basic_auth() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("kato-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-subj",
+                "/CN=kato test CA",
+                "-days",
+                "1",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &dir,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    // Relative paths: from the web config's own directory.
+    std::fs::write(
+        dir.join("web.yml"),
+        format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  prom: {hash}\n"),
+    )
+    .unwrap();
+    let web = dir.join("web.yml");
+    let (agent, _log) = Agent::start_logged(
+        &["--netns", "self", "--web-config", web.to_str().unwrap()],
+        "warn",
+    );
+    let target = agent.addr;
+    let ca = dir.join("ca.crt");
+    let ca = ca.display();
+    let prom = Prometheus::start_with(&format!(
+        "  - job_name: kato\n    scheme: https\n    tls_config: {{ca_file: '{ca}'}}\n    basic_auth: {{username: prom, password: s3cret}}\n    static_configs:\n      - targets: ['{target}']\n\
+         \x20 - job_name: wrong_password\n    scheme: https\n    tls_config: {{ca_file: '{ca}'}}\n    basic_auth: {{username: prom, password: guess}}\n    static_configs:\n      - targets: ['{target}']\n\
+         \x20 - job_name: plain_http\n    static_configs:\n      - targets: ['{target}']\n"
+    ));
+    prom.wait("up{job=\"kato\"}", 1.0, Duration::from_secs(30));
+    prom.wait(
+        "kato_build_info{job=\"kato\"}",
+        1.0,
+        Duration::from_secs(10),
+    );
+    prom.wait("up{job=\"wrong_password\"}", 0.0, Duration::from_secs(10));
+    prom.wait("up{job=\"plain_http\"}", 0.0, Duration::from_secs(10));
+    drop(prom);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
 }

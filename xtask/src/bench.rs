@@ -145,7 +145,7 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr)?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: kato\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;

@@ -23,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "nginx",
     // The deploy tests: which system calls the agent makes.
     "strace",
+    // The TLS test makes its own CA and server certificate.
+    "openssl",
     // On fresh machines already; listed so tests can rely on them.
     "net-tools",
     "util-linux",

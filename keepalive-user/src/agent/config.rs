@@ -104,6 +104,8 @@ pub struct AgentConfig {
     pub allowed_hosts: Vec<String>,
     /// HTTP connections served at once.
     pub max_connections: usize,
+    /// TLS and basic auth (exporter-toolkit web config format).
+    pub web_config: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -124,6 +126,7 @@ impl Default for AgentConfig {
             attach: AttachMode::Auto,
             allowed_hosts: vec![],
             max_connections: 64,
+            web_config: None,
         }
     }
 }
@@ -161,6 +164,8 @@ pub struct Overrides {
     pub allowed_hosts: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_via::<_, MaxConnections>")]
     pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub web_config: Option<PathBuf>,
 }
 
 /// One setting's parser, shared by its flag (a string) and its file value
@@ -335,7 +340,7 @@ fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Err
 }
 
 /// The file's keys, for the unknown-key message.
-pub const KEYS: [&str; 14] = [
+pub const KEYS: [&str; 15] = [
     "listen",
     "netns",
     "snapshot_interval",
@@ -350,6 +355,7 @@ pub const KEYS: [&str; 14] = [
     "attach",
     "allowed_hosts",
     "max_connections",
+    "web_config",
 ];
 
 /// The line of byte offset `at` in `text`, 1-based.
@@ -414,6 +420,7 @@ impl Overrides {
             attach: self.attach.or(base.attach),
             allowed_hosts: self.allowed_hosts.or(base.allowed_hosts),
             max_connections: self.max_connections.or(base.max_connections),
+            web_config: self.web_config.or(base.web_config),
         }
     }
 
@@ -438,6 +445,7 @@ impl Overrides {
             attach: self.attach.unwrap_or(d.attach),
             allowed_hosts: self.allowed_hosts.unwrap_or(d.allowed_hosts),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
+            web_config: self.web_config.or(d.web_config),
         }
     }
 }

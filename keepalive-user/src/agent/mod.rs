@@ -4,3 +4,4 @@ pub mod http;
 pub mod metrics;
 pub mod serving;
 pub mod state;
+pub mod webconfig;

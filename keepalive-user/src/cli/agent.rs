@@ -10,9 +10,10 @@ use keepalive_user::{
             self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit, ListenAddr,
             MaxConnections, NetnsScope, Overrides, Setting, TableCapacity,
         },
-        http::{HostAllow, Limits},
+        http::{self, HostAllow, Limits},
         serving,
         state::{self, AgentState},
+        webconfig::WebConfig,
     },
     bpf::{Bpf, Iterators, LoadOptions},
     caps,
@@ -78,6 +79,10 @@ pub struct AgentArgs {
     /// addresses, localhost and this node's names; others get 421.
     #[arg(long, value_name = "NAME")]
     pub allowed_host: Vec<String>,
+    /// TLS and basic auth from a web config file in the Prometheus
+    /// exporter-toolkit format (tls_server_config, basic_auth_users).
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
     /// HTTP connections served at once; more wait [default: 64].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
@@ -142,6 +147,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         http_keepalive: a.http_keepalive.then_some(true),
         attach: flag::<Attach>("attach", a.attach.clone())?,
         allowed_hosts: (!a.allowed_host.is_empty()).then(|| a.allowed_host.clone()),
+        web_config: a.web_config.clone(),
         max_connections: flag::<MaxConnections>(
             "max-connections",
             number("max-connections", a.max_connections.as_ref())?,
@@ -201,8 +207,33 @@ pub fn config(a: &AgentArgs) -> Result<config::AgentConfig, ConfigError> {
     Ok(cfg)
 }
 
+/// TLS and basic auth, each where the web config asks for it.
+type Web = (
+    Option<Arc<rustls::ServerConfig>>,
+    Option<Arc<http::auth::BasicAuth>>,
+);
+
+/// TLS and basic auth from the web config, if there is one.
+fn web(cfg: &config::AgentConfig) -> anyhow::Result<Web> {
+    let Some(path) = &cfg.web_config else {
+        return Ok((None, None));
+    };
+    let web = WebConfig::read(path)?;
+    let tls = match &web.tls {
+        None => None,
+        Some(t) => Some(http::tls::server_config(t).map_err(|message| ConfigError {
+            origin: path.display().to_string(),
+            key: "tls_server_config".into(),
+            message,
+        })?),
+    };
+    Ok((tls, http::auth::BasicAuth::new(web.users).map(Arc::new)))
+}
+
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = config(&args)?;
+    let (tls, auth) = web(&cfg)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     match keepalive_user::rlimit::raise_nofile() {
         Ok((soft, _)) => log::debug!("RLIMIT_NOFILE soft limit {soft}"),
         Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
@@ -238,6 +269,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Limits {
             max_connections: cfg.max_connections,
             hosts: HostAllow::new(&cfg.allowed_hosts),
+            tls,
+            auth,
             ..Limits::default()
         },
     )
@@ -259,7 +292,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let kept: Vec<&str> = keep.iter().map(|c| caps::name(*c)).collect();
     eprintln!(
-        "kato agent: listening on http://{addr} (/metrics, /sockets, /healthz); {n} sockets in {}; keeping {}; {bounding}; {serving_as}",
+        "kato agent: listening on {scheme}://{addr} (/metrics, /sockets, /healthz); {n} sockets in {}; keeping {}; {bounding}; {serving_as}",
         match &cfg.netns {
             NetnsScope::All => "all network namespaces".to_owned(),
             NetnsScope::Own => "its own network namespace".to_owned(),

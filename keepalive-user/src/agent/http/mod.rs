@@ -3,10 +3,12 @@
 //! header-read timeout and a write deadline. Requests are untrusted input;
 //! nothing in them reaches a shell or the filesystem.
 
+pub mod auth;
 mod deadline;
 pub mod host;
 pub mod query;
 mod respond;
+pub mod tls;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -60,6 +62,10 @@ pub struct Limits {
     /// A client that stops reading for this long is disconnected.
     pub write_timeout: Duration,
     pub hosts: HostAllow,
+    /// TLS, from the web config.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Basic auth, from the web config.
+    pub auth: Option<Arc<auth::BasicAuth>>,
 }
 
 impl Default for Limits {
@@ -70,6 +76,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(20),
             write_timeout: Duration::from_secs(10),
             hosts: HostAllow::new(&[]),
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -121,26 +129,47 @@ pub async fn serve<B: Backend>(listener: TcpListener, backend: Arc<B>, limits: L
             Arc::clone(&renders),
         );
         tokio::spawn(async move {
-            let io = TokioIo::new(deadline::WriteDeadline::new(stream, limits.write_timeout));
-            let header_read_timeout = limits.header_read_timeout;
-            let service = hyper::service::service_fn(move |req| {
-                let (backend, limits, renders) = (
-                    Arc::clone(&backend),
-                    Arc::clone(&limits),
-                    Arc::clone(&renders),
-                );
-                async move { Ok::<_, Infallible>(route(req, &*backend, &limits, &renders).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .keep_alive(true)
-                .serve_connection(io, service);
-            if let Err(e) = conn.await {
-                log::debug!("HTTP connection ended: {e}");
+            let io = deadline::WriteDeadline::new(stream, limits.write_timeout);
+            match limits.tls.clone() {
+                None => connection(TokioIo::new(io), backend, limits, renders).await,
+                Some(cfg) => {
+                    let handshake = tokio_rustls::TlsAcceptor::from(cfg).accept(io);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(tls)) => {
+                            connection(TokioIo::new(tls), backend, limits, renders).await;
+                        }
+                        Ok(Err(e)) => log::debug!("TLS handshake failed: {e}"),
+                        Err(_) => log::debug!("TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
+    }
+}
+
+/// Serves one connection (plain or TLS) until it closes.
+async fn connection<B, IO>(io: IO, backend: Arc<B>, limits: Arc<Limits>, renders: Arc<Semaphore>)
+where
+    B: Backend,
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let header_read_timeout = limits.header_read_timeout;
+    let service = hyper::service::service_fn(move |req| {
+        let (backend, limits, renders) = (
+            Arc::clone(&backend),
+            Arc::clone(&limits),
+            Arc::clone(&renders),
+        );
+        async move { Ok::<_, Infallible>(route(req, &*backend, &limits, &renders).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(io, service);
+    if let Err(e) = conn.await {
+        log::debug!("HTTP connection ended: {e}");
     }
 }
 
@@ -170,6 +199,20 @@ async fn route<B: Backend>(
                 limits.hosts.names().join(", ")
             ),
         );
+    }
+    if let Some(auth) = &limits.auth {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok());
+        if !auth.allows(header).await {
+            let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"kato\""),
+            );
+            return r;
+        }
     }
     let gzip = respond::wants_gzip(&req);
     match req.uri().path() {
