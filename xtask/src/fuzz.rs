@@ -7,12 +7,13 @@ use anyhow::{Context as _, Result};
 
 use crate::status;
 
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "decode_event",
     "parse_config",
     "parse_btf",
     "parse_rule",
     "http_head",
+    "parse_web_config",
 ];
 /// Seconds per target in `cargo xtask test`.
 pub const CI_SECS: u64 = 5;

@@ -85,7 +85,7 @@ impl WebConfig {
             _ => return Err(err("(file)", "expected a mapping".into())),
         };
         for (k, v) in top {
-            let key = k.as_str().unwrap_or_default().to_owned();
+            let key = key_name(&k);
             match key.as_str() {
                 "tls_server_config" => cfg.tls = Some(tls(&v, dir, &err)?),
                 "basic_auth_users" => {
@@ -118,6 +118,15 @@ impl WebConfig {
     }
 }
 
+/// A mapping key as the error names it (YAML allows non-string keys).
+fn key_name(k: &Yaml) -> String {
+    match k.as_str() {
+        Some("") => "\"\"".to_owned(),
+        Some(s) => s.to_owned(),
+        None => format!("{k:?}"),
+    }
+}
+
 fn tls(
     v: &Yaml,
     dir: &Path,
@@ -134,7 +143,7 @@ fn tls(
         TlsVersion::Tls12,
     );
     for (k, v) in h {
-        let name = format!("tls_server_config.{}", k.as_str().unwrap_or_default());
+        let name = format!("tls_server_config.{}", key_name(k));
         let s = v
             .as_str()
             .ok_or_else(|| err(&name, "expected a string".into()))?;
@@ -221,6 +230,8 @@ mod tests {
             ("basic_auth_users:\n  prom: hunter2\n", "basic_auth_users.prom"),
             ("http_server_config:\n  http2: true\n", "http_server_config"),
             ("[1, 2]", "(file)"),
+            ("1: x", "Integer(1)"),
+            ("\"\": x", "\"\""),
             ("a: [", "(syntax)"),
         ] {
             let e = parse(text).unwrap_err();
