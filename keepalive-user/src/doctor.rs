@@ -143,6 +143,21 @@ pub fn run(
         }
         Err(e) => checks.push(check("BTF", false, e.to_string())),
     }
+    checks.push(check(
+        "cloud",
+        true,
+        match crate::cloud::detect() {
+            Some(c) => {
+                let (t, what) = c.idle_timeout();
+                format!(
+                    "{} (DMI): assuming the {what} idle timeout of {} s where no rule is declared (--no-cloud-defaults: don't)",
+                    c.name(),
+                    t.as_secs()
+                )
+            }
+            None => "not a cloud kato knows (DMI): no idle timeout assumed".to_owned(),
+        },
+    ));
     let caps_needed = [
         (caps::CAP_BPF, "load programs"),
         (caps::CAP_PERFMON, "load tracing programs"),

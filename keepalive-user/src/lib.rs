@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod caps;
+pub mod cloud;
 pub mod doctor;
 pub mod duration;
 pub mod events;

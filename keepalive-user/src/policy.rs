@@ -69,6 +69,26 @@ impl Cidr {
     }
 }
 
+/// Where an idle-timeout rule comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleSource {
+    /// `--idle-timeout` or `[idle_timeouts]`.
+    #[default]
+    Declared,
+    /// The default of the cloud the host runs in (`cloud.rs`).
+    CloudAssumed,
+}
+
+impl RuleSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleSource::Declared => "declared",
+            RuleSource::CloudAssumed => "cloud-assumed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub cidr: Option<Cidr>,
@@ -76,6 +96,7 @@ pub struct Rule {
     pub timeout: Duration,
     /// As written, normalized: `10.0.0.0/8:5432=350s`.
     pub text: String,
+    pub source: RuleSource,
 }
 
 impl Rule {
@@ -101,6 +122,7 @@ impl Rule {
             port,
             timeout,
             text,
+            source: RuleSource::Declared,
         })
     }
 
@@ -113,8 +135,13 @@ impl Rule {
         }
     }
 
-    fn specificity(&self) -> u32 {
-        u32::from(self.port.is_some()) * 256 + self.cidr.map_or(0, |c| u32::from(c.prefix) + 1)
+    /// More specific wins; at equal specificity a declared rule beats an
+    /// assumed one.
+    fn specificity(&self) -> (u32, bool) {
+        (
+            u32::from(self.port.is_some()) * 256 + self.cidr.map_or(0, |c| u32::from(c.prefix) + 1),
+            self.source == RuleSource::Declared,
+        )
     }
 
     fn matches(&self, local: SocketAddr, remote: SocketAddr) -> bool {
@@ -198,6 +225,13 @@ pub struct Policy {
 impl Policy {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Adds assumed rules; declared ones keep precedence (`specificity`).
+    #[must_use]
+    pub fn with_assumed(mut self, assumed: impl IntoIterator<Item = Rule>) -> Self {
+        self.rules.extend(assumed);
+        self
     }
 
     /// The most specific rule for a connection.
@@ -314,6 +348,23 @@ mod tests {
         assert!(policy(&[":443=4m"])
             .lookup(a("1.1.1.1:1"), a("2.2.2.2:2"))
             .is_none());
+    }
+
+    #[test]
+    fn declared_rules_beat_assumed_ones() {
+        let assumed = Rule {
+            source: RuleSource::CloudAssumed,
+            text: "350s (assumed)".into(),
+            ..Rule::parse("350s").unwrap()
+        };
+        let only = Policy::default().with_assumed([assumed.clone()]);
+        assert_eq!(
+            only.lookup(a("1.1.1.1:1"), a("2.2.2.2:2")).unwrap().source,
+            RuleSource::CloudAssumed
+        );
+        let both = policy(&["100s"]).with_assumed([assumed]);
+        let r = both.lookup(a("1.1.1.1:1"), a("2.2.2.2:2")).unwrap();
+        assert_eq!((r.source, r.timeout.as_secs()), (RuleSource::Declared, 100));
     }
 
     #[test]

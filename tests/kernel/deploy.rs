@@ -268,3 +268,39 @@ fn seccomp_profile_and_unit_filter_allow_every_syscall_the_agent_makes() {
         .collect();
     assert!(missing.is_empty(), "SystemCallFilter lacks {missing:?}");
 }
+
+/// The alerting rules pass promtool's checks and their own unit tests
+/// (each alert fires on the series it is about, and only then).
+#[test]
+fn alerting_rules_pass_promtool_tests() {
+    for args in [
+        vec!["check", "rules", "kato-rules.yml"],
+        vec!["test", "rules", "kato-rules.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(DEPLOY)
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every metric the rules use is one the agent exports.
+    let rules = std::fs::read_to_string(format!("{DEPLOY}/kato-rules.yml")).unwrap();
+    let metrics =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+            .unwrap();
+    for name in rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("kato_"))
+    {
+        assert!(
+            metrics.contains(&format!("`{name}`")),
+            "{name} is not in docs/metrics.md"
+        );
+    }
+}

@@ -114,6 +114,24 @@ impl Prometheus {
             .map(|s| s.parse().unwrap())
     }
 
+    /// How many series an instant query returns.
+    fn series(&self, promql: &str) -> usize {
+        let enc: String = promql
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (status, body) = http_get(self.addr, &format!("/api/v1/query?query={enc}")).unwrap();
+        assert_eq!(status, 200, "{promql}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().map_or(0, Vec::len)
+    }
+
     fn wait(&self, promql: &str, want: f64, limit: Duration) {
         let end = Instant::now() + limit;
         loop {
@@ -281,4 +299,86 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
     drop(prom);
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// docs/deploy/kato-dashboard.json: every panel's query, evaluated by a real
+/// Prometheus scraping a real agent that saw an abortive close, returns at
+/// least one series.
+#[test]
+fn every_dashboard_panel_query_returns_a_series() {
+    require_root();
+    let ns = Netns::new("dash");
+    let path = format!("/run/netns/{}", ns.name);
+    // A listener held for the whole test (so the namespace has sockets to
+    // gauge), and an abortive close (SO_LINGER 0): a reset sent with the
+    // kernel's reason, a reset received after idling, ECONNRESET.
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let holder = ns.spawn(move || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        ready_tx.send(()).unwrap();
+        let _ = hold_rx.recv();
+        drop(l);
+    });
+    ready_rx.recv().unwrap();
+    let agent = Agent::start(&["--netns", &path, "--idle-kill-min", "1ms"]);
+    ns.spawn(|| {
+        use std::io::Read as _;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&c),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(c);
+        let _ = s.read(&mut [0u8; 8]);
+    })
+    .join()
+    .unwrap();
+    let prom = Prometheus::start(agent.addr);
+    prom.wait("sum(kato_resets_sent_total)", 1.0, Duration::from_secs(30));
+    prom.wait(
+        "sum(kato_idle_kills_suspected_total)",
+        1.0,
+        Duration::from_secs(10),
+    );
+    // Rates need two samples in their window.
+    std::thread::sleep(Duration::from_secs(3));
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/deploy/kato-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m");
+            assert!(
+                prom.series(&expr) > 0,
+                "panel {:?}: `{expr}` returned no series",
+                p["title"]
+            );
+        }
+    }
+    hold_tx.send(()).unwrap();
+    holder.join().unwrap();
 }

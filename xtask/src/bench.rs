@@ -135,8 +135,8 @@ fn count_json(ns: &Netns, kato: &str) -> Result<usize> {
         .cmd(kato)
         .args(["sockets", "--output", "json"])
         .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.matches("\"sock\":").count())
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("kato sockets JSON")?;
+    Ok(v.as_array().map_or(0, Vec::len))
 }
 
 /// One-shot HTTP GET: (status, body).

@@ -29,6 +29,12 @@ fn abort_on_close(s: &TcpStream) {
 
 pub fn run(count: usize) -> Result<()> {
     let l = TcpListener::bind("127.0.0.1:0")?;
+    // std listens with a backlog of 128: when the accept thread is
+    // descheduled (two cores, the agent beside it) the queue overflows and
+    // connects stall a whole second on SYN retransmission, which measured
+    // the scheduler, not kato. Calling listen again raises it.
+    // SAFETY: listen(2) on a socket we own.
+    unsafe { libc::listen(l.as_raw_fd(), 4096) };
     let addr = l.local_addr()?;
     let server = std::thread::spawn(move || {
         for _ in 0..count {

@@ -106,6 +106,8 @@ pub struct AgentConfig {
     pub max_connections: usize,
     /// TLS and basic auth (exporter-toolkit web config format).
     pub web_config: Option<PathBuf>,
+    /// Assume the idle timeout of the cloud the host runs in (DMI).
+    pub cloud_defaults: bool,
 }
 
 impl Default for AgentConfig {
@@ -127,6 +129,7 @@ impl Default for AgentConfig {
             allowed_hosts: vec![],
             max_connections: 64,
             web_config: None,
+            cloud_defaults: true,
         }
     }
 }
@@ -166,6 +169,8 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
     #[serde(default)]
     pub web_config: Option<PathBuf>,
+    #[serde(default)]
+    pub cloud_defaults: Option<bool>,
 }
 
 /// One setting's parser, shared by its flag (a string) and its file value
@@ -340,7 +345,7 @@ fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Err
 }
 
 /// The file's keys, for the unknown-key message.
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "listen",
     "netns",
     "snapshot_interval",
@@ -356,6 +361,7 @@ pub const KEYS: [&str; 15] = [
     "allowed_hosts",
     "max_connections",
     "web_config",
+    "cloud_defaults",
 ];
 
 /// The line of byte offset `at` in `text`, 1-based.
@@ -421,6 +427,7 @@ impl Overrides {
             allowed_hosts: self.allowed_hosts.or(base.allowed_hosts),
             max_connections: self.max_connections.or(base.max_connections),
             web_config: self.web_config.or(base.web_config),
+            cloud_defaults: self.cloud_defaults.or(base.cloud_defaults),
         }
     }
 
@@ -446,6 +453,7 @@ impl Overrides {
             allowed_hosts: self.allowed_hosts.unwrap_or(d.allowed_hosts),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             web_config: self.web_config.or(d.web_config),
+            cloud_defaults: self.cloud_defaults.unwrap_or(d.cloud_defaults),
         }
     }
 }

@@ -139,7 +139,10 @@ impl AgentState {
                 table: SocketTable::new(capacity),
                 metrics,
                 listening: HashSet::new(),
-                policy: cfg.policy.clone(),
+                policy: match crate::cloud::detect() {
+                    Some(c) if cfg.cloud_defaults => cfg.policy.clone().with_assumed([c.rule()]),
+                    _ => cfg.policy.clone(),
+                },
             },
             snapshotter,
             scope: cfg.netns.clone(),

@@ -83,6 +83,10 @@ pub struct AgentArgs {
     /// exporter-toolkit format (tls_server_config, basic_auth_users).
     #[arg(long, value_name = "FILE")]
     pub web_config: Option<PathBuf>,
+    /// Do not assume the idle timeout of the cloud this host runs in (AWS
+    /// 350 s, Azure 4 min, Google Cloud 10 min; from DMI).
+    #[arg(long)]
+    pub no_cloud_defaults: bool,
     /// HTTP connections served at once; more wait [default: 64].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
@@ -148,6 +152,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         attach: flag::<Attach>("attach", a.attach.clone())?,
         allowed_hosts: (!a.allowed_host.is_empty()).then(|| a.allowed_host.clone()),
         web_config: a.web_config.clone(),
+        cloud_defaults: a.no_cloud_defaults.then_some(false),
         max_connections: flag::<MaxConnections>(
             "max-connections",
             number("max-connections", a.max_connections.as_ref())?,

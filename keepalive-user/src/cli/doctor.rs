@@ -3,10 +3,7 @@
 use std::{io::Write, path::PathBuf};
 
 use clap::Args;
-use keepalive_user::{
-    doctor::{self, Report},
-    policy::Policy,
-};
+use keepalive_user::doctor::{self, Report};
 
 use keepalive_user::bpf::AttachMode;
 
@@ -29,6 +26,9 @@ pub struct DoctorArgs {
     /// The kernel's CONFIG_HZ, if its config cannot be read.
     #[arg(long, value_name = "HZ")]
     pub hz: Option<u32>,
+    /// Do not assume the idle timeout of the cloud this host runs in.
+    #[arg(long)]
+    pub no_cloud_defaults: bool,
     /// Check this attach path (auto: what trace and the agent would pick).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
@@ -118,7 +118,12 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
         let file = keepalive_user::agent::config::Overrides::from_toml(&origin, &text)?;
         rules.extend(file.idle_timeouts.unwrap_or_default());
     }
-    let report = doctor::run(args.btf.as_deref(), args.hz, &Policy { rules }, args.attach);
+    let report = doctor::run(
+        args.btf.as_deref(),
+        args.hz,
+        &super::policy(rules, args.no_cloud_defaults),
+        args.attach,
+    );
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.output {

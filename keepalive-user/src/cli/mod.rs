@@ -150,6 +150,18 @@ pub fn check_show_addresses(wanted: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The declared rules, plus this host's cloud default unless told not to.
+pub fn policy(
+    declared: Vec<keepalive_user::policy::Rule>,
+    no_cloud_defaults: bool,
+) -> keepalive_user::policy::Policy {
+    let p = keepalive_user::policy::Policy { rules: declared };
+    match keepalive_user::cloud::detect() {
+        Some(c) if !no_cloud_defaults => p.with_assumed([c.rule()]),
+        _ => p,
+    }
+}
+
 pub fn parse_ring_bytes_pub(s: &str) -> Result<u32, String> {
     parse_ring_bytes(s)
 }

@@ -9,7 +9,7 @@ use keepalive_user::{
     events::{Pipeline, ResetReasons},
     filter::{self, Filter, SortKey},
     netns,
-    policy::{Policy, Risk},
+    policy::Risk,
     sockets::{
         snapshot::{Snapshotter, Source, Targets},
         table::SocketTable,
@@ -86,6 +86,10 @@ pub struct SocketsArgs {
     /// Keepalive events are traced meanwhile, so probes sent/answered are counted.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub watch: Option<Duration>,
+    /// Do not assume the idle timeout of the cloud this host runs in (AWS
+    /// 350 s, Azure 4 min, Google Cloud 10 min; from DMI).
+    #[arg(long)]
+    pub no_cloud_defaults: bool,
     /// Also print each socket's kernel address (`sock`), as `ss -e` did
     /// before cookies; root only.
     #[arg(long)]
@@ -165,9 +169,10 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     }
     let addresses = addresses(show);
     let targets = targets(&args)?;
-    let policy = Policy {
-        rules: super::agent::idle_timeout_flags(&args.idle_timeout)?,
-    };
+    let policy = super::policy(
+        super::agent::idle_timeout_flags(&args.idle_timeout)?,
+        args.no_cloud_defaults,
+    );
     if !args.risk.is_empty() && policy.is_empty() {
         return Err(keepalive_user::agent::config::ConfigError {
             origin: "command line".into(),

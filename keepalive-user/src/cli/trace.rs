@@ -13,7 +13,6 @@ use keepalive_user::{
     events::{Observation, Pipeline, Record, ResetReasons, Sink},
     filter::Filter,
     owner::{Owner, OwnerCache},
-    policy::Policy,
     timefmt::Clock,
     view::trace::{table_line, Formatter, TABLE_HEADER},
 };
@@ -56,6 +55,9 @@ pub struct TraceArgs {
     /// --closes; costs a little on every socket syscall).
     #[arg(long)]
     pub http_keepalive: bool,
+    /// Do not assume the idle timeout of the cloud this host runs in.
+    #[arg(long)]
+    pub no_cloud_defaults: bool,
     /// Also print each socket's kernel address (`sock`, JSON only); root only.
     #[arg(long)]
     pub show_kernel_addresses: bool,
@@ -127,9 +129,10 @@ impl<W: Write> Sink for Printer<'_, W> {
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let stop = super::signals::shutdown()?;
     super::check_show_addresses(args.show_kernel_addresses)?;
-    let policy = Policy {
-        rules: super::agent::idle_timeout_flags(&args.idle_timeout)?,
-    };
+    let policy = super::policy(
+        super::agent::idle_timeout_flags(&args.idle_timeout)?,
+        args.no_cloud_defaults,
+    );
     // --netns: the kernel drops other namespaces' events before the ring.
     let opts = LoadOptions {
         tracing: true,

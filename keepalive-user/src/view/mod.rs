@@ -7,7 +7,7 @@ pub mod trace;
 use serde::Serialize;
 
 use crate::{
-    policy::{Policy, Risk},
+    policy::{Policy, Risk, RuleSource},
     sockets::{table::Counts, Socket},
 };
 
@@ -30,6 +30,8 @@ pub struct SocketView<'a> {
     pub risk: Option<Risk>,
     /// The idle-timeout rule that applies, as written.
     pub idle_timeout: Option<&'a str>,
+    /// Where that rule comes from: declared, cloud-assumed.
+    pub idle_timeout_source: Option<RuleSource>,
 }
 
 impl<'a> SocketView<'a> {
@@ -42,7 +44,7 @@ impl<'a> SocketView<'a> {
 
     pub fn new(socket: &'a Socket, counts: Option<&'a Counts>, policy: &'a Policy) -> Self {
         let (risk, rule) = match policy.classify(socket) {
-            Some((risk, rule)) => (Some(risk), rule.map(|r| r.text.as_str())),
+            Some((risk, rule)) => (Some(risk), rule),
             None => (None, None),
         };
         SocketView {
@@ -52,7 +54,8 @@ impl<'a> SocketView<'a> {
             probes_answered: counts.map(|c| c.probes_answered),
             last_reset: counts.and_then(|c| c.last_reset.as_deref()),
             risk,
-            idle_timeout: rule,
+            idle_timeout: rule.map(|r| r.text.as_str()),
+            idle_timeout_source: rule.map(|r| r.source),
         }
     }
 }
@@ -65,6 +68,7 @@ pub struct SocketRow {
     pub counts: Option<Counts>,
     pub risk: Option<Risk>,
     pub idle_timeout: Option<String>,
+    pub idle_timeout_source: Option<RuleSource>,
 }
 
 impl SocketRow {
@@ -74,6 +78,7 @@ impl SocketRow {
             counts: counts.cloned(),
             risk: v.risk,
             idle_timeout: v.idle_timeout.map(str::to_owned),
+            idle_timeout_source: v.idle_timeout_source,
         }
     }
 
@@ -86,6 +91,7 @@ impl SocketRow {
             last_reset: self.counts.as_ref().and_then(|c| c.last_reset.as_deref()),
             risk: self.risk,
             idle_timeout: self.idle_timeout.as_deref(),
+            idle_timeout_source: self.idle_timeout_source,
         }
     }
 }
