@@ -23,7 +23,7 @@ use keepalive_common::{counter, KernelConfig, MAX_WATCHED_NETNS};
 #[no_mangle]
 static KATO_CONFIG: KernelConfig = unsafe { core::mem::zeroed() };
 
-/// 8 MiB of events: ~58,000 records (128 B + 8 B header) of slack while
+/// 8 MiB of events: ~55,000 records (136 B + 8 B header) of slack while
 /// the reader sleeps between batched wakeups.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
