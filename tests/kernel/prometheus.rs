@@ -94,8 +94,9 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
 
-    /// An instant query's single value, if it has one.
-    fn query(&self, promql: &str) -> Option<f64> {
+    /// An instant query's `data.result` (empty while Prometheus does not
+    /// answer).
+    fn result(&self, promql: &str) -> Vec<Value> {
         let enc: String = promql
             .bytes()
             .map(|b| {
@@ -106,30 +107,25 @@ impl Prometheus {
                 }
             })
             .collect();
-        let (status, body) = http_get(self.addr, &format!("/api/v1/query?query={enc}")).ok()?;
+        let Ok((status, body)) = http_get(self.addr, &format!("/api/v1/query?query={enc}")) else {
+            return vec![];
+        };
         assert_eq!(status, 200, "{promql}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
-        v["data"]["result"][0]["value"][1]
-            .as_str()
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// An instant query's single value, if it has one.
+    fn query(&self, promql: &str) -> Option<f64> {
+        self.result(promql)
+            .first()
+            .and_then(|r| r["value"][1].as_str())
             .map(|s| s.parse().unwrap())
     }
 
     /// How many series an instant query returns.
     fn series(&self, promql: &str) -> usize {
-        let enc: String = promql
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let (status, body) = http_get(self.addr, &format!("/api/v1/query?query={enc}")).unwrap();
-        assert_eq!(status, 200, "{promql}: {body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        v["data"]["result"].as_array().map_or(0, Vec::len)
+        self.result(promql).len()
     }
 
     fn wait(&self, promql: &str, want: f64, limit: Duration) {

@@ -364,12 +364,26 @@ pub const KEYS: [&str; 16] = [
     "cloud_defaults",
 ];
 
+/// A config file's text, or the one-line error naming the file.
+pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: path.display().to_string(),
+        key: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
 /// The line of byte offset `at` in `text`, 1-based.
 fn line_of(text: &str, at: usize) -> usize {
     text[..at.min(text.len())].lines().count().max(1)
 }
 
 impl Overrides {
+    /// Reads and parses the TOML config file at `path`.
+    pub fn read(path: &std::path::Path) -> Result<Self, ConfigError> {
+        Self::from_toml(&path.display().to_string(), &read_file(path)?)
+    }
+
     /// Parses a TOML config file's text.
     pub fn from_toml(origin: &str, text: &str) -> Result<Self, ConfigError> {
         let err = |key: String, message: String| ConfigError {

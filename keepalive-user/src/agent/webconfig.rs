@@ -58,13 +58,9 @@ pub struct WebConfig {
 
 impl WebConfig {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            origin: origin.clone(),
-            key: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        })?;
-        Self::parse(&origin, &text, path.parent().unwrap_or(Path::new(".")))
+        let text = super::config::read_file(path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&path.display().to_string(), &text, dir)
     }
 
     /// Parses `text`; relative paths are taken from `dir`.

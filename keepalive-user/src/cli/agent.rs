@@ -197,15 +197,7 @@ pub fn config(a: &AgentArgs) -> Result<config::AgentConfig, ConfigError> {
     let ring_bytes = a.ring_bytes;
     let file = match &a.config {
         None => Overrides::default(),
-        Some(path) => {
-            let origin = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                origin: origin.clone(),
-                key: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            })?;
-            Overrides::from_toml(&origin, &text)?
-        }
+        Some(path) => Overrides::read(path)?,
     };
     let mut cfg = flags.over(file).resolve();
     cfg.ring_bytes = ring_bytes;

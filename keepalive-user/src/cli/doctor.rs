@@ -107,15 +107,7 @@ fn render(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
 pub fn run(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut rules = super::agent::idle_timeout_flags(&args.idle_timeout)?;
     if let Some(path) = &args.config {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            keepalive_user::agent::config::ConfigError {
-                origin: origin.clone(),
-                key: "(file)".into(),
-                message: format!("cannot read: {e}"),
-            }
-        })?;
-        let file = keepalive_user::agent::config::Overrides::from_toml(&origin, &text)?;
+        let file = keepalive_user::agent::config::Overrides::read(path)?;
         rules.extend(file.idle_timeouts.unwrap_or_default());
     }
     let report = doctor::run(
