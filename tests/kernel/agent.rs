@@ -379,15 +379,7 @@ fn agent_runs_with_the_documented_minimum_capabilities() {
             kept,
             "{set} {scope}: CapEff {eff}"
         );
-        let addr: SocketAddr = banner
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let addr: SocketAddr = crate::agent_support::banner_addr(&banner).unwrap();
         let (code, body) = crate::agent_support::http_get(addr, "/healthz").unwrap();
         assert_eq!(code, 200, "{body}");
         let _ = child.kill();
@@ -459,16 +451,9 @@ fn table_capacity_follows_the_cgroup_memory_limit() {
             .spawn()
             .unwrap()
     };
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut banner = String::new();
-    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
-    let addr: SocketAddr = banner
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{banner}"))
-        .parse()
-        .unwrap();
+    // Held open to the end: kato's last line must not meet a closed pipe.
+    let mut stderr = child.stderr.take().unwrap();
+    let addr = crate::agent_support::read_banner(&mut stderr);
     let (_, m) = crate::agent_support::http_get(addr, "/metrics").unwrap();
     let _ = child.kill();
     let _ = child.wait();

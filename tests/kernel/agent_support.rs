@@ -9,6 +9,26 @@ use std::{
 
 const KATO: &str = env!("CARGO_BIN_EXE_kato");
 
+/// The address in the agent's start-up line (`listening on http://ADDR` or
+/// `https://ADDR`), if `line` is that line.
+pub fn banner_addr(line: &str) -> Option<SocketAddr> {
+    line.split("listening on ")
+        .nth(1)?
+        .split("://")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Reads the first stderr line of a just-spawned agent: its address.
+pub fn read_banner(stderr: impl Read) -> SocketAddr {
+    let mut line = String::new();
+    BufReader::new(stderr).read_line(&mut line).unwrap();
+    banner_addr(&line).unwrap_or_else(|| panic!("agent did not start: {line}"))
+}
+
 /// A running agent, killed on drop.
 pub struct Agent {
     pub child: Child,
@@ -40,12 +60,8 @@ impl Agent {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("agent banner");
-            if let Some(rest) = line
-                .split("://")
-                .nth(1)
-                .filter(|_| line.contains("listening on"))
-            {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            if let Some(addr) = banner_addr(&line) {
+                break addr;
             }
         };
         (Agent { child, addr }, rx)
@@ -63,13 +79,7 @@ impl Agent {
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         err.read_line(&mut line).unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("agent did not start: {line}"))
-            .parse()
-            .unwrap();
+        let addr = banner_addr(&line).unwrap_or_else(|| panic!("agent did not start: {line}"));
         // Keep draining stderr so the agent never blocks on it.
         std::thread::spawn(move || {
             let mut sink = String::new();

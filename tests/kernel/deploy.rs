@@ -192,16 +192,9 @@ fn seccomp_profile_and_unit_filter_allow_every_syscall_the_agent_makes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("strace");
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut banner = String::new();
-    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
-    let addr: std::net::SocketAddr = banner
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{banner}"))
-        .parse()
-        .unwrap();
+    // Held open to the end: kato's last line must not meet a closed pipe.
+    let mut stderr = child.stderr.take().unwrap();
+    let addr = crate::agent_support::read_banner(&mut stderr);
     let ns = crate::support::Netns::new("strace");
     for path in ["/metrics", "/sockets", "/healthz", "/", "/nope"] {
         let (status, _) = crate::agent_support::http_get(addr, path).unwrap();

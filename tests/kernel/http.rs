@@ -296,8 +296,8 @@ fn fd_flood_leaves_snapshots_running() {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("agent banner");
-        if let Some(rest) = line.split("http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        if let Some(addr) = crate::agent_support::banner_addr(&line) {
+            break addr;
         }
     };
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
