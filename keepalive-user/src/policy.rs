@@ -10,6 +10,7 @@
 //! the longer prefix.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -78,13 +79,26 @@ pub enum RuleSource {
     Declared,
     /// The default of the cloud the host runs in (`cloud.rs`).
     CloudAssumed,
+    /// The socket's namespace tracks the flow (`conntrack`).
+    Conntrack,
+    /// Bracketed from idle connections that survived and were killed.
+    Learned,
 }
 
 impl RuleSource {
+    pub const ALL: [RuleSource; 4] = [
+        RuleSource::Declared,
+        RuleSource::CloudAssumed,
+        RuleSource::Conntrack,
+        RuleSource::Learned,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             RuleSource::Declared => "declared",
             RuleSource::CloudAssumed => "cloud-assumed",
+            RuleSource::Conntrack => "conntrack",
+            RuleSource::Learned => "learned",
         }
     }
 }
@@ -124,6 +138,21 @@ impl Rule {
             text,
             source: RuleSource::Declared,
         })
+    }
+
+    /// The rule conntrack imposes on the flows it tracks in one namespace.
+    pub fn conntrack(established_timeout_s: u32) -> Rule {
+        let timeout = Duration::from_secs(u64::from(established_timeout_s));
+        Rule {
+            cidr: None,
+            port: None,
+            timeout,
+            text: format!(
+                "nf_conntrack_tcp_timeout_established={}",
+                duration::format(timeout)
+            ),
+            source: RuleSource::Conntrack,
+        }
     }
 
     /// Parses a TOML table entry: key `CIDR:PORT` (or `default`), value duration.
@@ -219,12 +248,37 @@ impl Risk {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Policy {
+    /// Path rules: declared, assumed, learned; the most specific applies.
     pub rules: Vec<Rule>,
+    /// Per network namespace (inode): the conntrack rule for its tracked
+    /// flows. Conntrack is a middlebox of its own on the path, so the
+    /// shorter of it and the path rule is the one that kills the flow.
+    pub conntrack: BTreeMap<u32, Rule>,
 }
 
 impl Policy {
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.conntrack.is_empty()
+    }
+
+    /// Replaces the conntrack rules: (namespace inode, established timeout s).
+    pub fn set_conntrack(&mut self, namespaces: impl IntoIterator<Item = (u32, u32)>) {
+        self.conntrack = namespaces
+            .into_iter()
+            .map(|(ns, t)| (ns, Rule::conntrack(t)))
+            .collect();
+    }
+
+    /// The rule that decides a socket's fate: the path's, or its
+    /// namespace's conntrack when the flow is tracked and that is shorter.
+    pub fn rule_for(&self, s: &Socket) -> Option<&Rule> {
+        let path = self.lookup(s.local, s.remote);
+        let ct = s.conntrack.and(self.conntrack.get(&s.netns));
+        match (path, ct) {
+            (Some(p), Some(c)) if c.timeout < p.timeout => Some(c),
+            (Some(p), _) => Some(p),
+            (None, c) => c,
+        }
     }
 
     /// Adds assumed rules; declared ones keep precedence (`specificity`).
@@ -249,7 +303,7 @@ impl Policy {
         if s.state == crate::tcp::TcpState::Listen {
             return None;
         }
-        let Some(rule) = self.lookup(s.local, s.remote) else {
+        let Some(rule) = self.rule_for(s) else {
             return Some((Risk::Unknown, None));
         };
         let risk = if !ka.enabled {
@@ -274,6 +328,7 @@ mod tests {
     fn policy(rules: &[&str]) -> Policy {
         Policy {
             rules: rules.iter().map(|r| Rule::parse(r).unwrap()).collect(),
+            ..Policy::default()
         }
     }
 
@@ -422,6 +477,59 @@ mod tests {
         assert_eq!(
             (risk, rule.map(|r| r.text.as_str())),
             (Risk::Safe, Some("10.0.0.2:5432=350s"))
+        );
+    }
+
+    #[test]
+    fn conntrack_applies_to_tracked_flows_when_shorter() {
+        let tracked = |netns: u32| Socket {
+            netns,
+            conntrack: Some(crate::conntrack::Tracked {
+                remaining_s: 15,
+                state: crate::conntrack::CtState::Established,
+            }),
+            ..Socket::from_record(
+                &SockRecord {
+                    flags: sock_flags::FULL | sock_flags::KEEPALIVE_ON,
+                    ka_time: 60 * 250,
+                    ka_intvl: 10 * 250,
+                    ..record()
+                },
+                250,
+                None,
+            )
+            .unwrap()
+        };
+        let mut p = Policy::default();
+        p.set_conntrack([(7, 20)]);
+        let (risk, rule) = p.classify(&tracked(7)).unwrap();
+        assert_eq!(
+            (risk, rule.unwrap().source),
+            (Risk::AtRisk, RuleSource::Conntrack)
+        );
+        assert_eq!(
+            rule.unwrap().text,
+            "nf_conntrack_tcp_timeout_established=20s"
+        );
+        // Another namespace, or an untracked flow: conntrack says nothing.
+        assert_eq!(p.classify(&tracked(8)).unwrap().0, Risk::Unknown);
+        let untracked = Socket {
+            conntrack: None,
+            ..tracked(7)
+        };
+        assert_eq!(p.classify(&untracked).unwrap().0, Risk::Unknown);
+        // A shorter path rule wins; a longer one does not.
+        let mut short = policy(&["10s"]);
+        short.conntrack = p.conntrack.clone();
+        assert_eq!(
+            short.rule_for(&tracked(7)).unwrap().source,
+            RuleSource::Declared
+        );
+        let mut long = policy(&["350s"]);
+        long.conntrack = p.conntrack.clone();
+        assert_eq!(
+            long.rule_for(&tracked(7)).unwrap().source,
+            RuleSource::Conntrack
         );
     }
 }

@@ -8,6 +8,7 @@ mod agent;
 mod agent_support;
 mod btf;
 mod cli;
+mod conntrack;
 mod deploy;
 mod doctor;
 mod http;

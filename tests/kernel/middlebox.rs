@@ -162,12 +162,18 @@ fn nat_forgetting_an_idle_flow_is_reported_with_its_idle_time() {
     assert_eq!(only[0]["local"], unprotected.to_string());
     let m = agent.metrics();
     assert_eq!(
-        sample(&m, "kato_sockets_idle_timeout_risk{class=\"safe\"}"),
+        sample(
+            &m,
+            "kato_sockets_idle_timeout_risk{class=\"safe\",source=\"declared\"}"
+        ),
         1.0,
         "{m}"
     );
     assert_eq!(
-        sample(&m, "kato_sockets_idle_timeout_risk{class=\"unprotected\"}"),
+        sample(
+            &m,
+            "kato_sockets_idle_timeout_risk{class=\"unprotected\",source=\"declared\"}"
+        ),
         1.0,
         "{m}"
     );

@@ -7,13 +7,14 @@ use anyhow::{Context as _, Result};
 
 use crate::status;
 
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "decode_event",
     "parse_config",
     "parse_btf",
     "parse_rule",
     "http_head",
     "parse_web_config",
+    "parse_conntrack",
 ];
 /// Seconds per target in `cargo xtask test`.
 pub const CI_SECS: u64 = 5;

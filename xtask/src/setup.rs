@@ -10,7 +10,7 @@ use crate::status;
 /// bpf-linker must link the same LLVM major as the nightly rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: the LLVM bpf-linker builds against, and what tests drive
-/// (nft, ip, bpftool, ss/netstat, setpriv, promtool/prometheus, nginx, systemd-analyze, strace).
+/// (nft, ip, bpftool, ss/netstat, setpriv, promtool/prometheus, nginx, systemd-analyze, strace, conntrack).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +25,8 @@ const PACKAGES: &[&str] = &[
     "strace",
     // The TLS test makes its own CA and server certificate.
     "openssl",
+    // The conntrack tests compare kato with `conntrack -L`.
+    "conntrack",
     // On fresh machines already; listed so tests can rely on them.
     "net-tools",
     "util-linux",

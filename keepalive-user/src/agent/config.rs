@@ -458,7 +458,10 @@ impl Overrides {
             hz: self.hz.or(d.hz),
             policy: self
                 .idle_timeouts
-                .map(|rules| Policy { rules })
+                .map(|rules| Policy {
+                    rules,
+                    ..Policy::default()
+                })
                 .unwrap_or(d.policy),
             idle_kill_min: self.idle_kill_min.unwrap_or(d.idle_kill_min),
             http_keepalive: self.http_keepalive.unwrap_or(d.http_keepalive),

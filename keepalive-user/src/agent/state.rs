@@ -190,6 +190,8 @@ impl AgentState {
         let (targets, vanished) = self.targets(bpf)?;
         let snaps = self.snapshotter.take(Some(bpf), &targets)?;
         let sink = &mut self.sink;
+        sink.policy
+            .set_conntrack(crate::sockets::snapshot::conntrack_rules(&snaps));
         sink.listening.clear();
         let mut sysctls: HashMap<u32, Sysctls> = HashMap::new();
         let mut n = 0;
@@ -221,7 +223,11 @@ impl AgentState {
         let policy = &sink.policy;
         sink.metrics.refresh(
             sink.table.iter().map(|(s, _)| s),
-            |s| policy.classify(s).map(|(r, _)| r),
+            |s| {
+                policy
+                    .classify(s)
+                    .map(|(r, rule)| (r, rule.map(|x| x.source)))
+            },
             kernel,
             sink.table.evictions,
             self.pipeline.undecodable,

@@ -155,7 +155,10 @@ pub fn policy(
     declared: Vec<keepalive_user::policy::Rule>,
     no_cloud_defaults: bool,
 ) -> keepalive_user::policy::Policy {
-    let p = keepalive_user::policy::Policy { rules: declared };
+    let p = keepalive_user::policy::Policy {
+        rules: declared,
+        ..Default::default()
+    };
     match keepalive_user::cloud::detect() {
         Some(c) if !no_cloud_defaults => p.with_assumed([c.rule()]),
         _ => p,

@@ -11,7 +11,7 @@ use keepalive_user::{
     netns,
     policy::Risk,
     sockets::{
-        snapshot::{Snapshotter, Source, Targets},
+        snapshot::{conntrack_rules, Snapshotter, Source, Targets},
         table::SocketTable,
     },
     tcp::TcpState,
@@ -169,19 +169,19 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     }
     let addresses = addresses(show);
     let targets = targets(&args)?;
-    let policy = super::policy(
+    let mut policy = super::policy(
         super::agent::idle_timeout_flags(&args.idle_timeout)?,
         args.no_cloud_defaults,
     );
-    if !args.risk.is_empty() && policy.is_empty() {
-        return Err(keepalive_user::agent::config::ConfigError {
+    // Conntrack's rules come with the snapshot; --risk is checked after it.
+    let no_timeout = || -> anyhow::Error {
+        keepalive_user::agent::config::ConfigError {
             origin: "command line".into(),
             key: "--risk".into(),
-            message: "needs at least one --idle-timeout to classify against".into(),
+            message: "no idle timeout to classify against: give --idle-timeout (no cloud default or conntrack applies here)".into(),
         }
-        .into());
-    }
-    let with_risk = !policy.is_empty();
+        .into()
+    };
     let source = match args.source {
         SourceArg::Auto => Source::Auto,
         SourceArg::Iter => Source::Iter,
@@ -205,6 +205,11 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
         let snaps = snap.take(bpf.as_mut(), &targets)?;
+        policy.set_conntrack(conntrack_rules(&snaps));
+        if !args.risk.is_empty() && policy.is_empty() {
+            return Err(no_timeout());
+        }
+        let with_risk = !policy.is_empty();
         let views = snaps
             .iter()
             .flat_map(|n| &n.sockets)
@@ -237,7 +242,13 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 let _ = pipeline.feed(&mut batch, &mut table);
             }
             _ = tick.tick() => {
-                for n in snap.take(Some(&mut bpf), &targets)? {
+                let snaps = snap.take(Some(&mut bpf), &targets)?;
+                policy.set_conntrack(conntrack_rules(&snaps));
+                if !args.risk.is_empty() && policy.is_empty() {
+                    return Err(no_timeout());
+                }
+                let with_risk = !policy.is_empty();
+                for n in snaps {
                     table.apply_snapshot(n.inode, n.sockets);
                 }
                 let mut out = std::io::BufWriter::new(stdout.lock());

@@ -5,30 +5,19 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
 use super::{Socket, Timer, TimerKind};
-use crate::tcp::TcpState;
+use crate::{netlink, tcp::TcpState};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
 /// struct inet_diag_msg.
 const MSG_LEN: usize = 72;
 
 /// One `inet_diag_req_v2` dump request for TCP sockets of `family`, all states.
 fn request(family: u8, seq: u32) -> Vec<u8> {
-    let mut b = Vec::with_capacity(NLMSG_HDRLEN + 56);
-    b.extend_from_slice(&((NLMSG_HDRLEN + 56) as u32).to_ne_bytes());
-    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
+    let mut b = netlink::header(SOCK_DIAG_BY_FAMILY, seq, 56);
     // family, protocol, ext, pad, states
     b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
     b.extend_from_slice(&u32::MAX.to_ne_bytes());
@@ -92,54 +81,16 @@ pub fn decode(msg: &[u8], netns: u32) -> Option<Socket> {
 
 /// Every TCP socket of the calling thread's network namespace.
 pub fn dump(netns: u32) -> io::Result<Vec<Socket>> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        let req = request(family, seq);
-        // SAFETY: valid buffer and length.
-        if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
+    let requests = [
+        request(libc::AF_INET as u8, 1),
+        request(libc::AF_INET6 as u8, 2),
+    ];
+    netlink::dump(NETLINK_SOCK_DIAG, &requests, |ty, msg| {
+        if ty == SOCK_DIAG_BY_FAMILY {
+            out.extend(decode(msg, netns));
         }
-        'recv: loop {
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut data = &buf[..n as usize];
-            while data.len() >= NLMSG_HDRLEN {
-                let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                let ty = u16::from_ne_bytes([data[4], data[5]]);
-                if len < NLMSG_HDRLEN || len > data.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink message",
-                    ));
-                }
-                match ty {
-                    NLMSG_DONE => break 'recv,
-                    NLMSG_ERROR => {
-                        let errno = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
-                        return Err(io::Error::from_raw_os_error(-errno));
-                    }
-                    SOCK_DIAG_BY_FAMILY => out.extend(decode(&data[NLMSG_HDRLEN..len], netns)),
-                    _ => {}
-                }
-                data = &data[(len + 3) & !3..];
-            }
-        }
-    }
+    })?;
     Ok(out)
 }
 

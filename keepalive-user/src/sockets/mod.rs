@@ -156,6 +156,9 @@ pub struct Socket {
     pub last_data_recv_s: Option<f64>,
     /// Seconds since data was last sent.
     pub last_data_sent_s: Option<f64>,
+    /// The flow's conntrack entry in the socket's namespace (null when
+    /// untracked, or conntrack is not in use there).
+    pub conntrack: Option<crate::conntrack::Tracked>,
 }
 
 impl Socket {
@@ -191,6 +194,7 @@ impl Socket {
             idle_s: None,
             last_data_recv_s: None,
             last_data_sent_s: None,
+            conntrack: None,
         }
     }
 }
@@ -301,6 +305,7 @@ impl Socket {
             idle_s: connected.then(|| secs_since32(r.jiffies, last_rx, hz)),
             last_data_recv_s: connected.then(|| secs_since32(r.jiffies, r.lrcvtime, hz)),
             last_data_sent_s: connected.then(|| secs_since32(r.jiffies, r.lsndtime, hz)),
+            conntrack: None,
         })
     }
 }

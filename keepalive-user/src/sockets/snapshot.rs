@@ -6,6 +6,7 @@ use thiserror::Error;
 use super::{diag, owners, Socket};
 use crate::{
     bpf::{Bpf, Iterators, LoadError},
+    conntrack,
     netns::{self, NetnsError, NetnsRef},
     owner::OwnerCache,
 };
@@ -35,6 +36,8 @@ pub struct NetnsSnapshot {
     /// Read from the namespace's sockets (unknown without full sockets or
     /// through sock_diag).
     pub sysctls: Option<Sysctls>,
+    /// The namespace's conntrack, when loaded (sockets carry their entries).
+    pub conntrack: Option<conntrack::Namespace>,
 }
 
 #[derive(Debug, Error)]
@@ -137,10 +140,12 @@ pub fn snapshot_iter(
                 Err(e) => log::warn!("skipping a socket record: {e}"),
             }
         }
+        let conntrack = in_netns(t, || join_conntrack(&mut sockets))?;
         out.push(NetnsSnapshot {
             inode,
             sockets,
             sysctls,
+            conntrack,
         });
     }
     Ok(out)
@@ -152,11 +157,13 @@ pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>,
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let inode = inode_of(t)?;
-        let mut sockets = match t {
-            Some(ns) => netns::run_in(ns, || diag::dump(inode))?,
-            None => diag::dump(inode),
-        }
+        let (sockets, conntrack) = in_netns(t, || {
+            let mut sockets = diag::dump(inode)?;
+            let ct = join_conntrack(&mut sockets);
+            Ok((sockets, ct))
+        })?
         .map_err(|source| SnapshotError::Diag { inode, source })?;
+        let mut sockets = sockets;
         for s in &mut sockets {
             if let Some(o) = owners.lookup(s.inode) {
                 (s.pid, s.comm) = (Some(o.pid), Some(o.comm));
@@ -166,7 +173,52 @@ pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>,
             inode,
             sockets,
             sysctls: None,
+            conntrack,
         });
     }
     Ok(out)
+}
+
+/// (namespace, established timeout) of each namespace whose conntrack is loaded.
+pub fn conntrack_rules(snaps: &[NetnsSnapshot]) -> Vec<(u32, u32)> {
+    snaps
+        .iter()
+        .filter_map(|n| Some((n.inode, n.conntrack?.established_timeout_s)))
+        .collect()
+}
+
+/// Runs `f` in the target namespace (the caller's own for None).
+fn in_netns<T: Send>(t: &Option<NetnsRef>, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    match t {
+        Some(ns) => netns::run_in(ns, f),
+        None => Ok(f()),
+    }
+}
+
+/// In the calling thread's namespace: its conntrack, and each connection's
+/// entry joined onto its socket. Listeners have none; a namespace whose
+/// table is empty is not dumped. A failed dump (no CAP_NET_ADMIN) leaves
+/// the entries unknown and says so once per snapshot.
+fn join_conntrack(sockets: &mut [Socket]) -> Option<conntrack::Namespace> {
+    let ns = conntrack::namespace()?;
+    if ns.entries == 0 {
+        return Some(ns);
+    }
+    let wanted: std::collections::HashSet<_> = sockets
+        .iter()
+        .filter(|s| s.state != crate::tcp::TcpState::Listen)
+        .map(|s| conntrack::key(s.local, s.remote))
+        .collect();
+    match conntrack::lookup(&wanted) {
+        Ok((found, undecodable)) => {
+            if undecodable > 0 {
+                log::warn!("{undecodable} conntrack entries could not be decoded");
+            }
+            for s in sockets.iter_mut() {
+                s.conntrack = found.get(&conntrack::key(s.local, s.remote)).copied();
+            }
+        }
+        Err(e) => log::warn!("reading conntrack entries over ctnetlink: {e}"),
+    }
+    Some(ns)
 }

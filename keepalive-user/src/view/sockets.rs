@@ -16,12 +16,12 @@ pub fn netstat_addr(a: &SocketAddr) -> String {
     format!("{}:{port}", a.ip())
 }
 
-pub const HEADER: &str = "Proto Recv-Q Send-Q Local Address           Foreign Address         State        PID/Program name     Timer                        Keepalive         Idle      Unans";
+pub const HEADER: &str = "Proto Recv-Q Send-Q Local Address           Foreign Address         State        PID/Program name     Timer                        Keepalive         Idle      Unans CT";
 
 /// The header, with the Risk column when an idle-timeout policy is given.
 pub fn header(with_risk: bool) -> String {
     if with_risk {
-        format!("{HEADER} Risk")
+        format!("{HEADER}    Risk")
     } else {
         HEADER.to_owned()
     }
@@ -56,6 +56,10 @@ pub fn row(v: &SocketView<'_>, with_risk: bool) -> String {
     } else {
         "-".into()
     };
+    let ct = s
+        .conntrack
+        .map(|c| format!("{}s", c.remaining_s))
+        .unwrap_or_else(|| "-".into());
     let risk = match (with_risk, &v.risk, &v.idle_timeout) {
         (false, _, _) => String::new(),
         (true, Some(r), Some(rule)) => format!(" {} ({rule})", r.name()),
@@ -63,7 +67,7 @@ pub fn row(v: &SocketView<'_>, with_risk: bool) -> String {
         (true, None, _) => " -".into(),
     };
     format!(
-        "{:<5} {:>6} {:>6} {:<23} {:<23} {:<12} {:<20} {:<28} {:<17} {:<9} {:<5}{risk}",
+        "{:<5} {:>6} {:>6} {:<23} {:<23} {:<12} {:<20} {:<28} {:<17} {:<9} {:<5} {:<5}{risk}",
         s.proto,
         s.recv_q,
         s.send_q,
@@ -74,11 +78,12 @@ pub fn row(v: &SocketView<'_>, with_risk: bool) -> String {
         s.timer.netstat(),
         keepalive_cell(s),
         idle,
-        unans
+        unans,
+        ct
     )
 }
 
-pub const FOOTNOTE: &str = "Keepalive: idle/interval/count in seconds/seconds/probes; * = the namespace's net.ipv4.tcp_keepalive_* default. Idle: since the peer was last heard from. Unans: keepalive probes not yet answered.";
+pub const FOOTNOTE: &str = "Keepalive: idle/interval/count in seconds/seconds/probes; * = the namespace's net.ipv4.tcp_keepalive_* default. Idle: since the peer was last heard from. Unans: keepalive probes not yet answered. CT: seconds until conntrack forgets the flow without a packet (- untracked).";
 
 #[cfg(test)]
 mod tests {
@@ -105,6 +110,7 @@ mod tests {
         let s = Socket::from_record(&record(), 250, Some(&owner)).unwrap();
         let p = Policy {
             rules: vec![Rule::parse("10.0.0.2:5432=350s").unwrap()],
+            ..Policy::default()
         };
         let line = row(&SocketView::new(&s, None, &p), true);
         for (col, value) in [
@@ -117,6 +123,7 @@ mod tests {
             ("Keepalive", "7200*/10/9*"),
             ("Idle", "1.0s"),
             ("Unans", "0"),
+            ("CT", "-"),
             ("Risk", "at-risk (10.0.0.2:5432=350s)"),
         ] {
             let h = header(true);

@@ -18,7 +18,7 @@ use super::config::LabelBy;
 use crate::{
     bpf::Counters,
     events::{Kind, Observation},
-    policy::Risk,
+    policy::{Risk, RuleSource},
     sockets::{snapshot::Sysctls, Socket},
 };
 
@@ -103,7 +103,7 @@ pub struct Metrics {
     stale_reuse: Family<IntCounterVec, 2>,
     idle_kills: Family<IntCounterVec, 1>,
     idle_before_reset: Histogram,
-    risk: Family<prometheus::IntGaugeVec, 1>,
+    risk: Family<prometheus::IntGaugeVec, 2>,
     /// Bounds the `port` label of the connection metrics.
     ports: LabelLimiter,
     /// Whether send/recv turns are counted (the HTTP keep-alive view).
@@ -190,7 +190,7 @@ impl Metrics {
             stale_reuse: r.counters("kato_stale_reuse_total", "Writes on a connection after the peer's FIN, answered by a reset (a client reusing a connection the server closed).", ["side", "port"]),
             idle_kills: r.counters("kato_idle_kills_suspected_total", "Connections idle for at least idle_kill_min that were reset or timed out: a middlebox probably forgot them. Labelled with the matching idle-timeout rule.", ["idle_timeout"]),
             idle_before_reset: r.histogram("kato_idle_before_reset_seconds", "How long connections had not heard from the peer when a reset arrived.", &RESET_BUCKETS),
-            risk: r.gauges("kato_sockets_idle_timeout_risk", "Connections by whether keepalive beats the declared middlebox idle timeout: safe, at-risk, unprotected (keepalive off), unknown (no rule).", ["class"]),
+            risk: r.gauges("kato_sockets_idle_timeout_risk", "Connections by whether keepalive beats the middlebox idle timeout on their path: safe, at-risk, unprotected (keepalive off), unknown (no rule); source: where that timeout comes from (declared, cloud-assumed, conntrack, learned; none for unknown).", ["class", "source"]),
             ports: LabelLimiter::new(label_limit),
             turns,
             label_by: label_by.to_vec(),
@@ -361,13 +361,19 @@ impl Metrics {
     pub fn refresh<'a>(
         &mut self,
         sockets: impl Iterator<Item = &'a Socket>,
-        risk: impl Fn(&Socket) -> Option<Risk>,
+        risk: impl Fn(&Socket) -> Option<(Risk, Option<RuleSource>)>,
         kernel: Counters,
         evictions: u64,
         undecodable: u64,
     ) {
         let mut by: HashMap<(&'static str, &'static str), i64> = HashMap::new();
-        let mut classes: HashMap<Risk, i64> = Risk::ALL.iter().map(|r| (*r, 0)).collect();
+        // Every class and source, zeros included: alerts need no absent().
+        let mut classes: HashMap<(Risk, Option<RuleSource>), i64> = Risk::ALL
+            .iter()
+            .filter(|r| **r != Risk::Unknown)
+            .flat_map(|r| RuleSource::ALL.map(|s| ((*r, Some(s)), 0)))
+            .chain([((Risk::Unknown, None), 0)])
+            .collect();
         let (mut probing, mut tracked) = (0, 0);
         for s in sockets {
             if let Some(r) = risk(s) {
@@ -390,8 +396,10 @@ impl Metrics {
         }
         self.probing.set(probing);
         self.tracked.set(tracked);
-        for (r, n) in classes {
-            self.risk.with([r.name()]).set(n);
+        for ((r, src), n) in classes {
+            self.risk
+                .with([r.name(), src.map_or("none", RuleSource::name)])
+                .set(n);
         }
         for (cause, now, last) in [
             (LossCause::RingFull, kernel.lost, self.last_kernel.lost),
@@ -571,7 +579,9 @@ mod tests {
         assert!(text.contains("kato_table_evictions_total 3"), "{text}");
         assert!(text.contains("kato_table_sockets 0"), "{text}");
         assert!(
-            text.contains("kato_sockets_idle_timeout_risk{class=\"at-risk\"} 0"),
+            text.contains(
+                "kato_sockets_idle_timeout_risk{class=\"at-risk\",source=\"conntrack\"} 0"
+            ),
             "{text}"
         );
     }
