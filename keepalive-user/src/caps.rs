@@ -10,6 +10,8 @@ pub const CAP_SYS_PTRACE: Capability = Capability::CAP_SYS_PTRACE;
 pub const CAP_SYSLOG: Capability = Capability::CAP_SYSLOG;
 pub const CAP_PERFMON: Capability = Capability::CAP_PERFMON;
 pub const CAP_BPF: Capability = Capability::CAP_BPF;
+/// Optional: reading conntrack over ctnetlink (every nfnetlink request needs it).
+pub const CAP_NET_ADMIN: Capability = Capability::CAP_NET_ADMIN;
 
 /// Names of the capabilities missing from `has` for loading tracing
 /// programs: CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN (kernels before 5.8).
@@ -48,6 +50,7 @@ pub fn name(cap: Capability) -> &'static str {
         Capability::CAP_PERFMON => "CAP_PERFMON",
         Capability::CAP_BPF => "CAP_BPF",
         Capability::CAP_SETPCAP => "CAP_SETPCAP",
+        Capability::CAP_NET_ADMIN => "CAP_NET_ADMIN",
         _ => "CAP_?",
     }
 }

@@ -15,6 +15,7 @@ pub mod filter;
 pub mod ip;
 pub mod jiffies;
 pub mod kernel;
+pub mod learned;
 pub mod netlink;
 pub mod netns;
 pub mod owner;

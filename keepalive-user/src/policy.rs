@@ -46,6 +46,15 @@ impl Cidr {
         Ok(Cidr { addr, prefix })
     }
 
+    /// One address (/32 or /128).
+    pub fn host(ip: IpAddr) -> Self {
+        let addr = canonical(ip);
+        Cidr {
+            addr,
+            prefix: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         let bits = |a: IpAddr| -> u128 {
@@ -254,11 +263,14 @@ pub struct Policy {
     /// flows. Conntrack is a middlebox of its own on the path, so the
     /// shorter of it and the path rule is the one that kills the flow.
     pub conntrack: BTreeMap<u32, Rule>,
+    /// Learned from idle kills and survivals (`learned`), replaced as
+    /// they change; path rules like the declared ones.
+    pub learned: Vec<Rule>,
 }
 
 impl Policy {
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.conntrack.is_empty()
+        self.rules.is_empty() && self.conntrack.is_empty() && self.learned.is_empty()
     }
 
     /// Replaces the conntrack rules: (namespace inode, established timeout s).
@@ -292,6 +304,7 @@ impl Policy {
     pub fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Rule> {
         self.rules
             .iter()
+            .chain(&self.learned)
             .filter(|r| r.matches(local, remote))
             .max_by_key(|r| r.specificity())
     }

@@ -362,6 +362,12 @@ fn agent_runs_with_the_documented_minimum_capabilities() {
             "all",
             (1 << 38) | (1 << 39) | (1 << 21) | (1 << 19),
         ),
+        // Optional, kept when given: conntrack over ctnetlink.
+        (
+            "-all,+bpf,+perfmon,+syslog,+net_admin",
+            "self",
+            (1 << 38) | (1 << 39) | (1 << 12),
+        ),
     ] {
         let mut child = agent(set, scope);
         let mut err = std::io::BufReader::new(child.stderr.take().unwrap());

@@ -115,6 +115,25 @@ impl Agent {
         }
     }
 
+    /// Polls /sockets until one socket satisfies `pick`, or panics after
+    /// `limit` with the last page.
+    pub fn wait_sockets_where(
+        &self,
+        limit: Duration,
+        pick: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = Instant::now() + limit;
+        loop {
+            let (_, body) = self.get("/sockets");
+            let page: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+            if let Some(s) = page.into_iter().find(&pick) {
+                return s;
+            }
+            assert!(Instant::now() < end, "no socket as expected in:\n{body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().unwrap()

@@ -174,6 +174,9 @@ fn systemd_group(group: &str, out: &mut std::collections::BTreeSet<String>) {
 fn seccomp_profile_and_unit_filter_allow_every_syscall_the_agent_makes() {
     crate::support::require_root();
     let trace = std::env::temp_dir().join(format!("kato-strace-{}", std::process::id()));
+    // Learned timeouts saved: mkdir, write, rename.
+    let state = std::env::temp_dir().join(format!("kato-strace-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
     let mut child = Command::new("strace")
         .args([
             "-f",
@@ -188,6 +191,8 @@ fn seccomp_profile_and_unit_filter_allow_every_syscall_the_agent_makes() {
             "127.0.0.1:0",
             "--snapshot-interval",
             "200ms",
+            "--state-dir",
+            state.to_str().unwrap(),
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -221,6 +226,11 @@ fn seccomp_profile_and_unit_filter_allow_every_syscall_the_agent_makes() {
     assert!(child.wait().unwrap().success());
     let text = std::fs::read_to_string(&trace).unwrap();
     let _ = std::fs::remove_file(&trace);
+    assert!(
+        state.join("learned.json").exists(),
+        "the agent saved its state"
+    );
+    let _ = std::fs::remove_dir_all(&state);
     let mut seen = std::collections::BTreeSet::new();
     for line in text.lines() {
         // "PID name(args...) = r" or "PID <... name resumed>..."

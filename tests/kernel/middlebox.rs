@@ -65,13 +65,17 @@ fn topology() -> Topology {
     }
 }
 
-/// Echo server in the server namespace.
+/// Echo server in the server namespace, for two connections.
 fn serve(ns: &Netns) -> std::thread::JoinHandle<()> {
+    serve_n(ns, 2)
+}
+
+fn serve_n(ns: &Netns, n: usize) -> std::thread::JoinHandle<()> {
     let (tx, rx) = mpsc::channel();
     let h = ns.spawn(move || {
         let l = TcpListener::bind("10.71.2.2:8000").unwrap();
         tx.send(()).unwrap();
-        for conn in l.incoming().take(2) {
+        for conn in l.incoming().take(n) {
             let mut c = conn.unwrap();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 64];
@@ -200,4 +204,104 @@ fn nat_forgetting_an_idle_flow_is_reported_with_its_idle_time() {
         "idle before the reset: {idle} s (the client slept 5 s)"
     );
     assert_eq!(sample(&m, "kato_keepalive_timeouts_total"), 0.0);
+}
+
+#[test]
+fn kato_learns_the_nat_timeout_from_connections_it_kept_and_killed() {
+    require_root();
+    let t = topology();
+    let _server = serve_n(&t.server, 3);
+    let state = std::env::temp_dir().join(format!("kato-learn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let agent = Agent::start(&[
+        "--netns",
+        &t.client.name,
+        "--no-cloud-defaults",
+        "--idle-kill-min",
+        "2s",
+        "--snapshot-interval",
+        "250ms",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let worker = t.client.spawn(move || {
+        let to = "10.71.2.2:8000".parse().unwrap();
+        // Idle 1 s, twice: the NAT (3 s) keeps the flow.
+        let mut kept = client(to, |_| {});
+        for _ in 0..2 {
+            echo(&mut kept, b"ping").unwrap();
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+        echo(&mut kept, b"ping").unwrap();
+        // Idle 5 s: forgotten, the next write meets a reset.
+        let mut killed = client(to, |_| {});
+        echo(&mut killed, b"ping").unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        killed
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let err = echo(&mut killed, b"again").expect_err("the NAT forgot the flow");
+        // A keepalive that waits 10 s: the learned bracket says at risk.
+        let slow = client(to, |s| keepalive(s, 10, 5, 3));
+        (err, kept, slow.local_addr().unwrap(), slow)
+    });
+    let (err, _kept, slow, _slow_sock) = worker.join().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+
+    let series = |bound: &str| {
+        format!(
+            "kato_idle_timeout_learned_seconds{{bound=\"{bound}\",destination=\"10.71.2.2:8000\"}}"
+        )
+    };
+    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
+        sample(m, &series("upper")) > 0.0 && sample(m, &series("lower")) > 0.0
+    });
+    let (lower, upper) = (sample(&m, &series("lower")), sample(&m, &series("upper")));
+    eprintln!("learned bracket for 10.71.2.2:8000: {lower:.2}-{upper:.2} s");
+    // Snapshots every 250 ms see a 1 s idle as 0.75-1 s; the kill came after 5 s.
+    assert!((0.7..=1.2).contains(&lower), "lower {lower}:\n{m}");
+    assert!((4.9..6.0).contains(&upper), "upper {upper}:\n{m}");
+
+    // Used for risk once both bounds exist: no rule was declared.
+    let s = agent.wait_sockets_where(Duration::from_secs(3), |s| {
+        s["local"] == slow.to_string() && !s["idle_timeout_source"].is_null()
+    });
+    assert_eq!(s["risk"], "at-risk", "{s}");
+    assert_eq!(s["idle_timeout_source"], "learned", "{s}");
+    assert!(
+        s["idle_timeout"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.71.2.2:8000="),
+        "{s}"
+    );
+
+    // Kept across restarts, for doctor too.
+    let saved = std::fs::read_to_string(state.join("learned.json")).unwrap();
+    assert!(saved.contains("10.71.2.2:8000"), "{saved}");
+    let doctor = crate::support::run(std::process::Command::new(env!("CARGO_BIN_EXE_kato")).args(
+        [
+            "doctor",
+            "--no-cloud-defaults",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    ));
+    let d: serde_json::Value = serde_json::from_str(&doctor).unwrap();
+    let learned = d["timeouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["source"] == "learned")
+        .unwrap_or_else(|| panic!("{doctor}"));
+    assert!(
+        learned["rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.71.2.2:8000="),
+        "{learned}"
+    );
+    let _ = std::fs::remove_dir_all(&state);
 }

@@ -108,6 +108,8 @@ pub struct AgentConfig {
     pub web_config: Option<PathBuf>,
     /// Assume the idle timeout of the cloud the host runs in (DMI).
     pub cloud_defaults: bool,
+    /// Where learned idle timeouts are kept across restarts (None: memory only).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -130,6 +132,7 @@ impl Default for AgentConfig {
             max_connections: 64,
             web_config: None,
             cloud_defaults: true,
+            state_dir: None,
         }
     }
 }
@@ -171,6 +174,8 @@ pub struct Overrides {
     pub web_config: Option<PathBuf>,
     #[serde(default)]
     pub cloud_defaults: Option<bool>,
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// One setting's parser, shared by its flag (a string) and its file value
@@ -345,7 +350,7 @@ fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Err
 }
 
 /// The file's keys, for the unknown-key message.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "listen",
     "netns",
     "snapshot_interval",
@@ -362,6 +367,7 @@ pub const KEYS: [&str; 16] = [
     "max_connections",
     "web_config",
     "cloud_defaults",
+    "state_dir",
 ];
 
 /// A config file's text, or the one-line error naming the file.
@@ -442,6 +448,7 @@ impl Overrides {
             max_connections: self.max_connections.or(base.max_connections),
             web_config: self.web_config.or(base.web_config),
             cloud_defaults: self.cloud_defaults.or(base.cloud_defaults),
+            state_dir: self.state_dir.or(base.state_dir),
         }
     }
 
@@ -471,6 +478,7 @@ impl Overrides {
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             web_config: self.web_config.or(d.web_config),
             cloud_defaults: self.cloud_defaults.unwrap_or(d.cloud_defaults),
+            state_dir: self.state_dir.or(d.state_dir),
         }
     }
 }

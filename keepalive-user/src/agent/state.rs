@@ -19,7 +19,8 @@ use crate::{
     agent::http::{Backend, Page, SocketsQuery},
     bpf::{Bpf, CounterMap, LoadError},
     caps::{self, Capability},
-    events::{DecodeError, Observation, Pipeline, Record, ResetReasons, Sink},
+    events::{DecodeError, Kind, Observation, Pipeline, Record, ResetReasons, Sink},
+    learned::{Destination, Learner},
     netns::{self, NetnsError},
     policy::Policy,
     sockets::{
@@ -38,6 +39,8 @@ pub enum AgentError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error("learned idle timeouts: {0}")]
+    State(String),
     #[error("kato agent needs {0} to watch other network namespaces (or set netns = \"self\")")]
     Privilege(&'static str),
 }
@@ -50,6 +53,7 @@ struct AgentSink {
     /// (netns, port) of listening sockets: the ports `local_port` may label.
     listening: HashSet<(u32, u16)>,
     policy: Policy,
+    learner: Learner,
 }
 
 impl Sink for AgentSink {
@@ -64,6 +68,12 @@ impl Sink for AgentSink {
                 .map(|r| r.text.as_str()),
         };
         self.metrics.observe(obs, &ctx);
+        if let (true, Some(idle)) = (obs.has(Kind::IdleKillSuspected), obs.idle_s) {
+            self.learner.killed(
+                Destination::of(rec.local, rec.remote, ctx.local_port_listening),
+                idle,
+            );
+        }
         self.table.apply(obs);
         ControlFlow::Continue(())
     }
@@ -79,10 +89,22 @@ pub struct AgentState {
     listed: Vec<netns::NetnsRef>,
     counters: Arc<CounterMap>,
     started: Instant,
+    /// Where the learner's state is saved (None: memory only).
+    state_dir: Option<std::path::PathBuf>,
 }
 
-/// Capabilities needed after start-up, for this scope.
+/// Capabilities kept after start-up, for this scope: the needed ones, and
+/// CAP_NET_ADMIN where the agent was given it (conntrack entries over
+/// ctnetlink; without it they are unknown and the risk ignores conntrack).
 pub fn runtime_caps(scope: &NetnsScope) -> Vec<Capability> {
+    let mut keep = needed_caps(scope);
+    if caps::has(caps::CAP_NET_ADMIN) {
+        keep.push(caps::CAP_NET_ADMIN);
+    }
+    keep
+}
+
+fn needed_caps(scope: &NetnsScope) -> Vec<Capability> {
     let mut keep = vec![caps::CAP_BPF, caps::CAP_PERFMON];
     match scope {
         NetnsScope::Own => {}
@@ -94,7 +116,7 @@ pub fn runtime_caps(scope: &NetnsScope) -> Vec<Capability> {
 
 /// Fails, naming the first capability missing for this scope.
 pub fn check_caps(scope: &NetnsScope) -> Result<(), AgentError> {
-    match runtime_caps(scope).into_iter().find(|&c| !caps::has(c)) {
+    match needed_caps(scope).into_iter().find(|&c| !caps::has(c)) {
         Some(c) => Err(AgentError::Privilege(caps::name(c))),
         None => Ok(()),
     }
@@ -129,6 +151,14 @@ impl AgentState {
                 .collect::<Result<Vec<_>, _>>()?,
             _ => vec![],
         };
+        let learner = match &cfg.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| AgentError::State(format!("{}: {e}", dir.display())))?;
+                Learner::load(dir).map_err(AgentError::State)?
+            }
+            None => Learner::default(),
+        };
         Ok(AgentState {
             pipeline: Pipeline::new(
                 k.hz,
@@ -143,7 +173,9 @@ impl AgentState {
                     Some(c) if cfg.cloud_defaults => cfg.policy.clone().with_assumed([c.rule()]),
                     _ => cfg.policy.clone(),
                 },
+                learner,
             },
+            state_dir: cfg.state_dir.clone(),
             snapshotter,
             scope: cfg.netns.clone(),
             listed,
@@ -195,11 +227,24 @@ impl AgentState {
         sink.listening.clear();
         let mut sysctls: HashMap<u32, Sysctls> = HashMap::new();
         let mut n = 0;
-        for s in snaps {
-            n += s.sockets.len();
+        for s in &snaps {
             for sock in s.sockets.iter().filter(|x| x.state == TcpState::Listen) {
                 sink.listening.insert((s.inode, sock.local.port()));
             }
+        }
+        let listening = &sink.listening;
+        sink.learner
+            .snapshot(snaps.iter().flat_map(|s| &s.sockets), |x| {
+                listening.contains(&(x.netns, x.local.port()))
+            });
+        sink.policy.learned = sink.learner.rules();
+        if let Some(dir) = &self.state_dir {
+            if let Err(e) = sink.learner.save(dir) {
+                log::warn!("saving learned idle timeouts in {}: {e}", dir.display());
+            }
+        }
+        for s in snaps {
+            n += s.sockets.len();
             if let Some(sys) = s.sysctls {
                 sysctls.insert(s.inode, sys);
             }
@@ -232,6 +277,7 @@ impl AgentState {
             sink.table.evictions,
             self.pipeline.undecodable,
         );
+        sink.metrics.set_learned(sink.learner.iter());
         sink.metrics.encode()
     }
 

@@ -24,7 +24,8 @@ use tokio::net::TcpListener;
 pub struct AgentArgs {
     /// TOML file with any of: listen, netns, snapshot_interval, label_by,
     /// label_limit, table_capacity, btf, hz, idle_timeouts, idle_kill_min,
-    /// http_keepalive, attach, allowed_hosts, max_connections (see
+    /// http_keepalive, attach, allowed_hosts, max_connections, web_config,
+    /// cloud_defaults, state_dir (see
     /// docs/deploy/kato.toml). Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -90,6 +91,11 @@ pub struct AgentArgs {
     /// HTTP connections served at once; more wait [default: 64].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
+    /// Keep learned idle timeouts in DIR/learned.json across restarts (and
+    /// for `kato doctor`); the systemd unit and the DaemonSet use
+    /// /var/lib/kato [default: memory only].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Flags as overrides, each through its setting's parser (the one the
@@ -153,6 +159,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         allowed_hosts: (!a.allowed_host.is_empty()).then(|| a.allowed_host.clone()),
         web_config: a.web_config.clone(),
         cloud_defaults: a.no_cloud_defaults.then_some(false),
+        state_dir: a.state_dir.clone(),
         max_connections: flag::<MaxConnections>(
             "max-connections",
             number("max-connections", a.max_connections.as_ref())?,

@@ -29,6 +29,9 @@ pub struct DoctorArgs {
     /// Do not assume the idle timeout of the cloud this host runs in.
     #[arg(long)]
     pub no_cloud_defaults: bool,
+    /// The agent's state directory, for the idle timeouts it has learned.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/kato")]
+    pub state_dir: PathBuf,
     /// Check this attach path (auto: what trace and the agent would pick).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
@@ -94,9 +97,78 @@ fn render(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
             )?;
         }
     }
+    if !r.timeouts.is_empty() {
+        writeln!(
+            out,
+            "\nIdle timeouts on this host's paths, and the connections they endanger"
+        )?;
+        for t in &r.timeouts {
+            let ns = if t.namespaces.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " in netns {}",
+                    t.namespaces
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            writeln!(
+                out,
+                "  {} [{}]{ns}: {} safe, {} at-risk, {} unprotected",
+                t.rule,
+                t.source.name(),
+                t.safe,
+                t.at_risk,
+                t.unprotected
+            )?;
+            for e in &t.endangered {
+                writeln!(
+                    out,
+                    "      {} {} -> {} (netns {}, {})",
+                    e.risk.name(),
+                    e.local,
+                    e.remote,
+                    e.netns,
+                    e.owner.as_deref().unwrap_or("owner unknown")
+                )?;
+            }
+            if t.at_risk + t.unprotected > 0 {
+                writeln!(out, "      fix: {}", t.suggestion)?;
+            }
+        }
+    }
+    let pending: Vec<_> = r
+        .learned
+        .iter()
+        .filter(|l| l.bracket.bounds().is_none())
+        .collect();
+    if !pending.is_empty() {
+        writeln!(out, "\nLearning (one bound so far, or contradictory)")?;
+        for l in pending {
+            let b = &l.bracket;
+            let s = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.1}s"));
+            writeln!(
+                out,
+                "  {}: survived {} ({} times), killed after {} ({} times){}",
+                l.destination,
+                s(b.survived_s),
+                b.survivals,
+                s(b.killed_s),
+                b.kills,
+                if b.contradictory() {
+                    "; a survival outlasted a kill: more than an idle timeout at work"
+                } else {
+                    ""
+                }
+            )?;
+        }
+    }
     writeln!(out, "\nAdvice")?;
     if r.advice.is_empty() {
-        writeln!(out, "  none (declare middlebox idle timeouts with --idle-timeout, e.g. --idle-timeout 10.0.0.0/8=350s)")?;
+        writeln!(out, "  none (no idle timeout applies to any connection here: declare the middleboxes' with --idle-timeout, e.g. --idle-timeout 10.0.0.0/8=350s)")?;
     }
     for a in &r.advice {
         writeln!(out, "  - [{}] {}", a.class.name(), a.message)?;
@@ -110,10 +182,15 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
         let file = keepalive_user::agent::config::Overrides::read(path)?;
         rules.extend(file.idle_timeouts.unwrap_or_default());
     }
+    let learned = keepalive_user::learned::read_state(
+        &args.state_dir.join(keepalive_user::learned::STATE_FILE),
+    )
+    .map_err(|e| anyhow::anyhow!("learned idle timeouts: {e}"))?;
     let report = doctor::run(
         args.btf.as_deref(),
         args.hz,
         &super::policy(rules, args.no_cloud_defaults),
+        learned,
         args.attach,
     );
     let stdout = std::io::stdout();

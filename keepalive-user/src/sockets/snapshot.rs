@@ -179,11 +179,17 @@ pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>,
     Ok(out)
 }
 
-/// (namespace, established timeout) of each namespace whose conntrack is loaded.
+/// (namespace, established timeout) of each namespace whose conntrack
+/// tracks flows (loaded, with entries: the module is host-wide once loaded,
+/// a namespace without NAT or `ct` rules tracks nothing).
 pub fn conntrack_rules(snaps: &[NetnsSnapshot]) -> Vec<(u32, u32)> {
     snaps
         .iter()
-        .filter_map(|n| Some((n.inode, n.conntrack?.established_timeout_s)))
+        .filter_map(|n| {
+            n.conntrack
+                .filter(|c| c.entries > 0)
+                .map(|c| (n.inode, c.established_timeout_s))
+        })
         .collect()
 }
 
@@ -197,11 +203,13 @@ fn in_netns<T: Send>(t: &Option<NetnsRef>, f: impl FnOnce() -> T + Send) -> Resu
 
 /// In the calling thread's namespace: its conntrack, and each connection's
 /// entry joined onto its socket. Listeners have none; a namespace whose
-/// table is empty is not dumped. A failed dump (no CAP_NET_ADMIN) leaves
-/// the entries unknown and says so once per snapshot.
+/// table is empty is not dumped, nor is any without CAP_NET_ADMIN. A failed
+/// dump leaves the entries unknown and says so once per process.
 fn join_conntrack(sockets: &mut [Socket]) -> Option<conntrack::Namespace> {
     let ns = conntrack::namespace()?;
-    if ns.entries == 0 {
+    // Without CAP_NET_ADMIN ctnetlink refuses every request: the banner
+    // and doctor say the capability is not kept; nothing to repeat here.
+    if ns.entries == 0 || !crate::caps::has(crate::caps::CAP_NET_ADMIN) {
         return Some(ns);
     }
     let wanted: std::collections::HashSet<_> = sockets
@@ -218,7 +226,15 @@ fn join_conntrack(sockets: &mut [Socket]) -> Option<conntrack::Namespace> {
                 s.conntrack = found.get(&conntrack::key(s.local, s.remote)).copied();
             }
         }
-        Err(e) => log::warn!("reading conntrack entries over ctnetlink: {e}"),
+        Err(e) => {
+            // Once: without CAP_NET_ADMIN every snapshot would say it again.
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                log::warn!(
+                    "reading conntrack entries over ctnetlink: {e} (conntrack left out of risk)"
+                );
+            }
+        }
     }
     Some(ns)
 }

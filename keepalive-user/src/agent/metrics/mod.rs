@@ -18,6 +18,7 @@ use super::config::LabelBy;
 use crate::{
     bpf::Counters,
     events::{Kind, Observation},
+    learned::Learned,
     policy::{Risk, RuleSource},
     sockets::{snapshot::Sysctls, Socket},
 };
@@ -104,6 +105,9 @@ pub struct Metrics {
     idle_kills: Family<IntCounterVec, 1>,
     idle_before_reset: Histogram,
     risk: Family<prometheus::IntGaugeVec, 2>,
+    learned: Family<prometheus::GaugeVec, 2>,
+    /// Destinations exported at most (`label_limit`).
+    learned_limit: usize,
     /// Bounds the `port` label of the connection metrics.
     ports: LabelLimiter,
     /// Whether send/recv turns are counted (the HTTP keep-alive view).
@@ -191,6 +195,8 @@ impl Metrics {
             idle_kills: r.counters("kato_idle_kills_suspected_total", "Connections idle for at least idle_kill_min that were reset or timed out: a middlebox probably forgot them. Labelled with the matching idle-timeout rule.", ["idle_timeout"]),
             idle_before_reset: r.histogram("kato_idle_before_reset_seconds", "How long connections had not heard from the peer when a reset arrived.", &RESET_BUCKETS),
             risk: r.gauges("kato_sockets_idle_timeout_risk", "Connections by whether keepalive beats the middlebox idle timeout on their path: safe, at-risk, unprotected (keepalive off), unknown (no rule); source: where that timeout comes from (declared, cloud-assumed, conntrack, learned; none for unknown).", ["class", "source"]),
+            learned: r.float_gauges("kato_idle_timeout_learned_seconds", "Idle timeout learned per destination (ADDR:PORT a client connects to, or :PORT of accepted connections): lower = longest idle a connection survived, upper = shortest idle after which one was killed. At most label_limit destinations, those with the most evidence.", ["destination", "bound"]),
+            learned_limit: label_limit,
             ports: LabelLimiter::new(label_limit),
             turns,
             label_by: label_by.to_vec(),
@@ -353,6 +359,24 @@ impl Metrics {
             self.sysctl_time.with([&n]).set(i64::from(s.time_s));
             self.sysctl_intvl.with([&n]).set(i64::from(s.intvl_s));
             self.sysctl_probes.with([&n]).set(i64::from(s.probes));
+        }
+    }
+
+    /// Scrape-time: the learned brackets, the best-evidenced first.
+    pub fn set_learned(&mut self, learned: impl Iterator<Item = Learned>) {
+        let mut all: Vec<Learned> = learned.collect();
+        all.sort_by_key(|l| std::cmp::Reverse(l.bracket.kills + l.bracket.survivals));
+        self.learned.reset();
+        for l in all.into_iter().take(self.learned_limit) {
+            let d = l.destination.to_string();
+            for (bound, v) in [
+                ("lower", l.bracket.survived_s),
+                ("upper", l.bracket.killed_s),
+            ] {
+                if let Some(v) = v {
+                    self.learned.with([d.as_str(), bound]).set(v);
+                }
+            }
         }
     }
 

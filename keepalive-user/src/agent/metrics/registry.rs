@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use prometheus::{
-    core::Collector, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry,
+    core::Collector, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// A labelled family with exactly `N` labels.
@@ -21,6 +21,16 @@ impl<const N: usize> Family<IntCounterVec, N> {
 
 impl<const N: usize> Family<IntGaugeVec, N> {
     pub fn with(&self, values: [&str; N]) -> IntGauge {
+        self.0.with_label_values(&values)
+    }
+
+    pub fn reset(&self) {
+        self.0.reset();
+    }
+}
+
+impl<const N: usize> Family<GaugeVec, N> {
+    pub fn with(&self, values: [&str; N]) -> Gauge {
         self.0.with_label_values(&values)
     }
 
@@ -83,6 +93,15 @@ impl Reg {
         labels: [&str; N],
     ) -> Family<IntGaugeVec, N> {
         Family(self.add(IntGaugeVec::new(Opts::new(name, help), &labels).expect("valid metric")))
+    }
+
+    pub fn float_gauges<const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        labels: [&str; N],
+    ) -> Family<GaugeVec, N> {
+        Family(self.add(GaugeVec::new(Opts::new(name, help), &labels).expect("valid metric")))
     }
 
     pub fn histograms<const N: usize>(

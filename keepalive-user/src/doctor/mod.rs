@@ -2,6 +2,8 @@
 //! idle timeouts mean for the sockets on it. Gathers facts; rendering is the
 //! CLI's job.
 
+pub mod timeouts;
+
 use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::Serialize;
@@ -10,9 +12,13 @@ use crate::{
     bpf::{AttachMode, Bpf, Hook, Iterators, LoadError, LoadOptions},
     caps,
     kernel::{self, btf::Btf, hz, KernelInfo},
+    learned::Learned,
     netns,
-    policy::{Policy, Risk},
-    sockets::{snapshot::snapshot_iter, Keepalive, Socket, Source},
+    policy::{Policy, Risk, RuleSource},
+    sockets::{
+        snapshot::{conntrack_rules, snapshot_iter},
+        Keepalive, Socket, Source,
+    },
     tcp::TcpState,
 };
 
@@ -57,6 +63,11 @@ pub struct Report {
     pub attach_path: String,
     pub attach_reason: String,
     pub namespaces: Vec<NetnsReport>,
+    /// Every idle timeout known or found (declared, cloud-assumed,
+    /// conntrack, learned) and the connections it endangers.
+    pub timeouts: Vec<timeouts::TimeoutReport>,
+    /// What the agent has learned so far, brackets with one bound included.
+    pub learned: Vec<Learned>,
     pub advice: Vec<Advice>,
 }
 
@@ -73,6 +84,7 @@ pub fn run(
     btf: Option<&std::path::Path>,
     hz_override: Option<u32>,
     policy: &Policy,
+    learned: Vec<Learned>,
     attach: AttachMode,
 ) -> Report {
     let release = kernel::release();
@@ -171,9 +183,21 @@ pub fn run(
     for (cap, why) in caps_needed {
         checks.push(check(caps::name(cap), caps::has(cap), why));
     }
+    checks.push(check(
+        caps::name(caps::CAP_NET_ADMIN),
+        true,
+        if caps::has(caps::CAP_NET_ADMIN) {
+            "read conntrack entries (ctnetlink)"
+        } else {
+            "absent (optional): conntrack entries unknown, conntrack left out of risk verdicts"
+        },
+    ));
 
     let mut namespaces = vec![];
     let mut advice = vec![];
+    let mut found = vec![];
+    let mut policy = policy.clone();
+    policy.learned = learned.iter().filter_map(Learned::rule).collect();
     let opts = LoadOptions {
         tracing: true,
         iterators: Iterators::Try,
@@ -217,8 +241,9 @@ pub fn run(
                     Err(e) => format!("{e}: kato sockets falls back to sock_diag"),
                 },
             ));
-            let (np, adv) = sockets_report(&mut p, policy);
+            let (np, t, adv) = sockets_report(&mut p, &mut policy);
             namespaces = np;
+            found = t;
             advice = adv;
             (
                 path.kind.name().to_owned(),
@@ -234,6 +259,8 @@ pub fn run(
         attach_path,
         attach_reason,
         namespaces,
+        timeouts: found,
+        learned,
         advice,
     }
 }
@@ -252,7 +279,10 @@ fn is_connection(s: &Socket) -> bool {
     s.keepalive.is_some() && s.state != TcpState::Listen
 }
 
-fn sockets_report(p: &mut Bpf, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice>) {
+fn sockets_report(
+    p: &mut Bpf,
+    policy: &mut Policy,
+) -> (Vec<NetnsReport>, Vec<timeouts::TimeoutReport>, Vec<Advice>) {
     let own = netns::current().ok().map(|n| n.inode);
     let listed = netns::list().namespaces;
     let names: BTreeMap<u32, String> = listed
@@ -264,8 +294,11 @@ fn sockets_report(p: &mut Bpf, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice
         .map(|n| (Some(n.inode) != own).then_some(n))
         .collect();
     let Ok(snaps) = snapshot_iter(p, &targets) else {
-        return (vec![], vec![]);
+        return (vec![], timeouts::Tally::new(policy).finish(), vec![]);
     };
+    policy.set_conntrack(conntrack_rules(&snaps));
+    let policy = &*policy;
+    let mut tally = timeouts::Tally::new(policy);
     let mut reports = vec![];
     let mut by_rule: BTreeMap<String, RuleTally> = BTreeMap::new();
     for snap in &snaps {
@@ -296,12 +329,15 @@ fn sockets_report(p: &mut Bpf, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice
         });
         for s in &conns {
             if let Some((risk, Some(rule))) = policy.classify(s) {
-                let e = by_rule
-                    .entry(rule.text.clone())
-                    .or_insert_with(|| RuleTally {
-                        timeout: rule.timeout,
-                        ..Default::default()
-                    });
+                tally.add(s, risk, rule);
+                let named = match rule.source {
+                    RuleSource::Declared => rule.text.clone(),
+                    other => format!("{} ({})", rule.text, other.name()),
+                };
+                let e = by_rule.entry(named).or_insert_with(|| RuleTally {
+                    timeout: rule.timeout,
+                    ..Default::default()
+                });
                 *e.classes.entry(risk).or_default() += 1;
                 if risk == Risk::AtRisk
                     && s.keepalive
@@ -344,5 +380,5 @@ fn sockets_report(p: &mut Bpf, policy: &Policy) -> (Vec<NetnsReport>, Vec<Advice
             });
         }
     }
-    (reports, advice)
+    (reports, tally.finish(), advice)
 }
