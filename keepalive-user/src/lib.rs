@@ -13,6 +13,7 @@ pub mod duration;
 pub mod events;
 pub mod filter;
 pub mod ip;
+pub mod ipvs;
 pub mod jiffies;
 pub mod kernel;
 pub mod learned;

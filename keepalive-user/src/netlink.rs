@@ -9,6 +9,7 @@ use std::{
 };
 
 pub const NLM_F_REQUEST: u16 = 1;
+pub const NLM_F_ACK: u16 = 4;
 pub const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -16,10 +17,16 @@ pub const NLMSG_HDRLEN: usize = 16;
 
 /// A netlink message header for a dump request of `ty`, `payload` bytes after it.
 pub fn header(ty: u16, seq: u32, payload: usize) -> Vec<u8> {
+    header_with(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, payload)
+}
+
+/// A netlink message header with `flags` (NLM_F_ACK for a single answer:
+/// the acknowledgement ends it as NLMSG_DONE ends a dump).
+pub fn header_with(ty: u16, flags: u16, seq: u32, payload: usize) -> Vec<u8> {
     let mut b = Vec::with_capacity(NLMSG_HDRLEN + payload);
     b.extend_from_slice(&((NLMSG_HDRLEN + payload) as u32).to_ne_bytes());
     b.extend_from_slice(&ty.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
     b
@@ -66,7 +73,17 @@ pub fn dump(
     Ok(())
 }
 
-/// One datagram's messages; true at NLMSG_DONE (public for the fuzzer).
+/// A netlink attribute, padded.
+pub fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + payload.len() + 3);
+    b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
+    b.extend_from_slice(payload);
+    b.resize((b.len() + 3) & !3, 0);
+    b
+}
+
+/// One datagram's messages; true at NLMSG_DONE or an acknowledgement (public for the fuzzer).
 pub fn walk(mut data: &[u8], each: &mut impl FnMut(u16, &[u8])) -> io::Result<bool> {
     let bad = |what| io::Error::new(io::ErrorKind::InvalidData, what);
     while data.len() >= NLMSG_HDRLEN {
@@ -81,9 +98,9 @@ pub fn walk(mut data: &[u8], each: &mut impl FnMut(u16, &[u8])) -> io::Result<bo
                 let e = data[..len]
                     .get(16..20)
                     .ok_or_else(|| bad("short netlink error"))?;
-                // The kernel sends -errno; 0 is an acknowledgement.
+                // The kernel sends -errno; 0 acknowledges (ends) a request.
                 match i32::from_ne_bytes([e[0], e[1], e[2], e[3]]).checked_neg() {
-                    Some(0) => {}
+                    Some(0) => return Ok(true),
                     Some(errno) if errno > 0 => return Err(io::Error::from_raw_os_error(errno)),
                     _ => return Err(bad("netlink error with a positive or invalid code")),
                 }
@@ -114,6 +131,13 @@ mod tests {
         e.extend_from_slice(&(-libc::EPERM).to_ne_bytes());
         let err = walk(&e, &mut |_, _| {}).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+
+        let mut ack = header(NLMSG_ERROR, 1, 4);
+        ack.extend_from_slice(&0i32.to_ne_bytes());
+        assert!(
+            walk(&ack, &mut |_, _| {}).unwrap(),
+            "an acknowledgement ends a request"
+        );
 
         let mut short = header(20, 1, 8);
         short.truncate(18);

@@ -92,14 +92,17 @@ pub enum RuleSource {
     Conntrack,
     /// Bracketed from idle connections that survived and were killed.
     Learned,
+    /// An IPVS virtual service's TCP timeout (`ipvs`).
+    Ipvs,
 }
 
 impl RuleSource {
-    pub const ALL: [RuleSource; 4] = [
+    pub const ALL: [RuleSource; 5] = [
         RuleSource::Declared,
         RuleSource::CloudAssumed,
         RuleSource::Conntrack,
         RuleSource::Learned,
+        RuleSource::Ipvs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -108,6 +111,7 @@ impl RuleSource {
             RuleSource::CloudAssumed => "cloud-assumed",
             RuleSource::Conntrack => "conntrack",
             RuleSource::Learned => "learned",
+            RuleSource::Ipvs => "ipvs",
         }
     }
 }
@@ -266,11 +270,17 @@ pub struct Policy {
     /// Learned from idle kills and survivals (`learned`), replaced as
     /// they change; path rules like the declared ones.
     pub learned: Vec<Rule>,
+    /// IPVS virtual services of the host's namespace (`ipvs`), re-read
+    /// with each snapshot.
+    pub ipvs: Vec<Rule>,
 }
 
 impl Policy {
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.conntrack.is_empty() && self.learned.is_empty()
+        self.rules.is_empty()
+            && self.conntrack.is_empty()
+            && self.learned.is_empty()
+            && self.ipvs.is_empty()
     }
 
     /// Replaces the conntrack rules: (namespace inode, established timeout s).
@@ -305,6 +315,7 @@ impl Policy {
         self.rules
             .iter()
             .chain(&self.learned)
+            .chain(&self.ipvs)
             .filter(|r| r.matches(local, remote))
             .max_by_key(|r| r.specificity())
     }

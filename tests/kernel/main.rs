@@ -12,6 +12,7 @@ mod conntrack;
 mod deploy;
 mod doctor;
 mod http;
+mod ipvs;
 mod keepalive;
 mod middlebox;
 mod nginx;

@@ -105,7 +105,7 @@ enum Cmd {
     /// path (auto, fentry, tracepoint).
     Test {
         /// Only this kernel: `host` (the running one) or `debian-6.1` (a VM,
-        /// software emulation; keepalive, sockets and doctor tests, or the
+        /// software emulation; keepalive, sockets, doctor and IPVS tests, or the
         /// filters given).
         #[arg(long, value_name = "KERNEL")]
         kernel: Option<String>,

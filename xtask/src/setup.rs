@@ -27,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "openssl",
     // The conntrack tests compare kato with `conntrack -L`.
     "conntrack",
+    // The IPVS test (in the VM) sets up a virtual service.
+    "ipvsadm",
     // On fresh machines already; listed so tests can rely on them.
     "net-tools",
     "util-linux",

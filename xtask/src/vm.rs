@@ -33,8 +33,10 @@ const KERNELS: &[Kernel] = &[Kernel {
 
 /// The tests that run inside the VM (module filters of the `kernel` test):
 /// the keepalive life cycle (dead peer v4/v6, healthy peer), the snapshot
-/// iterators against `ss`, and doctor's report of the attach path.
-pub const DEFAULT_FILTERS: &[&str] = &["keepalive::", "sockets::", "doctor::"];
+/// iterators against `ss`, doctor's report of the attach path, and IPVS
+/// (`#[ignore]`d on the host, whose kernel lacks it: the VM runs ignored tests).
+/// IPVS needs the ip_vs module, which only the VM's kernel has.
+pub const DEFAULT_FILTERS: &[&str] = &["keepalive::", "sockets::", "doctor::", "ipvs::"];
 
 /// Every test runs once per attach path (`KATO_TEST_ATTACH`): the kernel's
 /// own choice, then each path forced.
@@ -47,6 +49,7 @@ const TOOLS: &[&str] = &[
     "/usr/bin/ss",
     "/usr/bin/kmod",
     "/usr/bin/setpriv",
+    "/usr/sbin/ipvsadm",
 ];
 
 /// Module trees the tests need (veth, nf_tables, conntrack and what they use).
@@ -300,7 +303,7 @@ fn init_script(test_bin: &Path, filters: &[String], attach: &[&str]) -> String {
     for path in attach {
         for f in filters {
             runs += &format!(
-                "echo \"KATO-VM: attach={path} tests={f}\"\nKATO_TEST_ATTACH={path} {bin} --test-threads=1 {f} || rc=1\n"
+                "echo \"KATO-VM: attach={path} tests={f}\"\nKATO_TEST_ATTACH={path} {bin} --test-threads=1 --include-ignored {f} || rc=1\n"
             );
         }
     }
@@ -319,7 +322,7 @@ mkdir -p /run/netns /sys/fs/bpf
 ln -s /run /var/run
 mount -t bpf bpf /sys/fs/bpf
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
-for m in veth nf_tables nft_reject_inet nft_ct nf_conntrack; do modprobe $m || echo "KATO-VM: modprobe $m failed"; done
+for m in veth nf_tables nft_reject_inet nft_ct nf_conntrack ip_vs ip_vs_rr dummy; do modprobe $m || echo "KATO-VM: modprobe $m failed"; done
 ip link set lo up
 cd {cwd}
 echo "KATO-VM: kernel $(uname -r), $(nproc) CPUs"

@@ -222,8 +222,7 @@ impl AgentState {
         let (targets, vanished) = self.targets(bpf)?;
         let snaps = self.snapshotter.take(Some(bpf), &targets)?;
         let sink = &mut self.sink;
-        sink.policy
-            .set_conntrack(crate::sockets::snapshot::conntrack_rules(&snaps));
+        crate::sockets::snapshot::discover(&mut sink.policy, &snaps);
         sink.listening.clear();
         let mut sysctls: HashMap<u32, Sysctls> = HashMap::new();
         let mut n = 0;

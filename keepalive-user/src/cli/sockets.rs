@@ -11,7 +11,7 @@ use keepalive_user::{
     netns,
     policy::Risk,
     sockets::{
-        snapshot::{conntrack_rules, Snapshotter, Source, Targets},
+        snapshot::{discover, Snapshotter, Source, Targets},
         table::SocketTable,
     },
     tcp::TcpState,
@@ -205,7 +205,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
         let snaps = snap.take(bpf.as_mut(), &targets)?;
-        policy.set_conntrack(conntrack_rules(&snaps));
+        discover(&mut policy, &snaps);
         if !args.risk.is_empty() && policy.is_empty() {
             return Err(no_timeout());
         }
@@ -243,7 +243,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 let snaps = snap.take(Some(&mut bpf), &targets)?;
-                policy.set_conntrack(conntrack_rules(&snaps));
+                discover(&mut policy, &snaps);
                 if !args.risk.is_empty() && policy.is_empty() {
                     return Err(no_timeout());
                 }

@@ -16,7 +16,7 @@ use crate::{
     netns,
     policy::{Policy, Risk, RuleSource},
     sockets::{
-        snapshot::{conntrack_rules, snapshot_iter},
+        snapshot::{discover, snapshot_iter},
         Keepalive, Socket, Source,
     },
     tcp::TcpState,
@@ -296,7 +296,7 @@ fn sockets_report(
     let Ok(snaps) = snapshot_iter(p, &targets) else {
         return (vec![], timeouts::Tally::new(policy).finish(), vec![]);
     };
-    policy.set_conntrack(conntrack_rules(&snaps));
+    discover(policy, &snaps);
     let policy = &*policy;
     let mut tally = timeouts::Tally::new(policy);
     let mut reports = vec![];

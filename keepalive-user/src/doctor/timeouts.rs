@@ -70,6 +70,7 @@ impl Tally {
             .rules
             .iter()
             .chain(&policy.learned)
+            .chain(&policy.ipvs)
             .map(|r| (r, None))
             .chain(conntrack)
         {
@@ -127,6 +128,10 @@ mod tests {
     fn every_known_timeout_is_listed_with_the_connections_it_endangers() {
         let mut p = Policy {
             rules: vec![Rule::parse("10.0.0.0/8=350s").unwrap()],
+            ipvs: vec![Rule {
+                source: RuleSource::Ipvs,
+                ..Rule::parse("10.96.0.1:443=900s").unwrap()
+            }],
             ..Policy::default()
         };
         p.set_conntrack([(7, 20), (8, 20)]);
@@ -135,7 +140,7 @@ mod tests {
         let (risk, rule) = p.classify(&s).unwrap();
         t.add(&s, risk, rule.unwrap());
         let all = t.finish();
-        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all.len(), 3, "declared, ipvs, conntrack: {all:?}");
         let declared = all
             .iter()
             .find(|r| r.source == RuleSource::Declared)

@@ -193,6 +193,20 @@ pub fn conntrack_rules(snaps: &[NetnsSnapshot]) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// The timeouts found rather than declared, into `policy`: each tracking
+/// namespace's conntrack, and the IPVS virtual services of the caller's
+/// namespace (the host's, where kube-proxy programs them).
+pub fn discover(policy: &mut crate::policy::Policy, snaps: &[NetnsSnapshot]) {
+    policy.set_conntrack(conntrack_rules(snaps));
+    policy.ipvs = crate::ipvs::rules().unwrap_or_else(|e| {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!("reading IPVS services and timeouts: {e} (IPVS left out of risk)");
+        }
+        vec![]
+    });
+}
+
 /// Runs `f` in the target namespace (the caller's own for None).
 fn in_netns<T: Send>(t: &Option<NetnsRef>, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
     match t {

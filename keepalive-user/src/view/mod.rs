@@ -30,7 +30,7 @@ pub struct SocketView<'a> {
     pub risk: Option<Risk>,
     /// The idle-timeout rule that applies, as written.
     pub idle_timeout: Option<&'a str>,
-    /// Where that rule comes from: declared, cloud-assumed.
+    /// Where that rule comes from: declared, cloud-assumed, conntrack, learned, ipvs.
     pub idle_timeout_source: Option<RuleSource>,
 }
 

@@ -194,7 +194,7 @@ impl Metrics {
             stale_reuse: r.counters("kato_stale_reuse_total", "Writes on a connection after the peer's FIN, answered by a reset (a client reusing a connection the server closed).", ["side", "port"]),
             idle_kills: r.counters("kato_idle_kills_suspected_total", "Connections idle for at least idle_kill_min that were reset or timed out: a middlebox probably forgot them. Labelled with the matching idle-timeout rule.", ["idle_timeout"]),
             idle_before_reset: r.histogram("kato_idle_before_reset_seconds", "How long connections had not heard from the peer when a reset arrived.", &RESET_BUCKETS),
-            risk: r.gauges("kato_sockets_idle_timeout_risk", "Connections by whether keepalive beats the middlebox idle timeout on their path: safe, at-risk, unprotected (keepalive off), unknown (no rule); source: where that timeout comes from (declared, cloud-assumed, conntrack, learned; none for unknown).", ["class", "source"]),
+            risk: r.gauges("kato_sockets_idle_timeout_risk", "Connections by whether keepalive beats the middlebox idle timeout on their path: safe, at-risk, unprotected (keepalive off), unknown (no rule); source: where that timeout comes from (declared, cloud-assumed, conntrack, learned, ipvs; none for unknown).", ["class", "source"]),
             learned: r.float_gauges("kato_idle_timeout_learned_seconds", "Idle timeout learned per destination (ADDR:PORT a client connects to, or :PORT of accepted connections): lower = longest idle a connection survived, upper = shortest idle after which one was killed. At most label_limit destinations, those with the most evidence.", ["destination", "bound"]),
             learned_limit: label_limit,
             ports: LabelLimiter::new(label_limit),
