@@ -102,6 +102,7 @@ unsafe fn try_iter_tcp(ctx: *mut c_void) -> Result<(), u32> {
 fn fill_full(r: &mut SockRecord, sk: u64) -> Result<(), u32> {
     r.flags |= sock_flags::FULL;
     r.ino = crate::sock::ino(sk)?;
+    r.cgroup_id = crate::sock::cgroup_id(sk)?;
     let skc_flags = read::<u64>(sk, iconf!(skc_flags))?;
     if skc_flags & (1 << (iconf!(sock_keepopen_bit) & 63)) != 0 {
         r.flags |= sock_flags::KEEPALIVE_ON;

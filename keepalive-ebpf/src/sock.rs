@@ -148,7 +148,26 @@ pub fn fill(ev: &mut Event, sk: u64) -> Result<(), u32> {
     ev.netns = netns(sk)?;
     ev.ino = ino(sk)?;
     ev.cookie = read::<u64>(sk, conf!(skc_cookie))?;
+    ev.cgroup_id = cgroup_id(sk)?;
     Ok(())
+}
+
+/// The socket's cgroup v2 id, from the socket (the current task is
+/// meaningless in softirq); 0 where the kernel keeps none.
+#[inline(always)]
+pub fn cgroup_id(sk: u64) -> Result<u64, u32> {
+    if conf!(sk_cgrp) == 0 {
+        return Ok(0);
+    }
+    let cgrp = read::<u64>(sk, conf!(sk_cgrp))?;
+    if cgrp == 0 {
+        return Ok(0);
+    }
+    let kn = read::<u64>(cgrp, conf!(cgroup_kn))?;
+    if kn == 0 {
+        return Ok(0);
+    }
+    read::<u64>(kn, conf!(kn_id))
 }
 
 /// A full socket's activity stamps: last data received and sent, last ACK.

@@ -4,7 +4,8 @@
 use std::{cmp::Ordering, net::IpAddr, str::FromStr};
 
 use crate::{
-    events::Observation, ip::canonical, owner::Owner, policy::Risk, tcp::TcpState, view::SocketView,
+    events::Observation, ip::canonical, owner::Owner, policy::Risk, tcp::TcpState,
+    view::SocketView, workload::Workload,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -22,6 +23,11 @@ pub struct Filter {
     pub keepalive: Option<bool>,
     /// Idle-timeout risk classes.
     pub risks: Vec<Risk>,
+    /// Kubernetes pod names, pod namespaces, container names, systemd units.
+    pub pods: Vec<String>,
+    pub pod_namespaces: Vec<String>,
+    pub containers: Vec<String>,
+    pub units: Vec<String>,
 }
 
 fn any<T>(v: &[T], f: impl Fn(&T) -> bool) -> bool {
@@ -41,6 +47,19 @@ impl Filter {
         any(&self.pids, |p| pid == Some(*p)) && any(&self.comms, |c| comm == Some(c.as_str()))
     }
 
+    /// The workload parts: a socket whose workload is unknown matches no
+    /// workload filter.
+    pub fn matches_workload(&self, w: Option<&Workload>) -> bool {
+        let is = |want: &[String], got: Option<&String>| any(want, |x| got == Some(x));
+        is(&self.pods, w.and_then(|w| w.pod.as_ref()))
+            && is(
+                &self.pod_namespaces,
+                w.and_then(|w| w.pod_namespace.as_ref()),
+            )
+            && is(&self.containers, w.and_then(|w| w.container.as_ref()))
+            && is(&self.units, w.and_then(|w| w.unit.as_ref()))
+    }
+
     /// True when the filter needs the socket's owner to decide.
     pub fn needs_owner(&self) -> bool {
         !self.pids.is_empty() || !self.comms.is_empty()
@@ -56,6 +75,7 @@ impl Filter {
                 .keepalive
                 .is_none_or(|want| s.keepalive.is_some_and(|k| k.enabled == want))
             && any(&self.risks, |r| v.risk == Some(*r))
+            && self.matches_workload(s.workload.0.as_deref())
     }
 
     pub fn matches_event(&self, obs: &Observation<'_>) -> bool {

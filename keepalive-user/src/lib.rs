@@ -27,3 +27,4 @@ pub mod tcp;
 pub mod text;
 pub mod timefmt;
 pub mod view;
+pub mod workload;

@@ -21,3 +21,4 @@ mod reliability;
 mod sockets;
 mod ss;
 mod support;
+mod workload;

@@ -29,6 +29,13 @@ const PACKAGES: &[&str] = &[
     "conntrack",
     // The IPVS test (in the VM) sets up a virtual service.
     "ipvsadm",
+    // containerd-client compiles containerd's protobuf API at build time.
+    "protobuf-compiler",
+    // The workload tests run a container without any image: containerd and
+    // runc, busybox-static as its root filesystem.
+    "containerd",
+    "runc",
+    "busybox-static",
     // On fresh machines already; listed so tests can rely on them.
     "net-tools",
     "util-linux",

@@ -46,6 +46,11 @@ pub enum LabelBy {
     Comm,
     /// The network namespace inode.
     Netns,
+    /// The socket's Kubernetes pod, pod namespace, container, systemd unit.
+    Pod,
+    PodNamespace,
+    Container,
+    Unit,
 }
 
 impl LabelBy {
@@ -55,9 +60,13 @@ impl LabelBy {
             "remote_port" => LabelBy::RemotePort,
             "comm" => LabelBy::Comm,
             "netns" => LabelBy::Netns,
+            "pod" => LabelBy::Pod,
+            "pod_namespace" => LabelBy::PodNamespace,
+            "container" => LabelBy::Container,
+            "unit" => LabelBy::Unit,
             _ => {
                 return Err(format!(
-                    "unknown label `{s}` (expected local_port, remote_port, comm or netns)"
+                    "unknown label `{s}` (expected local_port, remote_port, comm, netns, pod, pod_namespace, container or unit)"
                 ))
             }
         })
@@ -69,6 +78,10 @@ impl LabelBy {
             LabelBy::RemotePort => "remote_port",
             LabelBy::Comm => "comm",
             LabelBy::Netns => "netns",
+            LabelBy::Pod => "pod",
+            LabelBy::PodNamespace => "pod_namespace",
+            LabelBy::Container => "container",
+            LabelBy::Unit => "unit",
         }
     }
 }
@@ -110,6 +123,8 @@ pub struct AgentConfig {
     pub cloud_defaults: bool,
     /// Where learned idle timeouts are kept across restarts (None: memory only).
     pub state_dir: Option<PathBuf>,
+    /// containerd's API socket, for pod and container names (None: not asked).
+    pub containerd_socket: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -133,6 +148,7 @@ impl Default for AgentConfig {
             web_config: None,
             cloud_defaults: true,
             state_dir: None,
+            containerd_socket: Some(PathBuf::from(crate::workload::containerd::DEFAULT_SOCKET)),
         }
     }
 }
@@ -176,6 +192,8 @@ pub struct Overrides {
     pub cloud_defaults: Option<bool>,
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub containerd_socket: Option<PathBuf>,
 }
 
 /// One setting's parser, shared by its flag (a string) and its file value
@@ -350,7 +368,7 @@ fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Err
 }
 
 /// The file's keys, for the unknown-key message.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "listen",
     "netns",
     "snapshot_interval",
@@ -368,6 +386,7 @@ pub const KEYS: [&str; 17] = [
     "web_config",
     "cloud_defaults",
     "state_dir",
+    "containerd_socket",
 ];
 
 /// A config file's text, or the one-line error naming the file.
@@ -449,6 +468,7 @@ impl Overrides {
             web_config: self.web_config.or(base.web_config),
             cloud_defaults: self.cloud_defaults.or(base.cloud_defaults),
             state_dir: self.state_dir.or(base.state_dir),
+            containerd_socket: self.containerd_socket.or(base.containerd_socket),
         }
     }
 
@@ -479,6 +499,7 @@ impl Overrides {
             web_config: self.web_config.or(d.web_config),
             cloud_defaults: self.cloud_defaults.unwrap_or(d.cloud_defaults),
             state_dir: self.state_dir.or(d.state_dir),
+            containerd_socket: self.containerd_socket.or(d.containerd_socket),
         }
     }
 }

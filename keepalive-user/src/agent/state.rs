@@ -54,14 +54,18 @@ struct AgentSink {
     listening: HashSet<(u32, u16)>,
     policy: Policy,
     learner: Learner,
+    resolver: crate::workload::Resolver,
 }
 
 impl Sink for AgentSink {
     fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
         let rec = obs.record;
+        // Cached per cgroup: the event names its workload before any snapshot.
+        let workload = rec.cgroup_id.map(|id| self.resolver.resolve(id));
         let ctx = LabelCtx {
             local_port_listening: self.listening.contains(&(rec.netns, rec.local.port())),
             comm: self.table.get(rec.sk).and_then(|s| s.comm.as_deref()),
+            workload: workload.as_deref(),
             policy: self
                 .policy
                 .lookup(rec.local, rec.remote)
@@ -174,6 +178,7 @@ impl AgentState {
                     _ => cfg.policy.clone(),
                 },
                 learner,
+                resolver: crate::workload::Resolver::new(cfg.containerd_socket.clone()),
             },
             state_dir: cfg.state_dir.clone(),
             snapshotter,
@@ -243,6 +248,8 @@ impl AgentState {
             }
         }
         for s in snaps {
+            let mut s = s;
+            sink.resolver.name_all(&mut s.sockets);
             n += s.sockets.len();
             if let Some(sys) = s.sysctls {
                 sysctls.insert(s.inode, sys);

@@ -41,7 +41,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION")]
     pub snapshot_interval: Option<String>,
     /// Extra label on the event counters: local_port (listening ports only),
-    /// remote_port, comm, netns. Comma-separated or repeated.
+    /// remote_port, comm, netns, pod, pod_namespace, container, unit.
+    /// Comma-separated or repeated; each bounded by --label-limit.
     #[arg(long, value_name = "LABEL", value_delimiter = ',')]
     pub label_by: Vec<String>,
     /// Values kept per extra label before the rest become `other` [default: 20].
@@ -96,6 +97,10 @@ pub struct AgentArgs {
     /// /var/lib/kato [default: memory only].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// containerd's API socket: pod, namespace and container names from the
+    /// kubelet's labels [default: /run/containerd/containerd.sock].
+    #[arg(long, value_name = "PATH")]
+    pub containerd_socket: Option<PathBuf>,
 }
 
 /// Flags as overrides, each through its setting's parser (the one the
@@ -160,6 +165,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         web_config: a.web_config.clone(),
         cloud_defaults: a.no_cloud_defaults.then_some(false),
         state_dir: a.state_dir.clone(),
+        containerd_socket: a.containerd_socket.clone(),
         max_connections: flag::<MaxConnections>(
             "max-connections",
             number("max-connections", a.max_connections.as_ref())?,

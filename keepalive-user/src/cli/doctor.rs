@@ -29,6 +29,9 @@ pub struct DoctorArgs {
     /// Do not assume the idle timeout of the cloud this host runs in.
     #[arg(long)]
     pub no_cloud_defaults: bool,
+    /// containerd's API socket, for pod and container names.
+    #[arg(long, value_name = "PATH", default_value = keepalive_user::workload::containerd::DEFAULT_SOCKET)]
+    pub containerd_socket: PathBuf,
     /// The agent's state directory, for the idle timeouts it has learned.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kato")]
     pub state_dir: PathBuf,
@@ -97,6 +100,22 @@ fn render(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
             )?;
         }
     }
+    let w = &r.workloads;
+    writeln!(
+        out,
+        "\nWorkloads    {} sockets with a cgroup ({}): {} named by pod, {} by container, {} by unit; runtimes {}; containerd {}",
+        w.sockets_with_cgroup,
+        w.cgroup_root.as_deref().unwrap_or("no cgroup2 mount found"),
+        w.by_pod,
+        w.by_container,
+        w.by_unit,
+        if w.runtimes.is_empty() {
+            "none".to_owned()
+        } else {
+            w.runtimes.iter().map(|(k, v)| format!("{k} ({v} containers)")).collect::<Vec<_>>().join(", ")
+        },
+        w.containerd
+    )?;
     if !r.timeouts.is_empty() {
         writeln!(
             out,
@@ -191,6 +210,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<std::process::ExitCode> {
         args.hz,
         &super::policy(rules, args.no_cloud_defaults),
         learned,
+        keepalive_user::workload::Resolver::new(Some(args.containerd_socket.clone())),
         args.attach,
     );
     let stdout = std::io::stdout();

@@ -135,6 +135,39 @@ pub struct KernelArgs {
     pub attach: AttachMode,
 }
 
+/// Who owns a socket: filters by workload, and where to ask containerd.
+#[derive(Debug, Clone, Args)]
+pub struct WorkloadArgs {
+    /// Only sockets of this Kubernetes pod (repeatable; from the kubelet's labels in containerd).
+    #[arg(long, value_name = "NAME")]
+    pub pod: Vec<String>,
+    /// Only sockets of pods in this Kubernetes namespace (repeatable).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub pod_namespace: Vec<String>,
+    /// Only sockets of this container name (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub container: Vec<String>,
+    /// Only sockets of this systemd unit (repeatable): `nginx.service`.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Vec<String>,
+    /// containerd's API socket, for pod and container names.
+    #[arg(long, value_name = "PATH", default_value = keepalive_user::workload::containerd::DEFAULT_SOCKET)]
+    pub containerd_socket: PathBuf,
+}
+
+impl WorkloadArgs {
+    pub fn filter(&self, f: &mut keepalive_user::filter::Filter) {
+        f.pods.clone_from(&self.pod);
+        f.pod_namespaces.clone_from(&self.pod_namespace);
+        f.containers.clone_from(&self.container);
+        f.units.clone_from(&self.unit);
+    }
+
+    pub fn resolver(&self) -> keepalive_user::workload::Resolver {
+        keepalive_user::workload::Resolver::new(Some(self.containerd_socket.clone()))
+    }
+}
+
 /// `--show-kernel-addresses`: kernel pointers defeat KASLR, so only root
 /// sees them, and only on the command line (never over HTTP).
 pub fn check_show_addresses(wanted: bool) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ use keepalive_user::{
     view::{sockets as render, SocketView},
 };
 
-use super::{KernelArgs, Output};
+use super::{KernelArgs, Output, WorkloadArgs};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OnOff {
@@ -95,6 +95,8 @@ pub struct SocketsArgs {
     #[arg(long)]
     pub show_kernel_addresses: bool,
     #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
     pub kernel: KernelArgs,
 }
 
@@ -152,7 +154,7 @@ fn print(
 }
 
 pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
-    let filter = Filter {
+    let mut filter = Filter {
         states: args.state.clone(),
         ports: args.port.clone(),
         addrs: args.addr.clone(),
@@ -161,6 +163,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         risks: args.risk.clone(),
         ..Filter::default()
     };
+    args.workload.filter(&mut filter);
+    let mut resolver = args.workload.resolver();
     let sort = args.sort;
     super::check_show_addresses(args.show_kernel_addresses)?;
     let show = args.show_kernel_addresses;
@@ -204,7 +208,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     }
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
-        let snaps = snap.take(bpf.as_mut(), &targets)?;
+        let mut snaps = snap.take(bpf.as_mut(), &targets)?;
+        resolver.name_all(snaps.iter_mut().flat_map(|n| &mut n.sockets));
         discover(&mut policy, &snaps);
         if !args.risk.is_empty() && policy.is_empty() {
             return Err(no_timeout());
@@ -242,7 +247,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 let _ = pipeline.feed(&mut batch, &mut table);
             }
             _ = tick.tick() => {
-                let snaps = snap.take(Some(&mut bpf), &targets)?;
+                let mut snaps = snap.take(Some(&mut bpf), &targets)?;
+                resolver.name_all(snaps.iter_mut().flat_map(|n| &mut n.sockets));
                 discover(&mut policy, &snaps);
                 if !args.risk.is_empty() && policy.is_empty() {
                     return Err(no_timeout());

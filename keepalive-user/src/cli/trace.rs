@@ -17,7 +17,7 @@ use keepalive_user::{
     view::trace::{table_line, Formatter, TABLE_HEADER},
 };
 
-use super::{KernelArgs, Output};
+use super::{KernelArgs, Output, WorkloadArgs};
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -65,6 +65,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
     pub kernel: KernelArgs,
 }
 
@@ -75,6 +77,7 @@ struct Printer<'a, W: Write> {
     fmt: Formatter<'a>,
     filter: Filter,
     owners: OwnerCache,
+    workloads: keepalive_user::workload::Resolver,
     closes: bool,
     seen: u64,
     count: Option<u64>,
@@ -87,8 +90,9 @@ impl<W: Write> Printer<'_, W> {
         &mut self,
         obs: &Observation<'_>,
         d: keepalive_user::events::Derived,
+        workload: Option<std::sync::Arc<keepalive_user::workload::Workload>>,
     ) -> io::Result<()> {
-        let ev = self.fmt.event(obs, d);
+        let ev = self.fmt.event(obs, d, workload);
         match self.output {
             Output::Table => writeln!(self.out, "{}", table_line(&ev)),
             Output::Json => serde_json::to_writer(&mut self.out, &ev)
@@ -107,11 +111,16 @@ impl<W: Write> Sink for Printer<'_, W> {
         if !self.filter.matches_event(obs) {
             return ControlFlow::Continue(());
         }
+        // From the socket's cgroup, cached per cgroup: no lookup per event.
+        let workload = obs.record.cgroup_id.map(|id| self.workloads.resolve(id));
+        if !self.filter.matches_workload(workload.as_deref()) {
+            return ControlFlow::Continue(());
+        }
         for &d in obs.events {
             if d.kind.is_lifecycle() && !self.closes {
                 continue;
             }
-            if let Err(e) = self.write(obs, d) {
+            if let Err(e) = self.write(obs, d, workload.clone()) {
                 if e.kind() != io::ErrorKind::BrokenPipe {
                     self.failed = Some(e);
                 }
@@ -165,15 +174,20 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             turns: args.http_keepalive,
             addresses: args.show_kernel_addresses,
         },
-        filter: Filter {
-            pids: args.pid.clone(),
-            comms: args.comm.clone(),
-            ports: args.port.clone(),
-            addrs: args.addr.clone(),
-            netns: args.netns.clone(),
-            ..Filter::default()
+        filter: {
+            let mut f = Filter {
+                pids: args.pid.clone(),
+                comms: args.comm.clone(),
+                ports: args.port.clone(),
+                addrs: args.addr.clone(),
+                netns: args.netns.clone(),
+                ..Filter::default()
+            };
+            args.workload.filter(&mut f);
+            f
         },
         owners: OwnerCache::default(),
+        workloads: args.workload.resolver(),
         closes: args.closes,
         seen: 0,
         count: args.count,

@@ -3,6 +3,7 @@
 //! CLI's job.
 
 pub mod timeouts;
+pub mod workloads;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -68,6 +69,8 @@ pub struct Report {
     pub timeouts: Vec<timeouts::TimeoutReport>,
     /// What the agent has learned so far, brackets with one bound included.
     pub learned: Vec<Learned>,
+    /// Sockets named by unit, container and pod; runtimes found.
+    pub workloads: workloads::WorkloadReport,
     pub advice: Vec<Advice>,
 }
 
@@ -85,6 +88,7 @@ pub fn run(
     hz_override: Option<u32>,
     policy: &Policy,
     learned: Vec<Learned>,
+    mut resolver: crate::workload::Resolver,
     attach: AttachMode,
 ) -> Report {
     let release = kernel::release();
@@ -196,6 +200,7 @@ pub fn run(
     let mut namespaces = vec![];
     let mut advice = vec![];
     let mut found = vec![];
+    let mut named = workloads::WorkloadReport::default();
     let mut policy = policy.clone();
     policy.learned = learned.iter().filter_map(Learned::rule).collect();
     let opts = LoadOptions {
@@ -241,10 +246,11 @@ pub fn run(
                     Err(e) => format!("{e}: kato sockets falls back to sock_diag"),
                 },
             ));
-            let (np, t, adv) = sockets_report(&mut p, &mut policy);
+            let (np, t, adv, w) = sockets_report(&mut p, &mut policy, &mut resolver);
             namespaces = np;
             found = t;
             advice = adv;
+            named = w;
             (
                 path.kind.name().to_owned(),
                 format!("{}. {} (kprobes are not used)", path.why, path.detail),
@@ -261,6 +267,7 @@ pub fn run(
         namespaces,
         timeouts: found,
         learned,
+        workloads: named,
         advice,
     }
 }
@@ -279,10 +286,18 @@ fn is_connection(s: &Socket) -> bool {
     s.keepalive.is_some() && s.state != TcpState::Listen
 }
 
+type SocketsReport = (
+    Vec<NetnsReport>,
+    Vec<timeouts::TimeoutReport>,
+    Vec<Advice>,
+    workloads::WorkloadReport,
+);
+
 fn sockets_report(
     p: &mut Bpf,
     policy: &mut Policy,
-) -> (Vec<NetnsReport>, Vec<timeouts::TimeoutReport>, Vec<Advice>) {
+    resolver: &mut crate::workload::Resolver,
+) -> SocketsReport {
     let own = netns::current().ok().map(|n| n.inode);
     let listed = netns::list().namespaces;
     let names: BTreeMap<u32, String> = listed
@@ -293,9 +308,16 @@ fn sockets_report(
         .into_iter()
         .map(|n| (Some(n.inode) != own).then_some(n))
         .collect();
-    let Ok(snaps) = snapshot_iter(p, &targets) else {
-        return (vec![], timeouts::Tally::new(policy).finish(), vec![]);
+    let Ok(mut snaps) = snapshot_iter(p, &targets) else {
+        return (
+            vec![],
+            timeouts::Tally::new(policy).finish(),
+            vec![],
+            workloads::WorkloadReport::default(),
+        );
     };
+    resolver.name_all(snaps.iter_mut().flat_map(|n| &mut n.sockets));
+    let named = workloads::report(resolver, snaps.iter().flat_map(|n| &n.sockets));
     discover(policy, &snaps);
     let policy = &*policy;
     let mut tally = timeouts::Tally::new(policy);
@@ -380,5 +402,5 @@ fn sockets_report(
             });
         }
     }
-    (reports, tally.finish(), advice)
+    (reports, tally.finish(), advice, named)
 }

@@ -50,6 +50,8 @@ pub struct Record {
     pub ino: u64,
     /// The socket cookie, where one was generated already (`ss -e`'s `sk:`).
     pub cookie: Option<u64>,
+    /// The socket's cgroup v2 id (None where the kernel keeps none).
+    pub cgroup_id: Option<u64>,
     pub netns: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -119,6 +121,7 @@ impl Record {
             ts_ns: raw.ts_ns,
             sk: raw.sk,
             cookie: (raw.cookie != 0).then_some(raw.cookie),
+            cgroup_id: (raw.cgroup_id != 0).then_some(raw.cgroup_id),
             jiffies: raw.jiffies,
             expires: (raw.flags & flags::TIMER_PENDING != 0).then_some(raw.expires),
             ino: raw.ino,

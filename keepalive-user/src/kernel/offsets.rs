@@ -88,7 +88,19 @@ pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError
         // Set by the loader from LoadOptions.
         netns_filter: 0,
         skc_cookie: sk("__sk_common.skc_cookie", 8)?,
-        _pad0: 0,
+        // All three or none: without them cgroup ids are 0 (doctor says so).
+        ..cgroup_offsets(btf).unwrap_or_default()
+    })
+}
+
+/// Where a socket's cgroup v2 id is: `sk_cgrp_data.cgroup->kn->id`.
+/// None on kernels without socket cgroup data (CONFIG_SOCK_CGROUP_DATA).
+pub fn cgroup_offsets(btf: &Btf) -> Option<KernelConfig> {
+    Some(KernelConfig {
+        sk_cgrp: at(btf, "sock", "sk_cgrp_data.cgroup", 8).ok()?,
+        cgroup_kn: at(btf, "cgroup", "kn", 8).ok()?,
+        kn_id: at(btf, "kernfs_node", "id", 8).ok()?,
+        ..KernelConfig::default()
     })
 }
 

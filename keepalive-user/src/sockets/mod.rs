@@ -127,6 +127,11 @@ pub struct Socket {
     /// The socket cookie: a stable identity without kernel addresses, the
     /// one `ss -e` prints (in hex) as `sk:` (null where none is known).
     pub cookie: Option<u64>,
+    /// The socket's cgroup v2 id: who created it (null where unknown).
+    pub cgroup_id: Option<u64>,
+    /// The unit, container or pod behind that cgroup (`workload`).
+    #[serde(flatten)]
+    pub workload: crate::workload::Named,
     /// Kernel socket address: kato's key, never shown by default
     /// (`--show-kernel-addresses`, root, CLI only).
     #[serde(skip)]
@@ -175,6 +180,8 @@ impl Socket {
     ) -> Self {
         Socket {
             cookie: None,
+            cgroup_id: None,
+            workload: crate::workload::Named::default(),
             sock,
             netns,
             proto: if local.is_ipv4() { "tcp" } else { "tcp6" },
@@ -286,6 +293,8 @@ impl Socket {
         let last_rx = jiffies::later32(r.lrcvtime, r.rcv_tstamp);
         Ok(Socket {
             cookie: (r.cookie != 0).then_some(r.cookie),
+            cgroup_id: (r.cgroup_id != 0).then_some(r.cgroup_id),
+            workload: crate::workload::Named::default(),
             sock: r.sk,
             netns: r.netns,
             proto: if r.family == AF_INET { "tcp" } else { "tcp6" },

@@ -183,6 +183,7 @@ fn partial(rec: &Record) -> Socket {
     };
     Socket {
         cookie: rec.cookie,
+        cgroup_id: rec.cgroup_id,
         ..Socket::bare(
             rec.sk, rec.netns, rec.local, rec.remote, rec.state, rec.ino, timer,
         )

@@ -16,12 +16,19 @@ pub fn netstat_addr(a: &SocketAddr) -> String {
     format!("{}:{port}", a.ip())
 }
 
-pub const HEADER: &str = "Proto Recv-Q Send-Q Local Address           Foreign Address         State        PID/Program name     Timer                        Keepalive         Idle      Unans CT";
+pub const HEADER: &str = "Proto Recv-Q Send-Q Local Address           Foreign Address         State        PID/Program name     Timer                        Keepalive         Idle      Unans CT    Workload";
+
+/// The Workload column's width (longer names push Risk right).
+const WORKLOAD_WIDTH: usize = 24;
 
 /// The header, with the Risk column when an idle-timeout policy is given.
 pub fn header(with_risk: bool) -> String {
     if with_risk {
-        format!("{HEADER}    Risk")
+        format!(
+            "{HEADER}{:width$} Risk",
+            "",
+            width = WORKLOAD_WIDTH - "Workload".len()
+        )
     } else {
         HEADER.to_owned()
     }
@@ -67,7 +74,7 @@ pub fn row(v: &SocketView<'_>, with_risk: bool) -> String {
         (true, None, _) => " -".into(),
     };
     format!(
-        "{:<5} {:>6} {:>6} {:<23} {:<23} {:<12} {:<20} {:<28} {:<17} {:<9} {:<5} {:<5}{risk}",
+        "{:<5} {:>6} {:>6} {:<23} {:<23} {:<12} {:<20} {:<28} {:<17} {:<9} {:<5} {:<5} {:<ww$}{risk}",
         s.proto,
         s.recv_q,
         s.send_q,
@@ -79,11 +86,13 @@ pub fn row(v: &SocketView<'_>, with_risk: bool) -> String {
         keepalive_cell(s),
         idle,
         unans,
-        ct
+        ct,
+        s.workload.0.as_ref().map_or_else(|| "-".to_owned(), |w| w.short()),
+        ww = WORKLOAD_WIDTH
     )
 }
 
-pub const FOOTNOTE: &str = "Keepalive: idle/interval/count in seconds/seconds/probes; * = the namespace's net.ipv4.tcp_keepalive_* default. Idle: since the peer was last heard from. Unans: keepalive probes not yet answered. CT: seconds until conntrack forgets the flow without a packet (- untracked).";
+pub const FOOTNOTE: &str = "Keepalive: idle/interval/count in seconds/seconds/probes; * = the namespace's net.ipv4.tcp_keepalive_* default. Idle: since the peer was last heard from. Unans: keepalive probes not yet answered. CT: seconds until conntrack forgets the flow without a packet (- untracked). Workload: pod namespace/pod/container, runtime:container-id, or systemd unit, from the socket's cgroup.";
 
 #[cfg(test)]
 mod tests {
@@ -124,6 +133,7 @@ mod tests {
             ("Idle", "1.0s"),
             ("Unans", "0"),
             ("CT", "-"),
+            ("Workload", "-"),
             ("Risk", "at-risk (10.0.0.2:5432=350s)"),
         ] {
             let h = header(true);

@@ -2,11 +2,14 @@
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::{
     events::{Derived, Kind, Observation},
     policy::Policy,
     text::printable,
     timefmt::{self, Clock},
+    workload::{Named, Workload},
 };
 
 /// One printed event; also the JSON schema of `kato trace --output json`.
@@ -57,6 +60,10 @@ pub struct TraceLine {
     pub sock: Option<String>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The socket's cgroup v2 id, and who that is (null where unknown).
+    pub cgroup_id: Option<u64>,
+    #[serde(flatten)]
+    pub workload: Named,
 }
 
 pub struct Formatter<'a> {
@@ -69,7 +76,13 @@ pub struct Formatter<'a> {
 }
 
 impl Formatter<'_> {
-    pub fn event(&self, obs: &Observation<'_>, d: Derived) -> TraceLine {
+    /// `workload`: the socket's, where the caller named it.
+    pub fn event(
+        &self,
+        obs: &Observation<'_>,
+        d: Derived,
+        workload: Option<Arc<Workload>>,
+    ) -> TraceLine {
         let rec = obs.record;
         let closed = self.turns && d.kind == Kind::Closed;
         TraceLine {
@@ -107,6 +120,8 @@ impl Formatter<'_> {
             sock: self.addresses.then(|| format!("{:#x}", rec.sk)),
             pid: obs.owner.as_ref().map(|o| o.pid),
             comm: obs.owner.as_ref().map(|o| o.comm.clone()),
+            cgroup_id: rec.cgroup_id,
+            workload: Named(workload),
         }
     }
 }
@@ -115,7 +130,7 @@ fn round3(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
 }
 
-pub const TABLE_HEADER: &str = "TIME(UTC)       EVENT               LOCAL                  REMOTE                 STATE        PROBES TIMER     REASON                 PID/COMM";
+pub const TABLE_HEADER: &str = "TIME(UTC)       EVENT               LOCAL                  REMOTE                 STATE        PROBES TIMER     REASON                 PID/COMM             WORKLOAD";
 
 /// One table line, columns aligned with [`TABLE_HEADER`].
 pub fn table_line(e: &TraceLine) -> String {
@@ -146,7 +161,7 @@ pub fn table_line(e: &TraceLine) -> String {
         _ => "-".into(),
     };
     format!(
-        "{:<15} {:<19} {:<22} {:<22} {:<12} {:<6} {:<9} {:<22} {}",
+        "{:<15} {:<19} {:<22} {:<22} {:<12} {:<6} {:<9} {:<22} {:<20} {}",
         &e.time[11..26],
         e.event.name(),
         e.local,
@@ -155,7 +170,11 @@ pub fn table_line(e: &TraceLine) -> String {
         e.probes,
         timer,
         reason,
-        owner
+        owner,
+        e.workload
+            .0
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |w| w.short())
     )
 }
 
@@ -195,6 +214,7 @@ mod tests {
                     kind: Kind::ResetSent,
                     probes: 3,
                 },
+                None,
             ));
             ControlFlow::Continue(())
         }

@@ -64,7 +64,7 @@ fn parse_all<T: FromStr>(key: &str, values: &[&str]) -> Result<Vec<T>, String> {
 /// `limit` (default 1000, at most 10000) and `cursor` (from the previous
 /// page's `Kato-Next-Cursor` header) page through large tables.
 pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, String> {
-    const KEYS: [&str; 10] = [
+    const KEYS: [&str; 14] = [
         "state",
         "port",
         "addr",
@@ -72,6 +72,10 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, String> {
         "netns",
         "keepalive",
         "risk",
+        "pod",
+        "pod_namespace",
+        "container",
+        "unit",
         "sort",
         "limit",
         "cursor",
@@ -99,6 +103,11 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, String> {
     f.addrs = parse_all::<IpAddr>("addr", &get("addr"))?;
     f.pids = parse_all("pid", &get("pid"))?;
     f.netns = parse_all("netns", &get("netns"))?;
+    let names = |k| get(k).into_iter().map(str::to_owned).collect();
+    f.pods = names("pod");
+    f.pod_namespaces = names("pod_namespace");
+    f.containers = names("container");
+    f.units = names("unit");
     f.keepalive = match get("keepalive").as_slice() {
         [] => None,
         ["on"] => Some(true),

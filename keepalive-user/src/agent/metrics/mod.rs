@@ -69,6 +69,8 @@ pub struct LabelCtx<'a> {
     /// Is the socket's local port a listening port in its namespace?
     pub local_port_listening: bool,
     pub comm: Option<&'a str>,
+    /// The socket's workload, where named.
+    pub workload: Option<&'a crate::workload::Workload>,
     /// The idle-timeout rule for the connection's path, as written.
     pub policy: Option<&'a str>,
 }
@@ -250,6 +252,20 @@ impl Metrics {
                 LabelBy::RemotePort => self.limiters[i].admit(rec.remote.port().to_string()),
                 LabelBy::Comm => self.limiters[i].admit(ctx.comm.unwrap_or("unknown").to_owned()),
                 LabelBy::Netns => self.limiters[i].admit(rec.netns.to_string()),
+                LabelBy::Pod | LabelBy::PodNamespace | LabelBy::Container | LabelBy::Unit => {
+                    let w = ctx.workload;
+                    let v = match l {
+                        LabelBy::Pod => w.and_then(|w| w.pod.as_deref()),
+                        LabelBy::PodNamespace => w.and_then(|w| w.pod_namespace.as_deref()),
+                        LabelBy::Container => w.and_then(|w| w.container.as_deref()),
+                        _ => w.and_then(|w| w.unit.as_deref()),
+                    };
+                    // Not a workload of this kind: "none", never counted against the limit.
+                    v.map_or_else(
+                        || "none".to_owned(),
+                        |v| self.limiters[i].admit(v.to_owned()),
+                    )
+                }
             };
             out.push(v);
         }
@@ -472,6 +488,7 @@ mod tests {
             let ctx = LabelCtx {
                 local_port_listening: false,
                 comm: Some("psql"),
+                workload: None,
                 policy: None,
             };
             Metrics::observe(self, obs, &ctx);

@@ -1,0 +1,257 @@
+//! Who owns a socket, in the words of the person paged: the systemd unit,
+//! the container and its runtime, the Kubernetes pod. From the socket's own
+//! cgroup id (eBPF reads it from the socket: timer events run in softirq,
+//! where the current task means nothing) to its cgroup path (`cgroupfs`),
+//! what the path says (`path`), and the kubelet's labels in containerd
+//! (`containerd`).
+
+pub mod cgroupfs;
+pub mod containerd;
+pub mod path;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::{Serialize, Serializer};
+
+pub use path::{Qos, Runtime};
+
+/// One cgroup, named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// The cgroup's path under the cgroup2 mount (None: a cgroup gone
+    /// before it was looked up).
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    pub container_id: Option<String>,
+    pub runtime: Option<Runtime>,
+    pub pod_uid: Option<String>,
+    pub qos: Option<Qos>,
+    pub pod: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub container: Option<String>,
+}
+
+impl Workload {
+    /// The WORKLOAD column: `shop/checkout-7d9f/api`, `containerd:0123456789ab`,
+    /// `nginx.service`, or `-`.
+    pub fn short(&self) -> String {
+        match (
+            &self.pod_namespace,
+            &self.pod,
+            &self.container_id,
+            &self.unit,
+        ) {
+            (Some(ns), Some(pod), _, _) => match &self.container {
+                Some(c) => format!("{ns}/{pod}/{c}"),
+                None => format!("{ns}/{pod}"),
+            },
+            (_, _, Some(id), _) => format!(
+                "{}:{}",
+                self.runtime.map_or("container", Runtime::name),
+                &id[..id.len().min(12)]
+            ),
+            (_, _, _, Some(u)) => u.clone(),
+            _ => "-".into(),
+        }
+    }
+}
+
+/// A socket's workload as JSON fields beside its others, null where unknown.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Named(pub Option<Arc<Workload>>);
+
+impl Serialize for Named {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let w = self.0.as_deref();
+        let mut st = s.serialize_struct("Workload", 8)?;
+        st.serialize_field("cgroup", &w.and_then(|w| w.cgroup.as_deref()))?;
+        st.serialize_field("unit", &w.and_then(|w| w.unit.as_deref()))?;
+        st.serialize_field("container_id", &w.and_then(|w| w.container_id.as_deref()))?;
+        st.serialize_field("runtime", &w.and_then(|w| w.runtime))?;
+        st.serialize_field("pod", &w.and_then(|w| w.pod.as_deref()))?;
+        st.serialize_field("pod_namespace", &w.and_then(|w| w.pod_namespace.as_deref()))?;
+        st.serialize_field("container", &w.and_then(|w| w.container.as_deref()))?;
+        st.serialize_field("pod_uid", &w.and_then(|w| w.pod_uid.as_deref()))?;
+        st.end()
+    }
+}
+
+/// Names cgroups, caching each (ids are never reused) up to a bound.
+pub struct Resolver {
+    cgroups: cgroupfs::Cgroups,
+    /// containerd's API socket (None: not asked).
+    containerd: Option<PathBuf>,
+    by_container: HashMap<String, containerd::Labels>,
+    listed: Option<Instant>,
+    /// The last containerd failure, for doctor.
+    pub containerd_error: Option<String>,
+    cache: HashMap<u64, (Arc<Workload>, bool)>,
+}
+
+/// Cgroups remembered at most; past it the cache starts over.
+const MAX_CACHED: usize = 65_536;
+const RELIST_EVERY: Duration = Duration::from_secs(2);
+
+impl Resolver {
+    pub fn new(containerd: Option<PathBuf>) -> Self {
+        Self::with_cgroups(cgroupfs::Cgroups::new(), containerd)
+    }
+
+    pub fn with_cgroups(cgroups: cgroupfs::Cgroups, containerd: Option<PathBuf>) -> Self {
+        Resolver {
+            cgroups,
+            containerd,
+            by_container: HashMap::new(),
+            listed: None,
+            containerd_error: None,
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn cgroup_root(&self) -> Option<&std::path::Path> {
+        self.cgroups.root()
+    }
+
+    /// Containers known to containerd at the last listing.
+    pub fn containers_known(&self) -> usize {
+        self.by_container.len()
+    }
+
+    fn labels(&mut self, id: &str) -> Option<&containerd::Labels> {
+        let Some(sock) = &self.containerd else {
+            return None;
+        };
+        if !self.by_container.contains_key(id)
+            && self.listed.is_none_or(|t| t.elapsed() >= RELIST_EVERY)
+        {
+            self.listed = Some(Instant::now());
+            match containerd::list(sock) {
+                Ok(m) => {
+                    self.by_container = m;
+                    self.containerd_error = None;
+                }
+                Err(e) => {
+                    if self.containerd_error.is_none() {
+                        log::info!("containerd: {e} (containers named from cgroups only)");
+                    }
+                    self.containerd_error = Some(e);
+                }
+            }
+        }
+        self.by_container.get(id)
+    }
+
+    /// The workload of cgroup `id`. A container containerd did not (yet)
+    /// know is asked again later; everything else is cached for good.
+    pub fn resolve(&mut self, id: u64) -> Arc<Workload> {
+        if let Some((w, true)) = self.cache.get(&id) {
+            return Arc::clone(w);
+        }
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.clear();
+        }
+        let Some(cg) = self.cgroups.path(id).map(str::to_owned) else {
+            let w = Arc::new(Workload::default());
+            self.cache.insert(id, (Arc::clone(&w), false));
+            return w;
+        };
+        let p = path::parse(&cg);
+        let mut w = Workload {
+            cgroup: Some(cg),
+            unit: p.unit,
+            container_id: p.container_id,
+            runtime: p.runtime,
+            pod_uid: p.pod_uid,
+            qos: p.qos,
+            ..Workload::default()
+        };
+        let mut complete = true;
+        if w.container_id.is_none() {
+            if let Some((_, id)) = &p.ctr_candidate {
+                if let Some(l) = self.labels(id).cloned() {
+                    w.container_id = Some(id.clone());
+                    w.runtime = Some(Runtime::Containerd);
+                    apply(&mut w, &l);
+                }
+            }
+        } else if let Some(cid) = w.container_id.clone() {
+            match self.labels(&cid).cloned() {
+                Some(l) => {
+                    w.runtime = w.runtime.or(Some(Runtime::Containerd));
+                    apply(&mut w, &l);
+                }
+                None => complete = self.containerd.is_none(),
+            }
+        }
+        let w = Arc::new(w);
+        self.cache.insert(id, (Arc::clone(&w), complete));
+        w
+    }
+
+    /// Names every socket that carries a cgroup id.
+    pub fn name_all<'a>(
+        &mut self,
+        sockets: impl IntoIterator<Item = &'a mut crate::sockets::Socket>,
+    ) {
+        for s in sockets {
+            if let Some(id) = s.cgroup_id {
+                s.workload = Named(Some(self.resolve(id)));
+            }
+        }
+    }
+}
+
+fn apply(w: &mut Workload, l: &containerd::Labels) {
+    w.pod = l.pod.clone();
+    w.pod_namespace = l.pod_namespace.clone();
+    w.container = l.container.clone();
+    w.pod_uid = w.pod_uid.take().or_else(|| l.pod_uid.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names() {
+        let mut w = Workload {
+            unit: Some("nginx.service".into()),
+            ..Workload::default()
+        };
+        assert_eq!(w.short(), "nginx.service");
+        w.container_id = Some("0123456789abcdef0123".into());
+        w.runtime = Some(Runtime::Docker);
+        assert_eq!(w.short(), "docker:0123456789ab");
+        w.pod = Some("checkout-7d9f".into());
+        w.pod_namespace = Some("shop".into());
+        assert_eq!(w.short(), "shop/checkout-7d9f");
+        w.container = Some("api".into());
+        assert_eq!(w.short(), "shop/checkout-7d9f/api");
+        assert_eq!(Workload::default().short(), "-");
+    }
+
+    #[test]
+    fn resolves_through_a_cgroup_tree() {
+        let dir = std::env::temp_dir().join(format!("kato-wl-{}", std::process::id()));
+        let unit = dir.join("system.slice/shop.service");
+        std::fs::create_dir_all(&unit).unwrap();
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&unit).unwrap());
+        let mut r = Resolver::with_cgroups(cgroupfs::Cgroups::at(Some(dir.clone())), None);
+        let w = r.resolve(ino);
+        assert_eq!(
+            (w.cgroup.as_deref(), w.short().as_str()),
+            (Some("/system.slice/shop.service"), "shop.service")
+        );
+        let json = serde_json::to_value(Named(Some(w))).unwrap();
+        assert_eq!(json["unit"], "shop.service");
+        assert!(json["pod"].is_null());
+        assert!(serde_json::to_value(Named(None)).unwrap()["unit"].is_null());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
