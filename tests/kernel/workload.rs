@@ -382,6 +382,16 @@ fn a_containers_sockets_are_named_by_pod_in_sockets_trace_and_metrics() {
         "--snapshot-interval",
         "500ms",
     ]);
+    // /sockets filters by workload like the command line.
+    let s = agent.wait_sockets_where(Duration::from_secs(5), |s| {
+        s["remote"] == to.to_string() && s["pod"] == "checkout-7d9f"
+    });
+    assert_eq!(s["container"], "api", "{s}");
+    let (status, body) = agent.get("/sockets?pod=checkout-7d9f&container=api");
+    let page: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, page.len()), (200, 1), "{body}");
+    let (_, body) = agent.get("/sockets?pod_namespace=other");
+    assert_eq!(body.trim(), "[]");
     let mut trace = Command::new(KATO)
         .args([
             "trace",

@@ -125,6 +125,9 @@ pub struct AgentConfig {
     pub state_dir: Option<PathBuf>,
     /// containerd's API socket, for pod and container names (None: not asked).
     pub containerd_socket: Option<PathBuf>,
+    /// The host's cgroup2 mount, where /proc/self/mountinfo does not show it
+    /// (a container with its own cgroup namespace; None: found there).
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -149,6 +152,7 @@ impl Default for AgentConfig {
             cloud_defaults: true,
             state_dir: None,
             containerd_socket: Some(PathBuf::from(crate::workload::containerd::DEFAULT_SOCKET)),
+            cgroup_root: None,
         }
     }
 }
@@ -194,6 +198,8 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     #[serde(default)]
     pub containerd_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// One setting's parser, shared by its flag (a string) and its file value
@@ -368,7 +374,7 @@ fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Err
 }
 
 /// The file's keys, for the unknown-key message.
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 19] = [
     "listen",
     "netns",
     "snapshot_interval",
@@ -387,6 +393,7 @@ pub const KEYS: [&str; 18] = [
     "cloud_defaults",
     "state_dir",
     "containerd_socket",
+    "cgroup_root",
 ];
 
 /// A config file's text, or the one-line error naming the file.
@@ -469,6 +476,7 @@ impl Overrides {
             cloud_defaults: self.cloud_defaults.or(base.cloud_defaults),
             state_dir: self.state_dir.or(base.state_dir),
             containerd_socket: self.containerd_socket.or(base.containerd_socket),
+            cgroup_root: self.cgroup_root.or(base.cgroup_root),
         }
     }
 
@@ -500,6 +508,7 @@ impl Overrides {
             cloud_defaults: self.cloud_defaults.unwrap_or(d.cloud_defaults),
             state_dir: self.state_dir.or(d.state_dir),
             containerd_socket: self.containerd_socket.or(d.containerd_socket),
+            cgroup_root: self.cgroup_root.or(d.cgroup_root),
         }
     }
 }

@@ -178,7 +178,13 @@ impl AgentState {
                     _ => cfg.policy.clone(),
                 },
                 learner,
-                resolver: crate::workload::Resolver::new(cfg.containerd_socket.clone()),
+                resolver: crate::workload::Resolver::with_cgroups(
+                    match &cfg.cgroup_root {
+                        Some(root) => crate::workload::cgroupfs::Cgroups::at(Some(root.clone())),
+                        None => crate::workload::cgroupfs::Cgroups::new(),
+                    },
+                    cfg.containerd_socket.clone(),
+                ),
             },
             state_dir: cfg.state_dir.clone(),
             snapshotter,

@@ -101,6 +101,11 @@ pub struct AgentArgs {
     /// kubelet's labels [default: /run/containerd/containerd.sock].
     #[arg(long, value_name = "PATH")]
     pub containerd_socket: Option<PathBuf>,
+    /// The host's cgroup2 mount, for a kato in a container with its own
+    /// cgroup namespace (the DaemonSet mounts it at /host/sys/fs/cgroup)
+    /// [default: the cgroup2 mount in /proc/self/mountinfo].
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// Flags as overrides, each through its setting's parser (the one the
@@ -166,6 +171,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         cloud_defaults: a.no_cloud_defaults.then_some(false),
         state_dir: a.state_dir.clone(),
         containerd_socket: a.containerd_socket.clone(),
+        cgroup_root: a.cgroup_root.clone(),
         max_connections: flag::<MaxConnections>(
             "max-connections",
             number("max-connections", a.max_connections.as_ref())?,
