@@ -36,7 +36,14 @@ const KERNELS: &[Kernel] = &[Kernel {
 /// iterators against `ss`, doctor's report of the attach path, and IPVS
 /// (`#[ignore]`d on the host, whose kernel lacks it: the VM runs ignored tests).
 /// IPVS needs the ip_vs module, which only the VM's kernel has.
-pub const DEFAULT_FILTERS: &[&str] = &["keepalive::", "sockets::", "doctor::", "ipvs::"];
+pub const DEFAULT_FILTERS: &[&str] = &[
+    "keepalive::",
+    "sockets::",
+    "doctor::",
+    "ipvs::",
+    // Pure cgroup v2 (the host is hybrid): a unit named from a socket's cgroup.
+    "workload::a_process_in_a_service_cgroup",
+];
 
 /// Every test runs once per attach path (`KATO_TEST_ATTACH`): the kernel's
 /// own choice, then each path forced.
@@ -321,6 +328,8 @@ mount -t tmpfs run /run
 mkdir -p /run/netns /sys/fs/bpf
 ln -s /run /var/run
 mount -t bpf bpf /sys/fs/bpf
+# Pure cgroup v2, as on current distributions (this host is hybrid).
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 for m in veth nf_tables nft_reject_inet nft_ct nf_conntrack ip_vs ip_vs_rr dummy; do modprobe $m || echo "KATO-VM: modprobe $m failed"; done
 ip link set lo up

@@ -153,6 +153,15 @@ pub fn run(
                     format!("{} sk_rst_reason values", reasons.len())
                 },
             ));
+            checks.push(check(
+                "socket cgroups",
+                true,
+                if kernel::offsets::cgroup_offsets(b).is_some() {
+                    "sk_cgrp_data.cgroup->kn->id: every socket and event names its cgroup (units, containers, pods)"
+                } else {
+                    "this kernel keeps no cgroup on sockets (CONFIG_SOCK_CGROUP_DATA): workloads stay unnamed"
+                },
+            ));
             if let Ok((_, field)) = kernel::offsets::keepalive_timer(b) {
                 checks.push(check("keepalive timer", true, format!("found at {field}")));
             }
