@@ -64,7 +64,10 @@ pub mod counter {
     pub const LAST_FAILED_OFFSET: u32 = 3;
     /// Events of namespaces outside the watched set, not written (by design).
     pub const FILTERED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Connections that closed without a record (quiet mode): keepalive
+    /// never on, never idle past the threshold; resets are always recorded.
+    pub const QUIET_CLOSES: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// One record in the `EVENTS` ring buffer.
@@ -201,9 +204,19 @@ pub struct KernelConfig {
     pub cgroup_kn: u32,
     /// `offsetof(struct kernfs_node, id)` (u64): the cgroup v2 id.
     pub kn_id: u32,
+    /// `offsetof(struct sock, __sk_common.skc_flags)` and SOCK_KEEPOPEN's
+    /// bit in it.
+    pub skc_flags: u32,
+    pub sock_keepopen_bit: u32,
+    /// 1: decide in the kernel what is worth a record. FIN and close
+    /// records only for sockets with keepalive on or idle for at least
+    /// `quiet_idle_jiffies`, timer records only with keepalive on; resets
+    /// and error reports always. The rest is counted (`QUIET_CLOSES`).
+    pub quiet: u32,
+    pub quiet_idle_jiffies: u32,
 }
 
-pub const KERNEL_CONFIG_SIZE: usize = 128;
+pub const KERNEL_CONFIG_SIZE: usize = 144;
 /// Namespaces the netns filter admits at most.
 pub const MAX_WATCHED_NETNS: u32 = 4096;
 const _: () = assert!(size_of::<KernelConfig>() == KERNEL_CONFIG_SIZE);

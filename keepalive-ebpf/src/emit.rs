@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
 use keepalive_common::{counter, Event};
 
-use crate::{bump, conf, EVENTS, WATCHED_NETNS};
+use crate::{bump, EVENTS};
 
 /// A zeroed event of `kind`, stamped with both clocks.
 #[inline(always)]
@@ -25,16 +25,13 @@ const WAKE_AT: u64 = 64 * 1024;
 /// A record as the ring stores it: the event plus the 8-byte header.
 const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
 
-/// Writes `ev` to the ring buffer; a full buffer is counted as lost.
+/// Writes `ev` to the ring buffer; a full buffer is counted as lost. The
+/// programs asked `sock::admitted` (the namespace filter) before building it.
 /// Wakes the reader only when this record crosses a WAKE_AT boundary of
 /// pending data: once per batch. (Forcing a wakeup on every record past the
 /// threshold made each one cost ~6 µs of irq_work while the reader slept.)
 #[inline(always)]
 pub fn submit(ev: &Event) {
-    if conf!(netns_filter) != 0 && unsafe { WATCHED_NETNS.get(&ev.netns) }.is_none() {
-        bump(counter::FILTERED);
-        return;
-    }
     let avail = EVENTS.query(RB_AVAIL_DATA);
     let after = avail + RECORD_BYTES;
     let flags = if after / WAKE_AT > avail / WAKE_AT {

@@ -7,20 +7,23 @@ use keepalive_common::{flags, kind};
 use crate::{
     conf,
     emit::{new_event, submit},
-    sock::{fill, fill_stamps},
+    sock::{admitted, fill, fill_stamps, worth_a_record},
 };
 
 /// A record of `kind` for `sk` with its activity stamps: resets, error
 /// reports (the moments that say how long the connection sat idle).
 #[inline(always)]
-fn stamped(kind: u32, sk: u64) -> Result<keepalive_common::Event, u32> {
+fn stamped(kind: u32, sk: u64) -> Result<Option<keepalive_common::Event>, u32> {
+    if !admitted(sk)? {
+        return Ok(None);
+    }
     let mut ev = new_event(kind);
     fill(&mut ev, sk)?;
     fill_stamps(&mut ev, sk)?;
     if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
         ev.flags |= flags::IN_KEEPALIVE_TIMER;
     }
-    Ok(ev)
+    Ok(Some(ev))
 }
 
 #[btf_tracepoint(function = "tcp_send_reset")]
@@ -46,7 +49,9 @@ fn try_tcp_send_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// older verifiers reject the spill of an unwritten register.
 #[inline(always)]
 pub(crate) fn on_active_reset(sk: u64, has_reason: bool, reason: u32) -> Result<u32, u32> {
-    let mut ev = stamped(kind::RESET_SENT, sk)?;
+    let Some(mut ev) = stamped(kind::RESET_SENT, sk)? else {
+        return Ok(0);
+    };
     if has_reason {
         ev.reason = reason;
         ev.flags |= flags::HAS_REASON;
@@ -69,7 +74,9 @@ fn try_tcp_receive_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sk == 0 {
         return Ok(0);
     }
-    submit(&stamped(kind::RESET_RECEIVED, sk)?);
+    if let Some(ev) = stamped(kind::RESET_RECEIVED, sk)? {
+        submit(&ev);
+    }
     Ok(0)
 }
 
@@ -89,7 +96,9 @@ fn try_inet_sk_error_report(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
         return Ok(0);
     }
-    submit(&stamped(kind::ERROR_REPORT, sk)?);
+    if let Some(ev) = stamped(kind::ERROR_REPORT, sk)? {
+        submit(&ev);
+    }
     Ok(0)
 }
 
@@ -121,6 +130,15 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     };
     let sk: u64 = ctx.arg(0);
     if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+        return Ok(0);
+    }
+    if !admitted(sk)? {
+        return Ok(0);
+    }
+    if !worth_a_record(sk, true)? {
+        if k == kind::CLOSED {
+            crate::bump(keepalive_common::counter::QUIET_CLOSES);
+        }
         return Ok(0);
     }
     let mut ev = new_event(k);

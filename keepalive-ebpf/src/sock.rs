@@ -8,6 +8,47 @@ use crate::{bump, conf};
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
+/// In quiet mode: is `sk` worth a record at all? Keepalive on, or (with
+/// `idle`) silent for at least the threshold. Everything else ends here.
+#[inline(always)]
+pub fn worth_a_record(sk: u64, idle: bool) -> Result<bool, u32> {
+    if conf!(quiet) == 0 {
+        return Ok(true);
+    }
+    let flags = read::<u64>(sk, conf!(skc_flags))?;
+    if flags & (1u64 << (conf!(sock_keepopen_bit) & 63)) != 0 {
+        return Ok(true);
+    }
+    if !idle {
+        return Ok(false);
+    }
+    let data = read::<u32>(sk, conf!(icsk_lrcvtime))?;
+    let ack = read::<u32>(sk, conf!(tp_rcv_tstamp))?;
+    let heard = if (ack.wrapping_sub(data) as i32) > 0 {
+        ack
+    } else {
+        data
+    };
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
+    Ok(now.wrapping_sub(heard) >= conf!(quiet_idle_jiffies))
+}
+
+/// With the namespace filter on: does `sk`'s namespace make events? Asked
+/// before anything else is read, so a filtered event costs two reads and
+/// a lookup; counted when not.
+#[inline(always)]
+pub fn admitted(sk: u64) -> Result<bool, u32> {
+    if conf!(netns_filter) == 0 {
+        return Ok(true);
+    }
+    let ns = netns(sk)?;
+    if unsafe { crate::WATCHED_NETNS.get(&ns) }.is_some() {
+        return Ok(true);
+    }
+    crate::bump(counter::FILTERED);
+    Ok(false)
+}
+
 /// Reads a `T` at `base + off`; a failed read is counted and ends the program.
 #[inline(always)]
 pub fn read<T>(base: u64, off: u32) -> Result<T, u32> {

@@ -13,7 +13,10 @@ use keepalive_common::{flags, kind};
 use crate::{
     conf,
     emit::{new_event, submit},
-    sock::{fill, fill_timer, is_keepalive_timer, probes_out, read, sk_of_timer, state},
+    sock::{
+        admitted, fill, fill_timer, is_keepalive_timer, probes_out, read, sk_of_timer, state,
+        worth_a_record,
+    },
 };
 
 /// The keepalive timer whose callback runs on this CPU, with what it saw on
@@ -69,6 +72,10 @@ pub(crate) fn on_armed(timer: u64) -> Result<u32, u32> {
         return Ok(0);
     }
     let sk = sk_of_timer(timer);
+    // FIN_WAIT2 also runs on this timer: without keepalive, not a record.
+    if !admitted(sk)? || !worth_a_record(sk, false)? {
+        return Ok(0);
+    }
     let mut ev = new_event(kind::ARMED);
     fill(&mut ev, sk)?;
     ev.expires = read::<u64>(timer, conf!(timer_expires))?;
@@ -113,7 +120,12 @@ pub fn timer_expire_exit(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_timer_expire_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
-    on_exit(ctx.arg(0))
+    let timer: u64 = ctx.arg(0);
+    // Every timer of the system ends here: one load, no map lookup.
+    if !is_keepalive_timer(timer) {
+        return Ok(0);
+    }
+    on_exit(timer)
 }
 
 /// `tcp_keepalive_timer(timer)` returned: one FIRED record, before and after.
@@ -126,6 +138,9 @@ pub(crate) fn on_exit(timer: u64) -> Result<u32, u32> {
     }
     unsafe { (*slot).timer = 0 };
     let sk = sk_of_timer(timer);
+    if !admitted(sk)? || !worth_a_record(sk, false)? {
+        return Ok(0);
+    }
     let mut ev = new_event(kind::FIRED);
     fill(&mut ev, sk)?;
     ev.probes_before = seen.probes_before;
@@ -160,6 +175,9 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// A pending keepalive timer of `sk` was stopped before it was due.
 #[inline(always)]
 pub(crate) fn on_disarmed(sk: u64) -> Result<u32, u32> {
+    if !admitted(sk)? || !worth_a_record(sk, false)? {
+        return Ok(0);
+    }
     let mut ev = new_event(kind::DISARMED);
     fill(&mut ev, sk)?;
     submit(&ev);

@@ -65,6 +65,11 @@ pub struct LoadOptions {
     pub attach: AttachMode,
     /// Only namespaces given to [`Bpf::watch_netns`] make events.
     pub netns_filter: bool,
+    /// Quiet mode: the kernel records FINs and closes only of sockets with
+    /// keepalive on or silent for at least this long, timer runs only with
+    /// keepalive on (resets always), and counts the quiet closes. None:
+    /// every record (`trace --closes`, the HTTP keep-alive view, tests).
+    pub quiet: Option<std::time::Duration>,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -77,6 +82,8 @@ pub struct Counters {
     pub emitted: u64,
     /// Events of unwatched namespaces, dropped in the kernel by design.
     pub filtered: u64,
+    /// Connections that closed without a record (quiet mode).
+    pub quiet_closes: u64,
     /// Offset of the last kernel read that failed (on any CPU), if one did.
     pub last_failed_offset: Option<u32>,
 }
@@ -94,6 +101,7 @@ impl CounterMap {
             read_failed: sum(counter::READ_FAILED),
             emitted: sum(counter::EMITTED),
             filtered: sum(counter::FILTERED),
+            quiet_closes: sum(counter::QUIET_CLOSES),
             last_failed_offset: arr
                 .get(&counter::LAST_FAILED_OFFSET, 0)
                 .ok()
@@ -155,6 +163,10 @@ impl Bpf {
         }
         let config = keepalive_common::KernelConfig {
             netns_filter: u32::from(opts.netns_filter),
+            quiet: u32::from(opts.quiet.is_some()),
+            quiet_idle_jiffies: opts.quiet.map_or(0, |d| {
+                (d.as_secs_f64() * f64::from(kernel.hz)).min(f64::from(u32::MAX / 2)) as u32
+            }),
             ..kernel.config
         };
         let log_level = proglog::level();

@@ -267,6 +267,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         // Scoped to namespaces: the kernel drops everyone else's events
         // before they reach the ring (kept current at each snapshot).
         netns_filter: !matches!(cfg.netns, NetnsScope::All),
+        // Short connections make no records: only keepalive, long idle and
+        // resets (every close with the HTTP keep-alive view).
+        quiet: (!cfg.http_keepalive).then_some(cfg.idle_kill_min),
     })?;
     state::check_caps(&cfg.netns)?;
     let mut stream = bpf.events()?;

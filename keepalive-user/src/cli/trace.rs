@@ -147,6 +147,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         tracing: true,
         turns: args.http_keepalive,
         netns_filter: !args.netns.is_empty(),
+        // Without --closes (or turns), FINs and closes of short, keepalive-less
+        // connections would only be read and dropped: the kernel skips them.
+        quiet: (!args.closes && !args.http_keepalive).then_some(args.idle_kill_min),
         ..args.kernel.load_options()
     };
     let mut bpf = Bpf::open(&opts)?;

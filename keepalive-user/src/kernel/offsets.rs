@@ -88,6 +88,11 @@ pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError
         // Set by the loader from LoadOptions.
         netns_filter: 0,
         skc_cookie: sk("__sk_common.skc_cookie", 8)?,
+        skc_flags: sk("__sk_common.skc_flags", 8)?,
+        sock_keepopen_bit: keepopen_bit(btf)?,
+        // Set by the loader from LoadOptions.
+        quiet: 0,
+        quiet_idle_jiffies: 0,
         // All three or none: without them cgroup ids are 0 (doctor says so).
         ..cgroup_offsets(btf).unwrap_or_default()
     })
@@ -104,6 +109,16 @@ pub fn cgroup_offsets(btf: &Btf) -> Option<KernelConfig> {
     })
 }
 
+/// SOCK_KEEPOPEN's bit in `sk_flags`.
+fn keepopen_bit(btf: &Btf) -> Result<u32, OffsetError> {
+    btf.enum_values("sock_flags")
+        .map_err(|_| OffsetError::NoKeepopen)?
+        .into_iter()
+        .find(|(n, _)| n == "SOCK_KEEPOPEN")
+        .and_then(|(_, v)| u32::try_from(v).ok())
+        .ok_or(OffsetError::NoKeepopen)
+}
+
 /// Offsets for the socket and process iterators.
 pub fn resolve_iter(btf: &Btf) -> Result<IterConfig, OffsetError> {
     let sk = |field, size| at(btf, "sock", field, size);
@@ -116,13 +131,7 @@ pub fn resolve_iter(btf: &Btf) -> Result<IterConfig, OffsetError> {
             base + at(btf, "timer_list", "entry.pprev", 8)?,
         ))
     };
-    let keepopen = btf
-        .enum_values("sock_flags")
-        .map_err(|_| OffsetError::NoKeepopen)?
-        .into_iter()
-        .find(|(n, _)| n == "SOCK_KEEPOPEN")
-        .and_then(|(_, v)| u32::try_from(v).ok())
-        .ok_or(OffsetError::NoKeepopen)?;
+    let keepopen = keepopen_bit(btf)?;
     let (icsk_rto_expires, icsk_rto_pprev) =
         timer("inet_connection_sock", "icsk_retransmit_timer")?;
     let (tw_expires, tw_pprev) = timer("inet_timewait_sock", "tw_timer")?;

@@ -96,6 +96,7 @@ pub struct Metrics {
     sysctl_probes: Family<prometheus::IntGaugeVec, 1>,
     events_processed: IntCounter,
     events_filtered: IntCounter,
+    quiet_closes: IntCounter,
     events_lost: Family<IntCounterVec, 1>,
     evictions: IntCounter,
     snapshots: IntCounter,
@@ -172,6 +173,10 @@ impl Metrics {
             events_filtered: r.counter(
                 "kato_events_filtered_total",
                 "Kernel events of namespaces outside the agent's scope, dropped in the kernel by design (netns = [...] or \"self\").",
+            ),
+            quiet_closes: r.counter(
+                "kato_connections_closed_quietly_total",
+                "Connections that closed without keepalive, without idling past idle_kill_min and without a reset: counted in the kernel, no record made (resets and keepalive connections are always recorded; --http-keepalive records every close).",
             ),
             events_lost: r.counters("kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), kernel_read (a kernel read failed), decode (malformed record).", ["cause"]),
             evictions: r.counter("kato_table_evictions_total", "Sockets evicted from the full table (least recently updated first)."),
@@ -456,6 +461,11 @@ impl Metrics {
         }
         self.events_filtered
             .inc_by(kernel.filtered.saturating_sub(self.last_kernel.filtered));
+        self.quiet_closes.inc_by(
+            kernel
+                .quiet_closes
+                .saturating_sub(self.last_kernel.quiet_closes),
+        );
         self.evictions
             .inc_by(evictions.saturating_sub(self.last_evictions));
         self.last_kernel = kernel;
