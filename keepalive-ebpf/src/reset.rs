@@ -7,7 +7,7 @@ use keepalive_common::{flags, kind};
 use crate::{
     conf,
     emit::{new_event, submit},
-    sock::{admitted, fill, fill_stamps, worth_a_record},
+    sock::{admitted, admitted_direct, fill, fill_stamps, protocol_direct, worth_a_record_direct},
 };
 
 /// A record of `kind` for `sk` with its activity stamps: resets, error
@@ -129,16 +129,18 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         _ => return Ok(0),
     };
     let sk: u64 = ctx.arg(0);
-    if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+    // Every connection's end passes here: plain loads through the BTF
+    // pointer, the quiet decision first, the namespace only when it counts.
+    if sk == 0 || protocol_direct(sk) != IPPROTO_TCP {
         return Ok(0);
     }
-    if !admitted(sk)? {
-        return Ok(0);
-    }
-    if !worth_a_record(sk, true)? {
-        if k == kind::CLOSED {
+    if !worth_a_record_direct(sk) {
+        if k == kind::CLOSED && admitted_direct(sk) {
             crate::bump(keepalive_common::counter::QUIET_CLOSES);
         }
+        return Ok(0);
+    }
+    if !admitted_direct(sk) {
         return Ok(0);
     }
     let mut ev = new_event(k);

@@ -33,6 +33,66 @@ pub fn worth_a_record(sk: u64, idle: bool) -> Result<bool, u32> {
     Ok(now.wrapping_sub(heard) >= conf!(quiet_idle_jiffies))
 }
 
+/// A plain load from a BTF-typed pointer (a tp_btf argument, or a pointer
+/// loaded through one): no helper call. The offset is a load-time constant
+/// (frozen .rodata) and the verifier checks the access against the struct.
+#[inline(always)]
+fn load<T>(base: u64, off: u32) -> T {
+    unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
+}
+
+/// `sk`'s protocol, read directly (`sk` must be a BTF `struct sock *`).
+#[inline(always)]
+pub fn protocol_direct(sk: u64) -> u16 {
+    load::<u16>(sk, conf!(sk_protocol))
+}
+
+/// [`worth_a_record`] with plain loads, for a BTF `struct sock *`: the
+/// close path of every connection pays this, so no probe reads. The TCP
+/// stamps live past `struct sock`, reached through `bpf_skc_to_tcp_sock`.
+#[inline(always)]
+pub fn worth_a_record_direct(sk: u64) -> bool {
+    if conf!(quiet) == 0 {
+        return true;
+    }
+    let flags = load::<u64>(sk, conf!(skc_flags));
+    if flags & (1u64 << (conf!(sock_keepopen_bit) & 63)) != 0 {
+        return true;
+    }
+    let tp = unsafe { aya_ebpf::helpers::bpf_skc_to_tcp_sock(sk as *mut core::ffi::c_void) } as u64;
+    if tp == 0 {
+        return true;
+    }
+    let data = load::<u32>(tp, conf!(icsk_lrcvtime));
+    let ack = load::<u32>(tp, conf!(tp_rcv_tstamp));
+    let heard = if (ack.wrapping_sub(data) as i32) > 0 {
+        ack
+    } else {
+        data
+    };
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
+    now.wrapping_sub(heard) >= conf!(quiet_idle_jiffies)
+}
+
+/// [`admitted`] with plain loads, for a BTF `struct sock *`.
+#[inline(always)]
+pub fn admitted_direct(sk: u64) -> bool {
+    if conf!(netns_filter) == 0 {
+        return true;
+    }
+    let net = load::<u64>(sk, conf!(skc_net));
+    let ns = if net == 0 {
+        0
+    } else {
+        load::<u32>(net, conf!(net_inum))
+    };
+    if unsafe { crate::WATCHED_NETNS.get(&ns) }.is_some() {
+        return true;
+    }
+    crate::bump(counter::FILTERED);
+    false
+}
+
 /// With the namespace filter on: does `sk`'s namespace make events? Asked
 /// before anything else is read, so a filtered event costs two reads and
 /// a lookup; counted when not.

@@ -369,12 +369,13 @@ fn agent_runs_with_the_documented_minimum_capabilities() {
             (1 << 38) | (1 << 39) | (1 << 12),
         ),
     ] {
-        let mut child = agent(set, scope);
-        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        // Killed on drop: a failed assertion must not leave an agent running.
+        let mut child = crate::support::KillOnDrop(agent(set, scope));
+        let mut err = std::io::BufReader::new(child.0.stderr.take().unwrap());
         let mut banner = String::new();
         std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
         assert!(banner.contains("listening on"), "{set} {scope}: {banner}");
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
         let eff = status
             .lines()
             .find_map(|l| l.strip_prefix("CapEff:"))
@@ -388,8 +389,6 @@ fn agent_runs_with_the_documented_minimum_capabilities() {
         let addr: SocketAddr = crate::agent_support::banner_addr(&banner).unwrap();
         let (code, body) = crate::agent_support::http_get(addr, "/healthz").unwrap();
         assert_eq!(code, 200, "{body}");
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

@@ -382,3 +382,14 @@ pub fn kinds(seen: &[Seen]) -> Vec<Kind> {
 pub fn count(seen: &[Seen], kind: Kind) -> usize {
     seen.iter().filter(|s| s.kind == kind).count()
 }
+
+/// A child process killed (and reaped) when dropped, so that a failing
+/// assertion leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -11,6 +11,7 @@ mod overhead;
 mod rr;
 mod setup;
 mod vm;
+mod web;
 
 use std::process::Command;
 
@@ -60,6 +61,13 @@ enum Cmd {
         /// Connections opened and closed in the churn soak.
         #[arg(long, default_value_t = 200_000)]
         churn: usize,
+        /// Seconds of each nginx + wrk run (0: skip).
+        #[arg(long, default_value_t = 8)]
+        web_secs: u64,
+        /// Only the nginx + wrk section, printed (docs/benchmarks.md is left
+        /// alone: it holds one full run).
+        #[arg(long)]
+        web_only: bool,
         /// Seconds of fuzzing per parser (0: skip).
         #[arg(long, default_value_t = 30)]
         fuzz_secs: u64,
@@ -170,6 +178,8 @@ fn main() -> Result<()> {
             events_sockets,
             events_secs,
             churn,
+            web_secs,
+            web_only,
             fuzz_secs,
         } => {
             if euid() != 0 {
@@ -179,17 +189,29 @@ fn main() -> Result<()> {
             build(true)?;
             let kato = std::fs::canonicalize("target/release/kato")?;
             let kato = kato.to_str().context("path")?;
+            let web = (web_secs > 0)
+                .then(|| web::run(kato, web_secs))
+                .transpose()?;
+            if web_only {
+                web::bpf_stats(false);
+                println!("{}", web.as_ref().map(web::report).unwrap_or_default());
+                return Ok(());
+            }
             let overhead = overhead::run(kato, rr_secs)?;
             let throughput = overhead::throughput(kato, events_sockets, events_secs)?;
             let churned = overhead::churn(kato, churn)?;
             let (rows, baseline) = bench::scale(kato, &sockets)?;
             let command = format!(
-                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn} --fuzz-secs {fuzz_secs}",
+                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn} --web-secs {web_secs} --fuzz-secs {fuzz_secs}",
                 sockets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
             );
+            web::bpf_stats(false);
             let mut text = bench::report(&rows, &baseline, &command);
             text += &overhead::report(&overhead, &throughput);
             text += &overhead::churn_report(&churned);
+            if let Some(w) = &web {
+                text += &web::report(w);
+            }
             if fuzz_secs > 0 {
                 // After the measurements: fuzzing keeps both cores busy.
                 fuzz::run(fuzz_secs)?;

@@ -37,7 +37,7 @@ tracepoint:tcp:tcp_receive_reset { @rst_in = count(); }
 tracepoint:sock:inet_sock_set_state /args->newstate == 7/ { @closed = count(); }
 "#;
 
-fn wait_for(child: &mut Child, stderr: bool, needle: &str) -> Result<String> {
+pub(crate) fn wait_for(child: &mut Child, stderr: bool, needle: &str) -> Result<String> {
     let mut line = String::new();
     let pipe: Box<dyn std::io::Read + Send> = if stderr {
         Box::new(child.stderr.take().context("stderr")?)
@@ -65,7 +65,7 @@ fn wait_for(child: &mut Child, stderr: bool, needle: &str) -> Result<String> {
     bail!("no `{needle}` within 60 s")
 }
 
-fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
+pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
     let spawn = |cmd: &mut Command| {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -100,7 +100,7 @@ fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
     })
 }
 
-fn stop(child: Option<Child>) {
+pub(crate) fn stop(child: Option<Child>) {
     if let Some(mut c) = child {
         // SIGINT, so bpftrace and kato exit cleanly and detach.
         unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
@@ -266,7 +266,7 @@ pub struct Throughput {
     pub costs: BTreeMap<String, (u64, u64)>,
 }
 
-fn metric(text: &str, series: &str) -> f64 {
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())

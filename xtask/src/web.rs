@@ -1,0 +1,257 @@
+//! A short-connection web server, for real: Debian's nginx (one worker,
+//! `return 200`) under wrk in a benchmark namespace, with `Connection: close`
+//! (a connection per request, none with keepalive) and with HTTP keep-alive.
+//! Conditions interleaved: nothing attached, `kato agent --netns <it>`, and
+//! the agent recording every close (`--http-keepalive`, the pre-quiet
+//! behaviour plus turn counting). Also: ring records per connection.
+
+use std::{
+    fmt::Write as _,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::bench::{http_get, Netns};
+
+const REPS: usize = 5;
+const PORT: u16 = 8080;
+
+pub const CONDITIONS: [&str; 4] = ["none", "floor", "kato", "kato --http-keepalive"];
+pub const MODES: [&str; 2] = ["Connection: close", "keep-alive"];
+
+struct Nginx {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nginx(ns: &Netns) -> Result<Nginx> {
+    let dir = std::env::temp_dir().join(format!("kato-bench-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {0}/nginx.pid;\nerror_log {0}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+               server {{ listen 127.0.0.1:{PORT} backlog=4096 reuseport; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            dir.display()
+        ),
+    )?;
+    let child = ns
+        .cmd("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("nginx (cargo xtask setup installs it)")?;
+    // Up when a request answers.
+    for _ in 0..100 {
+        let ok = ns
+            .cmd("wrk")
+            .args(["-t1", "-c1", "-d1s", &format!("http://127.0.0.1:{PORT}/")])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Requests/sec"));
+        if ok {
+            return Ok(Nginx { child, dir });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nginx did not answer on port {PORT}")
+}
+
+/// wrk's (requests/s, requests) for one run.
+fn wrk(ns: &Netns, close: bool, secs: u64) -> Result<(f64, u64)> {
+    let mut cmd = ns.cmd("wrk");
+    cmd.args(["-t1", "-c16", &format!("-d{secs}s")]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd.arg(format!("http://127.0.0.1:{PORT}/")).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output: {text}"))?;
+    let requests = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split(" requests in")
+                .next()
+                .filter(|_| l.contains(" requests in"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output: {text}"))?;
+    Ok((rps, requests))
+}
+
+fn agent(kato: &str, ns: &Netns, all: bool) -> Result<(Child, String)> {
+    let mut cmd = Command::new(kato);
+    cmd.args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0]);
+    if all {
+        cmd.arg("--http-keepalive");
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let banner = crate::overhead::wait_for(&mut child, true, "listening")?;
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .context("agent address")?
+        .to_owned();
+    Ok((child, addr))
+}
+
+fn metric(addr: &str, name: &str) -> Result<f64> {
+    let (_, text) = http_get(addr, "/metrics")?;
+    Ok(crate::overhead::metric(&text, name))
+}
+
+pub struct Cell {
+    pub rps: f64,
+    /// Ring records the agent processed per wrk request (= per connection
+    /// with `Connection: close`).
+    pub records_per_request: Option<f64>,
+}
+
+pub struct Web {
+    pub secs: u64,
+    /// (mode, condition) -> median over the repetitions.
+    pub cells: Vec<((usize, usize), Cell)>,
+}
+
+/// One run: requests/s, and ring records per request where an agent ran.
+type Sample = (f64, Option<f64>);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `kernel.bpf_stats_enabled` on or off: statistics cost every program
+/// run a clock read, which this section must not pay (the rr section
+/// turns them on for its per-program figures).
+pub fn bpf_stats(on: bool) {
+    let _ = Command::new("sysctl")
+        .args(["-qw", &format!("kernel.bpf_stats_enabled={}", u8::from(on))])
+        .status();
+}
+
+pub fn run(kato: &str, secs: u64) -> Result<Web> {
+    bpf_stats(false);
+    let ns = Netns::new("web")?;
+    let _nginx = nginx(&ns)?;
+    let mut samples: std::collections::BTreeMap<(usize, usize), Vec<Sample>> = Default::default();
+    for rep in 0..REPS {
+        for (mi, mode) in MODES.iter().enumerate() {
+            for k in 0..CONDITIONS.len() {
+                let ci = (k + rep) % CONDITIONS.len();
+                eprintln!(
+                    "xtask bench: nginx + wrk, {mode}, {}, repetition {}",
+                    CONDITIONS[ci],
+                    rep + 1
+                );
+                let floor = (ci == 1)
+                    .then(|| crate::overhead::start("floor", kato))
+                    .transpose()?
+                    .flatten();
+                let watcher = match ci {
+                    0 | 1 => None,
+                    _ => Some(agent(kato, &ns, ci == 3)?),
+                };
+                let before = match &watcher {
+                    Some((_, addr)) => metric(addr, "kato_events_processed_total")?,
+                    None => 0.0,
+                };
+                let (rps, requests) = wrk(&ns, mi == 0, secs)?;
+                let per = match &watcher {
+                    Some((_, addr)) => {
+                        // The reader drains at least every 100 ms.
+                        std::thread::sleep(Duration::from_millis(300));
+                        Some(
+                            (metric(addr, "kato_events_processed_total")? - before)
+                                / requests.max(1) as f64,
+                        )
+                    }
+                    None => None,
+                };
+                if let Some((mut c, _)) = watcher {
+                    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+                    let _ = c.wait();
+                }
+                crate::overhead::stop(floor);
+                samples.entry((mi, ci)).or_default().push((rps, per));
+            }
+        }
+    }
+    let cells = samples
+        .into_iter()
+        .map(|(k, v)| {
+            let rps = median(v.iter().map(|x| x.0).collect());
+            let per: Vec<f64> = v.iter().filter_map(|x| x.1).collect();
+            (
+                k,
+                Cell {
+                    rps,
+                    records_per_request: (!per.is_empty()).then(|| median(per)),
+                },
+            )
+        })
+        .collect();
+    Ok(Web { secs, cells })
+}
+
+pub fn report(w: &Web) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n## A short-connection web server: nginx + wrk\n\nDebian's nginx (one worker, `return 200`) and `wrk -t1 -c16 -d{}s` in a benchmark namespace, with `-H 'Connection: close'` (one connection per request; none has keepalive, none idles) and with HTTP keep-alive. Conditions interleaved, {REPS} repetitions, medians. *floor*: empty programs on kato's seven tracepoints (`kato bench-floor`: what attaching alone costs); *kato*: `kato agent --netns <it>` (quiet: the kernel makes no records of such connections, it counts them); *kato --http-keepalive*: the agent recording every FIN and close and counting request/response turns on every send and receive. Target: under 1% throughput loss with the agent; at most 0.2 ring records per connection.\n",
+        w.secs
+    );
+    let _ = writeln!(
+        s,
+        "| load | condition | requests/s | vs none | ring records per request |"
+    );
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: |");
+    for (mi, mode) in MODES.iter().enumerate() {
+        let none = w
+            .cells
+            .iter()
+            .find(|(k, _)| *k == (mi, 0))
+            .map_or(1.0, |(_, c)| c.rps);
+        for (ci, cond) in CONDITIONS.iter().enumerate() {
+            let Some((_, c)) = w.cells.iter().find(|(k, _)| *k == (mi, ci)) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {mode} | {cond} | {:.0} | {:.3}× ({:+.2}%) | {} |",
+                c.rps,
+                c.rps / none,
+                (c.rps / none - 1.0) * 100.0,
+                c.records_per_request
+                    .map_or("-".into(), |r| format!("{r:.3}"))
+            );
+        }
+    }
+    s
+}
