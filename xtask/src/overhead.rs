@@ -283,6 +283,16 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 
 /// `kato agent` watching `ns`, and the address it serves on.
 fn spawn_agent(kato: &str, ns: &Netns, snapshot_interval: &str) -> Result<(Child, String)> {
+    spawn_agent_with(kato, ns, snapshot_interval, &[])
+}
+
+/// `kato agent --netns NS --snapshot-interval I EXTRA...`, its address.
+pub(crate) fn spawn_agent_with(
+    kato: &str,
+    ns: &Netns,
+    snapshot_interval: &str,
+    extra: &[&str],
+) -> Result<(Child, String)> {
     let mut agent = Command::new(kato)
         .args([
             "agent",
@@ -293,6 +303,7 @@ fn spawn_agent(kato: &str, ns: &Netns, snapshot_interval: &str) -> Result<(Child
             "--snapshot-interval",
             snapshot_interval,
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -103,24 +103,8 @@ fn wrk(ns: &Netns, close: bool, secs: u64) -> Result<(f64, u64)> {
 }
 
 fn agent(kato: &str, ns: &Netns, all: bool) -> Result<(Child, String)> {
-    let mut cmd = Command::new(kato);
-    cmd.args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0]);
-    if all {
-        cmd.arg("--http-keepalive");
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let banner = crate::overhead::wait_for(&mut child, true, "listening")?;
-    let addr = banner
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .context("agent address")?
-        .to_owned();
-    Ok((child, addr))
+    let extra: &[&str] = if all { &["--http-keepalive"] } else { &[] };
+    crate::overhead::spawn_agent_with(kato, ns, "30s", extra)
 }
 
 fn metric(addr: &str, name: &str) -> Result<f64> {
