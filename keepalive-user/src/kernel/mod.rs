@@ -162,6 +162,7 @@ mod tests {
             (1064, 1724, 272, 800, 1584)
         );
         assert_eq!(c.has_reset_reason, 1);
+        assert_eq!((c.skc_flags, c.sock_keepopen_bit), (96, 3));
         assert_eq!(
             super::offsets::keepalive_timer(&btf).unwrap(),
             (512, "sock.sk_timer")

@@ -221,6 +221,7 @@ pub fn kernel_like_with(icsk_keepalive: bool) -> Vec<u8> {
             ("skc_v6_daddr", in6, 448, 0),
             ("skc_v6_rcv_saddr", in6, 576, 0),
             ("skc_cookie", atomic64, 704, 0),
+            ("skc_flags", u64_, 768, 0),
         ],
     );
     b.composite(
@@ -282,6 +283,7 @@ pub fn kernel_like_with(icsk_keepalive: bool) -> Vec<u8> {
     );
     // A forward-declared duplicate must not shadow the real struct.
     b.composite("sock", false, 0, &[]);
+    b.enumeration("sock_flags", &[("SOCK_DEAD", 0), ("SOCK_KEEPOPEN", 3)]);
     b.enumeration(
         "sk_rst_reason",
         &[
