@@ -10,20 +10,22 @@ use crate::{
     sock::{admitted, admitted_direct, fill, fill_stamps, protocol_direct, worth_a_record_direct},
 };
 
-/// A record of `kind` for `sk` with its activity stamps: resets, error
-/// reports (the moments that say how long the connection sat idle).
+/// Fills a record for `sk` with its activity stamps: resets, error
+/// reports (the moments that say how long the connection sat idle); false
+/// when its namespace is not watched. The record lives in the caller's
+/// frame: returning it (in an Option) pushed 6.1's verifier past its
+/// 512-byte combined stack limit.
 #[inline(always)]
-fn stamped(kind: u32, sk: u64) -> Result<Option<keepalive_common::Event>, u32> {
+fn stamped(ev: &mut keepalive_common::Event, sk: u64) -> Result<bool, u32> {
     if !admitted(sk)? {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut ev = new_event(kind);
-    fill(&mut ev, sk)?;
-    fill_stamps(&mut ev, sk)?;
+    fill(ev, sk)?;
+    fill_stamps(ev, sk)?;
     if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
         ev.flags |= flags::IN_KEEPALIVE_TIMER;
     }
-    Ok(Some(ev))
+    Ok(true)
 }
 
 #[btf_tracepoint(function = "tcp_send_reset")]
@@ -49,9 +51,10 @@ fn try_tcp_send_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// older verifiers reject the spill of an unwritten register.
 #[inline(always)]
 pub(crate) fn on_active_reset(sk: u64, has_reason: bool, reason: u32) -> Result<u32, u32> {
-    let Some(mut ev) = stamped(kind::RESET_SENT, sk)? else {
+    let mut ev = new_event(kind::RESET_SENT);
+    if !stamped(&mut ev, sk)? {
         return Ok(0);
-    };
+    }
     if has_reason {
         ev.reason = reason;
         ev.flags |= flags::HAS_REASON;
@@ -74,7 +77,8 @@ fn try_tcp_receive_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sk == 0 {
         return Ok(0);
     }
-    if let Some(ev) = stamped(kind::RESET_RECEIVED, sk)? {
+    let mut ev = new_event(kind::RESET_RECEIVED);
+    if stamped(&mut ev, sk)? {
         submit(&ev);
     }
     Ok(0)
@@ -96,7 +100,8 @@ fn try_inet_sk_error_report(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
         return Ok(0);
     }
-    if let Some(ev) = stamped(kind::ERROR_REPORT, sk)? {
+    let mut ev = new_event(kind::ERROR_REPORT);
+    if stamped(&mut ev, sk)? {
         submit(&ev);
     }
     Ok(0)
