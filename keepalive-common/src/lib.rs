@@ -214,9 +214,15 @@ pub struct KernelConfig {
     /// and error reports always. The rest is counted (`QUIET_CLOSES`).
     pub quiet: u32,
     pub quiet_idle_jiffies: u32,
+    /// 1: the turn counters (`sock_send_length`/`sock_recv_length`) are
+    /// attached, so every closing socket's entry in `CONN` is forgotten,
+    /// in a watched namespace or not (a stale entry would count a turn
+    /// for the next socket at the same address).
+    pub turns: u32,
+    pub _pad0: u32,
 }
 
-pub const KERNEL_CONFIG_SIZE: usize = 144;
+pub const KERNEL_CONFIG_SIZE: usize = 152;
 /// Namespaces the netns filter admits at most.
 pub const MAX_WATCHED_NETNS: u32 = 4096;
 const _: () = assert!(size_of::<KernelConfig>() == KERNEL_CONFIG_SIZE);

@@ -139,6 +139,13 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sk == 0 || protocol_direct(sk) != IPPROTO_TCP {
         return Ok(0);
     }
+    // Taken before any filter: a socket that leaves no record must not
+    // leave its turns behind for the next socket at its address.
+    let turns = if k == kind::CLOSED && conf!(turns) != 0 {
+        crate::turns::take(sk)
+    } else {
+        (0, 0)
+    };
     if !worth_a_record_direct(sk) {
         if k == kind::CLOSED && admitted_direct(sk) {
             crate::bump(keepalive_common::counter::QUIET_CLOSES);
@@ -154,7 +161,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     ev.state_before = oldstate as u8;
     ev.state = newstate as u8;
     if k == kind::CLOSED {
-        crate::turns::take(&mut ev, sk);
+        (ev.turns_out, ev.turns_in) = turns;
     } else {
         fill_stamps(&mut ev, sk)?;
     }

@@ -77,6 +77,16 @@ pub fn worth_a_record_direct(sk: u64) -> bool {
 /// [`admitted`] with plain loads, for a BTF `struct sock *`.
 #[inline(always)]
 pub fn admitted_direct(sk: u64) -> bool {
+    if in_watched_netns(sk) {
+        return true;
+    }
+    crate::bump(counter::FILTERED);
+    false
+}
+
+/// [`admitted_direct`] without counting: for hooks that make no records.
+#[inline(always)]
+pub fn in_watched_netns(sk: u64) -> bool {
     if conf!(netns_filter) == 0 {
         return true;
     }
@@ -86,11 +96,7 @@ pub fn admitted_direct(sk: u64) -> bool {
     } else {
         load::<u32>(net, conf!(net_inum))
     };
-    if unsafe { crate::WATCHED_NETNS.get(&ns) }.is_some() {
-        return true;
-    }
-    crate::bump(counter::FILTERED);
-    false
+    unsafe { crate::WATCHED_NETNS.get(&ns) }.is_some()
 }
 
 /// With the namespace filter on: does `sk`'s namespace make events? Asked

@@ -10,9 +10,9 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::BtfTracePointContext,
 };
-use keepalive_common::{Event, Turns};
+use keepalive_common::Turns;
 
-use crate::{conf, sock::read};
+use crate::sock::{in_watched_netns, protocol_direct};
 
 const IN: u32 = 1;
 const OUT: u32 = 2;
@@ -31,7 +31,9 @@ fn note(ctx: &BtfTracePointContext, dir: u32) -> Result<u32, u32> {
         return Ok(0);
     }
     let sk: u64 = ctx.arg(0);
-    if sk == 0 || read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+    // Plain loads through the BTF `struct sock *`; other namespaces' sockets
+    // never enter the map (their closes would not be the ones that clear it).
+    if sk == 0 || protocol_direct(sk) != IPPROTO_TCP || !in_watched_netns(sk) {
         return Ok(0);
     }
     match CONN.get_ptr_mut(sk) {
@@ -71,12 +73,15 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     }
 }
 
-/// Moves the closing socket's turns into its CLOSED record.
+/// The closing socket's turns (out, in), forgotten.
 #[inline(always)]
-pub fn take(ev: &mut Event, sk: u64) {
-    if let Some(t) = unsafe { CONN.get(sk) } {
-        ev.turns_out = t.turns_out;
-        ev.turns_in = t.turns_in;
-        let _ = CONN.remove(sk);
+pub fn take(sk: u64) -> (u32, u32) {
+    match unsafe { CONN.get(sk) } {
+        Some(t) => {
+            let turns = (t.turns_out, t.turns_in);
+            let _ = CONN.remove(sk);
+            turns
+        }
+        None => (0, 0),
     }
 }

@@ -21,4 +21,5 @@ mod reliability;
 mod sockets;
 mod ss;
 mod support;
+mod turns;
 mod workload;

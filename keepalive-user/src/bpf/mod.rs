@@ -167,6 +167,7 @@ impl Bpf {
             quiet_idle_jiffies: opts.quiet.map_or(0, |d| {
                 (d.as_secs_f64() * f64::from(kernel.hz)).min(f64::from(u32::MAX / 2)) as u32
             }),
+            turns: u32::from(opts.turns),
             ..kernel.config
         };
         let log_level = proglog::level();
