@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod duration;
 pub mod events;
 pub mod filter;
+pub mod heap;
 pub mod ip;
 pub mod ipvs;
 pub mod jiffies;

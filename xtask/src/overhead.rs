@@ -16,7 +16,9 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::bench::{hold_with, http_get, rss_kib, Netns};
 
-const CONDITIONS: [&str; 4] = ["none", "floor", "kato", "bpftrace"];
+/// *kato* is the agent (no arming hooks); *trace* is `kato trace`, which
+/// attaches every hook, so every program's filtered cost is measured.
+const CONDITIONS: [&str; 5] = ["none", "floor", "kato", "trace", "bpftrace"];
 const REPS: usize = 3;
 /// (name, connections): a 2-connection ping-pong, and a 64-connection one
 /// whose many sockets arm and re-arm many distinct kernel timers.
@@ -88,6 +90,11 @@ pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
                 "self",
             ]))?;
             wait_for(&mut c, true, "listening")?;
+            Some(c)
+        }
+        "trace" => {
+            let mut c = spawn(Command::new(kato).args(["trace", "--netns", "self"]))?;
+            wait_for(&mut c, true, "watching")?;
             Some(c)
         }
         "bpftrace" => {
@@ -186,6 +193,7 @@ pub struct Overhead {
     pub cells: BTreeMap<(usize, &'static str), Cell>,
     /// program -> (kato ns/run, runs) and floor the same, over every rr run.
     pub kato_cost: BTreeMap<String, (u64, u64)>,
+    pub trace_cost: BTreeMap<String, (u64, u64)>,
     pub floor_cost: BTreeMap<String, (u64, u64)>,
 }
 
@@ -200,7 +208,8 @@ pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
         .status();
     let ns = Netns::new("rr")?;
     let mut samples: BTreeMap<(usize, &'static str), Vec<(f64, u64)>> = BTreeMap::new();
-    let (mut kato_cost, mut floor_cost) = (BTreeMap::new(), BTreeMap::new());
+    let (mut kato_cost, mut trace_cost, mut floor_cost) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for rep in 0..REPS {
         for (li, (_, conns)) in LOADS.iter().enumerate() {
             // Rotate the order each repetition so drift spreads evenly.
@@ -215,6 +224,7 @@ pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
                 if let Some(c) = &child {
                     let into = match cond {
                         "kato" => Some(&mut kato_cost),
+                        "trace" => Some(&mut trace_cost),
                         "floor" => Some(&mut floor_cost),
                         _ => None,
                     };
@@ -252,6 +262,7 @@ pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
         secs,
         cells,
         kato_cost,
+        trace_cost,
         floor_cost,
     })
 }
@@ -374,7 +385,7 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
     let _ = writeln!(
         s,
         "Loopback 64-byte ping-pong (`xtask rr`, TCP_NODELAY, one client and one server thread per connection) in a benchmark namespace, {} s per run, median of {REPS} runs per cell, conditions interleaved. \
-         *floor*: empty programs on the same seven tracepoints (`kato bench-floor`); *kato*: `kato agent --netns self` (all programs attached, events consumed); *bpftrace*: the same tracepoints with the same keepalive filter, counting. \
+         *floor*: empty programs on the same seven tracepoints (`kato bench-floor`); *kato*: `kato agent --netns self` (events consumed; no arming hooks: the agent reads timers from snapshots); *trace*: `kato trace --netns self` (every program, timer_start/cancel included); *bpftrace*: the same tracepoints with the same keepalive filter, counting. \
          Added cost = throughput lost against *none*; kato's target is at most 1.3× the floor's added cost and under 1% loss.\n",
         o.secs
     );
@@ -421,9 +432,15 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
         s,
         "`kernel.bpf_stats_enabled=1`: run time per invocation of each program, summed over every request/response run above (where every timer event is filtered out: none of those sockets has keepalive) and, in the last columns, over the event-throughput run below (where most timer runs are keepalive ones and emit a record). Targets: a filtered-out timer event at most 1.2× the empty program; a kept event with its ring-buffer record under 150 ns.\n"
     );
-    let _ = writeln!(s, "| program | floor ns/run | kato ns/run (filtered) | ratio | runs | kato ns/run (keepalive load) | runs |");
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (name, kc) in &o.kato_cost {
+    let _ = writeln!(s, "| program | floor ns/run | agent ns/run (filtered) | ratio | trace ns/run (filtered) | ratio | runs | agent ns/run (keepalive load) | runs |");
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let names: std::collections::BTreeSet<&String> =
+        o.kato_cost.keys().chain(o.trace_cost.keys()).collect();
+    let show = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
+    for name in names {
         let floor_name = format!("floor_{name}");
         let floor = o
             .floor_cost
@@ -431,19 +448,22 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
             .find(|(n, _)| floor_name.starts_with(n.as_str()) || n.starts_with(&floor_name))
             .map(|(_, c)| c);
         let f = per_run(floor);
-        let k = per_run(Some(kc));
-        let ratio = match (k, f) {
+        let ratio = |k: Option<f64>| match (k, f) {
             (Some(k), Some(f)) => format!("{:.2}×", k / f),
             _ => "-".into(),
         };
+        let (agent, trace) = (o.kato_cost.get(name), o.trace_cost.get(name));
+        let (a, tr) = (per_run(agent), per_run(trace));
+        let runs = agent.or(trace).map_or(0, |c| c.1);
         let tl = t.costs.get(name);
-        let show = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {ratio} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {runs} | {} | {} |",
             show(f),
-            show(k),
-            kc.1,
+            agent.map_or("not attached".into(), |_| show(a)),
+            ratio(a),
+            show(tr),
+            ratio(tr),
             show(per_run(tl)),
             tl.map_or(0, |c| c.1)
         );

@@ -114,6 +114,12 @@ fn metric(addr: &str, name: &str) -> Result<f64> {
 
 pub struct Cell {
     pub rps: f64,
+    /// Slowest and fastest run: how far apart runs of one condition land.
+    pub spread: (f64, f64),
+    /// Median over repetitions of this run's throughput over the same
+    /// repetition's run with nothing attached (adjacent runs: drift over
+    /// the whole bench cancels).
+    pub paired: f64,
     /// Ring records the agent processed per wrk request (= per connection
     /// with `Connection: close`).
     pub records_per_request: Option<f64>,
@@ -164,6 +170,9 @@ pub fn run(kato: &str, secs: u64) -> Result<Web> {
                     0 | 1 => None,
                     _ => Some(agent(kato, &ns, ci == 3)?),
                 };
+                // Start-up (the first snapshot, loading) is not what a
+                // running agent costs: every condition settles alike.
+                std::thread::sleep(Duration::from_secs(1));
                 let before = match &watcher {
                     Some((_, addr)) => metric(addr, "kato_events_processed_total")?,
                     None => 0.0,
@@ -185,19 +194,26 @@ pub fn run(kato: &str, secs: u64) -> Result<Web> {
                     let _ = c.wait();
                 }
                 crate::overhead::stop(floor);
+                eprintln!("xtask bench:   {rps:.0} requests/s");
                 samples.entry((mi, ci)).or_default().push((rps, per));
             }
         }
     }
     let cells = samples
-        .into_iter()
-        .map(|(k, v)| {
+        .iter()
+        .map(|(&k, v)| {
+            let none = &samples[&(k.0, 0)];
+            let paired = median(v.iter().zip(none).map(|(x, n)| x.0 / n.0).collect());
             let rps = median(v.iter().map(|x| x.0).collect());
+            let lo = v.iter().map(|x| x.0).fold(f64::INFINITY, f64::min);
+            let hi = v.iter().map(|x| x.0).fold(0.0, f64::max);
             let per: Vec<f64> = v.iter().filter_map(|x| x.1).collect();
             (
                 k,
                 Cell {
                     rps,
+                    spread: (lo, hi),
+                    paired,
                     records_per_request: (!per.is_empty()).then(|| median(per)),
                 },
             )
@@ -210,14 +226,14 @@ pub fn report(w: &Web) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n## A short-connection web server: nginx + wrk\n\nDebian's nginx (one worker, `return 200`) and `wrk -t1 -c16 -d{}s` in a benchmark namespace, with `-H 'Connection: close'` (one connection per request; none has keepalive, none idles) and with HTTP keep-alive. Conditions interleaved, {REPS} repetitions, medians. *floor*: empty programs on kato's seven tracepoints (`kato bench-floor`: what attaching alone costs); *kato*: `kato agent --netns <it>` (quiet: the kernel makes no records of such connections, it counts them); *kato --http-keepalive*: the agent recording every FIN and close and counting request/response turns on every send and receive. Target: under 1% throughput loss with the agent; at most 0.2 ring records per connection.\n",
+        "\n## A short-connection web server: nginx + wrk\n\nDebian's nginx (one worker, `return 200`) and `wrk -t1 -c16 -d{}s` in a benchmark namespace, with `-H 'Connection: close'` (one connection per request; none has keepalive, none idles) and with HTTP keep-alive. Conditions interleaved, {REPS} repetitions, medians; *paired*: the median of each repetition's ratio to that repetition's *none* run (drift across the bench cancels). Every condition settles 1 s before wrk starts. *floor*: empty programs on all seven of kato's tracepoints (`kato bench-floor`: what attaching alone costs); *kato*: `kato agent --netns <it>` (quiet: the kernel makes no records of such connections, it counts them; no arming hooks, so five of the seven tracepoints); *kato --http-keepalive*: the agent recording every FIN and close and counting request/response turns on every send and receive. Target: under 1% throughput loss with the agent; at most 0.2 ring records per connection.\n",
         w.secs
     );
     let _ = writeln!(
         s,
-        "| load | condition | requests/s | vs none | ring records per request |"
+        "| load | condition | requests/s | vs none | runs' spread | vs none, paired by repetition | ring records per request |"
     );
-    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: |");
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for (mi, mode) in MODES.iter().enumerate() {
         let none = w
             .cells
@@ -230,10 +246,13 @@ pub fn report(w: &Web) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {mode} | {cond} | {:.0} | {:.3}× ({:+.2}%) | {} |",
+                "| {mode} | {cond} | {:.0} | {:.3}× ({:+.2}%) | {:.0}–{:.0} | {:+.2}% | {} |",
                 c.rps,
                 c.rps / none,
                 (c.rps / none - 1.0) * 100.0,
+                c.spread.0,
+                c.spread.1,
+                (c.paired - 1.0) * 100.0,
                 c.records_per_request
                     .map_or("-".into(), |r| format!("{r:.3}"))
             );

@@ -265,6 +265,10 @@ impl AgentState {
         sink.metrics
             .on_snapshot(t.elapsed().as_secs_f64(), &sysctls, vanished);
         log::debug!("snapshot: {n} sockets in {:?}", t.elapsed());
+        // The snapshot's buffers (and, the first time, loading's BTF
+        // copies) are freed: resident memory follows the table, not the
+        // largest snapshot so far.
+        crate::heap::release_freed();
         Ok(n)
     }
 

@@ -84,12 +84,10 @@ impl Hook {
 }
 
 /// The tracepoint path: the `timer:*` ones see every kernel timer and
-/// filter on `tcp_keepalive_timer`.
-pub const TRACEPOINT_PATH: [Hook; 7] = [
-    Hook::TimerStart,
+/// filter on `tcp_keepalive_timer`; arming ([`TRACEPOINT_ARMING`]) besides.
+pub const TRACEPOINT_PATH: [Hook; 5] = [
     Hook::TimerExpireEntry,
     Hook::TimerExpireExit,
-    Hook::TimerCancel,
     Hook::TcpSendReset,
     Hook::TcpReceiveReset,
     Hook::InetSockSetState,
@@ -108,7 +106,10 @@ pub const FENTRY_ARMING: [Hook; 2] = [
     Hook::FexitResetKeepaliveTimer,
     Hook::FentryDeleteKeepaliveTimer,
 ];
-/// ... else the filtered timer tracepoints, as on the tracepoint path.
+/// ... else the filtered timer tracepoints, as on the tracepoint path. These
+/// fire on every `mod_timer`/`del_timer` of the system, the most frequent
+/// hooks kato has: the agent, which takes timer state from its snapshots,
+/// leaves them out.
 pub const TRACEPOINT_ARMING: [Hook; 2] = [Hook::TimerStart, Hook::TimerCancel];
 
 /// Both paths: tracepoints that fire only on TCP events (no filtering).

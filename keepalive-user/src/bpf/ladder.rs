@@ -97,16 +97,22 @@ impl Programs<'_> {
         Ok(", sock:inet_sk_error_report")
     }
 
-    pub fn attach_tracing(&mut self, mode: AttachMode) -> Result<AttachPath, LoadError> {
+    /// `arming`: also see keepalive timers armed and disarmed.
+    pub fn attach_tracing(
+        &mut self,
+        mode: AttachMode,
+        arming: bool,
+    ) -> Result<AttachPath, LoadError> {
         match mode {
             AttachMode::Tracepoint => {
-                self.tracepoint_path("forced with --attach tracepoint".into())
+                self.tracepoint_path("forced with --attach tracepoint".into(), arming)
             }
             AttachMode::Fentry => self
-                .fentry_path("forced with --attach fentry".into())
+                .fentry_path("forced with --attach fentry".into(), arming)
                 .map_err(|e| LoadError::FentryRefused(Box::new(e))),
             AttachMode::Auto => {
-                match self.fentry_path("the kernel accepts fentry/fexit trampolines".into()) {
+                match self.fentry_path("the kernel accepts fentry/fexit trampolines".into(), arming)
+                {
                     Ok(p) => Ok(p),
                     Err(e) => {
                         let e = tidy(&e);
@@ -116,32 +122,40 @@ impl Programs<'_> {
                         self.unload_all(&hooks::TRACEPOINT_ARMING);
                         self.unload_all(&hooks::TCP_TRACEPOINTS);
                         self.unload_all(&[Hook::InetSkErrorReport]);
-                        self.tracepoint_path(format!("fentry/fexit unavailable: {e}"))
+                        self.tracepoint_path(format!("fentry/fexit unavailable: {e}"), arming)
                     }
                 }
             }
         }
     }
 
-    fn tracepoint_path(&mut self, why: String) -> Result<AttachPath, LoadError> {
+    fn tracepoint_path(&mut self, why: String, arming: bool) -> Result<AttachPath, LoadError> {
         self.attach_all(&hooks::TRACEPOINT_PATH)?;
+        let timers = if arming {
+            self.attach_all(&hooks::TRACEPOINT_ARMING)?;
+            "timer:timer_start/expire_entry/expire_exit/cancel"
+        } else {
+            "timer:timer_expire_entry/expire_exit (arming not watched: timers from snapshots)"
+        };
         Ok(AttachPath {
             kind: AttachKind::TpBtf,
             detail: format!(
-                "BTF tracepoints timer:timer_start/expire_entry/expire_exit/cancel (every kernel timer, filtered \
-                 on tcp_keepalive_timer), tcp:tcp_send_reset, tcp:tcp_receive_reset, sock:inet_sock_set_state{}",
+                "BTF tracepoints {timers} (every kernel timer, filtered on tcp_keepalive_timer), \
+                 tcp:tcp_send_reset, tcp:tcp_receive_reset, sock:inet_sock_set_state{}",
                 self.attach_error_report()?
             ),
             why,
         })
     }
 
-    fn fentry_path(&mut self, why: String) -> Result<AttachPath, LoadError> {
+    fn fentry_path(&mut self, why: String, arming: bool) -> Result<AttachPath, LoadError> {
         self.attach_all(&hooks::FENTRY_PATH)?;
         let out_of_line = hooks::FENTRY_ARMING
             .iter()
             .all(|h| self.btf.function_args(h.target()).is_ok());
-        let arming = if out_of_line {
+        let arming = if !arming {
+            "not watched (timers from snapshots)"
+        } else if out_of_line {
             self.attach_all(&hooks::FENTRY_ARMING)?;
             "fexit inet_csk_reset_keepalive_timer, fentry inet_csk_delete_keepalive_timer"
         } else {

@@ -70,6 +70,10 @@ pub struct LoadOptions {
     /// keepalive on (resets always), and counts the quiet closes. None:
     /// every record (`trace --closes`, the HTTP keep-alive view, tests).
     pub quiet: Option<std::time::Duration>,
+    /// Attach no arming hooks (no `armed`/`disarmed` records): the agent
+    /// reads timers from its snapshots and spares every kernel timer's
+    /// start and cancel a program run.
+    pub no_arming: bool,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -191,7 +195,7 @@ impl Bpf {
             aya_btf: &aya_btf,
         };
         let attach = if opts.tracing {
-            let path = progs.attach_tracing(opts.attach)?;
+            let path = progs.attach_tracing(opts.attach, !opts.no_arming)?;
             log::debug!("attached via {}: {}", path.kind.name(), path.detail);
             if opts.turns {
                 progs.attach_all(&hooks::TURNS)?;
