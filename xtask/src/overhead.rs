@@ -93,7 +93,11 @@ pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
             Some(c)
         }
         "trace" => {
-            let mut c = spawn(Command::new(kato).args(["trace", "--netns", "self"]))?;
+            // `trace --netns` takes an inode: this process's namespace, as
+            // the agent's `self`.
+            use std::os::unix::fs::MetadataExt as _;
+            let me = std::fs::metadata("/proc/self/ns/net")?.ino().to_string();
+            let mut c = spawn(Command::new(kato).args(["trace", "--netns", &me]))?;
             wait_for(&mut c, true, "watching")?;
             Some(c)
         }
