@@ -80,8 +80,11 @@ fn turns_of_unwatched_namespaces_never_count_in_watched_connections() {
         server(&watched, 1, stop.clone()),
         server(&other, 5, stop.clone()),
     ];
-    // The agent tells servers from clients by the listeners it has listed.
-    std::thread::sleep(Duration::from_millis(600));
+    // The agent tells servers from clients by the listeners its last
+    // snapshot listed (a fixed sleep was too short on a loaded CI machine).
+    agent.wait_sockets_where(Duration::from_secs(10), |s| {
+        s["local"] == "127.0.0.1:8080" && s["state"] == "LISTEN"
+    });
     // Interleaved, so that watched sockets are made from memory the
     // unwatched ones just gave back.
     let rounds = 20;
