@@ -27,6 +27,13 @@ impl EventStream {
         Ok(Self { fd })
     }
 
+    /// Decodes every record available now into `out`, without waiting: a
+    /// snapshot first takes the records made before it, so that they are
+    /// judged by the state they happened in.
+    pub fn drain_now(&mut self, out: &mut Vec<Result<Record, DecodeError>>) {
+        drain(self.fd.get_mut(), out);
+    }
+
     /// Waits until the kernel signals a batch, or at most [`DRAIN_EVERY`],
     /// then decodes every available record into `out` (possibly none).
     pub async fn next_batch(

@@ -340,7 +340,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 state.lock().expect("lock").on_records(&mut batch);
             }
             _ = tick.tick() => {
-                if let Err(e) = state.lock().expect("lock").snapshot(&mut bpf) {
+                // Records made before this snapshot first: a connection
+                // accepted on a listener that has closed since is still
+                // the server's.
+                stream.drain_now(&mut batch);
+                let mut state = state.lock().expect("lock");
+                state.on_records(&mut batch);
+                if let Err(e) = state.snapshot(&mut bpf) {
                     log::warn!("snapshot failed: {e}");
                 }
             }
