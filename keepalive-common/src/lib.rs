@@ -375,11 +375,8 @@ pub struct IterConfig {
     pub rsk_expires: u32,
     pub rsk_pprev: u32,
     pub rsk_num_retrans: u32,
-    /// A file is a socket when its inode's mode is S_IFSOCK (kallsyms has no
-    /// data symbols on most kernels, so `socket_file_ops` is out of reach).
-    pub file_f_inode: u32,
-    pub inode_i_mode: u32,
-    pub file_private_data: u32,
+    /// `socket.sk`, from the `struct socket *` of a socket file
+    /// (`bpf_sock_from_file`).
     pub socket_sk: u32,
     /// `sock.sk_protocol` (u16): only IPPROTO_TCP sockets are reported.
     pub sk_protocol: u32,
@@ -387,7 +384,7 @@ pub struct IterConfig {
     pub task_comm: u32,
 }
 
-pub const ITER_CONFIG_SIZE: usize = 152;
+pub const ITER_CONFIG_SIZE: usize = 140;
 const _: () = assert!(size_of::<IterConfig>() == ITER_CONFIG_SIZE);
 
 #[cfg(feature = "user")]

@@ -37,7 +37,7 @@ pub fn worth_a_record(sk: u64, idle: bool) -> Result<bool, u32> {
 /// loaded through one): no helper call. The offset is a load-time constant
 /// (frozen .rodata) and the verifier checks the access against the struct.
 #[inline(always)]
-fn load<T>(base: u64, off: u32) -> T {
+pub fn load<T>(base: u64, off: u32) -> T {
     unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
 }
 

@@ -10,7 +10,7 @@ use std::{
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Owner {
     pub pid: u32,
-    pub comm: String,
+    pub comm: std::sync::Arc<str>,
 }
 
 /// Inode → owner, refreshed by a full /proc scan at most once per `min_rescan`.
@@ -50,7 +50,7 @@ fn scan() -> HashMap<u64, Owner> {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
-        let mut comm = None;
+        let mut comm: Option<std::sync::Arc<str>> = None;
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else {
                 continue;
@@ -60,8 +60,8 @@ fn scan() -> HashMap<u64, Owner> {
             };
             let comm = comm.get_or_insert_with(|| {
                 std::fs::read_to_string(p.path().join("comm"))
-                    .map(|c| c.trim_end().to_owned())
-                    .unwrap_or_default()
+                    .map(|c| c.trim_end().into())
+                    .unwrap_or_else(|_| "".into())
             });
             map.entry(ino).or_insert_with(|| Owner {
                 pid,

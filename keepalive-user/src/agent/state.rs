@@ -306,7 +306,7 @@ impl AgentState {
             .map(|(s, c)| (SocketView::new(s, Some(c), &sink.policy), c))
             .filter(|(v, _)| q.filter.matches_socket(v))
             .collect();
-        views.sort_by(|a, b| q.sort.compare(&a.0, &b.0));
+        views.sort_by_cached_key(|(v, _)| q.sort.key(v));
         let total = views.len();
         let end = q.offset.saturating_add(q.limit).min(total);
         let rows = views

@@ -1,37 +1,129 @@
 //! Running the BPF iterators and decoding their records.
 
-use std::io::Read as _;
+use std::{fs::File, io::Read as _};
 
-use aya::programs::Iter;
+use aya::programs::{iter::IterLink, Iter};
 use keepalive_common::{OwnerRecord, SockRecord, OWNER_RECORD_SIZE, SOCK_RECORD_SIZE};
 
 use super::{Bpf, Hook, LoadError};
 use crate::netns::{self, NetnsRef};
 
-/// Decodes a whole number of `T` records.
-fn records<T: Copy + Default>(
+/// Decodes fixed-size `T` records from an iterator's output as it arrives:
+/// reads may end mid-record, and no copy of the whole output is kept
+/// (100,000 sockets are 16 MB of records).
+struct Records<T> {
     name: &'static str,
-    bytes: &[u8],
     size: usize,
-) -> Result<Vec<T>, LoadError> {
-    if !bytes.len().is_multiple_of(size) {
-        return Err(LoadError::Torn {
+    /// A record split across reads.
+    tail: Vec<u8>,
+    len: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Copy> Records<T> {
+    fn new(name: &'static str, size: usize) -> Self {
+        assert_eq!(size, size_of::<T>());
+        Self {
             name,
-            len: bytes.len(),
-            record: size,
-        });
+            size,
+            tail: Vec::with_capacity(size),
+            len: 0,
+            _t: std::marker::PhantomData,
+        }
     }
-    Ok(bytes
-        .chunks_exact(size)
-        // SAFETY: T is a repr(C) plain-data record of `size` bytes; any bits are valid.
-        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) })
-        .collect())
+
+    fn decode(c: &[u8]) -> T {
+        // SAFETY: T is a repr(C) plain-data record of `c.len()` bytes; any bits are valid.
+        unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<T>()) }
+    }
+
+    /// Hands every record completed by `bytes` to `each`.
+    fn feed(&mut self, mut bytes: &[u8], mut each: impl FnMut(T)) {
+        self.len += bytes.len();
+        if !self.tail.is_empty() {
+            let want = (self.size - self.tail.len()).min(bytes.len());
+            self.tail.extend_from_slice(&bytes[..want]);
+            bytes = &bytes[want..];
+            if self.tail.len() < self.size {
+                return;
+            }
+            each(Self::decode(&self.tail));
+            self.tail.clear();
+        }
+        let chunks = bytes.chunks_exact(self.size);
+        self.tail.extend_from_slice(chunks.remainder());
+        chunks.for_each(|c| each(Self::decode(c)));
+    }
+
+    fn finish(self) -> Result<(), LoadError> {
+        if !self.tail.is_empty() {
+            return Err(LoadError::Torn {
+                name: self.name,
+                len: self.len,
+                record: self.size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads an iterator's file to its end, keeping what `map` makes of each
+/// record.
+fn read_all<T: Copy, U>(
+    name: &'static str,
+    size: usize,
+    mut file: File,
+    mut map: impl FnMut(T) -> Option<U>,
+) -> Result<Vec<U>, LoadError> {
+    let io = |source| LoadError::Iterator { name, source };
+    // The kernel fills at most its 8-page seq buffer per read.
+    let mut buf = vec![0u8; 64 << 10];
+    let mut records = Records::new(name, size);
+    let mut out = Vec::new();
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => records.feed(&buf[..n], |r| out.extend(map(r))),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    records.finish()?;
+    Ok(out)
+}
+
+/// An attached iterator, not yet run: its file is opened (which runs it)
+/// by [`Run::read`], in the namespace it should see.
+struct Run {
+    name: &'static str,
+    link: IterLink,
+}
+
+impl Run {
+    fn read<T: Copy, U: Send>(
+        self,
+        size: usize,
+        ns: Option<&NetnsRef>,
+        map: impl FnMut(T) -> Option<U> + Send,
+    ) -> Result<Vec<U>, LoadError> {
+        let name = self.name;
+        let read = move || -> Result<Vec<U>, LoadError> {
+            let file = self.link.into_file().map_err(|e| LoadError::Iterator {
+                name,
+                source: std::io::Error::other(e),
+            })?;
+            read_all(name, size, file, map)
+        };
+        match ns {
+            Some(ns) => netns::run_in(ns, read)?,
+            None => read(),
+        }
+    }
 }
 
 impl Bpf {
-    /// Runs iterator `hook` (in namespace `ns`, for netns-scoped ones) and
-    /// returns its raw output.
-    fn run_iter(&mut self, hook: Hook, ns: Option<&NetnsRef>) -> Result<Vec<u8>, LoadError> {
+    /// Attaches iterator `hook` for one run.
+    fn attach_iter(&mut self, hook: Hook) -> Result<Run, LoadError> {
         let (name, kind, _) = hook.spec();
         let err = |source| LoadError::Program {
             name,
@@ -49,28 +141,88 @@ impl Bpf {
         }
         let id = prog.attach().map_err(err)?;
         let link = prog.take_link(id).map_err(err)?;
-        let io = |source| LoadError::Iterator { name, source };
-        let read = move || -> Result<Vec<u8>, LoadError> {
-            let mut file = link.into_file().map_err(|e| io(std::io::Error::other(e)))?;
-            let mut buf = Vec::new();
-            file.read_to_end(&mut buf).map_err(io)?;
-            Ok(buf)
-        };
-        match ns {
-            Some(ns) => netns::run_in(ns, read)?,
-            None => read(),
+        Ok(Run { name, link })
+    }
+
+    /// Every TCP socket held by a process (in every namespace), and what
+    /// `decode(i, record)` makes of every TCP socket of namespace
+    /// `targets[i]` (None: kato's own). The owners are read on a thread of
+    /// their own while the namespaces are read here: the two walks share
+    /// nothing in the kernel.
+    pub fn sockets_and_owners<S: Send>(
+        &mut self,
+        targets: &[Option<NetnsRef>],
+        mut decode: impl FnMut(usize, SockRecord) -> Option<S> + Send,
+    ) -> Result<(Vec<OwnerRecord>, Vec<Vec<S>>), LoadError> {
+        let owners = self.attach_iter(Hook::IterTaskFile)?;
+        let tcp = targets
+            .iter()
+            .map(|_| self.attach_iter(Hook::IterTcp))
+            .collect::<Result<Vec<_>, _>>()?;
+        std::thread::scope(|s| {
+            let owners = s.spawn(|| owners.read(OWNER_RECORD_SIZE, None, Some::<OwnerRecord>));
+            let decode = &mut decode;
+            let sockets = tcp
+                .into_iter()
+                .zip(targets)
+                .enumerate()
+                .map(|(i, (run, t))| run.read(SOCK_RECORD_SIZE, t.as_ref(), |r| decode(i, r)))
+                .collect::<Result<Vec<_>, _>>();
+            let owners = owners.join().expect("reading socket owners panicked");
+            Ok((owners?, sockets?))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(i: u8) -> OwnerRecord {
+        OwnerRecord {
+            sk: u64::from(i),
+            tgid: 7,
+            fd: 3,
+            comm: [i; 16],
         }
     }
 
-    /// Every TCP socket of namespace `ns` (default: kato's own).
-    pub fn tcp_sockets(&mut self, ns: Option<&NetnsRef>) -> Result<Vec<SockRecord>, LoadError> {
-        let bytes = self.run_iter(Hook::IterTcp, ns)?;
-        records(Hook::IterTcp.program(), &bytes, SOCK_RECORD_SIZE)
+    fn bytes(r: &OwnerRecord) -> Vec<u8> {
+        // SAFETY: OwnerRecord is repr(C) plain data with explicit padding.
+        unsafe {
+            std::slice::from_raw_parts((r as *const OwnerRecord).cast::<u8>(), OWNER_RECORD_SIZE)
+        }
+        .to_vec()
     }
 
-    /// Every TCP socket held by a process, in every namespace.
-    pub fn socket_owners(&mut self) -> Result<Vec<OwnerRecord>, LoadError> {
-        let bytes = self.run_iter(Hook::IterTaskFile, None)?;
-        records(Hook::IterTaskFile.program(), &bytes, OWNER_RECORD_SIZE)
+    #[test]
+    fn records_split_anywhere_across_reads_decode_whole() {
+        let all: Vec<u8> = (1..=5).flat_map(|i| bytes(&owner(i))).collect();
+        for cut in [1, 7, 31, 32, 33, 64, 100] {
+            let mut r = Records::<OwnerRecord>::new("t", OWNER_RECORD_SIZE);
+            let mut got = vec![];
+            for chunk in all.chunks(cut) {
+                r.feed(chunk, |o| got.push(o));
+            }
+            r.finish().unwrap();
+            assert_eq!(got, (1..=5).map(owner).collect::<Vec<_>>(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_torn_last_record_is_an_error() {
+        let mut r = Records::<OwnerRecord>::new("t", OWNER_RECORD_SIZE);
+        let mut n = 0;
+        r.feed(&bytes(&owner(1)), |_| n += 1);
+        r.feed(&[0; 5], |_| n += 1);
+        assert_eq!(n, 1);
+        match r.finish() {
+            Err(LoadError::Torn {
+                len: 37,
+                record: 32,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 }

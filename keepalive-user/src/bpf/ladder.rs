@@ -69,9 +69,40 @@ impl Programs<'_> {
     }
 
     /// Loads both iterators (they attach when run): fails where the kernel
-    /// has no BPF iterators or refuses these.
+    /// has no BPF iterators or refuses these. Each is verified on a thread of
+    /// its own: the verifier walks the kernel's types for every plain load,
+    /// tens of milliseconds that `kato sockets` would otherwise wait twice.
     pub fn load_iterators(&mut self) -> Result<(), LoadError> {
-        self.attach_all(&hooks::ITERATORS)
+        let btf = self.aya_btf;
+        let iters: Vec<(Hook, &mut Iter)> = self
+            .ebpf
+            .programs_mut()
+            .filter_map(|(name, p)| {
+                let hook = hooks::ITERATORS.into_iter().find(|h| h.program() == name)?;
+                match p {
+                    Program::Iter(p) => Some((hook, p)),
+                    _ => None,
+                }
+            })
+            .collect();
+        if iters.len() != hooks::ITERATORS.len() {
+            let missing = hooks::ITERATORS
+                .into_iter()
+                .find(|h| !iters.iter().any(|(i, _)| i == h))
+                .map_or("iterator", |h| h.program());
+            return Err(LoadError::MissingProgram { name: missing });
+        }
+        std::thread::scope(|s| {
+            let loads: Vec<_> = iters
+                .into_iter()
+                .map(|(hook, p)| {
+                    s.spawn(move || p.load(hook.target(), btf).map_err(program_error(hook)))
+                })
+                .collect();
+            loads
+                .into_iter()
+                .try_for_each(|h| h.join().expect("an iterator load panicked"))
+        })
     }
 
     /// Unloads (and so detaches) a group; for undoing a partial path.

@@ -116,6 +116,28 @@ impl CounterMap {
     }
 }
 
+/// aya's side of loading: the kernel BTF its program loads take, and a
+/// loader. `EbpfLoader::new` parses the sysfs BTF itself (aya 0.14 offers no
+/// way around it; kato then hands it the copy below), so the two parses run
+/// on two threads.
+struct AyaBtf {
+    btf: aya::Btf,
+    loader: EbpfLoader<'static>,
+}
+
+impl AyaBtf {
+    fn parse(path: &std::path::Path) -> Result<Self, LoadError> {
+        let t = std::time::Instant::now();
+        let (btf, loader) = std::thread::scope(|s| {
+            let loader = s.spawn(EbpfLoader::new);
+            let btf = aya::Btf::parse_file(path, aya::Endianness::default());
+            (btf, loader.join().expect("aya's loader panicked"))
+        });
+        log::debug!("aya parsed BTF in {:?}", t.elapsed());
+        Ok(Self { btf: btf?, loader })
+    }
+}
+
 /// kato's eBPF object in the kernel.
 pub struct Bpf {
     ebpf: Ebpf,
@@ -141,8 +163,18 @@ impl Bpf {
     /// `opts` asks for.
     pub fn open(opts: &LoadOptions) -> Result<Self, LoadError> {
         caps::require_tracing().map_err(LoadError::Privilege)?;
-        let (kernel, btf) = KernelInfo::probe(opts.btf.clone(), opts.hz, opts.tracing)?;
-        Self::open_with(kernel, &btf, opts)
+        let path = opts
+            .btf
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::kernel::DEFAULT_BTF));
+        // kato's BTF reader and aya's two parses run side by side.
+        let (probed, aya) = std::thread::scope(|s| {
+            let aya = s.spawn(|| AyaBtf::parse(&path));
+            let probed = KernelInfo::probe(Some(path.clone()), opts.hz, opts.tracing);
+            (probed, aya.join().expect("parsing BTF panicked"))
+        });
+        let (kernel, btf) = probed?;
+        Self::open_parsed(kernel, &btf, aya?, opts)
     }
 
     /// [`Bpf::open`] with a kernel already probed (doctor inspects its BTF
@@ -150,13 +182,25 @@ impl Bpf {
     /// and at return: nothing needs them once programs are loaded.
     pub fn open_with(kernel: KernelInfo, btf: &Btf, opts: &LoadOptions) -> Result<Self, LoadError> {
         caps::require_tracing().map_err(LoadError::Privilege)?;
+        let aya = AyaBtf::parse(&kernel.btf_path)?;
+        Self::open_parsed(kernel, btf, aya, opts)
+    }
+
+    fn open_parsed(
+        kernel: KernelInfo,
+        btf: &Btf,
+        aya: AyaBtf,
+        opts: &LoadOptions,
+    ) -> Result<Self, LoadError> {
         if opts.tracing && kernel.config.keepalive_fn == 0 {
             return Err(LoadError::NotForTracing);
         }
         let t = std::time::Instant::now();
-        let aya_btf = aya::Btf::parse_file(&kernel.btf_path, aya::Endianness::default())?;
-        log::debug!("aya parsed BTF in {:?}", t.elapsed());
-        let mut loader = EbpfLoader::new();
+        let AyaBtf {
+            btf: aya_btf,
+            loader,
+        } = aya;
+        let mut loader: EbpfLoader<'_> = loader;
         let ring = match opts.ring_bytes {
             Some(bytes) => Some(bytes),
             None if !opts.tracing => Some(IDLE_RING_BYTES),

@@ -56,7 +56,15 @@ pub struct Timer {
 impl Timer {
     /// `keepalive (7198.14/0/0)`, like `netstat -o`.
     pub fn netstat(&self) -> String {
-        format!(
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for Timer {
+    /// netstat's notation (see [`Timer::netstat`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
             "{} ({:.2}/{}/{})",
             self.kind.netstat_name(),
             self.remaining_s,
@@ -99,9 +107,16 @@ impl Setting {
 
     /// `75` or `75*` (the star marks a sysctl default).
     pub fn short(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for Setting {
+    /// See [`Setting::short`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.source {
-            Source::Socket => self.value.to_string(),
-            Source::Sysctl => format!("{}*", self.value),
+            Source::Socket => write!(f, "{}", self.value),
+            Source::Sysctl => write!(f, "{}*", self.value),
         }
     }
 }
@@ -147,7 +162,7 @@ pub struct Socket {
     pub uid: u32,
     pub inode: u64,
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<std::sync::Arc<str>>,
     pub timer: Timer,
     /// None for TIME_WAIT and SYN_RECV request sockets.
     pub keepalive: Option<Keepalive>,
@@ -306,7 +321,7 @@ impl Socket {
             uid: r.uid,
             inode: r.ino,
             pid: owner.map(|o| o.pid),
-            comm: owner.map(|o| o.comm.clone()),
+            comm: owner.map(|o| std::sync::Arc::clone(&o.comm)),
             timer,
             keepalive,
             probes_unanswered: if full { r.probes_out } else { 0 },
@@ -319,16 +334,29 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// The process holding the socket.
+    pub fn set_owner(&mut self, o: &Owner) {
+        self.pid = Some(o.pid);
+        self.comm = Some(std::sync::Arc::clone(&o.comm));
+    }
+}
+
 /// `sk` → owning process, from `iter/task_file` records. A socket shared by
 /// several processes (fork) is attributed to the lowest PID, like `ss -p`'s
 /// first entry.
+/// Each process's name is made once and shared by all its sockets.
 pub fn owners(records: &[OwnerRecord]) -> HashMap<u64, Owner> {
     let mut map: HashMap<u64, Owner> = HashMap::with_capacity(records.len());
+    let mut names: HashMap<(u32, [u8; 16]), std::sync::Arc<str>> = HashMap::new();
     for r in records {
-        let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+        let comm = names.entry((r.tgid, r.comm)).or_insert_with(|| {
+            let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+            String::from_utf8_lossy(&r.comm[..end]).into()
+        });
         let owner = Owner {
             pid: r.tgid,
-            comm: String::from_utf8_lossy(&r.comm[..end]).into_owned(),
+            comm: comm.clone(),
         };
         map.entry(r.sk)
             .and_modify(|o| {
@@ -542,6 +570,6 @@ pub(crate) mod tests {
                 comm: "parent".into()
             }
         );
-        assert_eq!(m[&2].comm, "fifteen-chars-x");
+        assert_eq!(&*m[&2].comm, "fifteen-chars-x");
     }
 }

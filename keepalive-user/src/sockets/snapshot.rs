@@ -114,40 +114,46 @@ impl Snapshotter {
     }
 }
 
-/// Through the BPF iterators, owners joined in.
+/// Through the BPF iterators, owners joined in. Records become sockets as
+/// they are read; owners, read alongside, are joined after.
 pub fn snapshot_iter(
     bpf: &mut Bpf,
     targets: &[Option<NetnsRef>],
 ) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
-    let owner_of = owners(&bpf.socket_owners()?);
+    let t0 = std::time::Instant::now();
     let hz = bpf.kernel.hz;
-    let mut out = Vec::with_capacity(targets.len());
-    for t in targets {
-        let inode = inode_of(t)?;
-        let records = bpf.tcp_sockets(t.as_ref())?;
-        let sysctls = records
-            .iter()
-            .find(|r| r.flags & keepalive_common::sock_flags::FULL != 0)
-            .map(|r| Sysctls {
+    let mut sysctls: Vec<Option<Sysctls>> = vec![None; targets.len()];
+    let (owner_records, per_ns) = bpf.sockets_and_owners(targets, |i, r| {
+        if sysctls[i].is_none() && r.flags & keepalive_common::sock_flags::FULL != 0 {
+            sysctls[i] = Some(Sysctls {
                 time_s: r.sysctl_ka_time / hz,
                 intvl_s: r.sysctl_ka_intvl / hz,
                 probes: u32::from(r.sysctl_ka_probes),
             });
-        let mut sockets = Vec::with_capacity(records.len());
-        for r in &records {
-            match Socket::from_record(r, hz, owner_of.get(&r.sk)) {
-                Ok(s) => sockets.push(s),
-                Err(e) => log::warn!("skipping a socket record: {e}"),
+        }
+        Socket::from_record(&r, hz, None)
+            .map_err(|e| log::warn!("skipping a socket record: {e}"))
+            .ok()
+    })?;
+    log::debug!("iterators read in {:?}", t0.elapsed());
+    let owner_of = owners(&owner_records);
+    drop(owner_records);
+    let mut out = Vec::with_capacity(targets.len());
+    for ((t, mut sockets), sysctls) in targets.iter().zip(per_ns).zip(sysctls) {
+        for s in &mut sockets {
+            if let Some(o) = owner_of.get(&s.sock) {
+                s.set_owner(o);
             }
         }
         let conntrack = in_netns(t, || join_conntrack(&mut sockets))?;
         out.push(NetnsSnapshot {
-            inode,
+            inode: inode_of(t)?,
             sockets,
             sysctls,
             conntrack,
         });
     }
+    log::debug!("snapshot decoded in {:?}", t0.elapsed());
     Ok(out)
 }
 

@@ -1,19 +1,28 @@
 //! `kato sockets` as a table that reads like `netstat -tnop`, plus kato's
 //! own columns.
 
-use std::net::SocketAddr;
+use std::{
+    fmt::{self, Write as _},
+    net::SocketAddr,
+};
 
 use super::SocketView;
 use crate::{sockets::Socket, text::printable};
 
 /// netstat's address notation: no brackets for IPv6, `*` for port 0.
 pub fn netstat_addr(a: &SocketAddr) -> String {
-    let port = if a.port() == 0 {
-        "*".to_owned()
-    } else {
-        a.port().to_string()
-    };
-    format!("{}:{port}", a.ip())
+    NetstatAddr(a).to_string()
+}
+
+struct NetstatAddr<'a>(&'a SocketAddr);
+
+impl fmt::Display for NetstatAddr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.port() {
+            0 => write!(f, "{}:*", self.0.ip()),
+            p => write!(f, "{}:{p}", self.0.ip()),
+        }
+    }
 }
 
 pub const HEADER: &str = "Proto Recv-Q Send-Q Local Address           Foreign Address         State        PID/Program name     Timer                        Keepalive         Idle      Unans CT    Workload";
@@ -36,60 +45,105 @@ pub fn header(with_risk: bool) -> String {
 
 /// `idle/intvl/cnt` with `*` on sysctl defaults, `off`, or `-`.
 pub fn keepalive_cell(s: &Socket) -> String {
-    match &s.keepalive {
-        None => "-".into(),
-        Some(k) if !k.enabled => "off".into(),
-        Some(k) => format!(
-            "{}/{}/{}",
-            k.idle_s.short(),
-            k.interval_s.short(),
-            k.count.short()
-        ),
+    KeepaliveCell(s).to_string()
+}
+
+struct KeepaliveCell<'a>(&'a Socket);
+
+impl fmt::Display for KeepaliveCell<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.keepalive {
+            None => f.write_str("-"),
+            Some(k) if !k.enabled => f.write_str("off"),
+            Some(k) => write!(f, "{}/{}/{}", k.idle_s, k.interval_s, k.count),
+        }
     }
 }
 
 pub fn row(v: &SocketView<'_>, with_risk: bool) -> String {
+    let mut line = String::with_capacity(200);
+    write_row(&mut line, v, with_risk);
+    line
+}
+
+/// Pads what was written since `start` with spaces to `width` characters.
+fn pad(out: &mut String, start: usize, width: usize) {
+    const SPACES: &str = "                                ";
+    let mut n = width.saturating_sub(out[start..].chars().count());
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        out.push_str(&SPACES[..k]);
+        n -= k;
+    }
+}
+
+/// A left-aligned cell of at least `width` characters and a separating space.
+fn cell(out: &mut String, width: usize, content: impl FnOnce(&mut String)) {
+    let start = out.len();
+    content(out);
+    pad(out, start, width);
+    out.push(' ');
+}
+
+/// One row, appended to `out` (no newline). The listing writes 100,000s of
+/// these: cells go straight into one buffer, nothing is allocated per cell.
+pub fn write_row(out: &mut String, v: &SocketView<'_>, with_risk: bool) {
     let s = v.socket;
-    let owner = match (s.pid, &s.comm) {
-        (Some(p), Some(c)) => format!("{p}/{}", printable(c)),
-        _ => "-".into(),
-    };
-    let idle = s
-        .idle_s
-        .map(|i| format!("{i:.1}s"))
-        .unwrap_or_else(|| "-".into());
-    let unans = if s.keepalive.is_some() {
-        s.probes_unanswered.to_string()
-    } else {
-        "-".into()
-    };
-    let ct = s
-        .conntrack
-        .map(|c| format!("{}s", c.remaining_s))
-        .unwrap_or_else(|| "-".into());
-    let risk = match (with_risk, &v.risk, &v.idle_timeout) {
-        (false, _, _) => String::new(),
-        (true, Some(r), Some(rule)) => format!(" {} ({rule})", r.name()),
-        (true, Some(r), None) => format!(" {}", r.name()),
-        (true, None, _) => " -".into(),
-    };
-    format!(
-        "{:<5} {:>6} {:>6} {:<23} {:<23} {:<12} {:<20} {:<28} {:<17} {:<9} {:<5} {:<5} {:<ww$}{risk}",
-        s.proto,
-        s.recv_q,
-        s.send_q,
-        netstat_addr(&s.local),
-        netstat_addr(&s.remote),
-        s.state.name(),
-        owner,
-        s.timer.netstat(),
-        keepalive_cell(s),
-        idle,
-        unans,
-        ct,
-        s.workload.0.as_ref().map_or_else(|| "-".to_owned(), |w| w.short()),
-        ww = WORKLOAD_WIDTH
-    )
+    let _ = write!(out, "{:<5} {:>6} {:>6} ", s.proto, s.recv_q, s.send_q);
+    cell(out, 23, |o| {
+        let _ = write!(o, "{}", NetstatAddr(&s.local));
+    });
+    cell(out, 23, |o| {
+        let _ = write!(o, "{}", NetstatAddr(&s.remote));
+    });
+    cell(out, 12, |o| o.push_str(s.state.name()));
+    cell(out, 20, |o| match (s.pid, &s.comm) {
+        (Some(p), Some(c)) => {
+            let _ = write!(o, "{p}/{}", printable(c));
+        }
+        _ => o.push('-'),
+    });
+    cell(out, 28, |o| {
+        let _ = write!(o, "{}", s.timer);
+    });
+    cell(out, 17, |o| {
+        let _ = write!(o, "{}", KeepaliveCell(s));
+    });
+    cell(out, 9, |o| match s.idle_s {
+        Some(i) => {
+            let _ = write!(o, "{i:.1}s");
+        }
+        None => o.push('-'),
+    });
+    cell(out, 5, |o| {
+        if s.keepalive.is_some() {
+            let _ = write!(o, "{}", s.probes_unanswered);
+        } else {
+            o.push('-');
+        }
+    });
+    cell(out, 5, |o| match s.conntrack {
+        Some(c) => {
+            let _ = write!(o, "{}s", c.remaining_s);
+        }
+        None => o.push('-'),
+    });
+    let start = out.len();
+    match &s.workload.0 {
+        Some(w) => w.short_into(out),
+        None => out.push('-'),
+    }
+    pad(out, start, WORKLOAD_WIDTH);
+    match (with_risk, &v.risk, &v.idle_timeout) {
+        (false, _, _) => {}
+        (true, Some(r), Some(rule)) => {
+            let _ = write!(out, " {} ({rule})", r.name());
+        }
+        (true, Some(r), None) => {
+            let _ = write!(out, " {}", r.name());
+        }
+        (true, None, _) => out.push_str(" -"),
+    }
 }
 
 pub const FOOTNOTE: &str = "Keepalive: idle/interval/count in seconds/seconds/probes; * = the namespace's net.ipv4.tcp_keepalive_* default. Idle: since the peer was last heard from. Unans: keepalive probes not yet answered. CT: seconds until conntrack forgets the flow without a packet (- untracked). Workload: pod namespace/pod/container, runtime:container-id, or systemd unit, from the socket's cgroup.";

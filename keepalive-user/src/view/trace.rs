@@ -119,7 +119,7 @@ impl Formatter<'_> {
             cookie: rec.cookie,
             sock: self.addresses.then(|| format!("{:#x}", rec.sk)),
             pid: obs.owner.as_ref().map(|o| o.pid),
-            comm: obs.owner.as_ref().map(|o| o.comm.clone()),
+            comm: obs.owner.as_ref().map(|o| o.comm.to_string()),
             cgroup_id: rec.cgroup_id,
             workload: Named(workload),
         }

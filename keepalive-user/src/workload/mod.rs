@@ -40,24 +40,33 @@ impl Workload {
     /// The WORKLOAD column: `shop/checkout-7d9f/api`, `containerd:0123456789ab`,
     /// `nginx.service`, or `-`.
     pub fn short(&self) -> String {
-        match (
+        let mut s = String::new();
+        self.short_into(&mut s);
+        s
+    }
+
+    /// [`Workload::short`], appended to `out`.
+    pub fn short_into(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = match (
             &self.pod_namespace,
             &self.pod,
             &self.container_id,
             &self.unit,
         ) {
             (Some(ns), Some(pod), _, _) => match &self.container {
-                Some(c) => format!("{ns}/{pod}/{c}"),
-                None => format!("{ns}/{pod}"),
+                Some(c) => write!(out, "{ns}/{pod}/{c}"),
+                None => write!(out, "{ns}/{pod}"),
             },
-            (_, _, Some(id), _) => format!(
+            (_, _, Some(id), _) => write!(
+                out,
                 "{}:{}",
                 self.runtime.map_or("container", Runtime::name),
                 &id[..id.len().min(12)]
             ),
-            (_, _, _, Some(u)) => u.clone(),
-            _ => "-".into(),
-        }
+            (_, _, _, Some(u)) => write!(out, "{u}"),
+            _ => write!(out, "-"),
+        };
     }
 }
 
