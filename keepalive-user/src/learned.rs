@@ -133,10 +133,19 @@ struct StateFile {
 const STATE_VERSION: u32 = 1;
 pub const STATE_FILE: &str = "learned.json";
 
+/// A connection under watch: 16 bytes, since the agent watches every idle
+/// connection of the host (the flow as a hash, its destination found
+/// again from the socket when it teaches something).
 struct Watch {
-    flow: (SocketAddr, SocketAddr),
-    dest: Destination,
+    flow: u64,
     idle_s: f64,
+}
+
+fn flow_id(s: &Socket) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (s.local, s.remote).hash(&mut h);
+    h.finish()
 }
 
 #[derive(Default)]
@@ -191,16 +200,16 @@ impl Learner {
             if s.state != TcpState::Established {
                 continue;
             }
-            let flow = (s.local, s.remote);
+            let flow = flow_id(s);
+            let dest = Destination::of(s.local, s.remote, listening(s));
             if let Some(w) = before.get(&s.sock).filter(|w| w.flow == flow) {
                 if idle < w.idle_s {
-                    self.survived(w.dest, w.idle_s);
+                    self.survived(dest, w.idle_s);
                 }
             }
             if idle < MIN_IDLE_S {
                 continue;
             }
-            let dest = Destination::of(s.local, s.remote, listening(s));
             // Only an idle longer than the known lower bound can teach more.
             if self
                 .brackets
@@ -214,7 +223,6 @@ impl Learner {
                 s.sock,
                 Watch {
                     flow,
-                    dest,
                     idle_s: idle,
                 },
             );

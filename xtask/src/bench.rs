@@ -113,21 +113,78 @@ pub fn hold_with(ns: &Netns, sockets: usize, extra: &[&str]) -> Result<Holders> 
     Ok(holders)
 }
 
-/// Median and minimum wall time of `runs` runs of `cmd` (stdout discarded).
-fn time(mut make: impl FnMut() -> Command, runs: usize) -> Result<(Duration, Duration)> {
-    let mut t = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let mut cmd = make();
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let start = Instant::now();
-        let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-        t.push(start.elapsed());
-        if !out.status.success() {
-            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+/// One run of a listing tool: wall time and peak RSS.
+#[derive(Clone, Copy)]
+pub struct Measured {
+    pub wall: Duration,
+    pub maxrss_kib: u64,
+}
+
+/// Runs `cmd` once (stdout discarded) and reads its peak RSS from wait4:
+/// `ip netns exec` execs the tool, so the child's rusage is the tool's.
+fn run_measured(mut cmd: Command) -> Result<Measured> {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let start = Instant::now();
+    let child = cmd.spawn().with_context(|| format!("{cmd:?}"))?;
+    let pid = i32::try_from(child.id())?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for the child spawned above, which nothing else reaps.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    std::mem::forget(child); // reaped by wait4
+    if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{cmd:?} failed (wait status {status:#x})");
+    }
+    Ok(Measured {
+        wall,
+        maxrss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+    })
+}
+
+/// The tools the listing is compared with, in the order they are run in
+/// each round: (label, program, args).
+pub const TOOLS: [(&str, &str, &[&str]); 6] = [
+    ("kato sockets", "", &["sockets"]),
+    ("kato sockets -o json", "", &["sockets", "--output", "json"]),
+    ("ss -tnoa", "ss", &["-tnoa"]),
+    ("ss -tnoap", "ss", &["-tnoap"]),
+    ("netstat -tnoa", "netstat", &["-tnoa"]),
+    ("netstat -tnoap", "netstat", &["-tnoap"]),
+];
+
+/// Medians of each tool's runs, the tools interleaved round by round so
+/// that machine noise falls on all of them alike.
+fn measure_tools(ns: &Netns, kato: &str, rounds: usize) -> Result<Vec<Tool>> {
+    let mut runs: Vec<Vec<Measured>> = vec![vec![]; TOOLS.len()];
+    for _ in 0..rounds {
+        for (i, (_, program, args)) in TOOLS.iter().enumerate() {
+            let mut c = ns.cmd(if program.is_empty() { kato } else { program });
+            c.args(*args);
+            runs[i].push(run_measured(c)?);
         }
     }
-    t.sort();
-    Ok((t[t.len() / 2], t[0]))
+    Ok(runs
+        .into_iter()
+        .map(|mut r| {
+            let n = r.len();
+            r.sort_by_key(|m| m.wall);
+            let wall = r[n / 2].wall;
+            r.sort_by_key(|m| m.maxrss_kib);
+            Tool {
+                wall,
+                maxrss_kib: r[n / 2].maxrss_kib,
+            }
+        })
+        .collect())
+}
+
+/// A tool's median wall time and median peak RSS at one socket count.
+#[derive(Clone, Copy)]
+pub struct Tool {
+    pub wall: Duration,
+    pub maxrss_kib: u64,
 }
 
 fn count_json(ns: &Netns, kato: &str) -> Result<usize> {
@@ -235,9 +292,9 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 pub struct Row {
     pub sockets: usize,
     pub listed: usize,
-    pub kato: (Duration, Duration),
-    pub ss: (Duration, Duration),
-    pub netstat: (Duration, Duration),
+    pub rounds: usize,
+    /// In [`TOOLS`] order.
+    pub tools: Vec<Tool>,
     pub agent: AgentRun,
 }
 
@@ -253,38 +310,14 @@ pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, AgentRun)> {
         let ns = Netns::new(&n.to_string())?;
         let holders = hold(&ns, n)?;
         let listed = count_json(&ns, kato)?;
-        let runs = if n >= 50_000 { 3 } else { 5 };
-        let kato_t = time(
-            || {
-                let mut c = ns.cmd(kato);
-                c.args(["sockets", "--output", "json"]);
-                c
-            },
-            runs,
-        )?;
-        let ss_t = time(
-            || {
-                let mut c = ns.cmd("ss");
-                c.arg("-tnoa");
-                c
-            },
-            runs,
-        )?;
-        let netstat_t = time(
-            || {
-                let mut c = ns.cmd("netstat");
-                c.arg("-tnoa");
-                c
-            },
-            runs,
-        )?;
+        let rounds = if n >= 200_000 { 1 } else if n >= 50_000 { 3 } else { 5 };
+        let tools = measure_tools(&ns, kato, rounds)?;
         let agent = agent_run(kato, &ns, SCRAPES)?;
         rows.push(Row {
             sockets: n,
             listed,
-            kato: kato_t,
-            ss: ss_t,
-            netstat: netstat_t,
+            rounds,
+            tools,
             agent,
         });
         drop(holders);
@@ -323,31 +356,53 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
             .map(std::num::NonZero::get)
             .unwrap_or(0)
     );
+    let _ = writeln!(s, "## Listing sockets: `kato sockets` vs `ss` and `netstat`\n");
+    let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. The tools run interleaved, one after another in each round; medians of the rounds (5 below 50k sockets, 3 below 200k, 1 above). kato's run includes loading its eBPF object, both BPF iterators (sockets and owners: kato always names the process) and its output; `ss -tnoa` and `netstat -tnoa` print no owners, their `-p` forms do. Peak RSS from wait4.\n");
+    let cols: Vec<&str> = TOOLS.iter().map(|t| t.0).collect();
     let _ = writeln!(
         s,
-        "## Listing sockets: `kato sockets --output json` vs `ss -tnoa` vs `netstat -tnoa`\n"
+        "| sockets | kato lists | rounds | {} | kato / ss -tnoa | kato / ss -tnoap | kato / netstat -tnoap | json / ss -tnoa |",
+        cols.join(" | ")
     );
-    let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. Wall time, median (min) of 5 runs, 3 at 50k sockets and more. kato's run includes loading its eBPF object, both BPF iterators (sockets and owners) and JSON output.\n");
-    let _ = writeln!(
-        s,
-        "| sockets | kato lists | kato | ss | netstat | kato / ss | kato / netstat |"
-    );
-    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "|{}", " ---: |".repeat(cols.len() + 7));
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     for r in rows {
-        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        let t = &r.tools;
+        let walls: Vec<String> = t.iter().map(|x| ms(x.wall)).collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} ({}) | {} ({}) | {} ({}) | {:.2}× | {:.3}× |",
+            "| {} | {} | {} | {} | {:.2}× | {:.3}× | {:.3}× | {:.2}× |",
             r.sockets,
             r.listed,
-            ms(r.kato.0),
-            ms(r.kato.1),
-            ms(r.ss.0),
-            ms(r.ss.1),
-            ms(r.netstat.0),
-            ms(r.netstat.1),
-            ratio(r.kato.0, r.ss.0),
-            ratio(r.kato.0, r.netstat.0)
+            r.rounds,
+            walls.join(" | "),
+            ratio(t[0].wall, t[2].wall),
+            ratio(t[0].wall, t[3].wall),
+            ratio(t[0].wall, t[5].wall),
+            ratio(t[1].wall, t[2].wall),
+        );
+    }
+    let _ = writeln!(s, "\nPeak RSS (median):\n");
+    let _ = writeln!(
+        s,
+        "| sockets | {} | kato / ss -tnoa | json / ss -tnoa |",
+        cols.join(" | ")
+    );
+    let _ = writeln!(s, "|{}", " ---: |".repeat(cols.len() + 3));
+    for r in rows {
+        let t = &r.tools;
+        let rss: Vec<String> = t
+            .iter()
+            .map(|x| format!("{:.1} MiB", x.maxrss_kib as f64 / 1024.0))
+            .collect();
+        let kib = |i: usize| t[i].maxrss_kib.max(1) as f64;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2}× | {:.2}× |",
+            r.sockets,
+            rss.join(" | "),
+            kib(0) / kib(2),
+            kib(1) / kib(2),
         );
     }
     let _ = writeln!(
