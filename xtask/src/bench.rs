@@ -83,7 +83,9 @@ pub fn hold_with(ns: &Netns, sockets: usize, extra: &[&str]) -> Result<Holders> 
     let per_pair = 12_500; // connections per listener/connector pair: < 20,000 fds each
     let mut conns = sockets / 2;
     let mut holders = Holders(vec![]);
-    let mut port = 20_000;
+    // Below the namespace's ephemeral range (1024-65000, set in Netns::new):
+    // a connector's source port can never take a later pair's listening port.
+    let mut port = 200;
     while conns > 0 {
         let n = conns.min(per_pair);
         let addr = format!("127.0.0.1:{port}");
@@ -120,27 +122,34 @@ pub struct Measured {
     pub maxrss_kib: u64,
 }
 
-/// Runs `cmd` once (stdout discarded) and reads its peak RSS from wait4:
-/// `ip netns exec` execs the tool, so the child's rusage is the tool's.
-fn run_measured(mut cmd: Command) -> Result<Measured> {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+/// Runs `program args` once in `ns` (stdout discarded) under GNU time for
+/// its peak RSS. Not wait4 from here: a child forked from this process
+/// inherits its high-water RSS (the kernel keeps it across exec), and this
+/// process holds the parsed JSON of 100,000s of sockets.
+fn run_measured(ns: &Netns, program: &str, args: &[&str]) -> Result<Measured> {
+    let out = std::env::temp_dir().join(format!("kato-bench-rss-{}", std::process::id()));
+    let mut cmd = ns.cmd("/usr/bin/time");
+    cmd.arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&out)
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let start = Instant::now();
-    let child = cmd.spawn().with_context(|| format!("{cmd:?}"))?;
-    let pid = i32::try_from(child.id())?;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for the child spawned above, which nothing else reaps.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let st = cmd.status().with_context(|| format!("{cmd:?}"))?;
     let wall = start.elapsed();
-    std::mem::forget(child); // reaped by wait4
-    if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{cmd:?} failed (wait status {status:#x})");
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
     }
-    Ok(Measured {
-        wall,
-        maxrss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-    })
+    let text = std::fs::read_to_string(&out)?;
+    let maxrss_kib = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("GNU time wrote {text:?}"))?;
+    Ok(Measured { wall, maxrss_kib })
 }
 
 /// The tools the listing is compared with, in the order they are run in
@@ -160,9 +169,8 @@ fn measure_tools(ns: &Netns, kato: &str, rounds: usize) -> Result<Vec<Tool>> {
     let mut runs: Vec<Vec<Measured>> = vec![vec![]; TOOLS.len()];
     for _ in 0..rounds {
         for (i, (_, program, args)) in TOOLS.iter().enumerate() {
-            let mut c = ns.cmd(if program.is_empty() { kato } else { program });
-            c.args(*args);
-            runs[i].push(run_measured(c)?);
+            let program = if program.is_empty() { kato } else { program };
+            runs[i].push(run_measured(ns, program, args)?);
         }
     }
     Ok(runs
@@ -357,7 +365,7 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
             .unwrap_or(0)
     );
     let _ = writeln!(s, "## Listing sockets: `kato sockets` vs `ss` and `netstat`\n");
-    let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. The tools run interleaved, one after another in each round; medians of the rounds (5 below 50k sockets, 3 below 200k, 1 above). kato's run includes loading its eBPF object, both BPF iterators (sockets and owners: kato always names the process) and its output; `ss -tnoa` and `netstat -tnoa` print no owners, their `-p` forms do. Peak RSS from wait4.\n");
+    let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. The tools run interleaved, one after another in each round; medians of the rounds (5 below 50k sockets, 3 below 200k, 1 above). kato's run includes loading its eBPF object, both BPF iterators (sockets and owners: kato always names the process) and its output; `ss -tnoa` and `netstat -tnoa` print no owners, their `-p` forms do. Peak RSS from GNU time (the time includes its fork and exec, the same for every tool).\n");
     let cols: Vec<&str> = TOOLS.iter().map(|t| t.0).collect();
     let _ = writeln!(
         s,

@@ -68,6 +68,10 @@ enum Cmd {
         /// alone: it holds one full run).
         #[arg(long)]
         web_only: bool,
+        /// Only the listing and agent-memory sections (at --sockets), printed
+        /// (docs/benchmarks.md is left alone).
+        #[arg(long, conflicts_with = "web_only")]
+        listing_only: bool,
         /// Seconds of fuzzing per parser (0: skip).
         #[arg(long, default_value_t = 30)]
         fuzz_secs: u64,
@@ -180,6 +184,7 @@ fn main() -> Result<()> {
             churn,
             web_secs,
             web_only,
+            listing_only,
             fuzz_secs,
         } => {
             if euid() != 0 {
@@ -189,6 +194,15 @@ fn main() -> Result<()> {
             build(true)?;
             let kato = std::fs::canonicalize("target/release/kato")?;
             let kato = kato.to_str().context("path")?;
+            if listing_only {
+                let (rows, baseline) = bench::scale(kato, &sockets)?;
+                let command = format!(
+                    "cargo xtask bench --listing-only --sockets {}",
+                    sockets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                );
+                println!("{}", bench::report(&rows, &baseline, &command));
+                return Ok(());
+            }
             let web = (web_secs > 0)
                 .then(|| web::run(kato, web_secs))
                 .transpose()?;

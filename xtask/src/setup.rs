@@ -52,7 +52,7 @@ fn output(cmd: &mut Command) -> Option<String> {
 /// What only `cargo xtask bench` needs: the bpftrace peer, tracefs mounted
 /// (bpftrace attaches classic tracepoints), BPF run-time statistics.
 pub fn ensure_bench() -> Result<()> {
-    ensure_packages(&["bpftrace", "wrk"])?;
+    ensure_packages(&["bpftrace", "wrk", "time"])?;
     if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
         status(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))?;
     }
