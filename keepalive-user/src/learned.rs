@@ -219,13 +219,7 @@ impl Learner {
             {
                 continue;
             }
-            next.insert(
-                s.sock,
-                Watch {
-                    flow,
-                    idle_s: idle,
-                },
-            );
+            next.insert(s.sock, Watch { flow, idle_s: idle });
         }
         self.watching = next;
     }

@@ -318,7 +318,13 @@ pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, AgentRun)> {
         let ns = Netns::new(&n.to_string())?;
         let holders = hold(&ns, n)?;
         let listed = count_json(&ns, kato)?;
-        let rounds = if n >= 200_000 { 1 } else if n >= 50_000 { 3 } else { 5 };
+        let rounds = if n >= 200_000 {
+            1
+        } else if n >= 50_000 {
+            3
+        } else {
+            5
+        };
         let tools = measure_tools(&ns, kato, rounds)?;
         let agent = agent_run(kato, &ns, SCRAPES)?;
         rows.push(Row {
@@ -364,7 +370,10 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
             .map(std::num::NonZero::get)
             .unwrap_or(0)
     );
-    let _ = writeln!(s, "## Listing sockets: `kato sockets` vs `ss` and `netstat`\n");
+    let _ = writeln!(
+        s,
+        "## Listing sockets: `kato sockets` vs `ss` and `netstat`\n"
+    );
     let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. The tools run interleaved, one after another in each round; medians of the rounds (5 below 50k sockets, 3 below 200k, 1 above). kato's run includes loading its eBPF object, both BPF iterators (sockets and owners: kato always names the process) and its output; `ss -tnoa` and `netstat -tnoa` print no owners, their `-p` forms do. Peak RSS from GNU time (the time includes its fork and exec, the same for every tool).\n");
     let cols: Vec<&str> = TOOLS.iter().map(|t| t.0).collect();
     let _ = writeln!(

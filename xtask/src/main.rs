@@ -198,7 +198,11 @@ fn main() -> Result<()> {
                 let (rows, baseline) = bench::scale(kato, &sockets)?;
                 let command = format!(
                     "cargo xtask bench --listing-only --sockets {}",
-                    sockets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                    sockets
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
                 );
                 println!("{}", bench::report(&rows, &baseline, &command));
                 return Ok(());
