@@ -343,8 +343,10 @@ fn watch_counts_probes_and_drops_closed_sockets() {
         }
     });
     // Wait for the first refresh so the tracer is attached before the socket exists.
+    // Start-up includes verifying every program: under the VM's software
+    // emulation that took over 10 s once the iterators read with plain loads.
     lines_rx
-        .recv_timeout(Duration::from_secs(10))
+        .recv_timeout(Duration::from_secs(40))
         .expect("first refresh");
 
     let (tx, rx) = mpsc::channel();
