@@ -70,3 +70,28 @@ fn running_kernel_resolves_every_offset() {
     assert!(c.skc_family < 64 && c.sk_timer > 64, "{c:?}");
     assert_eq!(c.has_reset_reason, 1, "6.12+ kernels pass sk_rst_reason");
 }
+
+/// aya's program loads get kato's attach-target BTF, not a parse of their
+/// own: every hook's target must sit at the id aya's full parse of the
+/// running kernel's BTF gives it (present on this kernel or absent in both).
+#[test]
+fn attach_target_ids_agree_with_ayas_own_parse() {
+    use aya_obj::btf::BtfKind;
+    use keepalive_user::{bpf::Hook, kernel::btf::Target};
+    let btf = Btf::from_file(DEFAULT_BTF.as_ref()).unwrap();
+    let full = aya::Btf::from_sys_fs().expect("aya parses the kernel's BTF");
+    let targets: Vec<Target<'static>> = Hook::ALL.iter().map(|h| h.attach_target()).collect();
+    let ours = btf.target_ids(&targets);
+    let mut found = 0;
+    for ((hook, target), ours) in Hook::ALL.iter().zip(&targets).zip(ours) {
+        let theirs = match target {
+            Target::Func(n) => full.id_by_type_name_kind(n, BtfKind::Func),
+            Target::Typedef(n) => full.id_by_type_name_kind(n, BtfKind::Typedef),
+        }
+        .ok();
+        assert_eq!(ours, theirs, "{hook:?}: {target:?}");
+        found += usize::from(ours.is_some());
+    }
+    // Every tracepoint and both iterators exist on any kernel kato supports.
+    assert!(found >= 10, "only {found} targets found");
+}

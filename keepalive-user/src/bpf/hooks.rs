@@ -35,6 +35,26 @@ pub enum Hook {
 }
 
 impl Hook {
+    pub const ALL: [Hook; 17] = [
+        Hook::TimerStart,
+        Hook::TimerExpireEntry,
+        Hook::TimerExpireExit,
+        Hook::TimerCancel,
+        Hook::TcpSendReset,
+        Hook::TcpReceiveReset,
+        Hook::InetSockSetState,
+        Hook::InetSkErrorReport,
+        Hook::FentryKeepaliveTimer,
+        Hook::FexitKeepaliveTimer,
+        Hook::FentrySendActiveReset,
+        Hook::FexitResetKeepaliveTimer,
+        Hook::FentryDeleteKeepaliveTimer,
+        Hook::SockSendLength,
+        Hook::SockRecvLength,
+        Hook::IterTcp,
+        Hook::IterTaskFile,
+    ];
+
     /// (program name in the object, tracepoint / kernel function / iterator
     /// type, kind).
     pub const fn spec(self) -> (&'static str, &'static str, ProgKind) {

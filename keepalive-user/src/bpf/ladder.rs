@@ -1,7 +1,7 @@
 //! Probe, then degrade: loading and attaching programs by [`Hook`], and the
 //! attach ladder (fentry/fexit first, tracepoints when the kernel refuses
 //! trampolines or lacks a function). Runs only while the object is opened,
-//! the one time both BTF copies are alive.
+//! the one time kato's BTF and aya's attach targets are alive.
 
 use aya::{
     programs::{BtfTracePoint, FEntry, FExit, Iter, Program},
@@ -19,7 +19,7 @@ pub(super) struct Programs<'a> {
     pub ebpf: &'a mut Ebpf,
     /// kato's reader: which functions and tracepoints this kernel has.
     pub btf: &'a Btf,
-    /// aya's: what program loading needs.
+    /// aya's: the attach targets program loads look up ([`super::targets`]).
     pub aya_btf: &'a aya::Btf,
 }
 

@@ -12,6 +12,7 @@ mod iter;
 mod ladder;
 pub mod proglog;
 pub mod ring;
+mod targets;
 
 use std::{collections::HashSet, path::PathBuf, sync::Arc};
 
@@ -116,26 +117,20 @@ impl CounterMap {
     }
 }
 
-/// aya's side of loading: the kernel BTF its program loads take, and a
-/// loader. `EbpfLoader::new` parses the sysfs BTF itself (aya 0.14 offers no
-/// way around it; kato then hands it the copy below), so the two parses run
-/// on two threads.
-struct AyaBtf {
-    btf: aya::Btf,
-    loader: EbpfLoader<'static>,
-}
-
-impl AyaBtf {
-    fn parse(path: &std::path::Path) -> Result<Self, LoadError> {
-        let t = std::time::Instant::now();
-        let (btf, loader) = std::thread::scope(|s| {
-            let loader = s.spawn(EbpfLoader::new);
-            let btf = aya::Btf::parse_file(path, aya::Endianness::default());
-            (btf, loader.join().expect("aya's loader panicked"))
-        });
-        log::debug!("aya parsed BTF in {:?}", t.elapsed());
-        Ok(Self { btf: btf?, loader })
-    }
+/// aya's loader, without the kernel BTF it parsed. aya 0.14's
+/// `EbpfLoader::new` reads and parses /sys/kernel/btf/vmlinux itself
+/// (aya#1172) for CO-RE relocations, which kato's programs have none of; it
+/// runs on a thread of its own beside kato's reader, and that copy is
+/// dropped at once. Program loads get [`targets::for_hooks`] instead.
+fn loader() -> EbpfLoader<'static> {
+    let t = std::time::Instant::now();
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    log::debug!(
+        "aya's loader made (and its BTF dropped) in {:?}",
+        t.elapsed()
+    );
+    loader
 }
 
 /// kato's eBPF object in the kernel.
@@ -167,39 +162,36 @@ impl Bpf {
             .btf
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::kernel::DEFAULT_BTF));
-        // kato's BTF reader and aya's two parses run side by side.
-        let (probed, aya) = std::thread::scope(|s| {
-            let aya = s.spawn(|| AyaBtf::parse(&path));
+        // kato's BTF reader and aya's loader run side by side.
+        let (probed, loader) = std::thread::scope(|s| {
+            let loader = s.spawn(loader);
             let probed = KernelInfo::probe(Some(path.clone()), opts.hz, opts.tracing);
-            (probed, aya.join().expect("parsing BTF panicked"))
+            (probed, loader.join().expect("making aya's loader panicked"))
         });
         let (kernel, btf) = probed?;
-        Self::open_parsed(kernel, &btf, aya?, opts)
+        Self::open_parsed(kernel, &btf, loader, opts)
     }
 
     /// [`Bpf::open`] with a kernel already probed (doctor inspects its BTF
-    /// first). Both BTF copies, kato's and aya's, are dropped by the caller
-    /// and at return: nothing needs them once programs are loaded.
+    /// first). kato's BTF is dropped by the caller, aya's attach targets at
+    /// return: nothing needs them once programs are loaded.
     pub fn open_with(kernel: KernelInfo, btf: &Btf, opts: &LoadOptions) -> Result<Self, LoadError> {
         caps::require_tracing().map_err(LoadError::Privilege)?;
-        let aya = AyaBtf::parse(&kernel.btf_path)?;
-        Self::open_parsed(kernel, btf, aya, opts)
+        Self::open_parsed(kernel, btf, loader(), opts)
     }
 
     fn open_parsed(
         kernel: KernelInfo,
         btf: &Btf,
-        aya: AyaBtf,
+        loader: EbpfLoader<'static>,
         opts: &LoadOptions,
     ) -> Result<Self, LoadError> {
         if opts.tracing && kernel.config.keepalive_fn == 0 {
             return Err(LoadError::NotForTracing);
         }
         let t = std::time::Instant::now();
-        let AyaBtf {
-            btf: aya_btf,
-            loader,
-        } = aya;
+        let aya_btf = targets::for_hooks(btf, &Hook::ALL);
+        // Borrows below (the globals) need not live for 'static.
         let mut loader: EbpfLoader<'_> = loader;
         let ring = match opts.ring_bytes {
             Some(bytes) => Some(bytes),
@@ -220,7 +212,6 @@ impl Bpf {
         };
         let log_level = proglog::level();
         let mut ebpf = loader
-            .btf(Some(&aya_btf))
             .override_global("KATO_CONFIG", &config, true)
             .override_global("KATO_ITER_CONFIG", &kernel.iter_config, true)
             .override_global("AYA_LOG_LEVEL", &log_level, true)

@@ -106,6 +106,15 @@ enum Type {
     Other,
 }
 
+/// A program's attach target as aya looks it up in the kernel's BTF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// A kernel function (fentry/fexit) or `bpf_iter_*` (iterators).
+    Func(std::borrow::Cow<'a, str>),
+    /// `btf_trace_*` (BTF tracepoints).
+    Typedef(std::borrow::Cow<'a, str>),
+}
+
 /// A struct member resolved to a byte offset from the outermost struct.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Field {
@@ -458,21 +467,67 @@ impl Btf {
         }
     }
 
+    /// The id of the first function named `name`: the one the kernel and
+    /// aya take as an fentry/fexit or iterator target.
+    fn func(&self, name: &str) -> Option<(u32, u32)> {
+        // A scan, not an index: a handful of lookups at start-up, while
+        // indexing ~60,000 kernel functions cost the agent megabytes.
+        self.types.iter().enumerate().find_map(|(id, t)| match t {
+            Type::Func { name_off, proto } if self.name(*name_off) == name => {
+                Some((id as u32, *proto))
+            }
+            _ => None,
+        })
+    }
+
+    /// The id of the first typedef named `name` (`btf_trace_*`, what a
+    /// tp_btf program attaches by).
+    fn typedef(&self, name: &str) -> Option<u32> {
+        self.by_name
+            .get(name)?
+            .iter()
+            .copied()
+            .find(|&id| matches!(self.types[id as usize], Type::Alias { typedef: true, .. }))
+    }
+
+    /// The kernel's type id of each program attach target, as aya's
+    /// `id_by_type_name_kind` finds it: the first of that kind and name.
+    /// Functions are found in one scan of the types, all at once.
+    pub fn target_ids(&self, targets: &[Target<'_>]) -> Vec<Option<u32>> {
+        let mut ids: Vec<Option<u32>> = targets
+            .iter()
+            .map(|t| match t {
+                Target::Typedef(name) => self.typedef(name),
+                Target::Func(_) => None,
+            })
+            .collect();
+        let mut funcs: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            if let Target::Func(name) = t {
+                funcs.entry(name.as_bytes()).or_default().push(i);
+            }
+        }
+        for (id, t) in self.types.iter().enumerate() {
+            if funcs.is_empty() {
+                break;
+            }
+            if let Type::Func { name_off, .. } = t {
+                if let Some(at) = funcs.remove(self.name(*name_off).as_bytes()) {
+                    for i in at {
+                        ids[i] = Some(id as u32);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
     /// Number of arguments of kernel function `name` (fentry/fexit see
     /// them); an error when the kernel's BTF has no such function (inlined,
     /// renamed or absent), so it cannot be attached to.
     pub fn function_args(&self, name: &str) -> Result<u32, BtfError> {
         let missing = || BtfError::NoSuchType(format!("function {name}"));
-        // A scan, not an index: a handful of lookups at start-up, while
-        // indexing ~60,000 kernel functions cost the agent megabytes.
-        let proto = self
-            .types
-            .iter()
-            .find_map(|t| match t {
-                Type::Func { name_off, proto } if self.name(*name_off) == name => Some(*proto),
-                _ => None,
-            })
-            .ok_or_else(missing)?;
+        let (_, proto) = self.func(name).ok_or_else(missing)?;
         match self.ty(proto)? {
             Type::FuncProto { params } => Ok(*params),
             _ => Err(missing()),
@@ -484,11 +539,7 @@ impl Btf {
     pub fn tracepoint_args(&self, name: &str) -> Result<u32, BtfError> {
         let key = format!("btf_trace_{name}");
         let missing = || BtfError::NoSuchType(format!("tracepoint {name} (typedef {key})"));
-        let id = *self
-            .by_name
-            .get(&key)
-            .and_then(|ids| ids.first())
-            .ok_or_else(missing)?;
+        let id = self.typedef(&key).ok_or_else(missing)?;
         let Type::Alias { ty, .. } = self.ty(id)? else {
             return Err(missing());
         };
