@@ -7,6 +7,7 @@ use clap::Parser as _;
 use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    keepalive_user::heap::tune();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()

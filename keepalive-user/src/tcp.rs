@@ -17,7 +17,9 @@ pub enum TcpState {
 }
 
 impl TcpState {
-    const ALL: [TcpState; 12] = [
+    pub const COUNT: usize = 12;
+    /// Every state, in the kernel's order (`ALL[i] as usize == i + 1`).
+    pub const ALL: [TcpState; Self::COUNT] = [
         TcpState::Established,
         TcpState::SynSent,
         TcpState::SynRecv,

@@ -20,12 +20,13 @@ use crate::{
     bpf::{Bpf, CounterMap, LoadError},
     caps::{self, Capability},
     events::{DecodeError, Kind, Observation, Pipeline, Record, ResetReasons, Sink},
+    filter::Key,
     learned::{Destination, Learner},
     netns::{self, NetnsError},
     policy::Policy,
     sockets::{
         snapshot::{SnapshotError, Snapshotter, Source, Sysctls, Targets},
-        table::{Counts, SocketTable},
+        table::{Entry, SocketTable},
     },
     tcp::TcpState,
     view::{SocketRow, SocketView},
@@ -64,7 +65,10 @@ impl Sink for AgentSink {
         let workload = rec.cgroup_id.map(|id| self.resolver.resolve(id));
         let ctx = LabelCtx {
             local_port_listening: self.listening.contains(&(rec.netns, rec.local.port())),
-            comm: self.table.get(rec.sk).and_then(|s| s.comm.as_deref()),
+            comm: self
+                .table
+                .get(rec.netns, rec.sk)
+                .and_then(|e| e.socket.comm()),
             workload: workload.as_deref(),
             policy: self
                 .policy
@@ -260,7 +264,14 @@ impl AgentState {
             if let Some(sys) = s.sysctls {
                 sysctls.insert(s.inode, sys);
             }
-            sink.table.apply_snapshot(s.inode, s.sockets);
+            let policy = &sink.policy;
+            // Verdicts change only with the policy, which changes only
+            // here: taken once, so scrapes merely count them.
+            sink.table.apply_snapshot(s.inode, s.sockets, |x| {
+                policy
+                    .classify(x)
+                    .map(|(r, rule)| (r, rule.map(|x| x.source)))
+            });
         }
         sink.metrics
             .on_snapshot(t.elapsed().as_secs_f64(), &sysctls, vanished);
@@ -281,14 +292,8 @@ impl AgentState {
     pub fn metrics_text(&mut self) -> String {
         let kernel = self.counters.read();
         let sink = &mut self.sink;
-        let policy = &sink.policy;
         sink.metrics.refresh(
-            sink.table.iter().map(|(s, _)| s),
-            |s| {
-                policy
-                    .classify(s)
-                    .map(|(r, rule)| (r, rule.map(|x| x.source)))
-            },
+            sink.table.entries(),
             kernel,
             sink.table.evictions,
             self.pipeline.undecodable,
@@ -297,23 +302,35 @@ impl AgentState {
         sink.metrics.encode()
     }
 
-    /// One page of the table, filtered and sorted, copied out.
+    /// One page of the table, filtered and sorted, copied out. Each entry
+    /// is made a [`SocketView`] to be filtered and keyed, then dropped:
+    /// only the page's rows are kept whole.
     pub fn sockets_page(&self, q: &SocketsQuery) -> Page {
         let sink = &self.sink;
-        let mut views: Vec<(SocketView<'_>, &Counts)> = sink
-            .table
-            .iter()
-            .map(|(s, c)| (SocketView::new(s, Some(c), &sink.policy), c))
-            .filter(|(v, _)| q.filter.matches_socket(v))
+        let table = &sink.table;
+        let mut keyed: Vec<(Key, u64, &Entry)> = table
+            .entries()
+            .filter_map(|e| {
+                let (socket, counts) = (e.socket.socket(), table.counts(e));
+                let v = SocketView::new(&socket, Some(&counts), &sink.policy);
+                q.filter
+                    .matches_socket(&v)
+                    .then(|| (q.sort.key(&v), e.socket.sock, e))
+            })
             .collect();
-        views.sort_by_cached_key(|(v, _)| q.sort.key(v));
-        let total = views.len();
+        // The kernel address breaks ties: pages follow one order.
+        keyed.sort_unstable_by_key(|a| (a.0, a.1));
+        let total = keyed.len();
         let end = q.offset.saturating_add(q.limit).min(total);
-        let rows = views
+        let rows = keyed
             .get(q.offset.min(total)..end)
             .unwrap_or_default()
             .iter()
-            .map(|(v, c)| SocketRow::of(v, Some(c)))
+            .map(|(_, _, e)| {
+                let (socket, counts) = (e.socket.socket(), table.counts(e));
+                let v = SocketView::new(&socket, Some(&counts), &sink.policy);
+                SocketRow::of(&v, Some(&counts))
+            })
             .collect();
         Page {
             rows,

@@ -108,11 +108,14 @@ impl Run {
     ) -> Result<Vec<U>, LoadError> {
         let name = self.name;
         let read = move || -> Result<Vec<U>, LoadError> {
+            let t = std::time::Instant::now();
             let file = self.link.into_file().map_err(|e| LoadError::Iterator {
                 name,
                 source: std::io::Error::other(e),
             })?;
-            read_all(name, size, file, map)
+            let out = read_all(name, size, file, map);
+            log::debug!("{name} read in {:?}", t.elapsed());
+            out
         };
         match ns {
             Some(ns) => netns::run_in(ns, read)?,

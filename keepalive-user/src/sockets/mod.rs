@@ -2,11 +2,12 @@
 //! socket, built from an iterator record (and, in the agent, kept current by
 //! events). Counters and risk verdicts live beside it (`table`, `policy`).
 
+pub mod compact;
 pub mod diag;
 pub mod snapshot;
 pub mod table;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use keepalive_common::{sock_flags, OwnerRecord, SockRecord};
 use serde::Serialize;
@@ -60,17 +61,27 @@ impl Timer {
     }
 }
 
+impl Timer {
+    /// [`Timer::netstat`], appended to `out` without `fmt` (the listing
+    /// writes one per row).
+    pub fn write_into(&self, out: &mut String) {
+        out.push_str(self.kind.netstat_name());
+        out.push_str(" (");
+        crate::view::sockets::push_fixed(out, self.remaining_s, 2);
+        out.push('/');
+        out.push_str(itoa::Buffer::new().format(self.retransmits));
+        out.push('/');
+        out.push_str(itoa::Buffer::new().format(self.probes));
+        out.push(')');
+    }
+}
+
 impl std::fmt::Display for Timer {
     /// netstat's notation (see [`Timer::netstat`]).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({:.2}/{}/{})",
-            self.kind.netstat_name(),
-            self.remaining_s,
-            self.retransmits,
-            self.probes
-        )
+        let mut s = String::with_capacity(32);
+        self.write_into(&mut s);
+        f.write_str(&s)
     }
 }
 
@@ -111,13 +122,22 @@ impl Setting {
     }
 }
 
+impl Setting {
+    /// [`Setting::short`], appended to `out`.
+    pub fn write_into(&self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self.value));
+        if self.source == Source::Sysctl {
+            out.push('*');
+        }
+    }
+}
+
 impl std::fmt::Display for Setting {
     /// See [`Setting::short`].
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.source {
-            Source::Socket => write!(f, "{}", self.value),
-            Source::Sysctl => write!(f, "{}*", self.value),
-        }
+        let mut s = String::with_capacity(12);
+        self.write_into(&mut s);
+        f.write_str(&s)
     }
 }
 
@@ -346,9 +366,11 @@ impl Socket {
 /// several processes (fork) is attributed to the lowest PID, like `ss -p`'s
 /// first entry.
 /// Each process's name is made once and shared by all its sockets.
-pub fn owners(records: &[OwnerRecord]) -> HashMap<u64, Owner> {
-    let mut map: HashMap<u64, Owner> = HashMap::with_capacity(records.len());
-    let mut names: HashMap<(u32, [u8; 16]), std::sync::Arc<str>> = HashMap::new();
+pub fn owners(records: &[OwnerRecord]) -> foldhash::HashMap<u64, Owner> {
+    let mut map: foldhash::HashMap<u64, Owner> =
+        foldhash::HashMap::with_capacity_and_hasher(records.len(), Default::default());
+    let mut names: foldhash::HashMap<(u32, [u8; 16]), std::sync::Arc<str>> =
+        foldhash::HashMap::default();
     for r in records {
         let comm = names.entry((r.tgid, r.comm)).or_insert_with(|| {
             let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());

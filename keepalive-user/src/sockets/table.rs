@@ -1,12 +1,19 @@
 //! The live socket table: snapshots from the TCP iterator, kept current by
 //! keepalive events between them. Bounded: past `capacity` the entries
 //! touched longest ago are evicted, and counted.
+//!
+//! Dense, because an agent on a busy node holds 100,000s of sockets: per
+//! namespace, the last snapshot's sockets in one vector sorted by kernel
+//! address (an entry is a [`Compact`] socket and kato's counts, 176 bytes,
+//! with no hash-table slack); sockets first seen through events since sit
+//! in a small map until the next snapshot takes them in.
 
-use std::{collections::HashMap, ops::ControlFlow};
+use std::{collections::HashMap, ops::ControlFlow, sync::Arc};
 
-use super::{Socket, Timer, TimerKind};
+use super::{compact::Compact, Socket, Timer, TimerKind};
 use crate::{
     events::{Kind, Observation, Record, RecordKind, Sink},
+    policy::{Risk, RuleSource},
     tcp::TcpState,
 };
 
@@ -20,148 +27,316 @@ pub struct Counts {
     pub last_reset: Option<String>,
 }
 
+/// A risk verdict and the source of its rule, in one byte.
+type Verdict = Option<(Risk, Option<RuleSource>)>;
+
+fn verdict_byte(v: Verdict) -> u8 {
+    let Some((r, src)) = v else { return 0 };
+    let r = Risk::ALL.iter().position(|x| *x == r).unwrap_or(0);
+    let src = src.map_or(0, |s| {
+        1 + RuleSource::ALL.iter().position(|x| *x == s).unwrap_or(0)
+    });
+    1 + (r * (RuleSource::ALL.len() + 1) + src) as u8
+}
+
+fn byte_verdict(b: u8) -> Verdict {
+    let i = usize::from(b.checked_sub(1)?);
+    let per = RuleSource::ALL.len() + 1;
+    let src = match i % per {
+        0 => None,
+        s => Some(RuleSource::ALL[s - 1]),
+    };
+    Some((Risk::ALL[i / per], src))
+}
+
 #[derive(Debug, Clone)]
-struct Entry {
-    socket: Socket,
-    counts: Counts,
-    /// Monotonic counter of the last update (snapshot or event).
-    touched: u64,
+pub struct Entry {
+    pub socket: Compact,
+    probes_sent: u32,
+    probes_answered: u32,
+    /// The table's clock at the last update (snapshot or event); ages are
+    /// taken wrapping, and every listed entry is touched at each snapshot.
+    touched: u32,
+    /// 1 + index into the table's reset names (0: none).
+    last_reset: u16,
+    /// The risk verdict when the socket was last listed ([`verdict_byte`]).
+    verdict: u8,
+    /// Closed or evicted since its snapshot: skipped, dropped at the next.
+    dead: bool,
+}
+
+pub const ENTRY_SIZE: usize = 176;
+const _: () = assert!(size_of::<Entry>() == ENTRY_SIZE);
+
+impl Entry {
+    fn new(socket: Compact, verdict: Verdict, now: u32) -> Self {
+        Entry {
+            socket,
+            probes_sent: 0,
+            probes_answered: 0,
+            touched: now,
+            last_reset: 0,
+            verdict: verdict_byte(verdict),
+            dead: false,
+        }
+    }
+
+    /// The risk verdict of the socket's last snapshot.
+    pub fn verdict(&self) -> Verdict {
+        byte_verdict(self.verdict)
+    }
+
+    /// The same socket and connection (a kernel address can be reused).
+    fn same_connection(&self, other: &Compact) -> bool {
+        self.socket.local() == other.local() && self.socket.remote() == other.remote()
+    }
+
+    fn carry_counts(&mut self, old: &Entry) {
+        self.probes_sent = old.probes_sent;
+        self.probes_answered = old.probes_answered;
+        self.last_reset = old.last_reset;
+    }
+}
+
+/// One network namespace's sockets.
+#[derive(Debug, Default)]
+struct Space {
+    /// The last snapshot's, sorted by kernel address.
+    listed: Vec<Entry>,
+    /// First seen through events since.
+    seen: foldhash::HashMap<u64, Entry>,
+}
+
+impl Space {
+    fn listed_at(&self, sk: u64) -> Option<usize> {
+        self.listed
+            .binary_search_by_key(&sk, |e| e.socket.sock)
+            .ok()
+            .filter(|&i| !self.listed[i].dead)
+    }
+
+    fn get(&self, sk: u64) -> Option<&Entry> {
+        self.seen
+            .get(&sk)
+            .or_else(|| self.listed_at(sk).map(|i| &self.listed[i]))
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Entry> {
+        self.listed
+            .iter()
+            .filter(|e| !e.dead)
+            .chain(self.seen.values())
+    }
 }
 
 pub struct SocketTable {
-    entries: HashMap<u64, Entry>,
+    spaces: HashMap<u32, Space>,
     capacity: usize,
-    clock: u64,
+    /// Live entries.
+    len: usize,
+    clock: u32,
+    /// Reset reason names, each kept once (entries hold an index).
+    resets: Vec<Arc<str>>,
     /// Entries dropped because the table was full.
     pub evictions: u64,
 }
 
+/// Distinct reset names remembered; beyond, a reset is counted without one.
+const MAX_RESET_NAMES: usize = 4096;
+
 impl SocketTable {
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: HashMap::new(),
+            spaces: HashMap::new(),
             capacity: capacity.max(1),
+            len: 0,
             clock: 0,
+            resets: Vec::new(),
             evictions: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
-    fn tick(&mut self) -> u64 {
-        self.clock += 1;
+    fn tick(&mut self) -> u32 {
+        self.clock = self.clock.wrapping_add(1);
         self.clock
     }
 
     /// Makes the sockets of namespace `netns` exactly `fresh`: new ones are
     /// added, known ones refreshed (keeping kato's counters), and the ones
-    /// the kernel no longer lists are removed.
-    pub fn apply_snapshot(&mut self, netns: u32, fresh: Vec<Socket>) {
+    /// the kernel no longer lists are removed. `verdict` is each socket's
+    /// risk, kept for the metrics.
+    pub fn apply_snapshot(
+        &mut self,
+        netns: u32,
+        fresh: Vec<Socket>,
+        verdict: impl Fn(&Socket) -> Verdict,
+    ) {
         let now = self.tick();
-        let mut keep = std::collections::HashSet::with_capacity(fresh.len());
-        for s in fresh {
-            keep.insert(s.sock);
-            match self.entries.get_mut(&s.sock) {
-                // Same kernel object and connection: keep the counters.
-                Some(e) if e.socket.local == s.local && e.socket.remote == s.remote => {
-                    e.socket = s;
-                    e.touched = now;
-                }
-                // New socket, or a reused kernel address: start over.
-                _ => {
-                    self.entries.insert(
-                        s.sock,
-                        Entry {
-                            socket: s,
-                            counts: Counts::default(),
-                            touched: now,
-                        },
-                    );
+        let old = self.spaces.remove(&netns).unwrap_or_default();
+        self.len -= old.live().count();
+        let mut listed: Vec<Entry> = fresh
+            .into_iter()
+            .map(|s| Entry::new(Compact::of(&s), verdict(&s), now))
+            .collect();
+        listed.sort_unstable_by_key(|e| e.socket.sock);
+        // A socket met twice in one walk (the kernel moved it between
+        // buckets) is one socket.
+        listed.dedup_by_key(|e| e.socket.sock);
+        for e in &mut listed {
+            // Same kernel object and connection: keep the counters.
+            if let Some(o) = old.get(e.socket.sock) {
+                if o.same_connection(&e.socket) {
+                    e.carry_counts(o);
                 }
             }
         }
-        self.entries
-            .retain(|sk, e| e.socket.netns != netns || keep.contains(sk));
+        listed.shrink_to_fit();
+        self.len += listed.len();
+        self.spaces.insert(
+            netns,
+            Space {
+                listed,
+                seen: foldhash::HashMap::default(),
+            },
+        );
         self.evict();
+    }
+
+    /// The index of reset name `name`, added if new (1-based; 0 when the
+    /// table already holds [`MAX_RESET_NAMES`]).
+    fn reset_index(&mut self, name: &str) -> u16 {
+        if let Some(i) = self.resets.iter().position(|n| &**n == name) {
+            return i as u16 + 1;
+        }
+        if self.resets.len() >= MAX_RESET_NAMES {
+            return 0;
+        }
+        self.resets.push(name.into());
+        self.resets.len() as u16
     }
 
     /// Applies one observation.
     pub fn apply(&mut self, obs: &Observation<'_>) {
         let rec = obs.record;
         let now = self.tick();
-        let e = self.entries.entry(rec.sk).or_insert_with(|| Entry {
-            socket: partial(rec),
-            counts: Counts::default(),
-            touched: now,
-        });
+        let reset = obs
+            .events
+            .iter()
+            .any(|d| d.kind == Kind::ResetSent)
+            .then(|| self.reset_index(obs.reset_name()));
+        let space = self.spaces.entry(rec.netns).or_default();
+        let listed = if space.seen.contains_key(&rec.sk) {
+            None
+        } else {
+            space.listed_at(rec.sk)
+        };
+        let e = match listed {
+            Some(i) => &mut space.listed[i],
+            None => space.seen.entry(rec.sk).or_insert_with(|| {
+                self.len += 1;
+                Entry::new(Compact::of(&partial(rec)), None, now)
+            }),
+        };
         e.touched = now;
         for d in obs.events {
             match d.kind {
-                Kind::ProbeSent => e.counts.probes_sent += 1,
-                Kind::PeerAnswered => e.counts.probes_answered += 1,
-                Kind::ResetSent => e.counts.last_reset = Some(obs.reset_name().to_owned()),
+                Kind::ProbeSent => e.probes_sent = e.probes_sent.saturating_add(1),
+                Kind::PeerAnswered => e.probes_answered = e.probes_answered.saturating_add(1),
                 _ => {}
             }
         }
+        if let Some(r) = reset {
+            e.last_reset = r;
+        }
         let s = &mut e.socket;
-        if s.cookie.is_none() {
-            s.cookie = rec.cookie;
+        if !s.has_cookie() {
+            s.set_cookie(rec.cookie);
         }
         if rec.local.port() != 0 {
-            s.local = rec.local;
+            s.set_local(rec.local);
         }
         s.state = rec.state;
         s.probes_unanswered = rec.probes_out;
         if matches!(rec.kind, RecordKind::Armed | RecordKind::Fired) {
-            s.timer = match obs.timer_remaining_s() {
-                Some(left) => Timer {
-                    kind: TimerKind::Keepalive,
-                    remaining_s: left.max(0.0),
-                    retransmits: s.timer.retransmits,
-                    probes: rec.probes_out,
-                },
-                None => Timer {
-                    kind: TimerKind::Off,
-                    remaining_s: 0.0,
-                    retransmits: s.timer.retransmits,
-                    probes: rec.probes_out,
-                },
-            };
+            s.set_keepalive_timer(obs.timer_remaining_s(), rec.probes_out);
         }
         if rec.state == TcpState::Close {
-            self.entries.remove(&rec.sk);
+            match listed {
+                Some(i) => space.listed[i].dead = true,
+                None => {
+                    space.seen.remove(&rec.sk);
+                }
+            }
+            self.len -= 1;
         }
         self.evict();
     }
 
     fn evict(&mut self) {
-        if self.entries.len() <= self.capacity {
+        if self.len <= self.capacity {
             return;
         }
         // Drop the oldest-touched entries, plus 1% headroom so eviction is rare.
-        let excess =
-            (self.entries.len() - self.capacity + self.capacity / 100).min(self.entries.len());
-        let mut ages: Vec<(u64, u64)> = self.entries.iter().map(|(k, e)| (e.touched, *k)).collect();
-        ages.select_nth_unstable(excess - 1);
-        for (_, k) in &ages[..excess] {
-            self.entries.remove(k);
+        let excess = (self.len - self.capacity + self.capacity / 100).min(self.len);
+        let now = self.clock;
+        let mut ages: Vec<(u32, u32, u64)> = self
+            .spaces
+            .iter()
+            .flat_map(|(ns, sp)| {
+                sp.live()
+                    .map(move |e| (now.wrapping_sub(e.touched), *ns, e.socket.sock))
+            })
+            .collect();
+        // Oldest first.
+        ages.select_nth_unstable_by(excess - 1, |a, b| b.0.cmp(&a.0));
+        for &(_, ns, sk) in &ages[..excess] {
+            let Some(sp) = self.spaces.get_mut(&ns) else {
+                continue;
+            };
+            if sp.seen.remove(&sk).is_none() {
+                if let Some(i) = sp.listed_at(sk) {
+                    sp.listed[i].dead = true;
+                }
+            }
         }
+        self.len -= excess;
         self.evictions += excess as u64;
     }
 
-    /// The sockets as last seen, with kato's counts beside each.
-    pub fn iter(&self) -> impl Iterator<Item = (&Socket, &Counts)> {
-        self.entries.values().map(|e| (&e.socket, &e.counts))
+    /// Every live entry.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.spaces.values().flat_map(Space::live)
     }
 
-    pub fn get(&self, sk: u64) -> Option<&Socket> {
-        self.entries.get(&sk).map(|e| &e.socket)
+    /// kato's counts of an entry.
+    pub fn counts(&self, e: &Entry) -> Counts {
+        Counts {
+            probes_sent: u64::from(e.probes_sent),
+            probes_answered: u64::from(e.probes_answered),
+            last_reset: usize::from(e.last_reset)
+                .checked_sub(1)
+                .and_then(|i| self.resets.get(i))
+                .map(ToString::to_string),
+        }
+    }
+
+    /// The sockets as last seen, with kato's counts beside each (made
+    /// from the compact entries: for views and pages, not for tallies).
+    pub fn iter(&self) -> impl Iterator<Item = (Socket, Counts)> + '_ {
+        self.entries().map(|e| (e.socket.socket(), self.counts(e)))
+    }
+
+    /// The entry of socket `sk` in namespace `netns`.
+    pub fn get(&self, netns: u32, sk: u64) -> Option<&Entry> {
+        self.spaces.get(&netns)?.get(sk)
     }
 }
 
@@ -242,11 +417,11 @@ mod tests {
     #[test]
     fn snapshot_replaces_namespace_contents() {
         let mut t = SocketTable::new(100);
-        t.apply_snapshot(record().netns, vec![sock(1, 1), sock(2, 2)]);
+        t.apply_snapshot(record().netns, vec![sock(1, 1), sock(2, 2)], |_| None);
         assert_eq!(t.len(), 2);
-        t.apply_snapshot(record().netns, vec![sock(2, 2), sock(3, 3)]);
+        t.apply_snapshot(record().netns, vec![sock(2, 2), sock(3, 3)], |_| None);
         assert_eq!(sks(&t), [2, 3], "socket 1 closed");
-        t.apply_snapshot(999, vec![]);
+        t.apply_snapshot(999, vec![], |_| None);
         assert_eq!(t.len(), 2, "other namespaces untouched");
     }
 
@@ -254,7 +429,11 @@ mod tests {
     fn events_count_and_survive_snapshots_until_pointer_reuse() {
         let mut t = SocketTable::new(100);
         let mut d = pipeline();
-        t.apply_snapshot(record().netns, vec![sock(0xffff_8880_0000_1000, 41234)]);
+        t.apply_snapshot(
+            record().netns,
+            vec![sock(0xffff_8880_0000_1000, 41234)],
+            |_| None,
+        );
         let sk = 0xffff_8880_0000_1000;
         feed(&mut t, &mut d, event(sk, kind::FIRED, 0, 1, 1));
         feed(&mut t, &mut d, event(sk, kind::FIRED, 0, 1, 1));
@@ -262,7 +441,7 @@ mod tests {
         assert_eq!((c.probes_sent, c.probes_answered), (2, 1));
         // The event's tuple (127.0.0.1:41234) now differs from the snapshot's:
         // a fresh snapshot of another connection at the same address restarts.
-        t.apply_snapshot(record().netns, vec![sock(sk, 41234)]);
+        t.apply_snapshot(record().netns, vec![sock(sk, 41234)], |_| None);
         assert_eq!(t.iter().next().unwrap().1.probes_sent, 0);
     }
 
@@ -285,7 +464,11 @@ mod tests {
     #[test]
     fn bounded_with_oldest_evicted_first() {
         let mut t = SocketTable::new(100);
-        t.apply_snapshot(1, (0..100).map(|i| sock(i, i as u16)).collect());
+        t.apply_snapshot(
+            record().netns,
+            (0..100).map(|i| sock(i, i as u16)).collect(),
+            |_| None,
+        );
         let mut d = pipeline();
         // Touch socket 0 so it is the newest.
         feed(&mut t, &mut d, event(0, kind::ARMED, 0, 0, 1));
@@ -295,6 +478,7 @@ mod tests {
                 netns: 2,
                 ..sock(1000, 1)
             }],
+            |_| None,
         );
         assert!(t.len() <= 100);
         assert_eq!(t.evictions, 2);

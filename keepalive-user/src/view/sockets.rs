@@ -45,19 +45,19 @@ pub fn header(with_risk: bool) -> String {
 
 /// `idle/intvl/cnt` with `*` on sysctl defaults, `off`, or `-`.
 pub fn keepalive_cell(s: &Socket) -> String {
-    KeepaliveCell(s).to_string()
-}
-
-struct KeepaliveCell<'a>(&'a Socket);
-
-impl fmt::Display for KeepaliveCell<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0.keepalive {
-            None => f.write_str("-"),
-            Some(k) if !k.enabled => f.write_str("off"),
-            Some(k) => write!(f, "{}/{}/{}", k.idle_s, k.interval_s, k.count),
+    let mut out = String::new();
+    match &s.keepalive {
+        None => out.push('-'),
+        Some(k) if !k.enabled => out.push_str("off"),
+        Some(k) => {
+            k.idle_s.write_into(&mut out);
+            out.push('/');
+            k.interval_s.write_into(&mut out);
+            out.push('/');
+            k.count.write_into(&mut out);
         }
     }
+    out
 }
 
 pub fn row(v: &SocketView<'_>, with_risk: bool) -> String {
@@ -66,10 +66,21 @@ pub fn row(v: &SocketView<'_>, with_risk: bool) -> String {
     line
 }
 
+/// Characters written since `start` (bytes, for the ASCII that almost
+/// every cell is).
+fn width_since(out: &str, start: usize) -> usize {
+    let s = &out[start..];
+    if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
+    }
+}
+
 /// Pads what was written since `start` with spaces to `width` characters.
 fn pad(out: &mut String, start: usize, width: usize) {
     const SPACES: &str = "                                ";
-    let mut n = width.saturating_sub(out[start..].chars().count());
+    let mut n = width.saturating_sub(width_since(out, start));
     while n > 0 {
         let k = n.min(SPACES.len());
         out.push_str(&SPACES[..k]);
@@ -85,46 +96,116 @@ fn cell(out: &mut String, width: usize, content: impl FnOnce(&mut String)) {
     out.push(' ');
 }
 
+/// A number right-aligned in `width` characters, and a separating space.
+fn right(out: &mut String, width: usize, v: u64) {
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(v);
+    for _ in digits.len()..width {
+        out.push(' ');
+    }
+    out.push_str(digits);
+    out.push(' ');
+}
+
+fn push_uint(out: &mut String, v: u64) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// `x` (not negative) with `decimals` (1 or 2) digits after the point,
+/// rounded half away from zero: what `{:.N}` prints but for exact ties,
+/// which times counted in jiffies at HZ 100, 250 or 1000 never make. The
+/// listing prints two of these per row, 100,000s of rows: no `fmt` machinery.
+pub(crate) fn push_fixed(out: &mut String, x: f64, decimals: u32) {
+    let scale = 10u64.pow(decimals);
+    if !(0.0..1e15).contains(&x) {
+        // Negative, NaN or absurd: rare enough for fmt.
+        let _ = write!(out, "{x:.prec$}", prec = decimals as usize);
+        return;
+    }
+    let n = (x * scale as f64).round() as u64;
+    push_uint(out, n / scale);
+    out.push('.');
+    let frac = n % scale;
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(frac);
+    for _ in digits.len()..decimals as usize {
+        out.push('0');
+    }
+    out.push_str(digits);
+}
+
+/// [`NetstatAddr`], IPv4 without `fmt`.
+fn push_addr(out: &mut String, a: &SocketAddr) {
+    match a {
+        SocketAddr::V4(v) => {
+            for (i, o) in v.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_uint(out, u64::from(*o));
+            }
+            match v.port() {
+                0 => out.push_str(":*"),
+                p => {
+                    out.push(':');
+                    push_uint(out, u64::from(p));
+                }
+            }
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{}", NetstatAddr(a));
+        }
+    }
+}
+
 /// One row, appended to `out` (no newline). The listing writes 100,000s of
 /// these: cells go straight into one buffer, nothing is allocated per cell.
 pub fn write_row(out: &mut String, v: &SocketView<'_>, with_risk: bool) {
     let s = v.socket;
-    let _ = write!(out, "{:<5} {:>6} {:>6} ", s.proto, s.recv_q, s.send_q);
-    cell(out, 23, |o| {
-        let _ = write!(o, "{}", NetstatAddr(&s.local));
-    });
-    cell(out, 23, |o| {
-        let _ = write!(o, "{}", NetstatAddr(&s.remote));
-    });
+    cell(out, 5, |o| o.push_str(s.proto));
+    right(out, 6, u64::from(s.recv_q));
+    right(out, 6, u64::from(s.send_q));
+    cell(out, 23, |o| push_addr(o, &s.local));
+    cell(out, 23, |o| push_addr(o, &s.remote));
     cell(out, 12, |o| o.push_str(s.state.name()));
     cell(out, 20, |o| match (s.pid, &s.comm) {
         (Some(p), Some(c)) => {
-            let _ = write!(o, "{p}/{}", printable(c));
+            push_uint(o, u64::from(p));
+            o.push('/');
+            o.push_str(&printable(c));
         }
         _ => o.push('-'),
     });
-    cell(out, 28, |o| {
-        let _ = write!(o, "{}", s.timer);
-    });
-    cell(out, 17, |o| {
-        let _ = write!(o, "{}", KeepaliveCell(s));
+    cell(out, 28, |o| s.timer.write_into(o));
+    cell(out, 17, |o| match &s.keepalive {
+        None => o.push('-'),
+        Some(k) if !k.enabled => o.push_str("off"),
+        Some(k) => {
+            k.idle_s.write_into(o);
+            o.push('/');
+            k.interval_s.write_into(o);
+            o.push('/');
+            k.count.write_into(o);
+        }
     });
     cell(out, 9, |o| match s.idle_s {
         Some(i) => {
-            let _ = write!(o, "{i:.1}s");
+            push_fixed(o, i, 1);
+            o.push('s');
         }
         None => o.push('-'),
     });
     cell(out, 5, |o| {
         if s.keepalive.is_some() {
-            let _ = write!(o, "{}", s.probes_unanswered);
+            push_uint(o, u64::from(s.probes_unanswered));
         } else {
             o.push('-');
         }
     });
     cell(out, 5, |o| match s.conntrack {
         Some(c) => {
-            let _ = write!(o, "{}s", c.remaining_s);
+            push_uint(o, u64::from(c.remaining_s));
+            o.push('s');
         }
         None => o.push('-'),
     });

@@ -47,26 +47,32 @@ impl Workload {
 
     /// [`Workload::short`], appended to `out`.
     pub fn short_into(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = match (
+        match (
             &self.pod_namespace,
             &self.pod,
             &self.container_id,
             &self.unit,
         ) {
-            (Some(ns), Some(pod), _, _) => match &self.container {
-                Some(c) => write!(out, "{ns}/{pod}/{c}"),
-                None => write!(out, "{ns}/{pod}"),
-            },
-            (_, _, Some(id), _) => write!(
-                out,
-                "{}:{}",
-                self.runtime.map_or("container", Runtime::name),
-                &id[..id.len().min(12)]
-            ),
-            (_, _, _, Some(u)) => write!(out, "{u}"),
-            _ => write!(out, "-"),
-        };
+            (Some(ns), Some(pod), _, _) => {
+                for (i, part) in [Some(ns), Some(pod), self.container.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    if i > 0 {
+                        out.push('/');
+                    }
+                    out.push_str(part);
+                }
+            }
+            (_, _, Some(id), _) => {
+                out.push_str(self.runtime.map_or("container", Runtime::name));
+                out.push(':');
+                out.push_str(id.get(..12).unwrap_or(id));
+            }
+            (_, _, _, Some(u)) => out.push_str(u),
+            _ => out.push('-'),
+        }
     }
 }
 
@@ -100,12 +106,18 @@ pub struct Resolver {
     listed: Option<Instant>,
     /// The last containerd failure, for doctor.
     pub containerd_error: Option<String>,
-    cache: HashMap<u64, (Arc<Workload>, bool)>,
+    /// Each cgroup's workload, and for one not fully named yet when to ask
+    /// again (an unknown cgroup, a container containerd did not list).
+    cache: HashMap<u64, (Arc<Workload>, Option<Instant>)>,
 }
 
 /// Cgroups remembered at most; past it the cache starts over.
 const MAX_CACHED: usize = 65_536;
 const RELIST_EVERY: Duration = Duration::from_secs(2);
+/// A cgroup not fully named is asked again at most this often: every
+/// socket of it names it meanwhile from the cache (100,000 sockets of an
+/// unknown cgroup made 100,000 lookups and copies).
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 impl Resolver {
     pub fn new(containerd: Option<PathBuf>) -> Self {
@@ -156,18 +168,22 @@ impl Resolver {
         self.by_container.get(id)
     }
 
-    /// The workload of cgroup `id`. A container containerd did not (yet)
-    /// know is asked again later; everything else is cached for good.
+    /// The workload of cgroup `id`. A cgroup not found, or a container
+    /// containerd did not (yet) know, is asked again a second later;
+    /// everything else is cached for good.
     pub fn resolve(&mut self, id: u64) -> Arc<Workload> {
-        if let Some((w, true)) = self.cache.get(&id) {
-            return Arc::clone(w);
+        match self.cache.get(&id) {
+            Some((w, None)) => return Arc::clone(w),
+            Some((w, Some(retry))) if retry.elapsed() < RETRY_EVERY => return Arc::clone(w),
+            _ => {}
         }
         if self.cache.len() >= MAX_CACHED {
             self.cache.clear();
         }
         let Some(cg) = self.cgroups.path(id).map(str::to_owned) else {
             let w = Arc::new(Workload::default());
-            self.cache.insert(id, (Arc::clone(&w), false));
+            self.cache
+                .insert(id, (Arc::clone(&w), Some(Instant::now())));
             return w;
         };
         let p = path::parse(&cg);
@@ -199,7 +215,8 @@ impl Resolver {
             }
         }
         let w = Arc::new(w);
-        self.cache.insert(id, (Arc::clone(&w), complete));
+        let retry = (!complete).then(Instant::now);
+        self.cache.insert(id, (Arc::clone(&w), retry));
         w
     }
 

@@ -20,7 +20,8 @@ use crate::{
     events::{Kind, Observation},
     learned::Learned,
     policy::{Risk, RuleSource},
-    sockets::{snapshot::Sysctls, Socket},
+    sockets::{snapshot::Sysctls, table::Entry},
+    tcp::TcpState,
 };
 
 /// Which end of a connection kato sits on: a server's listening port, or
@@ -405,36 +406,57 @@ impl Metrics {
     /// `risk` classifies a socket against the idle-timeout policy.
     pub fn refresh<'a>(
         &mut self,
-        sockets: impl Iterator<Item = &'a Socket>,
-        risk: impl Fn(&Socket) -> Option<(Risk, Option<RuleSource>)>,
+        entries: impl Iterator<Item = &'a Entry>,
         kernel: Counters,
         evictions: u64,
         undecodable: u64,
     ) {
-        let mut by: HashMap<(&'static str, &'static str), i64> = HashMap::new();
-        // Every class and source, zeros included: alerts need no absent().
-        let mut classes: HashMap<(Risk, Option<RuleSource>), i64> = Risk::ALL
-            .iter()
-            .filter(|r| **r != Risk::Unknown)
-            .flat_map(|r| RuleSource::ALL.map(|s| ((*r, Some(s)), 0)))
-            .chain([((Risk::Unknown, None), 0)])
-            .collect();
+        // Counted into arrays, not maps: a scrape walks every socket.
+        let mut by = [[0i64; 3]; TcpState::COUNT];
+        let per = RuleSource::ALL.len() + 1;
+        let mut classes = vec![0i64; Risk::ALL.len() * per];
         let (mut probing, mut tracked) = (0, 0);
-        for s in sockets {
-            if let Some(r) = risk(s) {
-                *classes.entry(r).or_default() += 1;
+        for e in entries {
+            let s = &e.socket;
+            if let Some((r, src)) = e.verdict() {
+                let src = src.map_or(0, |x| 1 + x as usize);
+                classes[r as usize * per + src] += 1;
             }
             tracked += 1;
-            let ka = match s.keepalive {
-                None => "n/a",
-                Some(k) if k.enabled => "on",
-                Some(_) => "off",
-            };
-            *by.entry((s.state.name(), ka)).or_default() += 1;
-            if s.probes_unanswered > 0 && s.keepalive.is_some_and(|k| k.enabled) {
+            let ka = s.keepalive_enabled();
+            by[s.state as usize - 1][match ka {
+                None => 0,
+                Some(true) => 1,
+                Some(false) => 2,
+            }] += 1;
+            if s.probes_unanswered > 0 && ka == Some(true) {
                 probing += 1;
             }
         }
+        // Every class and source, zeros included: alerts need no absent().
+        let classes: Vec<((Risk, Option<RuleSource>), i64)> = Risk::ALL
+            .iter()
+            .flat_map(|&r| {
+                std::iter::once(None)
+                    .chain(RuleSource::ALL.map(Some))
+                    .map(move |src| (r, src))
+            })
+            .filter(|(r, src)| (*r == Risk::Unknown) == src.is_none())
+            .map(|(r, src)| {
+                let i = r as usize * per + src.map_or(0, |x| 1 + x as usize);
+                ((r, src), classes[i])
+            })
+            .collect();
+        let by: Vec<((&'static str, &'static str), i64)> = TcpState::ALL
+            .iter()
+            .flat_map(|st| {
+                ["n/a", "on", "off"]
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(i, ka)| ((st.name(), ka), by[*st as usize - 1][i]))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
         self.sockets.reset();
         for ((state, ka), n) in by {
             self.sockets.with([state, ka]).set(n);
@@ -596,7 +618,6 @@ mod tests {
         let mut m = Metrics::new(&[], 20, "k", "a", false);
         m.refresh(
             std::iter::empty(),
-            |_| None,
             Counters {
                 lost: 5,
                 read_failed: 1,
@@ -608,7 +629,6 @@ mod tests {
         );
         m.refresh(
             std::iter::empty(),
-            |_| None,
             Counters {
                 lost: 7,
                 read_failed: 1,
