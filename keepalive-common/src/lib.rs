@@ -219,10 +219,33 @@ pub struct KernelConfig {
     /// in a watched namespace or not (a stale entry would count a turn
     /// for the next socket at the same address).
     pub turns: u32,
-    pub _pad0: u32,
+    /// The byte ranges of a TCP socket that hold every field a keepalive
+    /// timer run's record reads (`sk_copy_n` of them, each `off..off+len`
+    /// within [`SK_COPY_BYTES`]): the run copies them into a per-CPU buffer
+    /// at the same offsets, a few reads instead of one per field. 0: the
+    /// fields lie past the buffer, a read per field.
+    pub sk_copy_n: u32,
+    pub sk_copy_off: [u16; SK_COPY_RANGES],
+    pub sk_copy_len: [u16; SK_COPY_RANGES],
 }
 
-pub const KERNEL_CONFIG_SIZE: usize = 152;
+pub const KERNEL_CONFIG_SIZE: usize = 184;
+pub const SK_COPY_RANGES: usize = 8;
+/// The keepalive timer path's per-CPU copy of a socket's first bytes.
+pub const SK_COPY_BYTES: usize = 4096;
+
+/// Up to [`WATCHED_FEW_MAX`] watched namespaces in one array slot: the
+/// filter compares them with no hash lookup (`len` beyond the maximum:
+/// ask the `WATCHED_NETNS` hash map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchedFew {
+    pub len: u32,
+    pub inums: [u32; WATCHED_FEW_MAX],
+}
+
+pub const WATCHED_FEW_MAX: usize = 7;
+const _: () = assert!(size_of::<WatchedFew>() == 32);
 /// Namespaces the netns filter admits at most.
 pub const MAX_WATCHED_NETNS: u32 = 4096;
 const _: () = assert!(size_of::<KernelConfig>() == KERNEL_CONFIG_SIZE);
@@ -397,4 +420,5 @@ mod pod {
     unsafe impl aya::Pod for super::OwnerRecord {}
     unsafe impl aya::Pod for super::IterConfig {}
     unsafe impl aya::Pod for super::Turns {}
+    unsafe impl aya::Pod for super::WatchedFew {}
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use crate::{
     conf,
     reset::on_active_reset,
-    sock::keepalive_deadline,
+    sock::{keepalive_deadline, Src},
     timer::{on_armed, on_disarmed, on_entry, on_exit},
 };
 
@@ -56,9 +56,9 @@ pub fn fexit_reset_keepalive_timer(ctx: FExitContext) -> u32 {
 /// Only a pending timer is a disarm (the same rule as `timer_cancel`).
 #[fentry(function = "inet_csk_delete_keepalive_timer")]
 pub fn fentry_delete_keepalive_timer(ctx: FEntryContext) -> u32 {
-    let sk: u64 = ctx.arg(0);
-    match keepalive_deadline(sk) {
-        Ok(Some(_)) => match on_disarmed(sk) {
+    let sk = Src::live(ctx.arg(0));
+    match keepalive_deadline(&sk) {
+        Ok(Some(_)) => match on_disarmed(&sk) {
             Ok(r) | Err(r) => r,
         },
         Ok(None) | Err(_) => 0,

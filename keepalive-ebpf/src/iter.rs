@@ -69,14 +69,15 @@ unsafe fn try_iter_tcp(ctx: *mut c_void) -> Result<(), u32> {
         return Ok(());
     }
     let seq = unsafe { *(meta as *const *mut seq_file) };
-    let mut r = SockRecord::default();
+    let mut slot = core::mem::MaybeUninit::<SockRecord>::uninit();
+    let r = crate::emit::zero(&mut slot);
     r.sk = sk;
     // Generates the cookie where none was yet (ss -e prints the same one);
     // events read it back from the socket.
     r.cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     r.uid = unsafe { *((ctx as *const u32).add(4)) };
     r.jiffies = unsafe { bpf_jiffies64() };
-    fill_common(&mut r, sk);
+    fill_common(r, sk);
     let net = load::<u64>(sk, conf!(skc_net));
     if net != 0 {
         r.netns = load::<u32>(net, conf!(net_inum));
@@ -111,10 +112,16 @@ unsafe fn try_iter_tcp(ctx: *mut c_void) -> Result<(), u32> {
             if tp == 0 {
                 return Ok(());
             }
-            fill_full(&mut r, tp, net)?;
+            fill_full(r, tp, net)?;
         }
     }
-    unsafe { bpf_seq_write(seq, (&raw const r).cast(), SOCK_RECORD_SIZE as u32) };
+    unsafe {
+        bpf_seq_write(
+            seq,
+            (r as *const SockRecord).cast(),
+            SOCK_RECORD_SIZE as u32,
+        )
+    };
     Ok(())
 }
 

@@ -15,9 +15,9 @@ mod turns;
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use keepalive_common::{counter, KernelConfig, MAX_WATCHED_NETNS};
+use keepalive_common::{counter, KernelConfig, WatchedFew, MAX_WATCHED_NETNS};
 
 /// Resolved by userspace from the running kernel's BTF and kallsyms.
 #[no_mangle]
@@ -32,6 +32,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// `KATO_CONFIG.netns_filter` is set; kept current by userspace.
 #[map]
 static WATCHED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_WATCHED_NETNS, 0);
+
+/// The watched namespaces when there are few ([`WatchedFew`]): the filter
+/// compares them in place. Kept current by userspace with `WATCHED_NETNS`.
+#[map]
+static WATCHED_FEW: Array<WatchedFew> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `keepalive_common::counter`.
 #[map]

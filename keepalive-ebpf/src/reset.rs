@@ -6,26 +6,31 @@ use keepalive_common::{flags, kind};
 
 use crate::{
     conf,
-    emit::{new_event, submit},
-    sock::{admitted, admitted_direct, fill, fill_stamps, protocol_direct, worth_a_record_direct},
+    emit::emit,
+    sock::{
+        admitted, admitted_direct, fill, fill_stamps, protocol_direct, worth_a_record_direct, Src,
+    },
 };
 
-/// Fills a record for `sk` with its activity stamps: resets, error
-/// reports (the moments that say how long the connection sat idle); false
-/// when its namespace is not watched. The record lives in the caller's
-/// frame: returning it (in an Option) pushed 6.1's verifier past its
-/// 512-byte combined stack limit.
+/// A record of `kind` for `sk` with its activity stamps: resets, error
+/// reports (the moments that say how long the connection sat idle); none
+/// when its namespace is not watched. `reason`: the kernel's reset reason.
 #[inline(always)]
-fn stamped(ev: &mut keepalive_common::Event, sk: u64) -> Result<bool, u32> {
-    if !admitted(sk)? {
-        return Ok(false);
-    }
-    fill(ev, sk)?;
-    fill_stamps(ev, sk)?;
-    if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
-        ev.flags |= flags::IN_KEEPALIVE_TIMER;
-    }
-    Ok(true)
+fn stamped(kind: u32, sk: u64, reason: Option<u32>) -> Result<u32, u32> {
+    let src = Src::live(sk);
+    let Some(ns) = admitted(&src)? else {
+        return Ok(0);
+    };
+    emit(kind, |ev| {
+        if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
+            ev.flags |= flags::IN_KEEPALIVE_TIMER;
+        }
+        if let Some(r) = reason {
+            ev.reason = r;
+            ev.flags |= flags::HAS_REASON;
+        }
+        fill(ev, &src, ns).is_ok() && fill_stamps(ev, &src).is_ok()
+    })
 }
 
 #[btf_tracepoint(function = "tcp_send_reset")]
@@ -51,16 +56,7 @@ fn try_tcp_send_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// older verifiers reject the spill of an unwritten register.
 #[inline(always)]
 pub(crate) fn on_active_reset(sk: u64, has_reason: bool, reason: u32) -> Result<u32, u32> {
-    let mut ev = new_event(kind::RESET_SENT);
-    if !stamped(&mut ev, sk)? {
-        return Ok(0);
-    }
-    if has_reason {
-        ev.reason = reason;
-        ev.flags |= flags::HAS_REASON;
-    }
-    submit(&ev);
-    Ok(0)
+    stamped(kind::RESET_SENT, sk, has_reason.then_some(reason))
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
@@ -77,11 +73,7 @@ fn try_tcp_receive_reset(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sk == 0 {
         return Ok(0);
     }
-    let mut ev = new_event(kind::RESET_RECEIVED);
-    if stamped(&mut ev, sk)? {
-        submit(&ev);
-    }
-    Ok(0)
+    stamped(kind::RESET_RECEIVED, sk, None)
 }
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
@@ -100,11 +92,7 @@ fn try_inet_sk_error_report(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
         return Ok(0);
     }
-    let mut ev = new_event(kind::ERROR_REPORT);
-    if stamped(&mut ev, sk)? {
-        submit(&ev);
-    }
-    Ok(0)
+    stamped(kind::ERROR_REPORT, sk, None)
 }
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -147,24 +135,25 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         (0, 0)
     };
     if !worth_a_record_direct(sk) {
-        if k == kind::CLOSED && admitted_direct(sk) {
+        if k == kind::CLOSED && admitted_direct(sk).is_some() {
             crate::bump(keepalive_common::counter::QUIET_CLOSES);
         }
         return Ok(0);
     }
-    if !admitted_direct(sk) {
+    let Some(ns) = admitted_direct(sk) else {
         return Ok(0);
-    }
-    let mut ev = new_event(k);
-    fill(&mut ev, sk)?;
-    // The tracepoint fires before the state is stored.
-    ev.state_before = oldstate as u8;
-    ev.state = newstate as u8;
-    if k == kind::CLOSED {
-        (ev.turns_out, ev.turns_in) = turns;
-    } else {
-        fill_stamps(&mut ev, sk)?;
-    }
-    submit(&ev);
-    Ok(0)
+    };
+    let src = Src::live(sk);
+    emit(k, |ev| {
+        let ok = fill(ev, &src, ns).is_ok();
+        // The tracepoint fires before the state is stored.
+        ev.state_before = oldstate as u8;
+        ev.state = newstate as u8;
+        if k == kind::CLOSED {
+            (ev.turns_out, ev.turns_in) = turns;
+            ok
+        } else {
+            ok && fill_stamps(ev, &src).is_ok()
+        }
+    })
 }

@@ -1,29 +1,64 @@
 //! Reads of kernel memory at offsets resolved from BTF by userspace.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use keepalive_common::{counter, Event};
+use keepalive_common::{counter, Event, WATCHED_FEW_MAX};
 
 use crate::{bump, conf};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
+/// Where a socket's fields are read from: the socket itself, a probe read
+/// per field, or a copy of the ranges that hold them, a few reads (the
+/// keepalive timer path: `timer::copied`).
+#[derive(Clone, Copy)]
+pub struct Src {
+    pub sk: u64,
+    /// A per-CPU buffer holding the copy (0: none).
+    copy: u64,
+}
+
+impl Src {
+    /// Fields read from the socket, one probe read each.
+    #[inline(always)]
+    pub fn live(sk: u64) -> Self {
+        Src { sk, copy: 0 }
+    }
+
+    /// Fields read from `copy`, which holds the socket's bytes at their
+    /// offsets (those of the `sk_copy_*` ranges).
+    #[inline(always)]
+    pub fn copied(sk: u64, copy: u64) -> Self {
+        Src { sk, copy }
+    }
+
+    /// A `T` at offset `off` of the socket.
+    #[inline(always)]
+    pub fn get<T>(&self, off: u32) -> Result<T, u32> {
+        if self.copy != 0 {
+            Ok(load::<T>(self.copy, off))
+        } else {
+            read::<T>(self.sk, off)
+        }
+    }
+}
+
 /// In quiet mode: is `sk` worth a record at all? Keepalive on, or (with
 /// `idle`) silent for at least the threshold. Everything else ends here.
 #[inline(always)]
-pub fn worth_a_record(sk: u64, idle: bool) -> Result<bool, u32> {
+pub fn worth_a_record(sk: &Src, idle: bool) -> Result<bool, u32> {
     if conf!(quiet) == 0 {
         return Ok(true);
     }
-    let flags = read::<u64>(sk, conf!(skc_flags))?;
+    let flags = sk.get::<u64>(conf!(skc_flags))?;
     if flags & (1u64 << (conf!(sock_keepopen_bit) & 63)) != 0 {
         return Ok(true);
     }
     if !idle {
         return Ok(false);
     }
-    let data = read::<u32>(sk, conf!(icsk_lrcvtime))?;
-    let ack = read::<u32>(sk, conf!(tp_rcv_tstamp))?;
+    let data = sk.get::<u32>(conf!(icsk_lrcvtime))?;
+    let ack = sk.get::<u32>(conf!(tp_rcv_tstamp))?;
     let heard = if (ack.wrapping_sub(data) as i32) > 0 {
         ack
     } else {
@@ -76,43 +111,63 @@ pub fn worth_a_record_direct(sk: u64) -> bool {
 
 /// [`admitted`] with plain loads, for a BTF `struct sock *`.
 #[inline(always)]
-pub fn admitted_direct(sk: u64) -> bool {
-    if in_watched_netns(sk) {
-        return true;
+pub fn admitted_direct(sk: u64) -> Option<u32> {
+    let ns = netns_direct(sk);
+    if conf!(netns_filter) == 0 || watched(ns) {
+        return Some(ns);
     }
     crate::bump(counter::FILTERED);
-    false
+    None
 }
 
 /// [`admitted_direct`] without counting: for hooks that make no records.
 #[inline(always)]
 pub fn in_watched_netns(sk: u64) -> bool {
-    if conf!(netns_filter) == 0 {
-        return true;
-    }
+    conf!(netns_filter) == 0 || watched(netns_direct(sk))
+}
+
+/// [`netns`] with plain loads, for a BTF `struct sock *`.
+#[inline(always)]
+fn netns_direct(sk: u64) -> u32 {
     let net = load::<u64>(sk, conf!(skc_net));
-    let ns = if net == 0 {
+    if net == 0 {
         0
     } else {
         load::<u32>(net, conf!(net_inum))
-    };
+    }
+}
+
+/// Is namespace `ns` watched? A handful are compared in place (an array
+/// lookup the verifier inlines), more are asked of the hash map.
+#[inline(always)]
+fn watched(ns: u32) -> bool {
+    if let Some(few) = crate::WATCHED_FEW.get(0) {
+        if few.len as usize <= WATCHED_FEW_MAX {
+            let mut i = 0;
+            while i < WATCHED_FEW_MAX {
+                if (i as u32) < few.len && few.inums[i] == ns {
+                    return true;
+                }
+                i += 1;
+            }
+            return false;
+        }
+    }
     unsafe { crate::WATCHED_NETNS.get(&ns) }.is_some()
 }
 
-/// With the namespace filter on: does `sk`'s namespace make events? Asked
-/// before anything else is read, so a filtered event costs two reads and
-/// a lookup; counted when not.
+/// Does `sk`'s namespace make events (with the namespace filter on; all do
+/// without)? Its namespace when it does, for the record; asked before
+/// anything else is read, so a filtered event costs two reads and a
+/// compare; counted when not.
 #[inline(always)]
-pub fn admitted(sk: u64) -> Result<bool, u32> {
-    if conf!(netns_filter) == 0 {
-        return Ok(true);
-    }
+pub fn admitted(sk: &Src) -> Result<Option<u32>, u32> {
     let ns = netns(sk)?;
-    if unsafe { crate::WATCHED_NETNS.get(&ns) }.is_some() {
-        return Ok(true);
+    if conf!(netns_filter) == 0 || watched(ns) {
+        return Ok(Some(ns));
     }
     crate::bump(counter::FILTERED);
-    Ok(false)
+    Ok(None)
 }
 
 /// Reads a `T` at `base + off`; a failed read is counted and ends the program.
@@ -133,7 +188,7 @@ pub fn read<T>(base: u64, off: u32) -> Result<T, u32> {
 /// loads `AYA_LOG_LEVEL = 0` into frozen .rodata and the verifier drops the
 /// log code as dead.
 #[inline(never)]
-fn read_failed(off: u32) {
+pub(crate) fn read_failed(off: u32) {
     bump(counter::READ_FAILED);
     crate::set(counter::LAST_FAILED_OFFSET, off as u64 + 1);
     // aya-log's macros take a context but do not use it yet.
@@ -159,56 +214,43 @@ pub fn is_keepalive_timer(timer: u64) -> bool {
 }
 
 #[inline(always)]
-pub fn state(sk: u64) -> Result<u8, u32> {
-    read::<u8>(sk, conf!(skc_state))
+pub fn state(sk: &Src) -> Result<u8, u32> {
+    sk.get::<u8>(conf!(skc_state))
 }
 
 #[inline(always)]
-pub fn probes_out(sk: u64) -> Result<u8, u32> {
-    read::<u8>(sk, conf!(icsk_probes_out))
+pub fn probes_out(sk: &Src) -> Result<u8, u32> {
+    sk.get::<u8>(conf!(icsk_probes_out))
 }
 
 /// Family, state and 4-tuple from `struct sock_common` (ports in host order).
 #[inline(always)]
-pub fn fill_addrs(
-    saddr: &mut [u8; 16],
-    daddr: &mut [u8; 16],
-    family: &mut u16,
-    sport: &mut u16,
-    dport: &mut u16,
-    state_out: &mut u8,
-    sk: u64,
-) -> Result<(), u32> {
-    let f = read::<u16>(sk, conf!(skc_family))?;
-    *family = f;
-    *state_out = state(sk)?;
-    *sport = read::<u16>(sk, conf!(skc_num))?;
-    if *sport == 0 {
+pub fn fill_addrs(ev: &mut Event, sk: &Src) -> Result<(), u32> {
+    let f = sk.get::<u16>(conf!(skc_family))?;
+    ev.family = f;
+    ev.state = state(sk)?;
+    ev.sport = sk.get::<u16>(conf!(skc_num))?;
+    if ev.sport == 0 {
         // Closing: the port is released, inet_sport still has it.
-        *sport = u16::from_be(read::<u16>(sk, conf!(inet_sport))?);
+        ev.sport = u16::from_be(sk.get::<u16>(conf!(inet_sport))?);
     }
-    *dport = u16::from_be(read::<u16>(sk, conf!(skc_dport))?);
+    ev.dport = u16::from_be(sk.get::<u16>(conf!(skc_dport))?);
     if f == AF_INET6 {
-        *saddr = read::<[u8; 16]>(sk, conf!(skc_v6_rcv_saddr))?;
-        *daddr = read::<[u8; 16]>(sk, conf!(skc_v6_daddr))?;
+        ev.saddr = sk.get::<[u8; 16]>(conf!(skc_v6_rcv_saddr))?;
+        ev.daddr = sk.get::<[u8; 16]>(conf!(skc_v6_daddr))?;
     } else if f == AF_INET {
-        let s = read::<[u8; 4]>(sk, conf!(skc_rcv_saddr))?;
-        let d = read::<[u8; 4]>(sk, conf!(skc_daddr))?;
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
+        let s = sk.get::<[u8; 4]>(conf!(skc_rcv_saddr))?;
+        let d = sk.get::<[u8; 4]>(conf!(skc_daddr))?;
+        ev.saddr[..4].copy_from_slice(&s);
+        ev.daddr[..4].copy_from_slice(&d);
     }
     Ok(())
 }
 
-#[inline(always)]
-pub fn net(sk: u64) -> Result<u64, u32> {
-    read::<u64>(sk, conf!(skc_net))
-}
-
 /// Inode number of the network namespace `sk` lives in.
 #[inline(always)]
-pub fn netns(sk: u64) -> Result<u32, u32> {
-    let net = net(sk)?;
+pub fn netns(sk: &Src) -> Result<u32, u32> {
+    let net = sk.get::<u64>(conf!(skc_net))?;
     if net == 0 {
         return Ok(0);
     }
@@ -217,8 +259,8 @@ pub fn netns(sk: u64) -> Result<u32, u32> {
 
 /// Inode of the `struct socket` owning `sk` (0 when orphaned).
 #[inline(always)]
-pub fn ino(sk: u64) -> Result<u64, u32> {
-    let socket = read::<u64>(sk, conf!(sk_socket))?;
+pub fn ino(sk: &Src) -> Result<u64, u32> {
+    let socket = sk.get::<u64>(conf!(sk_socket))?;
     if socket == 0 {
         return Ok(0);
     }
@@ -227,34 +269,27 @@ pub fn ino(sk: u64) -> Result<u64, u32> {
 
 /// The keepalive timer's deadline (jiffies) when it is pending.
 #[inline(always)]
-pub fn keepalive_deadline(sk: u64) -> Result<Option<u64>, u32> {
-    let timer = sk + conf!(sk_timer) as u64;
-    if read::<u64>(timer, conf!(timer_pprev))? == 0 {
+pub fn keepalive_deadline(sk: &Src) -> Result<Option<u64>, u32> {
+    let timer = conf!(sk_timer);
+    if sk.get::<u64>(timer + conf!(timer_pprev))? == 0 {
         return Ok(None);
     }
-    Ok(Some(read::<u64>(timer, conf!(timer_expires))?))
+    Ok(Some(sk.get::<u64>(timer + conf!(timer_expires))?))
 }
 
-/// Fills identity, addresses, state and timer fields of `ev` from `sk`.
+/// Fills identity, addresses, state and timer fields of `ev` from `sk`,
+/// which lives in namespace `netns` ([`admitted`] read it).
 #[inline(always)]
-pub fn fill(ev: &mut Event, sk: u64) -> Result<(), u32> {
-    ev.sk = sk;
-    fill_addrs(
-        &mut ev.saddr,
-        &mut ev.daddr,
-        &mut ev.family,
-        &mut ev.sport,
-        &mut ev.dport,
-        &mut ev.state,
-        sk,
-    )?;
+pub fn fill(ev: &mut Event, sk: &Src, netns: u32) -> Result<(), u32> {
+    ev.sk = sk.sk;
+    fill_addrs(ev, sk)?;
     ev.state_before = ev.state;
     ev.probes_out = probes_out(sk)?;
     ev.probes_before = ev.probes_out;
-    ev.sk_err = read::<i32>(sk, conf!(sk_err))?;
-    ev.netns = netns(sk)?;
+    ev.sk_err = sk.get::<i32>(conf!(sk_err))?;
+    ev.netns = netns;
     ev.ino = ino(sk)?;
-    ev.cookie = read::<u64>(sk, conf!(skc_cookie))?;
+    ev.cookie = sk.get::<u64>(conf!(skc_cookie))?;
     ev.cgroup_id = cgroup_id(sk)?;
     Ok(())
 }
@@ -262,11 +297,11 @@ pub fn fill(ev: &mut Event, sk: u64) -> Result<(), u32> {
 /// The socket's cgroup v2 id, from the socket (the current task is
 /// meaningless in softirq); 0 where the kernel keeps none.
 #[inline(always)]
-pub fn cgroup_id(sk: u64) -> Result<u64, u32> {
+pub fn cgroup_id(sk: &Src) -> Result<u64, u32> {
     if conf!(sk_cgrp) == 0 {
         return Ok(0);
     }
-    let cgrp = read::<u64>(sk, conf!(sk_cgrp))?;
+    let cgrp = sk.get::<u64>(conf!(sk_cgrp))?;
     if cgrp == 0 {
         return Ok(0);
     }
@@ -280,16 +315,16 @@ pub fn cgroup_id(sk: u64) -> Result<u64, u32> {
 /// A full socket's activity stamps: last data received and sent, last ACK.
 /// Userspace derives each idle notion from them and the event's jiffies.
 #[inline(always)]
-pub fn fill_stamps(ev: &mut Event, sk: u64) -> Result<(), u32> {
-    ev.lrcvtime = read::<u32>(sk, conf!(icsk_lrcvtime))?;
-    ev.lsndtime = read::<u32>(sk, conf!(tp_lsndtime))?;
-    ev.rcv_tstamp = read::<u32>(sk, conf!(tp_rcv_tstamp))?;
+pub fn fill_stamps(ev: &mut Event, sk: &Src) -> Result<(), u32> {
+    ev.lrcvtime = sk.get::<u32>(conf!(icsk_lrcvtime))?;
+    ev.lsndtime = sk.get::<u32>(conf!(tp_lsndtime))?;
+    ev.rcv_tstamp = sk.get::<u32>(conf!(tp_rcv_tstamp))?;
     Ok(())
 }
 
 /// Fills the keepalive timer's deadline when it is pending.
 #[inline(always)]
-pub fn fill_timer(ev: &mut Event, sk: u64) -> Result<(), u32> {
+pub fn fill_timer(ev: &mut Event, sk: &Src) -> Result<(), u32> {
     if let Some(expires) = keepalive_deadline(sk)? {
         ev.flags |= keepalive_common::flags::TIMER_PENDING;
         ev.expires = expires;

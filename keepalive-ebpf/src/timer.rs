@@ -2,20 +2,22 @@
 //! seen through the `timer:*` tracepoints. Every kernel timer passes through
 //! them, so the keepalive filter comes first and is one kernel read.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::bpf_jiffies64,
+    helpers::{bpf_jiffies64, generated::bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
     maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
-use keepalive_common::{flags, kind};
+use keepalive_common::{flags, kind, SK_COPY_BYTES, SK_COPY_RANGES};
 
 use crate::{
     conf,
-    emit::{new_event, submit},
+    emit::emit,
     sock::{
-        admitted, fill, fill_timer, is_keepalive_timer, probes_out, read, sk_of_timer, state,
-        worth_a_record,
+        admitted, fill, fill_stamps, fill_timer, is_keepalive_timer, probes_out, read, sk_of_timer,
+        state, worth_a_record, Src,
     },
 };
 
@@ -37,6 +39,51 @@ static IN_FLIGHT: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 fn in_flight() -> Option<*mut InFlight> {
     IN_FLIGHT.get_ptr_mut(0)
+}
+
+/// The socket of the keepalive timer running on this CPU, the ranges of
+/// it that hold a record's ~20 fields (`sk_copy_*`): one probe read each
+/// cost most of the record. One slot per CPU for the same reason as
+/// [`IN_FLIGHT`]: timer callbacks (softirq) run one at a time per CPU, and
+/// only they use it.
+#[map]
+static SK_COPY: PerCpuArray<[u8; SK_COPY_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// `sk`'s fields from a copy of the ranges that hold them, a few reads,
+/// where the kernel's layout allows (within [`SK_COPY_BYTES`]); else from
+/// the socket field by field.
+#[inline(always)]
+fn copied(sk: u64) -> Result<Src, u32> {
+    let n = conf!(sk_copy_n) as usize;
+    if n == 0 {
+        return Ok(Src::live(sk));
+    }
+    let buf = SK_COPY.get_ptr_mut(0).ok_or(0u32)?.cast::<u8>();
+    // Element by element from the frozen config, so that the verifier
+    // sees each offset and length as the constant it is.
+    let at = |a: *const [u16; SK_COPY_RANGES], i: usize| unsafe {
+        core::ptr::read_volatile(a.cast::<u16>().add(i)) as usize
+    };
+    let mut i = 0;
+    while i < SK_COPY_RANGES && i < n {
+        let off = at(&raw const crate::KATO_CONFIG.sk_copy_off, i);
+        let len = at(&raw const crate::KATO_CONFIG.sk_copy_len, i);
+        // Userspace keeps every range within the buffer; the verifier
+        // checks it against these frozen constants.
+        let r = unsafe {
+            bpf_probe_read_kernel(
+                buf.add(off).cast::<c_void>(),
+                len as u32,
+                (sk + off as u64) as *const c_void,
+            )
+        };
+        if r < 0 {
+            crate::sock::read_failed(off as u32);
+            return Err(0);
+        }
+        i += 1;
+    }
+    Ok(Src::copied(sk, buf as u64))
 }
 
 /// Is `timer`'s callback running on this CPU now?
@@ -71,17 +118,23 @@ pub(crate) fn on_armed(timer: u64) -> Result<u32, u32> {
     if running_here(timer) {
         return Ok(0);
     }
-    let sk = sk_of_timer(timer);
+    let sk = Src::live(sk_of_timer(timer));
     // FIN_WAIT2 also runs on this timer: without keepalive, not a record.
-    if !admitted(sk)? || !worth_a_record(sk, false)? {
+    let Some(ns) = admitted(&sk)? else {
+        return Ok(0);
+    };
+    if !worth_a_record(&sk, false)? {
         return Ok(0);
     }
-    let mut ev = new_event(kind::ARMED);
-    fill(&mut ev, sk)?;
-    ev.expires = read::<u64>(timer, conf!(timer_expires))?;
-    ev.flags |= flags::TIMER_PENDING;
-    submit(&ev);
-    Ok(0)
+    emit(kind::ARMED, |ev| {
+        let expires = read::<u64>(timer, conf!(timer_expires));
+        ev.flags |= flags::TIMER_PENDING;
+        fill(ev, &sk, ns).is_ok()
+            && expires.is_ok_and(|e| {
+                ev.expires = e;
+                true
+            })
+    })
 }
 
 #[btf_tracepoint(function = "timer_expire_entry")]
@@ -102,12 +155,12 @@ fn try_timer_expire_entry(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// `tcp_keepalive_timer(timer)` starts: remember what the socket looked like.
 #[inline(always)]
 pub(crate) fn on_entry(timer: u64) -> Result<u32, u32> {
-    let sk = sk_of_timer(timer);
+    let sk = Src::live(sk_of_timer(timer));
     let slot = in_flight().ok_or(0u32)?;
     unsafe {
         (*slot).timer = timer;
-        (*slot).probes_before = probes_out(sk)?;
-        (*slot).state_before = state(sk)?;
+        (*slot).probes_before = probes_out(&sk)?;
+        (*slot).state_before = state(&sk)?;
     }
     Ok(0)
 }
@@ -137,18 +190,19 @@ pub(crate) fn on_exit(timer: u64) -> Result<u32, u32> {
         return Ok(0);
     }
     unsafe { (*slot).timer = 0 };
-    let sk = sk_of_timer(timer);
-    if !admitted(sk)? || !worth_a_record(sk, false)? {
+    let sk = copied(sk_of_timer(timer))?;
+    let Some(ns) = admitted(&sk)? else {
+        return Ok(0);
+    };
+    if !worth_a_record(&sk, false)? {
         return Ok(0);
     }
-    let mut ev = new_event(kind::FIRED);
-    fill(&mut ev, sk)?;
-    ev.probes_before = seen.probes_before;
-    ev.state_before = seen.state_before;
-    crate::sock::fill_stamps(&mut ev, sk)?;
-    fill_timer(&mut ev, sk)?;
-    submit(&ev);
-    Ok(0)
+    emit(kind::FIRED, |ev| {
+        let ok = fill(ev, &sk, ns).is_ok() && fill_stamps(ev, &sk).is_ok();
+        ev.probes_before = seen.probes_before;
+        ev.state_before = seen.state_before;
+        ok && fill_timer(ev, &sk).is_ok()
+    })
 }
 
 #[btf_tracepoint(function = "timer_cancel")]
@@ -169,17 +223,17 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if (expires.wrapping_sub(unsafe { bpf_jiffies64() }) as i64) <= 0 {
         return Ok(0);
     }
-    on_disarmed(sk_of_timer(timer))
+    on_disarmed(&Src::live(sk_of_timer(timer)))
 }
 
 /// A pending keepalive timer of `sk` was stopped before it was due.
 #[inline(always)]
-pub(crate) fn on_disarmed(sk: u64) -> Result<u32, u32> {
-    if !admitted(sk)? || !worth_a_record(sk, false)? {
+pub(crate) fn on_disarmed(sk: &Src) -> Result<u32, u32> {
+    let Some(ns) = admitted(sk)? else {
+        return Ok(0);
+    };
+    if !worth_a_record(sk, false)? {
         return Ok(0);
     }
-    let mut ev = new_event(kind::DISARMED);
-    fill(&mut ev, sk)?;
-    submit(&ev);
-    Ok(0)
+    emit(kind::DISARMED, |ev| fill(ev, sk, ns).is_ok())
 }

@@ -20,7 +20,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     Ebpf, EbpfLoader,
 };
-use keepalive_common::counter;
+use keepalive_common::{counter, WatchedFew, WATCHED_FEW_MAX};
 
 pub use attach::{AttachKind, AttachMode, AttachPath};
 pub use error::LoadError;
@@ -284,6 +284,27 @@ impl Bpf {
         for &k in inodes {
             m.insert(k, 1, 0)
                 .map_err(|_| LoadError::Map("WATCHED_NETNS (full)"))?;
+        }
+        // A few are also kept in one array slot, compared in place.
+        let mut few = WatchedFew {
+            len: u32::MAX,
+            ..WatchedFew::default()
+        };
+        if inodes.len() <= WATCHED_FEW_MAX {
+            let mut sorted: Vec<u32> = inodes.iter().copied().collect();
+            sorted.sort_unstable();
+            few.len = sorted.len() as u32;
+            few.inums[..sorted.len()].copy_from_slice(&sorted);
+        }
+        let map = self
+            .ebpf
+            .map_mut("WATCHED_FEW")
+            .ok_or(LoadError::Map("WATCHED_FEW"))?;
+        let mut a: aya::maps::Array<&mut MapData, WatchedFew> =
+            aya::maps::Array::try_from(map).map_err(|_| LoadError::Map("WATCHED_FEW"))?;
+        if a.get(&0, 0).ok() != Some(few) {
+            a.set(0, few, 0)
+                .map_err(|_| LoadError::Map("WATCHED_FEW"))?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Every kernel field the programs read, resolved from the running kernel's
 //! BTF into [`KernelConfig`]. Nothing about kernel layout is compiled in.
 
-use keepalive_common::{IterConfig, KernelConfig};
+use keepalive_common::{IterConfig, KernelConfig, SK_COPY_BYTES, SK_COPY_RANGES};
 use thiserror::Error;
 
 use crate::kernel::btf::{Btf, BtfError};
@@ -51,6 +51,81 @@ pub fn keepalive_timer(btf: &Btf) -> Result<(u32, &'static str), OffsetError> {
 
 /// Resolves all offsets. `keepalive_fn` is the address of `tcp_keepalive_timer`.
 pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError> {
+    let c = resolve_fields(btf, keepalive_fn)?;
+    let (n, off, len) = sk_copy_ranges(&c);
+    Ok(KernelConfig {
+        sk_copy_n: n,
+        sk_copy_off: off,
+        sk_copy_len: len,
+        ..c
+    })
+}
+
+/// The byte ranges of a TCP socket holding every field the keepalive
+/// timer's record reads through `sock::Src` (offset and width as the
+/// programs read them), fields a few bytes apart merged, at most
+/// `SK_COPY_RANGES`. None (0 ranges) when a field lies past
+/// `SK_COPY_BYTES` (a kernel built with lock debugging, say): the programs
+/// then read field by field.
+pub fn sk_copy_ranges(c: &KernelConfig) -> (u32, [u16; SK_COPY_RANGES], [u16; SK_COPY_RANGES]) {
+    let none = (0, [0; SK_COPY_RANGES], [0; SK_COPY_RANGES]);
+    let timer = c.sk_timer;
+    let mut fields = vec![
+        (c.skc_family, 2),
+        (c.skc_state, 1),
+        (c.skc_num, 2),
+        (c.inet_sport, 2),
+        (c.skc_dport, 2),
+        (c.skc_rcv_saddr, 4),
+        (c.skc_daddr, 4),
+        (c.skc_v6_rcv_saddr, 16),
+        (c.skc_v6_daddr, 16),
+        (c.skc_net, 8),
+        (c.sk_err, 4),
+        (c.sk_socket, 8),
+        (c.icsk_probes_out, 1),
+        (c.skc_cookie, 8),
+        (c.skc_flags, 8),
+        (c.icsk_lrcvtime, 4),
+        (c.tp_lsndtime, 4),
+        (c.tp_rcv_tstamp, 4),
+        (timer + c.timer_pprev, 8),
+        (timer + c.timer_expires, 8),
+    ];
+    if c.sk_cgrp != 0 {
+        fields.push((c.sk_cgrp, 8));
+    }
+    if fields
+        .iter()
+        .any(|&(off, len)| (off + len) as usize > SK_COPY_BYTES)
+    {
+        return none;
+    }
+    fields.sort_unstable();
+    // Copying a few bytes between two fields costs less than another
+    // read; widen the gap merged over until the ranges fit.
+    for gap in [32, 64, 128, 256, 512, 1024, SK_COPY_BYTES as u32] {
+        let mut ranges: Vec<(u32, u32)> = vec![];
+        for &(off, len) in &fields {
+            match ranges.last_mut() {
+                Some((_, end)) if off <= *end + gap => *end = (*end).max(off + len),
+                _ => ranges.push((off, off + len)),
+            }
+        }
+        if ranges.len() <= SK_COPY_RANGES {
+            let (mut offs, mut lens) = ([0u16; SK_COPY_RANGES], [0u16; SK_COPY_RANGES]);
+            for (i, (start, end)) in ranges.iter().enumerate() {
+                // Within SK_COPY_BYTES (4096), checked above.
+                offs[i] = *start as u16;
+                lens[i] = (end - start) as u16;
+            }
+            return (ranges.len() as u32, offs, lens);
+        }
+    }
+    none
+}
+
+fn resolve_fields(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError> {
     let sk = |field, size| at(btf, "sock", field, size);
     let socket_ino = at(btf, "socket_alloc", "vfs_inode", 0)?
         - at(btf, "socket_alloc", "socket", 0)?
