@@ -7,9 +7,7 @@ use keepalive_common::{flags, kind};
 use crate::{
     conf,
     emit::emit,
-    sock::{
-        admitted, admitted_direct, fill, fill_stamps, protocol_direct, worth_a_record_direct, Src,
-    },
+    sock::{admitted_direct, fill, fill_stamps, protocol_direct, worth_a_record_direct, Src},
 };
 
 /// A record of `kind` for `sk` with its activity stamps: resets, error
@@ -17,10 +15,12 @@ use crate::{
 /// when its namespace is not watched. `reason`: the kernel's reset reason.
 #[inline(always)]
 fn stamped(kind: u32, sk: u64, reason: Option<u32>) -> Result<u32, u32> {
-    let src = Src::live(sk);
-    let Some(ns) = admitted(&src)? else {
+    // `sk` is a BTF `struct sock *` on every path here: the namespace
+    // with plain loads, so a filtered reset costs no probe read.
+    let Some(ns) = admitted_direct(sk) else {
         return Ok(0);
     };
+    let src = Src::live(sk);
     emit(kind, |ev| {
         if crate::timer::running_here(sk + conf!(sk_timer) as u64) {
             ev.flags |= flags::IN_KEEPALIVE_TIMER;
@@ -89,7 +89,7 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
 /// TCP_USER_TIMEOUT) giving up: both are dead peers, found two ways.
 fn try_inet_sk_error_report(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let sk: u64 = ctx.arg(0);
-    if sk == 0 || crate::sock::read::<u16>(sk, conf!(sk_protocol))? != IPPROTO_TCP {
+    if sk == 0 || protocol_direct(sk) != IPPROTO_TCP {
         return Ok(0);
     }
     stamped(kind::ERROR_REPORT, sk, None)
@@ -123,7 +123,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     };
     let sk: u64 = ctx.arg(0);
     // Every connection's end passes here: plain loads through the BTF
-    // pointer, the quiet decision first, the namespace only when it counts.
+    // pointer.
     if sk == 0 || protocol_direct(sk) != IPPROTO_TCP {
         return Ok(0);
     }
@@ -134,15 +134,17 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     } else {
         (0, 0)
     };
+    // The namespace first: two plain loads and a compare, where the quiet
+    // decision costs two helper calls.
+    let Some(ns) = admitted_direct(sk) else {
+        return Ok(0);
+    };
     if !worth_a_record_direct(sk) {
-        if k == kind::CLOSED && admitted_direct(sk).is_some() {
+        if k == kind::CLOSED {
             crate::bump(keepalive_common::counter::QUIET_CLOSES);
         }
         return Ok(0);
     }
-    let Some(ns) = admitted_direct(sk) else {
-        return Ok(0);
-    };
     let src = Src::live(sk);
     emit(k, |ev| {
         let ok = fill(ev, &src, ns).is_ok();

@@ -28,9 +28,11 @@ use crate::{
 #[derive(Clone, Copy)]
 pub struct InFlight {
     timer: u64,
+    /// The socket's namespace, read (and admitted) at entry.
+    netns: u32,
     probes_before: u8,
     state_before: u8,
-    _pad: [u8; 6],
+    _pad: [u8; 2],
 }
 
 #[map]
@@ -152,15 +154,22 @@ fn try_timer_expire_entry(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     on_entry(timer)
 }
 
-/// `tcp_keepalive_timer(timer)` starts: remember what the socket looked like.
+/// `tcp_keepalive_timer(timer)` starts: remember what the socket looked
+/// like. A socket of a namespace not watched is let go here: its run costs
+/// the namespace's two reads, and its exit one compare.
 #[inline(always)]
 pub(crate) fn on_entry(timer: u64) -> Result<u32, u32> {
     let sk = Src::live(sk_of_timer(timer));
     let slot = in_flight().ok_or(0u32)?;
+    unsafe { (*slot).timer = 0 };
+    let Some(ns) = admitted(&sk)? else {
+        return Ok(0);
+    };
     unsafe {
-        (*slot).timer = timer;
+        (*slot).netns = ns;
         (*slot).probes_before = probes_out(&sk)?;
         (*slot).state_before = state(&sk)?;
+        (*slot).timer = timer;
     }
     Ok(0)
 }
@@ -191,14 +200,11 @@ pub(crate) fn on_exit(timer: u64) -> Result<u32, u32> {
     }
     unsafe { (*slot).timer = 0 };
     let sk = copied(sk_of_timer(timer))?;
-    let Some(ns) = admitted(&sk)? else {
-        return Ok(0);
-    };
     if !worth_a_record(&sk, false)? {
         return Ok(0);
     }
     emit(kind::FIRED, |ev| {
-        let ok = fill(ev, &sk, ns).is_ok() && fill_stamps(ev, &sk).is_ok();
+        let ok = fill(ev, &sk, seen.netns).is_ok() && fill_stamps(ev, &sk).is_ok();
         ev.probes_before = seen.probes_before;
         ev.state_before = seen.state_before;
         ok && fill_timer(ev, &sk).is_ok()

@@ -7,6 +7,7 @@ mod bench;
 mod churn;
 mod fuzz;
 mod hold;
+mod hooks;
 mod overhead;
 mod rr;
 mod setup;
@@ -72,6 +73,12 @@ enum Cmd {
         /// (docs/benchmarks.md is left alone).
         #[arg(long, conflicts_with = "web_only")]
         listing_only: bool,
+        /// Seconds of each hook-cost run (4 loads x 2 conditions x 3 repetitions; 0: skip).
+        #[arg(long, default_value_t = 5.0)]
+        hook_secs: f64,
+        /// Only the hook-cost section, printed (docs/benchmarks.md is left alone).
+        #[arg(long, conflicts_with_all = ["web_only", "listing_only"])]
+        hooks_only: bool,
         /// Seconds of fuzzing per parser (0: skip).
         #[arg(long, default_value_t = 30)]
         fuzz_secs: u64,
@@ -81,6 +88,17 @@ enum Cmd {
     Churn {
         #[arg(long)]
         count: usize,
+    },
+    /// (internal) Loopback connections trickling one byte each way, for the
+    /// hook-cost benchmark's delayed-ACK timers.
+    #[command(hide = true)]
+    Trickle {
+        #[arg(long)]
+        conns: usize,
+        #[arg(long)]
+        every_ms: u64,
+        #[arg(long)]
+        secs: f64,
     },
     /// (internal) Loopback request/response load for the overhead benchmark.
     #[command(hide = true)]
@@ -173,9 +191,19 @@ fn main() -> Result<()> {
     if let Cmd::Churn { count } = cli.command {
         return churn::run(count);
     }
+    if let Cmd::Trickle {
+        conns,
+        every_ms,
+        secs,
+    } = cli.command
+    {
+        return hooks::trickle(conns, every_ms, secs);
+    }
     setup::ensure()?;
     match cli.command {
-        Cmd::Hold { .. } | Cmd::Rr { .. } | Cmd::Churn { .. } => unreachable!("handled above"),
+        Cmd::Hold { .. } | Cmd::Rr { .. } | Cmd::Churn { .. } | Cmd::Trickle { .. } => {
+            unreachable!("handled above")
+        }
         Cmd::Bench {
             sockets,
             rr_secs,
@@ -185,6 +213,8 @@ fn main() -> Result<()> {
             web_secs,
             web_only,
             listing_only,
+            hook_secs,
+            hooks_only,
             fuzz_secs,
         } => {
             if euid() != 0 {
@@ -207,6 +237,12 @@ fn main() -> Result<()> {
                 println!("{}", bench::report(&rows, &baseline, &command));
                 return Ok(());
             }
+            if hooks_only {
+                let h = hooks::run(kato, hook_secs)?;
+                web::bpf_stats(false);
+                println!("{}", hooks::report(&h));
+                return Ok(());
+            }
             let web = (web_secs > 0)
                 .then(|| web::run(kato, web_secs))
                 .transpose()?;
@@ -216,16 +252,22 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             let overhead = overhead::run(kato, rr_secs)?;
+            let hook_costs = (hook_secs > 0.0)
+                .then(|| hooks::run(kato, hook_secs))
+                .transpose()?;
             let throughput = overhead::throughput(kato, events_sockets, events_secs)?;
             let churned = overhead::churn(kato, churn)?;
             let (rows, baseline) = bench::scale(kato, &sockets)?;
             let command = format!(
-                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn} --web-secs {web_secs} --fuzz-secs {fuzz_secs}",
+                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --hook-secs {hook_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn} --web-secs {web_secs} --fuzz-secs {fuzz_secs}",
                 sockets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
             );
             web::bpf_stats(false);
             let mut text = bench::report(&rows, &baseline, &command);
             text += &overhead::report(&overhead, &throughput);
+            if let Some(h) = &hook_costs {
+                text += &hooks::report(h);
+            }
             text += &overhead::churn_report(&churned);
             if let Some(w) = &web {
                 text += &web::report(w);

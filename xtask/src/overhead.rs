@@ -68,6 +68,11 @@ pub(crate) fn wait_for(child: &mut Child, stderr: bool, needle: &str) -> Result<
 }
 
 pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
+    start_in(cond, kato, None)
+}
+
+/// [`start`], the agent watching `watched` (None: its own namespace).
+pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Result<Option<Child>> {
     let spawn = |cmd: &mut Command| {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -87,7 +92,7 @@ pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
                 "--listen",
                 "127.0.0.1:0",
                 "--netns",
-                "self",
+                watched.map_or("self", |n| n.0.as_str()),
             ]))?;
             wait_for(&mut c, true, "listening")?;
             Some(c)
@@ -125,7 +130,7 @@ pub(crate) fn stop(child: Option<Child>) {
 }
 
 /// Run time and count of every BPF program `pid` holds, by name.
-fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
+pub(crate) fn prog_stats(pid: u32) -> BTreeMap<String, (u64, u64)> {
     let mut ids = vec![];
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
         for e in dir.flatten() {

@@ -254,14 +254,23 @@ impl Bpf {
         })
     }
 
-    /// The event stream; can be taken once.
-    pub fn events(&mut self) -> Result<ring::EventStream, LoadError> {
+    fn ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self
             .ebpf
             .take_map("EVENTS")
             .ok_or(LoadError::Map("EVENTS"))?;
-        let ring = RingBuf::try_from(map).map_err(|_| LoadError::Map("EVENTS"))?;
-        ring::EventStream::new(ring).map_err(|_| LoadError::Map("EVENTS"))
+        RingBuf::try_from(map).map_err(|_| LoadError::Map("EVENTS"))
+    }
+
+    /// The event stream; the ring can be taken once (this or
+    /// [`Bpf::events_thread`]).
+    pub fn events(&mut self) -> Result<ring::EventStream, LoadError> {
+        ring::EventStream::new(self.ring()?).map_err(|_| LoadError::Map("EVENTS"))
+    }
+
+    /// The events, drained by a thread of their own.
+    pub fn events_thread(&mut self) -> Result<ring::RingThread, LoadError> {
+        ring::RingThread::spawn(self.ring()?).map_err(|_| LoadError::Map("EVENTS (reader thread)"))
     }
 
     /// Makes exactly `inodes` the namespaces whose sockets make events

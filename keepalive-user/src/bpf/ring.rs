@@ -1,5 +1,7 @@
-//! The `EVENTS` ring buffer, drained through tokio's `AsyncFd`: the task
-//! sleeps in epoll until the kernel signals data, no busy polling.
+//! The `EVENTS` ring buffer, drained through tokio's `AsyncFd` (the task
+//! sleeps in epoll until the kernel signals data, no busy polling), or by
+//! a thread of its own ([`RingThread`]) for a reader that sometimes works
+//! too long to drain it (the agent's snapshots).
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -53,5 +55,126 @@ impl EventStream {
             Err(_) => drain(self.fd.get_mut(), out),
         }
         Ok(())
+    }
+}
+
+/// What [`RingThread`] hands over: records, in the order the kernel wrote
+/// them, and the mark that every record written before a [`RingThread::flush`]
+/// came before it.
+pub enum Drained {
+    Records(Vec<Result<Record, DecodeError>>),
+    Flushed,
+}
+
+/// Records handed over at most per message: a burst is passed on as it is
+/// read, not held back until the ring is empty.
+const BATCH: usize = 4096;
+/// Messages in flight at most. When the consumer falls this far behind,
+/// the thread waits, the kernel's ring fills and the kernel counts the
+/// records it cannot write: memory stays bounded (~60 MB at worst, while a
+/// snapshot of 100,000s of sockets holds the consumer), nothing is lost
+/// uncounted.
+const IN_FLIGHT: usize = 128;
+
+/// The ring drained by a thread of its own, so that records keep leaving
+/// the kernel's ring while the consumer is busy (an agent's snapshot of
+/// 100,000s of sockets takes longer than a 4 MiB ring lasts at 100,000
+/// records a second).
+pub struct RingThread {
+    rx: tokio::sync::mpsc::Receiver<Drained>,
+    /// An eventfd: written to ask for a flush.
+    flush: std::os::fd::OwnedFd,
+}
+
+impl RingThread {
+    pub fn spawn(mut ring: RingBuf<MapData>) -> std::io::Result<Self> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        // SAFETY: a plain syscall; the new fd is owned below.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd nothing else owns.
+        let flush = unsafe { OwnedFd::from_raw_fd(efd) };
+        let asked = flush.try_clone()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+        std::thread::Builder::new()
+            .name("kato-ring".into())
+            .spawn(move || {
+                let ring_fd = ring.as_raw_fd();
+                let wait = i32::try_from(DRAIN_EVERY.as_millis()).unwrap_or(100);
+                loop {
+                    let mut fds = [
+                        libc::pollfd {
+                            fd: ring_fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                        libc::pollfd {
+                            fd: asked.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                    ];
+                    // SAFETY: two valid pollfds on the stack.
+                    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) };
+                    if n < 0
+                        && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                    {
+                        log::warn!(
+                            "polling the event ring: {}",
+                            std::io::Error::last_os_error()
+                        );
+                    }
+                    let flushed = fds[1].revents & libc::POLLIN != 0;
+                    if flushed {
+                        let mut v = 0u64;
+                        // SAFETY: reads the eventfd's 8-byte counter into `v`.
+                        unsafe { libc::read(asked.as_raw_fd(), (&raw mut v).cast(), 8) };
+                    }
+                    // Whatever woke the thread (data, the 100 ms tick, a
+                    // flush), the ring is drained to empty.
+                    loop {
+                        let mut batch = Vec::new();
+                        while batch.len() < BATCH {
+                            match ring.next() {
+                                Some(item) => batch.push(Record::decode(&item)),
+                                None => break,
+                            }
+                        }
+                        let more = batch.len() == BATCH;
+                        if !batch.is_empty() && tx.blocking_send(Drained::Records(batch)).is_err() {
+                            return; // the consumer is gone
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                    if flushed && tx.blocking_send(Drained::Flushed).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self { rx, flush })
+    }
+
+    /// The next message; None when the thread has ended.
+    pub async fn next(&mut self) -> Option<Drained> {
+        self.rx.recv().await
+    }
+
+    /// Asks the thread to drain the ring now and mark the point: every
+    /// record the kernel wrote before this call comes before the next
+    /// [`Drained::Flushed`].
+    pub fn flush(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from `one` to our eventfd.
+        let n = unsafe { libc::write(self.flush.as_raw_fd(), (&raw const one).cast(), 8) };
+        if n == 8 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 }

@@ -15,7 +15,7 @@ use keepalive_user::{
         state::{self, AgentState},
         webconfig::WebConfig,
     },
-    bpf::{Bpf, Iterators, LoadOptions},
+    bpf::{ring::Drained, Bpf, Iterators, LoadOptions},
     caps,
 };
 use tokio::net::TcpListener;
@@ -280,7 +280,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         no_arming: true,
     })?;
     state::check_caps(&cfg.netns)?;
-    let mut stream = bpf.events()?;
     let mut state = AgentState::new(&cfg, &bpf)?;
     let listener =
         listen(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -317,6 +316,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         // no_new_privs still blocks regaining any through exec.
         caps::Bounding::LeftWithoutSetpcap => "bounding set left as started (no CAP_SETPCAP)",
     };
+    // After the capabilities are dropped: a thread keeps the sets it was
+    // started with. Records wait in the kernel's ring until then.
+    let mut ring = bpf.events_thread()?;
     let kept: Vec<&str> = keep.iter().map(|c| caps::name(*c)).collect();
     eprintln!(
         "kato agent: listening on {scheme}://{addr} (/metrics, /sockets, /healthz); {n} sockets in {}; keeping {}; {bounding}; {serving_as}",
@@ -328,29 +330,34 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         kept.join(", ")
     );
 
-    let mut batch = Vec::new();
     let mut tick = tokio::time::interval(cfg.snapshot_interval);
     tick.tick().await; // the first tick fires at once: the seed snapshot was just taken
     tokio::pin!(stop);
+    // A snapshot is due once the records written before it are in.
+    let mut due = false;
     loop {
         tokio::select! {
             () = &mut stop => break,
-            r = stream.next_batch(&mut batch) => {
-                r.context("reading the event ring buffer")?;
-                state.lock().expect("lock").on_records(&mut batch);
-            }
-            _ = tick.tick() => {
+            m = ring.next() => match m {
+                Some(Drained::Records(mut batch)) => {
+                    state.lock().expect("lock").on_records(&mut batch);
+                }
                 // Records made before this snapshot first: a connection
                 // accepted on a listener that has closed since is still
-                // the server's.
-                stream.drain_now(&mut batch);
-                let mut state = state.lock().expect("lock");
-                state.on_records(&mut batch);
-                if let Err(e) = state.snapshot(&mut bpf) {
-                    log::warn!("snapshot failed: {e}");
+                // the server's. The ring thread keeps draining meanwhile.
+                Some(Drained::Flushed) if due => {
+                    due = false;
+                    if let Err(e) = state.lock().expect("lock").snapshot(&mut bpf) {
+                        log::warn!("snapshot failed: {e}");
+                    }
                 }
+                Some(Drained::Flushed) => {}
+                None => anyhow::bail!("the event ring's reader thread ended"),
+            },
+            _ = tick.tick(), if !due => {
+                ring.flush().context("asking the event ring's reader to flush")?;
+                due = true;
             }
-
         }
     }
     // The HTTP thread ends with the process; dropping the object closes
