@@ -108,7 +108,8 @@ pub struct AgentConfig {
     /// Count request/response turns from every send/recv (costs a little on
     /// every socket syscall).
     pub http_keepalive: bool,
-    /// Ring buffer size override (tests only; not a config key).
+    /// The kernel's event ring, bytes (None: 4 MiB, 8 MiB with the HTTP
+    /// keep-alive view).
     pub ring_bytes: Option<u32>,
     /// fentry, tracepoints, or the best the kernel allows.
     pub attach: AttachMode,
@@ -190,6 +191,8 @@ pub struct Overrides {
     pub allowed_hosts: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_via::<_, MaxConnections>")]
     pub max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "de_via::<_, RingSize>")]
+    pub ring_size: Option<u32>,
     #[serde(default)]
     pub web_config: Option<PathBuf>,
     #[serde(default)]
@@ -292,6 +295,37 @@ impl Setting for MaxConnections {
     }
 }
 
+/// The event ring's size: `16MiB`, `512KiB` or bytes; a power of two from
+/// 64 KiB to 1 GiB (the kernel takes powers of two of pages).
+pub struct RingSize;
+impl Setting for RingSize {
+    type Raw = String;
+    type Value = u32;
+    fn parse(s: String) -> Result<u32, String> {
+        let t = s.trim();
+        let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => t.split_at(i),
+            None => (t, ""),
+        };
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return Err(format!("`{s}` is not a size (e.g. 16MiB, 512KiB)")),
+        };
+        let bytes = num
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(scale))
+            .ok_or_else(|| format!("`{s}` is not a size (e.g. 16MiB, 512KiB)"))?;
+        if !(64 << 10..=1 << 30).contains(&bytes) || !bytes.is_power_of_two() {
+            return Err(format!("`{s}` is not a power of two from 64KiB to 1GiB"));
+        }
+        Ok(bytes as u32)
+    }
+}
+
 pub struct Hz;
 impl Setting for Hz {
     type Raw = i64;
@@ -374,7 +408,7 @@ fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Err
 }
 
 /// The file's keys, for the unknown-key message.
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 20] = [
     "listen",
     "netns",
     "snapshot_interval",
@@ -389,6 +423,7 @@ pub const KEYS: [&str; 19] = [
     "attach",
     "allowed_hosts",
     "max_connections",
+    "ring_size",
     "web_config",
     "cloud_defaults",
     "state_dir",
@@ -472,6 +507,7 @@ impl Overrides {
             attach: self.attach.or(base.attach),
             allowed_hosts: self.allowed_hosts.or(base.allowed_hosts),
             max_connections: self.max_connections.or(base.max_connections),
+            ring_size: self.ring_size.or(base.ring_size),
             web_config: self.web_config.or(base.web_config),
             cloud_defaults: self.cloud_defaults.or(base.cloud_defaults),
             state_dir: self.state_dir.or(base.state_dir),
@@ -500,7 +536,7 @@ impl Overrides {
                 .unwrap_or(d.policy),
             idle_kill_min: self.idle_kill_min.unwrap_or(d.idle_kill_min),
             http_keepalive: self.http_keepalive.unwrap_or(d.http_keepalive),
-            ring_bytes: None,
+            ring_bytes: self.ring_size,
             attach: self.attach.unwrap_or(d.attach),
             allowed_hosts: self.allowed_hosts.unwrap_or(d.allowed_hosts),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
@@ -586,6 +622,12 @@ mod tests {
                 "`kprobe` is not one of auto, fentry, tracepoint",
             ),
             ("netns = 3", "netns", "expected \"all\""),
+            (
+                "ring_size = \"3MiB\"",
+                "ring_size",
+                "not a power of two from 64KiB to 1GiB",
+            ),
+            ("ring_size = \"16MB\"", "ring_size", "is not a size"),
             ("colour = \"blue\"", "colour", "unknown key"),
             ("\"\" = 1", "\"\"", "unknown key"),
         ] {
@@ -598,6 +640,15 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn ring_size_in_units() {
+        for (text, bytes) in [("16MiB", 16 << 20), ("512KiB", 512 << 10), ("65536", 65536)] {
+            assert_eq!(RingSize::parse(text.into()), Ok(bytes), "{text}");
+        }
+        let c = parse("ring_size = \"16MiB\"").unwrap().resolve();
+        assert_eq!(c.ring_bytes, Some(16 << 20));
     }
 
     #[test]

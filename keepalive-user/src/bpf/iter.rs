@@ -68,26 +68,52 @@ impl<T: Copy> Records<T> {
 }
 
 /// Reads an iterator's file to its end, keeping what `map` makes of each
-/// record.
+/// record. A thread of its own reads (the kernel walks its sockets and
+/// runs the program in the read), this one decodes what it hands over:
+/// the two overlap on two cores. At most [`IN_FLIGHT`] chunks wait.
 fn read_all<T: Copy, U>(
     name: &'static str,
     size: usize,
     mut file: File,
     mut map: impl FnMut(T) -> Option<U>,
 ) -> Result<Vec<U>, LoadError> {
-    let io = |source| LoadError::Iterator { name, source };
     // The kernel fills at most its 8-page seq buffer per read.
-    let mut buf = vec![0u8; 64 << 10];
+    const CHUNK: usize = 64 << 10;
+    const IN_FLIGHT: usize = 8;
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let mut records = Records::new(name, size);
     let mut out = Vec::new();
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => records.feed(&buf[..n], |r| out.extend(map(r))),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> std::io::Result<()> {
+            loop {
+                let mut buf = empty_rx.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+                buf.resize(CHUNK, 0);
+                let n = loop {
+                    match file.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        r => break r?,
+                    }
+                };
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                if full_tx.send(buf).is_err() {
+                    return Ok(()); // the decoder is gone
+                }
+            }
+        });
+        for buf in full_rx {
+            records.feed(&buf, |r| out.extend(map(r)));
+            // Back for reuse; the reader may have finished.
+            let _ = empty_tx.send(buf);
         }
-    }
+        reader
+            .join()
+            .expect("an iterator reader panicked")
+            .map_err(|source| LoadError::Iterator { name, source })
+    })?;
     records.finish()?;
     Ok(out)
 }
