@@ -346,7 +346,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockets::tests::record;
+    use crate::sockets::tests::{record, timewait};
     use keepalive_common::{sock_flags, SockRecord};
 
     fn policy(rules: &[&str]) -> Policy {
@@ -485,16 +485,7 @@ mod tests {
             }),
             Some(Risk::Unknown)
         );
-        let tw = Socket::from_record(
-            &SockRecord {
-                state: 6,
-                flags: sock_flags::TIMEWAIT,
-                ..record()
-            },
-            250,
-            None,
-        )
-        .unwrap();
+        let tw = timewait();
         assert_eq!(class(&tw), None);
         let s = sock(sock_flags::KEEPALIVE_ON, 300, 30);
         let (risk, rule) = p.classify(&s).unwrap();

@@ -276,10 +276,10 @@ mod tests {
     use crate::{
         conntrack::CtState,
         owner::Owner,
-        sockets::tests::record,
+        sockets::tests::{record, timewait},
         workload::{Named, Workload},
     };
-    use keepalive_common::{sock_flags, SockRecord};
+    use keepalive_common::SockRecord;
 
     fn full() -> Socket {
         let owner = Owner {
@@ -316,16 +316,7 @@ mod tests {
         let s = full();
         assert!(s.keepalive.is_some() && s.idle_s.is_some() && s.pid.is_some());
         assert_eq!(Compact::of(&s).socket(), s);
-        let tw = Socket::from_record(
-            &SockRecord {
-                state: 6,
-                flags: sock_flags::TIMEWAIT,
-                ..record()
-            },
-            250,
-            None,
-        )
-        .unwrap();
+        let tw = timewait();
         assert_eq!(Compact::of(&tw).socket(), tw);
     }
 

@@ -395,6 +395,16 @@ pub fn owners(records: &[OwnerRecord]) -> foldhash::HashMap<u64, Owner> {
 pub(crate) mod tests {
     use super::*;
 
+    /// A TIME_WAIT mini-socket: no keepalive settings, no idle time.
+    pub fn timewait() -> Socket {
+        let r = SockRecord {
+            state: 6,
+            flags: sock_flags::TIMEWAIT,
+            ..record()
+        };
+        Socket::from_record(&r, 250, None).unwrap()
+    }
+
     pub fn record() -> SockRecord {
         SockRecord {
             sk: 0xffff_8880_1234_0000,

@@ -235,9 +235,11 @@ mod tests {
     use crate::{
         owner::Owner,
         policy::{Policy, Rule},
-        sockets::{tests::record, Socket},
+        sockets::{
+            tests::{record, timewait},
+            Socket,
+        },
     };
-    use keepalive_common::SockRecord;
 
     #[test]
     fn addresses_like_netstat() {
@@ -275,16 +277,7 @@ mod tests {
             let at = h.find(col).unwrap();
             assert!(line[at..].starts_with(value), "{col}:\n{h}\n{line}");
         }
-        let tw = Socket::from_record(
-            &SockRecord {
-                state: 6,
-                flags: 0,
-                ..record()
-            },
-            250,
-            None,
-        )
-        .unwrap();
+        let tw = timewait();
         let none = Policy::default();
         assert!(row(&SocketView::new(&tw, None, &none), false).contains(" - "));
         assert!(row(&SocketView::new(&tw, None, &none), true).ends_with(" -"));
