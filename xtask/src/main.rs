@@ -79,6 +79,10 @@ enum Cmd {
         /// Only the hook-cost section, printed (docs/benchmarks.md is left alone).
         #[arg(long, conflicts_with_all = ["web_only", "listing_only"])]
         hooks_only: bool,
+        /// Only the event-throughput section (at --events-sockets), printed
+        /// (docs/benchmarks.md is left alone).
+        #[arg(long, conflicts_with_all = ["web_only", "listing_only", "hooks_only"])]
+        events_only: bool,
         /// Seconds of fuzzing per parser (0: skip).
         #[arg(long, default_value_t = 30)]
         fuzz_secs: u64,
@@ -215,6 +219,7 @@ fn main() -> Result<()> {
             listing_only,
             hook_secs,
             hooks_only,
+            events_only,
             fuzz_secs,
         } => {
             if euid() != 0 {
@@ -241,6 +246,12 @@ fn main() -> Result<()> {
                 let h = hooks::run(kato, hook_secs)?;
                 web::bpf_stats(false);
                 println!("{}", hooks::report(&h));
+                return Ok(());
+            }
+            if events_only {
+                let t = overhead::throughput(kato, events_sockets, events_secs)?;
+                web::bpf_stats(false);
+                println!("{}", overhead::throughput_report(&t));
                 return Ok(());
             }
             let web = (web_secs > 0)

@@ -516,6 +516,12 @@ pub fn report(o: &Overhead, t: &Throughput) -> String {
             tl.map_or(0, |c| c.1)
         );
     }
+    s + &throughput_report(t)
+}
+
+/// The event-throughput section alone (`cargo xtask bench --events-only`).
+pub fn throughput_report(t: &Throughput) -> String {
+    let mut s = String::new();
     let _ = writeln!(s, "\n## Event throughput\n");
     let _ = writeln!(
         s,
