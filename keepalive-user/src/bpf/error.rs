@@ -27,6 +27,8 @@ pub enum LoadError {
     },
     #[error("eBPF map `{0}` is missing or of the wrong type")]
     Map(&'static str),
+    #[error("cannot start the event ring's reader: {0}")]
+    Reader(#[source] std::io::Error),
     #[error("BPF iterator `{name}`: {source}")]
     Iterator {
         name: &'static str,

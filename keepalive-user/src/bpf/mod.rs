@@ -270,7 +270,7 @@ impl Bpf {
 
     /// The events, drained by a thread of their own.
     pub fn events_thread(&mut self) -> Result<ring::RingThread, LoadError> {
-        ring::RingThread::spawn(self.ring()?).map_err(|_| LoadError::Map("EVENTS (reader thread)"))
+        ring::RingThread::spawn(self.ring()?).map_err(LoadError::Reader)
     }
 
     /// Makes exactly `inodes` the namespaces whose sockets make events
