@@ -27,12 +27,16 @@ use crate::{
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct InFlight {
+    /// Set for every keepalive run, watched or not, so that the callback's
+    /// own re-arm is known as such (and not counted as filtered again).
     timer: u64,
     /// The socket's namespace, read (and admitted) at entry.
     netns: u32,
     probes_before: u8,
     state_before: u8,
-    _pad: [u8; 2],
+    /// 0: the socket's namespace is not watched, the exit makes no record.
+    watched: u8,
+    _pad: u8,
 }
 
 #[map]
@@ -156,19 +160,25 @@ fn try_timer_expire_entry(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 
 /// `tcp_keepalive_timer(timer)` starts: remember what the socket looked
 /// like. A socket of a namespace not watched is let go here: its run costs
-/// the namespace's two reads, and its exit one compare.
+/// the namespace's two reads, and its exit two compares.
 #[inline(always)]
 pub(crate) fn on_entry(timer: u64) -> Result<u32, u32> {
     let sk = Src::live(sk_of_timer(timer));
     let slot = in_flight().ok_or(0u32)?;
     unsafe { (*slot).timer = 0 };
     let Some(ns) = admitted(&sk)? else {
+        // Counted once, here; the run's re-arm sees `running_here`.
+        unsafe {
+            (*slot).watched = 0;
+            (*slot).timer = timer;
+        }
         return Ok(0);
     };
     unsafe {
         (*slot).netns = ns;
         (*slot).probes_before = probes_out(&sk)?;
         (*slot).state_before = state(&sk)?;
+        (*slot).watched = 1;
         (*slot).timer = timer;
     }
     Ok(0)
@@ -199,6 +209,9 @@ pub(crate) fn on_exit(timer: u64) -> Result<u32, u32> {
         return Ok(0);
     }
     unsafe { (*slot).timer = 0 };
+    if seen.watched == 0 {
+        return Ok(0);
+    }
     let sk = copied(sk_of_timer(timer))?;
     if !worth_a_record(&sk, false)? {
         return Ok(0);

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     bench::{hold_with, Netns},
-    overhead::{prog_stats, start_in, stop},
+    overhead::{prog_stats, start_in},
 };
 
 /// `xtask trickle`: `conns` loopback connections, each carrying one byte
@@ -172,7 +172,7 @@ pub fn run(kato: &str, secs: f64) -> Result<HookCosts> {
                 let before = prog_stats(pid);
                 drive(*load, &watched, &other, secs)?;
                 let after = prog_stats(pid);
-                stop(child);
+                drop(child);
                 for (name, (ns1, c1)) in after {
                     let (ns0, c0) = before.get(&name).copied().unwrap_or((0, 0));
                     // The floor's programs are kato's names with `floor_`.

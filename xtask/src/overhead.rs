@@ -67,12 +67,12 @@ pub(crate) fn wait_for(child: &mut Child, stderr: bool, needle: &str) -> Result<
     bail!("no `{needle}` within 60 s")
 }
 
-pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Child>> {
+pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Running>> {
     start_in(cond, kato, None)
 }
 
 /// [`start`], the agent watching `watched` (None: its own namespace).
-pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Result<Option<Child>> {
+pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Result<Option<Running>> {
     let spawn = |cmd: &mut Command| {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -84,7 +84,7 @@ pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Resul
         "floor" => {
             let mut c = spawn(Command::new(kato).arg("bench-floor"))?;
             wait_for(&mut c, true, "attached")?;
-            Some(c)
+            Some(Running(c))
         }
         "kato" => {
             let mut c = spawn(Command::new(kato).args([
@@ -95,7 +95,7 @@ pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Resul
                 watched.map_or("self", |n| n.0.as_str()),
             ]))?;
             wait_for(&mut c, true, "listening")?;
-            Some(c)
+            Some(Running(c))
         }
         "trace" => {
             // `trace --netns` takes an inode: this process's namespace, as
@@ -104,20 +104,31 @@ pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Resul
             let me = std::fs::metadata("/proc/self/ns/net")?.ino().to_string();
             let mut c = spawn(Command::new(kato).args(["trace", "--netns", &me]))?;
             wait_for(&mut c, true, "watching")?;
-            Some(c)
+            Some(Running(c))
         }
         "bpftrace" => {
             let mut c = spawn(Command::new("bpftrace").args(["-e", BPFTRACE]))?;
             wait_for(&mut c, false, "Attaching")?;
             std::thread::sleep(Duration::from_millis(500));
-            Some(c)
+            Some(Running(c))
         }
         _ => unreachable!(),
     })
 }
 
-pub(crate) fn stop(child: Option<Child>) {
-    if let Some(mut c) = child {
+/// A process the bench started (kato, bpftrace), stopped when dropped, so
+/// that a run ending in an error leaves nothing attached for the next.
+pub(crate) struct Running(Child);
+
+impl Running {
+    pub(crate) fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let c = &mut self.0;
         // SIGINT, so bpftrace and kato exit cleanly and detach.
         unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
         let end = Instant::now() + Duration::from_secs(5);
@@ -245,7 +256,7 @@ pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
                         }
                     }
                 }
-                stop(child);
+                drop(child);
                 samples
                     .entry((li, cond))
                     .or_default()
@@ -316,7 +327,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// `kato agent` watching `ns`, and the address it serves on.
-fn spawn_agent(kato: &str, ns: &Netns, snapshot_interval: &str) -> Result<(Child, String)> {
+fn spawn_agent(kato: &str, ns: &Netns, snapshot_interval: &str) -> Result<(Running, String)> {
     spawn_agent_with(kato, ns, snapshot_interval, &[])
 }
 
@@ -326,7 +337,7 @@ pub(crate) fn spawn_agent_with(
     ns: &Netns,
     snapshot_interval: &str,
     extra: &[&str],
-) -> Result<(Child, String)> {
+) -> Result<(Running, String)> {
     let mut agent = Command::new(kato)
         .args([
             "agent",
@@ -349,7 +360,7 @@ pub(crate) fn spawn_agent_with(
         .and_then(|s| s.split_whitespace().next())
         .context("agent address")?
         .to_owned();
-    Ok((agent, addr))
+    Ok((Running(agent), addr))
 }
 
 pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
@@ -383,7 +394,7 @@ fn throughput_run(
 ) -> Result<ThroughputRun> {
     eprintln!("xtask bench: event throughput, ring {ring}");
     let extra: Vec<&str> = size.map(|s| vec!["--ring-size", s]).unwrap_or_default();
-    let (mut agent, addr) = spawn_agent_with(kato, ns, "30s", &extra)?;
+    let (agent, addr) = spawn_agent_with(kato, ns, "30s", &extra)?;
     std::thread::sleep(Duration::from_secs(5));
     let scrape = || -> Result<(f64, f64)> {
         let (_, m) = http_get(&addr, "/metrics")?;
@@ -411,8 +422,7 @@ fn throughput_run(
             (k, (ns1 - ns0, c1 - c0))
         })
         .collect();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     Ok(ThroughputRun {
         ring,
         processed_per_s: (p1 - p0) / dt,
@@ -569,7 +579,7 @@ pub struct Churn {
 pub fn churn(kato: &str, total: usize) -> Result<Churn> {
     eprintln!("xtask bench: churning {total} connections");
     let ns = Netns::new("churn")?;
-    let (mut agent, addr) = spawn_agent(kato, &ns, "2s")?;
+    let (agent, addr) = spawn_agent(kato, &ns, "2s")?;
     let read = || -> Result<(f64, f64, f64)> {
         let (_, m) = http_get(&addr, "/metrics")?;
         let lost = ["ring_full", "kernel_read", "decode"]
@@ -611,8 +621,7 @@ pub fn churn(kato: &str, total: usize) -> Result<Churn> {
         .filter(|l| !l.trim().is_empty())
         .count();
     let rss_after = rss_kib(agent.id())?;
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     Ok(Churn {
         connections: total,
         secs,

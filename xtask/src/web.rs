@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::bench::{http_get, Netns};
+use crate::{
+    bench::{http_get, Netns},
+    overhead::Running,
+};
 
 const REPS: usize = 5;
 const PORT: u16 = 8080;
@@ -102,7 +105,7 @@ fn wrk(ns: &Netns, close: bool, secs: u64) -> Result<(f64, u64)> {
     Ok((rps, requests))
 }
 
-fn agent(kato: &str, ns: &Netns, all: bool) -> Result<(Child, String)> {
+fn agent(kato: &str, ns: &Netns, all: bool) -> Result<(Running, String)> {
     let extra: &[&str] = if all { &["--http-keepalive"] } else { &[] };
     crate::overhead::spawn_agent_with(kato, ns, "30s", extra)
 }
@@ -189,11 +192,8 @@ pub fn run(kato: &str, secs: u64) -> Result<Web> {
                     }
                     None => None,
                 };
-                if let Some((mut c, _)) = watcher {
-                    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-                    let _ = c.wait();
-                }
-                crate::overhead::stop(floor);
+                drop(watcher);
+                drop(floor);
                 eprintln!("xtask bench:   {rps:.0} requests/s");
                 samples.entry((mi, ci)).or_default().push((rps, per));
             }

@@ -295,13 +295,24 @@ impl Setting for MaxConnections {
     }
 }
 
-/// The event ring's size: `16MiB`, `512KiB` or bytes; a power of two from
-/// 64 KiB to 1 GiB (the kernel takes powers of two of pages).
+/// The event ring's size: `16MiB`, `512KiB` or bytes (a string, or in the
+/// config file a bare integer too); a power of two from 64 KiB to 1 GiB
+/// (the kernel takes powers of two of pages).
 pub struct RingSize;
 impl Setting for RingSize {
-    type Raw = String;
+    type Raw = toml::Value;
     type Value = u32;
-    fn parse(s: String) -> Result<u32, String> {
+    fn parse(raw: toml::Value) -> Result<u32, String> {
+        let s = match raw {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            other => {
+                return Err(format!(
+                    "a {} is not a size (e.g. \"16MiB\", \"512KiB\" or bytes)",
+                    other.type_str()
+                ))
+            }
+        };
         let t = s.trim();
         let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
             Some(i) => t.split_at(i),
@@ -649,6 +660,15 @@ mod tests {
         }
         let c = parse("ring_size = \"16MiB\"").unwrap().resolve();
         assert_eq!(c.ring_bytes, Some(16 << 20));
+        // A bare integer is bytes, held to the same bounds.
+        let c = parse("ring_size = 16777216").unwrap().resolve();
+        assert_eq!(c.ring_bytes, Some(16 << 20));
+        let e = parse("ring_size = 100000").unwrap_err();
+        assert!(e.message.contains("not a power of two"), "{e}");
+        let e = parse("ring_size = -65536").unwrap_err();
+        assert!(e.message.contains("is not a size"), "{e}");
+        let e = parse("ring_size = true").unwrap_err();
+        assert!(e.message.contains("a boolean is not a size"), "{e}");
     }
 
     #[test]

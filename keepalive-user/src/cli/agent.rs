@@ -184,7 +184,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
             "max-connections",
             number("max-connections", a.max_connections.as_ref())?,
         )?,
-        ring_size: flag::<RingSize>("ring-size", a.ring_size.clone())?,
+        ring_size: flag::<RingSize>("ring-size", a.ring_size.clone().map(toml::Value::String))?,
     })
 }
 
