@@ -4,7 +4,7 @@
 use std::{cmp::Ordering, net::IpAddr, str::FromStr};
 
 use crate::{
-    events::Observation, ip::canonical, owner::Owner, policy::Risk, tcp::TcpState,
+    events::Observation, ip::canonical, owner::Owner, policy::Risk, sockets::Socket, tcp::TcpState,
     view::SocketView, workload::Workload,
 };
 
@@ -66,7 +66,12 @@ impl Filter {
     }
 
     pub fn matches_socket(&self, v: &SocketView<'_>) -> bool {
-        let s = v.socket;
+        self.matches(v.socket, || v.risk)
+    }
+
+    /// [`Filter::matches_socket`] on the socket alone: its risk class
+    /// (a policy lookup) is asked for only when the filter has classes.
+    pub fn matches(&self, s: &Socket, risk: impl FnOnce() -> Option<Risk>) -> bool {
         any(&self.states, |st| s.state == *st)
             && self.endpoints(s.local, s.remote)
             && self.owner(s.pid, s.comm.as_deref())
@@ -74,8 +79,8 @@ impl Filter {
             && self
                 .keepalive
                 .is_none_or(|want| s.keepalive.is_some_and(|k| k.enabled == want))
-            && any(&self.risks, |r| v.risk == Some(*r))
             && self.matches_workload(s.workload.0.as_deref())
+            && (self.risks.is_empty() || risk().is_some_and(|r| self.risks.contains(&r)))
     }
 
     pub fn matches_event(&self, obs: &Observation<'_>) -> bool {
@@ -155,11 +160,7 @@ pub type Key = (u64, AddrKey, AddrKey);
 
 impl SortKey {
     /// The primary key and the two addresses in the order compared.
-    fn parts<'a>(
-        self,
-        v: &SocketView<'a>,
-    ) -> (u64, &'a std::net::SocketAddr, &'a std::net::SocketAddr) {
-        let s = v.socket;
+    fn parts(self, s: &Socket) -> (u64, &std::net::SocketAddr, &std::net::SocketAddr) {
         let idle = s.idle_s.unwrap_or(-1.0);
         let primary = match self {
             SortKey::Local => 0,
@@ -177,47 +178,49 @@ impl SortKey {
 
     /// The sort key of `v`: plain integers.
     pub fn key(self, v: &SocketView<'_>) -> Key {
-        let (primary, a, b) = self.parts(v);
+        self.key_of(v.socket)
+    }
+
+    fn key_of(self, s: &Socket) -> Key {
+        let (primary, a, b) = self.parts(s);
         (primary, addr_key(a), addr_key(b))
     }
 
     /// [`SortKey::key`] in 24 bytes, exact for IPv4 (see [`packed_addr`]).
-    fn packed(self, v: &SocketView<'_>) -> (u64, u64, u64) {
-        let (primary, a, b) = self.parts(v);
+    fn packed(self, s: &Socket) -> (u64, u64, u64) {
+        let (primary, a, b) = self.parts(s);
         (primary, packed_addr(a), packed_addr(b))
     }
 
-    pub fn compare(self, a: &SocketView<'_>, b: &SocketView<'_>) -> Ordering {
-        self.key(a).cmp(&self.key(b))
-    }
-
-    /// Sorts 100,000s of views: compact keys in one array, the full key
-    /// only where IPv6 leaves the compact one tied, equal keys in their
-    /// original order; then the views are moved into place once.
-    pub fn sort(self, views: &mut [SocketView<'_>]) {
-        let mut order: Vec<((u64, u64, u64), u32)> = views
+    /// Sorts 100,000s of items by their sockets: compact keys in one
+    /// array, the full key only where IPv6 leaves the compact one tied,
+    /// equal keys in their original order; then the items are moved into
+    /// place once.
+    pub fn sort<'s, T>(self, items: &mut [T], socket: impl Fn(&T) -> &'s Socket) {
+        let mut order: Vec<((u64, u64, u64), u32)> = items
             .iter()
             .enumerate()
-            .map(|(i, v)| (self.packed(v), i as u32))
+            .map(|(i, t)| (self.packed(socket(t)), i as u32))
             .collect();
         order.sort_unstable_by(|(ka, ia), (kb, ib)| {
             ka.cmp(kb)
                 .then_with(|| {
                     if ka.1 == u64::MAX || ka.2 == u64::MAX {
-                        self.compare(&views[*ia as usize], &views[*ib as usize])
+                        let key = |i: u32| self.key_of(socket(&items[i as usize]));
+                        key(*ia).cmp(&key(*ib))
                     } else {
                         Ordering::Equal
                     }
                 })
                 .then(ia.cmp(ib))
         });
-        // Position i takes the view at order[i]: follow each cycle.
+        // Position i takes the item at order[i]: follow each cycle.
         let mut from: Vec<u32> = order.into_iter().map(|(_, i)| i).collect();
         for start in 0..from.len() {
             let mut at = start;
             while from[at] as usize != start {
                 let next = from[at] as usize;
-                views.swap(at, next);
+                items.swap(at, next);
                 from[at] = at as u32;
                 at = next;
             }
@@ -226,17 +229,22 @@ impl SortKey {
     }
 }
 
-/// Keeps the matching views, sorted.
-pub fn select<'a>(
-    views: impl IntoIterator<Item = SocketView<'a>>,
+/// Keeps the items whose views match, sorted by their sockets. The items
+/// (a reference each) are kept, not the views: a view is ~100 bytes, made
+/// again where it is printed, and 100,000s of them held at once were a
+/// quarter of a listing's memory.
+pub fn select<'a, T: Copy>(
+    items: impl IntoIterator<Item = T>,
+    socket: impl Fn(T) -> &'a Socket,
+    view: impl Fn(T) -> SocketView<'a>,
     filter: &Filter,
     sort: SortKey,
-) -> Vec<SocketView<'a>> {
-    let mut v: Vec<_> = views
+) -> Vec<T> {
+    let mut v: Vec<T> = items
         .into_iter()
-        .filter(|v| filter.matches_socket(v))
+        .filter(|t| filter.matches(socket(*t), || view(*t).risk))
         .collect();
-    sort.sort(&mut v);
+    sort.sort(&mut v, |t| socket(*t));
     v
 }
 
@@ -268,9 +276,9 @@ mod tests {
 
     fn ports(all: &[Socket], f: &Filter, sort: SortKey) -> Vec<u16> {
         let p = Policy::default();
-        select(all.iter().map(|s| SocketView::new(s, None, &p)), f, sort)
+        select(all.iter(), |s| s, |s| SocketView::new(s, None, &p), f, sort)
             .iter()
-            .map(|v| v.socket.local.port())
+            .map(|s| s.local.port())
             .collect()
     }
 

@@ -12,7 +12,8 @@ use keepalive_user::{
     policy::Risk,
     sockets::{
         snapshot::{discover, Snapshotter, Source, Targets},
-        table::SocketTable,
+        table::{Counts, SocketTable},
+        Socket,
     },
     tcp::TcpState,
     view::{sockets as render, SocketView},
@@ -132,15 +133,18 @@ fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
         .collect()
 }
 
-fn print(
+/// Prints `items` as views made one at a time (`view`): 100,000s of
+/// sockets never have their views in memory at once.
+fn print<'a, T: Copy + Sync>(
     out: &mut impl Write,
     output: Output,
-    sockets: &[SocketView<'_>],
+    items: &[T],
+    view: &(impl Fn(T) -> SocketView<'a> + Sync),
     with_risk: bool,
 ) -> std::io::Result<()> {
     match output {
         Output::Json => {
-            serde_json::to_writer(&mut *out, sockets)?;
+            serde_json::to_writer(&mut *out, &Views(items, view))?;
             writeln!(out)
         }
         Output::Table => {
@@ -148,15 +152,15 @@ fn print(
             // 100,000s of rows: two threads format alternate blocks, which
             // are written in order; at most two blocks are held at once.
             const BLOCK: usize = 4096;
-            let rows = |part: &[SocketView<'_>]| {
+            let rows = |part: &[T]| {
                 let mut text = String::with_capacity(part.len() * 200);
-                for v in part {
-                    render::write_row(&mut text, v, with_risk);
+                for t in part {
+                    render::write_row(&mut text, &view(*t), with_risk);
                     text.push('\n');
                 }
                 text
             };
-            for pair in sockets.chunks(2 * BLOCK) {
+            for pair in items.chunks(2 * BLOCK) {
                 let (a, b) = pair.split_at(pair.len().min(BLOCK));
                 let (a, b) = std::thread::scope(|s| {
                     let b = s.spawn(|| rows(b));
@@ -167,6 +171,15 @@ fn print(
             }
             writeln!(out, "\n{}", render::FOOTNOTE)
         }
+    }
+}
+
+/// A JSON array of the views of `.0`, each made as it is written.
+struct Views<'s, T, F>(&'s [T], &'s F);
+
+impl<'a, T: Copy, F: Fn(T) -> SocketView<'a>> serde::Serialize for Views<'_, T, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|t| (self.1)(*t)))
     }
 }
 
@@ -235,14 +248,12 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
             return Err(no_timeout());
         }
         let with_risk = !policy.is_empty();
-        let views = snaps
-            .iter()
-            .flat_map(|n| &n.sockets)
-            .map(|s| addresses(SocketView::new(s, None, &policy)));
-        let shown = filter::select(views, &filter, sort);
+        let view = |s| addresses(SocketView::new(s, None, &policy));
+        let all = snaps.iter().flat_map(|n| &n.sockets);
+        let shown = filter::select(all, |s| s, view, &filter, sort);
         log::debug!("selected at {:?}", t.elapsed());
         let mut out = std::io::BufWriter::new(stdout.lock());
-        let r = print(&mut out, args.output, &shown, with_risk).and_then(|()| out.flush());
+        let r = print(&mut out, args.output, &shown, &view, with_risk).and_then(|()| out.flush());
         log::debug!("printed at {:?}", t.elapsed());
         // The process ends here: the kernel takes the memory back faster
         // than 100,000s of sockets' destructors would.
@@ -287,14 +298,14 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 }
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 let rows: Vec<_> = table.iter().collect();
-                let views = rows.iter().map(|(s, c)| addresses(SocketView::new(s, Some(c), &policy)));
-                let shown = filter::select(views, &filter, sort);
+                let view = |r| { let (s, c): &(Socket, Counts) = r; addresses(SocketView::new(s, Some(c), &policy)) };
+                let shown = filter::select(rows.iter(), |r| &r.0, view, &filter, sort);
                 let r = (|| {
                     if args.output == Output::Table {
                         write!(out, "\x1b[H\x1b[2J")?;
                         writeln!(out, "Every {:.1}s: kato sockets ({} shown of {})\n", period.as_secs_f64(), shown.len(), table.len())?;
                     }
-                    print(&mut out, args.output, &shown, with_risk)?;
+                    print(&mut out, args.output, &shown, &view, with_risk)?;
                     out.flush()
                 })();
                 if let Err(e) = r {
