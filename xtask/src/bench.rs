@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::status;
+use crate::{overhead::Running, status};
 
 /// A network namespace for one benchmark, deleted on drop.
 pub struct Netns(pub String);
@@ -243,48 +243,48 @@ fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
+    // Kept open until the agent has stopped (declared first, dropped last):
+    // its last lines must not meet a closed pipe.
+    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
+    // Stopped on every return below, the early ones included.
+    let agent = Running::new(child);
     let mut banner = String::new();
-    BufReader::new(child.stderr.as_mut().context("stderr")?).read_line(&mut banner)?;
+    stderr.read_line(&mut banner)?;
     let addr = banner
         .split("http://")
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .with_context(|| format!("agent did not start: {banner}"))?
         .to_owned();
-    let result = (|| -> Result<AgentRun> {
-        let (_, health) = http_get(&addr, "/healthz")?;
-        let tracked = health
-            .split("\"sockets\":")
-            .nth(1)
-            .and_then(|s| s.split([',', '}']).next()?.parse().ok())
-            .unwrap_or(0);
-        let rss_kib = rss_kib(child.id())?;
-        let mut lat = Vec::with_capacity(scrapes);
-        let mut series = 0;
-        for _ in 0..scrapes {
-            let t = Instant::now();
-            let (status, body) = http_get(&addr, "/metrics")?;
-            lat.push(t.elapsed());
-            if status != 200 {
-                bail!("/metrics answered {status}");
-            }
-            series = body
-                .lines()
-                .filter(|l| !l.starts_with('#') && !l.is_empty())
-                .count();
+    let (_, health) = http_get(&addr, "/healthz")?;
+    let tracked = health
+        .split("\"sockets\":")
+        .nth(1)
+        .and_then(|s| s.split([',', '}']).next()?.parse().ok())
+        .unwrap_or(0);
+    let rss_kib = rss_kib(agent.id())?;
+    let mut lat = Vec::with_capacity(scrapes);
+    let mut series = 0;
+    for _ in 0..scrapes {
+        let t = Instant::now();
+        let (status, body) = http_get(&addr, "/metrics")?;
+        lat.push(t.elapsed());
+        if status != 200 {
+            bail!("/metrics answered {status}");
         }
-        lat.sort();
-        Ok(AgentRun {
-            tracked,
-            rss_kib,
-            scrape_p50: lat[lat.len() / 2],
-            scrape_p99: lat[(lat.len() * 99).div_ceil(100) - 1],
-            series,
-        })
-    })();
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+        series = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count();
+    }
+    lat.sort();
+    Ok(AgentRun {
+        tracked,
+        rss_kib,
+        scrape_p50: lat[lat.len() / 2],
+        scrape_p99: lat[(lat.len() * 99).div_ceil(100) - 1],
+        series,
+    })
 }
 
 /// VmRSS of `pid` in KiB.

@@ -121,6 +121,11 @@ pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Resul
 pub(crate) struct Running(Child);
 
 impl Running {
+    /// Takes charge of `child`: it is stopped when this is dropped.
+    pub(crate) fn new(child: Child) -> Self {
+        Self(child)
+    }
+
     pub(crate) fn id(&self) -> u32 {
         self.0.id()
     }
