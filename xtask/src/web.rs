@@ -18,7 +18,7 @@ use crate::{
     overhead::Running,
 };
 
-const REPS: usize = 5;
+const REPS: usize = 7;
 const PORT: u16 = 8080;
 
 pub const CONDITIONS: [&str; 4] = ["none", "floor", "kato", "kato --http-keepalive"];
@@ -39,6 +39,13 @@ impl Drop for Nginx {
     }
 }
 
+/// nginx's worker on the second CPU and wrk on the first, where there are
+/// two: unpinned, the scheduler moving them made runs of one condition
+/// spread 23% (pinned: 5.5%; 8 runs each, by hand).
+fn pinned() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+}
+
 fn nginx(ns: &Netns) -> Result<Nginx> {
     let dir = std::env::temp_dir().join(format!("kato-bench-nginx-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -46,11 +53,12 @@ fn nginx(ns: &Netns) -> Result<Nginx> {
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\ndaemon off;\npid {0}/nginx.pid;\nerror_log {0}/error.log;\n\
+            "worker_processes 1;\n{1}daemon off;\npid {0}/nginx.pid;\nerror_log {0}/error.log;\n\
              events {{ worker_connections 4096; }}\n\
              http {{ access_log off; keepalive_requests 1000000;\n\
                server {{ listen 127.0.0.1:{PORT} backlog=4096 reuseport; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            dir.display()
+            dir.display(),
+            if pinned() { "worker_cpu_affinity 10;\n" } else { "" },
         ),
     )?;
     let child = ns
@@ -80,7 +88,13 @@ fn nginx(ns: &Netns) -> Result<Nginx> {
 
 /// wrk's (requests/s, requests) for one run.
 fn wrk(ns: &Netns, close: bool, secs: u64) -> Result<(f64, u64)> {
-    let mut cmd = ns.cmd("wrk");
+    let mut cmd = if pinned() {
+        let mut c = ns.cmd("taskset");
+        c.args(["-c", "0", "wrk"]);
+        c
+    } else {
+        ns.cmd("wrk")
+    };
     cmd.args(["-t1", "-c16", &format!("-d{secs}s")]);
     if close {
         cmd.args(["-H", "Connection: close"]);
@@ -123,6 +137,9 @@ pub struct Cell {
     /// repetition's run with nothing attached (adjacent runs: drift over
     /// the whole bench cancels).
     pub paired: f64,
+    /// The lowest and highest of those ratios: what one repetition can
+    /// resolve.
+    pub paired_range: (f64, f64),
     /// Ring records the agent processed per wrk request (= per connection
     /// with `Connection: close`).
     pub records_per_request: Option<f64>,
@@ -203,7 +220,12 @@ pub fn run(kato: &str, secs: u64) -> Result<Web> {
         .iter()
         .map(|(&k, v)| {
             let none = &samples[&(k.0, 0)];
-            let paired = median(v.iter().zip(none).map(|(x, n)| x.0 / n.0).collect());
+            let ratios: Vec<f64> = v.iter().zip(none).map(|(x, n)| x.0 / n.0).collect();
+            let paired_range = (
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            );
+            let paired = median(ratios);
             let rps = median(v.iter().map(|x| x.0).collect());
             let lo = v.iter().map(|x| x.0).fold(f64::INFINITY, f64::min);
             let hi = v.iter().map(|x| x.0).fold(0.0, f64::max);
@@ -214,6 +236,7 @@ pub fn run(kato: &str, secs: u64) -> Result<Web> {
                     rps,
                     spread: (lo, hi),
                     paired,
+                    paired_range,
                     records_per_request: (!per.is_empty()).then(|| median(per)),
                 },
             )
@@ -226,14 +249,19 @@ pub fn report(w: &Web) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n## A short-connection web server: nginx + wrk\n\nDebian's nginx (one worker, `return 200`) and `wrk -t1 -c16 -d{}s` in a benchmark namespace, with `-H 'Connection: close'` (one connection per request; none has keepalive, none idles) and with HTTP keep-alive. Conditions interleaved, {REPS} repetitions, medians; *paired*: the median of each repetition's ratio to that repetition's *none* run (drift across the bench cancels). Every condition settles 1 s before wrk starts. *floor*: empty programs on all seven of kato's tracepoints (`kato bench-floor`: what attaching alone costs); *kato*: `kato agent --netns <it>` (quiet: the kernel makes no records of such connections, it counts them; no arming hooks, so five of the seven tracepoints); *kato --http-keepalive*: the agent recording every FIN and close and counting request/response turns on every send and receive. Target: under 1% throughput loss with the agent; at most 0.2 ring records per connection.\n",
-        w.secs
+        "\n## A short-connection web server: nginx + wrk\n\nDebian's nginx (one worker, `return 200`) and `wrk -t1 -c16 -d{}s` in a benchmark namespace{}, with `-H 'Connection: close'` (one connection per request; none has keepalive, none idles) and with HTTP keep-alive. Conditions interleaved, {REPS} repetitions, medians; *paired*: the median of each repetition's ratio to that repetition's *none* run (drift across the bench cancels), and the lowest and highest of those ratios. Every condition settles 1 s before wrk starts. *floor*: empty programs on all seven of kato's tracepoints (`kato bench-floor`: what attaching alone costs); *kato*: `kato agent --netns <it>` (quiet: the kernel makes no records of such connections, it counts them; no arming hooks, so five of the seven tracepoints); *kato --http-keepalive*: the agent recording every FIN and close and counting request/response turns on every send and receive. Target: under 1% throughput loss with the agent; at most 0.2 ring records per connection.\n",
+        w.secs,
+        if pinned() {
+            " (nginx's worker pinned to the second CPU, wrk to the first)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,
-        "| load | condition | requests/s | vs none | runs' spread | vs none, paired by repetition | ring records per request |"
+        "| load | condition | requests/s | vs none | runs' spread | vs none, paired by repetition | paired, lowest to highest | ring records per request |"
     );
-    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (mi, mode) in MODES.iter().enumerate() {
         let none = w
             .cells
@@ -246,13 +274,15 @@ pub fn report(w: &Web) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {mode} | {cond} | {:.0} | {:.3}× ({:+.2}%) | {:.0}–{:.0} | {:+.2}% | {} |",
+                "| {mode} | {cond} | {:.0} | {:.3}× ({:+.2}%) | {:.0}–{:.0} | {:+.2}% | {:+.2}% to {:+.2}% | {} |",
                 c.rps,
                 c.rps / none,
                 (c.rps / none - 1.0) * 100.0,
                 c.spread.0,
                 c.spread.1,
                 (c.paired - 1.0) * 100.0,
+                (c.paired_range.0 - 1.0) * 100.0,
+                (c.paired_range.1 - 1.0) * 100.0,
                 c.records_per_request
                     .map_or("-".into(), |r| format!("{r:.3}"))
             );
