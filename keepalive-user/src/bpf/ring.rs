@@ -96,6 +96,8 @@ pub struct RingThread {
     rx: tokio::sync::mpsc::Receiver<Drained>,
     /// An eventfd: written to ask for a flush.
     flush: std::os::fd::OwnedFd,
+    /// Joined on drop, so the ring's fd is closed when this is gone.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RingThread {
@@ -137,7 +139,7 @@ impl RingThread {
             }
         }
         let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kato-ring".into())
             .spawn(move || {
                 let wait = i32::try_from(DRAIN_EVERY.as_millis()).unwrap_or(100);
@@ -177,12 +179,18 @@ impl RingThread {
                             break;
                         }
                     }
+                    // Every flush is answered: that is also how a dropped
+                    // [`RingThread`] is noticed, with the ring empty.
                     if flushed && tx.blocking_send(Drained::Flushed).is_err() {
                         return;
                     }
                 }
             })?;
-        Ok(Self { rx, flush })
+        Ok(Self {
+            rx,
+            flush,
+            thread: Some(thread),
+        })
     }
 
     /// The next message; None when the thread has ended.
@@ -202,6 +210,22 @@ impl RingThread {
             Ok(())
         } else {
             Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+impl Drop for RingThread {
+    /// Closes the channel (a send the thread is blocked in fails) and wakes
+    /// the thread with a flush, whose answer then fails: it returns within
+    /// one drain, without waiting for records.
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Err(e) = self.flush() {
+            log::warn!("stopping the event ring's thread: {e}");
+            return; // not joined: it ends with the process
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
