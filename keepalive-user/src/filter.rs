@@ -5,7 +5,7 @@ use std::{cmp::Ordering, net::IpAddr, str::FromStr};
 
 use crate::{
     events::Observation, ip::canonical, owner::Owner, policy::Risk, sockets::Socket, tcp::TcpState,
-    view::SocketView, workload::Workload,
+    workload::Workload,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -65,12 +65,8 @@ impl Filter {
         !self.pids.is_empty() || !self.comms.is_empty()
     }
 
-    pub fn matches_socket(&self, v: &SocketView<'_>) -> bool {
-        self.matches(v.socket, || v.risk)
-    }
-
-    /// [`Filter::matches_socket`] on the socket alone: its risk class
-    /// (a policy lookup) is asked for only when the filter has classes.
+    /// Whether `s` passes; its risk class (a policy lookup) is asked for
+    /// only when the filter has classes.
     pub fn matches(&self, s: &Socket, risk: impl FnOnce() -> Option<Risk>) -> bool {
         any(&self.states, |st| s.state == *st)
             && self.endpoints(s.local, s.remote)
@@ -176,17 +172,13 @@ impl SortKey {
         (primary, &s.local, &s.remote)
     }
 
-    /// The sort key of `v`: plain integers.
-    pub fn key(self, v: &SocketView<'_>) -> Key {
-        self.key_of(v.socket)
-    }
-
-    fn key_of(self, s: &Socket) -> Key {
+    /// The sort key of `s`: plain integers.
+    pub fn key_of(self, s: &Socket) -> Key {
         let (primary, a, b) = self.parts(s);
         (primary, addr_key(a), addr_key(b))
     }
 
-    /// [`SortKey::key`] in 24 bytes, exact for IPv4 (see [`packed_addr`]).
+    /// [`SortKey::key_of`] in 24 bytes, exact for IPv4 (see [`packed_addr`]).
     fn packed(self, s: &Socket) -> (u64, u64, u64) {
         let (primary, a, b) = self.parts(s);
         (primary, packed_addr(a), packed_addr(b))
@@ -229,20 +221,23 @@ impl SortKey {
     }
 }
 
-/// Keeps the items whose views match, sorted by their sockets. The items
-/// (a reference each) are kept, not the views: a view is ~100 bytes, made
-/// again where it is printed, and 100,000s of them held at once were a
-/// quarter of a listing's memory.
+/// Keeps the items whose sockets match (`risk` classifies one, asked only
+/// with `--risk`), sorted by their sockets. The items (a reference each)
+/// are kept, not views: a view is ~100 bytes, made where it is printed,
+/// and 100,000s of them held at once were a quarter of a listing's memory.
 pub fn select<'a, T: Copy>(
     items: impl IntoIterator<Item = T>,
     socket: impl Fn(T) -> &'a Socket,
-    view: impl Fn(T) -> SocketView<'a>,
+    risk: impl Fn(&Socket) -> Option<Risk>,
     filter: &Filter,
     sort: SortKey,
 ) -> Vec<T> {
     let mut v: Vec<T> = items
         .into_iter()
-        .filter(|t| filter.matches(socket(*t), || view(*t).risk))
+        .filter(|t| {
+            let s = socket(*t);
+            filter.matches(s, || risk(s))
+        })
         .collect();
     sort.sort(&mut v, |t| socket(*t));
     v
@@ -276,7 +271,7 @@ mod tests {
 
     fn ports(all: &[Socket], f: &Filter, sort: SortKey) -> Vec<u16> {
         let p = Policy::default();
-        select(all.iter(), |s| s, |s| SocketView::new(s, None, &p), f, sort)
+        select(all.iter(), |s| s, |s| p.risk(s), f, sort)
             .iter()
             .map(|s| s.local.port())
             .collect()

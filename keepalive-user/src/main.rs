@@ -41,7 +41,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One sentence (the context chain), no backtrace.
-            eprintln!("kato: {e:#}");
+            eprintln!("kato: {}", cli::one_line(&e));
             // Bad configuration is a usage error, like a bad flag.
             if e.downcast_ref::<keepalive_user::agent::config::ConfigError>()
                 .is_some()

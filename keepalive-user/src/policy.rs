@@ -320,6 +320,11 @@ impl Policy {
             .max_by_key(|r| r.specificity())
     }
 
+    /// [`Policy::classify`]'s risk class alone.
+    pub fn risk(&self, s: &Socket) -> Option<Risk> {
+        self.classify(s).map(|(r, _)| r)
+    }
+
     /// The risk class and the rule behind it; None for sockets that are not
     /// connections (listening, TIME_WAIT, request sockets).
     pub fn classify(&self, s: &Socket) -> Option<(Risk, Option<&Rule>)> {
@@ -462,7 +467,7 @@ mod tests {
             )
             .unwrap()
         };
-        let class = |s: &Socket| p.classify(s).map(|(r, _)| r);
+        let class = |s: &Socket| p.risk(s);
         assert_eq!(
             class(&sock(sock_flags::KEEPALIVE_ON, 300, 30)),
             Some(Risk::Safe)

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{overhead::Running, status};
+use crate::status;
 
 /// A network namespace for one benchmark, deleted on drop.
 pub struct Netns(pub String);
@@ -238,24 +238,8 @@ pub struct AgentRun {
 }
 
 fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
-    let mut child = Command::new(kato)
-        .args(["agent", "--listen", "127.0.0.1:0", "--netns", &ns.0])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // Kept open until the agent has stopped (declared first, dropped last):
-    // its last lines must not meet a closed pipe.
-    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
-    // Stopped on every return below, the early ones included.
-    let agent = Running::new(child);
-    let mut banner = String::new();
-    stderr.read_line(&mut banner)?;
-    let addr = banner
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .with_context(|| format!("agent did not start: {banner}"))?
-        .to_owned();
+    // The default snapshot interval; stopped on every return below.
+    let (agent, addr) = crate::overhead::spawn_agent_with(kato, ns, "30s", &[])?;
     let (_, health) = http_get(&addr, "/healthz")?;
     let tracked = health
         .split("\"sockets\":")

@@ -147,9 +147,7 @@ fn drive(load: Load, watched: &Netns, other: &Netns, secs: f64) -> Result<()> {
 }
 
 pub fn run(kato: &str, secs: f64) -> Result<HookCosts> {
-    let _ = std::process::Command::new("sysctl")
-        .args(["-qw", "kernel.bpf_stats_enabled=1"])
-        .status();
+    crate::overhead::bpf_stats(true);
     let watched = Netns::new("hooks")?;
     let other = Netns::new("hooks-other")?;
     let mut cells: BTreeMap<(usize, String), ByCondition> = BTreeMap::new();

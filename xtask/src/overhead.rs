@@ -39,32 +39,36 @@ tracepoint:tcp:tcp_receive_reset { @rst_in = count(); }
 tracepoint:sock:inet_sock_set_state /args->newstate == 7/ { @closed = count(); }
 "#;
 
-pub(crate) fn wait_for(child: &mut Child, stderr: bool, needle: &str) -> Result<String> {
-    let mut line = String::new();
+/// Waits for a line holding `needle` on the child's stderr (or stdout), at
+/// most 60 s even if the child prints nothing; a thread reads the pipe and
+/// keeps draining it afterwards, so the child never blocks on a full pipe.
+/// On an error the caller drops `child`, which stops it.
+pub(crate) fn wait_for(child: &mut Running, stderr: bool, needle: &str) -> Result<String> {
     let pipe: Box<dyn std::io::Read + Send> = if stderr {
-        Box::new(child.stderr.take().context("stderr")?)
+        Box::new(child.0.stderr.take().context("stderr")?)
     } else {
-        Box::new(child.stdout.take().context("stdout")?)
+        Box::new(child.0.stdout.take().context("stdout")?)
     };
-    let mut r = BufReader::new(pipe);
-    let end = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < end {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            bail!("exited before `{needle}`");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = needle.to_owned();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(pipe);
+        let mut line = String::new();
+        let mut tx = Some(tx);
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if tx.is_some() && line.contains(&wanted) {
+                let _ = tx.take().map(|t| t.send(line.clone()));
+            }
+            line.clear();
         }
-        if line.contains(needle) {
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || {
-                let mut sink = String::new();
-                while r.read_line(&mut sink).unwrap_or(0) > 0 {
-                    sink.clear();
-                }
-            });
-            return Ok(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => Ok(line),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!("no `{needle}` within 60 s"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            bail!("exited before `{needle}`")
         }
     }
-    bail!("no `{needle}` within 60 s")
 }
 
 pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Running>> {
@@ -73,18 +77,20 @@ pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Running>> {
 
 /// [`start`], the agent watching `watched` (None: its own namespace).
 pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Result<Option<Running>> {
+    // In charge from the start: an error while waiting stops it.
     let spawn = |cmd: &mut Command| {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+            .map(Running)
     };
     Ok(match cond {
         "none" => None,
         "floor" => {
             let mut c = spawn(Command::new(kato).arg("bench-floor"))?;
             wait_for(&mut c, true, "attached")?;
-            Some(Running(c))
+            Some(c)
         }
         "kato" => {
             let mut c = spawn(Command::new(kato).args([
@@ -95,7 +101,7 @@ pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Resul
                 watched.map_or("self", |n| n.0.as_str()),
             ]))?;
             wait_for(&mut c, true, "listening")?;
-            Some(Running(c))
+            Some(c)
         }
         "trace" => {
             // `trace --netns` takes an inode: this process's namespace, as
@@ -104,13 +110,13 @@ pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Resul
             let me = std::fs::metadata("/proc/self/ns/net")?.ino().to_string();
             let mut c = spawn(Command::new(kato).args(["trace", "--netns", &me]))?;
             wait_for(&mut c, true, "watching")?;
-            Some(Running(c))
+            Some(c)
         }
         "bpftrace" => {
             let mut c = spawn(Command::new("bpftrace").args(["-e", BPFTRACE]))?;
             wait_for(&mut c, false, "Attaching")?;
             std::thread::sleep(Duration::from_millis(500));
-            Some(Running(c))
+            Some(c)
         }
         _ => unreachable!(),
     })
@@ -121,11 +127,6 @@ pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Resul
 pub(crate) struct Running(Child);
 
 impl Running {
-    /// Takes charge of `child`: it is stopped when this is dropped.
-    pub(crate) fn new(child: Child) -> Self {
-        Self(child)
-    }
-
     pub(crate) fn id(&self) -> u32 {
         self.0.id()
     }
@@ -227,10 +228,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
+/// `kernel.bpf_stats_enabled` on or off: each section sets what it needs
+/// (statistics cost every program run two clock reads), and the bench
+/// turns them off when it ends.
+pub(crate) fn bpf_stats(on: bool) {
     let _ = Command::new("sysctl")
-        .args(["-qw", "kernel.bpf_stats_enabled=1"])
+        .args(["-qw", &format!("kernel.bpf_stats_enabled={}", u8::from(on))])
         .status();
+}
+
+pub fn run(kato: &str, secs: f64) -> Result<Overhead> {
+    bpf_stats(true);
     let ns = Netns::new("rr")?;
     let mut samples: BTreeMap<(usize, &'static str), Vec<(f64, u64)>> = BTreeMap::new();
     let (mut kato_cost, mut trace_cost, mut floor_cost) =
@@ -343,21 +351,23 @@ pub(crate) fn spawn_agent_with(
     snapshot_interval: &str,
     extra: &[&str],
 ) -> Result<(Running, String)> {
-    let mut agent = Command::new(kato)
-        .args([
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--netns",
-            &ns.0,
-            "--snapshot-interval",
-            snapshot_interval,
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut agent = Running(
+        Command::new(kato)
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--netns",
+                &ns.0,
+                "--snapshot-interval",
+                snapshot_interval,
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
     let banner = wait_for(&mut agent, true, "listening")?;
     let addr = banner
         .split("http://")
@@ -365,11 +375,14 @@ pub(crate) fn spawn_agent_with(
         .and_then(|s| s.split_whitespace().next())
         .context("agent address")?
         .to_owned();
-    Ok((Running(agent), addr))
+    Ok((agent, addr))
 }
 
 pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
     eprintln!("xtask bench: {sockets} sockets with 1 s keepalive for {secs} s");
+    // On, alone or in the full bench: the per-program cost of kept events
+    // comes from this run.
+    bpf_stats(true);
     let old_backlog = std::fs::read_to_string("/proc/sys/net/core/netdev_max_backlog")?;
     std::fs::write("/proc/sys/net/core/netdev_max_backlog", BACKLOG)?;
     let runs = (|| -> Result<Vec<ThroughputRun>> {
@@ -540,7 +553,7 @@ pub fn throughput_report(t: &Throughput) -> String {
     let _ = writeln!(s, "\n## Event throughput\n");
     let _ = writeln!(
         s,
-        "{} sockets ({} loopback connections, both ends with TCP_KEEPIDLE = TCP_KEEPINTVL = 1 s: their timers fire in bursts) held by holder processes, `net.core.netdev_max_backlog` raised to {BACKLOG} for the run (at the default 1,000 loopback dropped enough probes and answers that connections died of keepalive timeouts); `kato agent --netns <that namespace>` consuming, once with the default ring and once with `--ring-size 16MiB`; each measured over {} s after 5 s of warm-up. Target: 0 lost at 100,000 records/s or more for 60 s.\n",
+        "{} sockets ({} loopback connections, both ends with TCP_KEEPIDLE = TCP_KEEPINTVL = 1 s: their timers fire in bursts) held by holder processes, `kernel.bpf_stats_enabled=1` (the per-program figures of kept events come from this run), `net.core.netdev_max_backlog` raised to {BACKLOG} for the run (at the default 1,000 loopback dropped enough probes and answers that connections died of keepalive timeouts); `kato agent --netns <that namespace>` consuming, once with the default ring and once with `--ring-size 16MiB`; each measured over {} s after 5 s of warm-up. Target: 0 lost at 100,000 records/s or more for 60 s.\n",
         t.sockets,
         t.sockets / 2,
         t.secs

@@ -7,7 +7,7 @@
 
 use std::{
     fmt::Write as _,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     bench::{http_get, Netns},
-    overhead::Running,
+    overhead::{bpf_stats, Running},
 };
 
 const REPS: usize = 7;
@@ -39,11 +39,27 @@ impl Drop for Nginx {
     }
 }
 
-/// nginx's worker on the second CPU and wrk on the first, where there are
-/// two: unpinned, the scheduler moving them made runs of one condition
-/// spread 23% (pinned: 5.5%; 8 runs each, by hand).
-fn pinned() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+/// The first two CPUs this process may run on, where there are two: wrk
+/// goes on the first, nginx's worker on the second. Unpinned, the scheduler
+/// moving them made runs of one condition spread 23% (pinned: 5.5%; 8 runs
+/// each, by hand).
+fn pinned() -> Option<(usize, usize)> {
+    // SAFETY: a zeroed cpu_set_t is valid; the call fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size is the set's.
+    if unsafe { libc::sched_getaffinity(0, size_of_val(&set), &raw mut set) } != 0 {
+        return None;
+    }
+    let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| {
+        // SAFETY: c is below CPU_SETSIZE.
+        unsafe { libc::CPU_ISSET(c, &set) }
+    });
+    Some((cpus.next()?, cpus.next()?))
+}
+
+/// nginx's `worker_cpu_affinity` mask for one CPU: a binary string.
+fn affinity_mask(cpu: usize) -> String {
+    format!("1{}", "0".repeat(cpu))
 }
 
 fn nginx(ns: &Netns) -> Result<Nginx> {
@@ -58,7 +74,10 @@ fn nginx(ns: &Netns) -> Result<Nginx> {
              http {{ access_log off; keepalive_requests 1000000;\n\
                server {{ listen 127.0.0.1:{PORT} backlog=4096 reuseport; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
             dir.display(),
-            if pinned() { "worker_cpu_affinity 10;\n" } else { "" },
+            pinned().map_or(String::new(), |(_, n)| format!(
+                "worker_cpu_affinity {};\n",
+                affinity_mask(n)
+            )),
         ),
     )?;
     let child = ns
@@ -88,9 +107,9 @@ fn nginx(ns: &Netns) -> Result<Nginx> {
 
 /// wrk's (requests/s, requests) for one run.
 fn wrk(ns: &Netns, close: bool, secs: u64) -> Result<(f64, u64)> {
-    let mut cmd = if pinned() {
+    let mut cmd = if let Some((w, _)) = pinned() {
         let mut c = ns.cmd("taskset");
-        c.args(["-c", "0", "wrk"]);
+        c.args(["-c", &w.to_string(), "wrk"]);
         c
     } else {
         ns.cmd("wrk")
@@ -159,16 +178,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// `kernel.bpf_stats_enabled` on or off: statistics cost every program
-/// run a clock read, which this section must not pay (the rr section
-/// turns them on for its per-program figures).
-pub fn bpf_stats(on: bool) {
-    let _ = Command::new("sysctl")
-        .args(["-qw", &format!("kernel.bpf_stats_enabled={}", u8::from(on))])
-        .status();
-}
-
 pub fn run(kato: &str, secs: u64) -> Result<Web> {
+    // Statistics cost every program run two clock reads: not paid here.
     bpf_stats(false);
     let ns = Netns::new("web")?;
     let _nginx = nginx(&ns)?;
@@ -251,8 +262,8 @@ pub fn report(w: &Web) -> String {
         s,
         "\n## A short-connection web server: nginx + wrk\n\nDebian's nginx (one worker, `return 200`) and `wrk -t1 -c16 -d{}s` in a benchmark namespace{}, with `-H 'Connection: close'` (one connection per request; none has keepalive, none idles) and with HTTP keep-alive. Conditions interleaved, {REPS} repetitions, medians; *paired*: the median of each repetition's ratio to that repetition's *none* run (drift across the bench cancels), and the lowest and highest of those ratios. Every condition settles 1 s before wrk starts. *floor*: empty programs on all seven of kato's tracepoints (`kato bench-floor`: what attaching alone costs); *kato*: `kato agent --netns <it>` (quiet: the kernel makes no records of such connections, it counts them; no arming hooks, so five of the seven tracepoints); *kato --http-keepalive*: the agent recording every FIN and close and counting request/response turns on every send and receive. Target: under 1% throughput loss with the agent; at most 0.2 ring records per connection.\n",
         w.secs,
-        if pinned() {
-            " (nginx's worker pinned to the second CPU, wrk to the first)"
+        if pinned().is_some() {
+            " (nginx's worker pinned to one CPU, wrk to another)"
         } else {
             ""
         }

@@ -303,19 +303,19 @@ impl AgentState {
     }
 
     /// One page of the table, filtered and sorted, copied out. Each entry
-    /// is made a [`SocketView`] to be filtered and keyed, then dropped:
-    /// only the page's rows are kept whole.
+    /// is made a [`Socket`] to be filtered and keyed (classified only for a
+    /// risk filter), then dropped: only the page's rows are made views and
+    /// kept whole.
     pub fn sockets_page(&self, q: &SocketsQuery) -> Page {
         let sink = &self.sink;
         let table = &sink.table;
         let mut keyed: Vec<(Key, u64, &Entry)> = table
             .entries()
             .filter_map(|e| {
-                let (socket, counts) = (e.socket.socket(), table.counts(e));
-                let v = SocketView::new(&socket, Some(&counts), &sink.policy);
+                let socket = e.socket.socket();
                 q.filter
-                    .matches_socket(&v)
-                    .then(|| (q.sort.key(&v), e.socket.sock, e))
+                    .matches(&socket, || sink.policy.risk(&socket))
+                    .then(|| (q.sort.key_of(&socket), e.socket.sock, e))
             })
             .collect();
         // The kernel address breaks ties: pages follow one order.

@@ -265,7 +265,7 @@ impl Bpf {
     /// The event stream; the ring can be taken once (this or
     /// [`Bpf::events_thread`]).
     pub fn events(&mut self) -> Result<ring::EventStream, LoadError> {
-        ring::EventStream::new(self.ring()?).map_err(|_| LoadError::Map("EVENTS"))
+        ring::EventStream::new(self.ring()?).map_err(LoadError::Reader)
     }
 
     /// The events, drained by a thread of their own.

@@ -170,7 +170,14 @@ impl RingThread {
                         drain_at_most(&mut ring, &mut batch, BATCH);
                         let more = batch.len() == BATCH;
                         if !batch.is_empty() {
-                            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                            // Room for a whole batch only after a full one:
+                            // a queued message of a few records stays small.
+                            let next = if more {
+                                Vec::with_capacity(BATCH)
+                            } else {
+                                Vec::new()
+                            };
+                            let full = std::mem::replace(&mut batch, next);
                             if tx.blocking_send(Drained::Records(full)).is_err() {
                                 return; // the consumer is gone
                             }

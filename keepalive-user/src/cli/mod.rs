@@ -221,3 +221,40 @@ impl KernelArgs {
         }
     }
 }
+
+/// An error and its causes on one line, as anyhow's `{:#}` writes them,
+/// without a cause the message before it already quotes (most of kato's
+/// errors name their cause, and thiserror makes it the source as well).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_quoted_cause_is_not_repeated() {
+        let e = anyhow::Error::from(keepalive_user::bpf::LoadError::Iterator {
+            name: "tcp",
+            source: std::io::Error::other("boom"),
+        });
+        assert_eq!(format!("{e:#}"), "BPF iterator `tcp`: boom: boom");
+        assert_eq!(one_line(&e), "BPF iterator `tcp`: boom");
+    }
+
+    #[test]
+    fn context_and_unquoted_causes_are_kept() {
+        let e = anyhow::Error::from(std::io::Error::other("No such file"))
+            .context("reading /etc/kato.toml");
+        assert_eq!(one_line(&e), "reading /etc/kato.toml: No such file");
+    }
+}

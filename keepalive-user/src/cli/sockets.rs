@@ -250,7 +250,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         let with_risk = !policy.is_empty();
         let view = |s| addresses(SocketView::new(s, None, &policy));
         let all = snaps.iter().flat_map(|n| &n.sockets);
-        let shown = filter::select(all, |s| s, view, &filter, sort);
+        let shown = filter::select(all, |s| s, |s| policy.risk(s), &filter, sort);
         log::debug!("selected at {:?}", t.elapsed());
         let mut out = std::io::BufWriter::new(stdout.lock());
         let r = print(&mut out, args.output, &shown, &view, with_risk).and_then(|()| out.flush());
@@ -299,7 +299,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 let rows: Vec<_> = table.iter().collect();
                 let view = |r| { let (s, c): &(Socket, Counts) = r; addresses(SocketView::new(s, Some(c), &policy)) };
-                let shown = filter::select(rows.iter(), |r| &r.0, view, &filter, sort);
+                let shown = filter::select(rows.iter(), |r| &r.0, |s| policy.risk(s), &filter, sort);
                 let r = (|| {
                     if args.output == Output::Table {
                         write!(out, "\x1b[H\x1b[2J")?;
