@@ -77,29 +77,39 @@ pub(crate) fn start(cond: &str, kato: &str) -> Result<Option<Running>> {
 
 /// [`start`], the agent watching `watched` (None: its own namespace).
 pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Result<Option<Running>> {
-    // In charge from the start: an error while waiting stops it.
-    let spawn = |cmd: &mut Command| {
+    // In charge from the start: an error while waiting stops it. Only the
+    // banner's pipe is piped (and drained by `wait_for`): an undrained
+    // pipe would stall a child that writes more than it holds.
+    let spawn = |cmd: &mut Command, banner_on_stderr: bool| {
+        let (out, err) = if banner_on_stderr {
+            (Stdio::null(), Stdio::piped())
+        } else {
+            (Stdio::piped(), Stdio::inherit())
+        };
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .map(Running)
     };
     Ok(match cond {
         "none" => None,
         "floor" => {
-            let mut c = spawn(Command::new(kato).arg("bench-floor"))?;
+            let mut c = spawn(Command::new(kato).arg("bench-floor"), true)?;
             wait_for(&mut c, true, "attached")?;
             Some(c)
         }
         "kato" => {
-            let mut c = spawn(Command::new(kato).args([
-                "agent",
-                "--listen",
-                "127.0.0.1:0",
-                "--netns",
-                watched.map_or("self", |n| n.0.as_str()),
-            ]))?;
+            let mut c = spawn(
+                Command::new(kato).args([
+                    "agent",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--netns",
+                    watched.map_or("self", |n| n.0.as_str()),
+                ]),
+                true,
+            )?;
             wait_for(&mut c, true, "listening")?;
             Some(c)
         }
@@ -108,12 +118,12 @@ pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Resul
             // the agent's `self`.
             use std::os::unix::fs::MetadataExt as _;
             let me = std::fs::metadata("/proc/self/ns/net")?.ino().to_string();
-            let mut c = spawn(Command::new(kato).args(["trace", "--netns", &me]))?;
+            let mut c = spawn(Command::new(kato).args(["trace", "--netns", &me]), true)?;
             wait_for(&mut c, true, "watching")?;
             Some(c)
         }
         "bpftrace" => {
-            let mut c = spawn(Command::new("bpftrace").args(["-e", BPFTRACE]))?;
+            let mut c = spawn(Command::new("bpftrace").args(["-e", BPFTRACE]), false)?;
             wait_for(&mut c, false, "Attaching")?;
             std::thread::sleep(Duration::from_millis(500));
             Some(c)
