@@ -22,9 +22,12 @@ pub mod kind {
     /// `timer_cancel` on a pending keepalive timer (keepalive off, close,
     /// or re-arm of a pending timer).
     pub const DISARMED: u32 = 3;
-    /// `tcp_send_reset` with a NULL skb: `tcp_send_active_reset`.
+    /// A reset this kernel sent: `tcp_send_active_reset` (a NULL skb), or
+    /// a reply to a segment it got (`tcp_v4/v6_send_reset`, flag `REPLY`).
     pub const RESET_SENT: u32 = 4;
-    /// `tcp_receive_reset`: the peer reset the connection.
+    /// `tcp_receive_reset`: `tcp_reset()` ran. A RST arrived, or (flag
+    /// `RCV_SHUT`, paired in userspace with the reply that follows) the
+    /// kernel aborted a closed socket that got data (TCPAbortOnData).
     pub const RESET_RECEIVED: u32 = 5;
     /// `inet_sock_set_state` to TCP_CLOSE: the socket is gone from the
     /// tables (closed, reset, timed out, or handed to a TIME_WAIT socket).
@@ -49,6 +52,29 @@ pub mod flags {
     /// Taken inside this socket's own `tcp_keepalive_timer` run: on kernels
     /// whose resets carry no reason (before 6.12), the context names it.
     pub const IN_KEEPALIVE_TIMER: u32 = 1 << 2;
+    /// `RESET_SENT` in reply to a segment this kernel got (data for a
+    /// closed socket, a segment for no socket, ...), not an active reset.
+    pub const REPLY: u32 = 1 << 3;
+    /// The socket is a TIME_WAIT or request mini-socket, or there is none
+    /// (`sk` 0, a reply for no socket): only the 4-tuple, the state (a
+    /// TIME_WAIT socket's substate), the namespace and the cookie are read.
+    pub const MINI_SOCK: u32 = 1 << 4;
+    /// `sk_shutdown` has RCV_SHUTDOWN: the owner closed (or shut down
+    /// reading), so data arriving now aborts the socket.
+    pub const RCV_SHUT: u32 = 1 << 5;
+    /// A listener's child (accepted): `sk_max_ack_backlog` came from it.
+    pub const PASSIVE: u32 = 1 << 6;
+    /// [`super::Event::tgid`] and `comm` hold the socket's owner, seen by
+    /// the kernel in the owner's own system call (connect, listen, close).
+    pub const OWNER: u32 = 1 << 7;
+    pub const ALL: u32 = TIMER_PENDING
+        | HAS_REASON
+        | IN_KEEPALIVE_TIMER
+        | REPLY
+        | MINI_SOCK
+        | RCV_SHUT
+        | PASSIVE
+        | OWNER;
 }
 
 /// Index of the per-CPU counters in the `COUNTERS` map.
@@ -130,10 +156,25 @@ pub struct Event {
     pub probes_out: u8,
     /// `icsk_probes_out` when a `FIRED` run began.
     pub probes_before: u8,
-    pub _pad1: [u8; 6],
+    /// A reply reset: the TCP flags of the segment it answers (SYN 0x02,
+    /// ACK 0x10, ...).
+    pub seg_flags: u8,
+    pub _pad1: u8,
+    /// `ERROR_REPORT`: `tcp_sock.retrans_stamp`, when the oldest unacked
+    /// data was first sent (milliseconds of CLOCK_MONOTONIC, low 32 bits;
+    /// 0: nothing was retransmitted).
+    pub first_unacked_ms: u32,
+    /// With `OWNER`: the owning process (thread group id) ...
+    pub tgid: u32,
+    /// Bytes written and not yet acknowledged (`write_seq - snd_una`) on
+    /// resets received, error reports and FINs of full sockets: a reset
+    /// that meets data the peer never took answered that write.
+    pub unacked: u32,
+    /// ... and its name.
+    pub comm: [u8; 16],
 }
 
-pub const EVENT_SIZE: usize = 144;
+pub const EVENT_SIZE: usize = 168;
 const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 
 /// What userspace tells the programs about the running kernel, resolved from
@@ -227,9 +268,31 @@ pub struct KernelConfig {
     pub sk_copy_n: u32,
     pub sk_copy_off: [u16; SK_COPY_RANGES],
     pub sk_copy_len: [u16; SK_COPY_RANGES],
+    /// `offsetof(struct sock, sk_shutdown)` (u8; RCV_SHUTDOWN is bit 0).
+    pub sk_shutdown: u32,
+    /// `offsetof(struct sock, sk_max_ack_backlog)`: non-zero in a
+    /// listener's children (copied from it), zero in connected sockets.
+    pub sk_max_ack_backlog: u32,
+    /// `offsetof(struct inet_timewait_sock, tw_substate)` (u8).
+    pub tw_substate: u32,
+    /// `offsetof(struct tcp_sock, retrans_stamp)` (u32).
+    pub tp_retrans_stamp: u32,
+    /// `struct sk_buff` `.head` (pointer), `.network_header` and
+    /// `.transport_header` (u16 offsets from head), `.dev`: a reply
+    /// reset's 4-tuple and, without a socket, its namespace.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_dev: u32,
+    /// `offsetof(struct net_device, nd_net.net)`.
+    pub dev_nd_net: u32,
+    /// `offsetof(struct tcp_sock, write_seq)` and `snd_una` (u32).
+    pub tp_write_seq: u32,
+    pub tp_snd_una: u32,
+    pub _pad0: u32,
 }
 
-pub const KERNEL_CONFIG_SIZE: usize = 184;
+pub const KERNEL_CONFIG_SIZE: usize = 232;
 pub const SK_COPY_RANGES: usize = 8;
 /// The keepalive timer path's per-CPU copy of a socket's first bytes.
 pub const SK_COPY_BYTES: usize = 4096;
@@ -249,6 +312,29 @@ const _: () = assert!(size_of::<WatchedFew>() == 32);
 /// Namespaces the netns filter admits at most.
 pub const MAX_WATCHED_NETNS: u32 = 4096;
 const _: () = assert!(size_of::<KernelConfig>() == KERNEL_CONFIG_SIZE);
+
+/// A socket's owning process as the kernel saw it in the owner's own
+/// system call (`OWNERS`, by socket; `PORT_OWNERS`, a listener's, by
+/// namespace and port): records of sockets in softirq or already closed
+/// still name it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerSlot {
+    pub tgid: u32,
+    pub _pad0: u32,
+    pub comm: [u8; 16],
+}
+
+pub const OWNER_SLOT_SIZE: usize = 24;
+const _: () = assert!(size_of::<OwnerSlot>() == OWNER_SLOT_SIZE);
+/// Sockets and listeners whose owners the kernel remembers at most.
+pub const MAX_OWNERS: u32 = 65536;
+
+/// `PORT_OWNERS` key: a listener's namespace inode and port.
+#[inline(always)]
+pub const fn port_key(netns: u32, port: u16) -> u64 {
+    ((netns as u64) << 16) | port as u64
+}
 
 /// Per-socket request/response turn counting (`CONN` map), fed by the
 /// opt-in `sock_send_length` / `sock_recv_length` programs.
@@ -277,6 +363,9 @@ pub mod sock_flags {
     /// A TIME_WAIT mini-socket: `state` is its `tw_substate` (TIME_WAIT, or
     /// FIN_WAIT2 for an orphan), as netstat and ss report it.
     pub const TIMEWAIT: u32 = 1 << 4;
+    /// Accepted from a listener (passive open): the local port is the
+    /// service's. Without it a connection was opened by connect().
+    pub const PASSIVE: u32 = 1 << 5;
 }
 
 /// One TCP socket as the `iter/tcp` iterator sees it.
@@ -336,10 +425,15 @@ pub struct SockRecord {
     pub rx_queue: u32,
     /// Send-Q: unacknowledged bytes (LISTEN: max backlog).
     pub tx_queue: u32,
+    /// Segments received and sent (`tcp_sock.segs_in`/`segs_out`): every
+    /// segment, keepalive probes and their answers included. A count that
+    /// stands still between two snapshots proves silence either way.
+    pub segs_in: u32,
+    pub segs_out: u32,
     pub _pad1: u32,
 }
 
-pub const SOCK_RECORD_SIZE: usize = 160;
+pub const SOCK_RECORD_SIZE: usize = 168;
 const _: () = assert!(size_of::<SockRecord>() == SOCK_RECORD_SIZE);
 
 /// One socket file held by a process, from the `iter/task_file` iterator.
@@ -405,9 +499,12 @@ pub struct IterConfig {
     pub sk_protocol: u32,
     pub task_tgid: u32,
     pub task_comm: u32,
+    /// `tcp_sock.segs_in` / `segs_out`.
+    pub tp_segs_in: u32,
+    pub tp_segs_out: u32,
 }
 
-pub const ITER_CONFIG_SIZE: usize = 140;
+pub const ITER_CONFIG_SIZE: usize = 148;
 const _: () = assert!(size_of::<IterConfig>() == ITER_CONFIG_SIZE);
 
 #[cfg(feature = "user")]
@@ -421,4 +518,5 @@ mod pod {
     unsafe impl aya::Pod for super::IterConfig {}
     unsafe impl aya::Pod for super::Turns {}
     unsafe impl aya::Pod for super::WatchedFew {}
+    unsafe impl aya::Pod for super::OwnerSlot {}
 }

@@ -214,6 +214,12 @@ fn fill_full(r: &mut SockRecord, tp: u64, net: u64) -> Result<(), u32> {
         r.tx_queue = write_seq.wrapping_sub(snd_una);
     }
     r.uid = load::<u32>(tp, iconf!(sk_uid));
+    r.segs_in = load::<u32>(tp, iconf!(tp_segs_in));
+    r.segs_out = load::<u32>(tp, iconf!(tp_segs_out));
+    // A listener's children inherit its backlog; connect() leaves it 0.
+    if r.state != TCP_LISTEN && load::<u32>(tp, iconf!(sk_max_ack_backlog)) != 0 {
+        r.flags |= sock_flags::PASSIVE;
+    }
     Ok(())
 }
 

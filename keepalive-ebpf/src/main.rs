@@ -15,9 +15,11 @@ mod turns;
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use keepalive_common::{counter, KernelConfig, WatchedFew, MAX_WATCHED_NETNS};
+use keepalive_common::{
+    counter, KernelConfig, OwnerSlot, WatchedFew, MAX_OWNERS, MAX_WATCHED_NETNS,
+};
 
 /// Resolved by userspace from the running kernel's BTF and kallsyms.
 #[no_mangle]
@@ -37,6 +39,17 @@ static WATCHED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_WATCHED_N
 /// compares them in place. Kept current by userspace with `WATCHED_NETNS`.
 #[map]
 static WATCHED_FEW: Array<WatchedFew> = Array::with_max_entries(1, 0);
+
+/// Sockets' owners by `struct sock` address, taken in the owner's own
+/// system call (connect, close, shutdown) and seeded by userspace from the
+/// task walk; forgotten when the socket closes.
+#[map]
+static OWNERS: LruHashMap<u64, OwnerSlot> = LruHashMap::with_max_entries(MAX_OWNERS, 0);
+
+/// Listeners' owners by namespace and port (`keepalive_common::port_key`):
+/// the owner of an accepted socket nobody saw in a system call yet.
+#[map]
+static PORT_OWNERS: LruHashMap<u64, OwnerSlot> = LruHashMap::with_max_entries(MAX_OWNERS, 0);
 
 /// Per-CPU counters, indexed by `keepalive_common::counter`.
 #[map]

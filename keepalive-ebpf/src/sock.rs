@@ -1,9 +1,9 @@
 //! Reads of kernel memory at offsets resolved from BTF by userspace.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
-use keepalive_common::{counter, Event, WATCHED_FEW_MAX};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use keepalive_common::{counter, flags, port_key, Event, OwnerSlot, WATCHED_FEW_MAX};
 
-use crate::{bump, conf};
+use crate::{bump, conf, OWNERS, PORT_OWNERS};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -112,7 +112,12 @@ pub fn worth_a_record_direct(sk: u64) -> bool {
 /// [`admitted`] with plain loads, for a BTF `struct sock *`.
 #[inline(always)]
 pub fn admitted_direct(sk: u64) -> Option<u32> {
-    let ns = netns_direct(sk);
+    admit(netns_direct(sk))
+}
+
+/// Namespace `ns`, when its records are wanted (counted when not).
+#[inline(always)]
+pub fn admit(ns: u32) -> Option<u32> {
     if conf!(netns_filter) == 0 || watched(ns) {
         return Some(ns);
     }
@@ -193,6 +198,25 @@ pub(crate) fn read_failed(off: u32) {
     crate::set(counter::LAST_FAILED_OFFSET, off as u64 + 1);
     // aya-log's macros take a context but do not use it yet.
     aya_log_ebpf::debug!(&(), "kernel read failed at field offset {}", off);
+}
+
+/// Copies `len` bytes at `src` into `dst` (a record field in the ring):
+/// no stack temporary, which the verifier's 512-byte budget across
+/// nested calls cannot spare. A failed read is counted.
+#[inline(always)]
+pub fn read_into(dst: *mut u8, len: u32, src: u64) -> Result<(), u32> {
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst.cast(),
+            len,
+            src as *const core::ffi::c_void,
+        )
+    };
+    if r < 0 {
+        read_failed(0);
+        return Err(0);
+    }
+    Ok(())
 }
 
 /// `struct sock *` from its embedded `sk_timer`.
@@ -283,6 +307,10 @@ pub fn keepalive_deadline(sk: &Src) -> Result<Option<u64>, u32> {
 pub fn fill(ev: &mut Event, sk: &Src, netns: u32) -> Result<(), u32> {
     ev.sk = sk.sk;
     fill_addrs(ev, sk)?;
+    // A listener's children inherit its backlog; connect() leaves it 0.
+    if sk.get::<u32>(conf!(sk_max_ack_backlog))? != 0 {
+        ev.flags |= flags::PASSIVE;
+    }
     ev.state_before = ev.state;
     ev.probes_out = probes_out(sk)?;
     ev.probes_before = ev.probes_out;
@@ -322,6 +350,15 @@ pub fn fill_stamps(ev: &mut Event, sk: &Src) -> Result<(), u32> {
     Ok(())
 }
 
+/// Bytes written and not acknowledged yet.
+#[inline(always)]
+pub fn fill_unacked(ev: &mut Event, sk: &Src) -> Result<(), u32> {
+    let write_seq = sk.get::<u32>(conf!(tp_write_seq))?;
+    let snd_una = sk.get::<u32>(conf!(tp_snd_una))?;
+    ev.unacked = write_seq.wrapping_sub(snd_una);
+    Ok(())
+}
+
 /// Fills the keepalive timer's deadline when it is pending.
 #[inline(always)]
 pub fn fill_timer(ev: &mut Event, sk: &Src) -> Result<(), u32> {
@@ -330,4 +367,45 @@ pub fn fill_timer(ev: &mut Event, sk: &Src) -> Result<(), u32> {
         ev.expires = expires;
     }
     Ok(())
+}
+
+/// The process running now: the socket's owner in the hooks that run in
+/// its own system call (connect, listen, close, shutdown).
+#[inline(always)]
+pub fn current_owner() -> OwnerSlot {
+    OwnerSlot {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad0: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    }
+}
+
+/// Remembers the current process as `sk`'s owner.
+#[inline(always)]
+pub fn remember_owner(sk: u64) {
+    let _ = OWNERS.insert(&sk, &current_owner(), 0);
+}
+
+/// Remembers the current process as the owner of the listener on `port`
+/// of namespace `netns` (its children's owner until one is seen closing).
+#[inline(always)]
+pub fn remember_listener(netns: u32, port: u16) {
+    let _ = PORT_OWNERS.insert(&port_key(netns, port), &current_owner(), 0);
+}
+
+/// The socket's owner as the kernel saw it last: the process that
+/// connected or closed it, else (for an accepted socket) its listener's.
+/// Softirq records (resets, FINs received, timers) and orphans thus name
+/// a process the task walk may no longer find.
+#[inline(always)]
+pub fn fill_owner(ev: &mut Event) {
+    let mut o = unsafe { OWNERS.get(&ev.sk) };
+    if o.is_none() && ev.flags & flags::PASSIVE != 0 {
+        o = unsafe { PORT_OWNERS.get(&port_key(ev.netns, ev.sport)) };
+    }
+    if let Some(o) = o {
+        ev.tgid = o.tgid;
+        ev.comm = o.comm;
+        ev.flags |= flags::OWNER;
+    }
 }

@@ -361,6 +361,9 @@ mod tests {
             closed: None,
             owner,
             hz: 250,
+            reuse: None,
+            peer: None,
+            path_timeout_s: None,
         };
         f.matches_event(&obs)
     }

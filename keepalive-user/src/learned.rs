@@ -154,6 +154,9 @@ pub struct Learner {
     /// Connections idle long enough in the last snapshot to teach something
     /// if their peer is heard from again (kernel socket address -> watch).
     watching: HashMap<u64, Watch>,
+    /// Kills waiting for their destination to show alive: the shortest
+    /// silence each.
+    candidates: HashMap<Destination, f64>,
     /// Destinations not learned because `MAX_DESTINATIONS` were known.
     pub overflow: u64,
     /// Changed since the last save.
@@ -168,6 +171,19 @@ impl Learner {
         }
         self.dirty = true;
         Some(self.brackets.entry(dest).or_default())
+    }
+
+    /// A reset or failed send after `idle_s` seconds of silence on a path
+    /// whose timeout is not known: a kill only if the destination turns
+    /// out alive (a dead peer never does), so it waits for the next
+    /// snapshot to show a live connection to it.
+    pub fn candidate(&mut self, dest: Destination, idle_s: f64) {
+        if self.candidates.len() >= MAX_DESTINATIONS && !self.candidates.contains_key(&dest) {
+            self.overflow += 1;
+            return;
+        }
+        let c = self.candidates.entry(dest).or_insert(idle_s);
+        *c = c.min(idle_s);
     }
 
     /// A suspected idle kill after `idle_s` seconds.
@@ -195,6 +211,7 @@ impl Learner {
     ) {
         let mut next = HashMap::with_capacity(self.watching.len());
         let before = std::mem::take(&mut self.watching);
+        let mut alive: Vec<Destination> = vec![];
         for s in sockets {
             let Some(idle) = s.idle_s else { continue };
             if s.state != TcpState::Established {
@@ -202,6 +219,11 @@ impl Learner {
             }
             let flow = flow_id(s);
             let dest = Destination::of(s.local, s.remote, listening(s));
+            // A connection to the destination that talked since the kill:
+            // the peer is alive and reachable, the path forgot the old one.
+            if self.candidates.get(&dest).is_some_and(|&k| idle < k) {
+                alive.push(dest);
+            }
             if let Some(w) = before.get(&s.sock).filter(|w| w.flow == flow) {
                 if idle < w.idle_s {
                     self.survived(dest, w.idle_s);
@@ -222,6 +244,11 @@ impl Learner {
             next.insert(s.sock, Watch { flow, idle_s: idle });
         }
         self.watching = next;
+        for dest in alive {
+            if let Some(k) = self.candidates.remove(&dest) {
+                self.killed(dest, k);
+            }
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Learned> + '_ {

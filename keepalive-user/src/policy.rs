@@ -153,6 +153,30 @@ impl Rule {
         })
     }
 
+    /// The path the rule covers, whatever its timeout: `10.0.0.0/8:5432`,
+    /// `10.0.0.2:5432`, `:443`, `*` (every path), `conntrack`. A label
+    /// value that stays put while learning moves a timeout.
+    pub fn path(&self) -> String {
+        if self.source == RuleSource::Conntrack {
+            return "conntrack".into();
+        }
+        let net = self.cidr.map(|c| {
+            let host = c.prefix == if c.addr.is_ipv4() { 32 } else { 128 };
+            match (c.addr, host) {
+                (IpAddr::V6(a), true) => format!("[{a}]"),
+                (IpAddr::V6(a), false) => format!("[{a}/{}]", c.prefix),
+                (a, true) => a.to_string(),
+                (a, false) => format!("{a}/{}", c.prefix),
+            }
+        });
+        match (net, self.port) {
+            (None, None) => "*".into(),
+            (None, Some(p)) => format!(":{p}"),
+            (Some(n), None) => n,
+            (Some(n), Some(p)) => format!("{n}:{p}"),
+        }
+    }
+
     /// The rule conntrack imposes on the flows it tracks in one namespace.
     pub fn conntrack(established_timeout_s: u32) -> Rule {
         let timeout = Duration::from_secs(u64::from(established_timeout_s));
@@ -177,12 +201,13 @@ impl Rule {
         }
     }
 
-    /// More specific wins; at equal specificity a declared rule beats an
-    /// assumed one.
-    fn specificity(&self) -> (u32, bool) {
+    /// A declared rule beats every other kind (the operator knows the
+    /// path better than kato guesses it); among rules of one kind the more
+    /// specific wins.
+    fn specificity(&self) -> (bool, u32) {
         (
-            u32::from(self.port.is_some()) * 256 + self.cidr.map_or(0, |c| u32::from(c.prefix) + 1),
             self.source == RuleSource::Declared,
+            u32::from(self.port.is_some()) * 256 + self.cidr.map_or(0, |c| u32::from(c.prefix) + 1),
         )
     }
 
@@ -240,10 +265,25 @@ pub enum Risk {
     Unprotected,
     /// No idle timeout declared for this path.
     Unknown,
+    /// A zombie: nothing at all (no data, no keepalive probe either way)
+    /// passed for longer than the path keeps a flow, or its conntrack entry
+    /// is gone while the socket lives. The middlebox has already dropped
+    /// it; the next packet meets a reset, or nothing.
+    Forgotten,
+    /// Keepalive off here, but the peer's probes keep the flow alive:
+    /// segments without data pass more often than the path forgets.
+    PeerProtected,
 }
 
 impl Risk {
-    pub const ALL: [Risk; 4] = [Risk::Safe, Risk::AtRisk, Risk::Unprotected, Risk::Unknown];
+    pub const ALL: [Risk; 6] = [
+        Risk::Safe,
+        Risk::AtRisk,
+        Risk::Unprotected,
+        Risk::Unknown,
+        Risk::Forgotten,
+        Risk::PeerProtected,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -251,12 +291,29 @@ impl Risk {
             Risk::AtRisk => "at-risk",
             Risk::Unprotected => "unprotected",
             Risk::Unknown => "unknown",
+            Risk::Forgotten => "forgotten",
+            Risk::PeerProtected => "peer-protected",
         }
     }
 
     pub fn parse(s: &str) -> Option<Risk> {
         Self::ALL.into_iter().find(|r| r.name() == s)
     }
+}
+
+/// What kato saw pass on a connection across snapshots: the part of the
+/// verdict one look at a socket cannot give.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Silence {
+    /// Seconds kato has watched the connection's segment counters stand
+    /// still (None: not watched across two snapshots yet).
+    pub silent_s: Option<f64>,
+    /// The last segments that passed carried no data and this end's
+    /// keepalive is off: the peer's keepalive probes and their answers.
+    pub peer_probes: bool,
+    /// The flow's conntrack entry was there and is gone while the socket
+    /// lives: forgotten, for certain.
+    pub conntrack_gone: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -294,8 +351,20 @@ impl Policy {
     /// The rule that decides a socket's fate: the path's, or its
     /// namespace's conntrack when the flow is tracked and that is shorter.
     pub fn rule_for(&self, s: &Socket) -> Option<&Rule> {
-        let path = self.lookup(s.local, s.remote);
-        let ct = s.conntrack.and(self.conntrack.get(&s.netns));
+        self.rule_for_flow(s.netns, s.local, s.remote, s.conntrack)
+    }
+
+    /// [`Policy::rule_for`] for a flow known by its addresses: `tracked`,
+    /// its conntrack entry where one was found.
+    pub fn rule_for_flow(
+        &self,
+        netns: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        tracked: Option<crate::conntrack::Tracked>,
+    ) -> Option<&Rule> {
+        let path = self.lookup(local, remote);
+        let ct = tracked.and(self.conntrack.get(&netns));
         match (path, ct) {
             (Some(p), Some(c)) if c.timeout < p.timeout => Some(c),
             (Some(p), _) => Some(p),
@@ -326,8 +395,14 @@ impl Policy {
     }
 
     /// The risk class and the rule behind it; None for sockets that are not
-    /// connections (listening, TIME_WAIT, request sockets).
+    /// connections (listening, TIME_WAIT, request sockets). One look: a
+    /// zombie needs watching ([`Policy::classify_watched`]).
     pub fn classify(&self, s: &Socket) -> Option<(Risk, Option<&Rule>)> {
+        self.classify_watched(s, &Silence::default())
+    }
+
+    /// [`Policy::classify`] with what kato saw pass across snapshots.
+    pub fn classify_watched(&self, s: &Socket, seen: &Silence) -> Option<(Risk, Option<&Rule>)> {
         let ka = s.keepalive?;
         if s.state == crate::tcp::TcpState::Listen {
             return None;
@@ -335,14 +410,23 @@ impl Policy {
         let Some(rule) = self.rule_for(s) else {
             return Some((Risk::Unknown, None));
         };
-        let risk = if !ka.enabled {
-            Risk::Unprotected
-        } else if Duration::from_secs(u64::from(ka.idle_s.value) + u64::from(ka.interval_s.value))
-            < rule.timeout
+        let established = s.state == crate::tcp::TcpState::Established;
+        let silent_past = seen
+            .silent_s
+            .is_some_and(|q| Duration::from_secs_f64(q) > rule.timeout);
+        let risk = if established && (seen.conntrack_gone || silent_past) {
+            Risk::Forgotten
+        } else if ka.enabled
+            && Duration::from_secs(u64::from(ka.idle_s.value) + u64::from(ka.interval_s.value))
+                < rule.timeout
         {
             Risk::Safe
-        } else {
+        } else if seen.peer_probes && !ka.enabled {
+            Risk::PeerProtected
+        } else if ka.enabled {
             Risk::AtRisk
+        } else {
+            Risk::Unprotected
         };
         Some((risk, Some(rule)))
     }

@@ -45,6 +45,12 @@ impl TcpState {
         Self::ALL.into_iter().find(|st| st.name() == norm)
     }
 
+    /// A TIME_WAIT mini-socket's substate: TIME_WAIT, or FIN_WAIT2 for an
+    /// orphan its owner closed (ss and netstat show these for it).
+    pub fn is_timewait_substate(self) -> bool {
+        matches!(self, TcpState::TimeWait | TcpState::FinWait2)
+    }
+
     /// The name `netstat` prints.
     pub fn name(self) -> &'static str {
         match self {

@@ -324,7 +324,6 @@ impl Collector {
         let pipeline = Pipeline::new(
             bpf.kernel.hz,
             ResetReasons(bpf.kernel.reset_reasons.clone()),
-            None,
         );
         Collector {
             bpf,

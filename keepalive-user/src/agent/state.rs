@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::{
     config::{AgentConfig, NetnsScope},
-    metrics::{LabelCtx, Metrics},
+    metrics::{LabelCtx, Metrics, Side},
 };
 use crate::{
     agent::http::{Backend, Page, SocketsQuery},
@@ -23,6 +23,7 @@ use crate::{
     filter::Key,
     learned::{Destination, Learner},
     netns::{self, NetnsError},
+    owner::Owner,
     policy::Policy,
     sockets::{
         snapshot::{SnapshotError, Snapshotter, Source, Sysctls, Targets},
@@ -49,6 +50,9 @@ pub enum AgentError {
 /// Where observations go in the agent: metrics first (they read the
 /// socket's owner from the table), then the table.
 struct AgentSink {
+    /// Seconds of silence before a reset or failed send that make it a
+    /// candidate idle kill for the learner.
+    idle_kill_min: f64,
     table: SocketTable,
     metrics: Metrics,
     /// (netns, port) of listening sockets: the ports `local_port` may label.
@@ -58,33 +62,88 @@ struct AgentSink {
     resolver: crate::workload::Resolver,
 }
 
+impl AgentSink {
+    /// Which end `rec`'s socket is: the kernel's passive-open mark, or for
+    /// a reply without a full socket (TIME_WAIT, none), whether its local
+    /// port is a listener's.
+    fn side(&self, rec: &Record) -> Side {
+        if rec.mini {
+            Side::of_passive(self.listening.contains(&(rec.netns, rec.local.port())))
+        } else {
+            Side::of_passive(rec.passive)
+        }
+    }
+}
+
 impl Sink for AgentSink {
+    fn owner(&mut self, rec: &Record) -> Option<Owner> {
+        let s = &self.table.get(rec.netns, rec.sk)?.socket;
+        Some(Owner {
+            pid: s.pid()?,
+            comm: s.comm_arc()?,
+        })
+    }
+
+    fn path_timeout(&mut self, rec: &Record) -> Option<f64> {
+        self.rule(rec).map(|r| r.timeout.as_secs_f64())
+    }
+
     fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
         let rec = obs.record;
         // Cached per cgroup: the event names its workload before any snapshot.
         let workload = rec.cgroup_id.map(|id| self.resolver.resolve(id));
+        let side = self.side(rec);
         let ctx = LabelCtx {
-            local_port_listening: self.listening.contains(&(rec.netns, rec.local.port())),
-            comm: self
-                .table
-                .get(rec.netns, rec.sk)
-                .and_then(|e| e.socket.comm()),
+            side,
+            comm: obs.owner.as_ref().map(|o| &*o.comm),
             workload: workload.as_deref(),
-            policy: self
-                .policy
-                .lookup(rec.local, rec.remote)
-                .map(|r| r.text.as_str()),
+            rule: self.rule(rec).map(|r| (r.source, r.path())),
         };
         self.metrics.observe(obs, &ctx);
-        if let (true, Some(idle)) = (obs.has(Kind::IdleKillSuspected), obs.idle_s) {
-            self.learner.killed(
-                Destination::of(rec.local, rec.remote, ctx.local_port_listening),
-                idle,
-            );
+        let dest = Destination::of(rec.local, rec.remote, side == Side::Server);
+        if obs.has(Kind::IdleKillSuspected) {
+            if let Some(idle) = obs.idle_s {
+                self.learner.killed(dest, idle);
+            }
+        } else if let Some(idle) = kill_candidate(obs, self.idle_kill_min) {
+            // No known timeout yet: a kill the learner confirms once the
+            // destination is seen alive (a dead peer never is).
+            self.learner.candidate(dest, idle);
         }
         self.table.apply(obs);
         ControlFlow::Continue(())
     }
+}
+
+impl AgentSink {
+    /// The idle-timeout rule of `rec`'s path: the path's, or its flow's
+    /// conntrack where that is shorter (as the table last saw the flow).
+    fn rule(&self, rec: &Record) -> Option<&crate::policy::Rule> {
+        let tracked = self
+            .table
+            .get(rec.netns, rec.sk)
+            .and_then(|e| e.socket.conntrack());
+        self.policy
+            .rule_for_flow(rec.netns, rec.local, rec.remote, tracked)
+    }
+}
+
+/// A reset after at least `min` of silence, or a first send after such a
+/// silence that never got through: seconds of silence, when the path's
+/// timeout is not known yet (with one, the deriver names the kill).
+fn kill_candidate(obs: &Observation<'_>, min: f64) -> Option<f64> {
+    let rec = obs.record;
+    let silence = if obs.has(Kind::ResetReceived) && rec.state == TcpState::Established {
+        obs.idle_s
+    } else if obs
+        .error
+        .is_some_and(|e| e.cause == crate::events::ErrorCause::Retransmits)
+    {
+        rec.silence_before_send_secs(obs.hz)
+    } else {
+        None
+    }?;
+    (silence >= min).then_some(silence)
 }
 
 pub struct AgentState {
@@ -168,12 +227,9 @@ impl AgentState {
             None => Learner::default(),
         };
         Ok(AgentState {
-            pipeline: Pipeline::new(
-                k.hz,
-                ResetReasons(k.reset_reasons.clone()),
-                Some(cfg.idle_kill_min.as_secs_f64()),
-            ),
+            pipeline: Pipeline::new(k.hz, ResetReasons(k.reset_reasons.clone())),
             sink: AgentSink {
+                idle_kill_min: cfg.idle_kill_min.as_secs_f64(),
                 table: SocketTable::new(capacity),
                 metrics,
                 listening: HashSet::new(),
@@ -234,6 +290,8 @@ impl AgentState {
     /// Reconciles the table with a full snapshot of every watched namespace.
     pub fn snapshot(&mut self, bpf: &mut Bpf) -> Result<usize, AgentError> {
         let t = Instant::now();
+        // A quiet ring brings no record to end a hold: the tick does.
+        let _ = self.pipeline.settle_now(&mut self.sink);
         let (targets, vanished) = self.targets(bpf)?;
         let snaps = self.snapshotter.take(Some(bpf), &targets)?;
         let sink = &mut self.sink;
@@ -267,9 +325,9 @@ impl AgentState {
             let policy = &sink.policy;
             // Verdicts change only with the policy, which changes only
             // here: taken once, so scrapes merely count them.
-            sink.table.apply_snapshot(s.inode, s.sockets, |x| {
+            sink.table.apply_snapshot(s.inode, s.sockets, |x, seen| {
                 policy
-                    .classify(x)
+                    .classify_watched(x, seen)
                     .map(|(r, rule)| (r, rule.map(|x| x.source)))
             });
         }
@@ -283,9 +341,11 @@ impl AgentState {
         Ok(n)
     }
 
-    /// Applies a batch of ring-buffer records.
+    /// Applies a batch of ring-buffer records, and lets go of records held
+    /// for a pairing that did not come.
     pub fn on_records(&mut self, batch: &mut Vec<Result<Record, DecodeError>>) {
         let _ = self.pipeline.feed(batch, &mut self.sink);
+        let _ = self.pipeline.settle_now(&mut self.sink);
     }
 
     /// The Prometheus exposition, refreshed from the table and kernel counters.

@@ -20,6 +20,7 @@ pub enum Hook {
     TimerExpireExit,
     TimerCancel,
     TcpSendReset,
+    TcpSendResetReplies,
     TcpReceiveReset,
     InetSockSetState,
     InetSkErrorReport,
@@ -35,12 +36,13 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 17] = [
+    pub const ALL: [Hook; 18] = [
         Hook::TimerStart,
         Hook::TimerExpireEntry,
         Hook::TimerExpireExit,
         Hook::TimerCancel,
         Hook::TcpSendReset,
+        Hook::TcpSendResetReplies,
         Hook::TcpReceiveReset,
         Hook::InetSockSetState,
         Hook::InetSkErrorReport,
@@ -65,6 +67,7 @@ impl Hook {
             Hook::TimerExpireExit => ("timer_expire_exit", "timer_expire_exit", TpBtf),
             Hook::TimerCancel => ("timer_cancel", "timer_cancel", TpBtf),
             Hook::TcpSendReset => ("tcp_send_reset", "tcp_send_reset", TpBtf),
+            Hook::TcpSendResetReplies => ("tcp_send_reset_replies", "tcp_send_reset", TpBtf),
             Hook::TcpReceiveReset => ("tcp_receive_reset", "tcp_receive_reset", TpBtf),
             Hook::InetSockSetState => ("inet_sock_set_state", "inet_sock_set_state", TpBtf),
             Hook::InetSkErrorReport => ("inet_sk_error_report", "inet_sk_error_report", TpBtf),
@@ -120,6 +123,10 @@ pub const FENTRY_PATH: [Hook; 3] = [
     Hook::FentrySendActiveReset,
 ];
 
+/// The fentry path's tracepoints: resets sent in reply to segments
+/// (`tcp_send_active_reset` has its own trampoline there).
+pub const FENTRY_TRACEPOINTS: [Hook; 1] = [Hook::TcpSendResetReplies];
+
 /// fentry path, arming and disarming, where the kernel has these functions
 /// out of line (6.1 does; newer kernels inline them) ...
 pub const FENTRY_ARMING: [Hook; 2] = [
@@ -147,7 +154,12 @@ mod tests {
 
     #[test]
     fn groups_hold_the_kinds_they_attach_as() {
-        for h in TRACEPOINT_PATH.iter().chain(&TCP_TRACEPOINTS).chain(&TURNS) {
+        for h in TRACEPOINT_PATH
+            .iter()
+            .chain(&TCP_TRACEPOINTS)
+            .chain(&FENTRY_TRACEPOINTS)
+            .chain(&TURNS)
+        {
             assert_eq!(h.kind(), ProgKind::TpBtf, "{h:?}");
         }
         for h in FENTRY_PATH.iter().chain(&FENTRY_ARMING) {

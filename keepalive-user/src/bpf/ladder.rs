@@ -152,6 +152,7 @@ impl Programs<'_> {
                         self.unload_all(&hooks::FENTRY_ARMING);
                         self.unload_all(&hooks::TRACEPOINT_ARMING);
                         self.unload_all(&hooks::TCP_TRACEPOINTS);
+                        self.unload_all(&hooks::FENTRY_TRACEPOINTS);
                         self.unload_all(&[Hook::InetSkErrorReport]);
                         self.tracepoint_path(format!("fentry/fexit unavailable: {e}"), arming)
                     }
@@ -172,7 +173,7 @@ impl Programs<'_> {
             kind: AttachKind::TpBtf,
             detail: format!(
                 "BTF tracepoints {timers} (every kernel timer, filtered on tcp_keepalive_timer), \
-                 tcp:tcp_send_reset, tcp:tcp_receive_reset, sock:inet_sock_set_state{}",
+                 tcp:tcp_send_reset (active and reply resets), tcp:tcp_receive_reset, sock:inet_sock_set_state{}",
                 self.attach_error_report()?
             ),
             why,
@@ -195,12 +196,13 @@ impl Programs<'_> {
             "timer:timer_start/cancel (filtered; the arming functions are inlined on this kernel)"
         };
         self.attach_all(&hooks::TCP_TRACEPOINTS)?;
+        self.attach_all(&hooks::FENTRY_TRACEPOINTS)?;
         let errors = self.attach_error_report()?;
         Ok(AttachPath {
             kind: AttachKind::Fentry,
             detail: format!(
                 "fentry/fexit tcp_keepalive_timer, fentry tcp_send_active_reset; arming: {arming}; \
-                 tcp:tcp_receive_reset, sock:inet_sock_set_state{errors}"
+                 tcp:tcp_send_reset (reply resets), tcp:tcp_receive_reset, sock:inet_sock_set_state{errors}"
             ),
             why,
         })

@@ -268,7 +268,6 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(
         bpf.kernel.hz,
         ResetReasons(bpf.kernel.reset_reasons.clone()),
-        None,
     );
     let mut table = SocketTable::new(1 << 20);
     let mut batch = Vec::new();
@@ -281,11 +280,13 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
             r = stream.next_batch(&mut batch) => {
                 r.context("reading the event ring buffer")?;
                 let _ = pipeline.feed(&mut batch, &mut table);
+                let _ = pipeline.settle_now(&mut table);
             }
             _ = tick.tick() => {
                 // Records made before this snapshot first (see the agent).
                 stream.drain_now(&mut batch);
                 let _ = pipeline.feed(&mut batch, &mut table);
+                let _ = pipeline.settle_now(&mut table);
                 let mut snaps = snap.take(Some(&mut bpf), &targets)?;
                 resolver.name_all(snaps.iter_mut().flat_map(|n| &mut n.sockets));
                 discover(&mut policy, &snaps);
@@ -294,7 +295,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 }
                 let with_risk = !policy.is_empty();
                 for n in snaps {
-                    table.apply_snapshot(n.inode, n.sockets, |_| None);
+                    table.apply_snapshot(n.inode, n.sockets, |_, _| None);
                 }
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 let rows: Vec<_> = table.iter().collect();

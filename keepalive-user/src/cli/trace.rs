@@ -107,6 +107,13 @@ impl<W: Write> Sink for Printer<'_, W> {
         self.owners.lookup(rec.ino)
     }
 
+    fn path_timeout(&mut self, rec: &Record) -> Option<f64> {
+        self.fmt
+            .policy
+            .lookup(rec.local, rec.remote)
+            .map(|r| r.timeout.as_secs_f64())
+    }
+
     fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
         if !self.filter.matches_event(obs) {
             return ControlFlow::Continue(());
@@ -165,7 +172,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(
         bpf.kernel.hz,
         ResetReasons(bpf.kernel.reset_reasons.clone()),
-        Some(args.idle_kill_min.as_secs_f64()),
     );
     let stdout = io::stdout();
     let mut printer = Printer {
@@ -208,7 +214,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             () = &mut stop => break,
             r = stream.next_batch(&mut batch) => r.context("reading the event ring buffer")?,
         }
-        let flow = pipeline.feed(&mut batch, &mut printer);
+        let mut flow = pipeline.feed(&mut batch, &mut printer);
+        if flow.is_continue() {
+            flow = pipeline.settle_now(&mut printer);
+        }
         if let Some(e) = printer.failed.take() {
             return Err(e.into());
         }

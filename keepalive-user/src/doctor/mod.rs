@@ -401,6 +401,8 @@ fn sockets_report(
                 ),
                 Risk::AtRisk => format!("{n} connections under {rule} set TCP_KEEPIDLE + TCP_KEEPINTVL at or above the {t} s idle timeout: lower them below {t} s"),
                 Risk::Unprotected => format!("{n} connections under {rule} have keepalive off: the middlebox will forget them after {t} s idle; enable SO_KEEPALIVE with TCP_KEEPIDLE below {t} s"),
+                Risk::Forgotten => format!("{n} connections under {rule} are already forgotten (their conntrack entry is gone while the sockets live): the next packet meets a reset or nothing; close them, and enable SO_KEEPALIVE with TCP_KEEPIDLE below {t} s"),
+                Risk::PeerProtected => format!("{n} connections under {rule} have keepalive off but their peers' probes keep them alive"),
                 Risk::Unknown => continue,
             };
             advice.push(Advice {

@@ -34,7 +34,11 @@ pub struct TimeoutReport {
     pub safe: usize,
     pub at_risk: usize,
     pub unprotected: usize,
-    /// At-risk and unprotected connections, the first few.
+    /// Connections whose conntrack entry is already gone.
+    pub forgotten: usize,
+    /// Kept alive by the peer's keepalive.
+    pub peer_protected: usize,
+    /// At-risk, unprotected and forgotten connections, the first few.
     pub endangered: Vec<Endangered>,
     pub suggestion: String,
 }
@@ -82,6 +86,8 @@ impl Tally {
                 safe: 0,
                 at_risk: 0,
                 unprotected: 0,
+                forgotten: 0,
+                peer_protected: 0,
                 endangered: vec![],
                 suggestion: suggestion(r.timeout),
             });
@@ -98,9 +104,11 @@ impl Tally {
             Risk::Safe => e.safe += 1,
             Risk::AtRisk => e.at_risk += 1,
             Risk::Unprotected => e.unprotected += 1,
+            Risk::Forgotten => e.forgotten += 1,
+            Risk::PeerProtected => e.peer_protected += 1,
             Risk::Unknown => return,
         }
-        if risk != Risk::Safe && e.endangered.len() < EXAMPLES {
+        if !matches!(risk, Risk::Safe | Risk::PeerProtected) && e.endangered.len() < EXAMPLES {
             e.endangered.push(Endangered {
                 local: s.local,
                 remote: s.remote,

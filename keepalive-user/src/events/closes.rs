@@ -99,13 +99,13 @@ mod tests {
     fn feed(t: &mut CloseTracker, d: &mut Deriver, e: Event) -> Option<Closed> {
         let r = Record::decode(&bytes(&e)).unwrap();
         let mut out = vec![];
-        d.derive(&r, &mut out);
+        d.derive(&r, &crate::events::derive::Context::default(), &mut out);
         t.on(&r, &out, 250)
     }
 
     #[test]
     fn server_closes_idle_keepalive_connection() {
-        let (mut t, mut d) = (CloseTracker::default(), Deriver::default());
+        let (mut t, mut d) = (CloseTracker::default(), Deriver::new(250));
         // Last response sent at 500, nothing since: FIN at 1000 = 2 s idle.
         let fin = Event {
             lrcvtime: 400,
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn first_closing_event_decides() {
-        let (mut t, mut d) = (CloseTracker::default(), Deriver::default());
+        let (mut t, mut d) = (CloseTracker::default(), Deriver::new(250));
         feed(
             &mut t,
             &mut d,
@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn closes_without_a_known_start_are_skipped() {
-        let (mut t, mut d) = (CloseTracker::default(), Deriver::default());
+        let (mut t, mut d) = (CloseTracker::default(), Deriver::new(250));
         assert_eq!(
             feed(
                 &mut t,

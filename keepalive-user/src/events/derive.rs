@@ -3,7 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{names::ETIMEDOUT, Record, RecordKind};
+use super::{
+    names::{ABORT_ON_DATA, ETIMEDOUT},
+    record::TCP_SYN,
+    Record, RecordKind,
+};
 use crate::tcp::TcpState;
 
 /// What kato reports: one kernel record may mean one or two of these.
@@ -22,7 +26,9 @@ pub enum Kind {
     KeepaliveTimeout,
     /// The keepalive timer was stopped (keepalive off, close, or re-arm).
     Disarmed,
-    /// The kernel sent an active reset (tcp_send_active_reset).
+    /// The kernel sent a reset: an active one (tcp_send_active_reset), or
+    /// a reply to a segment it got (data for a socket already closed, a
+    /// segment for no socket).
     ResetSent,
     /// The peer reset the connection (a RST arrived).
     ResetReceived,
@@ -32,11 +38,17 @@ pub enum Kind {
     FinReceived,
     /// This side closed first (FIN sent on an established connection).
     FinSent,
-    /// Data written after the peer's FIN, answered by a reset: a client
-    /// reused a connection the server had just closed.
+    /// The keep-alive race: data written on a connection whose peer had
+    /// closed it (its FIN already arrived, or crossed the write on the
+    /// wire), answered by a reset. Seen by the side that wrote (a write
+    /// the peer never took, then the reset, in CLOSE_WAIT) and by the side
+    /// that closed (its reply to data after its own FIN).
     StaleReuse,
-    /// A connection idle for at least `idle_kill_min` was reset or timed
-    /// out: the signature of a NAT or load balancer forgetting the flow.
+    /// Evidence that a middlebox forgot the flow: a reset after the
+    /// connection sat idle past its path's known idle timeout, or the
+    /// first send after such a silence never getting through
+    /// (ETIMEDOUT from retransmissions). A keepalive timeout alone is a
+    /// dead or unreachable peer, not this.
     IdleKillSuspected,
     /// The kernel reported an error to the socket's owner (`sk_err`).
     SocketError,
@@ -106,45 +118,65 @@ pub struct Derived {
 /// it the table is cleared (and counted), which can hide one peer_answered.
 const DERIVER_CAPACITY: usize = 1 << 18;
 
+/// What deriving a record needs besides the record and the socket's
+/// history.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Context<'a> {
+    /// The idle timeout of the record's path (seconds), where one is known
+    /// (declared, conntrack, IPVS, cloud-assumed or learned).
+    pub path_timeout_s: Option<f64>,
+    /// A sent reset's reason, named (the kernel's or inferred).
+    pub reset: Option<&'a str>,
+}
+
 /// Turns records into [`Kind`]s. Remembers, per socket, the probes that were
 /// unanswered after its last timer run: if the next run starts at zero, the
 /// peer answered in between (the ACK path resets `icsk_probes_out`).
-#[derive(Default)]
 pub struct Deriver {
+    hz: u32,
     unanswered: HashMap<u64, u8>,
     /// Sockets whose keepalive timeout was already reported by the error
     /// report inside the timer run; their exit record adds nothing.
     timed_out: HashSet<u64>,
     pub evictions: u64,
-    /// (CONFIG_HZ, seconds): report `idle_kill_suspected` for resets and
-    /// keepalive timeouts after at least this much idle time.
-    idle_kill: Option<(u32, f64)>,
 }
 
 impl Deriver {
-    pub fn with_idle_kill(hz: u32, min_secs: f64) -> Self {
+    pub fn new(hz: u32) -> Self {
         Self {
-            idle_kill: Some((hz, min_secs)),
-            ..Self::default()
+            hz,
+            unanswered: HashMap::new(),
+            timed_out: HashSet::new(),
+            evictions: 0,
         }
     }
 
-    fn idle_kill(&self, rec: &Record) -> bool {
-        self.idle_kill
-            .is_some_and(|(hz, min)| rec.idle_secs(hz).is_some_and(|i| i >= min))
+    /// Silent for at least the path's idle timeout.
+    fn past_timeout(ctx: &Context<'_>, silent_s: Option<f64>) -> bool {
+        matches!((ctx.path_timeout_s, silent_s), (Some(t), Some(s)) if s >= t)
     }
 
     /// Appends the events `rec` stands for to `out`.
-    pub fn derive(&mut self, rec: &Record, out: &mut Vec<Derived>) {
+    pub fn derive(&mut self, rec: &Record, ctx: &Context<'_>, out: &mut Vec<Derived>) {
+        let hz = self.hz;
         let mut push = |kind, probes| out.push(Derived { kind, probes });
         match rec.kind {
             RecordKind::Armed => push(Kind::Armed, rec.probes_out),
-            RecordKind::ResetSent => push(Kind::ResetSent, rec.probes_out),
+            RecordKind::ResetSent => {
+                push(Kind::ResetSent, rec.probes_out);
+                if peer_reused(rec, ctx.reset) {
+                    push(Kind::StaleReuse, 0);
+                }
+            }
             RecordKind::ResetReceived => {
                 push(Kind::ResetReceived, rec.probes_out);
-                if rec.state == TcpState::CloseWait && rec.sent_after_last_ack() {
+                // The peer's FIN came before its reset, and a write of ours
+                // was never taken: that write met a closed connection.
+                if rec.state == TcpState::CloseWait && rec.unacked > 0 {
                     push(Kind::StaleReuse, 0);
-                } else if self.idle_kill(rec) {
+                } else if rec.state == TcpState::Established
+                    && Self::past_timeout(ctx, rec.idle_secs(hz))
+                {
                     push(Kind::IdleKillSuspected, 0);
                 }
             }
@@ -152,19 +184,23 @@ impl Deriver {
             RecordKind::FinSent => push(Kind::FinSent, 0),
             RecordKind::ErrorReport => {
                 push(Kind::SocketError, rec.probes_out);
+                if rec.sk_err != ETIMEDOUT {
+                    return;
+                }
                 // Reported from inside the timer run, before the socket can
                 // go away: the reliable moment of a keepalive timeout. The
                 // run's exit record is read after the callback, when a
                 // closed socket may already be freed (seen under emulation).
-                if rec.in_keepalive_timer && rec.sk_err == ETIMEDOUT {
+                if rec.in_keepalive_timer {
                     push(Kind::KeepaliveTimeout, rec.probes_out);
-                    if self.idle_kill(rec) {
-                        push(Kind::IdleKillSuspected, 0);
-                    }
                     if self.timed_out.len() >= DERIVER_CAPACITY {
                         self.timed_out.clear();
                     }
                     self.timed_out.insert(rec.sk);
+                } else if Self::past_timeout(ctx, rec.silence_before_send_secs(hz)) {
+                    // Data sent after a silence longer than the path keeps
+                    // a flow, retransmitted until the kernel gave up.
+                    push(Kind::IdleKillSuspected, 0);
                 }
             }
             RecordKind::Closed => {
@@ -188,9 +224,6 @@ impl Deriver {
                 let closed = rec.state == TcpState::Close && rec.state_before != TcpState::Close;
                 if closed && rec.sk_err == ETIMEDOUT {
                     push(Kind::KeepaliveTimeout, rec.probes_out);
-                    if self.idle_kill(rec) {
-                        push(Kind::IdleKillSuspected, 0);
-                    }
                 } else if rec.probes_out > rec.probes_before {
                     push(Kind::ProbeSent, rec.probes_out);
                 } else if !answered {
@@ -208,6 +241,20 @@ impl Deriver {
     }
 }
 
+/// A reply reset that answered data the peer sent after this side closed
+/// (the side that closed sees the keep-alive race): the kernel aborted the
+/// socket for it (TCP_ABORT_ON_DATA), or a TIME_WAIT socket whose owner
+/// closed first (substate FIN_WAIT2) got data, not a new SYN.
+fn peer_reused(rec: &Record, reset: Option<&str>) -> bool {
+    if !rec.reply {
+        return false;
+    }
+    if rec.mini {
+        return rec.sk != 0 && rec.state == TcpState::FinWait2 && rec.seg_flags & TCP_SYN == 0;
+    }
+    rec.local_abort || reset == Some(ABORT_ON_DATA)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,13 +266,17 @@ mod tests {
     /// freed socket), adds nothing for that socket.
     #[test]
     fn keepalive_timeout_from_the_error_report_once() {
-        let mut d = Deriver::default();
+        let mut d = Deriver::new(250);
         let mut e = raw(kind::ERROR_REPORT);
         e.sk_err = ETIMEDOUT;
         e.flags = flags::IN_KEEPALIVE_TIMER;
         e.probes_out = 3;
         let mut out = vec![];
-        d.derive(&Record::decode(&bytes(&e)).unwrap(), &mut out);
+        d.derive(
+            &Record::decode(&bytes(&e)).unwrap(),
+            &Context::default(),
+            &mut out,
+        );
         assert_eq!(
             out.iter().map(|d| (d.kind, d.probes)).collect::<Vec<_>>(),
             [(Kind::SocketError, 3), (Kind::KeepaliveTimeout, 3)]
@@ -234,12 +285,14 @@ mod tests {
         out.clear();
         d.derive(
             &Record::decode(&bytes(&raw(kind::FIRED))).unwrap(),
+            &Context::default(),
             &mut out,
         );
         assert!(out.is_empty(), "{out:?}");
         // The next run of the same address is a new story.
         d.derive(
             &Record::decode(&bytes(&raw(kind::FIRED))).unwrap(),
+            &Context::default(),
             &mut out,
         );
         assert_eq!(
@@ -260,19 +313,29 @@ mod tests {
     }
 
     fn run(d: &mut Deriver, r: &Record) -> Vec<Kind> {
+        run_with(d, r, None)
+    }
+
+    /// With the path's idle timeout known to be `timeout` seconds.
+    fn run_with(d: &mut Deriver, r: &Record, timeout: Option<f64>) -> Vec<Kind> {
         let mut out = vec![];
-        d.derive(r, &mut out);
+        let ctx = Context {
+            path_timeout_s: timeout,
+            reset: None,
+        };
+        d.derive(r, &ctx, &mut out);
         out.iter().map(|x| x.kind).collect()
     }
 
     #[test]
     fn peer_answered_carries_probes_needed() {
-        let mut d = Deriver::default();
+        let mut d = Deriver::new(250);
         let mut out = vec![];
-        d.derive(&fired(0, 1, 1, 0), &mut out);
-        d.derive(&fired(1, 2, 1, 0), &mut out);
+        let c = Context::default();
+        d.derive(&fired(0, 1, 1, 0), &c, &mut out);
+        d.derive(&fired(1, 2, 1, 0), &c, &mut out);
         out.clear();
-        d.derive(&fired(0, 0, 1, 0), &mut out);
+        d.derive(&fired(0, 0, 1, 0), &c, &mut out);
         assert_eq!(
             out,
             [Derived {
@@ -284,7 +347,7 @@ mod tests {
 
     #[test]
     fn dead_peer_sequence() {
-        let mut d = Deriver::default();
+        let mut d = Deriver::new(250);
         assert_eq!(run(&mut d, &fired(0, 1, 1, 0)), [Kind::ProbeSent]);
         assert_eq!(run(&mut d, &fired(1, 2, 1, 0)), [Kind::ProbeSent]);
         assert_eq!(run(&mut d, &fired(2, 3, 1, 0)), [Kind::ProbeSent]);
@@ -297,7 +360,7 @@ mod tests {
 
     #[test]
     fn healthy_peer_answers() {
-        let mut d = Deriver::default();
+        let mut d = Deriver::new(250);
         assert_eq!(run(&mut d, &fired(0, 0, 1, 0)), [Kind::Fired]);
         assert_eq!(run(&mut d, &fired(0, 1, 1, 0)), [Kind::ProbeSent]);
         // ACK reset probes_out to 0; the next run only re-arms.
@@ -312,7 +375,7 @@ mod tests {
 
     #[test]
     fn close_without_etimedout_is_not_a_keepalive_timeout() {
-        let mut d = Deriver::default();
+        let mut d = Deriver::new(250);
         assert_eq!(run(&mut d, &fired(0, 0, 7, 0)), [Kind::Fired]);
         let e = RawEvent {
             probes_before: 3,
@@ -332,7 +395,7 @@ mod tests {
 
     #[test]
     fn resets_and_closes() {
-        let mut d = Deriver::default();
+        let mut d = Deriver::new(250);
         run(&mut d, &fired(0, 1, 1, 0));
         let mut e = raw(kind::RESET_RECEIVED);
         (e.lrcvtime, e.rcv_tstamp, e.lsndtime) = (500, 250, 999);
@@ -355,69 +418,132 @@ mod tests {
     }
 
     #[test]
-    fn stale_reuse_and_idle_kills() {
-        let mut d = Deriver::with_idle_kill(250, 3.0);
-        // CLOSE_WAIT (FIN in, ACK at 400), data written at 900, RST back at 1000.
+    fn stale_reuse_on_the_side_that_wrote() {
+        let mut d = Deriver::new(250);
+        // CLOSE_WAIT (the FIN in), a write not acknowledged, a RST back.
         let e = RawEvent {
             state: 8,
             lrcvtime: 300,
-            rcv_tstamp: 400,
+            rcv_tstamp: 950,
             lsndtime: 900,
+            unacked: 78,
             ..raw(kind::RESET_RECEIVED)
         };
         let stale = Record::decode(&bytes(&e)).unwrap();
+        // The FIN crossed the write: its ACK came after (950 > 900).
         assert_eq!(run(&mut d, &stale), [Kind::ResetReceived, Kind::StaleReuse]);
         assert_eq!(stale.reuse_gap_secs(250), 2.4);
-        // ESTABLISHED, silent since 0 (4 s), our write at 999 met a RST: a NAT forgot us.
+        // Nothing of ours outstanding: the peer's reset after its FIN is
+        // not a reuse (a keepalive probe met a socket that is gone).
+        let e = RawEvent { unacked: 0, ..e };
+        assert_eq!(
+            run(&mut d, &Record::decode(&bytes(&e)).unwrap()),
+            [Kind::ResetReceived]
+        );
+    }
+
+    #[test]
+    fn stale_reuse_on_the_side_that_closed() {
+        let mut d = Deriver::new(250);
+        let reply = |e: RawEvent| Record::decode(&bytes(&e)).unwrap();
+        let with = |d: &mut Deriver, r: &Record, reset: &str| {
+            let mut out = vec![];
+            let ctx = Context {
+                path_timeout_s: None,
+                reset: Some(reset),
+            };
+            d.derive(r, &ctx, &mut out);
+            out.iter().map(|x| x.kind).collect::<Vec<_>>()
+        };
+        // A full socket the kernel aborted for data after its FIN.
+        let full = reply(RawEvent {
+            state: 7,
+            flags: flags::REPLY,
+            ..raw(kind::RESET_SENT)
+        });
+        assert_eq!(
+            with(&mut d, &full, "TCP_ABORT_ON_DATA"),
+            [Kind::ResetSent, Kind::StaleReuse]
+        );
+        assert_eq!(with(&mut d, &full, "TCP_FLAGS"), [Kind::ResetSent]);
+        // A TIME_WAIT socket whose owner closed first (substate FIN_WAIT2)
+        // got data; a SYN to it is a new connection, not a reuse.
+        let tw = RawEvent {
+            state: 5,
+            flags: flags::REPLY | flags::MINI_SOCK,
+            seg_flags: 0x18,
+            ..raw(kind::RESET_SENT)
+        };
+        assert_eq!(
+            with(&mut d, &reply(tw), "TCP_TIMEWAIT_SOCKET"),
+            [Kind::ResetSent, Kind::StaleReuse]
+        );
+        let syn = RawEvent {
+            seg_flags: 0x02,
+            ..tw
+        };
+        assert_eq!(
+            with(&mut d, &reply(syn), "TCP_TIMEWAIT_SOCKET"),
+            [Kind::ResetSent]
+        );
+        // An active reset is no reply.
+        assert_eq!(
+            with(&mut d, &reply(raw(kind::RESET_SENT)), "TCP_ABORT_ON_DATA"),
+            [Kind::ResetSent]
+        );
+    }
+
+    #[test]
+    fn idle_kills_need_a_known_timeout_and_keepalive_timeouts_are_not_kills() {
+        let mut d = Deriver::new(250);
+        // ESTABLISHED, silent since 0 (4 s), our write at 999 met a RST.
         let e = RawEvent {
             lrcvtime: 0,
             rcv_tstamp: 0,
             lsndtime: 999,
             ..raw(kind::RESET_RECEIVED)
         };
+        let r = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!(run(&mut d, &r), [Kind::ResetReceived], "no timeout known");
         assert_eq!(
-            run(&mut d, &Record::decode(&bytes(&e)).unwrap()),
+            run_with(&mut d, &r, Some(3.0)),
             [Kind::ResetReceived, Kind::IdleKillSuspected]
         );
-        // Recently active: an ordinary reset.
+        assert_eq!(
+            run_with(&mut d, &r, Some(5.0)),
+            [Kind::ResetReceived],
+            "silent 4 s < 5 s"
+        );
+        // Keepalive gave up after 4 s of silence: a dead peer, whatever the path.
         let e = RawEvent {
-            lrcvtime: 900,
-            rcv_tstamp: 900,
-            ..raw(kind::RESET_RECEIVED)
+            sk_err: ETIMEDOUT,
+            flags: flags::IN_KEEPALIVE_TIMER,
+            ..raw(kind::ERROR_REPORT)
         };
         assert_eq!(
-            run(&mut d, &Record::decode(&bytes(&e)).unwrap()),
-            [Kind::ResetReceived]
+            run_with(&mut d, &Record::decode(&bytes(&e)).unwrap(), Some(1.0)),
+            [Kind::SocketError, Kind::KeepaliveTimeout]
         );
-        // Keepalive gave up after 4 s of silence.
+        // Retransmissions gave up on data first sent after 3 s of silence
+        // (heard at 0, sent 1 s before the report at jiffies 1000).
         let e = RawEvent {
-            probes_before: 3,
-            probes_out: 3,
-            state: 7,
-            sk_err: 110,
-            ..raw(kind::FIRED)
+            sk_err: ETIMEDOUT,
+            ts_ns: 10_000_000_000,
+            first_unacked_ms: 9_000,
+            ..raw(kind::ERROR_REPORT)
         };
+        let r = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!(r.silence_before_send_secs(250), Some(3.0));
         assert_eq!(
-            run(&mut d, &Record::decode(&bytes(&e)).unwrap()),
-            [Kind::KeepaliveTimeout, Kind::IdleKillSuspected]
+            run_with(&mut d, &r, Some(2.0)),
+            [Kind::SocketError, Kind::IdleKillSuspected]
         );
-        // Off by default.
-        let e = RawEvent {
-            lsndtime: 999,
-            ..raw(kind::RESET_RECEIVED)
-        };
-        assert_eq!(
-            run(
-                &mut Deriver::default(),
-                &Record::decode(&bytes(&e)).unwrap()
-            ),
-            [Kind::ResetReceived]
-        );
+        assert_eq!(run_with(&mut d, &r, Some(5.0)), [Kind::SocketError]);
     }
 
     #[test]
     fn disarm_forgets_probes() {
-        let mut d = Deriver::default();
+        let mut d = Deriver::new(250);
         run(&mut d, &fired(0, 1, 1, 0));
         let dis = Record::decode(&bytes(&raw(kind::DISARMED))).unwrap();
         assert_eq!(run(&mut d, &dis), [Kind::Disarmed]);
@@ -431,10 +557,7 @@ mod tests {
             ..raw(kind::ERROR_REPORT)
         };
         assert_eq!(
-            run(
-                &mut Deriver::default(),
-                &Record::decode(&bytes(&e)).unwrap()
-            ),
+            run(&mut Deriver::new(250), &Record::decode(&bytes(&e)).unwrap()),
             [Kind::SocketError]
         );
     }

@@ -5,6 +5,7 @@
 
 pub mod closes;
 pub mod derive;
+pub mod memory;
 pub mod names;
 pub mod observation;
 pub mod pipeline;
@@ -16,6 +17,6 @@ pub(crate) mod fixture;
 pub use closes::{Closed, ClosedBy};
 pub use derive::{Derived, Deriver, Kind};
 pub use names::{Errno, ErrorCause, ResetReason, ResetReasons, SocketError, ETIMEDOUT};
-pub use observation::Observation;
+pub use observation::{Observation, Reuse, ReusedBy};
 pub use pipeline::{Pipeline, Sink};
 pub use record::{DecodeError, Record, RecordKind};

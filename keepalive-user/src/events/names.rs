@@ -124,31 +124,51 @@ impl ResetReasons {
     }
 
     /// A sent reset's cause: the kernel's reason by name, or where the
-    /// kernel gives none (before 6.12), what the context proves — a reset
-    /// sent from the socket's own keepalive timer while established is the
-    /// keepalive timeout (the timer's other reset ends FIN_WAIT2).
+    /// kernel gives none (active resets before 6.10, replies before 6.12),
+    /// what the context proves:
+    /// - sent from the socket's own keepalive timer while established: the
+    ///   keepalive timeout (the timer's other reset ends FIN_WAIT2);
+    /// - a reply from a full socket the kernel just closed (it replies from
+    ///   a closed socket only when it aborted it for data that arrived after
+    ///   its owner closed it), or after its own `tcp_reset()` of the socket:
+    ///   TCP_ABORT_ON_DATA;
+    /// - a reply from a TIME_WAIT socket: TCP_TIMEWAIT_SOCKET.
     pub fn of(&self, rec: &Record) -> Option<ResetReason<'_>> {
         // Other records from inside the timer (error reports) are no resets.
         if rec.kind != RecordKind::ResetSent {
             return None;
         }
+        let inferred = |name| {
+            Some(ResetReason {
+                name: Cow::Borrowed(name),
+                code: None,
+                inferred: true,
+            })
+        };
         match rec.reason {
             Some(code) => Some(ResetReason {
                 name: self.name(code),
                 code: Some(code),
                 inferred: false,
             }),
-            None if rec.in_keepalive_timer && rec.state != TcpState::FinWait2 => {
-                Some(ResetReason {
-                    name: Cow::Borrowed("TCP_KEEPALIVE_TIMEOUT"),
-                    code: None,
-                    inferred: true,
-                })
+            None if rec.reply
+                && (rec.local_abort || (!rec.mini && rec.state == TcpState::Close)) =>
+            {
+                inferred(ABORT_ON_DATA)
+            }
+            None if rec.reply && rec.mini && rec.sk != 0 && rec.state.is_timewait_substate() => {
+                inferred("TCP_TIMEWAIT_SOCKET")
+            }
+            None if !rec.reply && rec.in_keepalive_timer && rec.state != TcpState::FinWait2 => {
+                inferred("TCP_KEEPALIVE_TIMEOUT")
             }
             None => None,
         }
     }
 }
+
+/// The kernel's name for an abort on data (`enum sk_rst_reason`).
+pub const ABORT_ON_DATA: &str = "TCP_ABORT_ON_DATA";
 
 #[cfg(test)]
 mod tests {

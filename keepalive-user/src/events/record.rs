@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use keepalive_common::{flags, kind, Event as RawEvent, EVENT_SIZE};
 use thiserror::Error;
 
-use crate::{jiffies, tcp::TcpState};
+use crate::{jiffies, owner::Owner, tcp::TcpState};
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -72,7 +72,34 @@ pub struct Record {
     /// Request/response turns, on CLOSED with the HTTP view on.
     pub turns_out: u32,
     pub turns_in: u32,
+    /// A reset sent in reply to a segment (not an active reset).
+    pub reply: bool,
+    /// A TIME_WAIT or request mini-socket, or none (`sk` 0): nothing but
+    /// the 4-tuple, the state, the namespace and the cookie was read.
+    pub mini: bool,
+    /// The owner had closed (or shut down reading) when the record was
+    /// taken: data arriving now makes the kernel abort the socket.
+    pub rcv_shut: bool,
+    /// Accepted from a listener (passive open): the server's end.
+    pub passive: bool,
+    /// The owner the kernel saw in the socket's own system calls.
+    pub owner: Option<Owner>,
+    /// Error reports: when the oldest unacknowledged data first left (ms
+    /// of CLOCK_MONOTONIC, low 32 bits).
+    pub first_unacked_ms: Option<u32>,
+    /// Bytes written and not acknowledged (resets received, error
+    /// reports, FINs).
+    pub unacked: u32,
+    /// A reply reset: the flags of the segment it answered.
+    pub seg_flags: u8,
+    /// Set by the pipeline on a reply reset that followed the kernel's own
+    /// `tcp_reset()` of the same socket: it aborted the socket for data
+    /// that arrived after its owner closed (TCPAbortOnData).
+    pub local_abort: bool,
 }
+
+/// TCP header flag bits (`seg_flags`).
+pub const TCP_SYN: u8 = 0x02;
 
 /// A socket address from a record's family, 16 address bytes (IPv4 in the
 /// first 4) and host-order port.
@@ -109,8 +136,7 @@ impl Record {
         if raw.family != AF_INET && raw.family != AF_INET6 {
             return Err(DecodeError::Family(raw.family));
         }
-        if raw.flags & !(flags::TIMER_PENDING | flags::HAS_REASON | flags::IN_KEEPALIVE_TIMER) != 0
-        {
+        if raw.flags & !flags::ALL != 0 {
             return Err(DecodeError::Flags(raw.flags));
         }
         let state = TcpState::from_raw(raw.state).ok_or(DecodeError::State(raw.state))?;
@@ -140,19 +166,33 @@ impl Record {
             rcv_tstamp: raw.rcv_tstamp,
             turns_out: raw.turns_out,
             turns_in: raw.turns_in,
+            reply: raw.flags & flags::REPLY != 0,
+            mini: raw.flags & flags::MINI_SOCK != 0,
+            rcv_shut: raw.flags & flags::RCV_SHUT != 0,
+            passive: raw.flags & flags::PASSIVE != 0,
+            owner: (raw.flags & flags::OWNER != 0).then(|| Owner {
+                pid: raw.tgid,
+                comm: crate::text::comm(&raw.comm).into(),
+            }),
+            first_unacked_ms: (kind == RecordKind::ErrorReport && raw.first_unacked_ms != 0)
+                .then_some(raw.first_unacked_ms),
+            unacked: raw.unacked,
+            seg_flags: raw.seg_flags,
+            local_abort: false,
         })
     }
 
     fn has_stamps(&self) -> bool {
-        matches!(
-            self.kind,
-            RecordKind::Fired
-                | RecordKind::ResetSent
-                | RecordKind::ResetReceived
-                | RecordKind::FinReceived
-                | RecordKind::FinSent
-                | RecordKind::ErrorReport
-        )
+        !self.mini
+            && matches!(
+                self.kind,
+                RecordKind::Fired
+                    | RecordKind::ResetSent
+                    | RecordKind::ResetReceived
+                    | RecordKind::FinReceived
+                    | RecordKind::FinSent
+                    | RecordKind::ErrorReport
+            )
     }
 
     /// Seconds from a 32-bit jiffies stamp to this record.
@@ -174,16 +214,22 @@ impl Record {
             .then(|| self.since(jiffies::later32(self.lrcvtime, self.lsndtime), hz))
     }
 
-    /// Data was sent after the last ACK arrived: on a socket in CLOSE_WAIT,
-    /// a write after the peer's FIN.
-    pub fn sent_after_last_ack(&self) -> bool {
-        jiffies::after32(self.lsndtime, self.rcv_tstamp)
-    }
-
     /// Seconds between the last data received and the last data sent: for a
     /// stale reuse, how long the connection sat idle before the write.
     pub fn reuse_gap_secs(&self, hz: u32) -> f64 {
         jiffies::between32(self.lrcvtime, self.lsndtime, hz)
+    }
+
+    /// An error report's unacknowledged data: seconds between the peer
+    /// last being heard from and that data first leaving. A send after a
+    /// silence this long that never got through.
+    pub fn silence_before_send_secs(&self, hz: u32) -> Option<f64> {
+        let first = self.first_unacked_ms?;
+        let now_ms = (self.ts_ns / 1_000_000) as u32;
+        let sent_ago = f64::from(now_ms.wrapping_sub(first)) / 1000.0;
+        let heard_ago = self.idle_secs(hz)?;
+        // A clock kato misreads (microsecond timestamps) gives nonsense.
+        (sent_ago <= heard_ago).then_some(heard_ago - sent_ago)
     }
 
     /// Seconds until the keepalive timer fires, from the record's own clock.
@@ -276,10 +322,10 @@ mod tests {
             ),
             (
                 RawEvent {
-                    flags: 1 << 7,
+                    flags: 1 << 8,
                     ..raw(kind::ARMED)
                 },
-                DecodeError::Flags(1 << 7),
+                DecodeError::Flags(1 << 8),
             ),
         ] {
             assert_eq!(Record::decode(&bytes(&field)), Err(want));

@@ -163,6 +163,26 @@ mod tests {
         );
         assert_eq!(c.has_reset_reason, 1);
         assert_eq!((c.skc_flags, c.sock_keepopen_bit), (96, 3));
+        assert_eq!((c.sk_shutdown, c.sk_max_ack_backlog), (274, 276));
+        assert_eq!(
+            (
+                c.tw_substate,
+                c.tp_retrans_stamp,
+                c.tp_write_seq,
+                c.tp_snd_una
+            ),
+            (144, 1732, 1568, 1576)
+        );
+        assert_eq!(
+            (
+                c.skb_dev,
+                c.skb_transport_header,
+                c.skb_network_header,
+                c.skb_head
+            ),
+            (16, 180, 182, 200)
+        );
+        assert_eq!(c.dev_nd_net, 128);
         assert_eq!(
             super::offsets::keepalive_timer(&btf).unwrap(),
             (512, "sock.sk_timer")

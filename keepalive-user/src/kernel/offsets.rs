@@ -89,6 +89,7 @@ pub fn sk_copy_ranges(c: &KernelConfig) -> (u32, [u16; SK_COPY_RANGES], [u16; SK
         (c.icsk_lrcvtime, 4),
         (c.tp_lsndtime, 4),
         (c.tp_rcv_tstamp, 4),
+        (c.sk_max_ack_backlog, 4),
         (timer + c.timer_pprev, 8),
         (timer + c.timer_expires, 8),
     ];
@@ -168,6 +169,17 @@ fn resolve_fields(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetEr
         // Set by the loader from LoadOptions.
         quiet: 0,
         quiet_idle_jiffies: 0,
+        sk_shutdown: sk("sk_shutdown", 1)?,
+        sk_max_ack_backlog: sk("sk_max_ack_backlog", 4)?,
+        tw_substate: at(btf, "inet_timewait_sock", "tw_substate", 1)?,
+        tp_retrans_stamp: at(btf, "tcp_sock", "retrans_stamp", 4)?,
+        skb_head: at(btf, "sk_buff", "head", 8)?,
+        skb_network_header: at(btf, "sk_buff", "network_header", 2)?,
+        skb_transport_header: at(btf, "sk_buff", "transport_header", 2)?,
+        skb_dev: at(btf, "sk_buff", "dev", 8)?,
+        dev_nd_net: at(btf, "net_device", "nd_net.net", 8)?,
+        tp_write_seq: at(btf, "tcp_sock", "write_seq", 4)?,
+        tp_snd_una: at(btf, "tcp_sock", "snd_una", 4)?,
         // All three or none: without them cgroup ids are 0 (doctor says so).
         ..cgroup_offsets(btf).unwrap_or_default()
     })
@@ -247,5 +259,7 @@ pub fn resolve_iter(btf: &Btf) -> Result<IterConfig, OffsetError> {
         sk_protocol: sk("sk_protocol", 2)?,
         task_tgid: at(btf, "task_struct", "tgid", 4)?,
         task_comm: at(btf, "task_struct", "comm", 16)?,
+        tp_segs_in: tp("segs_in", 4)?,
+        tp_segs_out: tp("segs_out", 4)?,
     })
 }

@@ -27,6 +27,9 @@ mod bit {
     pub const IDLE: u16 = 1 << 10;
     pub const LAST_RECV: u16 = 1 << 11;
     pub const LAST_SENT: u16 = 1 << 12;
+    pub const SIDE: u16 = 1 << 13;
+    pub const SERVER: u16 = 1 << 14;
+    pub const SEGS: u16 = 1 << 15;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +57,8 @@ pub struct Compact {
     ka_idle_s: u32,
     ka_intvl_s: u32,
     user_timeout_ms: u32,
+    segs_in: u32,
+    segs_out: u32,
     conntrack: Option<Tracked>,
     local_port: u16,
     remote_port: u16,
@@ -67,7 +72,7 @@ pub struct Compact {
     ka_count: u8,
 }
 
-pub const COMPACT_SIZE: usize = 160;
+pub const COMPACT_SIZE: usize = 168;
 const _: () = assert!(size_of::<Compact>() == COMPACT_SIZE);
 
 fn ms(s: f64) -> u32 {
@@ -105,6 +110,9 @@ impl Compact {
         set(bit::IDLE, s.idle_s.is_some());
         set(bit::LAST_RECV, s.last_data_recv_s.is_some());
         set(bit::LAST_SENT, s.last_data_sent_s.is_some());
+        set(bit::SIDE, s.side.is_some());
+        set(bit::SERVER, s.side == Some(super::Side::Server));
+        set(bit::SEGS, s.segs_in.is_some());
         let (mut ka_idle_s, mut ka_intvl_s, mut ka_count, mut user_timeout_ms) = (0, 0, 0, 0);
         if let Some(k) = &s.keepalive {
             set(bit::KEEPALIVE, true);
@@ -143,6 +151,8 @@ impl Compact {
             ka_idle_s,
             ka_intvl_s,
             user_timeout_ms,
+            segs_in: s.segs_in.unwrap_or(0),
+            segs_out: s.segs_out.unwrap_or(0),
             conntrack: s.conntrack,
             local_port: s.local.port(),
             remote_port: s.remote.port(),
@@ -180,6 +190,14 @@ impl Compact {
 
     pub fn comm(&self) -> Option<&str> {
         self.comm.as_deref()
+    }
+
+    pub fn comm_arc(&self) -> Option<Arc<str>> {
+        self.comm.clone()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.has(bit::PID).then_some(self.pid)
     }
 
     /// SO_KEEPALIVE, where the socket has keepalive settings at all.
@@ -266,7 +284,38 @@ impl Compact {
             last_data_recv_s: opt(bit::LAST_RECV, secs(self.recv_ms)),
             last_data_sent_s: opt(bit::LAST_SENT, secs(self.sent_ms)),
             conntrack: self.conntrack,
+            side: self
+                .has(bit::SIDE)
+                .then(|| super::Side::of_passive(self.has(bit::SERVER))),
+            segs_in: self.has(bit::SEGS).then_some(self.segs_in),
+            segs_out: self.has(bit::SEGS).then_some(self.segs_out),
         }
+    }
+
+    /// Server or client end, where known.
+    pub fn side(&self) -> Option<super::Side> {
+        self.has(bit::SIDE)
+            .then(|| super::Side::of_passive(self.has(bit::SERVER)))
+    }
+
+    /// Segments in and out together (wrapping): equal in two snapshots
+    /// when nothing passed; None where unknown.
+    pub fn segments(&self) -> Option<u32> {
+        self.has(bit::SEGS)
+            .then(|| self.segs_in.wrapping_add(self.segs_out))
+    }
+
+    /// The flow's conntrack entry, where one was found.
+    pub fn conntrack(&self) -> Option<Tracked> {
+        self.conntrack
+    }
+
+    /// Keepalive probes outstanding on the keepalive timer (a zero-window
+    /// probe timer counts its own probes in the same kernel field).
+    pub fn keepalive_probing(&self) -> bool {
+        self.probes_unanswered > 0
+            && self.timer_kind == TimerKind::Keepalive
+            && self.has(bit::KA_ENABLED)
     }
 }
 

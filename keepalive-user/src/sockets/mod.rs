@@ -85,6 +85,34 @@ impl std::fmt::Display for Timer {
     }
 }
 
+/// Which end of a connection a socket is, as the kernel knows it: accepted
+/// from a listener (the server's end, its local port the service's) or
+/// opened by connect() (the client's, the remote port the service's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
+
+    /// The end a socket or record is: the kernel's passive-open mark.
+    pub fn of_passive(passive: bool) -> Self {
+        if passive {
+            Side::Server
+        } else {
+            Side::Client
+        }
+    }
+}
+
 /// Where an effective keepalive setting comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +227,14 @@ pub struct Socket {
     /// The flow's conntrack entry in the socket's namespace (null when
     /// untracked, or conntrack is not in use there).
     pub conntrack: Option<crate::conntrack::Tracked>,
+    /// Server or client end (null where unknown: listeners, TIME_WAIT and
+    /// request sockets, sock_diag).
+    pub side: Option<Side>,
+    /// Segments received and sent so far, keepalive probes and their
+    /// answers included (null where unknown): two snapshots with the same
+    /// counts prove nothing passed either way in between.
+    pub segs_in: Option<u32>,
+    pub segs_out: Option<u32>,
 }
 
 impl Socket {
@@ -237,6 +273,9 @@ impl Socket {
             last_data_recv_s: None,
             last_data_sent_s: None,
             conntrack: None,
+            side: None,
+            segs_in: None,
+            segs_out: None,
         }
     }
 }
@@ -350,6 +389,10 @@ impl Socket {
             last_data_recv_s: connected.then(|| secs_since32(r.jiffies, r.lrcvtime, hz)),
             last_data_sent_s: connected.then(|| secs_since32(r.jiffies, r.lsndtime, hz)),
             conntrack: None,
+            side: (full && state != TcpState::Listen)
+                .then(|| Side::of_passive(r.flags & sock_flags::PASSIVE != 0)),
+            segs_in: full.then_some(r.segs_in),
+            segs_out: full.then_some(r.segs_out),
         })
     }
 }
@@ -372,10 +415,9 @@ pub fn owners(records: &[OwnerRecord]) -> foldhash::HashMap<u64, Owner> {
     let mut names: foldhash::HashMap<(u32, [u8; 16]), std::sync::Arc<str>> =
         foldhash::HashMap::default();
     for r in records {
-        let comm = names.entry((r.tgid, r.comm)).or_insert_with(|| {
-            let end = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
-            String::from_utf8_lossy(&r.comm[..end]).into()
-        });
+        let comm = names
+            .entry((r.tgid, r.comm))
+            .or_insert_with(|| crate::text::comm(&r.comm).into());
         let owner = Owner {
             pid: r.tgid,
             comm: comm.clone(),

@@ -8,23 +8,25 @@
 //! with no hash-table slack); sockets first seen through events since sit
 //! in a small map until the next snapshot takes them in.
 
-use std::{collections::HashMap, ops::ControlFlow, sync::Arc};
+use std::{collections::HashMap, ops::ControlFlow, sync::Arc, time::Instant};
 
 use super::{compact::Compact, Socket, Timer, TimerKind};
 use crate::{
     events::{Kind, Observation, Record, RecordKind, Sink},
-    policy::{Risk, RuleSource},
+    policy::{Risk, RuleSource, Silence},
     tcp::TcpState,
 };
 
 /// What kato saw happen to a socket, beside what the kernel says of it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts {
     /// Keepalive probes kato saw go out / get answered.
     pub probes_sent: u64,
     pub probes_answered: u64,
     /// The last reset the kernel sent on this socket, with its reason.
     pub last_reset: Option<String>,
+    /// What passed on the connection across snapshots.
+    pub silence: Silence,
 }
 
 /// A risk verdict and the source of its rule, in one byte.
@@ -57,15 +59,31 @@ pub struct Entry {
     /// The table's clock at the last update (snapshot or event); ages are
     /// taken wrapping, and every listed entry is touched at each snapshot.
     touched: u32,
+    /// Since when (deciseconds of the table's age) the segment counters
+    /// stand still; [`UNWATCHED`] until two snapshots saw it.
+    quiet_since: u32,
     /// 1 + index into the table's reset names (0: none).
     last_reset: u16,
     /// The risk verdict when the socket was last listed ([`verdict_byte`]).
     verdict: u8,
     /// Closed or evicted since its snapshot: skipped, dropped at the next.
     dead: bool,
+    /// [`mark`] bits.
+    marks: u8,
 }
 
-pub const ENTRY_SIZE: usize = 176;
+/// Bits of [`Entry::marks`].
+mod mark {
+    /// The last segments that moved carried no data: the peer probes.
+    pub const PEER_PROBES: u8 = 1 << 0;
+    /// The conntrack entry was there and is gone.
+    pub const CT_GONE: u8 = 1 << 1;
+}
+
+/// [`Entry::quiet_since`] of a socket not watched across two snapshots.
+const UNWATCHED: u32 = u32::MAX;
+
+pub const ENTRY_SIZE: usize = 192;
 const _: () = assert!(size_of::<Entry>() == ENTRY_SIZE);
 
 impl Entry {
@@ -75,9 +93,56 @@ impl Entry {
             probes_sent: 0,
             probes_answered: 0,
             touched: now,
+            quiet_since: UNWATCHED,
             last_reset: 0,
             verdict: verdict_byte(verdict),
             dead: false,
+            marks: 0,
+        }
+    }
+
+    /// What passed on the connection, at table age `now_ds` (deciseconds).
+    fn silence(&self, now_ds: u32) -> Silence {
+        Silence {
+            silent_s: (self.quiet_since != UNWATCHED)
+                .then(|| f64::from(now_ds.saturating_sub(self.quiet_since)) / 10.0),
+            peer_probes: self.marks & mark::PEER_PROBES != 0,
+            conntrack_gone: self.marks & mark::CT_GONE != 0,
+        }
+    }
+
+    /// Carries what kato watched from `old` (the same connection, seen at
+    /// the space's previous snapshot, `dt_s` seconds ago) into this fresh
+    /// entry: since when its segments stand still, whether the last ones
+    /// to pass were the peer's probes, whether its conntrack entry went.
+    fn watch(&mut self, old: &Entry, now_ds: u32, dt_s: f64) {
+        let (new, was) = (&self.socket, &old.socket);
+        match (new.segments(), was.segments()) {
+            (Some(a), Some(b)) if a == b => {
+                // Nothing passed: the silence goes on (it began when kato
+                // first saw the counters, if not earlier).
+                self.quiet_since = if old.quiet_since == UNWATCHED {
+                    now_ds.saturating_sub((dt_s * 10.0) as u32)
+                } else {
+                    old.quiet_since
+                };
+                self.marks |= old.marks & mark::PEER_PROBES;
+            }
+            (Some(_), Some(_)) => {
+                self.quiet_since = now_ds;
+                let s = new.socket();
+                let data = |ago: Option<f64>| ago.is_some_and(|a| a < dt_s);
+                let no_data = !data(s.last_data_recv_s) && !data(s.last_data_sent_s);
+                let own_off = s.keepalive.is_some_and(|k| !k.enabled);
+                if no_data && own_off && s.send_q == 0 {
+                    self.marks |= mark::PEER_PROBES;
+                }
+            }
+            _ => {}
+        }
+        let gone = was.conntrack().is_some() && new.conntrack().is_none();
+        if gone || (old.marks & mark::CT_GONE != 0 && new.conntrack().is_none()) {
+            self.marks |= mark::CT_GONE;
         }
     }
 
@@ -101,6 +166,8 @@ impl Entry {
 /// One network namespace's sockets.
 #[derive(Debug, Default)]
 struct Space {
+    /// The table's age (deciseconds) at the last snapshot.
+    taken_ds: u32,
     /// The last snapshot's, sorted by kernel address.
     listed: Vec<Entry>,
     /// First seen through events since.
@@ -131,6 +198,8 @@ impl Space {
 
 pub struct SocketTable {
     spaces: HashMap<u32, Space>,
+    /// The clock of silences (`Entry::quiet_since`).
+    born: Instant,
     capacity: usize,
     /// Live entries.
     len: usize,
@@ -148,6 +217,7 @@ impl SocketTable {
     pub fn new(capacity: usize) -> Self {
         Self {
             spaces: HashMap::new(),
+            born: Instant::now(),
             capacity: capacity.max(1),
             len: 0,
             clock: 0,
@@ -169,40 +239,52 @@ impl SocketTable {
         self.clock
     }
 
+    /// The table's age in deciseconds.
+    fn age_ds(&self) -> u32 {
+        u32::try_from(self.born.elapsed().as_millis() / 100).unwrap_or(u32::MAX - 1)
+    }
+
     /// Makes the sockets of namespace `netns` exactly `fresh`: new ones are
-    /// added, known ones refreshed (keeping kato's counters), and the ones
-    /// the kernel no longer lists are removed. `verdict` is each socket's
-    /// risk, kept for the metrics.
+    /// added, known ones refreshed (keeping kato's counters and what it
+    /// watched pass), and the ones the kernel no longer lists are removed.
+    /// `verdict` is each socket's risk given what was watched, kept for
+    /// the metrics.
     pub fn apply_snapshot(
         &mut self,
         netns: u32,
         fresh: Vec<Socket>,
-        verdict: impl Fn(&Socket) -> Verdict,
+        verdict: impl Fn(&Socket, &Silence) -> Verdict,
     ) {
         let now = self.tick();
+        let now_ds = self.age_ds();
         let old = self.spaces.remove(&netns).unwrap_or_default();
+        let dt_s = f64::from(now_ds.saturating_sub(old.taken_ds)) / 10.0;
         self.len -= old.live().count();
         let mut listed: Vec<Entry> = fresh
             .into_iter()
-            .map(|s| Entry::new(Compact::of(&s), verdict(&s), now))
+            .map(|s| {
+                let mut e = Entry::new(Compact::of(&s), None, now);
+                // Same kernel object and connection: keep the counters.
+                if let Some(o) = old.get(e.socket.sock) {
+                    if o.same_connection(&e.socket) {
+                        e.carry_counts(o);
+                        e.watch(o, now_ds, dt_s);
+                    }
+                }
+                e.verdict = verdict_byte(verdict(&s, &e.silence(now_ds)));
+                e
+            })
             .collect();
         listed.sort_unstable_by_key(|e| e.socket.sock);
         // A socket met twice in one walk (the kernel moved it between
         // buckets) is one socket.
         listed.dedup_by_key(|e| e.socket.sock);
-        for e in &mut listed {
-            // Same kernel object and connection: keep the counters.
-            if let Some(o) = old.get(e.socket.sock) {
-                if o.same_connection(&e.socket) {
-                    e.carry_counts(o);
-                }
-            }
-        }
         listed.shrink_to_fit();
         self.len += listed.len();
         self.spaces.insert(
             netns,
             Space {
+                taken_ds: now_ds,
                 listed,
                 seen: foldhash::HashMap::default(),
             },
@@ -325,6 +407,7 @@ impl SocketTable {
                 .checked_sub(1)
                 .and_then(|i| self.resets.get(i))
                 .map(ToString::to_string),
+            silence: e.silence(self.age_ds()),
         }
     }
 
@@ -405,7 +488,7 @@ mod tests {
     }
 
     fn pipeline() -> Pipeline {
-        Pipeline::new(250, ResetReasons::default(), None)
+        Pipeline::new(250, ResetReasons::default())
     }
 
     fn sks(t: &SocketTable) -> Vec<u64> {
@@ -417,11 +500,11 @@ mod tests {
     #[test]
     fn snapshot_replaces_namespace_contents() {
         let mut t = SocketTable::new(100);
-        t.apply_snapshot(record().netns, vec![sock(1, 1), sock(2, 2)], |_| None);
+        t.apply_snapshot(record().netns, vec![sock(1, 1), sock(2, 2)], |_, _| None);
         assert_eq!(t.len(), 2);
-        t.apply_snapshot(record().netns, vec![sock(2, 2), sock(3, 3)], |_| None);
+        t.apply_snapshot(record().netns, vec![sock(2, 2), sock(3, 3)], |_, _| None);
         assert_eq!(sks(&t), [2, 3], "socket 1 closed");
-        t.apply_snapshot(999, vec![], |_| None);
+        t.apply_snapshot(999, vec![], |_, _| None);
         assert_eq!(t.len(), 2, "other namespaces untouched");
     }
 
@@ -432,7 +515,7 @@ mod tests {
         t.apply_snapshot(
             record().netns,
             vec![sock(0xffff_8880_0000_1000, 41234)],
-            |_| None,
+            |_, _| None,
         );
         let sk = 0xffff_8880_0000_1000;
         feed(&mut t, &mut d, event(sk, kind::FIRED, 0, 1, 1));
@@ -441,7 +524,7 @@ mod tests {
         assert_eq!((c.probes_sent, c.probes_answered), (2, 1));
         // The event's tuple (127.0.0.1:41234) now differs from the snapshot's:
         // a fresh snapshot of another connection at the same address restarts.
-        t.apply_snapshot(record().netns, vec![sock(sk, 41234)], |_| None);
+        t.apply_snapshot(record().netns, vec![sock(sk, 41234)], |_, _| None);
         assert_eq!(t.iter().next().unwrap().1.probes_sent, 0);
     }
 
@@ -467,7 +550,7 @@ mod tests {
         t.apply_snapshot(
             record().netns,
             (0..100).map(|i| sock(i, i as u16)).collect(),
-            |_| None,
+            |_, _| None,
         );
         let mut d = pipeline();
         // Touch socket 0 so it is the newest.
@@ -478,7 +561,7 @@ mod tests {
                 netns: 2,
                 ..sock(1000, 1)
             }],
-            |_| None,
+            |_, _| None,
         );
         assert!(t.len() <= 100);
         assert_eq!(t.evictions, 2);

@@ -43,7 +43,8 @@ impl<'a> SocketView<'a> {
     }
 
     pub fn new(socket: &'a Socket, counts: Option<&'a Counts>, policy: &'a Policy) -> Self {
-        let (risk, rule) = match policy.classify(socket) {
+        let seen = counts.map(|c| c.silence).unwrap_or_default();
+        let (risk, rule) = match policy.classify_watched(socket, &seen) {
             Some((risk, rule)) => (Some(risk), rule),
             None => (None, None),
         };

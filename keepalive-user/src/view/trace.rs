@@ -33,9 +33,21 @@ pub struct TraceLine {
     pub idle_s: Option<f64>,
     /// Seconds since data last moved either way (FINs, resets).
     pub data_idle_s: Option<f64>,
-    /// stale_reuse: seconds between the last data received and the write
-    /// that met the reset.
+    /// stale_reuse: seconds the connection sat without data before the
+    /// write that met the closed connection (null where unknown: a
+    /// TIME_WAIT socket keeps no times).
     pub reuse_after_s: Option<f64>,
+    /// stale_reuse: `local` (this socket wrote after, or across, the
+    /// peer's FIN) or `peer` (the peer wrote after this side closed).
+    pub reused_by: Option<&'static str>,
+    /// The other end's process, where it is a socket on this host (a
+    /// stale reuse names both ends).
+    pub peer_pid: Option<u32>,
+    pub peer_comm: Option<String>,
+    /// What the evidence does not settle, in words (a keepalive timeout
+    /// after a silence longer than the path's idle timeout: a dead peer,
+    /// or a path that forgot the flow first).
+    pub note: Option<String>,
     /// idle_kill_suspected: the idle-timeout rule for the path, if declared.
     pub idle_timeout: Option<String>,
     /// closed (with --http-keepalive): receive-then-send and
@@ -97,7 +109,22 @@ impl Formatter<'_> {
             timer_remaining_s: obs.timer_remaining_s().map(round3),
             idle_s: obs.idle_s.map(round3),
             data_idle_s: obs.data_idle_s.map(round3),
-            reuse_after_s: (d.kind == Kind::StaleReuse).then(|| round3(obs.reuse_gap_s())),
+            reuse_after_s: (d.kind == Kind::StaleReuse)
+                .then(|| obs.reuse_gap_s().map(round3))
+                .flatten(),
+            reused_by: (d.kind == Kind::StaleReuse)
+                .then(|| obs.reuse.map(|r| r.by.name()))
+                .flatten(),
+            peer_pid: obs.peer.as_ref().map(|o| o.pid),
+            peer_comm: obs.peer.as_ref().map(|o| o.comm.to_string()),
+            note: (d.kind == Kind::KeepaliveTimeout && obs.timeout_ambiguous()).then(|| {
+                format!(
+                    "silent {:.1}s, longer than the path's idle timeout ({}s): the peer is dead, \
+                     or the path forgot the flow before the first probe",
+                    obs.idle_s.unwrap_or_default(),
+                    obs.path_timeout_s.unwrap_or_default()
+                )
+            }),
             idle_timeout: (d.kind == Kind::IdleKillSuspected)
                 .then(|| {
                     self.policy
@@ -227,7 +254,7 @@ mod tests {
         e.expires = 1500;
         e.state = 7;
         let reasons = ResetReasons([(15, "TCP_KEEPALIVE_TIMEOUT".to_owned())].into());
-        let mut p = Pipeline::new(250, reasons, None);
+        let mut p = Pipeline::new(250, reasons);
         let mut sink = One(None);
         let _ = p.feed(&mut vec![Record::decode(&bytes(&e))], &mut sink);
         sink.0.unwrap()

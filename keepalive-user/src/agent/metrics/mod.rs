@@ -24,22 +24,7 @@ use crate::{
     tcp::TcpState,
 };
 
-/// Which end of a connection kato sits on: a server's listening port, or
-/// the remote port a client connects to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Server,
-    Client,
-}
-
-impl Side {
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::Server => "server",
-            Side::Client => "client",
-        }
-    }
-}
+pub use crate::sockets::Side;
 
 /// Why events were lost (`kato_events_lost_total{cause}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +52,14 @@ impl LossCause {
 
 /// What an observation's labels are computed from, beside the record.
 pub struct LabelCtx<'a> {
-    /// Is the socket's local port a listening port in its namespace?
-    pub local_port_listening: bool,
+    /// Which end the socket is (the kernel's passive-open mark).
+    pub side: Side,
     pub comm: Option<&'a str>,
     /// The socket's workload, where named.
     pub workload: Option<&'a crate::workload::Workload>,
-    /// The idle-timeout rule for the connection's path, as written.
-    pub policy: Option<&'a str>,
+    /// The idle-timeout rule for the connection's path: where it comes
+    /// from and the path it covers (never its timeout, which learning moves).
+    pub rule: Option<(RuleSource, String)>,
 }
 
 pub struct Metrics {
@@ -106,7 +92,7 @@ pub struct Metrics {
     idle_before_close: Family<prometheus::HistogramVec, 3>,
     exchanges: Family<prometheus::HistogramVec, 3>,
     stale_reuse: Family<IntCounterVec, 2>,
-    idle_kills: Family<IntCounterVec, 1>,
+    idle_kills: Family<IntCounterVec, 2>,
     idle_before_reset: Histogram,
     risk: Family<prometheus::IntGaugeVec, 2>,
     learned: Family<prometheus::GaugeVec, 2>,
@@ -122,17 +108,18 @@ pub struct Metrics {
     last_undecodable: u64,
 }
 
-const DETECTION_BUCKETS: [f64; 12] = [
-    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0, 7200.0, 10800.0,
+/// Bucket bounds placed between the timeouts people set (1, 2, 5, 10, 30,
+/// 60, 75, 120, 300, 350, 600 s, 2 h), so each falls inside a bucket, not
+/// on an edge where jitter splits it between two.
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.25, 0.75, 1.5, 3.0, 7.5, 20.0, 45.0, 67.5, 90.0, 180.0, 325.0, 450.0, 900.0, 1800.0, 3600.0,
+    10800.0,
 ];
+const DETECTION_BUCKETS: [f64; 16] = SECONDS_BUCKETS;
 const ANSWER_BUCKETS: [f64; 9] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0];
-const CLOSE_BUCKETS: [f64; 14] = [
-    0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-];
+const CLOSE_BUCKETS: [f64; 16] = SECONDS_BUCKETS;
 const EXCHANGE_BUCKETS: [f64; 10] = [1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0];
-const RESET_BUCKETS: [f64; 11] = [
-    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0, 7200.0,
-];
+const RESET_BUCKETS: [f64; 16] = SECONDS_BUCKETS;
 
 impl Metrics {
     pub fn new(
@@ -161,7 +148,7 @@ impl Metrics {
             detection: r.histogram("kato_dead_peer_detection_seconds", "Time from the peer last being heard from to the keepalive timeout.", &DETECTION_BUCKETS),
             probes_before_answer: r.histogram("kato_keepalive_probes_before_answer", "Keepalive probes outstanding when the peer answered.", &ANSWER_BUCKETS),
             sockets: r.gauges("kato_sockets", "TCP sockets by state and SO_KEEPALIVE (n/a: TIME_WAIT and request sockets).", ["state", "keepalive"]),
-            probing: r.gauge("kato_sockets_probing", "Sockets with keepalive probes outstanding right now."),
+            probing: r.gauge("kato_sockets_probing", "Sockets with keepalive probes outstanding right now (zero-window probes not counted)."),
             tracked: r.gauge("kato_table_sockets", "Sockets in the agent's table."),
             capacity: r.gauge(
                 "kato_table_capacity",
@@ -200,7 +187,7 @@ impl Metrics {
                 &EXCHANGE_BUCKETS,
             ),
             stale_reuse: r.counters("kato_stale_reuse_total", "Writes on a connection after the peer's FIN, answered by a reset (a client reusing a connection the server closed).", ["side", "port"]),
-            idle_kills: r.counters("kato_idle_kills_suspected_total", "Connections idle for at least idle_kill_min that were reset or timed out: a middlebox probably forgot them. Labelled with the matching idle-timeout rule.", ["idle_timeout"]),
+            idle_kills: r.counters("kato_idle_kills_suspected_total", "Connections a middlebox probably forgot: reset after sitting idle past their path's idle timeout, or whose first send after such a silence never got through (ETIMEDOUT from retransmissions). Keepalive timeouts alone are dead peers and not counted here. By the idle-timeout rule's source and the path it covers.", ["source", "path"]),
             idle_before_reset: r.histogram("kato_idle_before_reset_seconds", "How long connections had not heard from the peer when a reset arrived.", &RESET_BUCKETS),
             risk: r.gauges("kato_sockets_idle_timeout_risk", "Connections by whether keepalive beats the middlebox idle timeout on their path: safe, at-risk, unprotected (keepalive off), unknown (no rule); source: where that timeout comes from (declared, cloud-assumed, conntrack, learned, ipvs; none for unknown).", ["class", "source"]),
             learned: r.float_gauges("kato_idle_timeout_learned_seconds", "Idle timeout learned per destination (ADDR:PORT a client connects to, or :PORT of accepted connections): lower = longest idle a connection survived, upper = shortest idle after which one was killed. At most label_limit destinations, those with the most evidence.", ["destination", "bound"]),
@@ -251,11 +238,15 @@ impl Metrics {
         for (i, l) in self.label_by.iter().enumerate() {
             let v = match l {
                 // Ephemeral ports would make unbounded series: only servers' ports count.
-                LabelBy::LocalPort if ctx.local_port_listening => {
+                LabelBy::LocalPort if ctx.side == Side::Server => {
                     self.limiters[i].admit(rec.local.port().to_string())
                 }
                 LabelBy::LocalPort => "other".into(),
-                LabelBy::RemotePort => self.limiters[i].admit(rec.remote.port().to_string()),
+                // A server's clients come from ephemeral ports.
+                LabelBy::RemotePort if ctx.side == Side::Client => {
+                    self.limiters[i].admit(rec.remote.port().to_string())
+                }
+                LabelBy::RemotePort => "other".into(),
                 LabelBy::Comm => self.limiters[i].admit(ctx.comm.unwrap_or("unknown").to_owned()),
                 LabelBy::Netns => self.limiters[i].admit(rec.netns.to_string()),
                 LabelBy::Pod | LabelBy::PodNamespace | LabelBy::Container | LabelBy::Unit => {
@@ -278,17 +269,16 @@ impl Metrics {
         out
     }
 
-    /// (side, port) of a connection.
+    /// (side, port) of a connection: the service's port either way (a
+    /// server's local port, the remote port a client connected to), never
+    /// an ephemeral one.
     fn side_port(&mut self, obs: &Observation<'_>, ctx: &LabelCtx<'_>) -> (Side, String) {
         let rec = obs.record;
-        if ctx.local_port_listening {
-            (Side::Server, self.ports.admit(rec.local.port().to_string()))
-        } else {
-            (
-                Side::Client,
-                self.ports.admit(rec.remote.port().to_string()),
-            )
-        }
+        let port = match ctx.side {
+            Side::Server => rec.local.port(),
+            Side::Client => rec.remote.port(),
+        };
+        (ctx.side, self.ports.admit(port.to_string()))
     }
 
     pub fn set_capacity(&self, n: usize) {
@@ -348,7 +338,12 @@ impl Metrics {
                     self.stale_reuse.with([side.name(), port.as_str()]).inc();
                 }
                 Kind::IdleKillSuspected => {
-                    self.idle_kills.with([ctx.policy.unwrap_or("none")]).inc();
+                    let (src, path) = ctx
+                        .rule
+                        .as_ref()
+                        .map_or(("none", "none"), |(s, p)| (s.name(), p.as_str()));
+                    let path = self.ports.admit(path.to_owned());
+                    self.idle_kills.with([src, path.as_str()]).inc();
                 }
                 Kind::SocketError => {
                     if let Some(e) = obs.error {
@@ -429,7 +424,7 @@ impl Metrics {
                 Some(true) => 1,
                 Some(false) => 2,
             }] += 1;
-            if s.probes_unanswered > 0 && ka == Some(true) {
+            if s.keepalive_probing() {
                 probing += 1;
             }
         }
@@ -518,10 +513,10 @@ mod tests {
     impl Sink for Metrics {
         fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
             let ctx = LabelCtx {
-                local_port_listening: false,
+                side: Side::Client,
                 comm: Some("psql"),
                 workload: None,
-                policy: None,
+                rule: None,
             };
             Metrics::observe(self, obs, &ctx);
             ControlFlow::Continue(())
@@ -531,7 +526,7 @@ mod tests {
     /// Each record on its own (a fresh pipeline: no history per socket).
     fn feed(m: &mut Metrics, e: keepalive_common::Event) {
         let reasons = ResetReasons([(15, "R15".to_owned())].into());
-        let _ = Pipeline::new(250, reasons, None).feed(&mut vec![Record::decode(&bytes(&e))], m);
+        let _ = Pipeline::new(250, reasons).feed(&mut vec![Record::decode(&bytes(&e))], m);
     }
 
     #[test]
@@ -599,7 +594,8 @@ mod tests {
         );
         assert!(text.contains("kato_resets_sent_total{local_port=\"other\",reason=\"R15\",remote_port=\"8080\"} 1"), "{text}");
         assert!(
-            text.contains("kato_dead_peer_detection_seconds_bucket{le=\"5\"} 1"),
+            text.contains("kato_dead_peer_detection_seconds_bucket{le=\"7.5\"} 1")
+                && text.contains("kato_dead_peer_detection_seconds_bucket{le=\"3\"} 0"),
             "{text}"
         );
         assert!(

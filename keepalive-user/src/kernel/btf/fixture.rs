@@ -233,6 +233,8 @@ pub fn kernel_like_with(icsk_keepalive: bool) -> Vec<u8> {
             ("sk_err", int_, 2048, 0),
             ("sk_socket", void_ptr, 2112, 0),
             ("sk_protocol", u16_, 2176, 0),
+            ("sk_shutdown", u8_, 2192, 0),
+            ("sk_max_ack_backlog", u32_, 2208, 0),
             ("sk_timer", timer, 4096, 0),
         ],
     );
@@ -264,8 +266,37 @@ pub fn kernel_like_with(icsk_keepalive: bool) -> Vec<u8> {
         2304,
         &[
             ("inet_conn", u64_, 0, 0),
+            ("write_seq", u32_, 12544, 0),
+            ("snd_una", u32_, 12608, 0),
             ("lsndtime", u32_, 12672, 0),
             ("rcv_tstamp", u32_, 13792, 0),
+            ("retrans_stamp", u32_, 13856, 0),
+        ],
+    );
+    b.composite(
+        "inet_timewait_sock",
+        false,
+        200,
+        &[("__tw_common", skc, 0, 0), ("tw_substate", u8_, 1152, 0)],
+    );
+    let dev = b.composite(
+        "net_device",
+        false,
+        2048,
+        &[("name", u64_, 0, 0), ("nd_net", possible_net_t, 1024, 0)],
+    );
+    let dev_ptr = b.ptr(dev);
+    let u8_ptr = b.ptr(u8_);
+    let skb_dev = b.composite("", true, 8, &[("dev", dev_ptr, 0, 0)]);
+    b.composite(
+        "sk_buff",
+        false,
+        232,
+        &[
+            ("", skb_dev, 128, 0),
+            ("transport_header", u16_, 1440, 0),
+            ("network_header", u16_, 1456, 0),
+            ("head", u8_ptr, 1600, 0),
         ],
     );
     let socket = b.composite("socket", false, 128, &[("state", u32_, 0, 0)]);

@@ -1,0 +1,156 @@
+//! What kato last knew of recent sockets: their 4-tuple and owner, by
+//! kernel address and by 4-tuple. Records taken in softirq, after the
+//! owner closed the socket, or from a TIME_WAIT socket that replaced it
+//! still name the process; a reset whose other end is on this host names
+//! that end too. Bounded: two generations of at most `CAPACITY / 2`
+//! entries each, the older dropped whole when the newer fills.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use crate::owner::Owner;
+
+const CAPACITY: usize = 1 << 16;
+
+#[derive(Debug, Clone)]
+struct Known {
+    netns: u32,
+    local: SocketAddr,
+    remote: SocketAddr,
+    owner: Option<Owner>,
+}
+
+#[derive(Default)]
+struct Generation {
+    by_sk: HashMap<u64, Known>,
+    by_tuple: HashMap<(SocketAddr, SocketAddr), (u32, Option<Owner>)>,
+}
+
+#[derive(Default)]
+pub struct Memory {
+    new: Generation,
+    old: Generation,
+}
+
+impl Memory {
+    /// Remembers socket `sk` (0: a reply without a socket, by tuple only).
+    pub fn learn(
+        &mut self,
+        sk: u64,
+        netns: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        owner: Option<&Owner>,
+    ) {
+        if self.new.by_sk.len() + self.new.by_tuple.len() >= CAPACITY {
+            self.old = std::mem::take(&mut self.new);
+        }
+        let owner = owner.cloned().or_else(|| self.owner_of(sk, local, remote));
+        if sk != 0 {
+            self.new.by_sk.insert(
+                sk,
+                Known {
+                    netns,
+                    local,
+                    remote,
+                    owner: owner.clone(),
+                },
+            );
+        }
+        if remote.port() != 0 {
+            self.new.by_tuple.insert((local, remote), (netns, owner));
+        }
+    }
+
+    fn sk(&self, sk: u64) -> Option<&Known> {
+        self.new.by_sk.get(&sk).or_else(|| self.old.by_sk.get(&sk))
+    }
+
+    fn tuple(&self, local: SocketAddr, remote: SocketAddr) -> Option<&(u32, Option<Owner>)> {
+        self.new
+            .by_tuple
+            .get(&(local, remote))
+            .or_else(|| self.old.by_tuple.get(&(local, remote)))
+    }
+
+    /// The last owner of `sk`, or of the connection with this 4-tuple (the
+    /// full socket a TIME_WAIT socket replaced).
+    pub fn owner_of(&self, sk: u64, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
+        self.sk(sk)
+            .filter(|k| k.local == local)
+            .and_then(|k| k.owner.clone())
+            .or_else(|| self.tuple(local, remote).and_then(|(_, o)| o.clone()))
+    }
+
+    /// The remote address `sk` had before the kernel cleared its port.
+    pub fn remote_of(&self, sk: u64, local: SocketAddr) -> Option<SocketAddr> {
+        self.sk(sk).filter(|k| k.local == local).map(|k| k.remote)
+    }
+
+    /// The owner of the other end of a connection, when that end is a
+    /// socket on this host kato saw: `local`/`remote` as this end sees them.
+    pub fn peer_owner(&self, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
+        self.tuple(remote, local).and_then(|(_, o)| o.clone())
+    }
+
+    /// Is the other end of this connection a socket of this host kato saw?
+    pub fn has_peer(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.tuple(remote, local).is_some()
+    }
+
+    /// The namespace of `sk`, where known.
+    pub fn netns_of(&self, sk: u64) -> Option<u32> {
+        self.sk(sk).map(|k| k.netns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            comm: "nginx".into(),
+        }
+    }
+
+    #[test]
+    fn owners_by_socket_tuple_and_peer() {
+        let mut m = Memory::default();
+        let (l, r) = (a("127.0.0.1:8081"), a("127.0.0.1:40000"));
+        m.learn(1, 5, l, r, Some(&owner(10)));
+        // A TIME_WAIT socket at another address, same connection.
+        assert_eq!(m.owner_of(2, l, r).map(|o| o.pid), Some(10));
+        assert_eq!(m.owner_of(1, l, r).map(|o| o.pid), Some(10));
+        // The client end sees the server's process as its peer.
+        assert_eq!(m.peer_owner(r, l).map(|o| o.pid), Some(10));
+        assert!(m.peer_owner(l, r).is_none());
+        // A later record without an owner keeps the one known.
+        m.learn(1, 5, l, r, None);
+        assert_eq!(m.owner_of(1, l, r).map(|o| o.pid), Some(10));
+        // The port the kernel cleared.
+        assert_eq!(m.remote_of(1, l), Some(r));
+        assert_eq!(m.remote_of(1, a("127.0.0.1:1")), None);
+    }
+
+    #[test]
+    fn bounded_by_two_generations() {
+        let mut m = Memory::default();
+        let l = a("10.0.0.1:80");
+        for i in 0..(CAPACITY as u64 * 2) {
+            m.learn(
+                i + 1,
+                1,
+                l,
+                SocketAddr::new(l.ip(), (i % 60000) as u16 + 1),
+                None,
+            );
+        }
+        assert!(m.new.by_sk.len() + m.new.by_tuple.len() <= CAPACITY);
+        assert!(m.old.by_sk.len() + m.old.by_tuple.len() <= CAPACITY);
+    }
+}
