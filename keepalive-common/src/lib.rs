@@ -446,9 +446,16 @@ pub struct OwnerRecord {
     pub tgid: u32,
     pub fd: u32,
     pub comm: [u8; 16],
+    /// The socket's namespace inode, local port and state, and whether it
+    /// was accepted (passive open): enough to tell listeners, whose owner
+    /// names their children, from the rest.
+    pub netns: u32,
+    pub sport: u16,
+    pub state: u8,
+    pub passive: u8,
 }
 
-pub const OWNER_RECORD_SIZE: usize = 32;
+pub const OWNER_RECORD_SIZE: usize = 40;
 const _: () = assert!(size_of::<OwnerRecord>() == OWNER_RECORD_SIZE);
 
 /// Offsets for the socket and process iterators (separate from

@@ -254,11 +254,21 @@ unsafe fn try_iter_task_file(ctx: *mut c_void) -> Result<(), u32> {
         return Ok(());
     }
     let seq = unsafe { *(meta as *const *mut seq_file) };
+    let net = load::<u64>(sk, conf!(skc_net));
+    let state = load::<u8>(sk, conf!(skc_state));
     let r = OwnerRecord {
         sk,
         tgid: load::<u32>(task, iconf!(task_tgid)),
         fd: unsafe { *((ctx as *const u32).add(4)) },
         comm: load16(task, iconf!(task_comm)),
+        netns: if net != 0 {
+            load::<u32>(net, conf!(net_inum))
+        } else {
+            0
+        },
+        sport: load::<u16>(sk, conf!(skc_num)),
+        state,
+        passive: u8::from(state != TCP_LISTEN && load::<u32>(sk, iconf!(sk_max_ack_backlog)) != 0),
     };
     unsafe {
         bpf_seq_write(

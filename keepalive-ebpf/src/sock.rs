@@ -400,7 +400,8 @@ pub fn remember_listener(netns: u32, port: u16) {
 #[inline(always)]
 pub fn fill_owner(ev: &mut Event) {
     let mut o = unsafe { OWNERS.get(&ev.sk) };
-    if o.is_none() && ev.flags & flags::PASSIVE != 0 {
+    // An accepted socket, or a reply for one that is gone: its listener's.
+    if o.is_none() && ev.flags & (flags::PASSIVE | flags::MINI_SOCK) != 0 {
         o = unsafe { PORT_OWNERS.get(&port_key(ev.netns, ev.sport)) };
     }
     if let Some(o) = o {

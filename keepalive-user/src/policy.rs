@@ -364,7 +364,12 @@ impl Policy {
         tracked: Option<crate::conntrack::Tracked>,
     ) -> Option<&Rule> {
         let path = self.lookup(local, remote);
-        let ct = tracked.and(self.conntrack.get(&netns));
+        // The table that tracks the flow: its own namespace's where the
+        // entry says none (older callers), else the one that holds it.
+        let ct = tracked.and_then(|t| {
+            self.conntrack
+                .get(&if t.netns == 0 { netns } else { t.netns })
+        });
         match (path, ct) {
             (Some(p), Some(c)) if c.timeout < p.timeout => Some(c),
             (Some(p), _) => Some(p),
@@ -591,6 +596,7 @@ mod tests {
             conntrack: Some(crate::conntrack::Tracked {
                 remaining_s: 15,
                 state: crate::conntrack::CtState::Established,
+                netns,
             }),
             ..Socket::from_record(
                 &SockRecord {

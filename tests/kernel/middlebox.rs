@@ -14,13 +14,20 @@ use crate::{
     support::{client, keepalive, require_root, Netns},
 };
 
-struct Topology {
-    client: Netns,
-    _nat: Netns,
-    server: Netns,
+pub struct Topology {
+    pub client: Netns,
+    pub nat: Netns,
+    pub server: Netns,
 }
 
 fn topology() -> Topology {
+    topology_where_forgotten_flows("reject with tcp reset")
+}
+
+/// Client and server namespaces routed through a third that masquerades,
+/// forgets established flows after 3 s without a packet, and does
+/// `verdict` (`reject with tcp reset`, `drop`) to packets of forgotten flows.
+pub fn topology_where_forgotten_flows(verdict: &str) -> Topology {
     let (c, n, s) = (Netns::new("natc"), Netns::new("natn"), Netns::new("nats"));
     c.ip(&format!(
         "link add c0 type veth peer name n0 netns {}",
@@ -46,11 +53,11 @@ fn topology() -> Topology {
     ] {
         n.exec(&["sysctl", "-qw", &format!("{k}={v}")]);
     }
-    n.nft(
+    n.nft(&(
         "add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; \
          add rule ip nat post oifname n1 masquerade; \
          add table inet filter; add chain inet filter forwarding { type filter hook forward priority 0; }; \
-         add rule inet filter forwarding ct state invalid meta l4proto tcp reject with tcp reset",
+         add rule inet filter forwarding ct state invalid meta l4proto tcp ".to_owned() + verdict),
     );
     // conntrack's sysctls exist once the NAT rules have loaded it.
     n.exec(&[
@@ -60,7 +67,7 @@ fn topology() -> Topology {
     ]);
     Topology {
         client: c,
-        _nat: n,
+        nat: n,
         server: s,
     }
 }
@@ -70,7 +77,7 @@ fn serve(ns: &Netns) -> std::thread::JoinHandle<()> {
     serve_n(ns, 2)
 }
 
-fn serve_n(ns: &Netns, n: usize) -> std::thread::JoinHandle<()> {
+pub fn serve_n(ns: &Netns, n: usize) -> std::thread::JoinHandle<()> {
     let (tx, rx) = mpsc::channel();
     let h = ns.spawn(move || {
         let l = TcpListener::bind("10.71.2.2:8000").unwrap();
@@ -91,7 +98,7 @@ fn serve_n(ns: &Netns, n: usize) -> std::thread::JoinHandle<()> {
     h
 }
 
-fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+pub fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     s.write_all(msg)?;
     let mut buf = vec![0u8; msg.len()];
     s.read_exact(&mut buf)?;
@@ -190,7 +197,7 @@ fn nat_forgetting_an_idle_flow_is_reported_with_its_idle_time() {
     let m = agent.wait_metrics(Duration::from_secs(5), |m| {
         sample(
             m,
-            "kato_idle_kills_suspected_total{idle_timeout=\"10.71.2.0/24=3s\"}",
+            "kato_idle_kills_suspected_total{path=\"10.71.2.0/24\",source=\"declared\"}",
         ) == 1.0
     });
     assert_eq!(

@@ -317,7 +317,9 @@ fn every_dashboard_panel_query_returns_a_series() {
         drop(l);
     });
     ready_rx.recv().unwrap();
-    let agent = Agent::start(&["--netns", &path, "--idle-kill-min", "1ms"]);
+    // A declared timeout shorter than the 50 ms the connection idles: its
+    // reset is evidence of an idle kill.
+    let agent = Agent::start(&["--netns", &path, "--idle-timeout", "10ms"]);
     ns.spawn(|| {
         use std::io::Read as _;
         let l = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -128,6 +128,31 @@ impl AgentSink {
     }
 }
 
+/// The owned listeners and connections of a snapshot, as the task walk
+/// reported them, for [`Bpf::seed_owners`].
+fn owner_records<'a>(
+    sockets: impl Iterator<Item = &'a crate::sockets::Socket>,
+) -> Vec<keepalive_common::OwnerRecord> {
+    sockets
+        .filter_map(|s| {
+            let (pid, comm) = (s.pid?, s.comm.as_ref()?);
+            let mut c = [0u8; 16];
+            let n = comm.len().min(15);
+            c[..n].copy_from_slice(&comm.as_bytes()[..n]);
+            Some(keepalive_common::OwnerRecord {
+                sk: s.sock,
+                tgid: pid,
+                comm: c,
+                netns: s.netns,
+                sport: s.local.port(),
+                state: s.state as u8,
+                passive: u8::from(s.side == Some(Side::Server)),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
 /// A reset after at least `min` of silence, or a first send after such a
 /// silence that never got through: seconds of silence, when the path's
 /// timeout is not known yet (with one, the deriver names the kill).
@@ -314,6 +339,10 @@ impl AgentState {
             if let Err(e) = sink.learner.save(dir) {
                 log::warn!("saving learned idle timeouts in {}: {e}", dir.display());
             }
+        }
+        let owned = owner_records(snaps.iter().flat_map(|s| &s.sockets));
+        if let Err(e) = bpf.seed_owners(&owned) {
+            log::warn!("telling the programs sockets' owners: {e}");
         }
         for s in snaps {
             let mut s = s;

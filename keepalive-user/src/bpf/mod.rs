@@ -318,6 +318,47 @@ impl Bpf {
         Ok(())
     }
 
+    /// Tells the programs who owns the sockets of a task walk, for the
+    /// records they make once the owner let go or in softirq: each
+    /// listener's owner by namespace and port (its children's, until one
+    /// is seen in a system call), and connected sockets' owners (accepted
+    /// ones are named from their listener: the kernel forgets only the
+    /// entries it made when they close). Bounded by the maps' LRU.
+    pub fn seed_owners(
+        &mut self,
+        owners: &[keepalive_common::OwnerRecord],
+    ) -> Result<(), LoadError> {
+        use keepalive_common::{port_key, OwnerSlot};
+        const LISTEN: u8 = 10;
+        for (map, listeners) in [("PORT_OWNERS", true), ("OWNERS", false)] {
+            let m = self.ebpf.map_mut(map).ok_or(LoadError::Map(map))?;
+            let mut m: aya::maps::HashMap<&mut MapData, u64, OwnerSlot> =
+                aya::maps::HashMap::try_from(m).map_err(|_| LoadError::Map(map))?;
+            for o in owners {
+                let key = match (listeners, o.state == LISTEN) {
+                    (true, true) => port_key(o.netns, o.sport),
+                    (false, false) if o.passive == 0 => o.sk,
+                    _ => continue,
+                };
+                let slot = OwnerSlot {
+                    tgid: o.tgid,
+                    _pad0: 0,
+                    comm: o.comm,
+                };
+                // An LRU map takes every insert (evicting the oldest).
+                let _ = m.insert(key, slot, 0);
+            }
+        }
+        Ok(())
+    }
+
+    /// The task walk alone: every TCP socket held by a process, in every
+    /// namespace.
+    pub fn owners(&mut self) -> Result<Vec<keepalive_common::OwnerRecord>, LoadError> {
+        self.sockets_and_owners(&[], |_, _| None::<()>)
+            .map(|(owners, _)| owners)
+    }
+
     pub fn counters(&self) -> Counters {
         self.counters.read()
     }

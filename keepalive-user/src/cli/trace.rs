@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use keepalive_user::{
-    bpf::{Bpf, LoadOptions},
+    bpf::{Bpf, Iterators, LoadOptions},
     events::{Observation, Pipeline, Record, ResetReasons, Sink},
     filter::Filter,
     owner::{Owner, OwnerCache},
@@ -159,9 +159,18 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         quiet: (!args.closes && !args.http_keepalive).then_some(args.idle_kill_min),
         ..args.kernel.load_options()
     };
-    let mut bpf = Bpf::open(&opts)?;
+    let mut bpf = Bpf::open(&LoadOptions {
+        // One task walk at start: sockets that exist now are named in the
+        // kernel, and so are their records after their owner lets go.
+        iterators: Iterators::Try,
+        ..opts.clone()
+    })?;
     if opts.netns_filter {
         bpf.watch_netns(&args.netns.iter().copied().collect())?;
+    }
+    match bpf.owners() {
+        Ok(owners) => bpf.seed_owners(&owners)?,
+        Err(e) => log::info!("no task walk to name existing sockets' owners: {e}"),
     }
     let mut stream = bpf.events()?;
     eprintln!(

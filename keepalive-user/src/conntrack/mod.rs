@@ -31,6 +31,10 @@ pub enum CtState {
     TimeWait,
     Close,
     SynSent2,
+    /// Not conntrack's: the entry was there and is gone while the socket
+    /// lives (kato saw it go between two snapshots). The table forgot the
+    /// flow; its next packet is `invalid`.
+    Forgotten,
 }
 
 impl CtState {
@@ -58,6 +62,9 @@ pub struct Tracked {
     /// Seconds until conntrack forgets the flow unless a packet comes.
     pub remaining_s: u32,
     pub state: CtState,
+    /// The namespace whose table holds it: the socket's own, the host's,
+    /// or a router's between the two ends.
+    pub netns: u32,
 }
 
 /// A namespace's conntrack, when the module is loaded.
@@ -130,6 +137,8 @@ pub fn lookup(wanted: &HashSet<FlowKey>) -> io::Result<(HashMap<FlowKey, Tracked
                                 Tracked {
                                     remaining_s: e.remaining_s,
                                     state: e.state,
+                                    // Set by the caller, which knows where it is.
+                                    netns: 0,
                                 },
                             );
                         }

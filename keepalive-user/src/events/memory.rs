@@ -76,14 +76,18 @@ impl Memory {
     /// full socket a TIME_WAIT socket replaced).
     pub fn owner_of(&self, sk: u64, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
         self.sk(sk)
-            .filter(|k| k.local == local)
+            .filter(|k| k.local.port() == local.port())
             .and_then(|k| k.owner.clone())
             .or_else(|| self.tuple(local, remote).and_then(|(_, o)| o.clone()))
     }
 
-    /// The remote address `sk` had before the kernel cleared its port.
-    pub fn remote_of(&self, sk: u64, local: SocketAddr) -> Option<SocketAddr> {
-        self.sk(sk).filter(|k| k.local == local).map(|k| k.remote)
+    /// The 4-tuple `sk` had before the kernel cleared its remote port (and
+    /// its local address: an abortive close disconnects the socket), by
+    /// its local port.
+    pub fn tuple_of(&self, sk: u64, local_port: u16) -> Option<(SocketAddr, SocketAddr)> {
+        self.sk(sk)
+            .filter(|k| k.local.port() == local_port)
+            .map(|k| (k.local, k.remote))
     }
 
     /// The owner of the other end of a connection, when that end is a
@@ -132,9 +136,9 @@ mod tests {
         // A later record without an owner keeps the one known.
         m.learn(1, 5, l, r, None);
         assert_eq!(m.owner_of(1, l, r).map(|o| o.pid), Some(10));
-        // The port the kernel cleared.
-        assert_eq!(m.remote_of(1, l), Some(r));
-        assert_eq!(m.remote_of(1, a("127.0.0.1:1")), None);
+        // The port (and address) the kernel cleared.
+        assert_eq!(m.tuple_of(1, 8081), Some((l, r)));
+        assert_eq!(m.tuple_of(1, 1), None);
     }
 
     #[test]

@@ -207,10 +207,11 @@ impl Pipeline {
     /// One record: named, derived, observed.
     fn one(&mut self, mut rec: Record, sink: &mut impl Sink) -> ControlFlow<()> {
         self.processed += 1;
-        // The kernel clears the remote port of some closing sockets.
-        if rec.remote.port() == 0 {
-            if let Some(r) = self.memory.remote_of(rec.sk, rec.local) {
-                rec.remote = r;
+        // A disconnected socket (an abortive close, a failed connect) has
+        // its remote port and local address cleared: as it was.
+        if rec.remote.port() == 0 || rec.local.ip().is_unspecified() {
+            if let Some((l, r)) = self.memory.tuple_of(rec.sk, rec.local.port()) {
+                (rec.local, rec.remote) = (l, r);
             }
         }
         let owner = rec

@@ -72,7 +72,7 @@ pub struct Compact {
     ka_count: u8,
 }
 
-pub const COMPACT_SIZE: usize = 168;
+pub const COMPACT_SIZE: usize = 176;
 const _: () = assert!(size_of::<Compact>() == COMPACT_SIZE);
 
 fn ms(s: f64) -> u32 {
@@ -356,6 +356,7 @@ mod tests {
         s.conntrack = Some(Tracked {
             remaining_s: 431_990,
             state: CtState::Established,
+            netns: 4026532000,
         });
         s
     }

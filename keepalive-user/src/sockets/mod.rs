@@ -630,6 +630,7 @@ pub(crate) mod tests {
                 tgid,
                 fd: 3,
                 comm: c,
+                ..OwnerRecord::default()
             }
         };
         let m = owners(&[

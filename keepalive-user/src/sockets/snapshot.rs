@@ -1,6 +1,8 @@
 //! Taking a snapshot of the TCP sockets of one or more network namespaces:
 //! through the BPF iterators, or through sock_diag where they are missing.
 
+use std::collections::{HashMap, HashSet};
+
 use thiserror::Error;
 
 use super::{diag, owners, Socket};
@@ -145,14 +147,14 @@ pub fn snapshot_iter(
                 s.set_owner(o);
             }
         }
-        let conntrack = in_netns(t, || join_conntrack(&mut sockets))?;
         out.push(NetnsSnapshot {
             inode: inode_of(t)?,
             sockets,
             sysctls,
-            conntrack,
+            conntrack: None,
         });
     }
+    join_conntrack(targets, &mut out)?;
     log::debug!("snapshot decoded in {:?}", t0.elapsed());
     Ok(out)
 }
@@ -163,13 +165,8 @@ pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>,
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let inode = inode_of(t)?;
-        let (sockets, conntrack) = in_netns(t, || {
-            let mut sockets = diag::dump(inode)?;
-            let ct = join_conntrack(&mut sockets);
-            Ok((sockets, ct))
-        })?
-        .map_err(|source| SnapshotError::Diag { inode, source })?;
-        let mut sockets = sockets;
+        let mut sockets = in_netns(t, || diag::dump(inode))?
+            .map_err(|source| SnapshotError::Diag { inode, source })?;
         for s in &mut sockets {
             if let Some(o) = owners.lookup(s.inode) {
                 (s.pid, s.comm) = (Some(o.pid), Some(o.comm));
@@ -179,9 +176,10 @@ pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>,
             inode,
             sockets,
             sysctls: None,
-            conntrack,
+            conntrack: None,
         });
     }
+    join_conntrack(targets, &mut out)?;
     Ok(out)
 }
 
@@ -221,30 +219,92 @@ fn in_netns<T: Send>(t: &Option<NetnsRef>, f: impl FnOnce() -> T + Send) -> Resu
     }
 }
 
-/// In the calling thread's namespace: its conntrack, and each connection's
-/// entry joined onto its socket. Listeners have none; a namespace whose
-/// table is empty is not dumped, nor is any without CAP_NET_ADMIN. A failed
-/// dump leaves the entries unknown and says so once per process.
-fn join_conntrack(sockets: &mut [Socket]) -> Option<conntrack::Namespace> {
-    let ns = conntrack::namespace()?;
-    // Without CAP_NET_ADMIN ctnetlink refuses every request: the banner
-    // and doctor say the capability is not kept; nothing to repeat here.
-    if ns.entries == 0 || !crate::caps::has(crate::caps::CAP_NET_ADMIN) {
-        return Some(ns);
-    }
-    let wanted: std::collections::HashSet<_> = sockets
+/// Every conntrack table that can see a connection: its own namespace's,
+/// the caller's (the host's, which tracks containers' and Kubernetes pods'
+/// flows), and any other snapshot namespace's (a router between two) that
+/// holds the flow's tuple, original or NATed. Each socket gets the entry of
+/// the table with the shortest established timeout (the first to forget
+/// it), and each namespace its conntrack. A table is dumped once, for the
+/// flows of every namespace; none without CAP_NET_ADMIN or entries. A
+/// failed dump leaves the entries unknown and says so once per process.
+fn join_conntrack(
+    targets: &[Option<NetnsRef>],
+    snaps: &mut [NetnsSnapshot],
+) -> Result<(), SnapshotError> {
+    let wanted: HashSet<conntrack::FlowKey> = snaps
         .iter()
+        .flat_map(|n| &n.sockets)
         .filter(|s| s.state != crate::tcp::TcpState::Listen)
         .map(|s| conntrack::key(s.local, s.remote))
         .collect();
-    match conntrack::lookup(&wanted) {
+    // (namespace, its conntrack, the wanted entries it holds).
+    let mut tables: Vec<(
+        u32,
+        conntrack::Namespace,
+        HashMap<conntrack::FlowKey, conntrack::Tracked>,
+    )> = vec![];
+    let own = netns::current().map_err(SnapshotError::OwnNetns)?.inode;
+    let with_own = targets.iter().any(Option::is_none);
+    let mut each = |t: &Option<NetnsRef>| -> Result<(), SnapshotError> {
+        let inode = inode_of(t)?;
+        let found = in_netns(t, || table(&wanted))?;
+        if let Some((ns, entries)) = found {
+            tables.push((inode, ns, entries));
+        }
+        Ok(())
+    };
+    for t in targets {
+        each(t)?;
+    }
+    if !with_own {
+        each(&None)?;
+    }
+    for snap in snaps.iter_mut() {
+        snap.conntrack = tables
+            .iter()
+            .find(|(ns, _, _)| *ns == snap.inode)
+            .map(|(_, c, _)| *c);
+        for s in &mut snap.sockets {
+            let k = conntrack::key(s.local, s.remote);
+            s.conntrack = tables
+                .iter()
+                .filter_map(|(ns, c, entries)| {
+                    entries.get(&k).map(|e| {
+                        (
+                            c.established_timeout_s,
+                            conntrack::Tracked { netns: *ns, ..*e },
+                        )
+                    })
+                })
+                .min_by_key(|(timeout, _)| *timeout)
+                .map(|(_, e)| e);
+        }
+    }
+    let _ = own;
+    Ok(())
+}
+
+/// In the calling thread's namespace: its conntrack, and the entries of
+/// `wanted` flows it holds (none dumped when it holds no entries, or
+/// without CAP_NET_ADMIN). None where conntrack is not loaded.
+fn table(
+    wanted: &HashSet<conntrack::FlowKey>,
+) -> Option<(
+    conntrack::Namespace,
+    HashMap<conntrack::FlowKey, conntrack::Tracked>,
+)> {
+    let ns = conntrack::namespace()?;
+    // Without CAP_NET_ADMIN ctnetlink refuses every request: the banner
+    // and doctor say the capability is not kept; nothing to repeat here.
+    if ns.entries == 0 || !crate::caps::has(crate::caps::CAP_NET_ADMIN) || wanted.is_empty() {
+        return Some((ns, HashMap::new()));
+    }
+    match conntrack::lookup(wanted) {
         Ok((found, undecodable)) => {
             if undecodable > 0 {
                 log::warn!("{undecodable} conntrack entries could not be decoded");
             }
-            for s in sockets.iter_mut() {
-                s.conntrack = found.get(&conntrack::key(s.local, s.remote)).copied();
-            }
+            Some((ns, found))
         }
         Err(e) => {
             // Once: without CAP_NET_ADMIN every snapshot would say it again.
@@ -254,7 +314,7 @@ fn join_conntrack(sockets: &mut [Socket]) -> Option<conntrack::Namespace> {
                     "reading conntrack entries over ctnetlink: {e} (conntrack left out of risk)"
                 );
             }
+            Some((ns, HashMap::new()))
         }
     }
-    Some(ns)
 }

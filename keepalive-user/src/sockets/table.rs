@@ -83,7 +83,7 @@ mod mark {
 /// [`Entry::quiet_since`] of a socket not watched across two snapshots.
 const UNWATCHED: u32 = u32::MAX;
 
-pub const ENTRY_SIZE: usize = 192;
+pub const ENTRY_SIZE: usize = 200;
 const _: () = assert!(size_of::<Entry>() == ENTRY_SIZE);
 
 impl Entry {
@@ -140,8 +140,10 @@ impl Entry {
             }
             _ => {}
         }
-        let gone = was.conntrack().is_some() && new.conntrack().is_none();
-        if gone || (old.marks & mark::CT_GONE != 0 && new.conntrack().is_none()) {
+        if new
+            .conntrack()
+            .is_some_and(|c| c.state == crate::conntrack::CtState::Forgotten)
+        {
             self.marks |= mark::CT_GONE;
         }
     }
@@ -152,8 +154,8 @@ impl Entry {
     }
 
     /// The same socket and connection (a kernel address can be reused).
-    fn same_connection(&self, other: &Compact) -> bool {
-        self.socket.local() == other.local() && self.socket.remote() == other.remote()
+    fn same_connection(&self, s: &Socket) -> bool {
+        self.socket.local() == s.local && self.socket.remote() == s.remote
     }
 
     fn carry_counts(&mut self, old: &Entry) {
@@ -262,14 +264,24 @@ impl SocketTable {
         self.len -= old.live().count();
         let mut listed: Vec<Entry> = fresh
             .into_iter()
-            .map(|s| {
-                let mut e = Entry::new(Compact::of(&s), None, now);
+            .map(|mut s| {
                 // Same kernel object and connection: keep the counters.
-                if let Some(o) = old.get(e.socket.sock) {
-                    if o.same_connection(&e.socket) {
-                        e.carry_counts(o);
-                        e.watch(o, now_ds, dt_s);
+                let o = old.get(s.sock).filter(|o| o.same_connection(&s));
+                // An entry a table held and no longer does: the table
+                // that forgot the flow still judges it.
+                if let Some(ct) = o.and_then(|o| o.socket.conntrack()) {
+                    if s.conntrack.is_none() && s.state == TcpState::Established {
+                        s.conntrack = Some(crate::conntrack::Tracked {
+                            remaining_s: 0,
+                            state: crate::conntrack::CtState::Forgotten,
+                            ..ct
+                        });
                     }
+                }
+                let mut e = Entry::new(Compact::of(&s), None, now);
+                if let Some(o) = o {
+                    e.carry_counts(o);
+                    e.watch(o, now_ds, dt_s);
                 }
                 e.verdict = verdict_byte(verdict(&s, &e.silence(now_ds)));
                 e
