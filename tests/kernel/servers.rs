@@ -58,7 +58,6 @@ pub fn wait_listening(ns: &Netns, addr: &str, what: &str) {
 /// then; SIGKILL would orphan them), killed if it lingers.
 pub struct Server {
     pub child: Child,
-    pub name: &'static str,
 }
 
 impl Server {
@@ -89,7 +88,7 @@ impl Drop for Server {
 
 /// Runs `argv` inside `ns` (`ip netns exec`, which execs: the child's pid
 /// is the server's own).
-fn spawn_in(ns: &Netns, name: &'static str, argv: &[&str]) -> Server {
+fn spawn_in(ns: &Netns, name: &str, argv: &[&str]) -> Server {
     let child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .args(argv)
@@ -97,7 +96,7 @@ fn spawn_in(ns: &Netns, name: &'static str, argv: &[&str]) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("start {name}: {e}"));
-    Server { child, name }
+    Server { child }
 }
 
 pub fn require(path: &str, package: &str) {
@@ -227,7 +226,7 @@ pub fn postgres(ns: &Netns, dir: &Path, port: u16, settings: &[&str]) -> Server 
         "-c",
         "logging_collector=off",
         "-c",
-        &format!("log_destination=stderr"),
+        "log_destination=stderr",
     ] {
         argv.push(a.to_owned());
     }
@@ -243,10 +242,7 @@ pub fn postgres(ns: &Netns, dir: &Path, port: u16, settings: &[&str]) -> Server 
         .stderr(err)
         .spawn()
         .expect("start postgres");
-    let s = Server {
-        child,
-        name: "postgres",
-    };
+    let s = Server { child };
     wait_listening(ns, &format!("127.0.0.1:{port}"), "postgres");
     s
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     agent_support::{sample, tcpext, Agent},
-    servers::{haproxy, kernel_version, nginx, Scratch, Tcpdump, Trace},
+    servers::{haproxy, kernel_version, nginx, postgres, Scratch, Tcpdump, Trace},
     support::{require_root, Netns},
 };
 
@@ -332,4 +332,152 @@ fn every_haproxy_event_names_haproxy() {
             "remote port known: {v}"
         );
     }
+}
+
+/// A real PostgreSQL with server keepalives (2 s idle, 1 s interval, 3
+/// probes) whose client vanishes (nothing from the server reaches it): the
+/// kernel gives up on the peer, PostgreSQL logs the timeout, and kato names
+/// a dead peer (three probes, the reset with its reason, ETIMEDOUT from
+/// keepalive) and no idle kill, though a 1 s idle timeout is declared for
+/// the path; the learner learns nothing from it.
+#[test]
+fn a_postgres_client_that_vanished_is_a_dead_peer_not_an_idle_kill() {
+    require_root();
+    let ns = Netns::new("pg");
+    let dir = Scratch::new("pg");
+    let _pg = postgres(
+        &ns,
+        &dir.0,
+        5433,
+        &[
+            "tcp_keepalives_idle=2",
+            "tcp_keepalives_interval=1",
+            "tcp_keepalives_count=3",
+            "log_timezone=UTC",
+        ],
+    );
+    let state = dir.path("state");
+    let rule = "127.0.0.1/32:5433=1s";
+    let agent = Agent::start(&[
+        "--netns",
+        &ns.name,
+        "--no-cloud-defaults",
+        "--idle-timeout",
+        rule,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--snapshot-interval",
+        "500ms",
+    ]);
+    let trace = Trace::start(&["--netns", &ns.inode.to_string(), "--idle-timeout", rule]);
+    // An idle psql session: it waits on its standard input.
+    let mut psql = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "5433",
+            "-U",
+            "postgres",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !ns
+        .exec(&["ss", "-Htn", "state", "established", "sport", "= :5433"])
+        .contains("5433")
+    {
+        assert!(Instant::now() < end, "psql never connected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The client vanishes: nothing the server sends reaches it.
+    ns.drop_from_port(5433);
+    let end = Instant::now() + Duration::from_secs(20);
+    let log = dir.path("postgres.log");
+    let timed_out = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.contains("could not receive data from client: Connection timed out"))
+        {
+            break l.to_owned();
+        }
+        assert!(
+            Instant::now() < end,
+            "PostgreSQL never gave up on its client:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let all = trace.drain(Duration::from_secs(2));
+    let _ = psql.kill();
+    let _ = psql.wait();
+    let server: Vec<&Value> = all
+        .iter()
+        .filter(|v| v["local"] == "127.0.0.1:5433")
+        .collect();
+    let kinds: Vec<&str> = server
+        .iter()
+        .map(|v| v["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "probe_sent").count(),
+        3,
+        "{kinds:?}"
+    );
+    let timeout = server
+        .iter()
+        .find(|v| v["event"] == "keepalive_timeout")
+        .unwrap_or_else(|| panic!("{all:#?}"));
+    assert_eq!(timeout["comm"], "postgres", "{timeout}");
+    let reset = server
+        .iter()
+        .find(|v| v["event"] == "reset_sent")
+        .unwrap_or_else(|| panic!("{all:#?}"));
+    assert_eq!(reset["reset_reason"], "TCP_KEEPALIVE_TIMEOUT", "{reset}");
+    assert!(
+        server
+            .iter()
+            .any(|v| v["event"] == "socket_error" && v["error"] == "ETIMEDOUT (keepalive)"),
+        "{all:#?}"
+    );
+    assert!(
+        !all.iter().any(|v| v["event"] == "idle_kill_suspected"),
+        "a dead peer is not an idle kill: {all:#?}"
+    );
+    // Silent longer than the declared 1 s: kato says both explain it.
+    assert!(
+        timeout["note"].as_str().is_some_and(|n| n.contains("dead")),
+        "{timeout}"
+    );
+    // The same moment PostgreSQL logged it (its clock, to the millisecond).
+    let logged = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S%.f", &timed_out[..23])
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp();
+    let seen: jiff::Timestamp = timeout["time"].as_str().unwrap().parse().unwrap();
+    let gap = (logged.as_millisecond() - seen.as_millisecond()).abs();
+    assert!(gap < 1000, "kato {seen}, PostgreSQL {logged}");
+
+    let m = agent.wait_metrics(Duration::from_secs(5), |m| {
+        sample(m, "kato_keepalive_timeouts_total") == 1.0
+    });
+    assert!(
+        !m.contains("kato_idle_kills_suspected_total{"),
+        "no idle kill counted: {m}"
+    );
+    assert!(
+        !m.contains("kato_idle_timeout_learned_seconds{"),
+        "nothing learned from a dead peer: {m}"
+    );
+    drop(agent);
+    let saved = std::fs::read_to_string(state.join("learned.json")).unwrap_or_default();
+    assert!(!saved.contains("5433"), "{saved}");
 }

@@ -101,6 +101,7 @@ fn a_zombie_is_forgotten_and_a_peer_kept_alive_is_not() {
         (killed, zombie, kept)
     });
     let [zombie, kept] = rx.recv().unwrap();
+    let t_nat_inode = t.nat.inode;
     std::thread::sleep(Duration::from_secs(1));
     let (z_srv, k_srv) = (
         nat_port(&t.nat, zombie).expect("the router tracks the zombie's flow"),
@@ -124,6 +125,34 @@ fn a_zombie_is_forgotten_and_a_peer_kept_alive_is_not() {
         "the router's table, from the client's namespace: {z}"
     );
     assert_eq!(z["conntrack"]["netns"], t.nat.inode, "{z}");
+    // Doctor, with no rule either, applies the router's table to the
+    // connections in the other namespaces.
+    let doctor = crate::support::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kato")).args([
+            "doctor",
+            "--no-cloud-defaults",
+            "--output",
+            "json",
+        ]),
+    );
+    let d: Value = serde_json::from_str(&doctor).unwrap();
+    let router = d["timeouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| {
+            t["source"] == "conntrack"
+                && t["namespaces"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&Value::from(t_nat_inode))
+        })
+        .unwrap_or_else(|| panic!("{doctor}"));
+    assert_eq!(router["timeout_s"], 3.0, "{router}");
+    assert!(
+        router["unprotected"].as_u64().unwrap() >= 4,
+        "both ends of the two idle connections: {router}"
+    );
 
     // Past 3 s: the router forgot the idle flow (conntrack -L says so),
     // the client's probes kept the other.
