@@ -150,7 +150,7 @@ pub fn haproxy(ns: &Netns, dir: &Path, config: &str, listen: &str) -> Server {
 }
 
 /// Debian's PostgreSQL major version directory.
-fn postgres_bin() -> PathBuf {
+pub fn postgres_bin() -> PathBuf {
     let base = Path::new("/usr/lib/postgresql");
     let mut versions: Vec<PathBuf> = std::fs::read_dir(base)
         .unwrap_or_else(|e| {

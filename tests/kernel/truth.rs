@@ -370,13 +370,15 @@ fn a_postgres_client_that_vanished_is_a_dead_peer_not_an_idle_kill() {
         "500ms",
     ]);
     let trace = Trace::start(&["--netns", &ns.inode.to_string(), "--idle-timeout", rule]);
-    // An idle psql session: it waits on its standard input.
+    // An idle psql session: it waits on its standard input. (Debian's
+    // /usr/bin/psql is a Perl wrapper: the binary itself.)
+    let psql_bin = crate::servers::postgres_bin().join("psql");
     let mut psql = std::process::Command::new("ip")
         .args([
             "netns",
             "exec",
             &ns.name,
-            "psql",
+            psql_bin.to_str().unwrap(),
             "-h",
             "127.0.0.1",
             "-p",

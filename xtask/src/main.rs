@@ -135,12 +135,13 @@ enum Cmd {
     },
     /// Run every test: unit tests, the kernel-facing tests (as root) on this
     /// kernel, a short fuzz run of every parser, then the kernel-facing tests
-    /// again inside a qemu VM booting Debian's 6.1 kernel, under each attach
-    /// path (auto, fentry, tracepoint).
+    /// again inside qemu VMs booting Debian's 6.1 and 6.12 kernels, under
+    /// each attach path (auto, fentry, tracepoint; the real-server tests
+    /// under the kernel's own).
     Test {
-        /// Only this kernel: `host` (the running one) or `debian-6.1` (a VM,
-        /// software emulation; keepalive, sockets, doctor and IPVS tests, or the
-        /// filters given).
+        /// Only this kernel: `host` (the running one), `debian-6.1` or
+        /// `debian-6.12` (a VM, software emulation; keepalive, sockets,
+        /// doctor, IPVS and real-server tests, or the filters given).
         #[arg(long, value_name = "KERNEL")]
         kernel: Option<String>,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -312,19 +313,18 @@ fn main() -> Result<()> {
             if euid() != 0 {
                 bail!("the kernel-facing tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
             }
-            let filters = || -> Vec<String> {
+            let runs = || -> vm::Runs {
                 if args.is_empty() {
-                    vm::DEFAULT_FILTERS
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect()
+                    vm::default_runs()
                 } else {
-                    args.clone()
+                    args.iter()
+                        .map(|f| (f.clone(), vm::ATTACH_PATHS.to_vec()))
+                        .collect()
                 }
             };
             match kernel.as_deref() {
                 None | Some("host") => {}
-                Some(k) => return vm::test(k, &filters(), vm::ATTACH_PATHS),
+                Some(k) => return vm::test(k, &runs()),
             }
             if args.is_empty() {
                 lint()?;
@@ -342,7 +342,7 @@ fn main() -> Result<()> {
                 fuzz::run(fuzz::CI_SECS)?;
                 // The second kernel: the same binaries in a VM, every attach path.
                 for k in vm::names() {
-                    vm::test(k, &filters(), vm::ATTACH_PATHS)?;
+                    vm::test(k, &runs())?;
                 }
             }
             Ok(())

@@ -10,7 +10,8 @@ use crate::status;
 /// bpf-linker must link the same LLVM major as the nightly rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: the LLVM bpf-linker builds against, and what tests drive
-/// (nft, ip, bpftool, ss/netstat, setpriv, promtool/prometheus, nginx, systemd-analyze, strace, conntrack).
+/// (nft, ip, bpftool, ss/netstat, setpriv, promtool/prometheus, nginx, HAProxy,
+/// PostgreSQL, tcpdump, systemd-analyze, strace, conntrack).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -36,6 +37,11 @@ const PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "busybox-static",
+    // The real-server verdict tests: HAProxy, PostgreSQL (server, initdb,
+    // psql), and tcpdump to see which end sent each reset.
+    "haproxy",
+    "postgresql",
+    "tcpdump",
     // On fresh machines already; listed so tests can rely on them.
     "net-tools",
     "util-linux",

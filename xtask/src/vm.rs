@@ -26,10 +26,18 @@ struct Kernel {
     package: &'static str,
 }
 
-const KERNELS: &[Kernel] = &[Kernel {
-    name: "debian-6.1",
-    package: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
-}];
+const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "debian-6.1",
+        package: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
+    },
+    // The only one here with fentry allowed and the reset-reason
+    // tracepoint argument (6.10+ traces replies from TIME_WAIT and no socket).
+    Kernel {
+        name: "debian-6.12",
+        package: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
+    },
+];
 
 /// The tests that run inside the VM (module filters of the `kernel` test):
 /// the keepalive life cycle (dead peer v4/v6, healthy peer), the snapshot
@@ -53,7 +61,30 @@ pub const HOST_SKIPS: &str = "ipvs::a_keepalive_slower_than_an_ipvs_service_is_a
 /// own choice, then each path forced.
 pub const ATTACH_PATHS: &[&str] = &["auto", "fentry", "tracepoint"];
 
-/// Host tools copied into the VM with their libraries.
+/// Verdicts against real servers (nginx, HAProxy, PostgreSQL, a NAT
+/// router): under the kernel's own path only (fentry on both VM kernels;
+/// the host runs the tracepoint path), for the time emulation takes.
+pub const SERVER_FILTERS: &[&str] = &["truth::", "zombies::"];
+
+/// What one VM boot runs: each filter under its attach paths.
+pub type Runs = Vec<(String, Vec<&'static str>)>;
+
+/// The default runs: [`DEFAULT_FILTERS`] under every attach path, then
+/// [`SERVER_FILTERS`] under the kernel's own.
+pub fn default_runs() -> Runs {
+    DEFAULT_FILTERS
+        .iter()
+        .map(|f| ((*f).to_owned(), ATTACH_PATHS.to_vec()))
+        .chain(
+            SERVER_FILTERS
+                .iter()
+                .map(|f| ((*f).to_owned(), vec!["auto"])),
+        )
+        .collect()
+}
+
+/// Host tools copied into the VM with their libraries: the network tools,
+/// and the real servers and observers the server tests drive.
 const TOOLS: &[&str] = &[
     "/usr/sbin/ip",
     "/usr/sbin/nft",
@@ -61,7 +92,27 @@ const TOOLS: &[&str] = &[
     "/usr/bin/kmod",
     "/usr/bin/setpriv",
     "/usr/sbin/ipvsadm",
+    "/usr/sbin/nginx",
+    "/usr/sbin/haproxy",
+    "/usr/bin/tcpdump",
+    "/usr/sbin/conntrack",
 ];
+
+/// PostgreSQL's binaries (Debian's, by major version) and the share
+/// directory `initdb` reads; found at build time.
+fn postgres_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![];
+    for base in ["/usr/lib/postgresql", "/usr/share/postgresql"] {
+        if let Ok(rd) = std::fs::read_dir(base) {
+            dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    dirs
+}
+
+/// Accounts the servers run as (PostgreSQL refuses root).
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\npostgres:x:101:104::/var/lib/postgresql:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\npostgres:x:104:\nnogroup:x:65534:\n";
 
 /// Module trees the tests need (veth, nf_tables, conntrack and what they use).
 const MODULE_DIRS: &[&str] = &[
@@ -79,25 +130,26 @@ pub fn names() -> Vec<&'static str> {
     KERNELS.iter().map(|k| k.name).collect()
 }
 
-/// Runs the kernel tests matching `filters` (each run separately, one
-/// namespace-creating test at a time) in a VM booting `kernel`, once per
-/// attach path in `attach`.
-pub fn test(kernel: &str, filters: &[String], attach: &[&str]) -> Result<()> {
+/// Runs the kernel tests of `runs` (each filter separately, one
+/// namespace-creating test at a time, under each of its attach paths) in a
+/// VM booting `kernel`.
+pub fn test(kernel: &str, runs: &Runs) -> Result<()> {
     let k = KERNELS
         .iter()
         .find(|k| k.name == kernel)
         .with_context(|| format!("unknown --kernel {kernel}; known: {}", names().join(", ")))?;
     setup::ensure_packages(&["qemu-system-x86", "cpio", "busybox-static", "kmod"])?;
     let dir = PathBuf::from("target/vm");
-    std::fs::create_dir_all(&dir)?;
-    let root = unpack_kernel(k, &dir)?;
+    let kernels = dir.join(k.name);
+    std::fs::create_dir_all(&kernels)?;
+    let root = unpack_kernel(k, &kernels)?;
     let release = only_entry(&root.join("lib/modules"))?;
     let test_bin = build_tests()?;
     let kato =
         std::fs::canonicalize("target/debug/kato").context("target/debug/kato (build first)")?;
     let initramfs = dir.join("initramfs.cpio");
     let rootfs = dir.join("rootfs");
-    assemble(&rootfs, &root, &release, &test_bin, &kato, filters, attach)?;
+    assemble(&rootfs, &root, &release, &test_bin, &kato, runs)?;
     status(
         Command::new("sh")
             .arg("-c")
@@ -161,12 +213,22 @@ fn unpack_kernel(k: &Kernel, dir: &Path) -> Result<PathBuf> {
     Ok(root)
 }
 
-/// `linux-image-6.1.0-54-cloud-amd64-unsigned` → 54.
+/// The number that orders a kernel package among its kind:
+/// `linux-image-6.1.0-54-cloud-amd64-unsigned` → 54 (Debian's ABI),
+/// `linux-image-6.12.113+deb12-cloud-amd64-unsigned` → 113 (the patch level).
 fn abi(name: &str) -> u32 {
-    name.split('-')
-        .nth(3)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    let version = name.strip_prefix("linux-image-").unwrap_or(name);
+    let abi = version.split('-').nth(1).and_then(|n| n.parse().ok());
+    abi.or_else(|| {
+        version
+            .split(['+', '-'])
+            .next()?
+            .split('.')
+            .nth(2)?
+            .parse()
+            .ok()
+    })
+    .unwrap_or(0)
 }
 
 fn only_entry(dir: &Path) -> Result<String> {
@@ -217,8 +279,7 @@ fn assemble(
     release: &str,
     test_bin: &Path,
     kato: &Path,
-    filters: &[String],
-    attach: &[&str],
+    runs: &Runs,
 ) -> Result<()> {
     if rootfs.exists() {
         std::fs::remove_dir_all(rootfs)?;
@@ -258,6 +319,20 @@ fn assemble(
     for tool in TOOLS {
         copy_with_libs(rootfs, Path::new(tool))?;
     }
+    for dir in postgres_dirs() {
+        let to = under(rootfs, &dir);
+        std::fs::create_dir_all(to.parent().unwrap())?;
+        status(Command::new("cp").arg("-a").arg(&dir).arg(&to))?;
+        for bin in std::fs::read_dir(dir.join("bin"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            copy_libs(rootfs, &bin.path())?;
+        }
+    }
+    std::fs::write(rootfs.join("etc/passwd"), PASSWD)?;
+    std::fs::write(rootfs.join("etc/group"), GROUP)?;
     std::os::unix::fs::symlink("/usr/bin/kmod", rootfs.join("sbin/modprobe"))?;
     for bin in [test_bin, kato] {
         let to = under(rootfs, bin);
@@ -273,7 +348,7 @@ fn assemble(
     }
     std::fs::create_dir_all(under(rootfs, &std::fs::canonicalize("keepalive-user")?))?;
     let init = rootfs.join("init");
-    std::fs::write(&init, init_script(test_bin, filters, attach))?;
+    std::fs::write(&init, init_script(test_bin, runs))?;
     status(Command::new("chmod").arg("+x").arg(&init))
 }
 
@@ -308,16 +383,17 @@ fn copy_libs(rootfs: &Path, bin: &Path) -> Result<()> {
 
 /// PID 1 of the VM: mounts, loads the modules, runs every filter under
 /// every attach path, prints the marker and powers off.
-fn init_script(test_bin: &Path, filters: &[String], attach: &[&str]) -> String {
+fn init_script(test_bin: &Path, runs: &Runs) -> String {
     let bin = test_bin.display();
-    let mut runs = String::new();
-    for path in attach {
-        for f in filters {
-            runs += &format!(
+    let mut script = String::new();
+    for path in ATTACH_PATHS {
+        for (f, _) in runs.iter().filter(|(_, a)| a.contains(path)) {
+            script += &format!(
                 "echo \"KATO-VM: attach={path} tests={f}\"\nKATO_TEST_ATTACH={path} {bin} --test-threads=1 {f} || rc=1\n"
             );
         }
     }
+    let runs = script;
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -335,7 +411,7 @@ mount -t bpf bpf /sys/fs/bpf
 # Pure cgroup v2, as on current distributions (this host is hybrid).
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
-for m in veth nf_tables nft_reject_inet nft_ct nf_conntrack ip_vs ip_vs_rr dummy; do modprobe $m || echo "KATO-VM: modprobe $m failed"; done
+for m in veth nf_tables nft_reject_inet nft_ct nft_nat nft_masq nf_conntrack nf_conntrack_netlink ip_vs ip_vs_rr dummy; do modprobe $m || echo "KATO-VM: modprobe $m failed"; done
 ip link set lo up
 cd {cwd}
 echo "KATO-VM: kernel $(uname -r), $(nproc) CPUs"
@@ -429,6 +505,10 @@ mod tests {
     fn abi_number_from_package_name() {
         assert_eq!(super::abi("linux-image-6.1.0-54-cloud-amd64-unsigned"), 54);
         assert_eq!(super::abi("linux-image-6.1.0-9-cloud-amd64-unsigned"), 9);
+        assert_eq!(
+            super::abi("linux-image-6.12.113+deb12-cloud-amd64-unsigned"),
+            113
+        );
         assert_eq!(super::abi("garbage"), 0);
     }
 }
