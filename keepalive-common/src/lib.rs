@@ -229,8 +229,9 @@ pub struct KernelConfig {
     pub inet_sport: u32,
     /// `offsetof(struct tcp_sock, lsndtime)` (u32 jiffies).
     pub tp_lsndtime: u32,
-    /// 1 when the function `tcp_send_active_reset` takes `enum
-    /// sk_rst_reason` as its third argument (fentry path).
+    /// 1 + the position of the function `tcp_send_active_reset`'s `enum
+    /// sk_rst_reason` argument (fentry path): 3 upstream (sk, priority,
+    /// reason), 2 where the compiler dropped `priority`; 0: none (< 6.10).
     pub active_reset_has_reason: u32,
     /// 1: only sockets of the namespaces in the `WATCHED_NETNS` map make
     /// events (an agent or trace scoped to namespaces does not fill the

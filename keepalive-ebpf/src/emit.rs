@@ -29,7 +29,7 @@ pub fn zero<T>(v: &mut MaybeUninit<T>) -> &mut T {
 const RB_AVAIL_DATA: u64 = 0;
 const RB_NO_WAKEUP: u64 = 1;
 const RB_FORCE_WAKEUP: u64 = 2;
-/// Wake the reader once this much is pending (~430 records); below it the
+/// Wake the reader once this much is pending (~370 records); below it the
 /// reader's 100 ms tick drains. One wakeup per batch instead of per event.
 const WAKE_AT: u64 = 64 * 1024;
 /// A record as the ring stores it: the event plus the 8-byte header.

@@ -34,9 +34,16 @@ pub fn fexit_keepalive_timer(ctx: FExitContext) -> u32 {
 #[fentry(function = "tcp_send_active_reset")]
 pub fn fentry_send_active_reset(ctx: FEntryContext) -> u32 {
     let sk: u64 = ctx.arg(0);
-    // The reason argument exists from 6.10; reading a missing one fails verification.
-    let has = conf!(active_reset_has_reason) != 0;
-    match on_active_reset(sk, has, if has { ctx.arg::<u32>(2) } else { 0 }) {
+    // The reason argument exists from 6.10, where the compiler left it;
+    // reading a missing one fails verification (a frozen constant: the
+    // verifier drops the other branches).
+    let at = conf!(active_reset_has_reason);
+    let reason = match at {
+        2 => ctx.arg::<u32>(1),
+        3 => ctx.arg::<u32>(2),
+        _ => 0,
+    };
+    match on_active_reset(sk, at >= 2, reason) {
         Ok(r) | Err(r) => r,
     }
 }

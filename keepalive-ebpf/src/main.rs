@@ -25,7 +25,7 @@ use keepalive_common::{
 #[no_mangle]
 static KATO_CONFIG: KernelConfig = unsafe { core::mem::zeroed() };
 
-/// 8 MiB of events: ~55,000 records (136 B + 8 B header) of slack while
+/// 8 MiB of events: ~47,000 records (168 B + 8 B header) of slack while
 /// the reader sleeps between batched wakeups.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);

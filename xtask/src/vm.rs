@@ -310,6 +310,13 @@ fn assemble(
             rootfs.join(&modules).join(f),
         )?;
     }
+    // Loaded uncompressed: Debian's 6.12 ships .ko.xz, and what the
+    // guest's modprobe hands the kernel must be plain ELF.
+    status(
+        Command::new("find")
+            .arg(rootfs.join(&modules))
+            .args(["-name", "*.ko.xz", "-exec", "xz", "-d", "{}", "+"]),
+    )?;
     status(Command::new("depmod").arg("-b").arg(rootfs).arg(release))?;
     // CONFIG_HZ for kato (Debian kernels have no /proc/config.gz).
     let config = format!("boot/config-{release}");

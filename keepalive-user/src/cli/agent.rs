@@ -62,8 +62,10 @@ pub struct AgentArgs {
     /// the config file's [idle_timeouts].
     #[arg(long, value_name = "RULE")]
     pub idle_timeout: Vec<String>,
-    /// Report resets and keepalive timeouts after at least this much idle
-    /// time as suspected middlebox kills [default: 30s].
+    /// The silence before a reset or a failed send that makes it a
+    /// candidate idle kill for the learner (confirmed once the destination
+    /// shows alive), and below which the kernel records no end of a
+    /// connection without keepalive [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub idle_kill_min: Option<String>,
     /// HTTP keep-alive view: count request/response exchanges per
@@ -273,8 +275,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         iterators: Iterators::Try,
         btf: cfg.btf.clone(),
         hz: cfg.hz,
-        // Quiet, 4 MiB (resident: the ring is mapped whole) holds ~27k
-        // records, 0.27 s of 100k records/s at the reader's 100 ms wake-up;
+        // Quiet, 4 MiB (resident: the ring is mapped whole) holds ~24k
+        // records, 0.24 s of 100k records/s at the reader's 100 ms wake-up;
         // recording every close, the object's 8 MiB.
         ring_bytes: cfg
             .ring_bytes

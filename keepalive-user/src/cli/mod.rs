@@ -43,21 +43,27 @@ probe_sent         the connection was idle past its keepalive time: a probe went
 peer_answered      the peer acknowledged an outstanding probe (PROBES: how many were out)\n  \
 keepalive_timeout  TCP_KEEPCNT probes went unanswered: the kernel closed the socket with ETIMEDOUT\n  \
 disarmed           the timer was stopped (keepalive off, socket closed, or a re-arm)\n  \
-reset_sent         the kernel sent an active RST; REASON is the kernel's sk_rst_reason (before 6.12 the \
-kernel gives none: a reset from the socket's own keepalive timer shows TCP_KEEPALIVE_TIMEOUT, JSON \
-reset_reason_inferred: true)\n  \
-reset_received     the peer sent a RST\n  \
+reset_sent         this kernel sent a RST: an active one, or a reply to data for a socket its owner \
+closed (TCP_ABORT_ON_DATA), to a TIME_WAIT socket or to no socket (JSON reply: true); REASON is the \
+kernel's sk_rst_reason (where the kernel gives none, before 6.12, the one the context proves, such as \
+TCP_KEEPALIVE_TIMEOUT or TCP_ABORT_ON_DATA, with JSON reset_reason_inferred: true)\n  \
+reset_received     a RST arrived from the peer (the kernel aborting a closed socket that got data is a \
+reset_sent, not this)\n  \
 socket_error       the kernel reported an error to the socket's owner: REASON is the errno, and for \
 ETIMEDOUT which timer gave up: (keepalive) or (retransmits), a dead peer found by unacknowledged data or \
 TCP_USER_TIMEOUT\n  \
-stale_reuse        data written after the peer's FIN was answered by a RST: a client reused a connection \
-the server had closed (REASON: how long it sat idle)\n  \
-idle_kill_suspected  a connection idle for at least --idle-kill-min was reset or timed out: a NAT or \
-load balancer probably forgot it (REASON: idle time and the matching --idle-timeout rule)\n  \
+stale_reuse        the keep-alive race: data written on a connection its peer had closed (the FIN \
+already there, or crossing the write) was answered by a RST. On the side that wrote: `wrote after Ns idle`; \
+on the side that closed: `peer wrote after ...` (JSON reused_by local|peer, peer_pid/peer_comm for the other \
+end when it is on this host)\n  \
+idle_kill_suspected  a middlebox forgot the flow: a RST after the connection sat idle past its path's \
+idle timeout (--idle-timeout), or its first send after such a silence never got through (ETIMEDOUT from \
+retransmissions). A keepalive timeout alone is a dead peer, never this (REASON: idle time and the rule)\n  \
 fin_sent, fin_received, closed   how each connection ends (only with --closes: every TCP connection on the host)\n\n\
 TIMER is the time left on the keepalive timer, like the first number of `netstat -o`'s \
-keepalive (7198.14/0/0). PID/COMM is the process holding the socket, found via /proc like \
-`netstat -p` (blank once no process holds it).\n\n\
+keepalive (7198.14/0/0). PID/COMM is the process holding the socket: as the kernel saw it in the \
+socket's own connect, listen or close, or found via /proc like `netstat -p`; a socket its process has \
+closed names its last owner.\n\n\
 On Ctrl-C (or SIGTERM) kato prints one summary line to stderr: events seen and events lost."
     )]
     Trace(trace::TraceArgs),

@@ -43,12 +43,13 @@ pub struct TraceArgs {
     /// that ends (busy hosts: many).
     #[arg(long)]
     pub closes: bool,
-    /// Report resets and keepalive timeouts after at least this much idle
-    /// time as idle_kill_suspected (a NAT or load balancer forgot the flow).
+    /// Without --closes, the kernel records the end of a connection without
+    /// keepalive only when it sat idle at least this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = keepalive_user::duration::parse)]
     pub idle_kill_min: std::time::Duration,
-    /// Middlebox idle timeouts (repeatable; as for `kato sockets`), named on
-    /// idle_kill_suspected events.
+    /// Middlebox idle timeouts (repeatable; as for `kato sockets`): a reset
+    /// after a silence longer than its path's, or a first send after one
+    /// that never gets through, is idle_kill_suspected.
     #[arg(long, value_name = "RULE")]
     pub idle_timeout: Vec<String>,
     /// Count request/response turns per connection (shown on `closed` with

@@ -162,6 +162,8 @@ mod tests {
             (1064, 1724, 272, 800, 1584)
         );
         assert_eq!(c.has_reset_reason, 1);
+        // The reason where the compiler left it: second of two.
+        assert_eq!(c.active_reset_has_reason, 2);
         assert_eq!((c.skc_flags, c.sock_keepopen_bit), (96, 3));
         assert_eq!((c.sk_shutdown, c.sk_max_ack_backlog), (274, 276));
         assert_eq!(

@@ -158,9 +158,14 @@ fn resolve_fields(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetEr
         sk_protocol: sk("sk_protocol", 2)?,
         inet_sport: at(btf, "inet_sock", "inet_sport", 2)?,
         tp_lsndtime: at(btf, "tcp_sock", "lsndtime", 4)?,
-        // Absent function: the fentry path is not offered, nothing to read.
-        active_reset_has_reason: (btf.function_args("tcp_send_active_reset").unwrap_or(0) >= 3)
-            as u32,
+        // 1 + the position of its `reason` argument (the compiler may have
+        // dropped `priority` before it); absent function: the fentry path
+        // is not offered, nothing to read.
+        active_reset_has_reason: btf
+            .function_reason_arg("tcp_send_active_reset")
+            .ok()
+            .flatten()
+            .map_or(0, |i| u32::from(i) + 1),
         // Set by the loader from LoadOptions.
         netns_filter: 0,
         skc_cookie: sk("__sk_common.skc_cookie", 8)?,

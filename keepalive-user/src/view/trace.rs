@@ -167,8 +167,14 @@ pub fn table_line(e: &TraceLine) -> String {
         .unwrap_or_else(|| "-".into());
     let dash = || "-".to_owned();
     let reason = match (e.event, &e.reset_reason, e.idle_s, e.reuse_after_s) {
+        (Kind::StaleReuse, _, _, gap) => match (e.reused_by, gap) {
+            (Some("peer"), Some(g)) => format!("peer wrote after {g:.2}s"),
+            (Some("peer"), None) => "peer wrote after close".into(),
+            (_, Some(g)) => format!("wrote after {g:.2}s idle"),
+            (_, None) => "wrote after the FIN".into(),
+        },
+        (Kind::KeepaliveTimeout, _, _, _) if e.note.is_some() => "dead, or path forgot".into(),
         (_, Some(r), _, _) => r.clone(),
-        (Kind::StaleReuse, _, _, Some(gap)) => format!("reused after {gap:.2}s idle"),
         (Kind::IdleKillSuspected, _, Some(idle), _) => match &e.idle_timeout {
             Some(rule) => format!("idle {idle:.1}s ({rule})"),
             None => format!("idle {idle:.1}s"),

@@ -90,9 +90,14 @@ impl Builder {
         id
     }
     pub fn func_proto(&mut self, params: &[u32]) -> u32 {
+        let named: Vec<(&str, u32)> = params.iter().map(|&p| ("", p)).collect();
+        self.func_proto_named(&named)
+    }
+    pub fn func_proto_named(&mut self, params: &[(&str, u32)]) -> u32 {
+        let names: Vec<u32> = params.iter().map(|(n, _)| self.s(n)).collect();
         let id = self.head("", 13, params.len() as u32, false, 0);
-        for &p in params {
-            self.types.extend_from_slice(&0u32.to_le_bytes());
+        for (&(_, p), n) in params.iter().zip(names) {
+            self.types.extend_from_slice(&n.to_le_bytes());
             self.types.extend_from_slice(&p.to_le_bytes());
         }
         id
@@ -329,7 +334,8 @@ pub fn kernel_like_with(icsk_keepalive: bool) -> Vec<u8> {
     let timer_ptr = b.ptr(0);
     let one = b.func_proto(&[timer_ptr]);
     b.func("tcp_keepalive_timer", one);
-    let three = b.func_proto(&[sock_ptr, u32_, u32_]);
-    b.func("tcp_send_active_reset", three);
+    // As Debian's 6.12 built it: `priority` dropped, `reason` second.
+    let two = b.func_proto_named(&[("sk", sock_ptr), ("reason", u32_)]);
+    b.func("tcp_send_active_reset", two);
     b.build()
 }

@@ -97,6 +97,10 @@ enum Type {
     },
     FuncProto {
         params: u32,
+        /// The position of a parameter named `reason` (an `enum
+        /// sk_rst_reason`), which compilers move: Debian's 6.12 built
+        /// `tcp_send_active_reset(sk, reason)`, dropping `priority`.
+        reason_at: Option<u8>,
     },
     /// A kernel function (what fentry/fexit attach to) and its prototype.
     Func {
@@ -258,9 +262,17 @@ impl Btf {
                     typedef: kind == k::TYPEDEF,
                 },
                 k::FUNC_PROTO => {
+                    let mut reason_at = None;
+                    for i in 0..vlen {
+                        let n = u32_at(tb, pos + 8 * i, "parameter")? as usize;
+                        if strings.get(n..n + 7) == Some(b"reason\0".as_slice()) {
+                            reason_at = u8::try_from(i).ok();
+                        }
+                    }
                     pos += 8 * vlen;
                     Type::FuncProto {
                         params: vlen as u32,
+                        reason_at,
                     }
                 }
                 k::VAR | k::DECL_TAG => {
@@ -526,10 +538,20 @@ impl Btf {
     /// them); an error when the kernel's BTF has no such function (inlined,
     /// renamed or absent), so it cannot be attached to.
     pub fn function_args(&self, name: &str) -> Result<u32, BtfError> {
+        self.function_proto(name).map(|(params, _)| params)
+    }
+
+    /// The position of function `name`'s parameter named `reason`, where
+    /// it has one (the compiler may have dropped others before it).
+    pub fn function_reason_arg(&self, name: &str) -> Result<Option<u8>, BtfError> {
+        self.function_proto(name).map(|(_, at)| at)
+    }
+
+    fn function_proto(&self, name: &str) -> Result<(u32, Option<u8>), BtfError> {
         let missing = || BtfError::NoSuchType(format!("function {name}"));
         let (_, proto) = self.func(name).ok_or_else(missing)?;
         match self.ty(proto)? {
-            Type::FuncProto { params } => Ok(*params),
+            Type::FuncProto { params, reason_at } => Ok((*params, *reason_at)),
             _ => Err(missing()),
         }
     }
@@ -547,7 +569,7 @@ impl Btf {
             return Err(missing());
         };
         match self.ty(*to)? {
-            Type::FuncProto { params } => Ok(params.saturating_sub(1)),
+            Type::FuncProto { params, .. } => Ok(params.saturating_sub(1)),
             _ => Err(missing()),
         }
     }
@@ -690,7 +712,11 @@ mod tests {
         assert!(b.tracepoint_args("nope").is_err());
         // Functions (fentry targets) are found by name, with their arity.
         assert_eq!(b.function_args("tcp_keepalive_timer").unwrap(), 1);
-        assert_eq!(b.function_args("tcp_send_active_reset").unwrap(), 3);
+        assert_eq!(b.function_args("tcp_send_active_reset").unwrap(), 2);
+        assert_eq!(
+            b.function_reason_arg("tcp_send_active_reset").unwrap(),
+            Some(1)
+        );
         let e = b
             .function_args("inet_csk_reset_keepalive_timer")
             .unwrap_err()
