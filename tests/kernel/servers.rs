@@ -242,8 +242,18 @@ pub fn postgres(ns: &Netns, dir: &Path, port: u16, settings: &[&str]) -> Server 
         .stderr(err)
         .spawn()
         .expect("start postgres");
-    let s = Server { child };
-    wait_listening(ns, &format!("127.0.0.1:{port}"), "postgres");
+    let mut s = Server { child };
+    let addr = format!("127.0.0.1:{port}");
+    let end = Instant::now() + Duration::from_secs(30);
+    while !ns.exec(&["ss", "-Htln", "sport", &format!("= :{port}")]).contains(&addr) {
+        if Instant::now() > end || matches!(s.child.try_wait(), Ok(Some(_))) {
+            panic!(
+                "postgres never listened on {addr}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     s
 }
 

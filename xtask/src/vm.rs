@@ -409,6 +409,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# PostgreSQL's shared memory.
+mkdir -p /dev/shm && mount -t tmpfs shm /dev/shm
 # No tmpfs on /tmp: the initramfs is writable already, and a checkout under
 # /tmp (the binaries sit at their host paths) would be hidden by it.
 mount -t tmpfs run /run
