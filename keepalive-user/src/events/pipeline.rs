@@ -103,19 +103,6 @@ impl Pipeline {
         self.deriver.evictions + self.closes.evictions
     }
 
-    /// Remembers a socket's owner from a snapshot or a task walk, for the
-    /// records that come once its owner let go.
-    pub fn remember(
-        &mut self,
-        sk: u64,
-        netns: u32,
-        local: std::net::SocketAddr,
-        remote: std::net::SocketAddr,
-        owner: &Owner,
-    ) {
-        self.memory.learn(sk, netns, local, remote, Some(owner));
-    }
-
     /// Interprets every record of `batch` (drained) into `sink`.
     pub fn feed(
         &mut self,
@@ -220,7 +207,7 @@ impl Pipeline {
             .or_else(|| sink.owner(&rec))
             .or_else(|| self.memory.owner_of(rec.sk, rec.local, rec.remote));
         self.memory
-            .learn(rec.sk, rec.netns, rec.local, rec.remote, owner.as_ref());
+            .learn(rec.sk, rec.local, rec.remote, owner.as_ref());
         let path_timeout_s = match rec.kind {
             RecordKind::ResetReceived | RecordKind::ErrorReport | RecordKind::Fired => {
                 sink.path_timeout(&rec)
