@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod caps;
+pub mod census;
 pub mod cloud;
 pub mod conntrack;
 pub mod doctor;

@@ -336,11 +336,15 @@ impl Trace {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kato trace");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
         let mut banner = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut banner)
-            .unwrap();
-        assert!(banner.contains("watching"), "kato trace: {banner}");
+        err.read_line(&mut banner).unwrap();
+        if !banner.contains("watching") {
+            // The whole error, a verifier log included.
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+            panic!("kato trace: {banner}{rest}");
+        }
         let (tx, rx) = mpsc::channel();
         let out = BufReader::new(child.stdout.take().unwrap());
         std::thread::spawn(move || {

@@ -171,7 +171,8 @@ fn a_zombie_is_forgotten_and_a_peer_kept_alive_is_not() {
         assert_eq!(s["risk"], "forgotten", "{what}: {s}");
         assert_eq!(s["conntrack"]["state"], "forgotten", "{what}: {s}");
     }
-    assert_eq!(by(&all, "local", kept)["risk"], "safe");
+    let k = by(&all, "local", kept);
+    assert_eq!(k["risk"], "safe", "{k}");
     let k = server_end(&all, k_srv);
     assert_eq!(
         k["risk"], "peer-protected",
@@ -191,7 +192,8 @@ fn a_zombie_is_forgotten_and_a_peer_kept_alive_is_not() {
     assert_eq!(by(&all, "local", zombie)["risk"], "forgotten");
     assert_eq!(server_end(&all, z_srv)["risk"], "forgotten");
     assert_ne!(server_end(&all, k_srv)["risk"], "forgotten");
-    assert_eq!(by(&all, "local", kept)["risk"], "safe");
+    let k = by(&all, "local", kept);
+    assert_eq!(k["risk"], "safe", "{k}");
 
     // The first send after the router forgot meets its reset: an idle kill.
     let (killed, _z, _k) = worker.join().unwrap();

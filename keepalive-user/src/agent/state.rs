@@ -318,9 +318,14 @@ impl AgentState {
         // A quiet ring brings no record to end a hold: the tick does.
         let _ = self.pipeline.settle_now(&mut self.sink);
         let (targets, vanished) = self.targets(bpf)?;
-        let snaps = self.snapshotter.take(Some(bpf), &targets)?;
         let sink = &mut self.sink;
-        crate::sockets::snapshot::discover(&mut sink.policy, &snaps);
+        let snaps = crate::census::take(
+            &self.snapshotter,
+            Some(bpf),
+            &targets,
+            &mut sink.resolver,
+            &mut sink.policy,
+        )?;
         sink.listening.clear();
         let mut sysctls: HashMap<u32, Sysctls> = HashMap::new();
         let mut n = 0;
@@ -345,8 +350,6 @@ impl AgentState {
             log::warn!("telling the programs sockets' owners: {e}");
         }
         for s in snaps {
-            let mut s = s;
-            sink.resolver.name_all(&mut s.sockets);
             n += s.sockets.len();
             if let Some(sys) = s.sysctls {
                 sysctls.insert(s.inode, sys);

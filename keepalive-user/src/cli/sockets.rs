@@ -11,7 +11,7 @@ use keepalive_user::{
     netns,
     policy::Risk,
     sockets::{
-        snapshot::{discover, Snapshotter, Source, Targets},
+        snapshot::{Snapshotter, Source, Targets},
         table::{Counts, SocketTable},
         Socket,
     },
@@ -239,11 +239,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
         let t = std::time::Instant::now();
-        let mut snaps = snap.take(bpf.as_mut(), &targets)?;
-        log::debug!("snapshot taken in {:?}", t.elapsed());
-        resolver.name_all(snaps.iter_mut().flat_map(|n| &mut n.sockets));
-        discover(&mut policy, &snaps);
-        log::debug!("named at {:?}", t.elapsed());
+        let snaps = keepalive_user::census::take(&snap, bpf.as_mut(), &targets, &mut resolver, &mut policy)?;
+        log::debug!("census taken in {:?}", t.elapsed());
         if !args.risk.is_empty() && policy.is_empty() {
             return Err(no_timeout());
         }
@@ -287,9 +284,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 stream.drain_now(&mut batch);
                 let _ = pipeline.feed(&mut batch, &mut table);
                 let _ = pipeline.settle_now(&mut table);
-                let mut snaps = snap.take(Some(&mut bpf), &targets)?;
-                resolver.name_all(snaps.iter_mut().flat_map(|n| &mut n.sockets));
-                discover(&mut policy, &snaps);
+                let snaps = keepalive_user::census::take(&snap, Some(&mut bpf), &targets, &mut resolver, &mut policy)?;
                 if !args.risk.is_empty() && policy.is_empty() {
                     return Err(no_timeout());
                 }

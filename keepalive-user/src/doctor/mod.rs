@@ -17,7 +17,7 @@ use crate::{
     netns,
     policy::{Policy, Risk, RuleSource},
     sockets::{
-        snapshot::{discover, snapshot_iter},
+        snapshot::{Snapshotter, Source as SnapshotSource},
         Keepalive, Socket, Source,
     },
     tcp::TcpState,
@@ -317,7 +317,8 @@ fn sockets_report(
         .into_iter()
         .map(|n| (Some(n.inode) != own).then_some(n))
         .collect();
-    let Ok(mut snaps) = snapshot_iter(p, &targets) else {
+    let snapshotter = Snapshotter::new(SnapshotSource::Iter, Some(p));
+    let Ok(snaps) = crate::census::take(&snapshotter, Some(p), &targets, resolver, policy) else {
         return (
             vec![],
             timeouts::Tally::new(policy).finish(),
@@ -325,9 +326,7 @@ fn sockets_report(
             workloads::WorkloadReport::default(),
         );
     };
-    resolver.name_all(snaps.iter_mut().flat_map(|n| &mut n.sockets));
     let named = workloads::report(resolver, snaps.iter().flat_map(|n| &n.sockets));
-    discover(policy, &snaps);
     let policy = &*policy;
     let mut tally = timeouts::Tally::new(policy);
     let mut reports = vec![];

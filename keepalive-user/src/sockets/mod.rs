@@ -54,37 +54,6 @@ pub struct Timer {
     pub probes: u8,
 }
 
-impl Timer {
-    /// `keepalive (7198.14/0/0)`, like `netstat -o`.
-    pub fn netstat(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Timer {
-    /// [`Timer::netstat`], appended to `out` without `fmt` (the listing
-    /// writes one per row).
-    pub fn write_into(&self, out: &mut String) {
-        out.push_str(self.kind.netstat_name());
-        out.push_str(" (");
-        crate::view::sockets::push_fixed(out, self.remaining_s, 2);
-        out.push('/');
-        out.push_str(itoa::Buffer::new().format(self.retransmits));
-        out.push('/');
-        out.push_str(itoa::Buffer::new().format(self.probes));
-        out.push(')');
-    }
-}
-
-impl std::fmt::Display for Timer {
-    /// netstat's notation (see [`Timer::netstat`]).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut s = String::with_capacity(32);
-        self.write_into(&mut s);
-        f.write_str(&s)
-    }
-}
-
 /// Which end of a connection a socket is, as the kernel knows it: accepted
 /// from a listener (the server's end, its local port the service's) or
 /// opened by connect() (the client's, the remote port the service's).
@@ -142,30 +111,6 @@ impl Setting {
                 source: Source::Sysctl,
             }
         }
-    }
-
-    /// `75` or `75*` (the star marks a sysctl default).
-    pub fn short(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Setting {
-    /// [`Setting::short`], appended to `out`.
-    pub fn write_into(&self, out: &mut String) {
-        out.push_str(itoa::Buffer::new().format(self.value));
-        if self.source == Source::Sysctl {
-            out.push('*');
-        }
-    }
-}
-
-impl std::fmt::Display for Setting {
-    /// See [`Setting::short`].
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut s = String::with_capacity(12);
-        self.write_into(&mut s);
-        f.write_str(&s)
     }
 }
 

@@ -7,7 +7,10 @@ use std::{
 };
 
 use super::SocketView;
-use crate::{sockets::Socket, text::printable};
+use crate::{
+    sockets::{Setting, Socket, Source, Timer},
+    text::printable,
+};
 
 /// netstat's address notation: no brackets for IPv6, `*` for port 0.
 pub fn netstat_addr(a: &SocketAddr) -> String {
@@ -228,6 +231,63 @@ pub fn write_row(out: &mut String, v: &SocketView<'_>, with_risk: bool) {
 }
 
 pub const FOOTNOTE: &str = "Keepalive: idle/interval/count in seconds/seconds/probes; * = the namespace's net.ipv4.tcp_keepalive_* default. Idle: since the peer was last heard from. Unans: keepalive probes not yet answered. CT: seconds until conntrack forgets the flow without a packet (- untracked). Workload: pod namespace/pod/container, runtime:container-id, or systemd unit, from the socket's cgroup.";
+
+
+// netstat's notation for the model's timers and settings: text is the
+// view's business, not the model's.
+
+impl Timer {
+    /// `keepalive (7198.14/0/0)`, like `netstat -o`.
+    pub fn netstat(&self) -> String {
+        self.to_string()
+    }
+
+    /// [`Timer::netstat`], appended to `out` without `fmt` (the listing
+    /// writes one per row).
+    pub fn write_into(&self, out: &mut String) {
+        out.push_str(self.kind.netstat_name());
+        out.push_str(" (");
+        push_fixed(out, self.remaining_s, 2);
+        out.push('/');
+        push_uint(out, u64::from(self.retransmits));
+        out.push('/');
+        push_uint(out, u64::from(self.probes));
+        out.push(')');
+    }
+}
+
+impl fmt::Display for Timer {
+    /// netstat's notation (see [`Timer::netstat`]).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::with_capacity(32);
+        self.write_into(&mut s);
+        f.write_str(&s)
+    }
+}
+
+impl Setting {
+    /// `75` or `75*` (the star marks a sysctl default).
+    pub fn short(&self) -> String {
+        self.to_string()
+    }
+
+    /// [`Setting::short`], appended to `out`.
+    pub fn write_into(&self, out: &mut String) {
+        push_uint(out, u64::from(self.value));
+        if self.source == Source::Sysctl {
+            out.push('*');
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    /// See [`Setting::short`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::with_capacity(12);
+        self.write_into(&mut s);
+        f.write_str(&s)
+    }
+}
 
 #[cfg(test)]
 mod tests {

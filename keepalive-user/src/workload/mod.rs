@@ -219,18 +219,6 @@ impl Resolver {
         self.cache.insert(id, (Arc::clone(&w), retry));
         w
     }
-
-    /// Names every socket that carries a cgroup id.
-    pub fn name_all<'a>(
-        &mut self,
-        sockets: impl IntoIterator<Item = &'a mut crate::sockets::Socket>,
-    ) {
-        for s in sockets {
-            if let Some(id) = s.cgroup_id {
-                s.workload = Named(Some(self.resolve(id)));
-            }
-        }
-    }
 }
 
 fn apply(w: &mut Workload, l: &containerd::Labels) {
