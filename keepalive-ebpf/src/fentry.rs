@@ -34,21 +34,22 @@ pub fn fexit_keepalive_timer(ctx: FExitContext) -> u32 {
 #[fentry(function = "tcp_send_active_reset")]
 pub fn fentry_send_active_reset(ctx: FEntryContext) -> u32 {
     let sk: u64 = ctx.arg(0);
-    // The reason argument exists from 6.10, where the compiler left it;
-    // reading a missing one fails verification (a frozen constant: the
-    // verifier drops the other branches).
-    let at = conf!(active_reset_has_reason);
-    // Volatile: LLVM would load both candidates before choosing, and a
-    // load past the function's arguments fails verification.
-    let arg = |i: usize| unsafe {
-        core::ptr::read_volatile(aya_ebpf::EbpfContext::as_ptr(&ctx).cast::<u64>().add(i)) as u32
-    };
-    let reason = match at {
-        2 => arg(1),
-        3 => arg(2),
-        _ => 0,
-    };
-    match on_active_reset(sk, at >= 2, reason) {
+    // The reason argument exists from 6.10; reading a missing one fails
+    // verification (a frozen constant: the verifier drops the branch).
+    let has = conf!(active_reset_has_reason) == 3;
+    match on_active_reset(sk, has, if has { ctx.arg::<u32>(2) } else { 0 }) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// The same where the compiler dropped `priority` (Debian's 6.12 has
+/// `tcp_send_active_reset(sk, reason)`): the reason second. A program of
+/// its own: choosing the argument in one program made LLVM load from a
+/// computed context offset, which the verifier refuses.
+#[fentry(function = "tcp_send_active_reset")]
+pub fn fentry_send_active_reset_r1(ctx: FEntryContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    match on_active_reset(sk, true, ctx.arg::<u32>(1)) {
         Ok(r) | Err(r) => r,
     }
 }

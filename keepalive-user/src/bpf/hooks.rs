@@ -27,6 +27,7 @@ pub enum Hook {
     FentryKeepaliveTimer,
     FexitKeepaliveTimer,
     FentrySendActiveReset,
+    FentrySendActiveResetR1,
     FexitResetKeepaliveTimer,
     FentryDeleteKeepaliveTimer,
     SockSendLength,
@@ -36,7 +37,7 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 18] = [
+    pub const ALL: [Hook; 19] = [
         Hook::TimerStart,
         Hook::TimerExpireEntry,
         Hook::TimerExpireExit,
@@ -49,6 +50,7 @@ impl Hook {
         Hook::FentryKeepaliveTimer,
         Hook::FexitKeepaliveTimer,
         Hook::FentrySendActiveReset,
+        Hook::FentrySendActiveResetR1,
         Hook::FexitResetKeepaliveTimer,
         Hook::FentryDeleteKeepaliveTimer,
         Hook::SockSendLength,
@@ -76,6 +78,11 @@ impl Hook {
             Hook::FentrySendActiveReset => {
                 ("fentry_send_active_reset", "tcp_send_active_reset", FEntry)
             }
+            Hook::FentrySendActiveResetR1 => (
+                "fentry_send_active_reset_r1",
+                "tcp_send_active_reset",
+                FEntry,
+            ),
             Hook::FexitResetKeepaliveTimer => (
                 "fexit_reset_keepalive_timer",
                 "inet_csk_reset_keepalive_timer",
@@ -116,12 +123,23 @@ pub const TRACEPOINT_PATH: [Hook; 5] = [
     Hook::InetSockSetState,
 ];
 
-/// The fentry path: trampolines on the keepalive functions themselves.
-pub const FENTRY_PATH: [Hook; 3] = [
-    Hook::FentryKeepaliveTimer,
-    Hook::FexitKeepaliveTimer,
-    Hook::FentrySendActiveReset,
-];
+/// The fentry path: trampolines on the keepalive functions themselves
+/// (and [`active_reset`]'s on `tcp_send_active_reset`).
+pub const FENTRY_PATH: [Hook; 2] = [Hook::FentryKeepaliveTimer, Hook::FexitKeepaliveTimer];
+
+/// The fentry program for `tcp_send_active_reset`, by where the kernel's
+/// build left its `reason` argument (`reason_at`, from BTF): second where
+/// the compiler dropped `priority`, else third or absent.
+pub const fn active_reset(reason_at: Option<u8>) -> Hook {
+    match reason_at {
+        Some(1) => Hook::FentrySendActiveResetR1,
+        _ => Hook::FentrySendActiveReset,
+    }
+}
+
+/// Both fentry programs for `tcp_send_active_reset` (to undo a path).
+pub const FENTRY_ACTIVE_RESETS: [Hook; 2] =
+    [Hook::FentrySendActiveReset, Hook::FentrySendActiveResetR1];
 
 /// The fentry path's tracepoints: resets sent in reply to segments
 /// (`tcp_send_active_reset` has its own trampoline there).
@@ -162,7 +180,11 @@ mod tests {
         {
             assert_eq!(h.kind(), ProgKind::TpBtf, "{h:?}");
         }
-        for h in FENTRY_PATH.iter().chain(&FENTRY_ARMING) {
+        for h in FENTRY_PATH
+            .iter()
+            .chain(&FENTRY_ARMING)
+            .chain(&FENTRY_ACTIVE_RESETS)
+        {
             assert!(
                 matches!(h.kind(), ProgKind::FEntry | ProgKind::FExit),
                 "{h:?}"

@@ -149,6 +149,7 @@ impl Programs<'_> {
                         let e = tidy(&e);
                         log::info!("fentry path unavailable, using tracepoints: {e}");
                         self.unload_all(&hooks::FENTRY_PATH);
+                        self.unload_all(&hooks::FENTRY_ACTIVE_RESETS);
                         self.unload_all(&hooks::FENTRY_ARMING);
                         self.unload_all(&hooks::TRACEPOINT_ARMING);
                         self.unload_all(&hooks::TCP_TRACEPOINTS);
@@ -182,6 +183,12 @@ impl Programs<'_> {
 
     fn fentry_path(&mut self, why: String, arming: bool) -> Result<AttachPath, LoadError> {
         self.attach_all(&hooks::FENTRY_PATH)?;
+        let reason_at = self
+            .btf
+            .function_reason_arg("tcp_send_active_reset")
+            .ok()
+            .flatten();
+        self.attach_one(hooks::active_reset(reason_at))?;
         let out_of_line = hooks::FENTRY_ARMING
             .iter()
             .all(|h| self.btf.function_args(h.target()).is_ok());
