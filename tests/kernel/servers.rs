@@ -245,7 +245,10 @@ pub fn postgres(ns: &Netns, dir: &Path, port: u16, settings: &[&str]) -> Server 
     let mut s = Server { child };
     let addr = format!("127.0.0.1:{port}");
     let end = Instant::now() + Duration::from_secs(30);
-    while !ns.exec(&["ss", "-Htln", "sport", &format!("= :{port}")]).contains(&addr) {
+    while !ns
+        .exec(&["ss", "-Htln", "sport", &format!("= :{port}")])
+        .contains(&addr)
+    {
         if Instant::now() > end || matches!(s.child.try_wait(), Ok(Some(_))) {
             panic!(
                 "postgres never listened on {addr}:\n{}",

@@ -4,115 +4,16 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::status;
-
-/// A network namespace for one benchmark, deleted on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn new(tag: &str) -> Result<Self> {
-        let name = format!("kato-bench-{tag}-{}", std::process::id());
-        status(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns(name);
-        status(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
-        for (k, v) in [
-            ("net.ipv4.ip_local_port_range", "1024 65000"),
-            ("net.core.somaxconn", "4096"),
-        ] {
-            status(ns.cmd("sysctl").args(["-qw", &format!("{k}={v}")]))?;
-        }
-        Ok(ns)
-    }
-
-    /// `ip netns exec NAME program`.
-    pub fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// Holder processes keeping `sockets` TCP sockets (half clients, half
-/// accepted) open in `ns`. Killed on drop.
-pub struct Holders(Vec<Child>);
-
-impl Drop for Holders {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            drop(c.stdin.take());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn wait_line(child: &mut Child, prefix: &str) -> Result<String> {
-    let out = child.stdout.as_mut().context("holder stdout")?;
-    let mut line = String::new();
-    // The holders print one line per phase; read byte-wise so nothing is buffered away.
-    let mut r = BufReader::with_capacity(1, out);
-    r.read_line(&mut line)?;
-    if !line.starts_with(prefix) {
-        bail!("holder said {line:?}, expected {prefix}");
-    }
-    Ok(line.trim().to_owned())
-}
+use crate::harness::{hold_with, http_get, rss_kib, spawn_agent_with, Holders, Netns};
 
 fn hold(ns: &Netns, sockets: usize) -> Result<Holders> {
     hold_with(ns, sockets, &["--keepalive"])
-}
-
-/// Holder processes keeping `sockets` sockets open, `extra` flags passed to
-/// both sides (the connector also gets them).
-pub fn hold_with(ns: &Netns, sockets: usize, extra: &[&str]) -> Result<Holders> {
-    let me = std::env::current_exe()?;
-    let me = me.to_str().context("xtask path")?;
-    let per_pair = 12_500; // connections per listener/connector pair: < 20,000 fds each
-    let mut conns = sockets / 2;
-    let mut holders = Holders(vec![]);
-    // Below the namespace's ephemeral range (1024-65000, set in Netns::new):
-    // a connector's source port can never take a later pair's listening port.
-    let mut port = 200;
-    while conns > 0 {
-        let n = conns.min(per_pair);
-        let addr = format!("127.0.0.1:{port}");
-        let mut l = ns
-            .cmd(me)
-            .args(["hold", "--listen", &addr, "--count", &n.to_string()])
-            .args(extra.iter().filter(|a| **a != "--keepalive"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        wait_line(&mut l, "listening")?;
-        let c = ns
-            .cmd(me)
-            .args(["hold", "--connect", &addr, "--count", &n.to_string()])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        holders.0.push(l);
-        holders.0.push(c);
-        conns -= n;
-        port += 1;
-    }
-    for h in &mut holders.0 {
-        wait_line(h, "ready")?;
-    }
-    Ok(holders)
 }
 
 /// One run of a listing tool: wall time and peak RSS.
@@ -204,29 +105,6 @@ fn count_json(ns: &Netns, kato: &str) -> Result<usize> {
     Ok(v.as_array().map_or(0, Vec::len))
 }
 
-/// One-shot HTTP GET: (status, body).
-pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((
-        status,
-        resp.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    ))
-}
-
 /// The agent watching one namespace: its RSS once the table is seeded, and
 /// `/metrics` scrape latencies.
 pub struct AgentRun {
@@ -239,7 +117,7 @@ pub struct AgentRun {
 
 fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
     // The default snapshot interval; stopped on every return below.
-    let (agent, addr) = crate::overhead::spawn_agent_with(kato, ns, "30s", &[])?;
+    let (agent, addr) = spawn_agent_with(kato, ns, "30s", &[])?;
     let (_, health) = http_get(&addr, "/healthz")?;
     let tracked = health
         .split("\"sockets\":")
@@ -269,16 +147,6 @@ fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
         scrape_p99: lat[(lat.len() * 99).div_ceil(100) - 1],
         series,
     })
-}
-
-/// VmRSS of `pid` in KiB.
-pub fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
 }
 
 pub struct Row {

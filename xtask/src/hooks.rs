@@ -15,10 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{
-    bench::{hold_with, Netns},
-    overhead::{prog_stats, start_in},
-};
+use crate::harness::{hold_with, prog_stats, start_in, Netns};
 
 /// `xtask trickle`: `conns` loopback connections, each carrying one byte
 /// every `every_ms` one way only, for `secs`. The receiver has nothing to
@@ -147,7 +144,7 @@ fn drive(load: Load, watched: &Netns, other: &Netns, secs: f64) -> Result<()> {
 }
 
 pub fn run(kato: &str, secs: f64) -> Result<HookCosts> {
-    crate::overhead::bpf_stats(true);
+    crate::harness::bpf_stats(true);
     let watched = Netns::new("hooks")?;
     let other = Netns::new("hooks-other")?;
     let mut cells: BTreeMap<(usize, String), ByCondition> = BTreeMap::new();

@@ -6,6 +6,7 @@
 mod bench;
 mod churn;
 mod fuzz;
+mod harness;
 mod hold;
 mod hooks;
 mod overhead;
@@ -245,13 +246,13 @@ fn main() -> Result<()> {
             }
             if hooks_only {
                 let h = hooks::run(kato, hook_secs)?;
-                overhead::bpf_stats(false);
+                harness::bpf_stats(false);
                 println!("{}", hooks::report(&h));
                 return Ok(());
             }
             if events_only {
                 let t = overhead::throughput(kato, events_sockets, events_secs)?;
-                overhead::bpf_stats(false);
+                harness::bpf_stats(false);
                 println!("{}", overhead::throughput_report(&t));
                 return Ok(());
             }
@@ -259,7 +260,7 @@ fn main() -> Result<()> {
                 .then(|| web::run(kato, web_secs))
                 .transpose()?;
             if web_only {
-                overhead::bpf_stats(false);
+                harness::bpf_stats(false);
                 println!("{}", web.as_ref().map(web::report).unwrap_or_default());
                 return Ok(());
             }
@@ -274,7 +275,7 @@ fn main() -> Result<()> {
                 "cargo xtask bench --sockets {} --rr-secs {rr_secs} --hook-secs {hook_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn} --web-secs {web_secs} --fuzz-secs {fuzz_secs}",
                 sockets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
             );
-            overhead::bpf_stats(false);
+            harness::bpf_stats(false);
             let mut text = bench::report(&rows, &baseline, &command);
             text += &overhead::report(&overhead, &throughput);
             if let Some(h) = &hook_costs {

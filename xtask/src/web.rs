@@ -13,10 +13,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{
-    bench::{http_get, Netns},
-    overhead::{bpf_stats, Running},
-};
+use crate::harness::{bpf_stats, http_get, Netns, Running};
 
 const REPS: usize = 7;
 const PORT: u16 = 8080;
@@ -140,12 +137,12 @@ fn wrk(ns: &Netns, close: bool, secs: u64) -> Result<(f64, u64)> {
 
 fn agent(kato: &str, ns: &Netns, all: bool) -> Result<(Running, String)> {
     let extra: &[&str] = if all { &["--http-keepalive"] } else { &[] };
-    crate::overhead::spawn_agent_with(kato, ns, "30s", extra)
+    crate::harness::spawn_agent_with(kato, ns, "30s", extra)
 }
 
 fn metric(addr: &str, name: &str) -> Result<f64> {
     let (_, text) = http_get(addr, "/metrics")?;
-    Ok(crate::overhead::metric(&text, name))
+    Ok(crate::harness::metric(&text, name))
 }
 
 pub struct Cell {
@@ -194,7 +191,7 @@ pub fn run(kato: &str, secs: u64) -> Result<Web> {
                     rep + 1
                 );
                 let floor = (ci == 1)
-                    .then(|| crate::overhead::start("floor", kato))
+                    .then(|| crate::harness::start("floor", kato))
                     .transpose()?
                     .flatten();
                 let watcher = match ci {

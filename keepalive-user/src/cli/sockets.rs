@@ -239,7 +239,13 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
         let t = std::time::Instant::now();
-        let snaps = keepalive_user::census::take(&snap, bpf.as_mut(), &targets, &mut resolver, &mut policy)?;
+        let snaps = keepalive_user::census::take(
+            &snap,
+            bpf.as_mut(),
+            &targets,
+            &mut resolver,
+            &mut policy,
+        )?;
         log::debug!("census taken in {:?}", t.elapsed());
         if !args.risk.is_empty() && policy.is_empty() {
             return Err(no_timeout());

@@ -32,13 +32,7 @@ pub struct Memory {
 
 impl Memory {
     /// Remembers socket `sk` (0: a reply without a socket, by tuple only).
-    pub fn learn(
-        &mut self,
-        sk: u64,
-        local: SocketAddr,
-        remote: SocketAddr,
-        owner: Option<&Owner>,
-    ) {
+    pub fn learn(&mut self, sk: u64, local: SocketAddr, remote: SocketAddr, owner: Option<&Owner>) {
         if self.new.by_sk.len() + self.new.by_tuple.len() >= CAPACITY {
             self.old = std::mem::take(&mut self.new);
         }
@@ -92,7 +86,6 @@ impl Memory {
     pub fn peer_owner(&self, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
         self.tuple(remote, local).cloned().flatten()
     }
-
 }
 
 #[cfg(test)]

@@ -232,7 +232,6 @@ pub fn write_row(out: &mut String, v: &SocketView<'_>, with_risk: bool) {
 
 pub const FOOTNOTE: &str = "Keepalive: idle/interval/count in seconds/seconds/probes; * = the namespace's net.ipv4.tcp_keepalive_* default. Idle: since the peer was last heard from. Unans: keepalive probes not yet answered. CT: seconds until conntrack forgets the flow without a packet (- untracked). Workload: pod namespace/pod/container, runtime:container-id, or systemd unit, from the socket's cgroup.";
 
-
 // netstat's notation for the model's timers and settings: text is the
 // view's business, not the model's.
 
