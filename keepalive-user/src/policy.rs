@@ -371,7 +371,13 @@ impl Policy {
                 .get(&if t.netns == 0 { netns } else { t.netns })
         });
         match (path, ct) {
-            (Some(p), Some(c)) if c.timeout < p.timeout => Some(c),
+            // A table kato reads beats a timeout it assumed or estimated.
+            (Some(p), Some(c))
+                if c.timeout < p.timeout
+                    || matches!(p.source, RuleSource::Learned | RuleSource::CloudAssumed) =>
+            {
+                Some(c)
+            }
             (Some(p), _) => Some(p),
             (None, c) => c,
         }
@@ -639,6 +645,17 @@ mod tests {
         long.conntrack = p.conntrack.clone();
         assert_eq!(
             long.rule_for(&tracked(7)).unwrap().source,
+            RuleSource::Conntrack
+        );
+        // A learned bracket is an estimate: the table kato reads beats it,
+        // however short the estimate.
+        let mut learned = p.clone();
+        learned.learned = vec![Rule {
+            source: RuleSource::Learned,
+            ..Rule::parse("1s").unwrap()
+        }];
+        assert_eq!(
+            learned.rule_for(&tracked(7)).unwrap().source,
             RuleSource::Conntrack
         );
     }
