@@ -51,6 +51,8 @@ pub fn name(cap: Capability) -> &'static str {
         Capability::CAP_BPF => "CAP_BPF",
         Capability::CAP_SETPCAP => "CAP_SETPCAP",
         Capability::CAP_NET_ADMIN => "CAP_NET_ADMIN",
+        Capability::CAP_SETUID => "CAP_SETUID",
+        Capability::CAP_SETGID => "CAP_SETGID",
         _ => "CAP_?",
     }
 }
@@ -63,24 +65,35 @@ pub fn has(cap: Capability) -> bool {
 /// What [`keep_only`] did with the bounding set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bounding {
-    /// Emptied: not even an exec can bring a capability back.
-    Emptied,
-    /// Left as the process was started with: emptying it needs
+    /// Reduced to what a program this process starts may need: not even
+    /// an exec can bring anything else back.
+    Reduced,
+    /// Left as the process was started with: reducing it needs
     /// CAP_SETPCAP, which this process lacks (no_new_privs still blocks
     /// every gain through exec).
     LeftWithoutSetpcap,
 }
 
-/// Keeps only `keep` in the effective and permitted sets, empties the
-/// bounding (where CAP_SETPCAP allows), inheritable and ambient sets, and
-/// sets no_new_privs: after this the process can never regain what it
-/// dropped. Every failure is an error. Applies to the calling thread and
-/// the threads it starts afterwards.
-pub fn keep_only(keep: &[Capability]) -> Result<Bounding, caps::errors::CapsError> {
+/// Keeps only `keep` in the effective and permitted sets, reduces the
+/// bounding set (where CAP_SETPCAP allows) to `for_exec`, the
+/// capabilities a program it starts may keep (the agent's HTTP process
+/// needs CAP_SETUID and CAP_SETGID to switch users, CAP_SETPCAP to empty
+/// its own bounding set), empties the
+/// inheritable and ambient sets, and sets no_new_privs: after this the
+/// process can never regain what it dropped. Every failure is an error.
+/// Applies to the calling thread and the threads it starts afterwards.
+pub fn keep_only(
+    keep: &[Capability],
+    for_exec: &[Capability],
+) -> Result<Bounding, caps::errors::CapsError> {
     let bounding = if has(Capability::CAP_SETPCAP) {
         // First, while CAP_SETPCAP is still held.
-        caps::clear(None, CapSet::Bounding)?;
-        Bounding::Emptied
+        for c in caps::all() {
+            if !for_exec.contains(&c) {
+                caps::drop(None, CapSet::Bounding, c)?;
+            }
+        }
+        Bounding::Reduced
     } else {
         Bounding::LeftWithoutSetpcap
     };

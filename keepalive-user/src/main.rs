@@ -35,6 +35,9 @@ fn main() -> std::process::ExitCode {
             Command::BenchFloor(args) => cli::bench_floor::run(args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),
+            Command::AgentHttp(args) => cli::agent_http::run(args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS),
         }
     });
     match result {

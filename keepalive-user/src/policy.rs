@@ -254,7 +254,9 @@ fn parse_target(t: &str) -> Result<(Option<Cidr>, Option<u16>), String> {
 }
 
 /// Does a socket's keepalive beat the idle timeout on its path?
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Risk {
     /// Keepalive on, and idle + one interval fits under the timeout.

@@ -76,6 +76,13 @@ impl serde::Serialize for TcpState {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for TcpState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TcpState::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown state `{s}`")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::TcpState;

@@ -134,6 +134,11 @@ impl Agent {
         }
     }
 
+    /// The HTTP process the engine started (`kato agent-http`), if any.
+    pub fn http_pid(&self) -> Option<u32> {
+        http_child(self.child.id())
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().unwrap()
@@ -145,6 +150,22 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `kato agent-http` child of the engine `pid`, if it has one.
+pub fn http_child(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .is_ok_and(|cmd| cmd.split(|&b| b == 0).nth(1) == Some(b"agent-http"))
+        })
 }
 
 /// A one-shot HTTP/1.1 GET with `Connection: close`: (status, body).

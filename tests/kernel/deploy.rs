@@ -261,9 +261,21 @@ fn seccomp_profile_and_unit_filter_allow_every_syscall_the_agent_makes() {
         .collect();
     let missing: Vec<&String> = seen.iter().filter(|s| !allowed.contains(*s)).collect();
     assert!(missing.is_empty(), "the seccomp profile lacks {missing:?}");
+    // The unit's own SystemCallFilter line, groups expanded.
+    let unit_file = std::fs::read_to_string(format!("{DEPLOY}/kato.service")).unwrap();
     let mut unit = std::collections::BTreeSet::new();
-    systemd_group("@system-service", &mut unit);
-    unit.extend(["bpf".to_owned(), "setns".to_owned()]);
+    for item in unit_file
+        .lines()
+        .find_map(|l| l.strip_prefix("SystemCallFilter="))
+        .expect("a SystemCallFilter line")
+        .split_whitespace()
+    {
+        if item.starts_with('@') {
+            systemd_group(item, &mut unit);
+        } else {
+            unit.insert(item.to_owned());
+        }
+    }
     // execve: strace's own start of kato, before any filter would apply.
     let missing: Vec<&String> = seen
         .iter()

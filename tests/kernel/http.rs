@@ -201,7 +201,9 @@ fn slow_readers_at_20k_sockets_keep_memory_bounded() {
         assert!(Instant::now() < end, "table never reached {made}: {h}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let before = rss_kib(agent.child.id());
+    // Both processes: the engine renders, the HTTP process relays.
+    let rss = || rss_kib(agent.child.id()) + rss_kib(agent.http_pid().expect("HTTP process"));
+    let before = rss();
     // Half ask for the default page, half for the largest one.
     let readers: Vec<TcpStream> = (0..30)
         .map(|i| {
@@ -219,7 +221,7 @@ fn slow_readers_at_20k_sockets_keep_memory_bounded() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(3));
-    let during = rss_kib(agent.child.id());
+    let during = rss();
     // Still serving while the renders are stuck.
     let t = Instant::now();
     let (status, _) = http_get(agent.addr, "/healthz").unwrap();
@@ -338,56 +340,161 @@ fn fd_flood_leaves_snapshots_running() {
     let _ = child.wait();
 }
 
-/// The thread that parses requests holds no capability and runs as
-/// nobody; no thread of the agent keeps a bounding set.
-#[test]
-fn the_http_thread_is_unprivileged_and_no_thread_can_regain_anything() {
-    require_root();
-    let agent = Agent::start(&[]);
-    let (status, _) = agent.get("/metrics");
-    assert_eq!(status, 200);
-    let field = |status: &str, name: &str| -> String {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut http = 0;
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.child.id())).unwrap();
-    for t in tasks {
-        let t = t.unwrap().path();
-        let comm = std::fs::read_to_string(t.join("comm")).unwrap();
-        let status = std::fs::read_to_string(t.join("status")).unwrap();
-        assert_eq!(
-            field(&status, "CapBnd:"),
-            "0000000000000000",
-            "{comm}: {status}"
-        );
-        if comm.trim() == "kato-http" {
-            http += 1;
-            assert_eq!(field(&status, "CapEff:"), "0000000000000000", "{status}");
-            assert_eq!(field(&status, "CapPrm:"), "0000000000000000", "{status}");
-            assert_eq!(
-                field(&status, "Uid:"),
-                "65534 65534 65534 65534",
-                "{status}"
-            );
-            assert_eq!(
-                field(&status, "Gid:"),
-                "65534 65534 65534 65534",
-                "{status}"
-            );
-            assert_eq!(field(&status, "NoNewPrivs:"), "1", "{status}");
-        } else if comm.trim() == "kato" {
-            assert_ne!(
-                field(&status, "CapEff:"),
-                "0000000000000000",
-                "the core keeps CAP_BPF"
-            );
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Every socket (by inode) open in process `pid`.
+fn socket_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The inodes of TCP sockets on `port` (either end) in this namespace.
+fn tcp_inodes_on(port: u16) -> Vec<u64> {
+    let mut out = vec![];
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port_of = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
+            if port_of(f[1]) == port || port_of(f[2]) == port {
+                out.push(f[9].parse().unwrap());
+            }
         }
     }
-    assert_eq!(http, 1, "one serving thread");
+    out
+}
+
+/// The process that parses requests holds no capability, runs as nobody
+/// under no_new_privs and a seccomp filter; the engine, which keeps
+/// CAP_BPF, holds no socket of the endpoint. A killed HTTP process is
+/// replaced within 2 s (and counted); a killed engine takes it along.
+#[test]
+fn the_http_process_is_unprivileged_confined_and_supervised() {
+    require_root();
+    let mut agent = Agent::start(&["--netns", "self"]);
+    // An open keep-alive connection: its accepted socket must be the HTTP
+    // process's too.
+    let held = TcpStream::connect(agent.addr).unwrap();
+    let mut w = &held;
+    write!(w, "GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", agent.addr).unwrap();
+    let (status, _, _) = read_response(&mut BufReader::new(held.try_clone().unwrap()), false);
+    assert_eq!(status, 200);
+    let engine = agent.child.id();
+    let http = agent.http_pid().expect("an HTTP process");
+    let mut tasks = 0;
+    for t in std::fs::read_dir(format!("/proc/{http}/task")).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        tasks += 1;
+        for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+            assert_eq!(
+                status_field(&status, set),
+                "0000000000000000",
+                "{set} {status}"
+            );
+        }
+        // Emptied: as root the agent holds CAP_SETPCAP and hands it on.
+        assert_eq!(
+            status_field(&status, "CapBnd:"),
+            "0000000000000000",
+            "{status}"
+        );
+        assert_eq!(
+            status_field(&status, "Uid:"),
+            "65534 65534 65534 65534",
+            "{status}"
+        );
+        assert_eq!(
+            status_field(&status, "Gid:"),
+            "65534 65534 65534 65534",
+            "{status}"
+        );
+        assert_eq!(status_field(&status, "Groups:"), "", "{status}");
+        assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+        assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
+    }
+    assert!(tasks >= 1);
+    let status = std::fs::read_to_string(format!("/proc/{engine}/status")).unwrap();
+    assert_ne!(
+        status_field(&status, "CapEff:"),
+        "0000000000000000",
+        "the engine keeps CAP_BPF"
+    );
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+    let on_port = tcp_inodes_on(agent.addr.port());
+    assert!(
+        on_port.len() >= 2,
+        "the listener and the held connection: {on_port:?}"
+    );
+    let (ours, theirs) = (socket_inodes(engine), socket_inodes(http));
+    for inode in &on_port {
+        assert!(
+            !ours.contains(inode),
+            "the engine holds endpoint socket {inode}"
+        );
+    }
+    assert!(
+        on_port.iter().any(|i| theirs.contains(i)),
+        "{on_port:?} vs {theirs:?}"
+    );
+    drop(held);
+
+    // Killed alone: replaced on the same address within 2 s, and counted.
+    unsafe { libc::kill(http as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    let replaced = loop {
+        if let Ok((200, _)) = http_get(agent.addr, "/healthz") {
+            break t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "no HTTP process 2 s after a kill"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("HTTP process replaced in {replaced:?}");
+    let next = agent.http_pid().expect("a new HTTP process");
+    assert_ne!(next, http);
+    let m = agent.metrics();
+    assert_eq!(
+        crate::agent_support::sample(&m, "kato_http_restarts_total"),
+        1.0,
+        "{m}"
+    );
+
+    // The engine killed (no chance to clean up): its HTTP process follows.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{next}")).exists() {
+        // A zombie reparented to init is gone too, as far as serving goes.
+        let state = std::fs::read_to_string(format!("/proc/{next}/stat")).unwrap_or_default();
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the HTTP process outlived the engine"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        http_get(agent.addr, "/healthz").is_err(),
+        "nothing serves after the engine died"
+    );
 }

@@ -1,7 +1,11 @@
 pub mod capacity;
 pub mod config;
+pub mod engine;
 pub mod http;
+pub mod httpd;
 pub mod metrics;
-pub mod serving;
+pub mod sandbox;
 pub mod state;
+pub mod supervise;
 pub mod webconfig;
+pub mod wire;

@@ -16,7 +16,7 @@ use super::{
     metrics::{LabelCtx, Metrics, Side},
 };
 use crate::{
-    agent::http::{Backend, Page, SocketsQuery},
+    agent::http::{Backend, PageJson, SocketsQuery},
     bpf::{Bpf, CounterMap, LoadError},
     caps::{self, Capability},
     events::{DecodeError, Kind, Observation, Pipeline, Record, ResetReasons, Sink},
@@ -180,6 +180,7 @@ pub struct AgentState {
     /// agent still has every capability.
     listed: Vec<netns::NetnsRef>,
     counters: Arc<CounterMap>,
+    http_restarts: Arc<std::sync::atomic::AtomicU64>,
     started: Instant,
     /// Where the learner's state is saved (None: memory only).
     state_dir: Option<std::path::PathBuf>,
@@ -190,8 +191,18 @@ pub struct AgentState {
 /// ctnetlink; without it they are unknown and the risk ignores conntrack).
 pub fn runtime_caps(scope: &NetnsScope) -> Vec<Capability> {
     let mut keep = needed_caps(scope);
-    if caps::has(caps::CAP_NET_ADMIN) {
-        keep.push(caps::CAP_NET_ADMIN);
+    // CAP_NET_ADMIN: conntrack; CAP_SETUID/CAP_SETGID/CAP_SETPCAP: each
+    // HTTP process switches to nobody and empties its bounding set with
+    // them (and drops them) after its exec.
+    for c in [
+        caps::CAP_NET_ADMIN,
+        Capability::CAP_SETUID,
+        Capability::CAP_SETGID,
+        Capability::CAP_SETPCAP,
+    ] {
+        if caps::has(c) {
+            keep.push(c);
+        }
     }
     keep
 }
@@ -216,7 +227,12 @@ pub fn check_caps(scope: &NetnsScope) -> Result<(), AgentError> {
 
 impl AgentState {
     /// Builds the state around loaded, attached programs.
-    pub fn new(cfg: &AgentConfig, bpf: &Bpf) -> Result<Self, AgentError> {
+    /// `http_restarts`: HTTP processes replaced so far (`supervise`).
+    pub fn new(
+        cfg: &AgentConfig,
+        bpf: &Bpf,
+        http_restarts: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Self, AgentError> {
         let snapshotter = Snapshotter::new(Source::Auto, Some(bpf));
         if let Some(why) = &snapshotter.degraded {
             log::warn!("{why}");
@@ -276,6 +292,7 @@ impl AgentState {
             scope: cfg.netns.clone(),
             listed,
             counters: bpf.counter_map(),
+            http_restarts,
             started: Instant::now(),
         })
     }
@@ -391,6 +408,10 @@ impl AgentState {
             self.pipeline.undecodable,
         );
         sink.metrics.set_learned(sink.learner.iter());
+        sink.metrics.set_http_restarts(
+            self.http_restarts
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         sink.metrics.encode()
     }
 
@@ -398,7 +419,7 @@ impl AgentState {
     /// is made a [`Socket`] to be filtered and keyed (classified only for a
     /// risk filter), then dropped: only the page's rows are made views and
     /// kept whole.
-    pub fn sockets_page(&self, q: &SocketsQuery) -> Page {
+    pub fn sockets_page(&self, q: &SocketsQuery) -> PageJson {
         let sink = &self.sink;
         let table = &sink.table;
         let mut keyed: Vec<(Key, u64, &Entry)> = table
@@ -424,11 +445,7 @@ impl AgentState {
                 SocketRow::of(&v, Some(&counts))
             })
             .collect();
-        Page {
-            rows,
-            total,
-            next: (end < total).then_some(end),
-        }
+        PageJson::of(rows, total, (end < total).then_some(end))
     }
 
     pub fn health_json(&self) -> String {
@@ -452,7 +469,7 @@ impl Backend for std::sync::Mutex<AgentState> {
         self.lock().expect("lock").health_json()
     }
 
-    fn sockets(&self, q: &SocketsQuery) -> Page {
+    fn sockets(&self, q: &SocketsQuery) -> PageJson {
         self.lock().expect("lock").sockets_page(q)
     }
 }

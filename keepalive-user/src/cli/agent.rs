@@ -1,24 +1,16 @@
 //! `kato agent`: the node-level daemon and Prometheus scrape target.
 
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Args;
-use keepalive_user::{
-    agent::{
-        config::{
-            self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit, ListenAddr,
-            MaxConnections, NetnsScope, Overrides, RingSize, Setting, TableCapacity,
-        },
-        http::{self, HostAllow, Limits},
-        serving,
-        state::{self, AgentState},
-        webconfig::WebConfig,
+use keepalive_user::agent::{
+    config::{
+        self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit, ListenAddr,
+        MaxConnections, NetnsScope, Overrides, RingSize, Setting, TableCapacity,
     },
-    bpf::{ring::Drained, Bpf, Iterators, LoadOptions},
-    caps,
+    engine::{Engine, EngineError},
+    supervise::HttpError,
 };
-use tokio::net::TcpListener;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -190,22 +182,6 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
     })
 }
 
-/// Clients beyond the connection limit wait in the kernel's accept queue:
-/// a deep one (capped by net.core.somaxconn) keeps a burst of them from
-/// being dropped at SYN.
-const BACKLOG: u32 = 4096;
-
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
-
 /// `--idle-timeout` values, each one error naming the flag.
 pub fn idle_timeout_flags(
     values: &[String],
@@ -235,146 +211,29 @@ pub fn config(a: &AgentArgs) -> Result<config::AgentConfig, ConfigError> {
     Ok(cfg)
 }
 
-/// TLS and basic auth, each where the web config asks for it.
-type Web = (
-    Option<Arc<rustls::ServerConfig>>,
-    Option<Arc<http::auth::BasicAuth>>,
-);
-
-/// TLS and basic auth from the web config, if there is one.
-fn web(cfg: &config::AgentConfig) -> anyhow::Result<Web> {
-    let Some(path) = &cfg.web_config else {
-        return Ok((None, None));
-    };
-    let web = WebConfig::read(path)?;
-    let tls = match &web.tls {
-        None => None,
-        Some(t) => Some(http::tls::server_config(t).map_err(|message| ConfigError {
-            origin: path.display().to_string(),
-            key: "tls_server_config".into(),
-            message,
-        })?),
-    };
-    Ok((tls, http::auth::BasicAuth::new(web.users).map(Arc::new)))
-}
-
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = config(&args)?;
-    let (tls, auth) = web(&cfg)?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    match keepalive_user::rlimit::raise_nofile() {
-        Ok((soft, _)) => log::debug!("RLIMIT_NOFILE soft limit {soft}"),
-        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
-    }
     // Before anything is announced, so a signal right after start is handled.
     let stop = super::signals::shutdown()?;
-    const QUIET_RING_BYTES: u32 = 4 << 20;
-    let mut bpf = Bpf::open(&LoadOptions {
-        tracing: true,
-        turns: cfg.http_keepalive,
-        iterators: Iterators::Try,
-        btf: cfg.btf.clone(),
-        hz: cfg.hz,
-        // Quiet, 4 MiB (resident: the ring is mapped whole) holds ~24k
-        // records, 0.24 s of 100k records/s at the reader's 100 ms wake-up;
-        // recording every close, the object's 8 MiB.
-        ring_bytes: cfg
-            .ring_bytes
-            .or((!cfg.http_keepalive).then_some(QUIET_RING_BYTES)),
-        attach: cfg.attach,
-        // Scoped to namespaces: the kernel drops everyone else's events
-        // before they reach the ring (kept current at each snapshot).
-        netns_filter: !matches!(cfg.netns, NetnsScope::All),
-        // Short connections make no records: only keepalive, long idle and
-        // resets (every close with the HTTP keep-alive view).
-        quiet: (!cfg.http_keepalive).then_some(cfg.idle_kill_min),
-        // Its table takes timers from snapshots; metrics count no arming.
-        no_arming: true,
-    })?;
-    state::check_caps(&cfg.netns)?;
-    let mut state = AgentState::new(&cfg, &bpf)?;
-    let listener =
-        listen(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
-    let n = state.snapshot(&mut bpf)?;
-    let state = Arc::new(std::sync::Mutex::new(state));
-
-    // The thread that parses requests gives up everything first (its own
-    // copy of the credentials), then the core keeps only what runs need.
-    let served = serving::spawn(
-        listener.into_std()?,
-        Arc::clone(&state),
-        Limits {
-            max_connections: cfg.max_connections,
-            hosts: HostAllow::new(&cfg.allowed_hosts),
-            tls,
-            auth,
-            ..Limits::default()
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("dropping the HTTP thread's privileges: {e}"))?;
-    let serving_as = if served.switched {
-        format!("HTTP served without capabilities as uid {}", served.uid)
-    } else {
-        format!(
-            "HTTP served without capabilities as uid {} (no CAP_SETUID/CAP_SETGID to switch to {})",
-            served.uid,
-            serving::NOBODY
-        )
-    };
-    let keep = state::runtime_caps(&cfg.netns);
-    let bounding = match caps::keep_only(&keep).context("dropping capabilities")? {
-        caps::Bounding::Emptied => "bounding set emptied",
-        // no_new_privs still blocks regaining any through exec.
-        caps::Bounding::LeftWithoutSetpcap => "bounding set left as started (no CAP_SETPCAP)",
-    };
-    // After the capabilities are dropped: a thread keeps the sets it was
-    // started with. Records wait in the kernel's ring until then.
-    let mut ring = bpf.events_thread()?;
-    let kept: Vec<&str> = keep.iter().map(|c| caps::name(*c)).collect();
-    eprintln!(
-        "kato agent: listening on {scheme}://{addr} (/metrics, /sockets, /healthz); {n} sockets in {}; keeping {}; {bounding}; {serving_as}",
-        match &cfg.netns {
-            NetnsScope::All => "all network namespaces".to_owned(),
-            NetnsScope::Own => "its own network namespace".to_owned(),
-            NetnsScope::Listed(l) => format!("network namespaces {}", l.join(", ")),
-        },
-        kept.join(", ")
-    );
-
-    let mut tick = tokio::time::interval(cfg.snapshot_interval);
-    tick.tick().await; // the first tick fires at once: the seed snapshot was just taken
-    tokio::pin!(stop);
-    // A snapshot is due once the records written before it are in.
-    let mut due = false;
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            m = ring.next() => match m {
-                Some(Drained::Records(mut batch)) => {
-                    state.lock().expect("lock").on_records(&mut batch);
-                }
-                // Records made before this snapshot first: a connection
-                // accepted on a listener that has closed since is still
-                // the server's. The ring thread keeps draining meanwhile.
-                Some(Drained::Flushed) if due => {
-                    due = false;
-                    if let Err(e) = state.lock().expect("lock").snapshot(&mut bpf) {
-                        log::warn!("snapshot failed: {e}");
-                    }
-                }
-                Some(Drained::Flushed) => {}
-                None => anyhow::bail!("the event ring's reader thread ended"),
-            },
-            _ = tick.tick(), if !due => {
-                ring.flush().context("asking the event ring's reader to flush")?;
-                due = true;
-            }
-        }
-    }
-    // The HTTP thread ends with the process; dropping the object closes
-    // every program, map and link fd: the kernel detaches them.
-    drop(bpf);
+    let engine = Engine::start(cfg).map_err(engine_error)?;
+    eprintln!("{}", engine.banner);
+    engine.run(stop).await.map_err(engine_error)?;
     eprintln!("kato agent: stopped");
     Ok(())
+}
+
+/// A web config the HTTP process refused is a usage error (exit 2), like a
+/// bad flag; the rest are failures.
+fn engine_error(e: EngineError) -> anyhow::Error {
+    match e {
+        EngineError::Http(HttpError::Start(why)) if why.starts_with("bad web configuration") => {
+            ConfigError {
+                origin: "web config".into(),
+                key: "(file)".into(),
+                message: why,
+            }
+            .into()
+        }
+        e => e.into(),
+    }
 }

@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand.
 
 pub mod agent;
+pub mod agent_http;
 pub mod bench_floor;
 pub mod doctor;
 pub mod signals;
@@ -110,6 +111,9 @@ Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout 
     /// (benchmarks) Attach empty programs on kato's tracepoints until SIGTERM.
     #[command(hide = true)]
     BenchFloor(KernelArgs),
+    /// The agent's HTTP process (started by `kato agent`).
+    #[command(hide = true)]
+    AgentHttp(agent_http::AgentHttpArgs),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]

@@ -27,28 +27,66 @@ pub use query::{parse_query, query_from, SocketsQuery};
 
 use crate::view::SocketRow;
 
-/// What the endpoint serves; the agent's state implements it. Each call
-/// holds the agent's lock for as long as it takes: computing the metrics,
-/// or filtering, sorting and copying one page of sockets; serializing and
-/// sending a page happen afterwards, off the lock and off the event path.
+/// What the endpoint serves: the engine implements it in the agent, and
+/// the HTTP process implements it by asking the engine (`wire::Remote`).
+/// Calls block (a lock, a round trip to the engine): the server runs them
+/// off its event loop.
 pub trait Backend: Send + Sync + 'static {
     /// The Prometheus text exposition.
     fn metrics(&self) -> String;
     fn health(&self) -> String;
-    /// One page of `/sockets`, copied out of the table: rendering and
-    /// sending happen without holding anything the event path needs.
-    fn sockets(&self, q: &SocketsQuery) -> Page;
+    /// One page of `/sockets`: the rows copied out under the engine's
+    /// lock, then rendered as JSON piece by piece as they are sent.
+    fn sockets(&self, q: &SocketsQuery) -> PageJson;
 }
 
-/// One page of sockets.
-#[derive(Debug, Default)]
-pub struct Page {
-    pub rows: Vec<SocketRow>,
+/// One page of sockets, as the JSON array that is the response body.
+pub struct PageJson {
     /// Sockets matching the filter, all pages together.
     pub total: usize,
     /// The cursor of the next page, if there is one.
     pub next: Option<usize>,
+    /// The body, in pieces (rendered, or read from the engine, as taken).
+    pub body: Box<dyn Iterator<Item = Vec<u8>> + Send>,
 }
+
+impl PageJson {
+    /// `rows` as a JSON array rendered [`ROWS_PER_PIECE`] at a time.
+    pub fn of(rows: Vec<SocketRow>, total: usize, next: Option<usize>) -> Self {
+        let mut at = 0;
+        let mut ended = false;
+        let body = std::iter::from_fn(move || {
+            if ended {
+                return None;
+            }
+            let mut json = Vec::with_capacity(64 * 1024);
+            if at == 0 {
+                json.push(b'[');
+            }
+            let end = (at + ROWS_PER_PIECE).min(rows.len());
+            for (i, row) in rows[at..end].iter().enumerate() {
+                if at + i > 0 {
+                    json.push(b',');
+                }
+                serde_json::to_writer(&mut json, &row.view()).expect("serializable");
+            }
+            at = end;
+            if at == rows.len() {
+                json.push(b']');
+                ended = true;
+            }
+            Some(json)
+        });
+        PageJson {
+            total,
+            next,
+            body: Box::new(body),
+        }
+    }
+}
+
+/// Sockets rendered per piece of a `/sockets` body.
+pub const ROWS_PER_PIECE: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -161,7 +199,7 @@ where
             Arc::clone(&limits),
             Arc::clone(&renders),
         );
-        async move { Ok::<_, Infallible>(route(req, &*backend, &limits, &renders).await) }
+        async move { Ok::<_, Infallible>(route(req, backend, &limits, &renders).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -173,9 +211,14 @@ where
     }
 }
 
+/// Runs a blocking backend call off the event loop.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
 async fn route<B: Backend>(
     req: Request<Incoming>,
-    backend: &B,
+    backend: Arc<B>,
     limits: &Limits,
     renders: &Arc<Semaphore>,
 ) -> Response<Body> {
@@ -218,7 +261,9 @@ async fn route<B: Backend>(
     match req.uri().path() {
         "/" => respond::html(respond::LANDING.replace("{version}", env!("CARGO_PKG_VERSION"))),
         "/metrics" => {
-            let body = backend.metrics();
+            let Some(body) = blocking(move || backend.metrics()).await else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed\n");
+            };
             respond::encoded(
                 body.into_bytes(),
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -226,7 +271,9 @@ async fn route<B: Backend>(
             )
         }
         "/healthz" => {
-            let body = backend.health();
+            let Some(body) = blocking(move || backend.health()).await else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "health failed\n");
+            };
             respond::encoded(body.into_bytes(), "application/json", false)
         }
         "/sockets" => {
@@ -246,7 +293,9 @@ async fn route<B: Backend>(
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return r;
             };
-            let page = backend.sockets(&q);
+            let Some(page) = blocking(move || backend.sockets(&q)).await else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "sockets failed\n");
+            };
             respond::sockets(page, gzip, permit)
         }
         _ => text(

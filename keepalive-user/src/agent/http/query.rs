@@ -13,7 +13,8 @@ pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 
 /// A `/sockets` request: which sockets, in what order, which page.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SocketsQuery {
     pub filter: Filter,
     pub sort: SortKey,

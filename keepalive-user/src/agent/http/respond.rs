@@ -17,10 +17,8 @@ use hyper::{
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::{full, Body, Page};
+use super::{full, Body, PageJson};
 
-/// Sockets serialized per chunk of a `/sockets` body.
-const ROWS_PER_CHUNK: usize = 256;
 /// Chunks buffered between the renderer and a slow client.
 const CHUNKS_BUFFERED: usize = 4;
 
@@ -106,50 +104,37 @@ impl hyper::body::Body for Chunks {
     }
 }
 
-/// Serializes `page` as a JSON array, `ROWS_PER_CHUNK` rows at a time, into
-/// `tx` (gzipped as it goes when asked); stops as soon as the client is gone.
-fn render(page: &Page, gz: bool, tx: &mpsc::Sender<Bytes>) {
+/// Sends `page`'s body into `tx` (gzipped as it goes when asked); stops as
+/// soon as the client is gone.
+fn render(page: PageJson, gz: bool, tx: &mpsc::Sender<Bytes>) {
     let mut encoder = gz.then(|| GzEncoder::new(Vec::new(), Compression::fast()));
-    // Sends one piece; false once the receiver (the client) is gone.
-    let mut emit = |json: &[u8], last: bool| -> bool {
+    let mut body = page.body.peekable();
+    while let Some(json) = body.next() {
+        let last = body.peek().is_none();
         let out = match &mut encoder {
-            None => json.to_vec(),
+            None => json,
             Some(e) => {
-                e.write_all(json).expect("writing to a Vec");
+                e.write_all(&json).expect("writing to a Vec");
                 if last {
                     e.try_finish().expect("writing to a Vec");
                 }
                 std::mem::take(e.get_mut())
             }
         };
-        out.is_empty() || tx.blocking_send(Bytes::from(out)).is_ok()
-    };
-    let mut json = Vec::with_capacity(64 * 1024);
-    json.push(b'[');
-    for (i, chunk) in page.rows.chunks(ROWS_PER_CHUNK).enumerate() {
-        for (j, row) in chunk.iter().enumerate() {
-            if i + j > 0 {
-                json.push(b',');
-            }
-            serde_json::to_writer(&mut json, &row.view()).expect("serializable");
-        }
-        if !emit(&json, false) {
+        if !out.is_empty() && tx.blocking_send(Bytes::from(out)).is_err() {
             return;
         }
-        json.clear();
     }
-    json.push(b']');
-    emit(&json, true);
 }
 
 /// `/sockets`: headers now, the body streamed by a blocking renderer that
 /// holds `permit` (one of the concurrent-render slots) until it is done.
-pub fn sockets(page: Page, gz: bool, permit: OwnedSemaphorePermit) -> Response<Body> {
+pub fn sockets(page: PageJson, gz: bool, permit: OwnedSemaphorePermit) -> Response<Body> {
     let (tx, rx) = mpsc::channel(CHUNKS_BUFFERED);
     let total = page.total;
     let next = page.next;
     tokio::task::spawn_blocking(move || {
-        render(&page, gz, &tx);
+        render(page, gz, &tx);
         drop(permit);
     });
     let mut r = with_type(Response::new(Chunks(rx).boxed()), "application/json");

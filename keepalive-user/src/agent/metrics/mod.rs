@@ -87,6 +87,7 @@ pub struct Metrics {
     events_lost: Family<IntCounterVec, 1>,
     evictions: IntCounter,
     snapshots: IntCounter,
+    http_restarts: IntCounter,
     netns_vanished: IntCounter,
     snapshot_seconds: Gauge,
     idle_before_close: Family<prometheus::HistogramVec, 3>,
@@ -169,6 +170,10 @@ impl Metrics {
             events_lost: r.counters("kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), kernel_read (a kernel read failed), decode (malformed record).", ["cause"]),
             evictions: r.counter("kato_table_evictions_total", "Sockets evicted from the full table (least recently updated first)."),
             snapshots: r.counter("kato_snapshots_total", "Full socket snapshots taken."),
+            http_restarts: r.counter(
+                "kato_http_restarts_total",
+                "HTTP processes that died on their own and were replaced (the engine kept running).",
+            ),
             netns_vanished: r.counter(
                 "kato_netns_vanished_total",
                 "Network namespaces that were gone (their last process exited) between being found and being opened for a snapshot: skipped.",
@@ -377,6 +382,12 @@ impl Metrics {
             self.sysctl_intvl.with([&n]).set(i64::from(s.intvl_s));
             self.sysctl_probes.with([&n]).set(i64::from(s.probes));
         }
+    }
+
+    /// Scrape-time: HTTP processes replaced so far.
+    pub fn set_http_restarts(&self, n: u64) {
+        self.http_restarts
+            .inc_by(n.saturating_sub(self.http_restarts.get()));
     }
 
     /// Scrape-time: the learned brackets, the best-evidenced first.
