@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::harness::{hold_with, http_get, rss_kib, spawn_agent_with, Holders, Netns};
+use crate::harness::{agent_rss_kib, hold_with, http_get, spawn_agent_with, Holders, Netns};
 
 fn hold(ns: &Netns, sockets: usize) -> Result<Holders> {
     hold_with(ns, sockets, &["--keepalive"])
@@ -124,7 +124,7 @@ fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
         .nth(1)
         .and_then(|s| s.split([',', '}']).next()?.parse().ok())
         .unwrap_or(0);
-    let rss_kib = rss_kib(agent.id())?;
+    let rss_kib = agent_rss_kib(agent.id())?;
     let mut lat = Vec::with_capacity(scrapes);
     let mut series = 0;
     for _ in 0..scrapes {
@@ -189,6 +189,50 @@ pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, AgentRun)> {
         drop(holders);
     }
     Ok((rows, baseline))
+}
+
+/// The agent at each size, `kato` against `other` (an earlier build),
+/// interleaved `rounds` times: medians of RSS (every process of the agent)
+/// and of `/metrics` p99.
+pub fn agent_ab(kato: &str, other: &str, sizes: &[usize], rounds: usize) -> Result<String> {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| sockets | {other} RSS | this RSS | difference | {other} p99 | this p99 | p99 ratio |"
+    );
+    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &n in sizes {
+        eprintln!("xtask bench: holding {n} sockets");
+        let ns = Netns::new(&format!("ab{n}"))?;
+        let holders = hold(&ns, n)?;
+        let (mut a, mut b) = (vec![], vec![]);
+        for _ in 0..rounds {
+            b.push(agent_run(other, &ns, SCRAPES)?);
+            a.push(agent_run(kato, &ns, SCRAPES)?);
+        }
+        drop(holders);
+        let med = |v: &mut Vec<u64>| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let rss = |runs: &[AgentRun]| med(&mut runs.iter().map(|r| r.rss_kib).collect());
+        let p99 = |runs: &[AgentRun]| {
+            med(&mut runs
+                .iter()
+                .map(|r| r.scrape_p99.as_micros() as u64)
+                .collect())
+        };
+        let (ra, rb, pa, pb) = (rss(&a), rss(&b), p99(&a), p99(&b));
+        let _ = writeln!(
+            s,
+            "| {n} | {rb} KiB | {ra} KiB | {:+} KiB | {:.1} ms | {:.1} ms | {:.2}× |",
+            ra as i64 - rb as i64,
+            pb as f64 / 1000.0,
+            pa as f64 / 1000.0,
+            pa as f64 / pb.max(1) as f64
+        );
+    }
+    Ok(s)
 }
 
 fn ms(d: Duration) -> String {

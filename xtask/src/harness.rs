@@ -145,6 +145,25 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
+/// The agent's resident memory: its engine and, since the process split,
+/// its HTTP process (`kato agent-http`, a child of the engine).
+pub fn agent_rss_kib(pid: u32) -> Result<u64> {
+    let mut total = rss_kib(pid)?;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let children = std::fs::read_to_string(task?.path().join("children")).unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let cmd = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            if cmd.split(|&b| b == 0).nth(1) == Some(b"agent-http") {
+                total += rss_kib(child)?;
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// The bpftrace peer: the same tracepoints, the same keepalive filter,
 /// counting per event kind instead of streaming records.
 const BPFTRACE: &str = r#"

@@ -74,6 +74,11 @@ enum Cmd {
         /// (docs/benchmarks.md is left alone).
         #[arg(long, conflicts_with = "web_only")]
         listing_only: bool,
+        /// With --listing-only: the agent against this earlier kato binary
+        /// instead, interleaved (3 rounds): RSS of all its processes and
+        /// /metrics p99, medians.
+        #[arg(long, value_name = "KATO", requires = "listing_only")]
+        against: Option<std::path::PathBuf>,
         /// Seconds of each hook-cost run (4 loads x 2 conditions x 3 repetitions; 0: skip).
         #[arg(long, default_value_t = 5.0)]
         hook_secs: f64,
@@ -219,6 +224,7 @@ fn main() -> Result<()> {
             web_secs,
             web_only,
             listing_only,
+            against,
             hook_secs,
             hooks_only,
             events_only,
@@ -231,6 +237,12 @@ fn main() -> Result<()> {
             build(true)?;
             let kato = std::fs::canonicalize("target/release/kato")?;
             let kato = kato.to_str().context("path")?;
+            if let Some(other) = against {
+                let other = std::fs::canonicalize(other)?;
+                let other = other.to_str().context("path")?;
+                println!("{}", bench::agent_ab(kato, other, &sockets, 3)?);
+                return Ok(());
+            }
             if listing_only {
                 let (rows, baseline) = bench::scale(kato, &sockets)?;
                 let command = format!(

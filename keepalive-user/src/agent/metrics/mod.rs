@@ -4,6 +4,7 @@
 //! scrape time from the table and the per-CPU maps.
 
 mod registry;
+mod scrape;
 
 use std::collections::HashMap;
 
@@ -19,9 +20,8 @@ use crate::{
     bpf::Counters,
     events::{Kind, Observation},
     learned::Learned,
-    policy::{Risk, RuleSource},
-    sockets::{snapshot::Sysctls, table::Entry},
-    tcp::TcpState,
+    policy::RuleSource,
+    sockets::snapshot::Sysctls,
 };
 
 pub use crate::sockets::Side;
@@ -406,99 +406,6 @@ impl Metrics {
                 }
             }
         }
-    }
-
-    /// Scrape-time state: the table's sockets, kernel counters, evictions.
-    /// `risk` classifies a socket against the idle-timeout policy.
-    pub fn refresh<'a>(
-        &mut self,
-        entries: impl Iterator<Item = &'a Entry>,
-        kernel: Counters,
-        evictions: u64,
-        undecodable: u64,
-    ) {
-        // Counted into arrays, not maps: a scrape walks every socket.
-        let mut by = [[0i64; 3]; TcpState::COUNT];
-        let per = RuleSource::ALL.len() + 1;
-        let mut classes = vec![0i64; Risk::ALL.len() * per];
-        let (mut probing, mut tracked) = (0, 0);
-        for e in entries {
-            let s = &e.socket;
-            if let Some((r, src)) = e.verdict() {
-                let src = src.map_or(0, |x| 1 + x as usize);
-                classes[r as usize * per + src] += 1;
-            }
-            tracked += 1;
-            let ka = s.keepalive_enabled();
-            by[s.state as usize - 1][match ka {
-                None => 0,
-                Some(true) => 1,
-                Some(false) => 2,
-            }] += 1;
-            if s.keepalive_probing() {
-                probing += 1;
-            }
-        }
-        // Every class and source, zeros included: alerts need no absent().
-        let classes: Vec<((Risk, Option<RuleSource>), i64)> = Risk::ALL
-            .iter()
-            .flat_map(|&r| {
-                std::iter::once(None)
-                    .chain(RuleSource::ALL.map(Some))
-                    .map(move |src| (r, src))
-            })
-            .filter(|(r, src)| (*r == Risk::Unknown) == src.is_none())
-            .map(|(r, src)| {
-                let i = r as usize * per + src.map_or(0, |x| 1 + x as usize);
-                ((r, src), classes[i])
-            })
-            .collect();
-        let by: Vec<((&'static str, &'static str), i64)> = TcpState::ALL
-            .iter()
-            .flat_map(|st| {
-                ["n/a", "on", "off"]
-                    .into_iter()
-                    .enumerate()
-                    .map(move |(i, ka)| ((st.name(), ka), by[*st as usize - 1][i]))
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        self.sockets.reset();
-        for ((state, ka), n) in by {
-            self.sockets.with([state, ka]).set(n);
-        }
-        self.probing.set(probing);
-        self.tracked.set(tracked);
-        for ((r, src), n) in classes {
-            self.risk
-                .with([r.name(), src.map_or("none", RuleSource::name)])
-                .set(n);
-        }
-        for (cause, now, last) in [
-            (LossCause::RingFull, kernel.lost, self.last_kernel.lost),
-            (
-                LossCause::KernelRead,
-                kernel.read_failed,
-                self.last_kernel.read_failed,
-            ),
-            (LossCause::Decode, undecodable, self.last_undecodable),
-        ] {
-            self.events_lost
-                .with([cause.name()])
-                .inc_by(now.saturating_sub(last));
-        }
-        self.events_filtered
-            .inc_by(kernel.filtered.saturating_sub(self.last_kernel.filtered));
-        self.quiet_closes.inc_by(
-            kernel
-                .quiet_closes
-                .saturating_sub(self.last_kernel.quiet_closes),
-        );
-        self.evictions
-            .inc_by(evictions.saturating_sub(self.last_evictions));
-        self.last_kernel = kernel;
-        self.last_evictions = evictions;
-        self.last_undecodable = undecodable;
     }
 
     /// The Prometheus text exposition.

@@ -8,7 +8,7 @@ use std::{collections::HashMap, path::Path};
 
 use thiserror::Error;
 
-const MAGIC: u16 = 0xeb9f;
+mod parse;
 
 #[derive(Debug, Error)]
 pub enum BtfError {
@@ -37,29 +37,6 @@ pub enum BtfError {
     BadTypeId(u32),
 }
 
-/// BTF kinds (BTF_KIND_*).
-mod k {
-    pub const INT: u32 = 1;
-    pub const PTR: u32 = 2;
-    pub const ARRAY: u32 = 3;
-    pub const STRUCT: u32 = 4;
-    pub const UNION: u32 = 5;
-    pub const ENUM: u32 = 6;
-    pub const FWD: u32 = 7;
-    pub const TYPEDEF: u32 = 8;
-    pub const VOLATILE: u32 = 9;
-    pub const CONST: u32 = 10;
-    pub const RESTRICT: u32 = 11;
-    pub const FUNC: u32 = 12;
-    pub const FUNC_PROTO: u32 = 13;
-    pub const VAR: u32 = 14;
-    pub const DATASEC: u32 = 15;
-    pub const FLOAT: u32 = 16;
-    pub const DECL_TAG: u32 = 17;
-    pub const TYPE_TAG: u32 = 18;
-    pub const ENUM64: u32 = 19;
-}
-
 #[derive(Debug, Clone)]
 struct Member {
     name_off: u32,
@@ -86,6 +63,7 @@ enum Type {
         members: Vec<Member>,
     },
     Enum {
+        name_off: u32,
         size: u32,
         values: Vec<(u32, i64)>,
     },
@@ -134,18 +112,6 @@ pub struct Btf {
     by_name: HashMap<String, Vec<u32>>,
 }
 
-fn u16_at(b: &[u8], off: usize) -> Result<u16, BtfError> {
-    b.get(off..off + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .ok_or(BtfError::Truncated("header"))
-}
-
-fn u32_at(b: &[u8], off: usize, what: &'static str) -> Result<u32, BtfError> {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or(BtfError::Truncated(what))
-}
-
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
         let bytes = std::fs::read(path).map_err(|source| BtfError::Io {
@@ -155,189 +121,31 @@ impl Btf {
         Self::parse(&bytes)
     }
 
+    /// Parses raw BTF (`parse.rs` reads each kind).
     pub fn parse(b: &[u8]) -> Result<Self, BtfError> {
-        let magic = u16_at(b, 0)?;
-        if magic != MAGIC {
-            return Err(BtfError::BadMagic(magic));
-        }
-        let hdr_len = u32_at(b, 4, "header")? as usize;
-        let type_off = u32_at(b, 8, "header")? as usize;
-        let type_len = u32_at(b, 12, "header")? as usize;
-        let str_off = u32_at(b, 16, "header")? as usize;
-        let str_len = u32_at(b, 20, "header")? as usize;
-        let section = |off: usize, len: usize, what| {
-            hdr_len
-                .checked_add(off)
-                .and_then(|s| Some((s, s.checked_add(len)?)))
-                .and_then(|(s, e)| b.get(s..e))
-                .ok_or(BtfError::Truncated(what))
-        };
-        let tb = section(type_off, type_len, "type section")?;
-        let strings = section(str_off, str_len, "string section")?.to_vec();
-
-        let mut types = vec![Type::Other];
-        let mut pos = 0usize;
-        while pos < tb.len() {
-            let id = types.len() as u32;
-            let name_off = u32_at(tb, pos, "type")?;
-            let info = u32_at(tb, pos + 4, "type")?;
-            let size_or_type = u32_at(tb, pos + 8, "type")?;
-            pos += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kflag = info >> 31 == 1;
-            let t = match kind {
-                k::INT => {
-                    pos += 4;
-                    Type::Int { size: size_or_type }
-                }
-                k::PTR => Type::Ptr { to: size_or_type },
-                k::ARRAY => {
-                    let elem = u32_at(tb, pos, "array")?;
-                    let nelems = u32_at(tb, pos + 8, "array")?;
-                    pos += 12;
-                    Type::Array { elem, nelems }
-                }
-                k::STRUCT | k::UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let m_name = u32_at(tb, pos, "member")?;
-                        let m_ty = u32_at(tb, pos + 4, "member")?;
-                        let m_off = u32_at(tb, pos + 8, "member")?;
-                        pos += 12;
-                        let (bit_offset, bitfield_size) = if kflag {
-                            (m_off & 0x00ff_ffff, m_off >> 24)
-                        } else {
-                            (m_off, 0)
-                        };
-                        members.push(Member {
-                            name_off: m_name,
-                            ty: m_ty,
-                            bit_offset,
-                            bitfield_size,
-                        });
-                    }
-                    Type::Composite {
-                        name_off,
-                        size: size_or_type,
-                        members,
-                    }
-                }
-                k::ENUM => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let n = u32_at(tb, pos, "enum")?;
-                        let v = u32_at(tb, pos + 4, "enum")?;
-                        pos += 8;
-                        let v = if kflag { v as i32 as i64 } else { v as i64 };
-                        values.push((n, v));
-                    }
-                    Type::Enum {
-                        size: size_or_type,
-                        values,
-                    }
-                }
-                k::ENUM64 => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let n = u32_at(tb, pos, "enum64")?;
-                        let lo = u32_at(tb, pos + 4, "enum64")? as u64;
-                        let hi = u32_at(tb, pos + 8, "enum64")? as u64;
-                        pos += 12;
-                        values.push((n, (hi << 32 | lo) as i64));
-                    }
-                    Type::Enum {
-                        size: size_or_type,
-                        values,
-                    }
-                }
-                k::FUNC => Type::Func {
-                    name_off,
-                    proto: size_or_type,
-                },
-                k::FWD | k::FLOAT => Type::Other,
-                k::TYPEDEF | k::VOLATILE | k::CONST | k::RESTRICT | k::TYPE_TAG => Type::Alias {
-                    name_off,
-                    ty: size_or_type,
-                    typedef: kind == k::TYPEDEF,
-                },
-                k::FUNC_PROTO => {
-                    let mut reason_at = None;
-                    for i in 0..vlen {
-                        let n = u32_at(tb, pos + 8 * i, "parameter")? as usize;
-                        if strings.get(n..n + 7) == Some(b"reason\0".as_slice()) {
-                            reason_at = u8::try_from(i).ok();
-                        }
-                    }
-                    pos += 8 * vlen;
-                    Type::FuncProto {
-                        params: vlen as u32,
-                        reason_at,
-                    }
-                }
-                k::VAR | k::DECL_TAG => {
-                    pos += 4;
-                    Type::Other
-                }
-                k::DATASEC => {
-                    pos += 12 * vlen;
-                    Type::Other
-                }
-                kind => return Err(BtfError::UnknownKind { id, kind }),
-            };
-            types.push(t);
-        }
-        if pos != tb.len() {
-            return Err(BtfError::Truncated("last type"));
-        }
-
+        let (types, strings) = parse::types(b)?;
         let mut btf = Btf {
             types,
             strings,
             by_name: HashMap::new(),
         };
         for id in 1..btf.types.len() as u32 {
-            let name_off = match &btf.types[id as usize] {
-                Type::Composite { name_off, .. } => *name_off,
-                Type::Alias {
+            let (name_off, prefix) = match &btf.types[id as usize] {
+                Type::Composite { name_off, .. }
+                | Type::Alias {
                     name_off,
                     typedef: true,
                     ..
-                } => *name_off,
+                } => (*name_off, ""),
+                Type::Enum { name_off, .. } => (*name_off, "enum "),
                 _ => continue,
             };
             if name_off != 0 {
-                let name = btf.name(name_off).to_owned();
+                let name = format!("{prefix}{}", btf.name(name_off));
                 btf.by_name.entry(name).or_default().push(id);
             }
         }
-        // Enums are looked up rarely; index them too (their name is in the
-        // first word, which we did not keep for Type::Enum).
-        btf.index_enums(tb)?;
         Ok(btf)
-    }
-
-    fn index_enums(&mut self, tb: &[u8]) -> Result<(), BtfError> {
-        let mut pos = 0usize;
-        for id in 1..self.types.len() as u32 {
-            let name_off = u32_at(tb, pos, "type")?;
-            let info = u32_at(tb, pos + 4, "type")?;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            pos += 12
-                + match kind {
-                    k::INT | k::VAR | k::DECL_TAG => 4,
-                    k::ARRAY => 12,
-                    k::STRUCT | k::UNION | k::DATASEC | k::ENUM64 => 12 * vlen,
-                    k::ENUM | k::FUNC_PROTO => 8 * vlen,
-                    _ => 0,
-                };
-            if matches!(kind, k::ENUM | k::ENUM64) && name_off != 0 {
-                let name = format!("enum {}", self.name(name_off));
-                self.by_name.entry(name).or_default().push(id);
-            }
-        }
-        Ok(())
     }
 
     fn name(&self, off: u32) -> &str {

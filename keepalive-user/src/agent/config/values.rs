@@ -1,0 +1,161 @@
+//! Each setting's parser, shared by its flag (a string) and its value in
+//! the config file (the TOML type `Raw`): one place says what a valid
+//! value is.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::{de, Deserialize, Deserializer};
+
+use crate::bpf::AttachMode;
+
+/// One setting's parser, shared by its flag (a string) and its file value
+/// (the TOML type `Raw`).
+pub trait Setting {
+    type Raw: for<'de> Deserialize<'de>;
+    type Value;
+    fn parse(raw: Self::Raw) -> Result<Self::Value, String>;
+}
+
+pub(super) fn de_via<'de, D: Deserializer<'de>, S: Setting>(
+    d: D,
+) -> Result<Option<S::Value>, D::Error> {
+    S::parse(S::Raw::deserialize(d)?)
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
+fn range(v: i64, max: i64) -> Result<i64, String> {
+    if v < 1 || v > max {
+        return Err(format!("{v} is out of range (1 to {max})"));
+    }
+    Ok(v)
+}
+
+pub struct ListenAddr;
+impl Setting for ListenAddr {
+    type Raw = String;
+    type Value = SocketAddr;
+    /// `IP:PORT`, `[IPv6]:PORT`, and `[IPv4]:PORT` too, so that one
+    /// template (`[$(NODE_IP)]:7941`) serves both families.
+    fn parse(s: String) -> Result<SocketAddr, String> {
+        let bad = || format!("`{s}` is not an address:port");
+        if let Ok(a) = s.parse() {
+            return Ok(a);
+        }
+        let (ip, port) = s
+            .strip_prefix('[')
+            .and_then(|r| r.split_once("]:"))
+            .ok_or_else(bad)?;
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        Ok(SocketAddr::new(ip.into(), port.parse().map_err(|_| bad())?))
+    }
+}
+
+pub struct Interval;
+impl Setting for Interval {
+    type Raw = String;
+    type Value = Duration;
+    fn parse(s: String) -> Result<Duration, String> {
+        let d = crate::duration::parse(&s)?;
+        if d < Duration::from_millis(100) {
+            return Err(format!("`{s}` is too short (at least 100ms)"));
+        }
+        Ok(d)
+    }
+}
+
+pub struct IdleKillMin;
+impl Setting for IdleKillMin {
+    type Raw = String;
+    type Value = Duration;
+    fn parse(s: String) -> Result<Duration, String> {
+        crate::duration::parse(&s)
+    }
+}
+
+pub struct LabelLimit;
+impl Setting for LabelLimit {
+    type Raw = i64;
+    type Value = usize;
+    fn parse(v: i64) -> Result<usize, String> {
+        range(v, 10_000).map(|v| v as usize)
+    }
+}
+
+pub struct TableCapacity;
+impl Setting for TableCapacity {
+    type Raw = i64;
+    type Value = usize;
+    fn parse(v: i64) -> Result<usize, String> {
+        range(v, 100_000_000).map(|v| v as usize)
+    }
+}
+
+pub struct MaxConnections;
+impl Setting for MaxConnections {
+    type Raw = i64;
+    type Value = usize;
+    fn parse(v: i64) -> Result<usize, String> {
+        range(v, 10_000).map(|v| v as usize)
+    }
+}
+
+/// The event ring's size: `16MiB`, `512KiB` or bytes (a string, or in the
+/// config file a bare integer too); a power of two from 64 KiB to 1 GiB
+/// (the kernel takes powers of two of pages).
+pub struct RingSize;
+impl Setting for RingSize {
+    type Raw = toml::Value;
+    type Value = u32;
+    fn parse(raw: toml::Value) -> Result<u32, String> {
+        let s = match raw {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            other => {
+                return Err(format!(
+                    "a {} is not a size (e.g. \"16MiB\", \"512KiB\" or bytes)",
+                    other.type_str()
+                ))
+            }
+        };
+        let t = s.trim();
+        let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => t.split_at(i),
+            None => (t, ""),
+        };
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return Err(format!("`{s}` is not a size (e.g. 16MiB, 512KiB)")),
+        };
+        let bytes = num
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(scale))
+            .ok_or_else(|| format!("`{s}` is not a size (e.g. 16MiB, 512KiB)"))?;
+        if !(64 << 10..=1 << 30).contains(&bytes) || !bytes.is_power_of_two() {
+            return Err(format!("`{s}` is not a power of two from 64KiB to 1GiB"));
+        }
+        Ok(bytes as u32)
+    }
+}
+
+pub struct Hz;
+impl Setting for Hz {
+    type Raw = i64;
+    type Value = u32;
+    fn parse(v: i64) -> Result<u32, String> {
+        range(v, 10_000).map(|v| v as u32)
+    }
+}
+
+pub struct Attach;
+impl Setting for Attach {
+    type Raw = String;
+    type Value = AttachMode;
+    fn parse(s: String) -> Result<AttachMode, String> {
+        s.parse()
+    }
+}
