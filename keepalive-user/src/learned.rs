@@ -265,9 +265,11 @@ impl Learner {
     }
 
     /// Loads a saved state; a missing file is an empty one.
-    pub fn load(dir: &Path) -> Result<Self, String> {
-        let path = dir.join(STATE_FILE);
-        let learned = read_state(&path)?;
+    pub fn load(dir: &crate::files::StateDir) -> Result<Self, String> {
+        let learned = match dir.read(STATE_FILE, MAX_STATE).map_err(|e| e.to_string())? {
+            Some(bytes) => parse_state(&bytes, &dir.path().join(STATE_FILE))?,
+            None => vec![],
+        };
         Ok(Learner {
             brackets: learned
                 .into_iter()
@@ -280,8 +282,8 @@ impl Learner {
         })
     }
 
-    /// Saves when something changed (write to a temporary file, rename).
-    pub fn save(&mut self, dir: &Path) -> std::io::Result<()> {
+    /// Saves when something changed (a new file renamed over the old).
+    pub fn save(&mut self, dir: &crate::files::StateDir) -> Result<(), crate::files::FileError> {
         if !self.dirty {
             return Ok(());
         }
@@ -289,9 +291,8 @@ impl Learner {
             version: STATE_VERSION,
             learned: self.iter().collect(),
         };
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
-        std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+        let bytes = serde_json::to_vec_pretty(&file).expect("plain data serializes");
+        dir.replace(STATE_FILE, &bytes)?;
         self.dirty = false;
         Ok(())
     }
@@ -314,15 +315,34 @@ impl Learned {
     }
 }
 
-/// A saved state's entries; a missing file holds none.
+/// A state file at most: [`MAX_DESTINATIONS`] entries take ~300 KB.
+pub const MAX_STATE: u64 = 4 << 20;
+
+/// A saved state's entries (for `kato doctor`, reading what the agent
+/// wrote); a missing file holds none.
 pub fn read_state(path: &Path) -> Result<Vec<Learned>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let f: StateFile =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    match crate::files::read_capped(path, MAX_STATE) {
+        Ok(bytes) => parse_state(&bytes, path),
+        Err(crate::files::FileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(vec![])
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A state file's entries, at most [`MAX_DESTINATIONS`]. Errors say where
+/// in the file, never what it holds (it may not be kato's).
+fn parse_state(bytes: &[u8], path: &Path) -> Result<Vec<Learned>, String> {
+    let f: StateFile = serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "{}: not a kato state file (line {}, column {})",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
     if f.version != STATE_VERSION {
         return Err(format!(
             "{}: state version {} (this kato reads {STATE_VERSION})",
@@ -330,7 +350,9 @@ pub fn read_state(path: &Path) -> Result<Vec<Learned>, String> {
             f.version
         ));
     }
-    Ok(f.learned)
+    let mut learned = f.learned;
+    learned.truncate(MAX_DESTINATIONS);
+    Ok(learned)
 }
 
 #[cfg(test)]
@@ -418,8 +440,13 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_refuses_other_versions() {
-        let dir = std::env::temp_dir().join(format!("kato-learned-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let path = std::env::temp_dir().join(format!("kato-learned-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let dir = crate::files::StateDir::open(&path).unwrap();
+        assert!(
+            Learner::load(&dir).unwrap().iter().next().is_none(),
+            "no file yet"
+        );
         let mut l = Learner::default();
         l.killed("[2001:db8::1]:443".parse().unwrap(), 7.5);
         l.save(&dir).unwrap();
@@ -428,13 +455,33 @@ mod tests {
             back.iter().collect::<Vec<_>>(),
             l.iter().collect::<Vec<_>>()
         );
-        std::fs::write(dir.join(STATE_FILE), r#"{"version":9,"learned":[]}"#).unwrap();
+        assert_eq!(read_state(&path.join(STATE_FILE)).unwrap().len(), 1);
+        std::fs::write(path.join(STATE_FILE), r#"{"version":9,"learned":[]}"#).unwrap();
         assert!(Learner::load(&dir).err().unwrap().contains("version 9"));
-        assert!(Learner::load(&dir.join("none"))
-            .unwrap()
-            .iter()
-            .next()
-            .is_none());
-        std::fs::remove_dir_all(&dir).unwrap();
+        // Someone else's JSON: where, never what.
+        std::fs::write(path.join(STATE_FILE), r#"{"password":"hunter2"}"#).unwrap();
+        let e = Learner::load(&dir).err().unwrap();
+        assert!(
+            e.contains("not a kato state file") && !e.contains("hunter2"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn a_loaded_state_keeps_at_most_the_cap() {
+        let entry = |i: u32| {
+            format!(
+                r#"{{"destination":":{}","survived_s":1.0,"killed_s":2.0,"survivals":1,"kills":1}}"#,
+                1000 + i
+            )
+        };
+        let many: Vec<String> = (0..MAX_DESTINATIONS as u32 + 50).map(entry).collect();
+        let text = format!(
+            r#"{{"version":{STATE_VERSION},"learned":[{}]}}"#,
+            many.join(",")
+        );
+        let got = parse_state(text.as_bytes(), Path::new("learned.json"));
+        assert_eq!(got.map(|v| v.len()), Ok(MAX_DESTINATIONS));
     }
 }

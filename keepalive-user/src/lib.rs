@@ -12,6 +12,7 @@ pub mod conntrack;
 pub mod doctor;
 pub mod duration;
 pub mod events;
+pub mod files;
 pub mod filter;
 pub mod heap;
 pub mod ip;

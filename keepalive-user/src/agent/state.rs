@@ -183,7 +183,7 @@ pub struct AgentState {
     http_restarts: Arc<std::sync::atomic::AtomicU64>,
     started: Instant,
     /// Where the learner's state is saved (None: memory only).
-    state_dir: Option<std::path::PathBuf>,
+    state_dir: Option<crate::files::StateDir>,
 }
 
 /// Capabilities kept after start-up, for this scope: the needed ones, and
@@ -259,13 +259,14 @@ impl AgentState {
                 .collect::<Result<Vec<_>, _>>()?,
             _ => vec![],
         };
-        let learner = match &cfg.state_dir {
+        let (learner, state_dir) = match &cfg.state_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| AgentError::State(format!("{}: {e}", dir.display())))?;
-                Learner::load(dir).map_err(AgentError::State)?
+                let dir = crate::files::StateDir::open(dir)
+                    .map_err(|e| AgentError::State(e.to_string()))?;
+                let learner = Learner::load(&dir).map_err(AgentError::State)?;
+                (learner, Some(dir))
             }
-            None => Learner::default(),
+            None => (Learner::default(), None),
         };
         Ok(AgentState {
             pipeline: Pipeline::new(k.hz, ResetReasons(k.reset_reasons.clone())),
@@ -287,7 +288,7 @@ impl AgentState {
                     cfg.containerd_socket.clone(),
                 ),
             },
-            state_dir: cfg.state_dir.clone(),
+            state_dir,
             snapshotter,
             scope: cfg.netns.clone(),
             listed,
@@ -359,7 +360,7 @@ impl AgentState {
         sink.policy.learned = sink.learner.rules();
         if let Some(dir) = &self.state_dir {
             if let Err(e) = sink.learner.save(dir) {
-                log::warn!("saving learned idle timeouts in {}: {e}", dir.display());
+                log::warn!("saving learned idle timeouts: {e}");
             }
         }
         let owned = owner_records(snaps.iter().flat_map(|s| &s.sockets));

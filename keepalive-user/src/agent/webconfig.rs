@@ -70,6 +70,14 @@ impl WebConfig {
             key: key.into(),
             message,
         };
+        if has_alias(text).map_err(|e| err("(syntax)", e.to_string()))? {
+            // Each alias is a copy when loaded: nested ones make a 1 KB file
+            // a gigabyte (the "billion laughs"). Web configs need none.
+            return Err(err(
+                "(file)",
+                "YAML aliases (*name) are not supported in a web config".into(),
+            ));
+        }
         let docs = YamlLoader::load_from_str(text).map_err(|e| err("(syntax)", e.to_string()))?;
         let mut cfg = WebConfig::default();
         let Some(doc) = docs.into_iter().next() else {
@@ -112,6 +120,20 @@ impl WebConfig {
         }
         Ok(cfg)
     }
+}
+
+/// Whether the YAML text uses an alias, found in its event stream (which
+/// does not expand them).
+fn has_alias(text: &str) -> Result<bool, yaml_rust2::ScanError> {
+    struct Aliases(bool);
+    impl yaml_rust2::parser::EventReceiver for Aliases {
+        fn on_event(&mut self, ev: yaml_rust2::parser::Event) {
+            self.0 |= matches!(ev, yaml_rust2::parser::Event::Alias(_));
+        }
+    }
+    let mut seen = Aliases(false);
+    yaml_rust2::parser::Parser::new_from_str(text).load(&mut seen, true)?;
+    Ok(seen.0)
 }
 
 /// A mapping key as the error names it (YAML allows non-string keys).
@@ -233,5 +255,12 @@ mod tests {
             let e = parse(text).unwrap_err();
             assert_eq!(e.key, key, "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn aliases_are_refused_before_they_expand() {
+        let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n";
+        let e = WebConfig::parse("web.yml", bomb, Path::new(".")).unwrap_err();
+        assert!(e.message.contains("aliases"), "{e}");
     }
 }

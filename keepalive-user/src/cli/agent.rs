@@ -214,8 +214,20 @@ pub fn config(a: &AgentArgs) -> Result<config::AgentConfig, ConfigError> {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = config(&args)?;
     // Before anything is announced, so a signal right after start is handled.
-    let stop = super::signals::shutdown()?;
-    let engine = Engine::start(cfg).map_err(engine_error)?;
+    let stop = super::signals::agent_shutdown()?;
+    tokio::pin!(stop);
+    // Start-up (loading, the seed census, the HTTP process) runs beside the
+    // signal handler: a stuck start-up still stops on SIGTERM.
+    let starting = tokio::task::spawn_blocking(move || Engine::start(cfg));
+    let engine = tokio::select! {
+        started = starting => started?.map_err(engine_error)?,
+        () = &mut stop => {
+            eprintln!("kato agent: stopped during start-up");
+            // Not waiting for the start-up thread: exiting closes every
+            // program, map and link (and the HTTP process's lifeline).
+            std::process::exit(0);
+        }
+    };
     eprintln!("{}", engine.banner);
     engine.run(stop).await.map_err(engine_error)?;
     eprintln!("kato agent: stopped");

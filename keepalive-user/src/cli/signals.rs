@@ -18,3 +18,22 @@ pub fn shutdown() -> anyhow::Result<impl Future<Output = ()>> {
         }
     })
 }
+
+/// As [`shutdown`], for the agent: SIGHUP (a daemon's "reload") is logged
+/// and ignored instead of killing it without a word; settings apply on a
+/// restart.
+pub fn agent_shutdown() -> anyhow::Result<impl Future<Output = ()>> {
+    let stop = shutdown()?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    Ok(async move {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = hup.recv() => log::warn!(
+                    "SIGHUP ignored: kato agent reads its settings at start; restart it to apply changes"
+                ),
+            }
+        }
+    })
+}

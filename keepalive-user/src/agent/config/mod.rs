@@ -302,10 +302,10 @@ pub const KEYS: [&str; 20] = [
 
 /// A config file's text, or the one-line error naming the file.
 pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError {
+    crate::files::read_text(path, crate::files::MAX_SETTINGS).map_err(|e| ConfigError {
         origin: path.display().to_string(),
         key: "(file)".into(),
-        message: format!("cannot read: {e}"),
+        message: e.reason(),
     })
 }
 

@@ -5,7 +5,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use base64::Engine as _;
@@ -16,6 +19,12 @@ pub struct BasicAuth {
     /// user -> the password last verified for them.
     verified: Mutex<BTreeMap<String, String>>,
     slots: Arc<Semaphore>,
+    /// A hash of the users' highest cost, checked for unknown users, so an
+    /// unknown name costs what a wrong password does: timing tells no one
+    /// which names exist.
+    dummy: String,
+    /// bcrypt verifications run (for tests).
+    verifications: AtomicU64,
 }
 
 impl std::fmt::Debug for BasicAuth {
@@ -35,10 +44,24 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 impl BasicAuth {
     /// None when no users are configured (auth off).
     pub fn new(users: BTreeMap<String, String>) -> Option<Self> {
-        (!users.is_empty()).then(|| BasicAuth {
+        if users.is_empty() {
+            return None;
+        }
+        // `$2b$10$...`: the cost is the second field (the web config's
+        // hashes were checked at start).
+        let cost = users
+            .values()
+            .filter_map(|h| h.split('$').nth(2)?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST)
+            .clamp(4, 31);
+        let dummy = bcrypt::hash("kato: no such user", cost).expect("a cost in bcrypt's range");
+        Some(BasicAuth {
             users,
             verified: Mutex::new(BTreeMap::new()),
             slots: Arc::new(Semaphore::new(2)),
+            dummy,
+            verifications: AtomicU64::new(0),
         })
     }
 
@@ -56,8 +79,9 @@ impl BasicAuth {
         let Some((user, password)) = pair.split_once(':') else {
             return false;
         };
-        let Some(hash) = self.users.get(user) else {
-            return false;
+        let (hash, known_user) = match self.users.get(user) {
+            Some(h) => (h, true),
+            None => (&self.dummy, false),
         };
         if let Some(known) = self.verified.lock().expect("lock").get(user) {
             if same(known.as_bytes(), password.as_bytes()) {
@@ -68,9 +92,11 @@ impl BasicAuth {
             return false;
         };
         let (p, h) = (password.to_owned(), hash.clone());
+        self.verifications.fetch_add(1, Ordering::Relaxed);
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(p, &h).unwrap_or(false))
             .await
-            .unwrap_or(false);
+            .unwrap_or(false)
+            && known_user;
         if ok {
             self.verified
                 .lock()
@@ -102,5 +128,29 @@ mod tests {
         assert!(!a.allows(Some("Bearer x")).await);
         assert!(!a.allows(None).await);
         assert!(BasicAuth::new(BTreeMap::new()).is_none());
+    }
+
+    /// An unknown user costs a bcrypt verification at the users' cost, as
+    /// a wrong password does (counted, not timed: timing belongs in
+    /// benchmarks).
+    #[tokio::test(flavor = "current_thread")]
+    async fn unknown_users_cost_what_wrong_passwords_do() {
+        let a = BasicAuth::new([("prom".to_owned(), bcrypt::hash("s3cret", 6).unwrap())].into())
+            .unwrap();
+        assert!(a.dummy.starts_with("$2b$06$"), "{}", a.dummy);
+        let header = |u: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:guess"))
+            )
+        };
+        assert!(!a.allows(Some(&header("prom"))).await);
+        assert_eq!(a.verifications.load(Ordering::Relaxed), 1);
+        assert!(!a.allows(Some(&header("eve"))).await);
+        assert_eq!(
+            a.verifications.load(Ordering::Relaxed),
+            2,
+            "an unknown user is verified too"
+        );
     }
 }

@@ -13,13 +13,16 @@ use crate::agent::webconfig::{ClientAuth, TlsSettings, TlsVersion};
 /// Builds the server side; every error names the file it came from.
 pub fn server_config(t: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert_file)
-        .and_then(Iterator::collect)
+    let read = |p: &std::path::Path| {
+        crate::files::read_capped(p, crate::files::MAX_SETTINGS).map_err(|e| e.to_string())
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&t.cert_file)?)
+        .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", t.cert_file.display()))?;
     if certs.is_empty() {
         return Err(format!("{}: no certificate", t.cert_file.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&t.key_file)
+    let key = PrivateKeyDer::from_pem_slice(&read(&t.key_file)?)
         .map_err(|e| format!("{}: {e}", t.key_file.display()))?;
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -32,9 +35,7 @@ pub fn server_config(t: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
         (ClientAuth::NoClientCert, _) | (_, None) => builder.with_no_client_auth(),
         (auth, Some(ca)) => {
             let mut roots = RootCertStore::empty();
-            for c in
-                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
-            {
+            for c in CertificateDer::pem_slice_iter(&read(ca)?) {
                 roots
                     .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
                     .map_err(|e| format!("{}: {e}", ca.display()))?;
@@ -49,9 +50,13 @@ pub fn server_config(t: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
                 .with_client_cert_verifier(v.build().map_err(|e| format!("{}: {e}", ca.display()))?)
         }
     };
-    let mut cfg = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", t.cert_file.display()))?;
+    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "{} with {}: {e}",
+            t.cert_file.display(),
+            t.key_file.display()
+        )
+    })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
