@@ -109,6 +109,24 @@ pub fn keep_only(
     Ok(bounding)
 }
 
+/// Empties the calling thread's own effective, permitted and inheritable
+/// sets and sets its no_new_privs: for helper threads that start before the
+/// process drops what it keeps (capabilities are per thread) and need none
+/// (containerd's client: its socket is open to uid 0 without any).
+pub fn drop_all_on_this_thread() -> Result<(), caps::errors::CapsError> {
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::clear(None, set)?;
+    }
+    // SAFETY: prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(caps::errors::CapsError::from(format!(
+            "no_new_privs: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -465,3 +465,79 @@ fn table_capacity_follows_the_cgroup_memory_limit() {
     let _ = std::fs::remove_dir(&dir);
     assert_eq!(sample(&m, "kato_table_capacity"), 131_072.0, "{m}");
 }
+
+/// Files an attacker with write access to the state directory (or an
+/// operator's typo) could plant: a link at the temporary name is replaced,
+/// not followed; a FIFO, a 1 GB file or a foreign file stops start-up at
+/// once with one line and exit 2; `/dev/zero` as the config or a YAML
+/// alias bomb as the web config likewise.
+#[test]
+fn planted_and_oversized_files_are_refused_not_followed() {
+    require_root();
+    let base = std::env::temp_dir().join(format!("kato-plant-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let state = base.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let victim = base.join("root-only");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("learned.json.tmp")).unwrap();
+    let mut agent = Agent::start(&["--netns", "self", "--state-dir", state.to_str().unwrap()]);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !state.join("learned.json").exists() {
+        assert!(Instant::now() < end, "no state written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.terminate().success());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    let saved = std::fs::symlink_metadata(state.join("learned.json")).unwrap();
+    assert!(saved.file_type().is_file());
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&saved.permissions()) & 0o777,
+        0o600
+    );
+
+    let refuse = |args: &[&str], needle: &str| {
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_kato"))
+            .args(["agent", "--listen", "127.0.0.1:0", "--netns", "self"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{args:?} took {:?}",
+            t.elapsed()
+        );
+    };
+    let learned = state.join("learned.json");
+    let s = state.to_str().unwrap();
+    std::fs::remove_file(&learned).unwrap();
+    let c = std::ffi::CString::new(learned.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    refuse(&["--state-dir", s], "not a regular file (a FIFO)");
+    std::fs::remove_file(&learned).unwrap();
+    std::fs::File::create(&learned)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    refuse(&["--state-dir", s], "too large");
+    std::fs::write(&learned, r#"{"secret":"hunter2"}"#).unwrap();
+    refuse(&["--state-dir", s], "not a kato state file (line 1");
+    std::fs::remove_file(&learned).unwrap();
+    std::os::unix::fs::symlink(&victim, &learned).unwrap();
+    refuse(&["--state-dir", s], "a symbolic link");
+    refuse(
+        &["--config", "/dev/zero"],
+        "not a regular file (a character device)",
+    );
+    let bomb = base.join("web.yml");
+    std::fs::write(&bomb, "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b]\n").unwrap();
+    refuse(&["--web-config", bomb.to_str().unwrap()], "aliases");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -129,39 +129,119 @@ fn keep_alive_head_gzip_and_the_host_allow_list() {
 }
 
 /// `--max-connections 2`: two idle connections take both slots; a third
-/// client waits (in the backlog) until one frees.
+/// client is served at once, in the slot of the one idle longest, which is
+/// closed; the other stays open.
 #[test]
-fn connections_are_bounded() {
+fn connections_are_bounded_and_idle_ones_give_way() {
     require_root();
     let agent = Agent::start(&["--netns", "self", "--max-connections", "2"]);
-    let idle: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(agent.addr).unwrap())
+    let mut idle: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = TcpStream::connect(agent.addr).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            s
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let mut third = TcpStream::connect(agent.addr).unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_millis(1500)))
+    let t = Instant::now();
+    let (status, _) = http_get(agent.addr, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let mut buf = [0u8; 16];
+    idle[0]
+        .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
+    assert_eq!(
+        idle[0].read(&mut buf).unwrap(),
+        0,
+        "the oldest idle one was closed"
+    );
+    // The newer one still holds its slot: it is served on request.
     write!(
-        third,
+        idle[1],
         "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         agent.addr
     )
     .unwrap();
-    let mut buf = [0u8; 64];
-    let waited = third.read(&mut buf);
-    assert!(
-        waited.is_err(),
-        "served beyond the connection limit: {:?}",
-        waited.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
-    );
-    drop(idle);
-    third
+    let mut resp = String::new();
+    idle[1]
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let mut resp = String::new();
-    third.read_to_string(&mut resp).unwrap();
+    idle[1].read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
+/// Before anyone authenticates, nothing can fill the slots: 64 idle TCP
+/// connections and 1,000 TLS handshakes that stop after a partial
+/// ClientHello, then a scrape with the password succeeds within 1 s, and
+/// `/healthz` too.
+#[test]
+fn slots_cannot_be_exhausted_before_authentication() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("kato-slots-{}", std::process::id()));
+    crate::prometheus::tls_web_config(&dir, "s3cret");
+    let web = dir.join("web.yml");
+    let agent = Agent::start(&["--netns", "self", "--web-config", web.to_str().unwrap()]);
+    // This test holds 1,064 sockets: raise its own soft limit.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_cur = lim.rlim_max.min(8192);
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    let mut held = vec![];
+    for _ in 0..64 {
+        held.push(TcpStream::connect(agent.addr).unwrap());
+    }
+    // A TLS record header and the start of a ClientHello, never finished.
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(agent.addr).unwrap();
+        let _ = s.write_all(&[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ]);
+        held.push(s);
+    }
+    let curl = |path: &str, user: Option<&str>| {
+        let t = Instant::now();
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "--cacert",
+        ])
+        .arg(dir.join("ca.crt"));
+        if let Some(u) = user {
+            c.args(["-u", u]);
+        }
+        let out = c
+            .arg(format!("https://{}{path}", agent.addr))
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            t.elapsed(),
+        )
+    };
+    let (code, took) = curl("/metrics", Some("prom:s3cret"));
+    assert_eq!(code, "200", "authenticated scrape: {code} after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "authenticated scrape took {took:?}"
+    );
+    let (code, took) = curl("/healthz", Some("prom:s3cret"));
+    assert_eq!(code, "200");
+    assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    let (code, _) = curl("/metrics", None);
+    assert_eq!(code, "401", "still no scrape without the password");
+    eprintln!("1,064 unauthenticated connections held: authenticated scrape in {took:?}");
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// 20,000 sockets (TIME_WAIT: they need no file descriptors) and 30
@@ -436,6 +516,21 @@ fn the_http_process_is_unprivileged_confined_and_supervised() {
         "the engine keeps CAP_BPF"
     );
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{status}");
+    // Capabilities are per thread: every thread of the engine holds what
+    // the main one kept, or nothing.
+    let kept = status_field(&status, "CapEff:");
+    for t in std::fs::read_dir(format!("/proc/{engine}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap();
+        let st = std::fs::read_to_string(t.join("status")).unwrap();
+        let eff = status_field(&st, "CapEff:");
+        assert!(
+            eff == kept || eff == "0000000000000000",
+            "{comm}: CapEff {eff}, kept {kept}"
+        );
+        assert_eq!(status_field(&st, "CapPrm:"), eff, "{comm}");
+        assert_eq!(status_field(&st, "NoNewPrivs:"), "1", "{comm}");
+    }
     let on_port = tcp_inodes_on(agent.addr.port());
     assert!(
         on_port.len() >= 2,

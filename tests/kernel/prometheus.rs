@@ -190,14 +190,10 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     );
 }
 
-/// A real Prometheus scrapes the agent over TLS with basic auth, as the
-/// exporter-toolkit web config says; without the password, or without
-/// TLS, it cannot.
-#[test]
-fn prometheus_scrapes_over_tls_with_basic_auth() {
-    require_root();
-    let dir = std::env::temp_dir().join(format!("kato-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A CA, a server certificate for 127.0.0.1 and `dir/web.yml` asking for
+/// TLS and basic auth (user `prom`, `password`); the CA is `dir/ca.crt`.
+pub(crate) fn tls_web_config(dir: &std::path::Path, password: &str) {
+    std::fs::create_dir_all(dir).unwrap();
     let ec = [
         "-newkey",
         "ec",
@@ -206,7 +202,7 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
         "-nodes",
     ];
     openssl(
-        &dir,
+        dir,
         &[
             &["req", "-x509"][..],
             &ec,
@@ -224,7 +220,7 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
         .concat(),
     );
     openssl(
-        &dir,
+        dir,
         &[
             &["req"][..],
             &ec,
@@ -245,7 +241,7 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
     )
     .unwrap();
     openssl(
-        &dir,
+        dir,
         &[
             "x509",
             "-req",
@@ -264,13 +260,23 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
             "ext.cnf",
         ],
     );
-    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let hash = bcrypt::hash(password, 4).unwrap();
     // Relative paths: from the web config's own directory.
     std::fs::write(
         dir.join("web.yml"),
         format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  prom: {hash}\n"),
     )
     .unwrap();
+}
+
+/// A real Prometheus scrapes the agent over TLS with basic auth, as the
+/// exporter-toolkit web config says; without the password, or without
+/// TLS, it cannot.
+#[test]
+fn prometheus_scrapes_over_tls_with_basic_auth() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("kato-tls-{}", std::process::id()));
+    tls_web_config(&dir, "s3cret");
     let web = dir.join("web.yml");
     let (agent, _log) = Agent::start_logged(
         &["--netns", "self", "--web-config", web.to_str().unwrap()],

@@ -515,3 +515,110 @@ fn a_process_in_a_service_cgroup_is_named_by_its_unit() {
     );
     assert!(found[0]["pod"].is_null());
 }
+
+/// A containerd that accepts and never answers, and one that answers
+/// garbage, with 15 sockets in 5 container cgroups: start-up pays at most
+/// one deadline, snapshots keep their interval, `/metrics` answers within
+/// 1 s, and SIGTERM stops the agent within 2 s.
+#[test]
+fn a_stalled_or_garbage_containerd_never_holds_up_the_agent() {
+    require_root();
+    let ns = Netns::new("ctrdstall");
+    let parent = cgroup_root().join(format!("kato-stall-{}", std::process::id()));
+    let mut holders = vec![];
+    for i in 0..5u64 {
+        let cg = parent.join(format!("cri-containerd-{:064x}.scope", 0xabc000 + i));
+        std::fs::create_dir_all(&cg).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .args(["sh", "-c"])
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec python3 -c 'import socket, time\nss = [socket.socket() for _ in range(3)]\nfor s in ss: s.bind((\"127.0.0.1\", 0)); s.listen()\ntime.sleep(600)'",
+                cg.display()
+            ))
+            .spawn()
+            .unwrap();
+        holders.push(child);
+    }
+    let dir = std::env::temp_dir().join(format!("kato-fake-ctrd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, garbage) in [("stalled", false), ("garbage", true)] {
+        let sock = dir.join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(&sock);
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::thread::spawn(move || {
+            let mut held = vec![];
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { break };
+                if garbage {
+                    let _ = std::io::Write::write_all(
+                        &mut s,
+                        b"HTTP/1.0 418 no\r\n\r\n\xff\xfe garbage",
+                    );
+                } else {
+                    held.push(s); // accepted, never answered
+                }
+            }
+        });
+        let t = Instant::now();
+        let path = format!("/run/netns/{}", ns.name);
+        let mut agent = Agent::start(&[
+            "--netns",
+            &path,
+            "--snapshot-interval",
+            "500ms",
+            "--containerd-socket",
+            sock.to_str().unwrap(),
+        ]);
+        let started = t.elapsed();
+        assert!(
+            started < Duration::from_secs(8),
+            "{name}: start-up took {started:?}"
+        );
+        agent.wait_metrics(Duration::from_secs(10), |m| {
+            crate::agent_support::sample(m, "kato_table_sockets") >= 15.0
+        });
+        let snaps = |m: &str| crate::agent_support::sample(m, "kato_snapshots_total");
+        let before = snaps(&agent.metrics());
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let t = Instant::now();
+            let (status, _) = agent.get("/metrics");
+            assert_eq!(status, 200);
+            slowest = slowest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let m = agent.metrics();
+        let taken = snaps(&m) - before;
+        assert!(
+            slowest < Duration::from_secs(1),
+            "{name}: a scrape took {slowest:?}"
+        );
+        // ~3 s at 500 ms: 6 expected; a stalled containerd used to allow 0.
+        assert!(taken >= 4.0, "{name}: {taken} snapshots in ~3 s\n{m}");
+        assert!(
+            crate::agent_support::sample(&m, "kato_containerd_failures_total") >= 1.0,
+            "{name}: {m}"
+        );
+        let t = Instant::now();
+        let status = agent.terminate();
+        assert!(status.success(), "{name}: {status:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{name}: SIGTERM took {:?}",
+            t.elapsed()
+        );
+        eprintln!("{name} containerd: start-up {started:?}, {taken} snapshots in ~3 s, slowest scrape {slowest:?}");
+    }
+    for mut h in holders {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..5u64 {
+        let _ =
+            std::fs::remove_dir(parent.join(format!("cri-containerd-{:064x}.scope", 0xabc000 + i)));
+    }
+    let _ = std::fs::remove_dir(&parent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

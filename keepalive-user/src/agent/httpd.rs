@@ -87,6 +87,15 @@ fn watch_lifeline(fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `config MESSAGE` (exit 2) for a bad web config, `error MESSAGE` (exit 1)
+/// otherwise, on standard output where the engine reads the report.
+fn report_and_exit(e: &anyhow::Error) -> ! {
+    let config = e.downcast_ref::<ConfigError>().is_some();
+    let line = format!("{e:#}").replace('\n', " ");
+    println!("{} {line}", if config { "config" } else { "error" });
+    std::process::exit(if config { 2 } else { 1 })
+}
+
 /// Sets up, reports `listening ADDR uid UID` (or the error) on standard
 /// output for the engine, and serves until the engine is gone.
 pub async fn run(cfg: HttpdConfig) -> anyhow::Result<()> {
@@ -96,9 +105,16 @@ pub async fn run(cfg: HttpdConfig) -> anyhow::Result<()> {
         .iter()
         .map(|&fd| unsafe { UnixStream::from_raw_fd(fd) })
         .collect();
-    let (tls, auth) = web(cfg.web_config.as_ref())?;
-    let listener =
-        listen(cfg.listen).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    // A bad web config is reported to the engine, which says it in one
+    // line (exit 2); nothing on this process's stderr.
+    let (tls, auth) = match web(cfg.web_config.as_ref()) {
+        Ok(w) => w,
+        Err(e) => report_and_exit(&e),
+    };
+    let listener = match listen(cfg.listen) {
+        Ok(l) => l,
+        Err(e) => report_and_exit(&anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen)),
+    };
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let dropped = sandbox::drop_privileges().map_err(anyhow::Error::msg)?;
@@ -122,6 +138,8 @@ pub async fn run(cfg: HttpdConfig) -> anyhow::Result<()> {
         backend,
         Limits {
             max_connections: cfg.max_connections,
+            // A quarter each, so one address cannot hold them all (at least 2).
+            per_source: (cfg.max_connections / 4).max(2),
             max_renders: cfg.max_renders,
             hosts: HostAllow::new(&cfg.allowed_hosts),
             tls,

@@ -413,6 +413,8 @@ impl AgentState {
             self.http_restarts
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
+        sink.metrics
+            .set_containerd_failures(sink.resolver.containerd_failures());
         sink.metrics.encode()
     }
 

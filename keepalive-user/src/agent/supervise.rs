@@ -31,6 +31,9 @@ pub enum HttpError {
     Spawn(#[source] std::io::Error),
     #[error("the HTTP process did not start: {0}")]
     Start(String),
+    /// The web config it was given is bad (its message).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// What the HTTP process reported once serving.
@@ -163,6 +166,10 @@ fn start(cfg: &HttpdConfig, backend: &Arc<impl Backend>) -> Result<(Running, Ser
         let _ = tx.send(line);
     });
     let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+    if let Some(why) = line.strip_prefix("config ") {
+        let _ = child.wait();
+        return Err(HttpError::Config(why.trim_end().to_owned()));
+    }
     match parse_report(&line, child.id()) {
         Some(s) => Ok((
             Running {
@@ -174,12 +181,13 @@ fn start(cfg: &HttpdConfig, backend: &Arc<impl Backend>) -> Result<(Running, Ser
         None => {
             let _ = child.kill();
             let status = child.wait().ok();
-            Err(HttpError::Start(match status.and_then(|s| s.code()) {
-                // Its own error went to stderr; the exit code says which kind.
-                Some(2) => "bad web configuration (see above)".into(),
-                Some(c) => format!("it exited with code {c} (see above)"),
-                None => "no report within 30 s".into(),
-            }))
+            Err(HttpError::Start(
+                match (line.strip_prefix("error "), status.and_then(|s| s.code())) {
+                    (Some(why), _) => why.trim_end().to_owned(),
+                    (None, Some(c)) => format!("it exited with code {c}"),
+                    (None, None) => "no report within 30 s".into(),
+                },
+            ))
         }
     }
 }

@@ -216,18 +216,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Before anything is announced, so a signal right after start is handled.
     let stop = super::signals::agent_shutdown()?;
     tokio::pin!(stop);
-    // Start-up (loading, the seed census, the HTTP process) runs beside the
-    // signal handler: a stuck start-up still stops on SIGTERM.
-    let starting = tokio::task::spawn_blocking(move || Engine::start(cfg));
-    let engine = tokio::select! {
-        started = starting => started?.map_err(engine_error)?,
-        () = &mut stop => {
-            eprintln!("kato agent: stopped during start-up");
-            // Not waiting for the start-up thread: exiting closes every
-            // program, map and link (and the HTTP process's lifeline).
-            std::process::exit(0);
-        }
-    };
+    // Start-up (loading, the seed census, the HTTP process) runs on this
+    // thread, whose capabilities it drops (they are per thread); a thread
+    // of its own watches for SIGTERM meanwhile: a stuck start-up still stops.
+    let watching = super::signals::exit_on_shutdown("kato agent: stopped during start-up");
+    let started = Engine::start(cfg);
+    drop(watching);
+    let engine = started.map_err(engine_error)?;
     eprintln!("{}", engine.banner);
     engine.run(stop).await.map_err(engine_error)?;
     eprintln!("kato agent: stopped");
@@ -238,14 +233,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 /// bad flag; the rest are failures.
 fn engine_error(e: EngineError) -> anyhow::Error {
     match e {
-        EngineError::Http(HttpError::Start(why)) if why.starts_with("bad web configuration") => {
-            ConfigError {
-                origin: "web config".into(),
-                key: "(file)".into(),
-                message: why,
-            }
-            .into()
+        // Its message names the file and key already.
+        EngineError::Http(HttpError::Config(why)) => ConfigError {
+            origin: "web config".into(),
+            key: "(file)".into(),
+            message: why,
         }
+        .into(),
+        // The state directory's file is the operator's input too.
+        EngineError::Agent(keepalive_user::agent::state::AgentError::State(why)) => ConfigError {
+            origin: "state_dir".into(),
+            key: "(file)".into(),
+            message: why,
+        }
+        .into(),
         e => e.into(),
     }
 }

@@ -37,3 +37,54 @@ pub fn agent_shutdown() -> anyhow::Result<impl Future<Output = ()>> {
         }
     })
 }
+
+/// While held, a thread of its own exits the process (code 0, after
+/// printing `said`) on SIGINT or SIGTERM: for work that blocks the runtime's
+/// thread. Dropping it stops the thread.
+pub struct ExitOnShutdown {
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn exit_on_shutdown(said: &'static str) -> ExitOnShutdown {
+    let (done, mut cancelled) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("kato-signals".into())
+        .spawn(move || {
+            // It holds nothing the work needs.
+            let _ = keepalive_user::caps::drop_all_on_this_thread();
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(stop) = shutdown() else { return };
+                tokio::select! {
+                    () = stop => {
+                        eprintln!("{said}");
+                        // Exiting closes every program, map and link.
+                        std::process::exit(0);
+                    }
+                    _ = &mut cancelled => {}
+                }
+            });
+        })
+        .ok();
+    ExitOnShutdown {
+        done: Some(done),
+        thread,
+    }
+}
+
+impl Drop for ExitOnShutdown {
+    fn drop(&mut self) {
+        if let Some(d) = self.done.take() {
+            let _ = d.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -48,7 +48,7 @@ pub fn report<'a>(r: &mut Resolver, sockets: impl Iterator<Item = &'a Socket>) -
             }
         }
     }
-    rep.containerd = match &r.containerd_error {
+    rep.containerd = match &r.containerd_error() {
         Some(e) => format!("not reachable ({e}): containers are named by id only"),
         None if r.containers_known() > 0 => format!("{} containers listed", r.containers_known()),
         None => "not asked (no container sockets) or no containers".into(),

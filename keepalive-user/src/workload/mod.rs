@@ -100,12 +100,8 @@ impl Serialize for Named {
 /// Names cgroups, caching each (ids are never reused) up to a bound.
 pub struct Resolver {
     cgroups: cgroupfs::Cgroups,
-    /// containerd's API socket (None: not asked).
-    containerd: Option<PathBuf>,
-    by_container: HashMap<String, containerd::Labels>,
-    listed: Option<Instant>,
-    /// The last containerd failure, for doctor.
-    pub containerd_error: Option<String>,
+    /// containerd, asked from its own thread (None: not asked).
+    containerd: Option<containerd::Watcher>,
     /// Each cgroup's workload, and for one not fully named yet when to ask
     /// again (an unknown cgroup, a container containerd did not list).
     cache: HashMap<u64, (Arc<Workload>, Option<Instant>)>,
@@ -113,7 +109,6 @@ pub struct Resolver {
 
 /// Cgroups remembered at most; past it the cache starts over.
 const MAX_CACHED: usize = 65_536;
-const RELIST_EVERY: Duration = Duration::from_secs(2);
 /// A cgroup not fully named is asked again at most this often: every
 /// socket of it names it meanwhile from the cache (100,000 sockets of an
 /// unknown cgroup made 100,000 lookups and copies).
@@ -127,10 +122,7 @@ impl Resolver {
     pub fn with_cgroups(cgroups: cgroupfs::Cgroups, containerd: Option<PathBuf>) -> Self {
         Resolver {
             cgroups,
-            containerd,
-            by_container: HashMap::new(),
-            listed: None,
-            containerd_error: None,
+            containerd: containerd.map(containerd::Watcher::start),
             cache: HashMap::new(),
         }
     }
@@ -141,31 +133,32 @@ impl Resolver {
 
     /// Containers known to containerd at the last listing.
     pub fn containers_known(&self) -> usize {
-        self.by_container.len()
+        self.containerd.as_ref().map_or(0, |w| w.current().len())
     }
 
-    fn labels(&mut self, id: &str) -> Option<&containerd::Labels> {
-        let Some(sock) = &self.containerd else {
-            return None;
-        };
-        if !self.by_container.contains_key(id)
-            && self.listed.is_none_or(|t| t.elapsed() >= RELIST_EVERY)
-        {
-            self.listed = Some(Instant::now());
-            match containerd::list(sock) {
-                Ok(m) => {
-                    self.by_container = m;
-                    self.containerd_error = None;
-                }
-                Err(e) => {
-                    if self.containerd_error.is_none() {
-                        log::info!("containerd: {e} (containers named from cgroups only)");
-                    }
-                    self.containerd_error = Some(e);
-                }
-            }
+    /// The last containerd failure, for doctor.
+    pub fn containerd_error(&self) -> Option<String> {
+        self.containerd
+            .as_ref()
+            .and_then(containerd::Watcher::error)
+    }
+
+    /// containerd listings that failed since start.
+    pub fn containerd_failures(&self) -> u64 {
+        self.containerd
+            .as_ref()
+            .map_or(0, containerd::Watcher::failures)
+    }
+
+    /// A container's labels from the last listing; a miss asks for a new
+    /// one (on the watcher's thread: this never waits on containerd).
+    fn labels(&self, id: &str) -> Option<containerd::Labels> {
+        let w = self.containerd.as_ref()?;
+        let l = w.current().get(id).cloned();
+        if l.is_none() {
+            w.want();
         }
-        self.by_container.get(id)
+        l
     }
 
     /// The workload of cgroup `id`. A cgroup not found, or a container
@@ -199,14 +192,14 @@ impl Resolver {
         let mut complete = true;
         if w.container_id.is_none() {
             if let Some((_, id)) = &p.ctr_candidate {
-                if let Some(l) = self.labels(id).cloned() {
+                if let Some(l) = self.labels(id) {
                     w.container_id = Some(id.clone());
                     w.runtime = Some(Runtime::Containerd);
                     apply(&mut w, &l);
                 }
             }
         } else if let Some(cid) = w.container_id.clone() {
-            match self.labels(&cid).cloned() {
+            match self.labels(&cid) {
                 Some(l) => {
                     w.runtime = w.runtime.or(Some(Runtime::Containerd));
                     apply(&mut w, &l);

@@ -1,6 +1,7 @@
 //! The agent's HTTP endpoint, on hyper (HTTP/1.1): keep-alive, HEAD, gzip
-//! when asked, a `Host` allow-list, bounded connections and renders, a
-//! header-read timeout and a write deadline. Requests are untrusted input;
+//! when asked, a `Host` allow-list, bounded connections (`slots`: idle and
+//! unauthenticated ones give way) and renders, handshake and header-read
+//! timeouts and a write deadline. Requests are untrusted input;
 //! nothing in them reaches a shell or the filesystem.
 
 pub mod auth;
@@ -8,6 +9,7 @@ mod deadline;
 pub mod host;
 pub mod query;
 mod respond;
+pub mod slots;
 pub mod tls;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -90,8 +92,13 @@ pub const ROWS_PER_PIECE: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections served at once; further clients wait in the backlog.
+    /// Connections held at once; a newcomer beyond it takes the slot of
+    /// the one idle longest (never-served first): see `slots`.
     pub max_connections: usize,
+    /// Connections one source address holds at most.
+    pub per_source: usize,
+    /// A TLS handshake must finish within this.
+    pub tls_handshake_timeout: Duration,
     /// `/sockets` responses being rendered or sent at once; more get 503.
     pub max_renders: usize,
     /// A request head must arrive within this, also between keep-alive
@@ -110,8 +117,10 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 64,
+            per_source: 16,
+            tls_handshake_timeout: Duration::from_secs(3),
             max_renders: 4,
-            header_read_timeout: Duration::from_secs(20),
+            header_read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             hosts: HostAllow::new(&[]),
             tls: None,
@@ -141,17 +150,14 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
 /// Serves `listener` until the task is dropped.
 pub async fn serve<B: Backend>(listener: TcpListener, backend: Arc<B>, limits: Limits) {
     let limits = Arc::new(limits);
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = slots::Slots::new(limits.max_connections, limits.per_source);
     let renders = Arc::new(Semaphore::new(limits.max_renders));
     let mut backoff = Duration::from_millis(10);
     loop {
-        let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
                 backoff = Duration::from_millis(10);
-                s
+                accepted
             }
             // EMFILE and friends: wait for fds to free up instead of spinning.
             Err(e) => {
@@ -161,45 +167,63 @@ pub async fn serve<B: Backend>(listener: TcpListener, backend: Arc<B>, limits: L
                 continue;
             }
         };
+        let Some(slot) = slots.admit(peer.ip()) else {
+            log::debug!("{peer}: every slot has a request in flight; closed");
+            continue;
+        };
+        let id = slot.id();
         let (backend, limits, renders) = (
             Arc::clone(&backend),
             Arc::clone(&limits),
             Arc::clone(&renders),
         );
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let io = deadline::WriteDeadline::new(stream, limits.write_timeout);
+            let conn = Arc::clone(&slot.conn);
             match limits.tls.clone() {
-                None => connection(TokioIo::new(io), backend, limits, renders).await,
+                None => connection(TokioIo::new(io), backend, limits, renders, conn).await,
                 Some(cfg) => {
                     let handshake = tokio_rustls::TlsAcceptor::from(cfg).accept(io);
-                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                    match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
                         Ok(Ok(tls)) => {
-                            connection(TokioIo::new(tls), backend, limits, renders).await;
+                            connection(TokioIo::new(tls), backend, limits, renders, conn).await;
                         }
                         Ok(Err(e)) => log::debug!("TLS handshake failed: {e}"),
                         Err(_) => log::debug!("TLS handshake timed out"),
                     }
                 }
             }
-            drop(permit);
+            drop(slot);
         });
+        slots.set_abort(id, task.abort_handle());
     }
 }
 
 /// Serves one connection (plain or TLS) until it closes.
-async fn connection<B, IO>(io: IO, backend: Arc<B>, limits: Arc<Limits>, renders: Arc<Semaphore>)
-where
+async fn connection<B, IO>(
+    io: IO,
+    backend: Arc<B>,
+    limits: Arc<Limits>,
+    renders: Arc<Semaphore>,
+    slot: Arc<slots::Conn>,
+) where
     B: Backend,
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let header_read_timeout = limits.header_read_timeout;
     let service = hyper::service::service_fn(move |req| {
-        let (backend, limits, renders) = (
+        let (backend, limits, renders, slot) = (
             Arc::clone(&backend),
             Arc::clone(&limits),
             Arc::clone(&renders),
+            Arc::clone(&slot),
         );
-        async move { Ok::<_, Infallible>(route(req, backend, &limits, &renders).await) }
+        async move {
+            slot.begin();
+            let response = route(req, backend, &limits, &renders).await;
+            slot.end();
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

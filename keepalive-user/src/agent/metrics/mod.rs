@@ -88,6 +88,7 @@ pub struct Metrics {
     evictions: IntCounter,
     snapshots: IntCounter,
     http_restarts: IntCounter,
+    containerd_failures: IntCounter,
     netns_vanished: IntCounter,
     snapshot_seconds: Gauge,
     idle_before_close: Family<prometheus::HistogramVec, 3>,
@@ -173,6 +174,10 @@ impl Metrics {
             http_restarts: r.counter(
                 "kato_http_restarts_total",
                 "HTTP processes that died on their own and were replaced (the engine kept running).",
+            ),
+            containerd_failures: r.counter(
+                "kato_containerd_failures_total",
+                "containerd listings that failed or timed out (3 s): pods and containers named from cgroups meanwhile; kato doctor says why.",
             ),
             netns_vanished: r.counter(
                 "kato_netns_vanished_total",
@@ -385,6 +390,11 @@ impl Metrics {
     }
 
     /// Scrape-time: HTTP processes replaced so far.
+    pub fn set_containerd_failures(&self, n: u64) {
+        self.containerd_failures
+            .inc_by(n.saturating_sub(self.containerd_failures.get()));
+    }
+
     pub fn set_http_restarts(&self, n: u64) {
         self.http_restarts
             .inc_by(n.saturating_sub(self.http_restarts.get()));
