@@ -593,3 +593,47 @@ fn the_http_process_is_unprivileged_confined_and_supervised() {
         "nothing serves after the engine died"
     );
 }
+
+/// A request's cost is bounded: 10,000 filter values are refused at once,
+/// and two clients looping the largest allowed filter leave `/healthz`
+/// fast (medians printed; the bounds here are loose for loaded CI).
+#[test]
+fn filter_amplification_is_refused_and_healthz_stays_fast() {
+    require_root();
+    let agent = Agent::start(&["--netns", "self"]);
+    let many = |n: usize| format!("/sockets?{}", vec!["addr=%3A%3A"; n].join("&"));
+    let t = Instant::now();
+    let (status, _) = agent.get(&many(10_000));
+    let refused = t.elapsed();
+    assert!(status == 400 || status == 414 || status == 431, "{status}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, stop, path) = (agent.addr, std::sync::Arc::clone(&stop), many(64));
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, _) = http_get(addr, &path).unwrap();
+                    assert_eq!(status, 200);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut health = vec![];
+    for _ in 0..50 {
+        let t = Instant::now();
+        let (status, _) = agent.get("/healthz");
+        assert_eq!(status, 200);
+        health.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pages: usize = loops.into_iter().map(|l| l.join().unwrap()).sum();
+    health.sort();
+    let median = health[health.len() / 2];
+    eprintln!("10,000 values refused in {refused:?}; /healthz median {median:?} while {pages} pages of 64 filters were served");
+    assert!(refused < Duration::from_millis(500), "{refused:?}");
+    assert!(median < Duration::from_millis(50), "{median:?}");
+}

@@ -609,6 +609,34 @@ fn a_stalled_or_garbage_containerd_never_holds_up_the_agent() {
             t.elapsed()
         );
         eprintln!("{name} containerd: start-up {started:?}, {taken} snapshots in ~3 s, slowest scrape {slowest:?}");
+        if garbage {
+            continue;
+        }
+        // SIGTERM while start-up waits on the stalled containerd.
+        let mut child = Command::new(KATO)
+            .args(["agent", "--listen", "127.0.0.1:0", "--netns", &path])
+            .args(["--containerd-socket", sock.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "SIGTERM in start-up took {:?}",
+            t.elapsed()
+        );
+        assert!(status.success(), "{status:?}: {err}");
+        assert!(err.contains("stopped"), "{err}");
     }
     for mut h in holders {
         let _ = h.kill();
