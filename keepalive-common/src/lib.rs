@@ -8,6 +8,8 @@
 
 use core::mem::size_of;
 
+pub mod protect;
+
 /// Raw event kinds written by the kernel programs.
 ///
 /// Kept as plain `u32` constants (not a Rust enum) because the kernel side
@@ -93,7 +95,15 @@ pub mod counter {
     /// Connections that closed without a record (quiet mode): keepalive
     /// never on, never idle past the threshold; resets are always recorded.
     pub const QUIET_CLOSES: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// `kato protect`: keepalive switched on or tightened on a socket.
+    pub const PROTECT_SET: u32 = 6;
+    /// `kato protect`: a socket in scope whose own settings were as tight.
+    pub const PROTECT_TIGHT: u32 = 7;
+    /// `kato protect`: `bpf_setsockopt` refused.
+    pub const PROTECT_FAILED: u32 = 8;
+    /// `kato protect`: a record of a change lost (its ring was full).
+    pub const PROTECT_LOST: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// One record in the `EVENTS` ring buffer.
@@ -527,4 +537,9 @@ mod pod {
     unsafe impl aya::Pod for super::Turns {}
     unsafe impl aya::Pod for super::WatchedFew {}
     unsafe impl aya::Pod for super::OwnerSlot {}
+    unsafe impl aya::Pod for super::protect::ProtectRule {}
+    unsafe impl aya::Pod for super::protect::ProtectConf {}
+    unsafe impl aya::Pod for super::protect::ProtectPlan {}
+    unsafe impl aya::Pod for super::protect::ProtectRecord {}
+    unsafe impl aya::Pod for super::protect::Protected {}
 }

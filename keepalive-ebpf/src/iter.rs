@@ -23,15 +23,17 @@ use crate::{
 
 /// Resolved by userspace from the running kernel's BTF and kallsyms.
 #[no_mangle]
-static KATO_ITER_CONFIG: IterConfig = unsafe { core::mem::zeroed() };
+pub(crate) static KATO_ITER_CONFIG: IterConfig = unsafe { core::mem::zeroed() };
 
 macro_rules! iconf {
     ($field:ident) => {{
         #[allow(unused_unsafe)]
-        let v = unsafe { core::ptr::read_volatile(&raw const KATO_ITER_CONFIG.$field) };
+        let v =
+            unsafe { core::ptr::read_volatile(&raw const crate::iter::KATO_ITER_CONFIG.$field) };
         v
     }};
 }
+pub(crate) use iconf;
 
 const IPPROTO_TCP: u16 = 6;
 const AF_INET: u16 = 2;

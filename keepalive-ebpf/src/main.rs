@@ -8,6 +8,7 @@
 mod emit;
 mod fentry;
 mod iter;
+mod protect;
 mod reset;
 mod sock;
 mod timer;

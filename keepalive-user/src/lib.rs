@@ -24,6 +24,7 @@ pub mod netlink;
 pub mod netns;
 pub mod owner;
 pub mod policy;
+pub mod protect;
 pub mod rlimit;
 pub mod sockets;
 pub mod tcp;

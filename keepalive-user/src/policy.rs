@@ -46,6 +46,16 @@ impl Cidr {
         Ok(Cidr { addr, prefix })
     }
 
+    /// The network address (IPv4 for IPv4 networks).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length, in the address family's own bits.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// One address (/32 or /128).
     pub fn host(ip: IpAddr) -> Self {
         let addr = canonical(ip);
@@ -204,7 +214,7 @@ impl Rule {
     /// A declared rule beats every other kind (the operator knows the
     /// path better than kato guesses it); among rules of one kind the more
     /// specific wins.
-    fn specificity(&self) -> (bool, u32) {
+    pub fn specificity(&self) -> (bool, u32) {
         (
             self.source == RuleSource::Declared,
             u32::from(self.port.is_some()) * 256 + self.cidr.map_or(0, |c| u32::from(c.prefix) + 1),

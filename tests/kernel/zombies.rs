@@ -178,15 +178,14 @@ fn a_zombie_is_forgotten_and_a_peer_kept_alive_is_not() {
         k["risk"], "peer-protected",
         "keepalive off, the client's probes pass: {k}"
     );
-    let m = agent.metrics();
-    assert_eq!(
+    // The zombie's two ends and the last one's, idle as long (each judged
+    // at the census after its entry went: under emulation, a moment apart).
+    agent.wait_metrics(Duration::from_secs(10), |m| {
         sample(
-            &m,
-            "kato_sockets_idle_timeout_risk{class=\"forgotten\",source=\"conntrack\"}"
-        ),
-        4.0,
-        "the zombie's two ends and the last one's, idle as long: {m}"
-    );
+            m,
+            "kato_sockets_idle_timeout_risk{class=\"forgotten\",source=\"conntrack\"}",
+        ) == 4.0
+    });
     // Without the router's table, from silence alone (watched > 3 s).
     let all = sockets(&blind);
     assert_eq!(by(&all, "local", zombie)["risk"], "forgotten");

@@ -80,6 +80,7 @@ impl Engine {
             quiet: (!cfg.http_keepalive).then_some(cfg.idle_kill_min),
             // Its table takes timers from snapshots; metrics count no arming.
             no_arming: true,
+            protect: false,
         })?;
         state::check_caps(&cfg.netns)?;
         let restarts = Arc::new(AtomicU64::new(0));

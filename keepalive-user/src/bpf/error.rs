@@ -46,6 +46,11 @@ pub enum LoadError {
     IteratorNotLoaded(&'static str),
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    #[error("cannot open the cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "internal: programs opened without kernel symbols cannot trace (LoadOptions::tracing)"
     )]

@@ -34,10 +34,12 @@ pub enum Hook {
     SockRecvLength,
     IterTcp,
     IterTaskFile,
+    /// `kato protect`'s walk of existing connections.
+    IterProtect,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 19] = [
+    pub const ALL: [Hook; 20] = [
         Hook::TimerStart,
         Hook::TimerExpireEntry,
         Hook::TimerExpireExit,
@@ -57,6 +59,7 @@ impl Hook {
         Hook::SockRecvLength,
         Hook::IterTcp,
         Hook::IterTaskFile,
+        Hook::IterProtect,
     ];
 
     /// (program name in the object, tracepoint / kernel function / iterator
@@ -97,6 +100,7 @@ impl Hook {
             Hook::SockRecvLength => ("sock_recv_length", "sock_recv_length", TpBtf),
             Hook::IterTcp => ("kato_iter_tcp", "tcp", Iter),
             Hook::IterTaskFile => ("kato_iter_task_file", "task_file", Iter),
+            Hook::IterProtect => ("kato_iter_protect", "tcp", Iter),
         }
     }
 

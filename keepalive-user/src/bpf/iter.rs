@@ -120,13 +120,13 @@ fn read_all<T: Copy, U>(
 
 /// An attached iterator, not yet run: its file is opened (which runs it)
 /// by [`Run::read`], in the namespace it should see.
-struct Run {
+pub(super) struct Run {
     name: &'static str,
     link: IterLink,
 }
 
 impl Run {
-    fn read<T: Copy, U: Send>(
+    pub(super) fn read<T: Copy, U: Send>(
         self,
         size: usize,
         ns: Option<&NetnsRef>,
@@ -152,7 +152,7 @@ impl Run {
 
 impl Bpf {
     /// Attaches iterator `hook` for one run.
-    fn attach_iter(&mut self, hook: Hook) -> Result<Run, LoadError> {
+    pub(super) fn attach_iter(&mut self, hook: Hook) -> Result<Run, LoadError> {
         let (name, kind, _) = hook.spec();
         let err = |source| LoadError::Program {
             name,

@@ -72,6 +72,36 @@ impl Programs<'_> {
     /// has no BPF iterators or refuses these. Each is verified on a thread of
     /// its own: the verifier walks the kernel's types for every plain load,
     /// tens of milliseconds that `kato sockets` would otherwise wait twice.
+    /// `kato protect`'s programs: the iterator that walks existing
+    /// connections and the sock_ops program for new ones (attached later,
+    /// to a cgroup, by `Bpf::protector`).
+    pub fn load_protect(&mut self) -> Result<(), LoadError> {
+        let (name, target, _) = Hook::IterProtect.spec();
+        let iter: &mut Iter = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram { name })?
+            .try_into()
+            .map_err(super::protect::program_error(name, target))?;
+        iter.load(target, self.aya_btf)
+            .map_err(super::protect::program_error(name, target))?;
+        let ops: &mut aya::programs::SockOps = self
+            .ebpf
+            .program_mut(super::protect::SOCK_OPS)
+            .ok_or(LoadError::MissingProgram {
+                name: super::protect::SOCK_OPS,
+            })?
+            .try_into()
+            .map_err(super::protect::program_error(
+                super::protect::SOCK_OPS,
+                "sock_ops",
+            ))?;
+        ops.load().map_err(super::protect::program_error(
+            super::protect::SOCK_OPS,
+            "sock_ops",
+        ))
+    }
+
     pub fn load_iterators(&mut self) -> Result<(), LoadError> {
         let btf = self.aya_btf;
         let iters: Vec<(Hook, &mut Iter)> = self

@@ -11,6 +11,7 @@ pub mod hooks;
 mod iter;
 mod ladder;
 pub mod proglog;
+pub mod protect;
 pub mod ring;
 mod targets;
 
@@ -75,6 +76,9 @@ pub struct LoadOptions {
     /// reads timers from its snapshots and spares every kernel timer's
     /// start and cancel a program run.
     pub no_arming: bool,
+    /// Load `kato protect`'s programs (attached by [`Bpf::protector`]);
+    /// otherwise its maps are made as small as the kernel allows.
+    pub protect: bool,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -201,6 +205,11 @@ impl Bpf {
         if let Some(bytes) = ring {
             loader.map_max_entries("EVENTS", bytes);
         }
+        if !opts.protect {
+            for (name, size) in protect::IDLE_SIZES {
+                loader.map_max_entries(name, size);
+            }
+        }
         let config = keepalive_common::KernelConfig {
             netns_filter: u32::from(opts.netns_filter),
             quiet: u32::from(opts.quiet.is_some()),
@@ -244,6 +253,9 @@ impl Bpf {
             Iterators::Try => progs.load_iterators().map_err(|e| e.to_string()),
             Iterators::Require => Ok(progs.load_iterators()?),
         };
+        if opts.protect {
+            progs.load_protect()?;
+        }
         log::debug!("attached at {:?}", t.elapsed());
         Ok(Self {
             ebpf,

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod agent_http;
 pub mod bench_floor;
 pub mod doctor;
+pub mod protect;
 pub mod signals;
 pub mod sockets;
 pub mod trace;
@@ -108,6 +109,8 @@ Exits 0 when kato works here, 1 when it cannot.\n\n\
 Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout :443=4m"
     )]
     Doctor(doctor::DoctorArgs),
+    /// Keep connections alive through middleboxes without touching the application.
+    Protect(protect::ProtectArgs),
     /// (benchmarks) Attach empty programs on kato's tracepoints until SIGTERM.
     #[command(hide = true)]
     BenchFloor(KernelArgs),

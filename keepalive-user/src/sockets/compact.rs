@@ -70,6 +70,8 @@ pub struct Compact {
     pub probes_unanswered: u8,
     retransmits: u8,
     ka_count: u8,
+    /// Which keepalive values `kato protect` set (1 idle, 2 interval).
+    from_kato: u8,
 }
 
 pub const COMPACT_SIZE: usize = 176;
@@ -114,14 +116,17 @@ impl Compact {
         set(bit::SERVER, s.side == Some(super::Side::Server));
         set(bit::SEGS, s.segs_in.is_some());
         let (mut ka_idle_s, mut ka_intvl_s, mut ka_count, mut user_timeout_ms) = (0, 0, 0, 0);
+        let mut from_kato = 0u8;
         if let Some(k) = &s.keepalive {
             set(bit::KEEPALIVE, true);
             set(bit::KA_ENABLED, k.enabled);
-            set(bit::IDLE_FROM_SOCKET, k.idle_s.source == Source::Socket);
+            set(bit::IDLE_FROM_SOCKET, k.idle_s.source != Source::Sysctl);
             set(
                 bit::INTVL_FROM_SOCKET,
-                k.interval_s.source == Source::Socket,
+                k.interval_s.source != Source::Sysctl,
             );
+            from_kato = u8::from(k.idle_s.source == Source::Kato)
+                | (u8::from(k.interval_s.source == Source::Kato) << 1);
             set(bit::COUNT_FROM_SOCKET, k.count.source == Source::Socket);
             set(bit::USER_TIMEOUT, k.user_timeout_ms.is_some());
             ka_idle_s = k.idle_s.value;
@@ -164,6 +169,7 @@ impl Compact {
             probes_unanswered: s.probes_unanswered,
             retransmits: s.retransmits,
             ka_count,
+            from_kato,
         }
     }
 
@@ -248,6 +254,16 @@ impl Compact {
                 Source::Sysctl
             },
         };
+        let kato = |b: u8, s: Setting| {
+            if self.from_kato & b != 0 {
+                Setting {
+                    source: Source::Kato,
+                    ..s
+                }
+            } else {
+                s
+            }
+        };
         let local = self.local();
         Socket {
             cookie: self.has(bit::COOKIE).then_some(self.cookie),
@@ -273,8 +289,8 @@ impl Compact {
             },
             keepalive: self.has(bit::KEEPALIVE).then(|| Keepalive {
                 enabled: self.has(bit::KA_ENABLED),
-                idle_s: setting(bit::IDLE_FROM_SOCKET, self.ka_idle_s),
-                interval_s: setting(bit::INTVL_FROM_SOCKET, self.ka_intvl_s),
+                idle_s: kato(1, setting(bit::IDLE_FROM_SOCKET, self.ka_idle_s)),
+                interval_s: kato(2, setting(bit::INTVL_FROM_SOCKET, self.ka_intvl_s)),
                 count: setting(bit::COUNT_FROM_SOCKET, u32::from(self.ka_count)),
                 user_timeout_ms: self.has(bit::USER_TIMEOUT).then_some(self.user_timeout_ms),
             }),

@@ -90,6 +90,9 @@ pub enum Source {
     Socket,
     /// The socket's network namespace sysctl `net.ipv4.tcp_keepalive_*`.
     Sysctl,
+    /// Set on the socket by `kato protect` (the application set nothing
+    /// this tight).
+    Kato,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,0 +1,15 @@
+//! `kato protect`: keepalive switched on, or tightened, on other
+//! processes' TCP connections whose path forgets idle flows sooner than
+//! their keepalive would probe. The kernel does the setting
+//! (`bpf_setsockopt`: sock_ops for new connections, the `iter/tcp` walk
+//! for existing ones); this module says which rules and which sockets, and
+//! decodes what was done. It never loosens a setting: each value becomes
+//! the smaller of the socket's own and a third of the path's timeout.
+
+pub mod cgroup;
+pub mod change;
+pub mod pin;
+pub mod plan;
+pub mod rules;
+
+pub use change::{Change, Origin, Outcome, Settings};
