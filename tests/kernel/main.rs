@@ -17,6 +17,7 @@ mod keepalive;
 mod middlebox;
 mod nginx;
 mod prometheus;
+mod protect;
 mod reliability;
 mod servers;
 mod sockets;

@@ -11,7 +11,7 @@ use crate::status;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: the LLVM bpf-linker builds against, and what tests drive
 /// (nft, ip, bpftool, ss/netstat, setpriv, promtool/prometheus, nginx, HAProxy,
-/// PostgreSQL, tcpdump, systemd-analyze, strace, conntrack).
+/// PostgreSQL, Redis, tcpdump, systemd-analyze, strace, conntrack).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -42,6 +42,10 @@ const PACKAGES: &[&str] = &[
     "haproxy",
     "postgresql",
     "tcpdump",
+    // kato protect keeps a real server's connections alive: Redis, with its
+    // own keepalive off (`tcp-keepalive 0`).
+    "redis-server",
+    "python3",
     // On fresh machines already; listed so tests can rely on them.
     "net-tools",
     "util-linux",

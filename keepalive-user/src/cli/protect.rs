@@ -207,7 +207,12 @@ impl Printer {
                     Outcome::Failed => "FAILED",
                     Outcome::TightAlready => "tight",
                 };
-                let who = match (owner, workload.as_deref().map(keepalive_user::workload::Workload::short)) {
+                let who = match (
+                    owner,
+                    workload
+                        .as_deref()
+                        .map(keepalive_user::workload::Workload::short),
+                ) {
                     (Some((pid, comm)), _) => {
                         format!("pid {pid} {}", keepalive_user::text::printable(comm))
                     }

@@ -239,13 +239,15 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
         let t = std::time::Instant::now();
-        let snaps = keepalive_user::census::take(
+        let mut snaps = keepalive_user::census::take(
             &snap,
             bpf.as_mut(),
             &targets,
             &mut resolver,
             &mut policy,
         )?;
+        // Settings a running `kato protect` made say so.
+        keepalive_user::protect::pin::mark(snaps.iter_mut().flat_map(|n| &mut n.sockets));
         log::debug!("census taken in {:?}", t.elapsed());
         if !args.risk.is_empty() && policy.is_empty() {
             return Err(no_timeout());
@@ -290,7 +292,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 stream.drain_now(&mut batch);
                 let _ = pipeline.feed(&mut batch, &mut table);
                 let _ = pipeline.settle_now(&mut table);
-                let snaps = keepalive_user::census::take(&snap, Some(&mut bpf), &targets, &mut resolver, &mut policy)?;
+                let mut snaps = keepalive_user::census::take(&snap, Some(&mut bpf), &targets, &mut resolver, &mut policy)?;
+                keepalive_user::protect::pin::mark(snaps.iter_mut().flat_map(|n| &mut n.sockets));
                 if !args.risk.is_empty() && policy.is_empty() {
                     return Err(no_timeout());
                 }

@@ -20,30 +20,14 @@ fn is_bpffs(dir: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type == BPF_FS_MAGIC
 }
 
-/// Whether this process shares the init process's mount namespace (a
-/// mount made here is the host's).
-fn in_init_mount_ns() -> bool {
-    match (
-        std::fs::read_link("/proc/self/ns/mnt"),
-        std::fs::read_link("/proc/1/ns/mnt"),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
-/// The BPF filesystem to pin in: [`BPFFS`] if it is one; mounted there
-/// if nothing is and this is the host's mount namespace (as systemd does at
-/// boot); else none (`ip netns exec` gives its own /sys).
+/// The BPF filesystem to pin in: [`BPFFS`] if it is one, else mounted
+/// there (as systemd does at boot). Under `ip netns exec`, whose /sys is a
+/// mount of its own, only kato processes in the same mount namespace see
+/// the pin.
 pub fn bpffs() -> Result<PathBuf, String> {
     let dir = Path::new(BPFFS);
     if is_bpffs(dir) {
         return Ok(dir.to_owned());
-    }
-    if !in_init_mount_ns() {
-        return Err(format!(
-            "{BPFFS} is not a BPF filesystem in this mount namespace (ip netns exec?): other kato processes will not see which sockets were protected"
-        ));
     }
     if !dir.is_dir() {
         return Err(format!("{BPFFS} does not exist"));
@@ -93,4 +77,40 @@ pub fn all(dir: &Path) -> Vec<PathBuf> {
             }
         })
         .collect()
+}
+
+/// Marks the keepalive settings that a running protect (any process's
+/// pin in [`BPFFS`]) set on `sockets` as [`Source::Kato`](crate::sockets::Source::Kato).
+/// Nothing to mark (no pins, or no BPF filesystem here) is not an error.
+pub fn mark<'a>(sockets: impl Iterator<Item = &'a mut crate::sockets::Socket>) {
+    use aya::maps::{HashMap, Map, MapData};
+    use keepalive_common::protect::Protected;
+
+    let maps: Vec<HashMap<MapData, u64, Protected>> = all(Path::new(BPFFS))
+        .into_iter()
+        .filter_map(|p| MapData::from_pin(&p).ok())
+        .filter_map(|d| HashMap::try_from(Map::LruHashMap(d)).ok())
+        .collect();
+    if maps.is_empty() {
+        return;
+    }
+    for s in sockets {
+        let (Some(cookie), Some(k)) = (s.cookie, s.keepalive.as_mut()) else {
+            continue;
+        };
+        if !k.enabled {
+            continue;
+        }
+        let Some(p) = maps.iter().find_map(|m| m.get(&cookie, 0).ok()) else {
+            continue;
+        };
+        for (setting, value) in [
+            (&mut k.idle_s, p.after.idle_s),
+            (&mut k.interval_s, p.after.intvl_s),
+        ] {
+            if setting.value == value && setting.source != crate::sockets::Source::Sysctl {
+                setting.source = crate::sockets::Source::Kato;
+            }
+        }
+    }
 }
