@@ -67,6 +67,11 @@ pub const ATTACH_PATHS: &[&str] = &["auto", "fentry", "tracepoint"];
 /// path), for the time emulation takes.
 pub const SERVER_FILTERS: &[&str] = &["truth::", "zombies::"];
 
+/// `kato protect` changes sockets, not traces them: once, on the kernel's
+/// own attach path (it loads the iterators and its sock_ops program alike
+/// on every path).
+pub const PROTECT_FILTERS: &[&str] = &["protect::"];
+
 /// What one VM boot runs: each filter under its attach paths.
 pub type Runs = Vec<(String, Vec<&'static str>)>;
 
@@ -80,6 +85,11 @@ pub fn default_runs() -> Runs {
             SERVER_FILTERS
                 .iter()
                 .map(|f| ((*f).to_owned(), vec!["fentry"])),
+        )
+        .chain(
+            PROTECT_FILTERS
+                .iter()
+                .map(|f| ((*f).to_owned(), vec!["auto"])),
         )
         .collect()
 }
@@ -97,6 +107,8 @@ const TOOLS: &[&str] = &[
     "/usr/sbin/haproxy",
     "/usr/bin/tcpdump",
     "/usr/sbin/conntrack",
+    "/usr/sbin/bpftool",
+    "/usr/bin/redis-server",
 ];
 
 /// PostgreSQL's binaries (Debian's, by major version) and the share
