@@ -80,11 +80,14 @@ impl Engine {
             quiet: (!cfg.http_keepalive).then_some(cfg.idle_kill_min),
             // Its table takes timers from snapshots; metrics count no arming.
             no_arming: true,
-            protect: false,
+            protect: cfg.protect,
         })?;
         state::check_caps(&cfg.netns)?;
         let restarts = Arc::new(AtomicU64::new(0));
         let mut state = AgentState::new(&cfg, &bpf, Arc::clone(&restarts))?;
+        if cfg.protect {
+            state.start_protect(&mut bpf)?;
+        }
         let n = state.snapshot(&mut bpf)?;
         let state = Arc::new(Mutex::new(state));
         // Only what runs need; CAP_SETUID/CAP_SETGID/CAP_SETPCAP also for

@@ -45,6 +45,8 @@ pub enum AgentError {
     State(String),
     #[error("kato agent needs {0} to watch other network namespaces (or set netns = \"self\")")]
     Privilege(&'static str),
+    #[error("protect = true needs CAP_NET_ADMIN (attaching to the cgroup hierarchy)")]
+    ProtectPrivilege,
 }
 
 /// Where observations go in the agent: metrics first (they read the
@@ -184,6 +186,8 @@ pub struct AgentState {
     started: Instant,
     /// Where the learner's state is saved (None: memory only).
     state_dir: Option<crate::files::StateDir>,
+    /// `protect = true`: kato protect in the agent.
+    protect: Option<super::protect::AgentProtect>,
 }
 
 /// Capabilities kept after start-up, for this scope: the needed ones, and
@@ -289,6 +293,7 @@ impl AgentState {
                 ),
             },
             state_dir,
+            protect: None,
             snapshotter,
             scope: cfg.netns.clone(),
             listed,
@@ -330,6 +335,22 @@ impl AgentState {
         Ok((targets, vanished))
     }
 
+    /// Turns `kato protect` on (before the seed census: nothing opened
+    /// from then on is missed).
+    pub fn start_protect(&mut self, bpf: &mut Bpf) -> Result<(), AgentError> {
+        if !caps::has(caps::CAP_NET_ADMIN) {
+            return Err(AgentError::ProtectPrivilege);
+        }
+        let filter = !matches!(self.scope, NetnsScope::All);
+        // The watched set first: the program reads it.
+        self.targets(bpf)?;
+        self.protect = Some(
+            super::protect::AgentProtect::start(bpf, &self.sink.policy, filter)
+                .map_err(AgentError::Load)?,
+        );
+        Ok(())
+    }
+
     /// Reconciles the table with a full snapshot of every watched namespace.
     pub fn snapshot(&mut self, bpf: &mut Bpf) -> Result<usize, AgentError> {
         let t = Instant::now();
@@ -337,7 +358,7 @@ impl AgentState {
         let _ = self.pipeline.settle_now(&mut self.sink);
         let (targets, vanished) = self.targets(bpf)?;
         let sink = &mut self.sink;
-        let snaps = crate::census::take(
+        let mut snaps = crate::census::take(
             &self.snapshotter,
             Some(bpf),
             &targets,
@@ -358,6 +379,10 @@ impl AgentState {
                 listening.contains(&(x.netns, x.local.port()))
             });
         sink.policy.learned = sink.learner.rules();
+        if let Some(p) = &mut self.protect {
+            p.after_census(bpf, &targets, &mut snaps, &sink.policy);
+            sink.metrics.on_protect(&mut p.made, p.protected_now);
+        }
         if let Some(dir) = &self.state_dir {
             if let Err(e) = sink.learner.save(dir) {
                 log::warn!("saving learned idle timeouts: {e}");
@@ -415,6 +440,10 @@ impl AgentState {
         );
         sink.metrics
             .set_containerd_failures(sink.resolver.containerd_failures());
+        if let Some(p) = &mut self.protect {
+            p.drain();
+            sink.metrics.on_protect(&mut p.made, p.protected_now);
+        }
         sink.metrics.encode()
     }
 

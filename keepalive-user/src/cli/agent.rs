@@ -16,7 +16,7 @@ use keepalive_user::agent::{
 pub struct AgentArgs {
     /// TOML file with any of: listen, netns, snapshot_interval, label_by,
     /// label_limit, table_capacity, btf, hz, idle_timeouts, idle_kill_min,
-    /// http_keepalive, attach, allowed_hosts, max_connections, ring_size, web_config,
+    /// http_keepalive, protect, attach, allowed_hosts, max_connections, ring_size, web_config,
     /// cloud_defaults, state_dir (see
     /// docs/deploy/kato.toml). Flags override it.
     #[arg(long, value_name = "FILE")]
@@ -64,6 +64,13 @@ pub struct AgentArgs {
     /// connection from every send/recv (a small cost on every socket syscall).
     #[arg(long)]
     pub http_keepalive: bool,
+    /// Keep the watched namespaces' connections alive through middleboxes
+    /// as `kato protect` does: keepalive switched on or tightened (never
+    /// loosened) on every connection whose path has an idle timeout
+    /// (--idle-timeout, conntrack, IPVS, learned, the cloud's). Changes
+    /// other processes' sockets: off unless asked. Needs CAP_NET_ADMIN.
+    #[arg(long)]
+    pub protect: bool,
     /// (testing) Ring buffer size in bytes: a power of two, at least 4096.
     #[arg(long, hide = true, value_parser = super::parse_ring_bytes_pub)]
     pub ring_bytes: Option<u32>,
@@ -167,6 +174,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         },
         idle_kill_min: flag::<IdleKillMin>("idle-kill-min", a.idle_kill_min.clone())?,
         http_keepalive: a.http_keepalive.then_some(true),
+        protect: a.protect.then_some(true),
         attach: flag::<Attach>("attach", a.attach.clone())?,
         allowed_hosts: (!a.allowed_host.is_empty()).then(|| a.allowed_host.clone()),
         web_config: a.web_config.clone(),

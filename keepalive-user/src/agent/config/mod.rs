@@ -110,6 +110,9 @@ pub struct AgentConfig {
     /// Count request/response turns from every send/recv (costs a little on
     /// every socket syscall).
     pub http_keepalive: bool,
+    /// `kato protect` in the agent: keepalive switched on or tightened on
+    /// the connections of the namespaces it watches (off by default).
+    pub protect: bool,
     /// The kernel's event ring, bytes (None: 4 MiB, 8 MiB with the HTTP
     /// keep-alive view).
     pub ring_bytes: Option<u32>,
@@ -147,6 +150,7 @@ impl Default for AgentConfig {
             policy: Policy::default(),
             idle_kill_min: Duration::from_secs(30),
             http_keepalive: false,
+            protect: false,
             ring_bytes: None,
             attach: AttachMode::Auto,
             allowed_hosts: vec![],
@@ -187,6 +191,8 @@ pub struct Overrides {
     pub idle_kill_min: Option<Duration>,
     #[serde(default)]
     pub http_keepalive: Option<bool>,
+    #[serde(default)]
+    pub protect: Option<bool>,
     #[serde(default, deserialize_with = "de_via::<_, Attach>")]
     pub attach: Option<AttachMode>,
     #[serde(default)]
@@ -277,7 +283,7 @@ fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Err
 }
 
 /// The file's keys, for the unknown-key message.
-pub const KEYS: [&str; 20] = [
+pub const KEYS: [&str; 21] = [
     "listen",
     "netns",
     "snapshot_interval",
@@ -289,6 +295,7 @@ pub const KEYS: [&str; 20] = [
     "idle_timeouts",
     "idle_kill_min",
     "http_keepalive",
+    "protect",
     "attach",
     "allowed_hosts",
     "max_connections",
@@ -373,6 +380,7 @@ impl Overrides {
             idle_timeouts: self.idle_timeouts.or(base.idle_timeouts),
             idle_kill_min: self.idle_kill_min.or(base.idle_kill_min),
             http_keepalive: self.http_keepalive.or(base.http_keepalive),
+            protect: self.protect.or(base.protect),
             attach: self.attach.or(base.attach),
             allowed_hosts: self.allowed_hosts.or(base.allowed_hosts),
             max_connections: self.max_connections.or(base.max_connections),
@@ -405,6 +413,7 @@ impl Overrides {
                 .unwrap_or(d.policy),
             idle_kill_min: self.idle_kill_min.unwrap_or(d.idle_kill_min),
             http_keepalive: self.http_keepalive.unwrap_or(d.http_keepalive),
+            protect: self.protect.unwrap_or(d.protect),
             ring_bytes: self.ring_size,
             attach: self.attach.unwrap_or(d.attach),
             allowed_hosts: self.allowed_hosts.unwrap_or(d.allowed_hosts),

@@ -89,6 +89,8 @@ pub struct Metrics {
     snapshots: IntCounter,
     http_restarts: IntCounter,
     containerd_failures: IntCounter,
+    protected: Family<IntCounterVec, 1>,
+    protected_now: IntGauge,
     netns_vanished: IntCounter,
     snapshot_seconds: Gauge,
     idle_before_close: Family<prometheus::HistogramVec, 3>,
@@ -174,6 +176,15 @@ impl Metrics {
             http_restarts: r.counter(
                 "kato_http_restarts_total",
                 "HTTP processes that died on their own and were replaced (the engine kept running).",
+            ),
+            protected: r.counters(
+                "kato_keepalive_protected_total",
+                "Connections whose keepalive protect switched on or tightened (protect = true), by the source of the idle timeout they were protected against.",
+                ["source"],
+            ),
+            protected_now: r.gauge(
+                "kato_keepalive_protected_sockets",
+                "Sockets of the last snapshot carrying keepalive settings protect made.",
             ),
             containerd_failures: r.counter(
                 "kato_containerd_failures_total",
@@ -390,6 +401,15 @@ impl Metrics {
     }
 
     /// Scrape-time: HTTP processes replaced so far.
+    /// Protect's changes since the last call (taken), and the sockets now
+    /// carrying its settings.
+    pub fn on_protect(&mut self, made: &mut HashMap<RuleSource, u64>, now: usize) {
+        for (source, n) in made.drain() {
+            self.protected.with([source.name()]).inc_by(n);
+        }
+        self.protected_now.set(now as i64);
+    }
+
     pub fn set_containerd_failures(&self, n: u64) {
         self.containerd_failures
             .inc_by(n.saturating_sub(self.containerd_failures.get()));
