@@ -64,6 +64,20 @@ fn doctor_reports_defaults_and_advises_against_the_idle_timeout() {
     for c in r["checks"].as_array().unwrap() {
         assert_eq!(c["ok"], true, "check failed as root: {c}");
     }
+    // Every kernel kato runs its tests on (6.1, 6.12, the host's) is 5.15+.
+    let protect = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kato protect")
+        .expect("a protect check");
+    assert!(
+        protect["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("can work here"),
+        "{protect}"
+    );
     let mine = r["namespaces"]
         .as_array()
         .unwrap()

@@ -224,7 +224,7 @@ pub fn run(
         .map_err(LoadError::Privilege)
         .and_then(|()| parsed.map_err(|e| LoadError::Kernel(e.into())))
         .and_then(|b| {
-            let info = KernelInfo::from_btf(path, &b, hz_override, true)?;
+            let info = KernelInfo::from_btf(path.clone(), &b, hz_override, true)?;
             Bpf::open_with(info, &b, &opts)
         });
     let (attach_path, attach_reason, ok) = match loaded {
@@ -267,6 +267,7 @@ pub fn run(
             )
         }
     };
+    checks.push(protect_check(&path, hz_override, &found));
     Report {
         ok,
         kernel: release,
@@ -278,6 +279,56 @@ pub fn run(
         learned,
         workloads: named,
         advice,
+    }
+}
+
+/// Whether `kato protect` can work here (its programs load: the sock_ops
+/// program and the iterator that calls bpf_setsockopt, 5.15+; a cgroup2
+/// hierarchy; CAP_NET_ADMIN for the cgroup attach), and what it would
+/// change: the connections at risk or unprotected under a rule.
+fn protect_check(
+    btf: &std::path::Path,
+    hz: Option<u32>,
+    found: &[timeouts::TimeoutReport],
+) -> Check {
+    let loads = Btf::from_file(btf)
+        .map_err(|e| LoadError::Kernel(e.into()))
+        .and_then(|b| {
+            let info = KernelInfo::from_btf(btf.to_owned(), &b, hz, false)?;
+            Bpf::open_with(
+                info,
+                &b,
+                &LoadOptions {
+                    protect: true,
+                    hz,
+                    ..LoadOptions::default()
+                },
+            )
+        })
+        .map(drop);
+    let cgroup = crate::protect::cgroup::root();
+    let net_admin = caps::has(caps::CAP_NET_ADMIN);
+    let would: usize = found.iter().map(|t| t.at_risk + t.unprotected).sum();
+    match (loads, cgroup, net_admin) {
+        (Ok(()), Ok(root), true) => check(
+            "kato protect",
+            true,
+            format!(
+                "can work here (sock_ops at {}, bpf_setsockopt from the socket walk): it would switch on or tighten keepalive on {would} connection(s) at risk or unprotected above",
+                root.display()
+            ),
+        ),
+        (Err(e), _, _) => check(
+            "kato protect",
+            true,
+            format!("not on this kernel (its programs do not load: {}); kato works without it", crate::bpf::tidy(&e)),
+        ),
+        (_, Err(e), _) => check("kato protect", true, format!("not here: {e}")),
+        (_, _, false) => check(
+            "kato protect",
+            true,
+            "needs CAP_NET_ADMIN to attach to the cgroup hierarchy (run as root)",
+        ),
     }
 }
 
