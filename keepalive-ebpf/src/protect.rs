@@ -71,6 +71,7 @@ pub fn kato_protect_ops(ctx: SockOpsContext) -> u32 {
     }
 }
 
+#[inline(always)]
 fn try_protect_ops(ctx: &SockOpsContext) -> Result<(), u32> {
     let op = ctx.op();
     if op != ACTIVE_ESTABLISHED && op != PASSIVE_ESTABLISHED {
@@ -364,6 +365,7 @@ pub fn kato_iter_protect(ctx: *mut c_void) -> i32 {
     0
 }
 
+#[inline(always)]
 unsafe fn try_iter_protect(ctx: *mut c_void) -> Result<(), u32> {
     let meta = unsafe { *(ctx as *const u64) };
     let sk = unsafe { *(ctx as *const u64).add(1) };

@@ -90,6 +90,9 @@ pub fn tcp_send_reset_replies(ctx: BtfTracePointContext) -> u32 {
     }
 }
 
+// Shared by two programs: inlined into each, or LLVM makes it a function
+// taking a stack pointer, which 6.1's verifier refuses for a global one.
+#[inline(always)]
 fn try_tcp_send_reset(ctx: &BtfTracePointContext, active: bool) -> Result<u32, u32> {
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
