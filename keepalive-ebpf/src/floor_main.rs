@@ -5,7 +5,10 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, sock_ops},
+    programs::{BtfTracePointContext, SockOpsContext},
+};
 
 macro_rules! floor {
     ($($name:ident => $tp:literal),* $(,)?) => {$(
@@ -25,6 +28,13 @@ floor! {
     floor_tcp_receive_reset => "tcp_receive_reset",
     floor_inet_sock_set_state => "inet_sock_set_state",
     floor_inet_sk_error_report => "inet_sk_error_report",
+}
+
+/// `kato protect`'s floor: an empty sock_ops program (what running any
+/// program per connection state change costs).
+#[sock_ops]
+pub fn floor_sock_ops(_ctx: SockOpsContext) -> u32 {
+    1
 }
 
 #[cfg(not(test))]

@@ -139,7 +139,8 @@ fn finish(r: &ProtectRecord) {
                 source: r.source,
                 _pad: [0; 3],
             };
-            let _ = PROTECTED.insert(&r.cookie, &p, 0);
+            let cookie = r.cookie;
+            let _ = PROTECTED.insert(&cookie, &p, 0);
         }
         outcome::FAILED => bump(counter::PROTECT_FAILED),
         _ => {}
@@ -226,7 +227,8 @@ fn in_scope(conf: &ProtectConf, r: &ProtectRecord) -> bool {
     if r.family != AF_INET && r.family != AF_INET6 {
         return false;
     }
-    if conf.netns_filter != 0 && unsafe { WATCHED_NETNS.get(&r.netns) }.is_none() {
+    let netns = r.netns;
+    if conf.netns_filter != 0 && unsafe { WATCHED_NETNS.get(&netns) }.is_none() {
         return false;
     }
     if conf.n_ports != 0 {
@@ -283,7 +285,8 @@ fn rule_for(conf: &ProtectConf, r: &ProtectRecord) -> Option<(u32, u8)> {
     }
     let best = (best != 0).then_some((best, best_t, best_src));
     // SAFETY: a plain lookup; the value is copied out.
-    let ct = unsafe { PROTECT_CT.get(&r.netns) }.copied();
+    let netns = r.netns;
+    let ct = unsafe { PROTECT_CT.get(&netns) }.copied();
     // `policy::RuleSource` codes (`protect::rules::source_code`).
     const CLOUD_ASSUMED: u8 = 1;
     const CONNTRACK: u8 = 2;

@@ -399,7 +399,10 @@ pub fn remember_listener(netns: u32, port: u16) {
 /// a process the task walk may no longer find.
 #[inline(always)]
 pub fn fill_owner(ev: &mut Event) {
-    let mut o = unsafe { OWNERS.get(&ev.sk) };
+    // The key copied to the stack: `ev` is ring-buffer memory, which
+    // 6.1's verifier does not take as a map key.
+    let sk = unsafe { core::ptr::read_volatile(&raw const ev.sk) };
+    let mut o = unsafe { OWNERS.get(&sk) };
     // An accepted socket, or a reply for one that is gone: its listener's.
     if o.is_none() && ev.flags & (flags::PASSIVE | flags::MINI_SOCK) != 0 {
         o = unsafe { PORT_OWNERS.get(&port_key(ev.netns, ev.sport)) };

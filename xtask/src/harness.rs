@@ -271,7 +271,7 @@ pub(crate) fn start_in(cond: &str, kato: &str, watched: Option<&Netns>) -> Resul
 
 /// A process the bench started (kato, bpftrace), stopped when dropped, so
 /// that a run ending in an error leaves nothing attached for the next.
-pub(crate) struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Running {
     pub(crate) fn id(&self) -> u32 {

@@ -10,6 +10,7 @@ mod harness;
 mod hold;
 mod hooks;
 mod overhead;
+mod protect;
 mod rr;
 mod setup;
 mod vm;
@@ -89,6 +90,14 @@ enum Cmd {
         /// (docs/benchmarks.md is left alone).
         #[arg(long, conflicts_with_all = ["web_only", "listing_only", "hooks_only"])]
         events_only: bool,
+        /// Seconds of each `kato protect` run (nginx + wrk, 4 conditions x
+        /// 7 repetitions; 0: skip).
+        #[arg(long, default_value_t = 5)]
+        protect_secs: u64,
+        /// Only the `kato protect` section, printed (docs/benchmarks.md is
+        /// left alone).
+        #[arg(long, conflicts_with_all = ["web_only", "listing_only", "hooks_only", "events_only"])]
+        protect_only: bool,
         /// Seconds of fuzzing per parser (0: skip).
         #[arg(long, default_value_t = 30)]
         fuzz_secs: u64,
@@ -228,6 +237,8 @@ fn main() -> Result<()> {
             hook_secs,
             hooks_only,
             events_only,
+            protect_secs,
+            protect_only,
             fuzz_secs,
         } => {
             if euid() != 0 {
@@ -262,6 +273,11 @@ fn main() -> Result<()> {
                 println!("{}", hooks::report(&h));
                 return Ok(());
             }
+            if protect_only {
+                let p = protect::run(kato, protect_secs)?;
+                println!("{}", protect::report(&p));
+                return Ok(());
+            }
             if events_only {
                 let t = overhead::throughput(kato, events_sockets, events_secs)?;
                 harness::bpf_stats(false);
@@ -282,9 +298,12 @@ fn main() -> Result<()> {
                 .transpose()?;
             let throughput = overhead::throughput(kato, events_sockets, events_secs)?;
             let churned = overhead::churn(kato, churn)?;
+            let protected = (protect_secs > 0)
+                .then(|| protect::run(kato, protect_secs))
+                .transpose()?;
             let (rows, baseline) = bench::scale(kato, &sockets)?;
             let command = format!(
-                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --hook-secs {hook_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn} --web-secs {web_secs} --fuzz-secs {fuzz_secs}",
+                "cargo xtask bench --sockets {} --rr-secs {rr_secs} --hook-secs {hook_secs} --events-sockets {events_sockets} --events-secs {events_secs} --churn {churn} --web-secs {web_secs} --protect-secs {protect_secs} --fuzz-secs {fuzz_secs}",
                 sockets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
             );
             harness::bpf_stats(false);
@@ -296,6 +315,9 @@ fn main() -> Result<()> {
             text += &overhead::churn_report(&churned);
             if let Some(w) = &web {
                 text += &web::report(w);
+            }
+            if let Some(p) = &protected {
+                text += &protect::report(p);
             }
             if fuzz_secs > 0 {
                 // After the measurements: fuzzing keeps both cores busy.

@@ -21,7 +21,7 @@ const PORT: u16 = 8080;
 pub const CONDITIONS: [&str; 4] = ["none", "floor", "kato", "kato --http-keepalive"];
 pub const MODES: [&str; 2] = ["Connection: close", "keep-alive"];
 
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     dir: std::path::PathBuf,
 }
@@ -59,7 +59,7 @@ fn affinity_mask(cpu: usize) -> String {
     format!("1{}", "0".repeat(cpu))
 }
 
-fn nginx(ns: &Netns) -> Result<Nginx> {
+pub(crate) fn nginx(ns: &Netns) -> Result<Nginx> {
     let dir = std::env::temp_dir().join(format!("kato-bench-nginx-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("nginx.conf");
@@ -103,7 +103,7 @@ fn nginx(ns: &Netns) -> Result<Nginx> {
 }
 
 /// wrk's (requests/s, requests) for one run.
-fn wrk(ns: &Netns, close: bool, secs: u64) -> Result<(f64, u64)> {
+pub(crate) fn wrk(ns: &Netns, close: bool, secs: u64) -> Result<(f64, u64)> {
     let mut cmd = if let Some((w, _)) = pinned() {
         let mut c = ns.cmd("taskset");
         c.args(["-c", &w.to_string(), "wrk"]);
@@ -170,7 +170,7 @@ pub struct Web {
 /// One run: requests/s, and ring records per request where an agent ran.
 type Sample = (f64, Option<f64>);
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -20,6 +20,31 @@ const PROGRAMS: [(&str, &str); 8] = [
     ("floor_inet_sk_error_report", "inet_sk_error_report"),
 ];
 
+/// The empty sock_ops program, attached to the cgroup directory `cgroup`
+/// (`kato protect`'s floor); dropping it detaches it.
+pub fn attach_sock_ops(cgroup: &std::path::Path) -> Result<Ebpf, LoadError> {
+    let name = "floor_sock_ops";
+    let err = |source| LoadError::Program {
+        name,
+        tracepoint: "sock_ops",
+        source,
+    };
+    let cg = std::fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
+        path: cgroup.display().to_string(),
+        source,
+    })?;
+    let mut ebpf = Ebpf::load(FLOOR)?;
+    let prog: &mut aya::programs::SockOps = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram { name })?
+        .try_into()
+        .map_err(err)?;
+    prog.load().map_err(err)?;
+    prog.attach(cg, aya::programs::links::CgroupAttachMode::Single)
+        .map_err(err)?;
+    Ok(ebpf)
+}
+
 /// Loads and attaches every floor program; dropping it detaches them.
 pub fn attach(btf: &std::path::Path) -> Result<Ebpf, LoadError> {
     crate::caps::require_tracing().map_err(LoadError::Privilege)?;

@@ -113,7 +113,7 @@ Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout 
     Protect(protect::ProtectArgs),
     /// (benchmarks) Attach empty programs on kato's tracepoints until SIGTERM.
     #[command(hide = true)]
-    BenchFloor(KernelArgs),
+    BenchFloor(bench_floor::BenchFloorArgs),
     /// The agent's HTTP process (started by `kato agent`).
     #[command(hide = true)]
     AgentHttp(agent_http::AgentHttpArgs),
