@@ -15,7 +15,7 @@ use thiserror::Error;
 use super::{
     config::{AgentConfig, NetnsScope},
     httpd::HttpdConfig,
-    state::{self, AgentError, AgentState},
+    state::{AgentError, AgentState},
     supervise::{self, HttpError, Serving},
 };
 use crate::{
@@ -82,7 +82,7 @@ impl Engine {
             no_arming: true,
             protect: cfg.protect,
         })?;
-        state::check_caps(&cfg.netns)?;
+        super::privileges::check_caps(&cfg.netns)?;
         let restarts = Arc::new(AtomicU64::new(0));
         let mut state = AgentState::new(&cfg, &bpf, Arc::clone(&restarts))?;
         if cfg.protect {
@@ -93,7 +93,7 @@ impl Engine {
         // Only what runs need; CAP_SETUID/CAP_SETGID/CAP_SETPCAP also for
         // the exec of each HTTP process, which uses them to switch users
         // and empty its bounding set, then drops them.
-        let keep = state::runtime_caps(&cfg.netns);
+        let keep = super::privileges::runtime_caps(&cfg.netns);
         let for_exec: Vec<caps::Capability> = [
             caps::Capability::CAP_SETUID,
             caps::Capability::CAP_SETGID,

@@ -4,6 +4,7 @@ pub mod engine;
 pub mod http;
 pub mod httpd;
 pub mod metrics;
+pub mod privileges;
 pub mod protect;
 pub mod sandbox;
 pub mod state;
