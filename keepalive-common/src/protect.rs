@@ -79,7 +79,8 @@ pub struct ProtectConf {
     pub n_ports: u32,
     pub ports: [u16; MAX_SCOPE],
     pub n_addrs: u32,
-    pub _pad: u32,
+    /// Namespaces with a conntrack timeout in `PROTECT_CT` (0: no lookup).
+    pub n_ct: u32,
     pub addrs: [[u8; 16]; MAX_SCOPE],
 }
 

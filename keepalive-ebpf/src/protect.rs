@@ -71,6 +71,9 @@ pub fn kato_protect_ops(ctx: SockOpsContext) -> u32 {
     }
 }
 
+/// A connection the rules do not name costs the op check, the settings
+/// lookup, the context's own fields and the rule loop: the socket is read
+/// (its namespace, cgroup, keepalive) only for one they do.
 #[inline(always)]
 fn try_protect_ops(ctx: &SockOpsContext) -> Result<(), u32> {
     let op = ctx.op();
@@ -79,6 +82,34 @@ fn try_protect_ops(ctx: &SockOpsContext) -> Result<(), u32> {
     }
     let conf = PROTECT_CONF.get(0).ok_or(0u32)?;
     if conf.on == 0 {
+        return Ok(());
+    }
+    let mut r = ProtectRecord {
+        origin: origin::NEW,
+        ..ProtectRecord::default()
+    };
+    // The 4-tuple from the context (its fields, no socket reads).
+    r.family = ctx.family() as u16;
+    r.sport = ctx.local_port() as u16;
+    r.dport = u32::from_be(ctx.remote_port()) as u16;
+    if r.family == AF_INET6 {
+        // Word by word: the verifier takes only 4-byte loads of these.
+        let mut w = [0u32; 4];
+        let mut i = 0;
+        while i < 4 {
+            // SAFETY: the context is the kernel's `struct bpf_sock_ops`.
+            w[i] = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).remote_ip6[i]) };
+            i += 1;
+        }
+        r.daddr = v6(w);
+    } else {
+        r.daddr = mapped(ctx.remote_ip4());
+    }
+    if !in_scope(conf, &r) {
+        return Ok(());
+    }
+    let path = path_rule(conf, &r);
+    if path.is_none() && conf.n_ct == 0 {
         return Ok(());
     }
     // SAFETY: the context is the kernel's `struct bpf_sock_ops`.
@@ -90,15 +121,12 @@ fn try_protect_ops(ctx: &SockOpsContext) -> Result<(), u32> {
     if tp == 0 {
         return Ok(());
     }
-    let mut r = ProtectRecord {
-        origin: origin::NEW,
-        ..ProtectRecord::default()
-    };
     fill_tuple(&mut r, tp);
-    if !in_scope(conf, &r) {
+    let netns = r.netns;
+    if conf.netns_filter != 0 && unsafe { WATCHED_NETNS.get(&netns) }.is_none() {
         return Ok(());
     }
-    let Some((timeout_ms, source)) = rule_for(conf, &r) else {
+    let Some((timeout_ms, source)) = with_conntrack(path, netns) else {
         return Ok(());
     };
     r.timeout_ms = timeout_ms;
@@ -203,6 +231,18 @@ fn fill_tuple(r: &mut ProtectRecord, tp: u64) {
     }
 }
 
+/// An IPv6 address from the context's four network-order words.
+#[inline(always)]
+fn v6(words: [u32; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        a[i * 4..i * 4 + 4].copy_from_slice(&words[i].to_ne_bytes());
+        i += 1;
+    }
+    a
+}
+
 /// An IPv4 address (network order, as stored) as `::ffff:a.b.c.d`.
 #[inline(always)]
 fn mapped(v4: u32) -> [u8; 16] {
@@ -221,14 +261,11 @@ fn load16(base: u64, off: u32) -> [u8; 16] {
     a
 }
 
-/// The namespace, port and address scope.
+/// The port and address scope (the namespace is checked where the socket
+/// is read).
 #[inline(always)]
 fn in_scope(conf: &ProtectConf, r: &ProtectRecord) -> bool {
     if r.family != AF_INET && r.family != AF_INET6 {
-        return false;
-    }
-    let netns = r.netns;
-    if conf.netns_filter != 0 && unsafe { WATCHED_NETNS.get(&netns) }.is_none() {
         return false;
     }
     if conf.n_ports != 0 {
@@ -260,13 +297,10 @@ fn in_scope(conf: &ProtectConf, r: &ProtectRecord) -> bool {
     true
 }
 
-/// The rule for a flow as `policy::Policy::rule_for_flow` picks it: the
-/// most specific path rule (declared first), and the namespace's conntrack
-/// timeout where it is shorter, or where the path rule was only assumed
-/// or learned. `(timeout ms, source)`.
+/// The most specific path rule for the flow (declared first), as
+/// `policy::Policy::lookup` picks it: `(specificity + 1, timeout ms, source)`.
 #[inline(always)]
-fn rule_for(conf: &ProtectConf, r: &ProtectRecord) -> Option<(u32, u8)> {
-    // (specificity + 1, timeout, source); 0: no rule matched.
+fn path_rule(conf: &ProtectConf, r: &ProtectRecord) -> Option<(u32, u32, u8)> {
     let (mut best, mut best_t, mut best_src) = (0u32, 0u32, 0u8);
     let n = conf.rules.min(MAX_RULES);
     let mut i = 0u32;
@@ -283,15 +317,21 @@ fn rule_for(conf: &ProtectConf, r: &ProtectRecord) -> Option<(u32, u8)> {
         }
         i += 1;
     }
-    let best = (best != 0).then_some((best, best_t, best_src));
+    (best != 0).then_some((best, best_t, best_src))
+}
+
+/// The rule that decides, as `policy::Policy::rule_for_flow` does: the
+/// namespace's conntrack timeout where it is shorter than the path rule,
+/// or where that was only assumed or learned. `(timeout ms, source)`.
+#[inline(always)]
+fn with_conntrack(path: Option<(u32, u32, u8)>, netns: u32) -> Option<(u32, u8)> {
     // SAFETY: a plain lookup; the value is copied out.
-    let netns = r.netns;
     let ct = unsafe { PROTECT_CT.get(&netns) }.copied();
     // `policy::RuleSource` codes (`protect::rules::source_code`).
     const CLOUD_ASSUMED: u8 = 1;
     const CONNTRACK: u8 = 2;
     const LEARNED: u8 = 3;
-    match (best, ct) {
+    match (path, ct) {
         (Some((_, t, src)), Some(c)) if c < t || src == CLOUD_ASSUMED || src == LEARNED => {
             Some((c, CONNTRACK))
         }

@@ -525,3 +525,47 @@ fn the_agent_protects_the_namespaces_it_watches() {
     b.expect("existing before the agent started: survived");
     a.expect("opened after: survived");
 }
+
+/// IPv6: an existing connection and a new one on `::1`, matched by a
+/// v6 rule (the kernel reads a v6 address word by word from the context).
+#[test]
+fn ipv6_connections_are_matched_too() {
+    require_root();
+    let ns = Netns::new("prot6");
+    let (tx, rx) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done) = mpsc::channel();
+    let _ = ns.spawn(move || {
+        let l = TcpListener::bind("[::1]:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let before = TcpStream::connect(to).unwrap();
+        let (_b, _) = l.accept().unwrap();
+        tx.send(before.local_addr().unwrap().port()).unwrap();
+        go_rx.recv().unwrap();
+        let after = TcpStream::connect(to).unwrap();
+        let (_a, _) = l.accept().unwrap();
+        tx.send(after.local_addr().unwrap().port()).unwrap();
+        go_rx.recv().unwrap();
+        done_tx
+            .send((keepalive_opts(&before), keepalive_opts(&after)))
+            .unwrap();
+    });
+    let before = rx.recv().unwrap();
+    let protect = Protect::start(&["--netns", &ns.name, "--idle-timeout", "[::1/128]=30s"]);
+    let v = protect.wait_for(before, Duration::from_secs(10));
+    assert_eq!(
+        (v["origin"].as_str(), v["event"].as_str()),
+        (Some("existing"), Some("keepalive_set")),
+        "{v}"
+    );
+    go.send(()).unwrap();
+    let after = rx.recv().unwrap();
+    let v = protect.wait_for(after, Duration::from_secs(10));
+    assert_eq!(v["origin"], "new", "{v}");
+    assert!(v["remote"].as_str().unwrap().starts_with("[::1]:"), "{v}");
+    go.send(()).unwrap();
+    let (b, a) = done.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((b.0, b.1, b.2), (true, 10, 10), "a third of 30 s");
+    assert_eq!((a.0, a.1, a.2), (true, 10, 10));
+    assert!(protect.stop().success());
+}

@@ -44,4 +44,3 @@ pub fn check_caps(scope: &NetnsScope) -> Result<(), AgentError> {
         None => Ok(()),
     }
 }
-

@@ -172,6 +172,7 @@ impl Protector {
         }
         let conf = ProtectConf {
             rules: rules.len() as u32,
+            n_ct: conntrack.len() as u32,
             ..*conf
         };
         self.conf.set(0, conf, 0).map_err(|_| LoadError::Map(CONF))
