@@ -55,10 +55,12 @@ fn agent_counts_dead_peer_like_the_kernel_and_promtool_accepts_it() {
     let after = tcpext(&ns.exec(&["cat", "/proc/net/netstat"]), "TCPKeepAlive");
     let n = ns.inode;
     let m = agent.wait_metrics(Duration::from_secs(5), |m| {
+        // The received reset may be held a moment to learn its cause.
         sample(
             m,
             &format!("kato_keepalive_timeouts_total{{netns=\"{n}\"}}"),
         ) >= 1.0
+            && sample(m, &format!("kato_resets_received_total{{netns=\"{n}\"}}")) >= 1.0
     });
 
     // kato's probe counter equals the kernel's own keepalive-probe counter.

@@ -150,7 +150,7 @@ impl Pipeline {
                 }
                 self.held.push(Held {
                     sk: rec.sk,
-                    until_ns: rec.ts_ns + HOLD_NS,
+                    until_ns: rec.ts_ns.saturating_add(HOLD_NS),
                     records: vec![rec],
                 });
                 continue;
