@@ -8,6 +8,7 @@
 
 use core::mem::size_of;
 
+pub mod names;
 pub mod protect;
 
 /// Raw event kinds written by the kernel programs.

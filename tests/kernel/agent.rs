@@ -204,9 +204,16 @@ fn prog_ids() -> Vec<u64> {
 #[test]
 fn agent_stops_on_sigterm_within_a_second_leaving_nothing_attached() {
     require_root();
-    let mut agent = Agent::start(&["--netns", "self"]);
+    let (mut agent, log) = Agent::start_logged(&["--netns", "self"], "warn");
     let ids = progs_of(agent.child.id());
     assert!(ids.len() >= 7, "the agent holds its programs: {ids:?}");
+    // SIGHUP (a daemon's reload) is said and ignored, not a silent death.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    let said = std::iter::from_fn(|| log.recv_timeout(Duration::from_secs(5)).ok())
+        .find(|l| l.contains("SIGHUP ignored"));
+    assert!(said.is_some(), "no word on SIGHUP");
+    assert_eq!(agent.get("/healthz").0, 200, "still serving after SIGHUP");
+    assert!(agent.child.try_wait().unwrap().is_none());
     let t = Instant::now();
     let status = agent.terminate();
     let took = t.elapsed();

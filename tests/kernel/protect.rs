@@ -163,6 +163,18 @@ struct Ends {
     outside_opts: mpsc::Receiver<(bool, i32, i32, i32)>,
 }
 
+/// Keeps `streams` busy (an echo every 500 ms) until `go`: the flows stay
+/// in the router's table however long protect takes to start (seconds
+/// under the VM's software emulation, past the 3 s timeout); the idle
+/// under test starts after it.
+fn busy_until(go: &mpsc::Receiver<()>, streams: &mut [&mut TcpStream]) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = go.recv_timeout(Duration::from_millis(500)) {
+        for s in streams.iter_mut() {
+            echo(s, b"tick").unwrap();
+        }
+    }
+}
+
 /// In the client namespace: `before` (opened now), `outside` (port 8001,
 /// outside the rule), `app` (its own keepalive 1/1/3); `after` opened
 /// when `go` says so; all idle 8 s, then each echoes.
@@ -183,7 +195,7 @@ fn connections(t: &Topology, go: mpsc::Receiver<()>) -> Ends {
         ports_tx
             .send((port(&before), port(&outside), port(&app)))
             .unwrap();
-        go.recv().unwrap();
+        busy_until(&go, &mut [&mut before, &mut outside]);
         let mut after = client(to, |_| {});
         echo(&mut after, b"hello").unwrap();
         ports_tx.send((port(&after), 0, 0)).unwrap();
@@ -480,7 +492,7 @@ fn the_agent_protects_the_namespaces_it_watches() {
         let mut before = client(to, |_| {});
         echo(&mut before, b"hello").unwrap();
         tx.send(before.local_addr().unwrap().port()).unwrap();
-        go_rx.recv().unwrap();
+        busy_until(&go_rx, &mut [&mut before]);
         let mut after = client(to, |_| {});
         echo(&mut after, b"hello").unwrap();
         tx.send(after.local_addr().unwrap().port()).unwrap();

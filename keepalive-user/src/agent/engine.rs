@@ -69,7 +69,7 @@ impl Engine {
             btf: cfg.btf.clone(),
             hz: cfg.hz,
             ring_bytes: cfg
-                .ring_bytes
+                .ring_size
                 .or((!cfg.http_keepalive).then_some(QUIET_RING_BYTES)),
             attach: cfg.attach,
             // Scoped to namespaces: the kernel drops everyone else's events

@@ -241,8 +241,8 @@ impl AgentState {
                 metrics,
                 listening: HashSet::new(),
                 policy: match crate::cloud::detect() {
-                    Some(c) if cfg.cloud_defaults => cfg.policy.clone().with_assumed([c.rule()]),
-                    _ => cfg.policy.clone(),
+                    Some(c) if cfg.cloud_defaults => cfg.policy().with_assumed([c.rule()]),
+                    _ => cfg.policy(),
                 },
                 learner,
                 resolver: crate::workload::Resolver::with_cgroups(

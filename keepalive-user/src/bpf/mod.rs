@@ -21,7 +21,11 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     Ebpf, EbpfLoader,
 };
-use keepalive_common::{counter, WatchedFew, WATCHED_FEW_MAX};
+use keepalive_common::{
+    counter,
+    names::{global, map},
+    WatchedFew, WATCHED_FEW_MAX,
+};
 
 pub use attach::{AttachKind, AttachMode, AttachPath};
 pub use error::LoadError;
@@ -203,7 +207,7 @@ impl Bpf {
             None => None,
         };
         if let Some(bytes) = ring {
-            loader.map_max_entries("EVENTS", bytes);
+            loader.map_max_entries(map::EVENTS, bytes);
         }
         if !opts.protect {
             for (name, size) in protect::IDLE_SIZES {
@@ -221,18 +225,18 @@ impl Bpf {
         };
         let log_level = proglog::level();
         let mut ebpf = loader
-            .override_global("KATO_CONFIG", &config, true)
-            .override_global("KATO_ITER_CONFIG", &kernel.iter_config, true)
-            .override_global("AYA_LOG_LEVEL", &log_level, true)
+            .override_global(global::CONFIG, &config, true)
+            .override_global(global::ITER_CONFIG, &kernel.iter_config, true)
+            .override_global(global::LOG_LEVEL, &log_level, true)
             .load(OBJECT)?;
         if log_level != 0 {
             proglog::start(&mut ebpf);
         }
         log::debug!("object loaded at {:?}", t.elapsed());
         let counters = ebpf
-            .take_map("COUNTERS")
+            .take_map(map::COUNTERS)
             .and_then(|m| PerCpuArray::try_from(m).ok())
-            .ok_or(LoadError::Map("COUNTERS"))?;
+            .ok_or(LoadError::Map(map::COUNTERS))?;
         let mut progs = ladder::Programs {
             ebpf: &mut ebpf,
             btf,
@@ -269,9 +273,9 @@ impl Bpf {
     fn ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .ok_or(LoadError::Map("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|_| LoadError::Map("EVENTS"))
+            .take_map(map::EVENTS)
+            .ok_or(LoadError::Map(map::EVENTS))?;
+        RingBuf::try_from(map).map_err(|_| LoadError::Map(map::EVENTS))
     }
 
     /// The event stream; the ring can be taken once (this or
@@ -290,10 +294,10 @@ impl Bpf {
     pub fn watch_netns(&mut self, inodes: &HashSet<u32>) -> Result<(), LoadError> {
         let map = self
             .ebpf
-            .map_mut("WATCHED_NETNS")
-            .ok_or(LoadError::Map("WATCHED_NETNS"))?;
+            .map_mut(map::WATCHED_NETNS)
+            .ok_or(LoadError::Map(map::WATCHED_NETNS))?;
         let mut m: aya::maps::HashMap<&mut MapData, u32, u8> =
-            aya::maps::HashMap::try_from(map).map_err(|_| LoadError::Map("WATCHED_NETNS"))?;
+            aya::maps::HashMap::try_from(map).map_err(|_| LoadError::Map(map::WATCHED_NETNS))?;
         let stale: Vec<u32> = m
             .keys()
             .filter_map(Result::ok)
@@ -319,13 +323,13 @@ impl Bpf {
         }
         let map = self
             .ebpf
-            .map_mut("WATCHED_FEW")
-            .ok_or(LoadError::Map("WATCHED_FEW"))?;
+            .map_mut(map::WATCHED_FEW)
+            .ok_or(LoadError::Map(map::WATCHED_FEW))?;
         let mut a: aya::maps::Array<&mut MapData, WatchedFew> =
-            aya::maps::Array::try_from(map).map_err(|_| LoadError::Map("WATCHED_FEW"))?;
+            aya::maps::Array::try_from(map).map_err(|_| LoadError::Map(map::WATCHED_FEW))?;
         if a.get(&0, 0).ok() != Some(few) {
             a.set(0, few, 0)
-                .map_err(|_| LoadError::Map("WATCHED_FEW"))?;
+                .map_err(|_| LoadError::Map(map::WATCHED_FEW))?;
         }
         Ok(())
     }
@@ -342,7 +346,7 @@ impl Bpf {
     ) -> Result<(), LoadError> {
         use keepalive_common::{port_key, OwnerSlot};
         const LISTEN: u8 = 10;
-        for (map, listeners) in [("PORT_OWNERS", true), ("OWNERS", false)] {
+        for (map, listeners) in [(map::PORT_OWNERS, true), (map::OWNERS, false)] {
             let m = self.ebpf.map_mut(map).ok_or(LoadError::Map(map))?;
             let mut m: aya::maps::HashMap<&mut MapData, u64, OwnerSlot> =
                 aya::maps::HashMap::try_from(m).map_err(|_| LoadError::Map(map))?;
@@ -378,5 +382,27 @@ impl Bpf {
     /// A handle on the counters that outlives borrows of `self`.
     pub fn counter_map(&self) -> Arc<CounterMap> {
         Arc::clone(&self.counters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keepalive_common::names::map;
+
+    /// Every map name userspace opens exists in the compiled object, and
+    /// the object has no map nobody knows of.
+    #[test]
+    fn map_names_match_the_object() {
+        let obj = aya_obj::Object::parse(super::OBJECT).expect("the compiled object parses");
+        let mut found: Vec<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !n.starts_with('.') && !n.starts_with("AYA_"))
+            .collect();
+        found.sort_unstable();
+        let mut known: Vec<&str> = map::OPENED.iter().chain(&map::PRIVATE).copied().collect();
+        known.sort_unstable();
+        assert_eq!(found, known);
     }
 }

@@ -13,17 +13,19 @@ use keepalive_common::protect::{
     PROTECT_RECORD_SIZE,
 };
 
+use keepalive_common::names::map;
+
 use super::{Bpf, Hook, LoadError};
 use crate::netns::NetnsRef;
 
 /// The maps and program names protect uses, in the object.
 pub const SOCK_OPS: &str = "kato_protect_ops";
-const CONF: &str = "PROTECT_CONF";
-const RULES: &str = "PROTECT_RULES";
-const CT: &str = "PROTECT_CT";
-const PLAN: &str = "PROTECT_PLAN";
-const PROTECTED: &str = "PROTECTED";
-const EVENTS: &str = "PROTECT_EVENTS";
+const CONF: &str = map::PROTECT_CONF;
+const RULES: &str = map::PROTECT_RULES;
+const CT: &str = map::PROTECT_CT;
+const PLAN: &str = map::PROTECT_PLAN;
+const PROTECTED: &str = map::PROTECTED;
+const EVENTS: &str = map::PROTECT_EVENTS;
 
 /// Sizes for an object that will not protect: each map at its smallest.
 pub const IDLE_SIZES: [(&str, u32); 5] = [

@@ -14,11 +14,10 @@ use keepalive_user::agent::{
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// TOML file with any of: listen, netns, snapshot_interval, label_by,
-    /// label_limit, table_capacity, btf, hz, idle_timeouts, idle_kill_min,
-    /// http_keepalive, protect, attach, allowed_hosts, max_connections, ring_size, web_config,
-    /// cloud_defaults, state_dir (see
-    /// docs/deploy/kato.toml). Flags override it.
+    /// TOML file whose keys are these flags' names with underscores
+    /// (`snapshot_interval`; `[idle_timeouts]`, `allowed_hosts`,
+    /// `cloud_defaults = false`): docs/deploy/kato.toml has each. Flags
+    /// override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address for /metrics, /sockets and /healthz [default: 127.0.0.1:7941].
@@ -215,7 +214,7 @@ pub fn config(a: &AgentArgs) -> Result<config::AgentConfig, ConfigError> {
     };
     let mut cfg = flags.over(file).resolve();
     // The hidden test flag, exact bytes, wins.
-    cfg.ring_bytes = ring_bytes.or(cfg.ring_bytes);
+    cfg.ring_size = ring_bytes.or(cfg.ring_size);
     Ok(cfg)
 }
 

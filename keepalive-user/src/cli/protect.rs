@@ -5,7 +5,7 @@ use std::{collections::HashSet, io::Write as _, net::IpAddr, path::PathBuf, time
 
 use anyhow::Context as _;
 use clap::Args;
-use keepalive_common::protect::{ProtectConf, MAX_SCOPE};
+use keepalive_common::protect::{ProtectConf, MAX_RULES, MAX_SCOPE};
 use keepalive_user::{
     agent::config::ConfigError,
     bpf::{Bpf, Iterators, LoadOptions},
@@ -263,6 +263,15 @@ pub async fn run(args: ProtectArgs) -> anyhow::Result<()> {
         return Err(usage("--addr", format!("at most {MAX_SCOPE} addresses")));
     }
     let mut policy = policy(&args)?;
+    if policy.rules.len() > MAX_RULES as usize {
+        return Err(usage(
+            "--idle-timeout",
+            format!(
+                "{} rules declared; the kernel holds at most {MAX_RULES}",
+                policy.rules.len()
+            ),
+        ));
+    }
     let mut filter = Filter {
         ports: args.port.clone(),
         addrs: args.addr.clone(),

@@ -73,6 +73,13 @@ pub fn compile_policy(p: &Policy) -> (Vec<ProtectRule>, Vec<(u32, u32)>) {
         .map(compile)
         .collect();
     if rules.len() > MAX_RULES as usize {
+        // Learned and IPVS rules can outgrow the kernel's table: the least
+        // specific go, and say so (declared ones are capped at parse).
+        log::warn!(
+            "{} idle-timeout rules, the kernel holds {MAX_RULES}: the {} least specific are not protected",
+            rules.len(),
+            rules.len() - MAX_RULES as usize
+        );
         rules.sort_by_key(|r| std::cmp::Reverse(r.specificity));
         rules.truncate(MAX_RULES as usize);
     }

@@ -88,129 +88,121 @@ impl LabelBy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentConfig {
-    pub listen: SocketAddr,
-    pub netns: NetnsScope,
+/// The field's type in [`AgentConfig`]: the value, or an optional one.
+macro_rules! resolved_ty {
+    (val, $t:ty) => { $t };
+    (opt, $t:ty) => { Option<$t> };
+}
+
+/// The resolved value: given, else the default.
+macro_rules! resolve_one {
+    (val, $given:expr, $default:expr) => {
+        $given.unwrap_or_else(|| $default)
+    };
+    (opt, $given:expr, $default:expr) => {
+        $given.or_else(|| $default)
+    };
+}
+
+/// Each key once: its documentation, kind (`val`: always has a value;
+/// `opt`: may have none), type, default, and the file value's parser. Out
+/// of it come [`AgentConfig`] (resolved), its `Default`, [`Overrides`] (as
+/// given in the file or by flags), their layering, and [`KEYS`].
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $key:ident : $kind:ident $t:ty = $default:expr $(, with $with:literal)? ;)*) => {
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct AgentConfig {
+            $( $(#[doc = $doc])* pub $key: resolved_ty!($kind, $t), )*
+        }
+
+        impl Default for AgentConfig {
+            fn default() -> Self {
+                Overrides::default().resolve()
+            }
+        }
+
+        /// Settings as given (file or flags); `None` = not given. The file
+        /// is read by serde; each value goes through the same parser as its
+        /// flag.
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Overrides {
+            $( #[serde(default $(, deserialize_with = $with)?)] pub $key: Option<$t>, )*
+        }
+
+        /// The file's keys, for the unknown-key message.
+        pub const KEYS: &[&str] = &[$(stringify!($key)),*];
+
+        impl Overrides {
+            /// `self` on top of `base`.
+            pub fn over(self, base: Overrides) -> Overrides {
+                Overrides { $( $key: self.$key.or(base.$key), )* }
+            }
+
+            pub fn resolve(self) -> AgentConfig {
+                AgentConfig { $( $key: resolve_one!($kind, self.$key, $default), )* }
+            }
+        }
+    };
+}
+
+settings! {
+    listen: val SocketAddr = DEFAULT_LISTEN.parse().expect("valid default"), with "de_via::<_, ListenAddr>";
+    /// Which network namespaces are watched.
+    netns: val NetnsScope = NetnsScope::All;
     /// How often the socket table is reconciled with a full snapshot.
-    pub snapshot_interval: Duration,
-    pub label_by: Vec<LabelBy>,
+    snapshot_interval: val Duration = Duration::from_secs(30), with "de_via::<_, Interval>";
+    label_by: val Vec<LabelBy> = vec![];
     /// Distinct values per opt-in label before the rest become `other`.
-    pub label_limit: usize,
+    label_limit: val usize = 20, with "de_via::<_, LabelLimit>";
     /// Sockets tracked at most; the least recently updated are evicted first.
     /// None: derived from the cgroup memory limit (`agent::capacity`).
-    pub table_capacity: Option<usize>,
-    pub btf: Option<PathBuf>,
-    pub hz: Option<u32>,
-    /// Declared middlebox idle timeouts.
-    pub policy: Policy,
+    table_capacity: opt usize = None, with "de_via::<_, TableCapacity>";
+    btf: opt PathBuf = None;
+    hz: opt u32 = None, with "de_via::<_, Hz>";
+    /// Declared middlebox idle timeouts (`[idle_timeouts]`, `--idle-timeout`).
+    idle_timeouts: val Vec<Rule> = vec![], with "de_rules";
     /// Resets and keepalive timeouts after this much idle time are
     /// reported as suspected middlebox kills.
-    pub idle_kill_min: Duration,
+    idle_kill_min: val Duration = Duration::from_secs(30), with "de_via::<_, IdleKillMin>";
     /// Count request/response turns from every send/recv (costs a little on
     /// every socket syscall).
-    pub http_keepalive: bool,
+    http_keepalive: val bool = false;
     /// `kato protect` in the agent: keepalive switched on or tightened on
     /// the connections of the namespaces it watches (off by default).
-    pub protect: bool,
-    /// The kernel's event ring, bytes (None: 4 MiB, 8 MiB with the HTTP
-    /// keep-alive view).
-    pub ring_bytes: Option<u32>,
+    protect: val bool = false;
     /// fentry, tracepoints, or the best the kernel allows.
-    pub attach: AttachMode,
+    attach: val AttachMode = AttachMode::Auto, with "de_via::<_, Attach>";
     /// `Host` names the endpoint answers to besides IP literals,
     /// `localhost` and the node's own names.
-    pub allowed_hosts: Vec<String>,
+    allowed_hosts: val Vec<String> = vec![];
     /// HTTP connections served at once.
-    pub max_connections: usize,
+    max_connections: val usize = 64, with "de_via::<_, MaxConnections>";
+    /// The kernel's event ring, bytes (None: 4 MiB, 8 MiB with the HTTP
+    /// keep-alive view).
+    ring_size: opt u32 = None, with "de_via::<_, RingSize>";
     /// TLS and basic auth (exporter-toolkit web config format).
-    pub web_config: Option<PathBuf>,
+    web_config: opt PathBuf = None;
     /// Assume the idle timeout of the cloud the host runs in (DMI).
-    pub cloud_defaults: bool,
+    cloud_defaults: val bool = true;
     /// Where learned idle timeouts are kept across restarts (None: memory only).
-    pub state_dir: Option<PathBuf>,
+    state_dir: opt PathBuf = None;
     /// containerd's API socket, for pod and container names (None: not asked).
-    pub containerd_socket: Option<PathBuf>,
+    containerd_socket: opt PathBuf =
+        Some(PathBuf::from(crate::workload::containerd::DEFAULT_SOCKET));
     /// The host's cgroup2 mount, where /proc/self/mountinfo does not show it
     /// (a container with its own cgroup namespace; None: found there).
-    pub cgroup_root: Option<PathBuf>,
+    cgroup_root: opt PathBuf = None;
 }
 
-impl Default for AgentConfig {
-    fn default() -> Self {
-        Self {
-            listen: DEFAULT_LISTEN.parse().expect("valid default"),
-            netns: NetnsScope::All,
-            snapshot_interval: Duration::from_secs(30),
-            label_by: vec![],
-            label_limit: 20,
-            table_capacity: None,
-            btf: None,
-            hz: None,
-            policy: Policy::default(),
-            idle_kill_min: Duration::from_secs(30),
-            http_keepalive: false,
-            protect: false,
-            ring_bytes: None,
-            attach: AttachMode::Auto,
-            allowed_hosts: vec![],
-            max_connections: 64,
-            web_config: None,
-            cloud_defaults: true,
-            state_dir: None,
-            containerd_socket: Some(PathBuf::from(crate::workload::containerd::DEFAULT_SOCKET)),
-            cgroup_root: None,
+impl AgentConfig {
+    /// The declared idle timeouts as a policy (kato adds what it finds).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            rules: self.idle_timeouts.clone(),
+            ..Policy::default()
         }
     }
-}
-
-/// Settings as given (file or flags); `None` = not given. The file is
-/// read by serde; each value goes through the same parser as its flag.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Overrides {
-    #[serde(default, deserialize_with = "de_via::<_, ListenAddr>")]
-    pub listen: Option<SocketAddr>,
-    #[serde(default)]
-    pub netns: Option<NetnsScope>,
-    #[serde(default, deserialize_with = "de_via::<_, Interval>")]
-    pub snapshot_interval: Option<Duration>,
-    #[serde(default)]
-    pub label_by: Option<Vec<LabelBy>>,
-    #[serde(default, deserialize_with = "de_via::<_, LabelLimit>")]
-    pub label_limit: Option<usize>,
-    #[serde(default, deserialize_with = "de_via::<_, TableCapacity>")]
-    pub table_capacity: Option<usize>,
-    #[serde(default)]
-    pub btf: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_via::<_, Hz>")]
-    pub hz: Option<u32>,
-    #[serde(default, deserialize_with = "de_rules")]
-    pub idle_timeouts: Option<Vec<Rule>>,
-    #[serde(default, deserialize_with = "de_via::<_, IdleKillMin>")]
-    pub idle_kill_min: Option<Duration>,
-    #[serde(default)]
-    pub http_keepalive: Option<bool>,
-    #[serde(default)]
-    pub protect: Option<bool>,
-    #[serde(default, deserialize_with = "de_via::<_, Attach>")]
-    pub attach: Option<AttachMode>,
-    #[serde(default)]
-    pub allowed_hosts: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_via::<_, MaxConnections>")]
-    pub max_connections: Option<usize>,
-    #[serde(default, deserialize_with = "de_via::<_, RingSize>")]
-    pub ring_size: Option<u32>,
-    #[serde(default)]
-    pub web_config: Option<PathBuf>,
-    #[serde(default)]
-    pub cloud_defaults: Option<bool>,
-    #[serde(default)]
-    pub state_dir: Option<PathBuf>,
-    #[serde(default)]
-    pub containerd_socket: Option<PathBuf>,
-    #[serde(default)]
-    pub cgroup_root: Option<PathBuf>,
 }
 
 use values::de_via;
@@ -282,31 +274,6 @@ fn de_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Rule>>, D::Err
     Ok(Some(rules))
 }
 
-/// The file's keys, for the unknown-key message.
-pub const KEYS: [&str; 21] = [
-    "listen",
-    "netns",
-    "snapshot_interval",
-    "label_by",
-    "label_limit",
-    "table_capacity",
-    "btf",
-    "hz",
-    "idle_timeouts",
-    "idle_kill_min",
-    "http_keepalive",
-    "protect",
-    "attach",
-    "allowed_hosts",
-    "max_connections",
-    "ring_size",
-    "web_config",
-    "cloud_defaults",
-    "state_dir",
-    "containerd_socket",
-    "cgroup_root",
-];
-
 /// A config file's text, or the one-line error naming the file.
 pub fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
     crate::files::read_text(path, crate::files::MAX_SETTINGS).map_err(|e| ConfigError {
@@ -364,66 +331,6 @@ impl Overrides {
             };
             err(key, message)
         })
-    }
-
-    /// `self` on top of `base`.
-    pub fn over(self, base: Overrides) -> Overrides {
-        Overrides {
-            listen: self.listen.or(base.listen),
-            netns: self.netns.or(base.netns),
-            snapshot_interval: self.snapshot_interval.or(base.snapshot_interval),
-            label_by: self.label_by.or(base.label_by),
-            label_limit: self.label_limit.or(base.label_limit),
-            table_capacity: self.table_capacity.or(base.table_capacity),
-            btf: self.btf.or(base.btf),
-            hz: self.hz.or(base.hz),
-            idle_timeouts: self.idle_timeouts.or(base.idle_timeouts),
-            idle_kill_min: self.idle_kill_min.or(base.idle_kill_min),
-            http_keepalive: self.http_keepalive.or(base.http_keepalive),
-            protect: self.protect.or(base.protect),
-            attach: self.attach.or(base.attach),
-            allowed_hosts: self.allowed_hosts.or(base.allowed_hosts),
-            max_connections: self.max_connections.or(base.max_connections),
-            ring_size: self.ring_size.or(base.ring_size),
-            web_config: self.web_config.or(base.web_config),
-            cloud_defaults: self.cloud_defaults.or(base.cloud_defaults),
-            state_dir: self.state_dir.or(base.state_dir),
-            containerd_socket: self.containerd_socket.or(base.containerd_socket),
-            cgroup_root: self.cgroup_root.or(base.cgroup_root),
-        }
-    }
-
-    pub fn resolve(self) -> AgentConfig {
-        let d = AgentConfig::default();
-        AgentConfig {
-            listen: self.listen.unwrap_or(d.listen),
-            netns: self.netns.unwrap_or(d.netns),
-            snapshot_interval: self.snapshot_interval.unwrap_or(d.snapshot_interval),
-            label_by: self.label_by.unwrap_or(d.label_by),
-            label_limit: self.label_limit.unwrap_or(d.label_limit),
-            table_capacity: self.table_capacity.or(d.table_capacity),
-            btf: self.btf.or(d.btf),
-            hz: self.hz.or(d.hz),
-            policy: self
-                .idle_timeouts
-                .map(|rules| Policy {
-                    rules,
-                    ..Policy::default()
-                })
-                .unwrap_or(d.policy),
-            idle_kill_min: self.idle_kill_min.unwrap_or(d.idle_kill_min),
-            http_keepalive: self.http_keepalive.unwrap_or(d.http_keepalive),
-            protect: self.protect.unwrap_or(d.protect),
-            ring_bytes: self.ring_size,
-            attach: self.attach.unwrap_or(d.attach),
-            allowed_hosts: self.allowed_hosts.unwrap_or(d.allowed_hosts),
-            max_connections: self.max_connections.unwrap_or(d.max_connections),
-            web_config: self.web_config.or(d.web_config),
-            cloud_defaults: self.cloud_defaults.unwrap_or(d.cloud_defaults),
-            state_dir: self.state_dir.or(d.state_dir),
-            containerd_socket: self.containerd_socket.or(d.containerd_socket),
-            cgroup_root: self.cgroup_root.or(d.cgroup_root),
-        }
     }
 }
 
@@ -526,10 +433,10 @@ mod tests {
             assert_eq!(RingSize::parse(text.into()), Ok(bytes), "{text}");
         }
         let c = parse("ring_size = \"16MiB\"").unwrap().resolve();
-        assert_eq!(c.ring_bytes, Some(16 << 20));
+        assert_eq!(c.ring_size, Some(16 << 20));
         // A bare integer is bytes, held to the same bounds.
         let c = parse("ring_size = 16777216").unwrap().resolve();
-        assert_eq!(c.ring_bytes, Some(16 << 20));
+        assert_eq!(c.ring_size, Some(16 << 20));
         let e = parse("ring_size = 100000").unwrap_err();
         assert!(e.message.contains("not a power of two"), "{e}");
         let e = parse("ring_size = -65536").unwrap_err();
@@ -541,7 +448,7 @@ mod tests {
     #[test]
     fn idle_timeouts_table() {
         let c = parse("idle_kill_min = \"5s\"\nhttp_keepalive = true\n[idle_timeouts]\ndefault = \"10m\"\n\"10.0.0.0/8:5432\" = \"350s\"\n").unwrap().resolve();
-        assert_eq!(c.policy.rules.len(), 2);
+        assert_eq!(c.policy().rules.len(), 2);
         assert_eq!(c.idle_kill_min, Duration::from_secs(5));
         assert!(c.http_keepalive);
         let e = parse("[idle_timeouts]\n\"10.0.0.0/99\" = \"5s\"\n").unwrap_err();
