@@ -14,7 +14,7 @@ use crate::{
     netns::NetnsRef,
     policy::{Policy, RuleSource},
     protect::{self, Change, Outcome},
-    sockets::{snapshot::NetnsSnapshot, Socket, Source},
+    sockets::{snapshot::NetnsSnapshot, Socket, ValueSource},
 };
 
 /// Cookies of sockets protected, kept at most (pruned to the census).
@@ -160,13 +160,13 @@ impl AgentProtect {
             ) {
                 if !k.enabled || k.idle_s.value != idle {
                     k.enabled = true;
-                    k.idle_s = crate::sockets::Setting {
+                    k.idle_s = crate::sockets::Effective {
                         value: idle,
-                        source: Source::Kato,
+                        source: ValueSource::Kato,
                     };
-                    k.interval_s = crate::sockets::Setting {
+                    k.interval_s = crate::sockets::Effective {
                         value: intvl,
-                        source: Source::Kato,
+                        source: ValueSource::Kato,
                     };
                 }
             }
@@ -189,8 +189,8 @@ fn mark(s: &mut Socket, done: &HashMap<u64, (u32, u32)>) -> bool {
     let mut any = false;
     let enabled = k.enabled;
     for (setting, value) in [(&mut k.idle_s, idle), (&mut k.interval_s, intvl)] {
-        if enabled && setting.value == value && setting.source != Source::Sysctl {
-            setting.source = Source::Kato;
+        if enabled && setting.value == value && setting.source != ValueSource::Sysctl {
+            setting.source = ValueSource::Kato;
             any = true;
         }
     }

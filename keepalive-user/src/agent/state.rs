@@ -26,7 +26,7 @@ use crate::{
     owner::Owner,
     policy::Policy,
     sockets::{
-        snapshot::{SnapshotError, Snapshotter, Source, Sysctls, Targets},
+        snapshot::{Listing, SnapshotError, Snapshotter, Sysctls, Targets},
         table::{Entry, SocketTable},
     },
     tcp::TcpState,
@@ -198,7 +198,7 @@ impl AgentState {
         bpf: &Bpf,
         http_restarts: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<Self, AgentError> {
-        let snapshotter = Snapshotter::new(Source::Auto, Some(bpf));
+        let snapshotter = Snapshotter::new(Listing::Auto, Some(bpf));
         if let Some(why) = &snapshotter.degraded {
             log::warn!("{why}");
         }

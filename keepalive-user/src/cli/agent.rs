@@ -71,7 +71,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub protect: bool,
     /// (testing) Ring buffer size in bytes: a power of two, at least 4096.
-    #[arg(long, hide = true, value_parser = super::parse_ring_bytes_pub)]
+    #[arg(long, hide = true, value_parser = super::parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
     /// How the programs reach the kernel: auto (fentry where the kernel
     /// allows it, else tracepoints), fentry, or tracepoint [default: auto].

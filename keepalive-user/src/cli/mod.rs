@@ -211,11 +211,7 @@ pub fn policy(
     }
 }
 
-pub fn parse_ring_bytes_pub(s: &str) -> Result<u32, String> {
-    parse_ring_bytes(s)
-}
-
-fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(n) if n >= 4096 && n.is_power_of_two() => Ok(n),
         _ => Err(format!("`{s}` is not a power of two of at least 4096")),

@@ -13,7 +13,7 @@ use keepalive_user::{
     netns::{self, NetnsRef},
     policy::Policy,
     protect::{self, plan::Planned, Change, Origin, Outcome},
-    sockets::snapshot::{Snapshotter, Source},
+    sockets::snapshot::{Listing, Snapshotter},
     timefmt::{self, Clock},
     workload::Resolver,
 };
@@ -332,7 +332,7 @@ pub async fn run(args: ProtectArgs) -> anyhow::Result<()> {
     let conf = kernel_conf(&args, bpf.kernel.hz);
     let (rules, ct) = protect::rules::compile_policy(&policy);
     protector.configure(&conf, &rules, &ct)?;
-    let snapshotter = Snapshotter::new(Source::Iter, Some(&bpf));
+    let snapshotter = Snapshotter::new(Listing::Iter, Some(&bpf));
     let targets = vec![ns.clone()];
     let mut printer = Printer {
         output: args.output,

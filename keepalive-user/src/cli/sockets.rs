@@ -11,7 +11,7 @@ use keepalive_user::{
     netns,
     policy::Risk,
     sockets::{
-        snapshot::{Snapshotter, Source, Targets},
+        snapshot::{Listing, Snapshotter, Targets},
         table::{Counts, SocketTable},
         Socket,
     },
@@ -29,7 +29,7 @@ pub enum OnOff {
 
 /// Where the socket list comes from.
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
-pub enum SourceArg {
+pub enum ListingArg {
     /// BPF iterators, or sock_diag if the kernel cannot load them.
     #[default]
     Auto,
@@ -82,7 +82,7 @@ pub struct SocketsArgs {
     pub risk: Vec<Risk>,
     /// Where to read sockets from.
     #[arg(long, value_enum, default_value_t)]
-    pub source: SourceArg,
+    pub source: ListingArg,
     /// Refresh every SECS seconds, clearing the screen like `watch`, until Ctrl-C.
     /// Keepalive events are traced meanwhile, so probes sent/answered are counted.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
@@ -217,13 +217,13 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         .into()
     };
     let source = match args.source {
-        SourceArg::Auto => Source::Auto,
-        SourceArg::Iter => Source::Iter,
-        SourceArg::Diag => Source::Diag,
+        ListingArg::Auto => Listing::Auto,
+        ListingArg::Iter => Listing::Iter,
+        ListingArg::Diag => Listing::Diag,
     };
     let watch = args.watch.is_some();
     // sock_diag alone needs no eBPF; --watch always traces.
-    let mut bpf = if source == Source::Diag && !watch {
+    let mut bpf = if source == Listing::Diag && !watch {
         None
     } else {
         Some(Bpf::open(&LoadOptions {

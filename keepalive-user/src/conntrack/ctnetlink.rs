@@ -35,7 +35,7 @@ const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum DecodeError {
+pub enum CtnetlinkError {
     #[error("ctnetlink message shorter than its header")]
     Short,
     #[error("ctnetlink attribute {0} overruns its message")]
@@ -75,7 +75,7 @@ pub struct Entry {
 }
 
 /// Attributes of one nest: (type without flags, payload).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), DecodeError>> {
+fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), CtnetlinkError>> {
     std::iter::from_fn(move || {
         if b.len() < 4 {
             return None;
@@ -84,7 +84,7 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), DecodeError>
         let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
         if len < 4 || len > b.len() {
             b = &[];
-            return Some(Err(DecodeError::Overrun(ty)));
+            return Some(Err(CtnetlinkError::Overrun(ty)));
         }
         let payload = &b[4..len];
         b = b.get((len + 3) & !3..).unwrap_or(&[]);
@@ -92,12 +92,12 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), DecodeError>
     })
 }
 
-fn exact<const N: usize>(ty: u16, p: &[u8]) -> Result<[u8; N], DecodeError> {
-    p.try_into().map_err(|_| DecodeError::Length(ty, p.len()))
+fn exact<const N: usize>(ty: u16, p: &[u8]) -> Result<[u8; N], CtnetlinkError> {
+    p.try_into().map_err(|_| CtnetlinkError::Length(ty, p.len()))
 }
 
 /// A tuple; None for other protocols than TCP.
-fn tuple(b: &[u8]) -> Result<Option<Tuple>, DecodeError> {
+fn tuple(b: &[u8]) -> Result<Option<Tuple>, CtnetlinkError> {
     let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, None, None);
     for a in attrs(b) {
         let (ty, p) = a?;
@@ -132,10 +132,10 @@ fn tuple(b: &[u8]) -> Result<Option<Tuple>, DecodeError> {
             _ => {}
         }
     }
-    if proto.ok_or(DecodeError::Missing("a protocol"))? != libc::IPPROTO_TCP as u8 {
+    if proto.ok_or(CtnetlinkError::Missing("a protocol"))? != libc::IPPROTO_TCP as u8 {
         return Ok(None);
     }
-    let missing = DecodeError::Missing;
+    let missing = CtnetlinkError::Missing;
     Ok(Some(Tuple {
         src: SocketAddr::new(
             src.ok_or(missing("a source address"))?,
@@ -150,8 +150,8 @@ fn tuple(b: &[u8]) -> Result<Option<Tuple>, DecodeError> {
 
 /// Decodes one IPCTNL_MSG_CT_NEW payload (after the netlink header); None
 /// for entries of other protocols than TCP.
-pub fn decode(msg: &[u8]) -> Result<Option<Entry>, DecodeError> {
-    let body = msg.get(NFGENMSG_LEN..).ok_or(DecodeError::Short)?;
+pub fn decode(msg: &[u8]) -> Result<Option<Entry>, CtnetlinkError> {
+    let body = msg.get(NFGENMSG_LEN..).ok_or(CtnetlinkError::Short)?;
     let (mut orig, mut reply, mut state, mut remaining) = (None, None, None, None);
     for a in attrs(body) {
         let (ty, p) = a?;
@@ -172,7 +172,7 @@ pub fn decode(msg: &[u8]) -> Result<Option<Entry>, DecodeError> {
                         let (ty, p) = a?;
                         if ty == CTA_PROTOINFO_TCP_STATE {
                             let raw = exact::<1>(ty, p)?[0];
-                            state = Some(CtState::from_raw(raw).ok_or(DecodeError::State(raw))?);
+                            state = Some(CtState::from_raw(raw).ok_or(CtnetlinkError::State(raw))?);
                         }
                     }
                 }
@@ -180,7 +180,7 @@ pub fn decode(msg: &[u8]) -> Result<Option<Entry>, DecodeError> {
             _ => {}
         }
     }
-    let missing = DecodeError::Missing;
+    let missing = CtnetlinkError::Missing;
     Ok(Some(Entry {
         orig: orig.ok_or(missing("an original tuple"))?,
         reply: reply.ok_or(missing("a reply tuple"))?,
@@ -272,7 +272,7 @@ mod tests {
             assert!(decode(&m[..cut]).is_err(), "cut at {cut}");
         }
         let bad_state = build::entry([10, 0, 0, 1], 1, [10, 0, 0, 2], 2, 42, 17);
-        assert_eq!(decode(&bad_state), Err(DecodeError::State(42)));
+        assert_eq!(decode(&bad_state), Err(CtnetlinkError::State(42)));
         // A UDP entry is not an error, just not kato's.
         let mut udp = m.clone();
         let at = udp

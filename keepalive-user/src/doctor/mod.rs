@@ -17,8 +17,8 @@ use crate::{
     netns,
     policy::{Policy, Risk, RuleSource},
     sockets::{
-        snapshot::{Snapshotter, Source as SnapshotSource},
-        Keepalive, Socket, Source,
+        snapshot::{Listing, Snapshotter},
+        Keepalive, Socket, ValueSource,
     },
     tcp::TcpState,
 };
@@ -368,7 +368,7 @@ fn sockets_report(
         .into_iter()
         .map(|n| (Some(n.inode) != own).then_some(n))
         .collect();
-    let snapshotter = Snapshotter::new(SnapshotSource::Iter, Some(p));
+    let snapshotter = Snapshotter::new(Listing::Iter, Some(p));
     let Ok(snaps) = crate::census::take(&snapshotter, Some(p), &targets, resolver, policy) else {
         return (
             vec![],
@@ -391,9 +391,9 @@ fn sockets_report(
             .iter()
             .filter(|s| s.keepalive.is_some_and(|k| k.enabled))
             .collect();
-        let default = |f: fn(&Keepalive) -> Source| {
+        let default = |f: fn(&Keepalive) -> ValueSource| {
             on.iter()
-                .filter(|s| s.keepalive.is_some_and(|k| f(&k) == Source::Sysctl))
+                .filter(|s| s.keepalive.is_some_and(|k| f(&k) == ValueSource::Sysctl))
                 .count()
         };
         reports.push(NetnsReport {
@@ -422,7 +422,7 @@ fn sockets_report(
                 *e.classes.entry(risk).or_default() += 1;
                 if risk == Risk::AtRisk
                     && s.keepalive
-                        .is_some_and(|k| k.idle_s.source == Source::Sysctl)
+                        .is_some_and(|k| k.idle_s.source == ValueSource::Sysctl)
                 {
                     e.at_risk_on_default += 1;
                     e.sysctl_time = snap.sysctls.map(|x| x.time_s);

@@ -80,7 +80,7 @@ pub fn all(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Marks the keepalive settings that a running protect (any process's
-/// pin in [`BPFFS`]) set on `sockets` as [`Source::Kato`](crate::sockets::Source::Kato).
+/// pin in [`BPFFS`]) set on `sockets` as [`ValueSource::Kato`](crate::sockets::ValueSource::Kato).
 /// Nothing to mark (no pins, or no BPF filesystem here) is not an error.
 pub fn mark<'a>(sockets: impl Iterator<Item = &'a mut crate::sockets::Socket>) {
     use aya::maps::{HashMap, Map, MapData};
@@ -108,8 +108,8 @@ pub fn mark<'a>(sockets: impl Iterator<Item = &'a mut crate::sockets::Socket>) {
             (&mut k.idle_s, p.after.idle_s),
             (&mut k.interval_s, p.after.intvl_s),
         ] {
-            if setting.value == value && setting.source != crate::sockets::Source::Sysctl {
-                setting.source = crate::sockets::Source::Kato;
+            if setting.value == value && setting.source != crate::sockets::ValueSource::Sysctl {
+                setting.source = crate::sockets::ValueSource::Kato;
             }
         }
     }

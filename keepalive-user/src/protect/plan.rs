@@ -11,7 +11,7 @@ use super::rules::source_code;
 use crate::{
     filter::Filter,
     policy::{Policy, Rule},
-    sockets::{Socket, Source},
+    sockets::{Socket, ValueSource},
     tcp::TcpState,
 };
 
@@ -27,8 +27,8 @@ pub struct Planned<'a> {
 /// A socket's keepalive settings as the kernel side compares them.
 pub fn settings_of(s: &Socket) -> Option<Keepalive> {
     let k = s.keepalive?;
-    let own = |set: crate::sockets::Setting, bit: u8| {
-        if set.source == Source::Sysctl {
+    let own = |set: crate::sockets::Effective, bit: u8| {
+        if set.source == ValueSource::Sysctl {
             0
         } else {
             bit

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{Keepalive, Setting, Socket, Source, Timer, TimerKind};
+use super::{Keepalive, Effective, Socket, ValueSource, Timer, TimerKind};
 use crate::{conntrack::Tracked, tcp::TcpState, workload::Workload};
 
 /// Bits of [`Compact::bits`].
@@ -120,14 +120,14 @@ impl Compact {
         if let Some(k) = &s.keepalive {
             set(bit::KEEPALIVE, true);
             set(bit::KA_ENABLED, k.enabled);
-            set(bit::IDLE_FROM_SOCKET, k.idle_s.source != Source::Sysctl);
+            set(bit::IDLE_FROM_SOCKET, k.idle_s.source != ValueSource::Sysctl);
             set(
                 bit::INTVL_FROM_SOCKET,
-                k.interval_s.source != Source::Sysctl,
+                k.interval_s.source != ValueSource::Sysctl,
             );
-            from_kato = u8::from(k.idle_s.source == Source::Kato)
-                | (u8::from(k.interval_s.source == Source::Kato) << 1);
-            set(bit::COUNT_FROM_SOCKET, k.count.source == Source::Socket);
+            from_kato = u8::from(k.idle_s.source == ValueSource::Kato)
+                | (u8::from(k.interval_s.source == ValueSource::Kato) << 1);
+            set(bit::COUNT_FROM_SOCKET, k.count.source == ValueSource::Socket);
             set(bit::USER_TIMEOUT, k.user_timeout_ms.is_some());
             ka_idle_s = k.idle_s.value;
             ka_intvl_s = k.interval_s.value;
@@ -246,18 +246,18 @@ impl Compact {
     /// The [`Socket`] this was made from (seconds to the millisecond).
     pub fn socket(&self) -> Socket {
         let opt = |b: u16, v: f64| self.has(b).then_some(v);
-        let setting = |b: u16, value: u32| Setting {
+        let setting = |b: u16, value: u32| Effective {
             value,
             source: if self.has(b) {
-                Source::Socket
+                ValueSource::Socket
             } else {
-                Source::Sysctl
+                ValueSource::Sysctl
             },
         };
-        let kato = |b: u8, s: Setting| {
+        let kato = |b: u8, s: Effective| {
             if self.from_kato & b != 0 {
-                Setting {
-                    source: Source::Kato,
+                Effective {
+                    source: ValueSource::Kato,
                     ..s
                 }
             } else {

@@ -85,7 +85,7 @@ impl Side {
 /// Where an effective keepalive setting comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub enum ValueSource {
     /// setsockopt (TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT) on the socket.
     Socket,
     /// The socket's network namespace sysctl `net.ipv4.tcp_keepalive_*`.
@@ -96,22 +96,22 @@ pub enum Source {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Setting {
+pub struct Effective {
     pub value: u32,
-    pub source: Source,
+    pub source: ValueSource,
 }
 
-impl Setting {
+impl Effective {
     fn pick(own: u32, sysctl: u32) -> Self {
         if own != 0 {
-            Setting {
+            Effective {
                 value: own,
-                source: Source::Socket,
+                source: ValueSource::Socket,
             }
         } else {
-            Setting {
+            Effective {
                 value: sysctl,
-                source: Source::Sysctl,
+                source: ValueSource::Sysctl,
             }
         }
     }
@@ -123,11 +123,11 @@ pub struct Keepalive {
     /// SO_KEEPALIVE.
     pub enabled: bool,
     /// Idle seconds before the first probe (TCP_KEEPIDLE).
-    pub idle_s: Setting,
+    pub idle_s: Effective,
     /// Seconds between probes (TCP_KEEPINTVL).
-    pub interval_s: Setting,
+    pub interval_s: Effective,
     /// Unanswered probes before the connection is dropped (TCP_KEEPCNT).
-    pub count: Setting,
+    pub count: Effective,
     /// TCP_USER_TIMEOUT in milliseconds, when set (it overrides the count).
     pub user_timeout_ms: Option<u32>,
 }
@@ -306,9 +306,9 @@ impl Socket {
         };
         let keepalive = full.then(|| Keepalive {
             enabled: r.flags & sock_flags::KEEPALIVE_ON != 0,
-            idle_s: Setting::pick(r.ka_time / hz, r.sysctl_ka_time / hz),
-            interval_s: Setting::pick(r.ka_intvl / hz, r.sysctl_ka_intvl / hz),
-            count: Setting::pick(r.ka_probes.into(), r.sysctl_ka_probes.into()),
+            idle_s: Effective::pick(r.ka_time / hz, r.sysctl_ka_time / hz),
+            interval_s: Effective::pick(r.ka_intvl / hz, r.sysctl_ka_intvl / hz),
+            count: Effective::pick(r.ka_probes.into(), r.sysctl_ka_probes.into()),
             user_timeout_ms: (r.user_timeout != 0).then_some(r.user_timeout),
         });
         let connected = full && !matches!(state, TcpState::Listen);
@@ -430,16 +430,16 @@ pub(crate) mod tests {
         assert!(ka.enabled);
         assert_eq!(
             ka.idle_s,
-            Setting {
+            Effective {
                 value: 7200,
-                source: Source::Sysctl
+                source: ValueSource::Sysctl
             }
         );
         assert_eq!(
             ka.interval_s,
-            Setting {
+            Effective {
                 value: 10,
-                source: Source::Socket
+                source: ValueSource::Socket
             }
         );
         assert_eq!(

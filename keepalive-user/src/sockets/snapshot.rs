@@ -15,7 +15,7 @@ use crate::{
 
 /// Where sockets are read from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Source {
+pub enum Listing {
     /// BPF iterators, or sock_diag if the kernel cannot load them.
     #[default]
     Auto,
@@ -64,13 +64,13 @@ fn inode_of(t: &Option<NetnsRef>) -> Result<u32, SnapshotError> {
     })
 }
 
-impl Source {
+impl Listing {
     /// What to ask of [`Bpf::open`] for this source.
     pub fn iterators(self) -> Iterators {
         match self {
-            Source::Auto => Iterators::Try,
-            Source::Iter => Iterators::Require,
-            Source::Diag => Iterators::Skip,
+            Listing::Auto => Iterators::Try,
+            Listing::Iter => Iterators::Require,
+            Listing::Diag => Iterators::Skip,
         }
     }
 }
@@ -84,10 +84,10 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// `bpf`: the object opened with [`Source::iterators`] (None: no eBPF).
-    pub fn new(source: Source, bpf: Option<&Bpf>) -> Self {
+    /// `bpf`: the object opened with [`Listing::iterators`] (None: no eBPF).
+    pub fn new(source: Listing, bpf: Option<&Bpf>) -> Self {
         match (source, bpf.map(|b| &b.iterators)) {
-            (Source::Diag, _) | (_, None) => Self {
+            (Listing::Diag, _) | (_, None) => Self {
                 diag: true,
                 degraded: None,
             },

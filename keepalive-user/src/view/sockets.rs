@@ -8,7 +8,7 @@ use std::{
 
 use super::SocketView;
 use crate::{
-    sockets::{Setting, Socket, Source, Timer},
+    sockets::{Effective, Socket, Timer, ValueSource},
     text::printable,
 };
 
@@ -264,23 +264,23 @@ impl fmt::Display for Timer {
     }
 }
 
-impl Setting {
+impl Effective {
     /// `75` or `75*` (the star marks a sysctl default).
     pub fn short(&self) -> String {
         self.to_string()
     }
 
-    /// [`Setting::short`], appended to `out`.
+    /// [`Effective::short`], appended to `out`.
     pub fn write_into(&self, out: &mut String) {
         push_uint(out, u64::from(self.value));
-        if self.source == Source::Sysctl {
+        if self.source == ValueSource::Sysctl {
             out.push('*');
         }
     }
 }
 
-impl fmt::Display for Setting {
-    /// See [`Setting::short`].
+impl fmt::Display for Effective {
+    /// See [`Effective::short`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = String::with_capacity(12);
         self.write_into(&mut s);
