@@ -7,11 +7,8 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
-
-use serde_json::Value;
 
 use crate::{
     agent_support::{sample, Agent},
@@ -118,30 +115,7 @@ fn nginx_keepalive_timeout_max_requests_and_stale_reuse() {
         "--snapshot-interval",
         "500ms",
     ]);
-    let mut trace = Command::new(env!("CARGO_BIN_EXE_kato"))
-        .args([
-            "trace",
-            "--output",
-            "json",
-            "--netns",
-            &ns.inode.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut banner = String::new();
-    BufReader::new(trace.stderr.as_mut().unwrap())
-        .read_line(&mut banner)
-        .unwrap();
-    assert!(banner.contains("watching"), "{banner}");
-    let (tx, rx) = mpsc::channel();
-    let stdout = BufReader::new(trace.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for l in stdout.lines() {
-            let _ = tx.send(l.unwrap());
-        }
-    });
+    let trace = crate::servers::Trace::start(&["--netns", &ns.inode.to_string()]);
 
     let worker = ns.spawn(|| {
         let to = "127.0.0.1:8080";
@@ -188,10 +162,10 @@ fn nginx_keepalive_timeout_max_requests_and_stale_reuse() {
     // The stale reuse, as kato trace reports it.
     let end = Instant::now() + Duration::from_secs(10);
     let stale = loop {
-        let line = rx
+        let v = trace
+            .events
             .recv_timeout(end.saturating_duration_since(Instant::now()))
             .expect("stale_reuse event");
-        let v: Value = serde_json::from_str(&line).unwrap();
         // The client's side (nginx's own, the side that closed, comes first).
         if v["event"] == "stale_reuse" && v["reused_by"] == "local" {
             break v;
@@ -206,8 +180,7 @@ fn nginx_keepalive_timeout_max_requests_and_stale_reuse() {
         stale["state"], "CLOSE_WAIT",
         "the peer's FIN had arrived: {stale}"
     );
-    let _ = trace.kill();
-    let _ = trace.wait();
+    drop(trace);
 
     // What the agent learnt: nginx's keepalive_timeout and keepalive_requests.
     let srv = |le: &str| {

@@ -50,6 +50,24 @@ fn read_response(s: &mut TcpStream) -> u16 {
         .unwrap_or(0)
 }
 
+/// One line per event: what a failed assertion needs to say what happened.
+fn brief(all: &[Value]) -> String {
+    all.iter()
+        .map(|v| {
+            format!(
+                "{} {} {} {} pid={} reason={} by={}\n",
+                v["event"],
+                v["local"],
+                v["remote"],
+                v["state"],
+                v["pid"],
+                v["reset_reason"],
+                v["reused_by"]
+            )
+        })
+        .collect()
+}
+
 fn events<'a>(all: &'a [Value], event: &str) -> Vec<&'a Value> {
     all.iter().filter(|v| v["event"] == event).collect()
 }
@@ -166,7 +184,12 @@ fn nginx_keepalive_race_is_named_on_both_ends() {
             (&Value::from(proxy_pid), &Value::from("nginx")),
             "{v}"
         );
-        assert_eq!(v["peer_pid"], backend.pid(), "both ends named: {v}");
+        assert_eq!(
+            v["peer_pid"],
+            backend.pid(),
+            "both ends named: {v}\n{}",
+            brief(&all)
+        );
         let gap = v["reuse_after_s"].as_f64().unwrap();
         assert!((1.3..2.0).contains(&gap), "idle before the reuse: {v}");
     }

@@ -392,51 +392,25 @@ fn a_containers_sockets_are_named_by_pod_in_sockets_trace_and_metrics() {
     assert_eq!((status, page.len()), (200, 1), "{body}");
     let (_, body) = agent.get("/sockets?pod_namespace=other");
     assert_eq!(body.trim(), "[]");
-    let mut trace = Command::new(KATO)
-        .args([
-            "trace",
-            "--output",
-            "json",
-            "--netns",
-            &ns.inode.to_string(),
-            "--pod",
-            "checkout-7d9f",
-            "--containerd-socket",
-        ])
-        .arg(&sock)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut banner = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(trace.stderr.take().unwrap()),
-        &mut banner,
-    )
-    .unwrap();
-    assert!(banner.starts_with("kato trace: watching"), "{banner}");
-    let (lines_tx, lines_rx) = mpsc::channel();
-    let stdout = std::io::BufReader::new(trace.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(stdout).map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let trace = crate::servers::Trace::start(&[
+        "--netns",
+        &ns.inode.to_string(),
+        "--pod",
+        "checkout-7d9f",
+        "--containerd-socket",
+        sock.to_str().unwrap(),
+    ]);
     // The peer goes silent.
     ns.drop_from_port(to.port());
     let mut seen = vec![];
-    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(15)) {
-        let v: Value = serde_json::from_str(&line).unwrap();
+    while let Ok(v) = trace.events.recv_timeout(Duration::from_secs(15)) {
         let done = v["event"] == "keepalive_timeout";
         seen.push(v);
         if done {
             break;
         }
     }
-    let _ = trace.kill();
-    let _ = trace.wait();
+    drop(trace);
     assert!(
         seen.iter().any(|v| v["event"] == "keepalive_timeout"),
         "{seen:?}"

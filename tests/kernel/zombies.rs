@@ -84,6 +84,7 @@ fn a_zombie_is_forgotten_and_a_peer_kept_alive_is_not() {
         "10.71.2.0/24=3s",
     ]);
     let (tx, rx) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
     let worker = t.client.spawn(move || {
         let to: SocketAddr = "10.71.2.2:8000".parse().unwrap();
         let mut zombie = client(to, |_| {});
@@ -95,7 +96,9 @@ fn a_zombie_is_forgotten_and_a_peer_kept_alive_is_not() {
         }
         tx.send([zombie.local_addr().unwrap(), kept.local_addr().unwrap()])
             .unwrap();
-        std::thread::sleep(Duration::from_secs(8));
+        // Until the test has seen all four ends forgotten (under emulation,
+        // doctor alone can take longer than a fixed wait).
+        go_rx.recv().unwrap();
         last.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let killed = echo(&mut last, b"again");
         (killed, zombie, kept)
@@ -195,6 +198,7 @@ fn a_zombie_is_forgotten_and_a_peer_kept_alive_is_not() {
     assert_eq!(k["risk"], "safe", "{k}");
 
     // The first send after the router forgot meets its reset: an idle kill.
+    go.send(()).unwrap();
     let (killed, _z, _k) = worker.join().unwrap();
     let err = killed.expect_err("the router forgot the flow");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");

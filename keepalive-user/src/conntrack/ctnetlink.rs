@@ -93,7 +93,8 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), CtnetlinkErr
 }
 
 fn exact<const N: usize>(ty: u16, p: &[u8]) -> Result<[u8; N], CtnetlinkError> {
-    p.try_into().map_err(|_| CtnetlinkError::Length(ty, p.len()))
+    p.try_into()
+        .map_err(|_| CtnetlinkError::Length(ty, p.len()))
 }
 
 /// A tuple; None for other protocols than TCP.

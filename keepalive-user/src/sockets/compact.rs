@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{Keepalive, Effective, Socket, ValueSource, Timer, TimerKind};
+use super::{Effective, Keepalive, Socket, Timer, TimerKind, ValueSource};
 use crate::{conntrack::Tracked, tcp::TcpState, workload::Workload};
 
 /// Bits of [`Compact::bits`].
@@ -120,14 +120,20 @@ impl Compact {
         if let Some(k) = &s.keepalive {
             set(bit::KEEPALIVE, true);
             set(bit::KA_ENABLED, k.enabled);
-            set(bit::IDLE_FROM_SOCKET, k.idle_s.source != ValueSource::Sysctl);
+            set(
+                bit::IDLE_FROM_SOCKET,
+                k.idle_s.source != ValueSource::Sysctl,
+            );
             set(
                 bit::INTVL_FROM_SOCKET,
                 k.interval_s.source != ValueSource::Sysctl,
             );
             from_kato = u8::from(k.idle_s.source == ValueSource::Kato)
                 | (u8::from(k.interval_s.source == ValueSource::Kato) << 1);
-            set(bit::COUNT_FROM_SOCKET, k.count.source == ValueSource::Socket);
+            set(
+                bit::COUNT_FROM_SOCKET,
+                k.count.source == ValueSource::Socket,
+            );
             set(bit::USER_TIMEOUT, k.user_timeout_ms.is_some());
             ka_idle_s = k.idle_s.value;
             ka_intvl_s = k.interval_s.value;
