@@ -22,6 +22,10 @@ use crate::{
 
 const KATO: &str = env!("CARGO_BIN_EXE_kato");
 const SERVER: &str = "10.71.2.2:8000";
+/// How long protect may take to start and report a connection: under the
+/// VM's software emulation, with the other tests loading programs on the
+/// same CPU, past 10 s.
+const START_LIMIT: Duration = Duration::from_secs(30);
 
 /// A running `kato protect --output json`: its JSON lines as they come.
 struct Protect {
@@ -238,10 +242,10 @@ fn existing_and_new_connections_survive_a_forgetting_nat() {
         "--idle-timeout",
         "10.71.2.2/32:8000=3s",
     ]);
-    let existing = protect.wait_for(ends.before, Duration::from_secs(10));
+    let existing = protect.wait_for(ends.before, START_LIMIT);
     go.send(()).unwrap();
     let after = ends.after.recv_timeout(Duration::from_secs(10)).unwrap().0;
-    let new = protect.wait_for(after, Duration::from_secs(10));
+    let new = protect.wait_for(after, START_LIMIT);
     for (what, v) in [("existing", &existing), ("new", &new)] {
         assert_eq!(v["event"], "keepalive_set", "{what}: {v}");
         assert_eq!(v["origin"], what, "{v}");
@@ -327,11 +331,13 @@ fn a_dry_run_changes_nothing_and_says_what_it_would() {
     let t = topology_where_forgotten_flows("reject with tcp reset");
     let _server = serve_n(&t.server, 1);
     let (tx, rx) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
     let (done_tx, done) = mpsc::channel();
     let _ = t.client.spawn(move || {
         let mut c = client(SERVER.parse().unwrap(), |_| {});
         echo(&mut c, b"hello").unwrap();
         tx.send(c.local_addr().unwrap().port()).unwrap();
+        busy_until(&go_rx, &mut [&mut c]);
         std::thread::sleep(Duration::from_secs(8));
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         done_tx
@@ -346,7 +352,8 @@ fn a_dry_run_changes_nothing_and_says_what_it_would() {
         "10.71.2.2/32=3s",
         "--dry-run",
     ]);
-    let v = protect.wait_for(port, Duration::from_secs(10));
+    let v = protect.wait_for(port, START_LIMIT);
+    go.send(()).unwrap();
     assert_eq!(v["event"], "keepalive_would_set", "{v}");
     assert_eq!(v["after"]["idle_s"], 1, "{v}");
     let (r, opts) = done.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -450,7 +457,7 @@ fn a_real_redis_without_keepalive_survives_its_idle_timeout() {
     });
     rx.recv().unwrap();
     // Redis's accepted end: a new connection on its side.
-    let v = protect.wait_for(6379, Duration::from_secs(10));
+    let v = protect.wait_for(6379, START_LIMIT);
     assert_eq!(v["event"], "keepalive_set", "{v}");
     let out = crate::support::run(Command::new(KATO).args([
         "sockets",
@@ -518,7 +525,7 @@ fn the_agent_protects_the_namespaces_it_watches() {
     go.send(()).unwrap();
     let after = rx.recv().unwrap();
     // Counted as made; carried by both at the next snapshot.
-    agent.wait_metrics(Duration::from_secs(10), |m| {
+    agent.wait_metrics(START_LIMIT, |m| {
         crate::agent_support::sample(m, "kato_keepalive_protected_total{source=\"declared\"}")
             == 2.0
             && crate::agent_support::sample(m, "kato_keepalive_protected_sockets") >= 2.0
@@ -564,7 +571,7 @@ fn ipv6_connections_are_matched_too() {
     });
     let before = rx.recv().unwrap();
     let protect = Protect::start(&["--netns", &ns.name, "--idle-timeout", "[::1/128]=30s"]);
-    let v = protect.wait_for(before, Duration::from_secs(10));
+    let v = protect.wait_for(before, START_LIMIT);
     assert_eq!(
         (v["origin"].as_str(), v["event"].as_str()),
         (Some("existing"), Some("keepalive_set")),
@@ -572,7 +579,7 @@ fn ipv6_connections_are_matched_too() {
     );
     go.send(()).unwrap();
     let after = rx.recv().unwrap();
-    let v = protect.wait_for(after, Duration::from_secs(10));
+    let v = protect.wait_for(after, START_LIMIT);
     assert_eq!(v["origin"], "new", "{v}");
     assert!(v["remote"].as_str().unwrap().starts_with("[::1]:"), "{v}");
     go.send(()).unwrap();

@@ -353,6 +353,7 @@ impl AgentState {
         if let Err(e) = bpf.seed_owners(&owned) {
             log::warn!("telling the programs sockets' owners: {e}");
         }
+        self.pipeline.know_listeners(&owned);
         for s in snaps {
             n += s.sockets.len();
             if let Some(sys) = s.sysctls {

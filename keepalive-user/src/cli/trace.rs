@@ -169,10 +169,16 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     if opts.netns_filter {
         bpf.watch_netns(&args.netns.iter().copied().collect())?;
     }
-    match bpf.owners() {
-        Ok(owners) => bpf.seed_owners(&owners)?,
-        Err(e) => log::info!("no task walk to name existing sockets' owners: {e}"),
-    }
+    let owners = match bpf.owners() {
+        Ok(owners) => {
+            bpf.seed_owners(&owners)?;
+            owners
+        }
+        Err(e) => {
+            log::info!("no task walk to name existing sockets' owners: {e}");
+            vec![]
+        }
+    };
     let mut stream = bpf.events()?;
     eprintln!(
         "kato trace: watching keepalive timers and resets on {} (via {}); Ctrl-C to stop",
@@ -183,6 +189,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         bpf.kernel.hz,
         ResetReasons(bpf.kernel.reset_reasons.clone()),
     );
+    pipeline.know_listeners(&owners);
     let stdout = io::stdout();
     let mut printer = Printer {
         out: io::BufWriter::new(stdout.lock()),

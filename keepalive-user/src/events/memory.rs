@@ -24,10 +24,17 @@ struct Generation {
     by_tuple: HashMap<(SocketAddr, SocketAddr), Option<Owner>>,
 }
 
+/// Listeners remembered at most (the census refreshes them).
+const LISTENERS: usize = 4096;
+
 #[derive(Default)]
 pub struct Memory {
     new: Generation,
     old: Generation,
+    /// (netns, port) of listening sockets and their owner: the peer of a
+    /// local connection to one, where kato saw nothing of the accepted end
+    /// (a TIME_WAIT reply, untraced before 6.10).
+    listeners: HashMap<(u32, u16), Owner>,
 }
 
 impl Memory {
@@ -81,10 +88,25 @@ impl Memory {
             .map(|k| (k.local, k.remote))
     }
 
-    /// The owner of the other end of a connection, when that end is a
-    /// socket on this host kato saw: `local`/`remote` as this end sees them.
-    pub fn peer_owner(&self, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
-        self.tuple(remote, local).cloned().flatten()
+    /// Remembers the listeners a census found (replacing the last ones).
+    pub fn know_listeners(&mut self, listeners: impl IntoIterator<Item = ((u32, u16), Owner)>) {
+        self.listeners.clear();
+        for (k, o) in listeners.into_iter().take(LISTENERS) {
+            self.listeners.insert(k, o);
+        }
+    }
+
+    /// The owner of the other end of a connection in namespace `netns`,
+    /// when that end is a socket on this host kato saw, or else a local
+    /// listener's at the remote port (a loopback or same-address peer is
+    /// the socket that listener accepted): `local`/`remote` as this end
+    /// sees them.
+    pub fn peer_owner(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
+        self.tuple(remote, local).cloned().flatten().or_else(|| {
+            let here = remote.ip().is_loopback() || remote.ip() == local.ip();
+            here.then(|| self.listeners.get(&(netns, remote.port())).cloned())
+                .flatten()
+        })
     }
 }
 
@@ -112,14 +134,30 @@ mod tests {
         assert_eq!(m.owner_of(2, l, r).map(|o| o.pid), Some(10));
         assert_eq!(m.owner_of(1, l, r).map(|o| o.pid), Some(10));
         // The client end sees the server's process as its peer.
-        assert_eq!(m.peer_owner(r, l).map(|o| o.pid), Some(10));
-        assert!(m.peer_owner(l, r).is_none());
+        assert_eq!(m.peer_owner(1, r, l).map(|o| o.pid), Some(10));
+        assert!(m.peer_owner(1, l, r).is_none());
         // A later record without an owner keeps the one known.
         m.learn(1, l, r, None);
         assert_eq!(m.owner_of(1, l, r).map(|o| o.pid), Some(10));
         // The port (and address) the kernel cleared.
         assert_eq!(m.tuple_of(1, 8081), Some((l, r)));
         assert_eq!(m.tuple_of(1, 1), None);
+    }
+
+    #[test]
+    fn a_local_listener_names_an_unseen_peer() {
+        let mut m = Memory::default();
+        m.know_listeners([((7, 8081), owner(10))]);
+        let me = a("127.0.0.1:40000");
+        assert_eq!(m.peer_owner(7, me, a("127.0.0.1:8081")).map(|o| o.pid), Some(10));
+        // Another namespace, another port, or a remote host: not its peer.
+        assert!(m.peer_owner(8, me, a("127.0.0.1:8081")).is_none());
+        assert!(m.peer_owner(7, me, a("127.0.0.1:8082")).is_none());
+        assert!(m.peer_owner(7, a("10.0.0.1:40000"), a("10.0.0.2:8081")).is_none());
+        assert_eq!(
+            m.peer_owner(7, a("10.0.0.1:40000"), a("10.0.0.1:8081")).map(|o| o.pid),
+            Some(10)
+        );
     }
 
     #[test]

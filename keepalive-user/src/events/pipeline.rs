@@ -103,6 +103,20 @@ impl Pipeline {
         self.deriver.evictions + self.closes.evictions
     }
 
+    /// The listeners a task walk found, whose owner names the peer of a
+    /// local connection kato saw no record of.
+    pub fn know_listeners(&mut self, owners: &[keepalive_common::OwnerRecord]) {
+        let listen = crate::tcp::TcpState::Listen as u8;
+        self.memory
+            .know_listeners(owners.iter().filter(|o| o.state == listen).map(|o| {
+                let owner = Owner {
+                    pid: o.tgid,
+                    comm: crate::text::comm(&o.comm).into(),
+                };
+                ((o.netns, o.sport), owner)
+            }));
+    }
+
     /// Interprets every record of `batch` (drained) into `sink`.
     pub fn feed(
         &mut self,
@@ -242,7 +256,7 @@ impl Pipeline {
                     }
                 }
             });
-        let peer = reuse.and_then(|_| self.memory.peer_owner(rec.local, rec.remote));
+        let peer = reuse.and_then(|_| self.memory.peer_owner(rec.netns, rec.local, rec.remote));
         let obs = Observation {
             owner,
             record: &rec,
