@@ -149,13 +149,19 @@ mod tests {
         let mut m = Memory::default();
         m.know_listeners([((7, 8081), owner(10))]);
         let me = a("127.0.0.1:40000");
-        assert_eq!(m.peer_owner(7, me, a("127.0.0.1:8081")).map(|o| o.pid), Some(10));
+        assert_eq!(
+            m.peer_owner(7, me, a("127.0.0.1:8081")).map(|o| o.pid),
+            Some(10)
+        );
         // Another namespace, another port, or a remote host: not its peer.
         assert!(m.peer_owner(8, me, a("127.0.0.1:8081")).is_none());
         assert!(m.peer_owner(7, me, a("127.0.0.1:8082")).is_none());
-        assert!(m.peer_owner(7, a("10.0.0.1:40000"), a("10.0.0.2:8081")).is_none());
+        assert!(m
+            .peer_owner(7, a("10.0.0.1:40000"), a("10.0.0.2:8081"))
+            .is_none());
         assert_eq!(
-            m.peer_owner(7, a("10.0.0.1:40000"), a("10.0.0.1:8081")).map(|o| o.pid),
+            m.peer_owner(7, a("10.0.0.1:40000"), a("10.0.0.1:8081"))
+                .map(|o| o.pid),
             Some(10)
         );
     }
