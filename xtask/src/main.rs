@@ -374,7 +374,7 @@ fn main() -> Result<()> {
             }
             status(&mut test)?;
             if args.is_empty() && kernel.is_none() {
-                fuzz::run(fuzz::CI_SECS)?;
+                fuzz::quick()?;
                 // The second kernel: the same binaries in a VM, every attach path.
                 for k in vm::names() {
                     vm::test(k, &runs())?;
