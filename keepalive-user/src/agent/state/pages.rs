@@ -1,0 +1,96 @@
+//! What the HTTP process reads of the agent's state: `/metrics`,
+//! `/healthz`, and `/sockets` pages made a chunk of the table at a time, so
+//! that no page holds the lock the records and the census need for long.
+
+use std::sync::Mutex;
+
+use super::AgentState;
+use crate::{
+    agent::http::{Backend, PageJson, SocketsQuery},
+    filter::Key,
+    view::{SocketRow, SocketView},
+};
+
+/// Table entries a `/sockets` page filters per hold of the lock.
+const PAGE_CHUNK: usize = 4096;
+
+impl AgentState {
+    /// The entries of one chunk of namespace `netns` (see
+    /// [`SocketTable::chunk`]) that `q` selects, with their sort keys;
+    /// and where the next chunk starts (None: the namespace is done).
+    /// Each entry is made a [`Socket`] to be filtered and keyed
+    /// (classified only for a risk filter), then dropped.
+    fn page_keys(
+        &self,
+        q: &SocketsQuery,
+        netns: u32,
+        after: Option<u64>,
+        keyed: &mut Vec<(Key, u32, u64)>,
+    ) -> Option<u64> {
+        let sink = &self.sink;
+        let (entries, done) = sink.table.chunk(netns, after, PAGE_CHUNK);
+        let last = entries.last().map(|e| e.socket.sock);
+        keyed.extend(entries.into_iter().filter_map(|e| {
+            let socket = e.socket.socket();
+            q.filter
+                .matches(&socket, || sink.policy.risk(&socket))
+                .then(|| (q.sort.key_of(&socket), netns, e.socket.sock))
+        }));
+        if done {
+            None
+        } else {
+            last
+        }
+    }
+
+    /// The rows of `page` that are still in the table, made views.
+    fn page_rows(&self, page: &[(Key, u32, u64)]) -> Vec<SocketRow> {
+        let sink = &self.sink;
+        page.iter()
+            .filter_map(|&(_, ns, sk)| {
+                let e = sink.table.get(ns, sk)?;
+                let (socket, counts) = (e.socket.socket(), sink.table.counts(e));
+                let v = SocketView::new(&socket, Some(&counts), &sink.policy);
+                Some(SocketRow::of(&v, Some(&counts)))
+            })
+            .collect()
+    }
+}
+
+impl Backend for Mutex<AgentState> {
+    fn metrics(&self) -> String {
+        self.lock().expect("lock").metrics_text()
+    }
+
+    fn health(&self) -> String {
+        self.lock().expect("lock").health_json()
+    }
+
+    /// One page of the table, filtered and sorted. The table is read a
+    /// chunk at a time, the lock let go between chunks and while sorting:
+    /// a page never holds up the records and snapshots for more than one
+    /// chunk. Like a netlink dump (`ss`), a page is not one instant: a
+    /// socket that comes or goes meanwhile may or may not be in it.
+    fn sockets(&self, q: &SocketsQuery) -> PageJson {
+        let mut keyed = vec![];
+        let spaces = self.lock().expect("lock").sink.table.namespaces();
+        for ns in spaces {
+            let mut after = None;
+            loop {
+                let state = self.lock().expect("lock");
+                after = state.page_keys(q, ns, after, &mut keyed);
+                drop(state);
+                if after.is_none() {
+                    break;
+                }
+            }
+        }
+        // The kernel address breaks ties: pages follow one order.
+        keyed.sort_unstable_by_key(|a| (a.0, a.2));
+        let total = keyed.len();
+        let end = q.offset.saturating_add(q.limit).min(total);
+        let page = keyed.get(q.offset.min(total)..end).unwrap_or_default();
+        let rows = self.lock().expect("lock").page_rows(page);
+        PageJson::of(rows, total, (end < total).then_some(end))
+    }
+}
