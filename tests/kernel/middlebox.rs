@@ -78,9 +78,14 @@ fn serve(ns: &Netns) -> std::thread::JoinHandle<()> {
 }
 
 pub fn serve_n(ns: &Netns, n: usize) -> std::thread::JoinHandle<()> {
+    serve_on(ns, 8000, n)
+}
+
+/// An echo server on 10.71.2.2:`port` of `ns`, for `n` connections.
+pub fn serve_on(ns: &Netns, port: u16, n: usize) -> std::thread::JoinHandle<()> {
     let (tx, rx) = mpsc::channel();
     let h = ns.spawn(move || {
-        let l = TcpListener::bind("10.71.2.2:8000").unwrap();
+        let l = TcpListener::bind(("10.71.2.2", port)).unwrap();
         tx.send(()).unwrap();
         for conn in l.incoming().take(n) {
             let mut c = conn.unwrap();

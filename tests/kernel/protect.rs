@@ -123,27 +123,6 @@ fn still_loaded(ids: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-/// An echo server on `port` of the server namespace, for `n` connections.
-fn serve_port(ns: &Netns, port: u16, n: usize) {
-    let (tx, rx) = mpsc::channel();
-    let _ = ns.spawn(move || {
-        let l = TcpListener::bind(("10.71.2.2", port)).unwrap();
-        tx.send(()).unwrap();
-        for conn in l.incoming().take(n) {
-            let mut c = conn.unwrap();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    rx.recv().unwrap();
-}
-
 /// `ss -tno` in `ns`: the keepalive timer's remaining seconds of the
 /// connection from local port `port`, if it has one.
 fn keepalive_timer(ns: &Netns, port: u16) -> Option<f64> {
@@ -233,7 +212,7 @@ fn existing_and_new_connections_survive_a_forgetting_nat() {
     require_root();
     let t = topology_where_forgotten_flows("reject with tcp reset");
     let _server = serve_n(&t.server, 3);
-    serve_port(&t.server, 8001, 1);
+    let _outside = crate::middlebox::serve_on(&t.server, 8001, 1);
     let (go, go_rx) = mpsc::channel();
     let ends = connections(&t, go_rx);
     let protect = Protect::start(&[
