@@ -161,7 +161,7 @@ fn busy_until(go: &mpsc::Receiver<()>, streams: &mut [&mut TcpStream]) {
 /// In the client namespace: `before` (opened now), `outside` (port 8001,
 /// outside the rule), `app` (its own keepalive 1/1/3); `after` opened
 /// when `go` says so; all idle 8 s, then each echoes.
-fn connections(t: &Topology, go: mpsc::Receiver<()>) -> Ends {
+fn connections(t: &Topology, go: mpsc::Receiver<()>, checked: mpsc::Receiver<()>) -> Ends {
     let (ports_tx, ports_rx) = mpsc::channel();
     let (results_tx, results) = mpsc::channel();
     let (app_tx, app_opts) = mpsc::channel();
@@ -183,6 +183,9 @@ fn connections(t: &Topology, go: mpsc::Receiver<()>) -> Ends {
         echo(&mut after, b"hello").unwrap();
         ports_tx.send((port(&after), 0, 0)).unwrap();
         std::thread::sleep(Duration::from_secs(8));
+        // And until the test has looked at them (under emulation `kato
+        // sockets` alone can outlast the 8 s): idle longer, never shorter.
+        let _ = checked.recv();
         for s in [&before, &outside, &after] {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         }
@@ -214,7 +217,8 @@ fn existing_and_new_connections_survive_a_forgetting_nat() {
     let _server = serve_n(&t.server, 3);
     let _outside = crate::middlebox::serve_on(&t.server, 8001, 1);
     let (go, go_rx) = mpsc::channel();
-    let ends = connections(&t, go_rx);
+    let (checked, checked_rx) = mpsc::channel();
+    let ends = connections(&t, go_rx, checked_rx);
     let protect = Protect::start(&[
         "--netns",
         &t.client.name,
@@ -290,6 +294,7 @@ fn existing_and_new_connections_survive_a_forgetting_nat() {
         .unwrap();
     assert_eq!(mine["keepalive"]["idle_s"]["source"], "kato", "{mine}");
     assert_eq!(mine["risk"], "safe", "{mine}");
+    checked.send(()).unwrap();
     let [before, after_r, outside] = ends.results.recv_timeout(Duration::from_secs(30)).unwrap();
     before.expect("protected before protect started: survived 8 s idle");
     after_r.expect("protected when established: survived 8 s idle");
