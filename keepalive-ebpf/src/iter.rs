@@ -18,7 +18,7 @@ use keepalive_common::{sock_flags, IterConfig, OwnerRecord, SockRecord, SOCK_REC
 
 use crate::{
     conf,
-    sock::{load, read},
+    sock::{load, load16, read},
 };
 
 /// Resolved by userspace from the running kernel's BTF and kallsyms.
@@ -141,15 +141,6 @@ fn fill_common(r: &mut SockRecord, sk: u64) {
         r.saddr[..4].copy_from_slice(&load::<u32>(sk, conf!(skc_rcv_saddr)).to_ne_bytes());
         r.daddr[..4].copy_from_slice(&load::<u32>(sk, conf!(skc_daddr)).to_ne_bytes());
     }
-}
-
-/// An IPv6 address as two plain 8-byte loads.
-#[inline(always)]
-fn load16(base: u64, off: u32) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..8].copy_from_slice(&load::<u64>(base, off).to_ne_bytes());
-    a[8..].copy_from_slice(&load::<u64>(base, off + 8).to_ne_bytes());
-    a
 }
 
 /// The fields of a full socket, `tp` a BTF `struct tcp_sock *`.

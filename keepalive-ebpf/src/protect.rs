@@ -24,7 +24,12 @@ use keepalive_common::{
     },
 };
 
-use crate::{bump, conf, iter::iconf, sock::load, WATCHED_NETNS};
+use crate::{
+    bump, conf,
+    iter::iconf,
+    sock::{load, load16},
+    WATCHED_NETNS,
+};
 
 /// Slot 0: on/off, rule count, scope, HZ (userspace rewrites it).
 #[map]
@@ -250,14 +255,6 @@ fn mapped(v4: u32) -> [u8; 16] {
     a[10] = 0xff;
     a[11] = 0xff;
     a[12..].copy_from_slice(&v4.to_ne_bytes());
-    a
-}
-
-#[inline(always)]
-fn load16(base: u64, off: u32) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..8].copy_from_slice(&load::<u64>(base, off).to_ne_bytes());
-    a[8..].copy_from_slice(&load::<u64>(base, off + 8).to_ne_bytes());
     a
 }
 

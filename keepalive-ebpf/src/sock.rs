@@ -76,6 +76,15 @@ pub fn load<T>(base: u64, off: u32) -> T {
     unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
 }
 
+/// Sixteen bytes (an IPv6 address, a comm) as two plain 8-byte loads.
+#[inline(always)]
+pub fn load16(base: u64, off: u32) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..8].copy_from_slice(&load::<u64>(base, off).to_ne_bytes());
+    a[8..].copy_from_slice(&load::<u64>(base, off + 8).to_ne_bytes());
+    a
+}
+
 /// `sk`'s protocol, read directly (`sk` must be a BTF `struct sock *`).
 #[inline(always)]
 pub fn protocol_direct(sk: u64) -> u16 {
