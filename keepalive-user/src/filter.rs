@@ -1,12 +1,111 @@
 //! Which sockets and events the user asked to see, and in what order:
 //! one filter for `kato sockets`, `kato trace` and the agent's `/sockets`.
 
-use std::{cmp::Ordering, net::IpAddr, str::FromStr};
+use std::{
+    cmp::Ordering,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
 use crate::{
-    events::Observation, ip::canonical, owner::Owner, policy::Risk, sockets::Socket, tcp::TcpState,
+    events::Observation,
+    ip::canonical,
+    owner::Owner,
+    policy::Risk,
+    sockets::{compact::Compact, Socket},
+    tcp::TcpState,
     workload::Workload,
 };
+
+/// What filters and sort keys read of a socket: the full model, or the
+/// agent's compact table entry, which `/sockets` filters and sorts without
+/// building a [`Socket`] per entry.
+pub trait Listed {
+    fn state(&self) -> TcpState;
+    fn local(&self) -> SocketAddr;
+    fn remote(&self) -> SocketAddr;
+    fn pid(&self) -> Option<u32>;
+    fn comm(&self) -> Option<&str>;
+    fn netns(&self) -> u32;
+    /// SO_KEEPALIVE, where the socket has keepalive settings at all.
+    fn keepalive_on(&self) -> Option<bool>;
+    fn workload(&self) -> Option<&Workload>;
+    fn idle_s(&self) -> Option<f64>;
+    fn timer_left_s(&self) -> f64;
+    fn probes_unanswered(&self) -> u8;
+}
+
+impl Listed for Socket {
+    fn state(&self) -> TcpState {
+        self.state
+    }
+    fn local(&self) -> SocketAddr {
+        self.local
+    }
+    fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+    fn comm(&self) -> Option<&str> {
+        self.comm.as_deref()
+    }
+    fn netns(&self) -> u32 {
+        self.netns
+    }
+    fn keepalive_on(&self) -> Option<bool> {
+        self.keepalive.map(|k| k.enabled)
+    }
+    fn workload(&self) -> Option<&Workload> {
+        self.workload.0.as_deref()
+    }
+    fn idle_s(&self) -> Option<f64> {
+        self.idle_s
+    }
+    fn timer_left_s(&self) -> f64 {
+        self.timer.remaining_s
+    }
+    fn probes_unanswered(&self) -> u8 {
+        self.probes_unanswered
+    }
+}
+
+impl Listed for Compact {
+    fn state(&self) -> TcpState {
+        self.state
+    }
+    fn local(&self) -> SocketAddr {
+        Compact::local(self)
+    }
+    fn remote(&self) -> SocketAddr {
+        Compact::remote(self)
+    }
+    fn pid(&self) -> Option<u32> {
+        Compact::pid(self)
+    }
+    fn comm(&self) -> Option<&str> {
+        Compact::comm(self)
+    }
+    fn netns(&self) -> u32 {
+        self.netns
+    }
+    fn keepalive_on(&self) -> Option<bool> {
+        self.keepalive_enabled()
+    }
+    fn workload(&self) -> Option<&Workload> {
+        Compact::workload(self)
+    }
+    fn idle_s(&self) -> Option<f64> {
+        Compact::idle_s(self)
+    }
+    fn timer_left_s(&self) -> f64 {
+        Compact::timer_left_s(self)
+    }
+    fn probes_unanswered(&self) -> u8 {
+        self.probes_unanswered
+    }
+}
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,15 +167,15 @@ impl Filter {
 
     /// Whether `s` passes; its risk class (a policy lookup) is asked for
     /// only when the filter has classes.
-    pub fn matches(&self, s: &Socket, risk: impl FnOnce() -> Option<Risk>) -> bool {
-        any(&self.states, |st| s.state == *st)
-            && self.endpoints(s.local, s.remote)
-            && self.owner(s.pid, s.comm.as_deref())
-            && any(&self.netns, |n| s.netns == *n)
+    pub fn matches(&self, s: &impl Listed, risk: impl FnOnce() -> Option<Risk>) -> bool {
+        any(&self.states, |st| s.state() == *st)
+            && self.endpoints(s.local(), s.remote())
+            && self.owner(s.pid(), s.comm())
+            && any(&self.netns, |n| s.netns() == *n)
             && self
                 .keepalive
-                .is_none_or(|want| s.keepalive.is_some_and(|k| k.enabled == want))
-            && self.matches_workload(s.workload.0.as_deref())
+                .is_none_or(|want| s.keepalive_on() == Some(want))
+            && self.matches_workload(s.workload())
             && (self.risks.is_empty() || risk().is_some_and(|r| self.risks.contains(&r)))
     }
 
@@ -157,32 +256,32 @@ pub type Key = (u64, AddrKey, AddrKey);
 
 impl SortKey {
     /// The primary key and the two addresses in the order compared.
-    fn parts(self, s: &Socket) -> (u64, &std::net::SocketAddr, &std::net::SocketAddr) {
-        let idle = s.idle_s.unwrap_or(-1.0);
+    fn parts(self, s: &impl Listed) -> (u64, SocketAddr, SocketAddr) {
+        let idle = s.idle_s().unwrap_or(-1.0);
         let primary = match self {
             SortKey::Local => 0,
             // Remote first, then local.
-            SortKey::Remote => return (0, &s.remote, &s.local),
-            SortKey::State => s.state as u64,
-            SortKey::Pid => s.pid.map_or(0, |p| u64::from(p) + 1),
-            SortKey::Timer => f64_key(s.timer.remaining_s),
+            SortKey::Remote => return (0, s.remote(), s.local()),
+            SortKey::State => s.state() as u64,
+            SortKey::Pid => s.pid().map_or(0, |p| u64::from(p) + 1),
+            SortKey::Timer => f64_key(s.timer_left_s()),
             // Longest first, most first.
             SortKey::Idle => !f64_key(idle),
-            SortKey::Probes => u64::from(u8::MAX - s.probes_unanswered),
+            SortKey::Probes => u64::from(u8::MAX - s.probes_unanswered()),
         };
-        (primary, &s.local, &s.remote)
+        (primary, s.local(), s.remote())
     }
 
     /// The sort key of `s`: plain integers.
-    pub fn key_of(self, s: &Socket) -> Key {
+    pub fn key_of(self, s: &impl Listed) -> Key {
         let (primary, a, b) = self.parts(s);
-        (primary, addr_key(a), addr_key(b))
+        (primary, addr_key(&a), addr_key(&b))
     }
 
     /// [`SortKey::key_of`] in 24 bytes, exact for IPv4 (see [`packed_addr`]).
     fn packed(self, s: &Socket) -> (u64, u64, u64) {
         let (primary, a, b) = self.parts(s);
-        (primary, packed_addr(a), packed_addr(b))
+        (primary, packed_addr(&a), packed_addr(&b))
     }
 
     /// Sorts 100,000s of items by their sockets: compact keys in one
@@ -348,6 +447,41 @@ mod tests {
             "longest idle first; LISTEN has none"
         );
         assert!("bogus".parse::<SortKey>().unwrap_err().contains("bogus"));
+    }
+
+    #[test]
+    fn a_compact_entry_filters_and_sorts_as_its_socket() {
+        let all = [
+            sock(2, 1, true, 250),
+            sock(1, 10, false, 1000),
+            sock(3, 1, true, 500),
+        ];
+        let filters = [
+            Filter::default(),
+            Filter {
+                keepalive: Some(true),
+                ..Default::default()
+            },
+            Filter {
+                states: vec![TcpState::Listen],
+                ports: vec![1],
+                ..Default::default()
+            },
+            Filter {
+                pids: vec![1],
+                ..Default::default()
+            },
+        ];
+        for s in &all {
+            let c = Compact::of(s);
+            for f in &filters {
+                assert_eq!(f.matches(s, || None), f.matches(&c, || None), "{f:?}");
+            }
+            for k in ["local", "remote", "state", "pid", "timer", "idle", "probes"] {
+                let k: SortKey = k.parse().unwrap();
+                assert_eq!(k.key_of(s), k.key_of(&c), "{k:?}");
+            }
+        }
     }
 
     fn matches(f: &Filter, owner: Option<Owner>) -> bool {

@@ -8,6 +8,7 @@ pub mod privileges;
 pub mod protect;
 pub mod sandbox;
 pub mod state;
+pub mod subscribe;
 pub mod supervise;
 pub mod webconfig;
 pub mod wire;

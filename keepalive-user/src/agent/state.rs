@@ -14,11 +14,12 @@ use thiserror::Error;
 use super::{
     config::{AgentConfig, NetnsScope},
     metrics::{LabelCtx, Metrics, Side},
+    subscribe::{Context, LearnerFeed, Subscriber},
 };
 use crate::{
     bpf::{Bpf, CounterMap, LoadError},
     caps,
-    events::{DecodeError, Kind, Observation, Pipeline, Record, ResetReasons, Sink},
+    events::{DecodeError, Observation, Pipeline, Record, ResetReasons, Sink},
     learned::{Destination, Learner},
     netns::{self, NetnsError},
     owner::Owner,
@@ -48,18 +49,18 @@ pub enum AgentError {
     ProtectPrivilege,
 }
 
-/// Where observations go in the agent: metrics first (they read the
-/// socket's owner from the table), then the table.
+/// The engine's side of the pipeline: names each observation's context
+/// from the table and the policy, hands it to every subscriber, then
+/// updates the table (so subscribers see the socket as it was before).
 struct AgentSink {
-    /// Seconds of silence before a reset or failed send that make it a
-    /// candidate idle kill for the learner.
-    idle_kill_min: f64,
     table: SocketTable,
     metrics: Metrics,
+    learn: LearnerFeed,
+    /// Subscribers added with [`AgentState::subscribe`], after the built-in ones.
+    extra: Vec<Box<dyn Subscriber>>,
     /// (netns, port) of listening sockets: the ports `local_port` may label.
     listening: HashSet<(u32, u16)>,
     policy: Policy,
-    learner: Learner,
     resolver: crate::workload::Resolver,
 }
 
@@ -73,6 +74,17 @@ impl AgentSink {
         } else {
             Side::of_passive(rec.passive)
         }
+    }
+
+    /// The idle-timeout rule of `rec`'s path: the path's, or its flow's
+    /// conntrack where that is shorter (as the table last saw the flow).
+    fn rule(&self, rec: &Record) -> Option<&crate::policy::Rule> {
+        let tracked = self
+            .table
+            .get(rec.netns, rec.sk)
+            .and_then(|e| e.socket.conntrack());
+        self.policy
+            .rule_for_flow(rec.netns, rec.local, rec.remote, tracked)
     }
 }
 
@@ -94,38 +106,25 @@ impl Sink for AgentSink {
         // Cached per cgroup: the event names its workload before any snapshot.
         let workload = rec.cgroup_id.map(|id| self.resolver.resolve(id));
         let side = self.side(rec);
-        let ctx = LabelCtx {
-            side,
-            comm: obs.owner.as_ref().map(|o| &*o.comm),
-            workload: workload.as_deref(),
-            rule: self.rule(rec).map(|r| (r.source, r.path())),
+        let ctx = Context {
+            labels: LabelCtx {
+                side,
+                comm: obs.owner.as_ref().map(|o| &*o.comm),
+                workload: workload.as_deref(),
+                rule: self.rule(rec).map(|r| (r.source, r.path())),
+            },
+            dest: Destination::of(rec.local, rec.remote, side == Side::Server),
         };
-        self.metrics.observe(obs, &ctx);
-        let dest = Destination::of(rec.local, rec.remote, side == Side::Server);
-        if obs.has(Kind::IdleKillSuspected) {
-            if let Some(idle) = obs.idle_s {
-                self.learner.killed(dest, idle);
-            }
-        } else if let Some(idle) = kill_candidate(obs, self.idle_kill_min) {
-            // No known timeout yet: a kill the learner confirms once the
-            // destination is seen alive (a dead peer never is).
-            self.learner.candidate(dest, idle);
+        let built: [&mut dyn Subscriber; 2] = [&mut self.metrics, &mut self.learn];
+        for s in built.into_iter().chain(
+            self.extra
+                .iter_mut()
+                .map(|b| &mut **b as &mut dyn Subscriber),
+        ) {
+            s.seen(obs, &ctx);
         }
         self.table.apply(obs);
         ControlFlow::Continue(())
-    }
-}
-
-impl AgentSink {
-    /// The idle-timeout rule of `rec`'s path: the path's, or its flow's
-    /// conntrack where that is shorter (as the table last saw the flow).
-    fn rule(&self, rec: &Record) -> Option<&crate::policy::Rule> {
-        let tracked = self
-            .table
-            .get(rec.netns, rec.sk)
-            .and_then(|e| e.socket.conntrack());
-        self.policy
-            .rule_for_flow(rec.netns, rec.local, rec.remote, tracked)
     }
 }
 
@@ -152,24 +151,6 @@ fn owner_records<'a>(
             })
         })
         .collect()
-}
-
-/// A reset after at least `min` of silence, or a first send after such a
-/// silence that never got through: seconds of silence, when the path's
-/// timeout is not known yet (with one, the deriver names the kill).
-fn kill_candidate(obs: &Observation<'_>, min: f64) -> Option<f64> {
-    let rec = obs.record;
-    let silence = if obs.has(Kind::ResetReceived) && rec.state == TcpState::Established {
-        obs.idle_s
-    } else if obs
-        .error
-        .is_some_and(|e| e.cause == crate::events::ErrorCause::Retransmits)
-    {
-        rec.silence_before_send_secs(obs.hz)
-    } else {
-        None
-    }?;
-    (silence >= min).then_some(silence)
 }
 
 pub struct AgentState {
@@ -235,7 +216,6 @@ impl AgentState {
         Ok(AgentState {
             pipeline: Pipeline::new(k.hz, ResetReasons(k.reset_reasons.clone())),
             sink: AgentSink {
-                idle_kill_min: cfg.idle_kill_min.as_secs_f64(),
                 table: SocketTable::new(capacity),
                 metrics,
                 listening: HashSet::new(),
@@ -243,7 +223,11 @@ impl AgentState {
                     Some(c) if cfg.cloud_defaults => cfg.policy().with_assumed([c.rule()]),
                     _ => cfg.policy(),
                 },
-                learner,
+                learn: LearnerFeed {
+                    learner,
+                    idle_kill_min: cfg.idle_kill_min.as_secs_f64(),
+                },
+                extra: Vec::new(),
                 resolver: crate::workload::Resolver::with_cgroups(
                     match &cfg.cgroup_root {
                         Some(root) => crate::workload::cgroupfs::Cgroups::at(Some(root.clone())),
@@ -295,6 +279,12 @@ impl AgentState {
         Ok((targets, vanished))
     }
 
+    /// Adds a consumer of every observation from now on, after metrics
+    /// and the learner.
+    pub fn subscribe(&mut self, s: Box<dyn Subscriber>) {
+        self.sink.extra.push(s);
+    }
+
     /// Turns `kato protect` on (before the seed census: nothing opened
     /// from then on is missed).
     pub fn start_protect(&mut self, bpf: &mut Bpf) -> Result<(), AgentError> {
@@ -334,17 +324,18 @@ impl AgentState {
             }
         }
         let listening = &sink.listening;
-        sink.learner
+        sink.learn
+            .learner
             .snapshot(snaps.iter().flat_map(|s| &s.sockets), |x| {
                 listening.contains(&(x.netns, x.local.port()))
             });
-        sink.policy.learned = sink.learner.rules();
+        sink.policy.learned = sink.learn.learner.rules();
         if let Some(p) = &mut self.protect {
             p.after_census(bpf, &targets, &mut snaps, &sink.policy);
             sink.metrics.on_protect(&mut p.made, p.protected_now);
         }
         if let Some(dir) = &self.state_dir {
-            if let Err(e) = sink.learner.save(dir) {
+            if let Err(e) = sink.learn.learner.save(dir) {
                 log::warn!("saving learned idle timeouts: {e}");
             }
         }
@@ -394,7 +385,7 @@ impl AgentState {
             sink.table.evictions,
             self.pipeline.undecodable,
         );
-        sink.metrics.set_learned(sink.learner.iter());
+        sink.metrics.set_learned(sink.learn.learner.iter());
         sink.metrics.set_http_restarts(
             self.http_restarts
                 .load(std::sync::atomic::Ordering::Relaxed),

@@ -212,6 +212,20 @@ impl Compact {
         self.has(bit::PID).then_some(self.pid)
     }
 
+    pub fn workload(&self) -> Option<&Workload> {
+        self.workload.as_deref()
+    }
+
+    /// Seconds since the peer was last heard from, where known.
+    pub fn idle_s(&self) -> Option<f64> {
+        self.has(bit::IDLE).then(|| secs(self.idle_ms))
+    }
+
+    /// Seconds left on the socket's timer (as [`Socket`]'s `timer`).
+    pub fn timer_left_s(&self) -> f64 {
+        secs(self.timer_ms)
+    }
+
     /// SO_KEEPALIVE, where the socket has keepalive settings at all.
     pub fn keepalive_enabled(&self) -> Option<bool> {
         self.has(bit::KEEPALIVE).then(|| self.has(bit::KA_ENABLED))

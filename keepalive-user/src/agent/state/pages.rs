@@ -18,8 +18,8 @@ impl AgentState {
     /// The entries of one chunk of namespace `netns` (see
     /// [`SocketTable::chunk`]) that `q` selects, with their sort keys;
     /// and where the next chunk starts (None: the namespace is done).
-    /// Each entry is made a [`Socket`] to be filtered and keyed
-    /// (classified only for a risk filter), then dropped.
+    /// Entries are filtered and keyed as they are (see [`crate::filter::Listed`]);
+    /// only a risk filter makes one a `Socket`, to classify it.
     fn page_keys(
         &self,
         q: &SocketsQuery,
@@ -31,10 +31,10 @@ impl AgentState {
         let (entries, done) = sink.table.chunk(netns, after, PAGE_CHUNK);
         let last = entries.last().map(|e| e.socket.sock);
         keyed.extend(entries.into_iter().filter_map(|e| {
-            let socket = e.socket.socket();
+            let c = &e.socket;
             q.filter
-                .matches(&socket, || sink.policy.risk(&socket))
-                .then(|| (q.sort.key_of(&socket), netns, e.socket.sock))
+                .matches(c, || sink.policy.risk(&c.socket()))
+                .then(|| (q.sort.key_of(c), netns, c.sock))
         }));
         if done {
             None
