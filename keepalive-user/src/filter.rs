@@ -135,7 +135,7 @@ fn any<T>(v: &[T], f: impl Fn(&T) -> bool) -> bool {
 }
 
 impl Filter {
-    fn endpoints(&self, local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+    fn endpoints(&self, local: SocketAddr, remote: SocketAddr) -> bool {
         any(&self.ports, |p| local.port() == *p || remote.port() == *p)
             && any(&self.addrs, |a| {
                 let a = canonical(*a);
@@ -224,20 +224,20 @@ impl FromStr for SortKey {
 /// port), as plain integers.
 type AddrKey = (bool, u128, u16);
 
-fn addr_key(a: &std::net::SocketAddr) -> AddrKey {
+fn addr_key(a: &SocketAddr) -> AddrKey {
     match a {
-        std::net::SocketAddr::V4(v) => (false, u128::from(u32::from(*v.ip())), v.port()),
-        std::net::SocketAddr::V6(v) => (true, u128::from(*v.ip()), v.port()),
+        SocketAddr::V4(v) => (false, u128::from(u32::from(*v.ip())), v.port()),
+        SocketAddr::V6(v) => (true, u128::from(*v.ip()), v.port()),
     }
 }
 
 /// An address as one integer in [`AddrKey`]'s order where it fits (IPv4:
 /// address and port); every IPv6 address is `u64::MAX`, after all of them,
 /// and ties among those are broken on the full key.
-fn packed_addr(a: &std::net::SocketAddr) -> u64 {
+fn packed_addr(a: &SocketAddr) -> u64 {
     match a {
-        std::net::SocketAddr::V4(v) => u64::from(u32::from(*v.ip())) << 16 | u64::from(v.port()),
-        std::net::SocketAddr::V6(_) => u64::MAX,
+        SocketAddr::V4(v) => u64::from(u32::from(*v.ip())) << 16 | u64::from(v.port()),
+        SocketAddr::V6(_) => u64::MAX,
     }
 }
 
