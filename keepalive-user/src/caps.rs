@@ -26,8 +26,13 @@ pub fn missing_for_tracing(has: impl Fn(Capability) -> bool) -> Vec<&'static str
         .collect()
 }
 
-/// Checks this process; `Err` is one sentence naming what is missing.
-pub fn require_tracing() -> Result<(), String> {
+/// The capabilities kato lacks to load its eBPF programs.
+#[derive(Debug, thiserror::Error)]
+#[error("kato needs {} to load its eBPF programs (it has none of them); run it as root, e.g. with sudo", .0.join(" and "))]
+pub struct MissingCapabilities(pub Vec<&'static str>);
+
+/// Checks this process; `Err` names what is missing.
+pub fn require_tracing() -> Result<(), MissingCapabilities> {
     let Ok(eff) = caps::read(None, CapSet::Effective) else {
         return Ok(()); // cannot tell; let the kernel decide
     };
@@ -35,10 +40,7 @@ pub fn require_tracing() -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "kato needs {} to load its eBPF programs (it has none of them); run it as root, e.g. with sudo",
-        missing.join(" and ")
-    ))
+    Err(MissingCapabilities(missing))
 }
 
 /// Capability names for messages and docs (`CAP_BPF`).

@@ -3,17 +3,19 @@
 
 use std::time::Duration;
 
+use crate::invalid::Invalid;
+
 /// Parses a positive duration of at most ~31 years.
-pub fn parse(s: &str) -> Result<Duration, String> {
+pub fn parse(s: &str) -> Result<Duration, Invalid> {
     let s = s.trim();
-    let bad = || format!("`{s}` is not a duration (e.g. 30s, 500ms, 5m, 2h)");
+    let bad = || Invalid::not_a(s, "a duration (e.g. 30s, 500ms, 5m, 2h)");
     let d: jiff::SignedDuration = s.parse().map_err(|_| bad())?;
     if d.is_negative() {
-        return Err(format!("`{s}` is negative"));
+        return Err(Invalid::refused(s, "negative"));
     }
     let d = Duration::try_from(d).map_err(|_| bad())?;
     if d > Duration::from_secs(1_000_000_000) {
-        return Err(format!("`{s}` is out of range"));
+        return Err(Invalid::refused(s, "out of range"));
     }
     Ok(d)
 }
@@ -50,12 +52,18 @@ mod tests {
     fn rejects_nonsense() {
         for bad in ["30", "3x", "s", "", "1e99s", "soon"] {
             assert!(
-                parse(bad).unwrap_err().contains("is not a duration"),
+                parse(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("is not a duration"),
                 "{bad}"
             );
         }
-        assert!(parse("-5s").unwrap_err().contains("negative"));
-        assert!(parse("100000000000s").unwrap_err().contains("out of range"));
+        assert!(parse("-5s").unwrap_err().to_string().contains("negative"));
+        assert!(parse("100000000000s")
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
         assert_eq!(parse("1h 30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse("PT30S"), Ok(Duration::from_secs(30)));
     }

@@ -205,8 +205,8 @@ pub enum SortKey {
 }
 
 impl FromStr for SortKey {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::invalid::Invalid;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "local" => SortKey::Local,
             "remote" => SortKey::Remote,
@@ -215,7 +215,13 @@ impl FromStr for SortKey {
             "timer" => SortKey::Timer,
             "idle" => SortKey::Idle,
             "probes" => SortKey::Probes,
-            _ => return Err(format!("unknown sort key `{s}` (expected local, remote, state, pid, timer, idle or probes)")),
+            _ => {
+                return Err(crate::invalid::Invalid::unknown(
+                    "sort key",
+                    s,
+                    "local, remote, state, pid, timer, idle or probes",
+                ))
+            }
         })
     }
 }
@@ -446,7 +452,11 @@ mod tests {
             [3, 2, 1],
             "longest idle first; LISTEN has none"
         );
-        assert!("bogus".parse::<SortKey>().unwrap_err().contains("bogus"));
+        assert!("bogus"
+            .parse::<SortKey>()
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
     }
 
     #[test]

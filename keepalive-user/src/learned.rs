@@ -60,17 +60,18 @@ impl fmt::Display for Destination {
 }
 
 impl FromStr for Destination {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::invalid::Invalid;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use crate::invalid::Invalid;
         if let Some(p) = s.strip_prefix(':') {
             return p
                 .parse()
                 .map(Destination::Inbound)
-                .map_err(|_| format!("`{s}`: bad port"));
+                .map_err(|_| Invalid::malformed(s, "bad port"));
         }
         s.parse()
             .map(Destination::Remote)
-            .map_err(|_| format!("`{s}` is neither ADDR:PORT nor :PORT"))
+            .map_err(|_| Invalid::not_a(s, "ADDR:PORT or :PORT"))
     }
 }
 
@@ -265,8 +266,8 @@ impl Learner {
     }
 
     /// Loads a saved state; a missing file is an empty one.
-    pub fn load(dir: &crate::files::StateDir) -> Result<Self, String> {
-        let learned = match dir.read(STATE_FILE, MAX_STATE).map_err(|e| e.to_string())? {
+    pub fn load(dir: &crate::files::StateDir) -> Result<Self, StateError> {
+        let learned = match dir.read(STATE_FILE, MAX_STATE)? {
             Some(bytes) => parse_state(&bytes, &dir.path().join(STATE_FILE))?,
             None => vec![],
         };
@@ -315,12 +316,31 @@ impl Learned {
     }
 }
 
+/// Why a saved state could not be read. Errors say where in the file,
+/// never what it holds (it may not be kato's).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    #[error("{path}: not a kato state file (line {line}, column {column})")]
+    NotState {
+        path: std::path::PathBuf,
+        line: usize,
+        column: usize,
+    },
+    #[error("{path}: state version {found} (this kato reads {STATE_VERSION})")]
+    Version {
+        path: std::path::PathBuf,
+        found: u32,
+    },
+}
+
 /// A state file at most: [`MAX_DESTINATIONS`] entries take ~300 KB.
 pub const MAX_STATE: u64 = 4 << 20;
 
 /// A saved state's entries (for `kato doctor`, reading what the agent
 /// wrote); a missing file holds none.
-pub fn read_state(path: &Path) -> Result<Vec<Learned>, String> {
+pub fn read_state(path: &Path) -> Result<Vec<Learned>, StateError> {
     match crate::files::read_capped(path, MAX_STATE) {
         Ok(bytes) => parse_state(&bytes, path),
         Err(crate::files::FileError::Io { source, .. })
@@ -328,27 +348,22 @@ pub fn read_state(path: &Path) -> Result<Vec<Learned>, String> {
         {
             Ok(vec![])
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
-/// A state file's entries, at most [`MAX_DESTINATIONS`]. Errors say where
-/// in the file, never what it holds (it may not be kato's).
-fn parse_state(bytes: &[u8], path: &Path) -> Result<Vec<Learned>, String> {
-    let f: StateFile = serde_json::from_slice(bytes).map_err(|e| {
-        format!(
-            "{}: not a kato state file (line {}, column {})",
-            path.display(),
-            e.line(),
-            e.column()
-        )
+/// A state file's entries, at most [`MAX_DESTINATIONS`].
+fn parse_state(bytes: &[u8], path: &Path) -> Result<Vec<Learned>, StateError> {
+    let f: StateFile = serde_json::from_slice(bytes).map_err(|e| StateError::NotState {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
     })?;
     if f.version != STATE_VERSION {
-        return Err(format!(
-            "{}: state version {} (this kato reads {STATE_VERSION})",
-            path.display(),
-            f.version
-        ));
+        return Err(StateError::Version {
+            path: path.to_owned(),
+            found: f.version,
+        });
     }
     let mut learned = f.learned;
     learned.truncate(MAX_DESTINATIONS);
@@ -457,10 +472,14 @@ mod tests {
         );
         assert_eq!(read_state(&path.join(STATE_FILE)).unwrap().len(), 1);
         std::fs::write(path.join(STATE_FILE), r#"{"version":9,"learned":[]}"#).unwrap();
-        assert!(Learner::load(&dir).err().unwrap().contains("version 9"));
+        assert!(Learner::load(&dir)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("version 9"));
         // Someone else's JSON: where, never what.
         std::fs::write(path.join(STATE_FILE), r#"{"password":"hunter2"}"#).unwrap();
-        let e = Learner::load(&dir).err().unwrap();
+        let e = Learner::load(&dir).err().unwrap().to_string();
         assert!(
             e.contains("not a kato state file") && !e.contains("hunter2"),
             "{e}"
@@ -482,6 +501,6 @@ mod tests {
             many.join(",")
         );
         let got = parse_state(text.as_bytes(), Path::new("learned.json"));
-        assert_eq!(got.map(|v| v.len()), Ok(MAX_DESTINATIONS));
+        assert_eq!(got.map(|v| v.len()).ok(), Some(MAX_DESTINATIONS));
     }
 }

@@ -15,6 +15,7 @@ pub mod events;
 pub mod files;
 pub mod filter;
 pub mod heap;
+pub mod invalid;
 pub mod ip;
 pub mod ipvs;
 pub mod jiffies;

@@ -25,23 +25,22 @@ pub struct Cidr {
     prefix: u8,
 }
 
-use crate::ip::canonical;
+use crate::{invalid::Invalid, ip::canonical};
 
 impl Cidr {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
         let (a, p) = s.split_once('/').unwrap_or((s, ""));
         let addr = canonical(
             a.parse::<IpAddr>()
-                .map_err(|_| format!("`{a}` is not an IP address"))?,
+                .map_err(|_| Invalid::not_a(a, "an IP address"))?,
         );
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = if p.is_empty() {
             max
         } else {
-            p.parse::<u8>()
-                .ok()
-                .filter(|&n| n <= max)
-                .ok_or_else(|| format!("`/{p}` is not a prefix length (0 to {max})"))?
+            p.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| {
+                Invalid::not_a(format!("/{p}"), format!("a prefix length (0 to {max})"))
+            })?
         };
         Ok(Cidr { addr, prefix })
     }
@@ -138,7 +137,7 @@ pub struct Rule {
 
 impl Rule {
     /// Parses `[CIDR][:PORT]=DURATION` or `DURATION`.
-    pub fn parse(s: &str) -> Result<Rule, String> {
+    pub fn parse(s: &str) -> Result<Rule, Invalid> {
         let s = s.trim();
         let (target, dur) = match s.rsplit_once('=') {
             Some((t, d)) => (t.trim(), d.trim()),
@@ -146,7 +145,7 @@ impl Rule {
         };
         let timeout = duration::parse(dur)?;
         if timeout.is_zero() {
-            return Err(format!("`{dur}`: an idle timeout must be positive"));
+            return Err(Invalid::malformed(dur, "an idle timeout must be positive"));
         }
         let (cidr, port) = parse_target(target)?;
         let text = if target.is_empty() {
@@ -203,7 +202,7 @@ impl Rule {
     }
 
     /// Parses a TOML table entry: key `CIDR:PORT` (or `default`), value duration.
-    pub fn from_entry(key: &str, value: &str) -> Result<Rule, String> {
+    pub fn from_entry(key: &str, value: &str) -> Result<Rule, Invalid> {
         if key == "default" {
             Rule::parse(value)
         } else {
@@ -229,7 +228,7 @@ impl Rule {
     }
 }
 
-fn parse_target(t: &str) -> Result<(Option<Cidr>, Option<u16>), String> {
+fn parse_target(t: &str) -> Result<(Option<Cidr>, Option<u16>), Invalid> {
     if t.is_empty() {
         return Ok((None, None));
     }
@@ -237,16 +236,16 @@ fn parse_target(t: &str) -> Result<(Option<Cidr>, Option<u16>), String> {
         p.parse::<u16>()
             .ok()
             .filter(|&p| p > 0)
-            .ok_or_else(|| format!("`{p}` is not a port"))
+            .ok_or_else(|| Invalid::not_a(p, "a port"))
     };
     if let Some(rest) = t.strip_prefix('[') {
         let (net, after) = rest
             .split_once(']')
-            .ok_or_else(|| format!("`{t}`: missing `]`"))?;
+            .ok_or_else(|| Invalid::malformed(t, "missing `]`"))?;
         let p = match after.strip_prefix(':') {
             Some(p) => Some(port(p)?),
             None if after.is_empty() => None,
-            None => return Err(format!("`{t}`: expected `:PORT` after `]`")),
+            None => return Err(Invalid::malformed(t, "expected `:PORT` after `]`")),
         };
         return Ok((Some(Cidr::parse(net)?), p));
     }

@@ -117,12 +117,12 @@ pub async fn run(cfg: HttpdConfig) -> anyhow::Result<()> {
     };
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
-    let dropped = sandbox::drop_privileges().map_err(anyhow::Error::msg)?;
+    let dropped = sandbox::drop_privileges()?;
     // After the drop (capset is per thread), before the filter (which
     // covers every thread).
     watch_lifeline(cfg.lifeline)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    sandbox::confine().map_err(anyhow::Error::msg)?;
+    sandbox::confine()?;
     let backend = Arc::new(Remote::new(pairs)?);
     let tls_on = tls.is_some();
     let mut out = std::io::stdout().lock();

@@ -38,17 +38,15 @@ impl AgentProtect {
     /// rules, before the first census: no connection opened from then on
     /// is missed. `netns_filter`: only the watched namespaces.
     pub fn start(bpf: &mut Bpf, policy: &Policy, netns_filter: bool) -> Result<Self, LoadError> {
-        let root = protect::cgroup::root().map_err(|e| LoadError::Cgroup {
-            path: "cgroup2".into(),
-            source: std::io::Error::other(e),
-        })?;
+        let root = protect::cgroup::root().map_err(LoadError::Mount)?;
         bpf.protect_attach(&root)?;
         let pin = protect::pin::bpffs().map(|d| protect::pin::own(&d));
         let protector = bpf.protector(pin.as_ref().ok().map(std::path::PathBuf::as_path))?;
         if let Err(e) = pin
             .as_ref()
-            .map_err(String::as_str)
-            .and(protector.pinned.as_ref().map_err(String::as_str))
+            .map(drop)
+            .map_err(ToString::to_string)
+            .and(protector.pinned.as_ref().map_err(ToString::to_string))
         {
             log::info!("protect: record not pinned ({e}); kato sockets will show kato's settings as the socket's");
         }

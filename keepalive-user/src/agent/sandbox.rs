@@ -14,6 +14,26 @@ use seccompiler::{
     SeccompRule,
 };
 
+/// A step of the drop or of confinement that failed: the HTTP process
+/// then refuses to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{what}: {source}")]
+    Os {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Caps {
+        what: String,
+        source: caps::errors::CapsError,
+    },
+    #[error("seccomp: {0}")]
+    Seccomp(#[from] seccompiler::Error),
+    #[error("seccomp: {0}")]
+    SeccompBackend(#[from] seccompiler::BackendError),
+}
+
 /// The uid and gid it takes (nobody on Debian and most distributions).
 pub const NOBODY: u32 = 65534;
 
@@ -27,20 +47,26 @@ pub struct Dropped {
     pub bounding_emptied: bool,
 }
 
-fn check(rc: libc::c_int, what: &str) -> Result<(), String> {
+fn check(rc: libc::c_int, what: &'static str) -> Result<(), SandboxError> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(format!("{what}: {}", std::io::Error::last_os_error()))
+        Err(SandboxError::Os {
+            what,
+            source: std::io::Error::last_os_error(),
+        })
     }
 }
 
 /// Drops every privilege of this (single-threaded) process.
-pub fn drop_privileges() -> Result<Dropped, String> {
+pub fn drop_privileges() -> Result<Dropped, SandboxError> {
     let has = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
     let bounding_emptied = has(caps::Capability::CAP_SETPCAP);
     if bounding_emptied {
-        caps::clear(None, CapSet::Bounding).map_err(|e| format!("bounding set: {e}"))?;
+        caps::clear(None, CapSet::Bounding).map_err(|source| SandboxError::Caps {
+            what: "bounding set".into(),
+            source,
+        })?;
     }
     let switched = has(caps::Capability::CAP_SETUID) && has(caps::Capability::CAP_SETGID);
     if switched {
@@ -57,7 +83,10 @@ pub fn drop_privileges() -> Result<Dropped, String> {
         CapSet::Effective,
         CapSet::Permitted,
     ] {
-        caps::clear(None, set).map_err(|e| format!("{set:?} capabilities: {e}"))?;
+        caps::clear(None, set).map_err(|source| SandboxError::Caps {
+            what: format!("{set:?} capabilities"),
+            source,
+        })?;
     }
     // SAFETY: prctl with constant arguments.
     check(
@@ -132,7 +161,7 @@ const ALLOWED: &[libc::c_long] = &[
 const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
 
 /// Installs the filter on every thread of the process.
-pub fn confine() -> Result<(), String> {
+pub fn confine() -> Result<(), SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|&n| (n, vec![])).collect();
     let thread_only = SeccompCondition::new(
         0,
@@ -140,25 +169,19 @@ pub fn confine() -> Result<(), String> {
         SeccompCmpOp::MaskedEq(CLONE_THREAD),
         CLONE_THREAD,
     )
-    .and_then(|c| SeccompRule::new(vec![c]))
-    .map_err(|e| format!("seccomp rule: {e}"))?;
+    .and_then(|c| SeccompRule::new(vec![c]))?;
     rules.insert(libc::SYS_clone, vec![thread_only]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Errno(libc::EPERM as u32),
         SeccompAction::Allow,
-        std::env::consts::ARCH
-            .try_into()
-            .map_err(|e| format!("seccomp: {e}"))?,
-    )
-    .map_err(|e| format!("seccomp filter: {e}"))?;
-    let mut with_clone3: BpfProgram = filter
-        .try_into()
-        .map_err(|e| format!("seccomp program: {e}"))?;
+        std::env::consts::ARCH.try_into()?,
+    )?;
+    let mut with_clone3: BpfProgram = filter.try_into()?;
     // clone3's flags sit behind a pointer the filter cannot read: ENOSYS,
     // and glibc falls back to clone, whose flags it can.
     with_clone3.splice(0..0, clone3_enosys());
-    seccompiler::apply_filter_all_threads(&with_clone3).map_err(|e| format!("seccomp: {e}"))
+    Ok(seccompiler::apply_filter_all_threads(&with_clone3)?)
 }
 
 /// A prologue answering clone3 with ENOSYS before the allow-list runs.

@@ -20,7 +20,7 @@ use crate::{
     bpf::{Bpf, CounterMap, LoadError},
     caps,
     events::{DecodeError, Observation, Pipeline, Record, ResetReasons, Sink},
-    learned::{Destination, Learner},
+    learned::{Destination, Learner, StateError},
     netns::{self, NetnsError},
     owner::Owner,
     policy::Policy,
@@ -42,7 +42,7 @@ pub enum AgentError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error("learned idle timeouts: {0}")]
-    State(String),
+    State(#[from] StateError),
     #[error("kato agent needs {0} to watch other network namespaces (or set netns = \"self\")")]
     Privilege(&'static str),
     #[error("protect = true needs CAP_NET_ADMIN (attaching to the cgroup hierarchy)")]
@@ -206,9 +206,8 @@ impl AgentState {
         };
         let (learner, state_dir) = match &cfg.state_dir {
             Some(dir) => {
-                let dir = crate::files::StateDir::open(dir)
-                    .map_err(|e| AgentError::State(e.to_string()))?;
-                let learner = Learner::load(&dir).map_err(AgentError::State)?;
+                let dir = crate::files::StateDir::open(dir).map_err(StateError::from)?;
+                let learner = Learner::load(&dir)?;
                 (learner, Some(dir))
             }
             None => (Learner::default(), None),

@@ -24,10 +24,10 @@ impl AttachMode {
 }
 
 impl std::str::FromStr for AttachMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::invalid::Invalid;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         <Self as clap::ValueEnum>::from_str(s, true)
-            .map_err(|_| format!("`{s}` is not one of auto, fentry, tracepoint"))
+            .map_err(|_| crate::invalid::Invalid::not_a(s, "one of auto, fentry, tracepoint"))
     }
 }
 

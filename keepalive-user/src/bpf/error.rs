@@ -9,8 +9,10 @@ use crate::{
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("{0}")]
-    Privilege(String),
+    #[error(transparent)]
+    Privilege(#[from] crate::caps::MissingCapabilities),
+    #[error(transparent)]
+    Mount(#[from] crate::protect::MountError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error("cannot parse kernel BTF for the loader: {0}")]

@@ -18,6 +18,21 @@ use keepalive_common::names::map;
 use super::{Bpf, Hook, LoadError};
 use crate::netns::NetnsRef;
 
+/// Why the record of protected sockets is not pinned for other kato
+/// processes (they then show kato's settings as the socket's own).
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("not asked")]
+    NotAsked,
+    #[error("{path}: {source}")]
+    Pin {
+        path: std::path::PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("the protected map is not an LRU hash")]
+    NotLru,
+}
+
 /// The maps and program names protect uses, in the object.
 pub const SOCK_OPS: &str = "kato_protect_ops";
 const CONF: &str = map::PROTECT_CONF;
@@ -42,7 +57,7 @@ pub const IDLE_SIZES: [(&str, u32); 5] = [
 pub struct Protector {
     /// Whether the record of protected sockets is pinned for other kato
     /// processes, and where, or why not.
-    pub pinned: Result<(), String>,
+    pub pinned: Result<(), PinError>,
     conf: Array<MapData, ProtectConf>,
     rules: Array<MapData, ProtectRule>,
     ct: HashMap<MapData, u32, u32>,
@@ -97,13 +112,15 @@ impl Bpf {
         let e = &mut self.ebpf;
         let protected = take(e, PROTECTED)?;
         let pinned = match (&protected, pin) {
-            (_, None) => Err("not asked".to_owned()),
+            (_, None) => Err(PinError::NotAsked),
             (aya::maps::Map::LruHashMap(data), Some(path)) => {
                 let _ = std::fs::remove_file(path);
-                data.pin(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))
+                data.pin(path).map_err(|source| PinError::Pin {
+                    path: path.to_owned(),
+                    source,
+                })
             }
-            _ => Err("PROTECTED is not an LRU hash".to_owned()),
+            _ => Err(PinError::NotLru),
         };
         Ok(Protector {
             pinned,

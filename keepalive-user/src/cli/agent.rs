@@ -123,7 +123,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         v.map(S::parse).transpose().map_err(|message| ConfigError {
             origin: "command line".into(),
             key: format!("--{name}"),
-            message,
+            message: message.to_string(),
         })
     }
     fn number(name: &str, v: Option<&String>) -> Result<Option<i64>, ConfigError> {
@@ -147,7 +147,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
                 .map_err(|message| ConfigError {
                     origin: "command line".into(),
                     key: "--label-by".into(),
-                    message,
+                    message: message.to_string(),
                 })?,
         )
     };
@@ -199,7 +199,7 @@ pub fn idle_timeout_flags(
             keepalive_user::policy::Rule::parse(v).map_err(|message| ConfigError {
                 origin: "command line".into(),
                 key: "--idle-timeout".into(),
-                message,
+                message: message.to_string(),
             })
         })
         .collect()
@@ -251,7 +251,7 @@ fn engine_error(e: EngineError) -> anyhow::Error {
         EngineError::Agent(keepalive_user::agent::state::AgentError::State(why)) => ConfigError {
             origin: "state_dir".into(),
             key: "(file)".into(),
-            message: why,
+            message: why.to_string(),
         }
         .into(),
         e => e.into(),

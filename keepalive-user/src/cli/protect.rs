@@ -324,8 +324,9 @@ pub async fn run(args: ProtectArgs) -> anyhow::Result<()> {
     let mut protector = bpf.protector(pin.as_ref().ok().map(PathBuf::as_path))?;
     if let Err(why) = pin
         .as_ref()
-        .map_err(String::as_str)
-        .and(protector.pinned.as_ref().map_err(String::as_str))
+        .map(drop)
+        .map_err(ToString::to_string)
+        .and(protector.pinned.as_ref().map_err(ToString::to_string))
     {
         log::info!("not pinned: {why}");
     }

@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::MountError;
 use crate::{filter::Filter, workload::Resolver};
 
 /// Where kato mounts the cgroup2 hierarchy when none is visible (`ip
@@ -18,13 +19,19 @@ const MAX_WALK: usize = 100_000;
 
 /// The cgroup2 root: where /proc/self/mountinfo shows it, else mounted at
 /// [`PRIVATE_MOUNT`] (the same hierarchy: cgroup2 has one).
-pub fn root() -> Result<PathBuf, String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+pub fn root() -> Result<PathBuf, MountError> {
+    const MOUNTINFO: &str = "/proc/self/mountinfo";
+    let mountinfo = std::fs::read_to_string(MOUNTINFO).map_err(|source| MountError::Io {
+        path: MOUNTINFO,
+        source,
+    })?;
     if let Some(m) = crate::workload::cgroupfs::find_mount(&mountinfo) {
         return Ok(m);
     }
-    std::fs::create_dir_all(PRIVATE_MOUNT).map_err(|e| format!("{PRIVATE_MOUNT}: {e}"))?;
+    std::fs::create_dir_all(PRIVATE_MOUNT).map_err(|source| MountError::Io {
+        path: PRIVATE_MOUNT,
+        source,
+    })?;
     let target = std::ffi::CString::new(PRIVATE_MOUNT).expect("no NUL");
     let (none, fstype) = (c"none", c"cgroup2");
     // SAFETY: valid C strings; no data argument.
@@ -38,10 +45,11 @@ pub fn root() -> Result<PathBuf, String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "no cgroup2 hierarchy is mounted, and mounting one at {PRIVATE_MOUNT} failed: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(MountError::Mount {
+            fs: "cgroup2",
+            path: PRIVATE_MOUNT,
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(PathBuf::from(PRIVATE_MOUNT))
 }

@@ -13,3 +13,22 @@ pub mod plan;
 pub mod rules;
 
 pub use change::{Change, Origin, Outcome, Settings};
+
+/// A filesystem protect needs (cgroup2, bpf) that is neither mounted nor
+/// mountable.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{path}: {source}")]
+    Io {
+        path: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0} does not exist")]
+    Missing(&'static str),
+    #[error("no {fs} filesystem is mounted, and mounting one at {path} failed: {source}")]
+    Mount {
+        fs: &'static str,
+        path: &'static str,
+        source: std::io::Error,
+    },
+}

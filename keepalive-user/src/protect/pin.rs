@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::MountError;
+
 /// The BPF filesystem's usual mount point.
 pub const BPFFS: &str = "/sys/fs/bpf";
 const PREFIX: &str = "kato-protected-";
@@ -24,13 +26,13 @@ fn is_bpffs(dir: &Path) -> bool {
 /// there (as systemd does at boot). Under `ip netns exec`, whose /sys is a
 /// mount of its own, only kato processes in the same mount namespace see
 /// the pin.
-pub fn bpffs() -> Result<PathBuf, String> {
+pub fn bpffs() -> Result<PathBuf, MountError> {
     let dir = Path::new(BPFFS);
     if is_bpffs(dir) {
         return Ok(dir.to_owned());
     }
     if !dir.is_dir() {
-        return Err(format!("{BPFFS} does not exist"));
+        return Err(MountError::Missing(BPFFS));
     }
     let (src, ty) = (c"bpf", c"bpf");
     let target = std::ffi::CString::new(BPFFS).expect("no NUL");
@@ -45,10 +47,11 @@ pub fn bpffs() -> Result<PathBuf, String> {
         )
     } != 0
     {
-        return Err(format!(
-            "mounting a BPF filesystem at {BPFFS}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(MountError::Mount {
+            fs: "bpf",
+            path: BPFFS,
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(dir.to_owned())
 }

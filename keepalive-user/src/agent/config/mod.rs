@@ -56,7 +56,7 @@ pub enum LabelBy {
 }
 
 impl LabelBy {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, crate::invalid::Invalid> {
         Ok(match s {
             "local_port" => LabelBy::LocalPort,
             "remote_port" => LabelBy::RemotePort,
@@ -67,8 +67,10 @@ impl LabelBy {
             "container" => LabelBy::Container,
             "unit" => LabelBy::Unit,
             _ => {
-                return Err(format!(
-                    "unknown label `{s}` (expected local_port, remote_port, comm, netns, pod, pod_namespace, container or unit)"
+                return Err(crate::invalid::Invalid::unknown(
+                    "label",
+                    s,
+                    "local_port, remote_port, comm, netns, pod, pod_namespace, container or unit",
                 ))
             }
         })
@@ -442,7 +444,7 @@ mod tests {
         let e = parse("ring_size = -65536").unwrap_err();
         assert!(e.message.contains("is not a size"), "{e}");
         let e = parse("ring_size = true").unwrap_err();
-        assert!(e.message.contains("a boolean is not a size"), "{e}");
+        assert!(e.message.contains("`boolean` is not a size"), "{e}");
     }
 
     #[test]

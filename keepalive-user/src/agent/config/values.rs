@@ -6,14 +6,14 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde::{de, Deserialize, Deserializer};
 
-use crate::bpf::AttachMode;
+use crate::{bpf::AttachMode, invalid::Invalid};
 
 /// One setting's parser, shared by its flag (a string) and its file value
 /// (the TOML type `Raw`).
 pub trait Setting {
     type Raw: for<'de> Deserialize<'de>;
     type Value;
-    fn parse(raw: Self::Raw) -> Result<Self::Value, String>;
+    fn parse(raw: Self::Raw) -> Result<Self::Value, Invalid>;
 }
 
 pub(super) fn de_via<'de, D: Deserializer<'de>, S: Setting>(
@@ -24,9 +24,13 @@ pub(super) fn de_via<'de, D: Deserializer<'de>, S: Setting>(
         .map_err(de::Error::custom)
 }
 
-fn range(v: i64, max: i64) -> Result<i64, String> {
+fn range(v: i64, max: i64) -> Result<i64, Invalid> {
     if v < 1 || v > max {
-        return Err(format!("{v} is out of range (1 to {max})"));
+        return Err(Invalid::OutOfRange {
+            value: v,
+            min: 1,
+            max,
+        });
     }
     Ok(v)
 }
@@ -37,8 +41,8 @@ impl Setting for ListenAddr {
     type Value = SocketAddr;
     /// `IP:PORT`, `[IPv6]:PORT`, and `[IPv4]:PORT` too, so that one
     /// template (`[$(NODE_IP)]:7941`) serves both families.
-    fn parse(s: String) -> Result<SocketAddr, String> {
-        let bad = || format!("`{s}` is not an address:port");
+    fn parse(s: String) -> Result<SocketAddr, Invalid> {
+        let bad = || Invalid::not_a(s.clone(), "an address:port");
         if let Ok(a) = s.parse() {
             return Ok(a);
         }
@@ -55,10 +59,10 @@ pub struct Interval;
 impl Setting for Interval {
     type Raw = String;
     type Value = Duration;
-    fn parse(s: String) -> Result<Duration, String> {
+    fn parse(s: String) -> Result<Duration, Invalid> {
         let d = crate::duration::parse(&s)?;
         if d < Duration::from_millis(100) {
-            return Err(format!("`{s}` is too short (at least 100ms)"));
+            return Err(Invalid::refused(s, "too short (at least 100ms)"));
         }
         Ok(d)
     }
@@ -68,7 +72,7 @@ pub struct IdleKillMin;
 impl Setting for IdleKillMin {
     type Raw = String;
     type Value = Duration;
-    fn parse(s: String) -> Result<Duration, String> {
+    fn parse(s: String) -> Result<Duration, Invalid> {
         crate::duration::parse(&s)
     }
 }
@@ -77,7 +81,7 @@ pub struct LabelLimit;
 impl Setting for LabelLimit {
     type Raw = i64;
     type Value = usize;
-    fn parse(v: i64) -> Result<usize, String> {
+    fn parse(v: i64) -> Result<usize, Invalid> {
         range(v, 10_000).map(|v| v as usize)
     }
 }
@@ -86,7 +90,7 @@ pub struct TableCapacity;
 impl Setting for TableCapacity {
     type Raw = i64;
     type Value = usize;
-    fn parse(v: i64) -> Result<usize, String> {
+    fn parse(v: i64) -> Result<usize, Invalid> {
         range(v, 100_000_000).map(|v| v as usize)
     }
 }
@@ -95,7 +99,7 @@ pub struct MaxConnections;
 impl Setting for MaxConnections {
     type Raw = i64;
     type Value = usize;
-    fn parse(v: i64) -> Result<usize, String> {
+    fn parse(v: i64) -> Result<usize, Invalid> {
         range(v, 10_000).map(|v| v as usize)
     }
 }
@@ -104,17 +108,18 @@ impl Setting for MaxConnections {
 /// config file a bare integer too); a power of two from 64 KiB to 1 GiB
 /// (the kernel takes powers of two of pages).
 pub struct RingSize;
+const SIZE: &str = "a size (e.g. 16MiB, 512KiB)";
 impl Setting for RingSize {
     type Raw = toml::Value;
     type Value = u32;
-    fn parse(raw: toml::Value) -> Result<u32, String> {
+    fn parse(raw: toml::Value) -> Result<u32, Invalid> {
         let s = match raw {
             toml::Value::String(s) => s,
             toml::Value::Integer(n) => n.to_string(),
             other => {
-                return Err(format!(
-                    "a {} is not a size (e.g. \"16MiB\", \"512KiB\" or bytes)",
-                    other.type_str()
+                return Err(Invalid::not_a(
+                    other.type_str(),
+                    "a size (e.g. \"16MiB\", \"512KiB\" or bytes)",
                 ))
             }
         };
@@ -128,15 +133,15 @@ impl Setting for RingSize {
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
-            _ => return Err(format!("`{s}` is not a size (e.g. 16MiB, 512KiB)")),
+            _ => return Err(Invalid::not_a(s, SIZE)),
         };
         let bytes = num
             .parse::<u64>()
             .ok()
             .and_then(|n| n.checked_mul(scale))
-            .ok_or_else(|| format!("`{s}` is not a size (e.g. 16MiB, 512KiB)"))?;
+            .ok_or_else(|| Invalid::not_a(s.clone(), SIZE))?;
         if !(64 << 10..=1 << 30).contains(&bytes) || !bytes.is_power_of_two() {
-            return Err(format!("`{s}` is not a power of two from 64KiB to 1GiB"));
+            return Err(Invalid::not_a(s, "a power of two from 64KiB to 1GiB"));
         }
         Ok(bytes as u32)
     }
@@ -146,7 +151,7 @@ pub struct Hz;
 impl Setting for Hz {
     type Raw = i64;
     type Value = u32;
-    fn parse(v: i64) -> Result<u32, String> {
+    fn parse(v: i64) -> Result<u32, Invalid> {
         range(v, 10_000).map(|v| v as u32)
     }
 }
@@ -155,7 +160,7 @@ pub struct Attach;
 impl Setting for Attach {
     type Raw = String;
     type Value = AttachMode;
-    fn parse(s: String) -> Result<AttachMode, String> {
+    fn parse(s: String) -> Result<AttachMode, Invalid> {
         s.parse()
     }
 }

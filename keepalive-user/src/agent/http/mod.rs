@@ -302,7 +302,6 @@ async fn route<B: Backend>(
         }
         "/sockets" => {
             let q = match parse_query(req.uri().query().unwrap_or_default())
-                .map_err(str::to_owned)
                 .and_then(|p| query_from(&p))
             {
                 Ok(q) => q,

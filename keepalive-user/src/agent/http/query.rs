@@ -3,10 +3,47 @@
 
 use std::{net::IpAddr, str::FromStr};
 
+use thiserror::Error;
+
 use crate::{
     filter::{Filter, SortKey},
+    invalid::Invalid,
     tcp::TcpState,
 };
+
+/// What is wrong with a `/sockets` query (the 400's body).
+#[derive(Debug, Error)]
+pub enum QueryError {
+    #[error("bad query encoding")]
+    Encoding,
+    #[error("unknown parameter `{0}` ({keys})", keys = KEYS.join(", "))]
+    UnknownParameter(String),
+    #[error("{0} parameters (at most {MAX_VALUES} filter values, and sort, limit, cursor)")]
+    TooMany(usize),
+    #[error("bad `{key}` value: {why}")]
+    Value { key: &'static str, why: Invalid },
+}
+
+const KEYS: [&str; 14] = [
+    "state",
+    "port",
+    "addr",
+    "pid",
+    "netns",
+    "keepalive",
+    "risk",
+    "pod",
+    "pod_namespace",
+    "container",
+    "unit",
+    "sort",
+    "limit",
+    "cursor",
+];
+
+fn bad(key: &'static str) -> impl Fn(Invalid) -> QueryError {
+    move |why| QueryError::Value { key, why }
+}
 
 /// Sockets per page unless `limit=` says otherwise, and the most it may say.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -40,9 +77,9 @@ fn valid_escapes(qs: &str) -> bool {
 /// Decodes a query string (`a=1&b=%3A%3A1`); malformed escapes and
 /// non-UTF-8 bytes are errors (form_urlencoded alone would turn them into
 /// U+FFFD, matching nothing, silently).
-pub fn parse_query(qs: &str) -> Result<Vec<(String, String)>, &'static str> {
+pub fn parse_query(qs: &str) -> Result<Vec<(String, String)>, QueryError> {
     if !valid_escapes(qs) {
-        return Err("bad query encoding");
+        return Err(QueryError::Encoding);
     }
     let query: Vec<(String, String)> = form_urlencoded::parse(qs.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -51,15 +88,22 @@ pub fn parse_query(qs: &str) -> Result<Vec<(String, String)>, &'static str> {
         .iter()
         .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
     {
-        return Err("bad query encoding");
+        return Err(QueryError::Encoding);
     }
     Ok(query)
 }
 
-fn parse_all<T: FromStr>(key: &str, values: &[&str]) -> Result<Vec<T>, String> {
+fn parse_all<T: FromStr>(
+    key: &'static str,
+    values: &[&str],
+    expected: &'static str,
+) -> Result<Vec<T>, QueryError> {
     values
         .iter()
-        .map(|v| v.parse().map_err(|_| format!("bad `{key}` value `{v}`")))
+        .map(|v| {
+            v.parse()
+                .map_err(|_| bad(key)(Invalid::not_a(*v, expected)))
+        })
         .collect()
 }
 
@@ -67,23 +111,7 @@ fn parse_all<T: FromStr>(key: &str, values: &[&str]) -> Result<Vec<T>, String> {
 /// the same filters as `kato sockets`, repeat a key to allow several values;
 /// `limit` (default 1000, at most 10000) and `cursor` (from the previous
 /// page's `Kato-Next-Cursor` header) page through large tables.
-pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, String> {
-    const KEYS: [&str; 14] = [
-        "state",
-        "port",
-        "addr",
-        "pid",
-        "netns",
-        "keepalive",
-        "risk",
-        "pod",
-        "pod_namespace",
-        "container",
-        "unit",
-        "sort",
-        "limit",
-        "cursor",
-    ];
+pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, QueryError> {
     let get = |k: &str| {
         params
             .iter()
@@ -92,13 +120,10 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, String> {
             .collect::<Vec<_>>()
     };
     if let Some((k, _)) = params.iter().find(|(k, _)| !KEYS.contains(&k.as_str())) {
-        return Err(format!("unknown parameter `{k}` ({})", KEYS.join(", ")));
+        return Err(QueryError::UnknownParameter(k.clone()));
     }
     if params.len() > MAX_VALUES + 3 {
-        return Err(format!(
-            "{} parameters (at most {MAX_VALUES} filter values, and sort, limit, cursor)",
-            params.len()
-        ));
+        return Err(QueryError::TooMany(params.len()));
     }
     let mut q = SocketsQuery {
         limit: DEFAULT_LIMIT,
@@ -107,12 +132,12 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, String> {
     let f = &mut q.filter;
     f.states = get("state")
         .iter()
-        .map(|s| TcpState::parse(s).ok_or(format!("unknown state `{s}`")))
+        .map(|s| TcpState::parse(s).ok_or_else(|| bad("state")(Invalid::not_a(*s, "a TCP state"))))
         .collect::<Result<_, _>>()?;
-    f.ports = parse_all("port", &get("port"))?;
-    f.addrs = parse_all::<IpAddr>("addr", &get("addr"))?;
-    f.pids = parse_all("pid", &get("pid"))?;
-    f.netns = parse_all("netns", &get("netns"))?;
+    f.ports = parse_all("port", &get("port"), "a port")?;
+    f.addrs = parse_all::<IpAddr>("addr", &get("addr"), "an IP address")?;
+    f.pids = parse_all("pid", &get("pid"), "a pid")?;
+    f.netns = parse_all("netns", &get("netns"), "a namespace inode")?;
     let names = |k| get(k).into_iter().map(str::to_owned).collect();
     f.pods = names("pod");
     f.pod_namespaces = names("pod_namespace");
@@ -122,28 +147,39 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, String> {
         [] => None,
         ["on"] => Some(true),
         ["off"] => Some(false),
-        other => return Err(format!("bad `keepalive` value {other:?} (on or off)")),
+        other => {
+            return Err(bad("keepalive")(Invalid::not_a(
+                other.join(","),
+                "on or off (once)",
+            )))
+        }
     };
     f.risks = get("risk")
         .iter()
         .map(|r| {
-            crate::policy::Risk::parse(r).ok_or(format!(
-                "unknown risk class `{r}` (safe, at-risk, unprotected, unknown)"
-            ))
+            crate::policy::Risk::parse(r).ok_or_else(|| {
+                bad("risk")(Invalid::unknown(
+                    "risk class",
+                    *r,
+                    "safe, at-risk, unprotected, forgotten, unknown",
+                ))
+            })
         })
         .collect::<Result<_, _>>()?;
     if let Some(s) = get("sort").last() {
-        q.sort = s.parse::<SortKey>()?;
+        q.sort = s.parse::<SortKey>().map_err(bad("sort"))?;
     }
     if let Some(l) = get("limit").last() {
         q.limit = l
             .parse()
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or(format!("bad `limit` value `{l}` (1 to {MAX_LIMIT})"))?;
+            .ok_or_else(|| bad("limit")(Invalid::not_a(*l, format!("1 to {MAX_LIMIT}"))))?;
     }
     if let Some(c) = get("cursor").last() {
-        q.offset = c.parse().map_err(|_| format!("bad `cursor` value `{c}`"))?;
+        q.offset = c
+            .parse()
+            .map_err(|_| bad("cursor")(Invalid::not_a(*c, "a cursor")))?;
     }
     Ok(q)
 }
@@ -178,16 +214,21 @@ mod tests {
         assert_eq!(q.filter.risks, [crate::policy::Risk::AtRisk]);
         assert!(query_from(&p("risk=doomed"))
             .unwrap_err()
+            .to_string()
             .contains("`doomed`"));
         assert_eq!(q.filter.states, [TcpState::TimeWait]);
         assert_eq!(q.filter.ports, [1, 2]);
         assert_eq!(q.filter.keepalive, Some(false));
         assert_eq!(q.sort, SortKey::Idle);
         assert_eq!((q.limit, q.offset), (DEFAULT_LIMIT, 0));
-        assert!(query_from(&p("port=http")).unwrap_err().contains("`port`"));
+        assert!(query_from(&p("port=http"))
+            .unwrap_err()
+            .to_string()
+            .contains("`port`"));
         assert!(query_from(&p("keepalive=maybe")).is_err());
         assert!(query_from(&p("colour=red"))
             .unwrap_err()
+            .to_string()
             .contains("unknown parameter `colour`"));
         assert!(query_from(&p("sort=random")).is_err());
     }
@@ -196,7 +237,9 @@ mod tests {
     fn filter_values_are_capped() {
         let many = |n: usize| vec!["addr=%3A%3A"; n].join("&");
         assert!(query_from(&parse_query(&many(MAX_VALUES)).unwrap()).is_ok());
-        let e = query_from(&parse_query(&many(8100)).unwrap()).unwrap_err();
+        let e = query_from(&parse_query(&many(8100)).unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at most 64"), "{e}");
     }
 
