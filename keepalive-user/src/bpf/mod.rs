@@ -147,9 +147,19 @@ pub struct Bpf {
     pub kernel: KernelInfo,
     /// Set when the tracing programs are attached.
     pub attach: Option<AttachPath>,
-    /// With [`Iterators::Try`]: why the kernel refused them, if it did.
-    pub iterators: Result<(), String>,
+    /// With [`Iterators::Try`]: why the kernel refused them, if it did
+    /// ([`Skipped`] when not asked for).
+    pub iterators: Result<(), Skipped<LoadError>>,
     counters: Arc<CounterMap>,
+}
+
+/// Why an optional part of the object is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum Skipped<E: std::error::Error + 'static> {
+    #[error("not loaded")]
+    NotAsked,
+    #[error(transparent)]
+    Refused(E),
 }
 
 /// An error as one sentence: aya appends an empty "Verifier output:" when
@@ -253,8 +263,8 @@ impl Bpf {
             None
         };
         let iterators = match opts.iterators {
-            Iterators::Skip => Err("not loaded".to_owned()),
-            Iterators::Try => progs.load_iterators().map_err(|e| e.to_string()),
+            Iterators::Skip => Err(Skipped::NotAsked),
+            Iterators::Try => progs.load_iterators().map_err(Skipped::Refused),
             Iterators::Require => Ok(progs.load_iterators()?),
         };
         if opts.protect {
