@@ -2,7 +2,6 @@
 //! Prometheus server, clean shutdown, coexistence and restarts.
 
 use std::{
-    io::Read,
     net::SocketAddr,
     process::Command,
     sync::mpsc,
@@ -11,32 +10,8 @@ use std::{
 
 use crate::{
     agent_support::{sample, tcpext, Agent},
-    support::{pair, require_root, run, Netns},
+    support::{dead_peer, pair, require_root, run, Netns},
 };
-
-/// Keepalive 1/1/3 client in `ns` whose peer is dropped: returns once the
-/// connection timed out.
-pub fn dead_peer(ns: &Netns) -> (SocketAddr, SocketAddr) {
-    let (tx, rx) = mpsc::channel();
-    let worker = ns.spawn(move || {
-        let (mut client, server) = pair(false, 1, 1, 3);
-        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
-            .unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let r = client.read(&mut [0u8; 1]);
-        drop(server);
-        r
-    });
-    let (local, remote) = rx.recv().unwrap();
-    ns.drop_from_port(remote.port());
-    assert!(
-        worker.join().unwrap().is_err(),
-        "keepalive timed the connection out"
-    );
-    (local, remote)
-}
 
 #[test]
 fn agent_counts_dead_peer_like_the_kernel_and_promtool_accepts_it() {

@@ -8,7 +8,7 @@ use std::{
 
 use keepalive_user::events::{Kind, ETIMEDOUT};
 
-use crate::support::{count, kinds, pair, without_listener, Collector, Netns, Seen};
+use crate::support::{count, kinds, pair, without_listener, Collector, DeadPeer, Netns, Seen};
 
 const TCP_KEEPALIVE_TIMEOUT: u32 = 15;
 
@@ -21,26 +21,13 @@ fn is_done(seen: &[Seen]) -> bool {
 fn dead_peer(v6: bool) {
     let mut collector = Collector::start();
     let ns = Netns::new(if v6 { "dead6" } else { "dead4" });
-    let (tx, rx) = mpsc::channel();
-    let worker = ns.spawn(move || {
-        let (mut client, server) = pair(v6, 1, 1, 3);
-        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
-            .unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let res = client.read(&mut [0u8; 1]);
-        drop(server);
-        res
-    });
-    let (local, remote) = rx.recv().expect("worker connected");
-    ns.drop_from_port(remote.port());
+    let peer = DeadPeer::start(&ns, v6);
+    let (local, remote) = (peer.local, peer.remote);
 
     let seen = collector.collect(ns.inode, Duration::from_secs(20), |s| {
         is_done(s) && s.iter().any(|e| e.kind == Kind::ResetReceived)
     });
-    let read = worker.join().expect("worker");
-    let err = read.expect_err("read must fail once keepalive gives up");
+    let err = peer.wait();
     assert_eq!(err.raw_os_error(), Some(ETIMEDOUT), "read error: {err}");
 
     // The server side has no keepalive: all it sees is the client's reset

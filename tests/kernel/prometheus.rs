@@ -10,9 +10,8 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    agent::dead_peer,
     agent_support::{http_get, Agent},
-    support::{require_root, Netns},
+    support::{dead_peer, require_root, Netns},
 };
 
 struct Prometheus {

@@ -8,9 +8,8 @@ use std::{
 };
 
 use crate::{
-    agent::dead_peer,
     agent_support::{sample, Agent},
-    support::{require_root, run, Netns},
+    support::{dead_peer, require_root, run, Netns},
 };
 
 const KATO: &str = env!("CARGO_BIN_EXE_kato");

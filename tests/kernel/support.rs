@@ -223,6 +223,55 @@ pub fn pair(v6: bool, idle: i32, intvl: i32, cnt: i32) -> (TcpStream, TcpStream)
     (client, server)
 }
 
+/// A keepalive 1 s / 1 s / 3 probes client in `ns` whose peer's packets
+/// are dropped from the start: its read ends once keepalive gives up.
+pub struct DeadPeer {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    worker: std::thread::JoinHandle<io::Result<usize>>,
+}
+
+impl DeadPeer {
+    pub fn start(ns: &Netns, v6: bool) -> Self {
+        use std::io::Read as _;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = ns.spawn(move || {
+            let (mut client, server) = pair(v6, 1, 1, 3);
+            tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
+                .unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let r = client.read(&mut [0u8; 1]);
+            drop(server);
+            r
+        });
+        let (local, remote) = rx.recv().expect("worker connected");
+        ns.drop_from_port(remote.port());
+        DeadPeer {
+            local,
+            remote,
+            worker,
+        }
+    }
+
+    /// The client's read error (it must fail: keepalive timed it out).
+    pub fn wait(self) -> io::Error {
+        self.worker
+            .join()
+            .expect("worker")
+            .expect_err("keepalive timed the connection out")
+    }
+}
+
+/// [`DeadPeer`] to its end: the client's and the dropped peer's addresses.
+pub fn dead_peer(ns: &Netns) -> (SocketAddr, SocketAddr) {
+    let d = DeadPeer::start(ns, false);
+    let ends = (d.local, d.remote);
+    d.wait();
+    ends
+}
+
 fn connect(fd: i32, addr: SocketAddr) {
     let rc = match addr {
         SocketAddr::V4(a) => {
