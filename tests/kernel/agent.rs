@@ -114,7 +114,10 @@ fn agent_counts_dead_peer_like_the_kernel_and_promtool_accepts_it() {
     let (status, body) = agent.get("/sockets?keepalive=maybe");
     assert_eq!(
         (status, body.trim()),
-        (400, "bad `keepalive` value: `maybe` is not on or off (once)")
+        (
+            400,
+            "bad `keepalive` value: `maybe` is not on or off (once)"
+        )
     );
     assert_eq!(agent.get("/nope").0, 404);
 }

@@ -69,11 +69,30 @@ impl Agent {
 
     /// Starts `kato agent --listen 127.0.0.1:0 ARGS` and waits for its banner.
     pub fn start(args: &[&str]) -> Agent {
+        Self::launch(args, Stdio::null())
+    }
+
+    /// [`Agent::start`], with every stdout line sent to the receiver.
+    pub fn start_stdout(args: &[&str]) -> (Agent, std::sync::mpsc::Receiver<String>) {
+        let mut agent = Self::launch(args, Stdio::piped());
+        let out = BufReader::new(agent.child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (agent, rx)
+    }
+
+    fn launch(args: &[&str], stdout: Stdio) -> Agent {
         let mut child = Command::new(KATO)
             .args(["agent", "--listen", "127.0.0.1:0"])
             .args(args)
             .stderr(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .expect("spawn kato agent");
         let mut err = BufReader::new(child.stderr.take().unwrap());

@@ -11,6 +11,7 @@ mod cli;
 mod conntrack;
 mod deploy;
 mod doctor;
+mod eventlog;
 mod http;
 mod ipvs;
 mod keepalive;

@@ -88,6 +88,9 @@ impl Engine {
         if cfg.protect {
             state.start_protect(&mut bpf)?;
         }
+        if cfg.log_events.is_some() {
+            state.start_event_log()?;
+        }
         let n = state.snapshot(&mut bpf)?;
         let state = Arc::new(Mutex::new(state));
         // Only what runs need; CAP_SETUID/CAP_SETGID/CAP_SETPCAP also for

@@ -1,6 +1,7 @@
 pub mod capacity;
 pub mod config;
 pub mod engine;
+pub mod eventlog;
 pub mod http;
 pub mod httpd;
 pub mod metrics;

@@ -47,6 +47,8 @@ pub enum AgentError {
     Privilege(&'static str),
     #[error("protect = true needs CAP_NET_ADMIN (attaching to the cgroup hierarchy)")]
     ProtectPrivilege,
+    #[error("starting the event log: {0}")]
+    EventLog(std::io::Error),
 }
 
 /// The engine's side of the pipeline: names each observation's context
@@ -114,6 +116,7 @@ impl Sink for AgentSink {
                 rule: self.rule(rec).map(|r| (r.source, r.path())),
             },
             dest: Destination::of(rec.local, rec.remote, side == Side::Server),
+            policy: &self.policy,
         };
         let built: [&mut dyn Subscriber; 2] = [&mut self.metrics, &mut self.learn];
         for s in built.into_iter().chain(
@@ -168,6 +171,8 @@ pub struct AgentState {
     state_dir: Option<crate::files::StateDir>,
     /// `protect = true`: kato protect in the agent.
     protect: Option<super::protect::AgentProtect>,
+    /// `log_events`: the event log's counters.
+    log_counts: Option<Arc<super::eventlog::LogCounts>>,
 }
 
 impl AgentState {
@@ -237,6 +242,7 @@ impl AgentState {
             },
             state_dir,
             protect: None,
+            log_counts: None,
             snapshotter,
             scope: cfg.netns.clone(),
             listed,
@@ -282,6 +288,16 @@ impl AgentState {
     /// and the learner.
     pub fn subscribe(&mut self, s: Box<dyn Subscriber>) {
         self.sink.extra.push(s);
+    }
+
+    /// Writes each reported event to stdout as a JSON line (`log_events`).
+    pub fn start_event_log(&mut self) -> Result<(), AgentError> {
+        let counts = Arc::new(super::eventlog::LogCounts::default());
+        let log =
+            super::eventlog::EventLog::start(Arc::clone(&counts)).map_err(AgentError::EventLog)?;
+        self.subscribe(Box::new(log));
+        self.log_counts = Some(counts);
+        Ok(())
     }
 
     /// Turns `kato protect` on (before the seed census: nothing opened
@@ -391,6 +407,9 @@ impl AgentState {
         );
         sink.metrics
             .set_containerd_failures(sink.resolver.containerd_failures());
+        if let Some(c) = &self.log_counts {
+            sink.metrics.set_event_log(c);
+        }
         if let Some(p) = &mut self.protect {
             p.drain();
             sink.metrics.on_protect(&mut p.made, p.protected_now);

@@ -17,6 +17,8 @@ use super::metrics::LabelCtx;
 /// table and the policy before the table takes the observation.
 pub struct Context<'a> {
     pub labels: LabelCtx<'a>,
+    /// The agent's idle-timeout policy as it stands.
+    pub policy: &'a crate::policy::Policy,
     /// The path the learner keys idle timeouts by.
     pub dest: Destination,
 }

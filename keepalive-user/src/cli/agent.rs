@@ -6,7 +6,7 @@ use clap::Args;
 use keepalive_user::agent::{
     config::{
         self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit, ListenAddr,
-        MaxConnections, NetnsScope, Overrides, RingSize, Setting, TableCapacity,
+        LogEvents, MaxConnections, NetnsScope, Overrides, RingSize, Setting, TableCapacity,
     },
     engine::{Engine, EngineError},
     supervise::HttpError,
@@ -70,6 +70,13 @@ pub struct AgentArgs {
     /// other processes' sockets: off unless asked. Needs CAP_NET_ADMIN.
     #[arg(long)]
     pub protect: bool,
+    /// Write each reported event (resets, keepalive timeouts, idle kills,
+    /// stale reuse, socket errors; never probes) to stdout as one JSON
+    /// line, `kato trace --output json`'s fields, for log shippers. At most
+    /// 200 a second after a burst of 1000; the rest are counted in
+    /// kato_log_events_dropped_total.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_events: Option<String>,
     /// (testing) Ring buffer size in bytes: a power of two, at least 4096.
     #[arg(long, hide = true, value_parser = super::parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
@@ -174,6 +181,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         idle_kill_min: flag::<IdleKillMin>("idle-kill-min", a.idle_kill_min.clone())?,
         http_keepalive: a.http_keepalive.then_some(true),
         protect: a.protect.then_some(true),
+        log_events: flag::<LogEvents>("log-events", a.log_events.clone())?,
         attach: flag::<Attach>("attach", a.attach.clone())?,
         allowed_hosts: (!a.allowed_host.is_empty()).then(|| a.allowed_host.clone()),
         web_config: a.web_config.clone(),

@@ -189,6 +189,9 @@ settings! {
     cloud_defaults: val bool = true;
     /// Where learned idle timeouts are kept across restarts (None: memory only).
     state_dir: opt PathBuf = None;
+    /// Each reported event (resets, keepalive timeouts, idle kills, stale
+    /// reuse, socket errors) as a JSON line on stdout (None: off).
+    log_events: opt EventLogFormat = None, with "de_via::<_, LogEvents>";
     /// containerd's API socket, for pod and container names (None: not asked).
     containerd_socket: opt PathBuf =
         Some(PathBuf::from(crate::workload::containerd::DEFAULT_SOCKET));
@@ -209,8 +212,8 @@ impl AgentConfig {
 
 use values::de_via;
 pub use values::{
-    Attach, Hz, IdleKillMin, Interval, LabelLimit, ListenAddr, MaxConnections, RingSize, Setting,
-    TableCapacity,
+    Attach, EventLogFormat, Hz, IdleKillMin, Interval, LabelLimit, ListenAddr, LogEvents,
+    MaxConnections, RingSize, Setting, TableCapacity,
 };
 
 impl<'de> Deserialize<'de> for LabelBy {

@@ -147,6 +147,24 @@ impl Setting for RingSize {
     }
 }
 
+/// The format of `log_events` (JSON lines; one format today).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventLogFormat {
+    Json,
+}
+
+pub struct LogEvents;
+impl Setting for LogEvents {
+    type Raw = String;
+    type Value = EventLogFormat;
+    fn parse(s: String) -> Result<EventLogFormat, Invalid> {
+        match s.as_str() {
+            "json" => Ok(EventLogFormat::Json),
+            _ => Err(Invalid::unknown("event log format", s, "json")),
+        }
+    }
+}
+
 pub struct Hz;
 impl Setting for Hz {
     type Raw = i64;

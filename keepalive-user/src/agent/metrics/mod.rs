@@ -88,6 +88,8 @@ pub struct Metrics {
     evictions: IntCounter,
     snapshots: IntCounter,
     http_restarts: IntCounter,
+    log_events: IntCounter,
+    log_events_dropped: Family<IntCounterVec, 1>,
     containerd_failures: IntCounter,
     protected: Family<IntCounterVec, 1>,
     protected_now: IntGauge,
@@ -176,6 +178,15 @@ impl Metrics {
             http_restarts: r.counter(
                 "kato_http_restarts_total",
                 "HTTP processes that died on their own and were replaced (the engine kept running).",
+            ),
+            log_events: r.counter(
+                "kato_log_events_total",
+                "Events written to stdout as JSON lines (log_events = \"json\").",
+            ),
+            log_events_dropped: r.counters(
+                "kato_log_events_dropped_total",
+                "Events the log did not write: rate_limit (over 200 a second after a burst of 1000) or queue_full (stdout not keeping up).",
+                ["cause"],
             ),
             protected: r.counters(
                 "kato_keepalive_protected_total",
@@ -413,6 +424,21 @@ impl Metrics {
     pub fn set_containerd_failures(&self, n: u64) {
         self.containerd_failures
             .inc_by(n.saturating_sub(self.containerd_failures.get()));
+    }
+
+    /// Scrape-time: the event log's counts (they only grow).
+    pub fn set_event_log(&self, c: &crate::agent::eventlog::LogCounts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let up = |m: &IntCounter, n: u64| m.inc_by(n.saturating_sub(m.get()));
+        up(&self.log_events, c.written.load(Relaxed));
+        up(
+            &self.log_events_dropped.with(["rate_limit"]),
+            c.rate_limited.load(Relaxed),
+        );
+        up(
+            &self.log_events_dropped.with(["queue_full"]),
+            c.queue_full.load(Relaxed),
+        );
     }
 
     pub fn set_http_restarts(&self, n: u64) {

@@ -1,0 +1,129 @@
+//! `--log-events json`: each verdict-changing event as one JSON line on
+//! stdout, for whatever ships the container log or the journal (Loki,
+//! Elasticsearch, …) without another agent. The line is `kato trace
+//! --output json`'s (docs/events.md), so one schema serves both.
+//!
+//! Nothing here blocks the event path: lines pass a token bucket, then a
+//! bounded queue to a writer thread; what either refuses is counted
+//! (`kato_log_events_dropped_total{cause}`), never waited for.
+
+use std::{
+    io::Write as _,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc::{sync_channel, SyncSender, TrySendError},
+        Arc,
+    },
+    time::Instant,
+};
+
+use super::subscribe::{Context, Subscriber};
+use crate::{
+    events::{Kind, Observation},
+    timefmt::Clock,
+    view::trace::Formatter,
+};
+
+/// Lines per second sustained, and the burst allowed above it.
+pub const RATE: f64 = 200.0;
+pub const BURST: f64 = 1000.0;
+/// Lines waiting for the writer at most.
+const QUEUE: usize = 4096;
+
+/// The events a log pipeline gets: those that change what an SRE concludes
+/// about a connection (never a probe or a timer run; the agent asks the
+/// kernel for no arming records, so `armed` is not among them).
+pub fn reported(k: Kind) -> bool {
+    matches!(
+        k,
+        Kind::KeepaliveTimeout
+            | Kind::ResetSent
+            | Kind::ResetReceived
+            | Kind::StaleReuse
+            | Kind::IdleKillSuspected
+            | Kind::SocketError
+    )
+}
+
+/// The log's counters, read at scrape time.
+#[derive(Debug, Default)]
+pub struct LogCounts {
+    pub written: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub queue_full: AtomicU64,
+}
+
+pub struct EventLog {
+    tx: SyncSender<String>,
+    counts: Arc<LogCounts>,
+    clock: Clock,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl EventLog {
+    /// Starts the writer thread (stdout); the counts are shared with it.
+    pub fn start(counts: Arc<LogCounts>) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel::<String>(QUEUE);
+        let written = Arc::clone(&counts);
+        std::thread::Builder::new()
+            .name("kato-eventlog".into())
+            .spawn(move || {
+                let mut out = std::io::stdout().lock();
+                for line in rx {
+                    // A closed stdout ends the log, not the agent.
+                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        break;
+                    }
+                    written.written.fetch_add(1, Relaxed);
+                }
+            })?;
+        Ok(EventLog {
+            tx,
+            counts,
+            clock: Clock::new(),
+            tokens: BURST,
+            refilled: Instant::now(),
+        })
+    }
+
+    /// One token, if the bucket has one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let gained = now.duration_since(self.refilled).as_secs_f64() * RATE;
+        self.tokens = (self.tokens + gained).min(BURST);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Subscriber for EventLog {
+    fn seen(&mut self, obs: &Observation<'_>, ctx: &Context<'_>) {
+        for d in obs.events.iter().filter(|d| reported(d.kind)) {
+            if !self.take() {
+                self.counts.rate_limited.fetch_add(1, Relaxed);
+                continue;
+            }
+            let fmt = Formatter {
+                clock: self.clock.clone(),
+                policy: ctx.policy,
+                turns: false,
+                addresses: false,
+            };
+            let workload = ctx.labels.workload.map(|w| Arc::new(w.clone()));
+            let line = serde_json::to_string(&fmt.event(obs, *d, workload))
+                .expect("plain data serializes");
+            match self.tx.try_send(line) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.counts.queue_full.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+}
