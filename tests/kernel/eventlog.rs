@@ -55,6 +55,7 @@ fn reported_events_are_json_lines_with_their_fields() {
         .iter()
         .find(|v| v["event"] == "keepalive_timeout")
         .unwrap_or_else(|| panic!("no keepalive_timeout line: {seen:#?}"));
+    eprintln!("{timeout}");
     assert_eq!(timeout["remote"], remote.as_str());
     assert_eq!(timeout["netns"], ns.inode);
     let time = timeout["time"].as_str().unwrap();
