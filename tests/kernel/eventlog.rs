@@ -140,6 +140,8 @@ fn a_reset_flood_is_rate_limited_and_counted() {
             ),
             "{v}"
         );
+        // Never connected: nothing was heard, no idle time to tell.
+        assert!(v["idle_s"].is_null() && v["data_idle_s"].is_null(), "{v}");
     }
     // No silent loss: every reported event the metrics counted was
     // written or counted as dropped.

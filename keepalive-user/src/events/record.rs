@@ -183,7 +183,14 @@ impl Record {
     }
 
     fn has_stamps(&self) -> bool {
+        // A connection that never got its SYN-ACK has no peer to have
+        // heard from: its stamps are still zero (tcp_finish_connect sets
+        // them), and "since" would be the time since boot.
+        let connected = self.state_before != TcpState::SynSent
+            && self.state != TcpState::SynSent
+            && (self.rcv_tstamp, self.lrcvtime) != (0, 0);
         !self.mini
+            && connected
             && matches!(
                 self.kind,
                 RecordKind::Fired
@@ -256,6 +263,24 @@ mod tests {
         assert_eq!(r.state, TcpState::Established);
         assert_eq!(r.timer_remaining(250), Some(1.0));
         assert_eq!(r.reason, None);
+    }
+
+    #[test]
+    fn a_refused_connect_has_no_idle_time() {
+        let mut e = raw(kind::ERROR_REPORT);
+        e.state_before = 2; // SYN_SENT
+        e.state = 7;
+        e.lrcvtime = 0;
+        e.rcv_tstamp = 0;
+        let r = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!((r.idle_secs(250), r.data_idle_secs(250)), (None, None));
+        e.state_before = 7; // CLOSE: the error reported after tcp_done
+        let r = Record::decode(&bytes(&e)).unwrap();
+        assert_eq!(r.idle_secs(250), None, "zero stamps: never connected");
+        e.state_before = 1;
+        e.rcv_tstamp = 900;
+        let r = Record::decode(&bytes(&e)).unwrap();
+        assert!(r.idle_secs(250).is_some(), "an established one has");
     }
 
     #[test]
