@@ -104,7 +104,18 @@ pub mod counter {
     pub const PROTECT_FAILED: u32 = 8;
     /// `kato protect`: a record of a change lost (its ring was full).
     pub const PROTECT_LOST: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Keepalive probes the kernel sent (timer runs that raised
+    /// `icsk_probes_out`), counted with `quiet_probes`, recorded or not.
+    pub const PROBES_SENT: u32 = 10;
+    /// Peers that answered with `k` probes outstanding (`quiet_probes`):
+    /// `PROBES_ANSWERED + k - 1` for k in 1..=[`ANSWERED_MAX`], the last
+    /// one for `ANSWERED_MAX` or more.
+    pub const PROBES_ANSWERED: u32 = 11;
+    pub const ANSWERED_MAX: u32 = 16;
+    /// `quiet_probes`: the `PROBING` map was full; the run made a record
+    /// instead (userspace counts those probes).
+    pub const PROBING_FULL: u32 = PROBES_ANSWERED + ANSWERED_MAX;
+    pub const COUNT: u32 = PROBING_FULL + 1;
 }
 
 /// One record in the `EVENTS` ring buffer.
@@ -301,7 +312,12 @@ pub struct KernelConfig {
     /// `offsetof(struct tcp_sock, write_seq)` and `snd_una` (u32).
     pub tp_write_seq: u32,
     pub tp_snd_una: u32,
-    pub _pad0: u32,
+    /// 1: keepalive probes are decided in the kernel (the agent without
+    /// per-socket labels): probes sent and answered are counted per CPU
+    /// (`PROBES_SENT`, `PROBES_ANSWERED`), and a timer run makes a record
+    /// only when it changes a verdict: a probe while one is unanswered, an
+    /// answer after two or more, a state change, the timeout.
+    pub quiet_probes: u32,
 }
 
 pub const KERNEL_CONFIG_SIZE: usize = 232;

@@ -19,7 +19,7 @@ pub mod map {
     pub const PROTECTED: &str = "PROTECTED";
     pub const PROTECT_EVENTS: &str = "PROTECT_EVENTS";
     /// Kept by the programs alone (userspace never opens them).
-    pub const PRIVATE: [&str; 3] = ["IN_FLIGHT", "SK_COPY", "CONN"];
+    pub const PRIVATE: [&str; 4] = ["IN_FLIGHT", "SK_COPY", "CONN", "PROBING"];
     /// Every map userspace opens by name.
     pub const OPENED: [&str; 12] = [
         EVENTS,

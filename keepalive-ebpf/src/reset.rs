@@ -363,6 +363,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     });
     if k == kind::CLOSED {
         let _ = crate::OWNERS.remove(&sk);
+        // Keepalive sockets only (those worth a record): the arming hooks
+        // that would see the timer stop are not attached in the agent.
+        crate::timer::forget_probing(sk);
     }
     r
 }

@@ -59,13 +59,7 @@ pub fn worth_a_record(sk: &Src, idle: bool) -> Result<bool, u32> {
     }
     let data = sk.get::<u32>(conf!(icsk_lrcvtime))?;
     let ack = sk.get::<u32>(conf!(tp_rcv_tstamp))?;
-    let heard = if (ack.wrapping_sub(data) as i32) > 0 {
-        ack
-    } else {
-        data
-    };
-    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
-    Ok(now.wrapping_sub(heard) >= conf!(quiet_idle_jiffies))
+    Ok(idle_past_threshold(data, ack))
 }
 
 /// A plain load from a BTF-typed pointer (a tp_btf argument, or a pointer
@@ -107,8 +101,21 @@ pub fn worth_a_record_direct(sk: u64) -> bool {
     if tp == 0 {
         return true;
     }
-    let data = load::<u32>(tp, conf!(icsk_lrcvtime));
-    let ack = load::<u32>(tp, conf!(tp_rcv_tstamp));
+    idle_past_threshold(
+        load::<u32>(tp, conf!(icsk_lrcvtime)),
+        load::<u32>(tp, conf!(tp_rcv_tstamp)),
+    )
+}
+
+/// Silent for at least the quiet threshold, by the later of the last data
+/// (`data`) and the last ACK (`ack`) received. Both zero: the socket never
+/// heard from a peer (a listener, a connect that failed): not idle, there
+/// was no conversation to go quiet.
+#[inline(always)]
+fn idle_past_threshold(data: u32, ack: u32) -> bool {
+    if data == 0 && ack == 0 {
+        return false;
+    }
     let heard = if (ack.wrapping_sub(data) as i32) > 0 {
         ack
     } else {

@@ -5,12 +5,13 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{bpf_jiffies64, generated::bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
-    maps::PerCpuArray,
+    maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
-use keepalive_common::{flags, kind, SK_COPY_BYTES, SK_COPY_RANGES};
+use keepalive_common::{counter, flags, kind, SK_COPY_BYTES, SK_COPY_RANGES};
 
 use crate::{
     conf,
@@ -41,6 +42,15 @@ pub struct InFlight {
 
 #[map]
 static IN_FLIGHT: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
+
+/// `quiet_probes`: the probes a socket's last keepalive run left
+/// outstanding, by `struct sock` address, while there are any. The next
+/// run that starts with none outstanding was answered. Allocated as used
+/// (a socket is here from its probe to its next run); forgotten on the
+/// timeout, on an answer, and when the timer is stopped (close, keepalive
+/// off).
+#[map]
+static PROBING: HashMap<u64, u8> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 fn in_flight() -> Option<*mut InFlight> {
@@ -216,12 +226,56 @@ pub(crate) fn on_exit(timer: u64) -> Result<u32, u32> {
     if !worth_a_record(&sk, false)? {
         return Ok(0);
     }
+    if conf!(quiet_probes) != 0 && !decided_quietly(&sk, &seen)? {
+        return Ok(0);
+    }
     emit(kind::FIRED, |ev| {
         let ok = fill(ev, &sk, seen.netns).is_ok() && fill_stamps(ev, &sk).is_ok();
         ev.probes_before = seen.probes_before;
         ev.state_before = seen.state_before;
         ok && fill_timer(ev, &sk).is_ok()
     })
+}
+
+/// `quiet_probes`: counts the run's probe and answer, and says whether it
+/// is worth a record: a probe sent while one was unanswered, an answer
+/// after two or more, a change of state (the timeout closes the socket).
+/// A healthy keepalive (probe, answer, probe) makes none.
+#[inline(always)]
+fn decided_quietly(sk: &Src, seen: &InFlight) -> Result<bool, u32> {
+    let key = sk.sk;
+    let after = probes_out(sk)?;
+    let now = state(sk)?;
+    // SAFETY: a hash map value read in place, on this CPU's program.
+    let left = unsafe { PROBING.get(&key) }.copied().unwrap_or(0);
+    let answered = left > 0 && seen.probes_before == 0;
+    if answered {
+        let k = (left as u32).min(counter::ANSWERED_MAX);
+        crate::bump(counter::PROBES_ANSWERED + k - 1);
+    }
+    if after > seen.probes_before {
+        crate::bump(counter::PROBES_SENT);
+    }
+    let changed = now != seen.state_before;
+    let mut record = changed || seen.probes_before > 0 || (answered && left > 1);
+    if after > 0 && !changed {
+        if PROBING.insert(&key, &after, 0).is_err() {
+            // Full: this socket's runs are recorded (and counted) instead.
+            crate::bump(counter::PROBING_FULL);
+            record = true;
+        }
+    } else if left > 0 {
+        let _ = PROBING.remove(&key);
+    }
+    Ok(record)
+}
+
+/// `sk` will have no more keepalive runs (closed, timer stopped).
+#[inline(always)]
+pub(crate) fn forget_probing(sk: u64) {
+    if conf!(quiet_probes) != 0 {
+        let _ = PROBING.remove(&sk);
+    }
 }
 
 #[btf_tracepoint(function = "timer_cancel")]
@@ -248,6 +302,8 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// A pending keepalive timer of `sk` was stopped before it was due.
 #[inline(always)]
 pub(crate) fn on_disarmed(sk: &Src) -> Result<u32, u32> {
+    // Stopped: no run will find its probes answered.
+    forget_probing(sk.sk);
     let Some(ns) = admitted(sk)? else {
         return Ok(0);
     };

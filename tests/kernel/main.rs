@@ -19,6 +19,7 @@ mod middlebox;
 mod nginx;
 mod prometheus;
 mod protect;
+mod quiet;
 mod reliability;
 mod servers;
 mod sockets;

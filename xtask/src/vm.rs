@@ -46,6 +46,9 @@ const KERNELS: &[Kernel] = &[
 /// IPVS needs the ip_vs module, which only the VM's kernel has.
 pub const DEFAULT_FILTERS: &[&str] = &[
     "keepalive::",
+    // Probes decided in the kernel: a hash map allocated as used, from
+    // the timer's program (fentry or tracepoint).
+    "quiet::",
     "sockets::",
     "doctor::",
     "ipvs::",

@@ -78,6 +78,7 @@ impl Engine {
             // Short connections make no records: only keepalive, long idle and
             // resets (every close with the HTTP keep-alive view).
             quiet: (!cfg.http_keepalive).then_some(cfg.idle_kill_min),
+            quiet_probes: cfg.probes_in_kernel(),
             // Its table takes timers from snapshots; metrics count no arming.
             no_arming: true,
             protect: cfg.protect,

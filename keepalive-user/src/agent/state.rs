@@ -189,7 +189,7 @@ impl AgentState {
         }
         let k = &bpf.kernel;
         let attach = bpf.attach.as_ref().map_or("none", |a| a.kind.name());
-        let metrics = Metrics::new(
+        let mut metrics = Metrics::new(
             &cfg.label_by,
             cfg.label_limit,
             &k.release,
@@ -202,6 +202,9 @@ impl AgentState {
             n
         });
         metrics.set_capacity(capacity);
+        if cfg.probes_in_kernel() {
+            metrics.count_probes_in_kernel();
+        }
         let listed = match &cfg.netns {
             NetnsScope::Listed(names) => names
                 .iter()

@@ -76,6 +76,11 @@ pub struct LoadOptions {
     /// keepalive on (resets always), and counts the quiet closes. None:
     /// every record (`trace --closes`, the HTTP keep-alive view, tests).
     pub quiet: Option<std::time::Duration>,
+    /// Probes decided in the kernel (needs `quiet`): sent and answered
+    /// counted per CPU ([`Counters::probes_sent`], [`Counters::answered`]),
+    /// timer runs recorded only when they change a verdict. The agent,
+    /// when its probe counters carry no per-socket labels.
+    pub quiet_probes: bool,
     /// Attach no arming hooks (no `armed`/`disarmed` records): the agent
     /// reads timers from its snapshots and spares every kernel timer's
     /// start and cancel a program run.
@@ -97,6 +102,12 @@ pub struct Counters {
     pub filtered: u64,
     /// Connections that closed without a record (quiet mode).
     pub quiet_closes: u64,
+    /// `quiet_probes`: keepalive probes sent, and answers by the number
+    /// of probes outstanding (`answered[k - 1]`; the last: that many or more).
+    pub probes_sent: u64,
+    pub answered: [u64; counter::ANSWERED_MAX as usize],
+    /// `quiet_probes`: runs recorded because the kernel's table was full.
+    pub probing_full: u64,
     /// Offset of the last kernel read that failed (on any CPU), if one did.
     pub last_failed_offset: Option<u32>,
 }
@@ -115,6 +126,9 @@ impl CounterMap {
             emitted: sum(counter::EMITTED),
             filtered: sum(counter::FILTERED),
             quiet_closes: sum(counter::QUIET_CLOSES),
+            probes_sent: sum(counter::PROBES_SENT),
+            answered: std::array::from_fn(|k| sum(counter::PROBES_ANSWERED + k as u32)),
+            probing_full: sum(counter::PROBING_FULL),
             last_failed_offset: arr
                 .get(&counter::LAST_FAILED_OFFSET, 0)
                 .ok()
@@ -231,6 +245,7 @@ impl Bpf {
                 (d.as_secs_f64() * f64::from(kernel.hz)).min(f64::from(u32::MAX / 2)) as u32
             }),
             turns: u32::from(opts.turns),
+            quiet_probes: u32::from(opts.quiet_probes && opts.quiet.is_some()),
             ..kernel.config
         };
         let log_level = proglog::level();

@@ -525,11 +525,15 @@ mod tests {
             [Kind::SocketError, Kind::KeepaliveTimeout]
         );
         // Retransmissions gave up on data first sent after 3 s of silence
-        // (heard at 0, sent 1 s before the report at jiffies 1000).
+        // (heard at 1, sent 1 s before the report at jiffies 1001; stamps
+        // of 0 would be a connect that never got an answer).
         let e = RawEvent {
             sk_err: ETIMEDOUT,
             ts_ns: 10_000_000_000,
             first_unacked_ms: 9_000,
+            jiffies: 1001,
+            lrcvtime: 1,
+            rcv_tstamp: 1,
             ..raw(kind::ERROR_REPORT)
         };
         let r = Record::decode(&bytes(&e)).unwrap();

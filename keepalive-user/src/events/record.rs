@@ -184,11 +184,13 @@ impl Record {
 
     fn has_stamps(&self) -> bool {
         // A connection that never got its SYN-ACK has no peer to have
-        // heard from: its stamps are still zero (tcp_finish_connect sets
-        // them), and "since" would be the time since boot.
+        // heard from, and "since" would be the time since boot. Its error
+        // report comes after tcp_done (state CLOSE either side): there,
+        // stamps still zero (tcp_finish_connect sets them) tell.
         let connected = self.state_before != TcpState::SynSent
             && self.state != TcpState::SynSent
-            && (self.rcv_tstamp, self.lrcvtime) != (0, 0);
+            && !(self.kind == RecordKind::ErrorReport
+                && (self.rcv_tstamp, self.lrcvtime) == (0, 0));
         !self.mini
             && connected
             && matches!(

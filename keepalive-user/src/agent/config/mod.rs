@@ -201,6 +201,13 @@ settings! {
 }
 
 impl AgentConfig {
+    /// Whether keepalive probes are counted in the kernel (no record for a
+    /// healthy probe): in quiet mode, when the probe counters carry no
+    /// per-socket labels (`label_by` empty) that only a record could give.
+    pub fn probes_in_kernel(&self) -> bool {
+        self.label_by.is_empty() && !self.http_keepalive
+    }
+
     /// The declared idle timeouts as a policy (kato adds what it finds).
     pub fn policy(&self) -> Policy {
         Policy {

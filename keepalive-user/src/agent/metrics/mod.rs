@@ -3,6 +3,7 @@
 //! state, probing sockets, sysctls) and kernel counters are computed at
 //! scrape time from the table and the per-CPU maps.
 
+mod bulk;
 mod registry;
 mod scrape;
 
@@ -73,7 +74,10 @@ pub struct Metrics {
     resets_received: IntCounterVec,
     socket_errors: Family<IntCounterVec, 2>,
     detection: Histogram,
-    probes_before_answer: Histogram,
+    probes_before_answer: bulk::BulkHistogram,
+    /// Probes sent and answered are the kernel's counts (`quiet_probes`),
+    /// not the records'.
+    kernel_probes: bool,
     sockets: Family<prometheus::IntGaugeVec, 2>,
     probing: IntGauge,
     tracked: IntGauge,
@@ -152,7 +156,8 @@ impl Metrics {
                 ["errno", "cause"],
             ),
             detection: r.histogram("kato_dead_peer_detection_seconds", "Time from the peer last being heard from to the keepalive timeout.", &DETECTION_BUCKETS),
-            probes_before_answer: r.histogram("kato_keepalive_probes_before_answer", "Keepalive probes outstanding when the peer answered.", &ANSWER_BUCKETS),
+            probes_before_answer: r.bulk_histogram("kato_keepalive_probes_before_answer", "Keepalive probes outstanding when the peer answered.", &ANSWER_BUCKETS),
+            kernel_probes: false,
             sockets: r.gauges("kato_sockets", "TCP sockets by state and SO_KEEPALIVE (n/a: TIME_WAIT and request sockets).", ["state", "keepalive"]),
             probing: r.gauge("kato_sockets_probing", "Sockets with keepalive probes outstanding right now (zero-window probes not counted)."),
             tracked: r.gauge("kato_table_sockets", "Sockets in the agent's table."),
@@ -343,10 +348,12 @@ impl Metrics {
         let l: Vec<&str> = labels.iter().map(String::as_str).collect();
         for d in obs.events {
             match d.kind {
+                // Counted in the kernel, recorded or not.
+                Kind::ProbeSent | Kind::PeerAnswered if self.kernel_probes => {}
                 Kind::ProbeSent => self.probes_sent.with_label_values(&l).inc(),
                 Kind::PeerAnswered => {
                     self.probes_answered.with_label_values(&l).inc();
-                    self.probes_before_answer.observe(f64::from(d.probes));
+                    self.probes_before_answer.observe_n(f64::from(d.probes), 1);
                 }
                 Kind::KeepaliveTimeout => {
                     self.timeouts.with_label_values(&l).inc();
@@ -439,6 +446,12 @@ impl Metrics {
             &self.log_events_dropped.with(["queue_full"]),
             c.queue_full.load(Relaxed),
         );
+    }
+
+    /// Probes sent and answered from the kernel's counters from now on
+    /// (the programs were loaded with `quiet_probes`; no labels to give).
+    pub fn count_probes_in_kernel(&mut self) {
+        self.kernel_probes = true;
     }
 
     pub fn set_http_restarts(&self, n: u64) {

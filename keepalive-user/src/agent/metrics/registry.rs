@@ -72,6 +72,15 @@ impl Reg {
         self.add(Histogram::with_opts(opts).expect("valid metric"))
     }
 
+    pub fn bulk_histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> super::bulk::BulkHistogram {
+        self.add(super::bulk::BulkHistogram::new(name, help, buckets))
+    }
+
     /// Labels chosen at run time (the opt-in `label_by` ones).
     pub fn counters_dyn(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))

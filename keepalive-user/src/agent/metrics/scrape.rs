@@ -97,6 +97,19 @@ impl Metrics {
                 .quiet_closes
                 .saturating_sub(self.last_kernel.quiet_closes),
         );
+        if self.kernel_probes {
+            let last = &self.last_kernel;
+            self.probes_sent
+                .with_label_values::<&str>(&[])
+                .inc_by(kernel.probes_sent.saturating_sub(last.probes_sent));
+            for (k, (&now, &was)) in kernel.answered.iter().zip(&last.answered).enumerate() {
+                let n = now.saturating_sub(was);
+                self.probes_answered
+                    .with_label_values::<&str>(&[])
+                    .inc_by(n);
+                self.probes_before_answer.observe_n((k + 1) as f64, n);
+            }
+        }
         self.evictions
             .inc_by(evictions.saturating_sub(self.last_evictions));
         self.last_kernel = kernel;
