@@ -348,6 +348,38 @@ pub(crate) fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of every series of metric `name` (whatever its labels).
+pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// TcpExt `name` of namespace `ns` (`/proc/net/netstat` as seen there).
+pub(crate) fn tcpext(ns: &Netns, name: &str) -> Result<u64> {
+    let out = ns.cmd("cat").arg("/proc/net/netstat").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (
+        lines.next().context("no TcpExt")?,
+        lines.next().context("no TcpExt values")?,
+    );
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .with_context(|| format!("no TcpExt {name}"))?;
+    values
+        .split_whitespace()
+        .nth(i)
+        .context("short TcpExt line")?
+        .parse()
+        .context("TcpExt value")
+}
+
 /// utime + stime of `pid`, in clock ticks.
 pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
