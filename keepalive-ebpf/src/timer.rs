@@ -222,13 +222,16 @@ pub(crate) fn on_exit(timer: u64) -> Result<u32, u32> {
     if seen.watched == 0 {
         return Ok(0);
     }
-    let sk = copied(sk_of_timer(timer))?;
-    if !worth_a_record(&sk, false)? {
+    // The decisions first, from the few fields they need: most runs end
+    // there, before the copy a record needs.
+    let live = Src::live(sk_of_timer(timer));
+    if !worth_a_record(&live, false)? {
         return Ok(0);
     }
-    if conf!(quiet_probes) != 0 && !decided_quietly(&sk, &seen)? {
+    if conf!(quiet_probes) != 0 && !decided_quietly(&live, &seen)? {
         return Ok(0);
     }
+    let sk = copied(live.sk)?;
     emit(kind::FIRED, |ev| {
         let ok = fill(ev, &sk, seen.netns).is_ok() && fill_stamps(ev, &sk).is_ok();
         ev.probes_before = seen.probes_before;
