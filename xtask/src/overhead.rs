@@ -14,8 +14,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::harness::{
-    bpf_stats, cpu_ticks, hold_with, http_get, metric, metric_sum, prog_stats, rss_kib, spawn_agent,
-    spawn_agent_with, start, tcpext, Netns,
+    bpf_stats, cpu_ticks, hold_with, http_get, metric, metric_sum, prog_stats, rss_kib,
+    spawn_agent, spawn_agent_with, start, tcpext, Netns,
 };
 
 /// *kato* is the agent (no arming hooks); *trace* is `kato trace`, which
@@ -370,7 +370,10 @@ pub fn throughput_report(t: &Throughput) -> String {
         s,
         "| agent | kernel probes/s | kato probes/s | records processed/s | records per probe | lost | agent CPU | agent CPU per 10k records/s | agent RSS |"
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for r in &t.runs {
         let _ = writeln!(
             s,

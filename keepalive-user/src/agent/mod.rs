@@ -2,6 +2,7 @@ pub mod capacity;
 pub mod config;
 pub mod engine;
 pub mod eventlog;
+pub mod history;
 pub mod http;
 pub mod httpd;
 pub mod metrics;

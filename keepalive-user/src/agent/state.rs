@@ -58,6 +58,7 @@ struct AgentSink {
     table: SocketTable,
     metrics: Metrics,
     learn: LearnerFeed,
+    history: super::history::History,
     /// Subscribers added with [`AgentState::subscribe`], after the built-in ones.
     extra: Vec<Box<dyn Subscriber>>,
     /// (netns, port) of listening sockets: the ports `local_port` may label.
@@ -117,8 +118,14 @@ impl Sink for AgentSink {
             },
             dest: Destination::of(rec.local, rec.remote, side == Side::Server),
             policy: &self.policy,
+            cookie: rec.cookie.or_else(|| {
+                self.table
+                    .get(rec.netns, rec.sk)
+                    .and_then(|e| e.socket.socket_cookie())
+            }),
         };
-        let built: [&mut dyn Subscriber; 2] = [&mut self.metrics, &mut self.learn];
+        let built: [&mut dyn Subscriber; 3] =
+            [&mut self.metrics, &mut self.learn, &mut self.history];
         for s in built.into_iter().chain(
             self.extra
                 .iter_mut()
@@ -234,6 +241,7 @@ impl AgentState {
                     learner,
                     idle_kill_min: cfg.idle_kill_min.as_secs_f64(),
                 },
+                history: super::history::History::new(cfg.history_events, cfg.history_retention),
                 extra: Vec::new(),
                 resolver: crate::workload::Resolver::with_cgroups(
                     match &cfg.cgroup_root {
@@ -410,6 +418,11 @@ impl AgentState {
         );
         sink.metrics
             .set_containerd_failures(sink.resolver.containerd_failures());
+        sink.metrics.set_history(
+            sink.history.events(),
+            sink.history.stories(),
+            sink.history.dropped,
+        );
         if let Some(c) = &self.log_counts {
             sink.metrics.set_event_log(c);
         }

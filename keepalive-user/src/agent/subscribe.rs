@@ -21,6 +21,8 @@ pub struct Context<'a> {
     pub policy: &'a crate::policy::Policy,
     /// The path the learner keys idle timeouts by.
     pub dest: Destination,
+    /// The socket's cookie: the record's, or the table's (from a snapshot).
+    pub cookie: Option<u64>,
 }
 
 /// A consumer of the agent's observations.

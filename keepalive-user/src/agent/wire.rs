@@ -28,6 +28,7 @@ pub enum Request {
     Metrics,
     Health,
     Sockets(Box<SocketsQuery>),
+    History(u64),
 }
 
 /// What precedes a body: for `/sockets`, the matching total and the next
@@ -75,6 +76,14 @@ pub fn serve(mut s: UnixStream, backend: &impl Backend) -> io::Result<()> {
         match req {
             Request::Metrics => respond(&mut s, &Head::default(), backend.metrics().as_bytes())?,
             Request::Health => respond(&mut s, &Head::default(), backend.health().as_bytes())?,
+            Request::History(cookie) => {
+                let story = backend.history(cookie);
+                let head = Head {
+                    total: Some(usize::from(story.is_some())),
+                    next: None,
+                };
+                respond(&mut s, &head, story.unwrap_or_default().as_bytes())?;
+            }
             Request::Sockets(q) => {
                 let page = backend.sockets(&q);
                 let head = Head {
@@ -130,6 +139,18 @@ impl Remote {
             metrics,
             pages: Arc::new((Mutex::new(pages), Condvar::new())),
         })
+    }
+
+    /// A page pair, waiting for one to be given back if all are lent.
+    fn page_pair(&self) -> UnixStream {
+        let (pool, freed) = &*self.pages;
+        let mut free = pool.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(s) = free.pop() {
+                return s;
+            }
+            free = freed.wait(free).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
     fn text(pair: &Mutex<UnixStream>, req: &Request) -> String {
@@ -218,17 +239,27 @@ impl Backend for Remote {
         Self::text(&self.health, &Request::Health)
     }
 
-    fn sockets(&self, q: &SocketsQuery) -> PageJson {
-        let mut s = {
-            let (pool, freed) = &*self.pages;
-            let mut free = pool.lock().unwrap_or_else(PoisonError::into_inner);
-            loop {
-                if let Some(s) = free.pop() {
-                    break s;
-                }
-                free = freed.wait(free).unwrap_or_else(PoisonError::into_inner);
+    fn history(&self, cookie: u64) -> Option<String> {
+        let mut s = self.page_pair();
+        let asked = write_frame(
+            &mut s,
+            &serde_json::to_vec(&Request::History(cookie)).unwrap_or_default(),
+        )
+        .and_then(|()| read_head(&mut s))
+        .and_then(|h| Ok((h, read_body(&mut s)?)));
+        let (pool, freed) = &*self.pages;
+        pool.lock().unwrap_or_else(PoisonError::into_inner).push(s);
+        freed.notify_one();
+        match asked {
+            Ok((h, body)) => {
+                (h.total == Some(1)).then(|| String::from_utf8_lossy(&body).into_owned())
             }
-        };
+            Err(e) => engine_gone(&e),
+        }
+    }
+
+    fn sockets(&self, q: &SocketsQuery) -> PageJson {
+        let mut s = self.page_pair();
         let req = Request::Sockets(Box::new(q.clone()));
         let head = write_frame(&mut s, &serde_json::to_vec(&req).unwrap_or_default())
             .and_then(|()| read_head(&mut s));

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 use keepalive_user::agent::{
     config::{
-        self, Attach, ConfigError, Hz, IdleKillMin, Interval, LabelBy, LabelLimit, ListenAddr,
-        LogEvents, MaxConnections, NetnsScope, Overrides, RingSize, Setting, TableCapacity,
+        self, Attach, ConfigError, HistoryEvents, Hz, IdleKillMin, Interval, LabelBy, LabelLimit,
+        ListenAddr, LogEvents, MaxConnections, NetnsScope, Overrides, RingSize, Setting,
+        TableCapacity,
     },
     engine::{Engine, EngineError},
     supervise::HttpError,
@@ -77,6 +78,15 @@ pub struct AgentArgs {
     /// kato_log_events_dropped_total.
     #[arg(long, value_name = "FORMAT")]
     pub log_events: Option<String>,
+    /// How long the story of a closed socket stays readable at
+    /// /sockets/COOKIE/history (e.g. 10m, the default).
+    #[arg(long, value_name = "DURATION")]
+    pub history_retention: Option<String>,
+    /// Events the per-socket history keeps for all sockets together
+    /// (default 131072, ~64 bytes each); past it the oldest go, counted in
+    /// kato_history_events_dropped_total.
+    #[arg(long, value_name = "N")]
+    pub history_events: Option<String>,
     /// (testing) Ring buffer size in bytes: a power of two, at least 4096.
     #[arg(long, hide = true, value_parser = super::parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
@@ -182,6 +192,11 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         http_keepalive: a.http_keepalive.then_some(true),
         protect: a.protect.then_some(true),
         log_events: flag::<LogEvents>("log-events", a.log_events.clone())?,
+        history_retention: flag::<IdleKillMin>("history-retention", a.history_retention.clone())?,
+        history_events: flag::<HistoryEvents>(
+            "history-events",
+            number("history-events", a.history_events.as_ref())?,
+        )?,
         attach: flag::<Attach>("attach", a.attach.clone())?,
         allowed_hosts: (!a.allowed_host.is_empty()).then(|| a.allowed_host.clone()),
         web_config: a.web_config.clone(),

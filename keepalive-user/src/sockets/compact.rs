@@ -238,6 +238,11 @@ impl Compact {
         }
     }
 
+    /// The socket cookie, where one was generated.
+    pub fn socket_cookie(&self) -> Option<u64> {
+        self.has(bit::COOKIE).then_some(self.cookie)
+    }
+
     pub fn has_cookie(&self) -> bool {
         self.has(bit::COOKIE)
     }

@@ -192,6 +192,11 @@ settings! {
     /// Each reported event (resets, keepalive timeouts, idle kills, stale
     /// reuse, socket errors) as a JSON line on stdout (None: off).
     log_events: opt EventLogFormat = None, with "de_via::<_, LogEvents>";
+    /// How long the story of a closed socket stays readable
+    /// (`/sockets/<cookie>/history`).
+    history_retention: val Duration = Duration::from_secs(600), with "de_via::<_, IdleKillMin>";
+    /// Events the per-socket history keeps for all sockets together.
+    history_events: val usize = crate::agent::history::DEFAULT_BUDGET, with "de_via::<_, HistoryEvents>";
     /// containerd's API socket, for pod and container names (None: not asked).
     containerd_socket: opt PathBuf =
         Some(PathBuf::from(crate::workload::containerd::DEFAULT_SOCKET));
@@ -219,8 +224,8 @@ impl AgentConfig {
 
 use values::de_via;
 pub use values::{
-    Attach, EventLogFormat, Hz, IdleKillMin, Interval, LabelLimit, ListenAddr, LogEvents,
-    MaxConnections, RingSize, Setting, TableCapacity,
+    Attach, EventLogFormat, HistoryEvents, Hz, IdleKillMin, Interval, LabelLimit, ListenAddr,
+    LogEvents, MaxConnections, RingSize, Setting, TableCapacity,
 };
 
 impl<'de> Deserialize<'de> for LabelBy {

@@ -95,6 +95,15 @@ impl Setting for TableCapacity {
     }
 }
 
+pub struct HistoryEvents;
+impl Setting for HistoryEvents {
+    type Raw = i64;
+    type Value = usize;
+    fn parse(v: i64) -> Result<usize, Invalid> {
+        range(v, 100_000_000).map(|v| v as usize)
+    }
+}
+
 pub struct MaxConnections;
 impl Setting for MaxConnections {
     type Raw = i64;

@@ -40,6 +40,8 @@ pub trait Backend: Send + Sync + 'static {
     /// One page of `/sockets`: the rows copied out under the engine's
     /// lock, then rendered as JSON piece by piece as they are sent.
     fn sockets(&self, q: &SocketsQuery) -> PageJson;
+    /// The story of the socket with this cookie (JSON), if kato has one.
+    fn history(&self, cookie: u64) -> Option<String>;
 }
 
 /// One page of sockets, as the JSON array that is the response body.
@@ -321,9 +323,30 @@ async fn route<B: Backend>(
             };
             respond::sockets(page, gzip, permit)
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics, /sockets or /healthz\n",
-        ),
+        path => {
+            let Some(cookie) = history_path(path) else {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "not found: try /metrics, /sockets, /sockets/COOKIE/history or /healthz\n",
+                );
+            };
+            match blocking(move || backend.history(cookie)).await {
+                Some(Some(body)) => respond::encoded(body.into_bytes(), "application/json", gzip),
+                Some(None) => text(
+                    StatusCode::NOT_FOUND,
+                    format!("no history of a socket with cookie {cookie} (closed sockets are kept for history_retention)\n"),
+                ),
+                None => text(StatusCode::INTERNAL_SERVER_ERROR, "history failed\n"),
+            }
+        }
     }
+}
+
+/// The cookie of `/sockets/COOKIE/history` (decimal, as `/sockets` rows
+/// give it).
+fn history_path(path: &str) -> Option<u64> {
+    path.strip_prefix("/sockets/")?
+        .strip_suffix("/history")?
+        .parse()
+        .ok()
 }

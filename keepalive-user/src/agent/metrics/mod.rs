@@ -93,6 +93,9 @@ pub struct Metrics {
     snapshots: IntCounter,
     http_restarts: IntCounter,
     log_events: IntCounter,
+    history_events: IntGauge,
+    history_sockets: IntGauge,
+    history_dropped: IntCounter,
     log_events_dropped: Family<IntCounterVec, 1>,
     containerd_failures: IntCounter,
     protected: Family<IntCounterVec, 1>,
@@ -184,6 +187,9 @@ impl Metrics {
                 "kato_http_restarts_total",
                 "HTTP processes that died on their own and were replaced (the engine kept running).",
             ),
+            history_events: r.gauge("kato_history_events", "Events the per-socket history holds (/sockets/COOKIE/history), all sockets together."),
+            history_sockets: r.gauge("kato_history_sockets", "Sockets with a history: open ones, and closed ones kept for history_retention."),
+            history_dropped: r.counter("kato_history_events_dropped_total", "History events dropped: a socket's oldest past 32, or the oldest stories past history_events."),
             log_events: r.counter(
                 "kato_log_events_total",
                 "Events written to stdout as JSON lines (log_events = \"json\").",
@@ -431,6 +437,14 @@ impl Metrics {
     pub fn set_containerd_failures(&self, n: u64) {
         self.containerd_failures
             .inc_by(n.saturating_sub(self.containerd_failures.get()));
+    }
+
+    /// Scrape-time: the per-socket history's size and losses.
+    pub fn set_history(&self, events: usize, sockets: usize, dropped: u64) {
+        self.history_events.set(events as i64);
+        self.history_sockets.set(sockets as i64);
+        self.history_dropped
+            .inc_by(dropped.saturating_sub(self.history_dropped.get()));
     }
 
     /// Scrape-time: the event log's counts (they only grow).

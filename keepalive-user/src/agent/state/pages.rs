@@ -66,6 +66,15 @@ impl Backend for Mutex<AgentState> {
         self.lock().expect("lock").health_json()
     }
 
+    fn history(&self, cookie: u64) -> Option<String> {
+        let mut state = self.lock().expect("lock");
+        let sink = &mut state.sink;
+        let table = &sink.table;
+        sink.history.story_json(cookie, |ns, sk| {
+            table.get(ns, sk).and_then(|e| e.socket.socket_cookie())
+        })
+    }
+
     /// One page of the table, filtered and sorted. The table is read a
     /// chunk at a time, the lock let go between chunks and while sorting:
     /// a page never holds up the records and snapshots for more than one

@@ -1,0 +1,314 @@
+//! Each connection's story: the last events of every socket the agent saw
+//! an event of, kept after the socket closes (`history_retention`, 10 min
+//! by default) so that the story of a connection that just died can still
+//! be read (`/sockets/<cookie>/history`).
+//!
+//! Bounded twice: [`PER_SOCKET`] events a socket (its oldest dropped), and
+//! a budget of events for all (`history_events`): past it the stories of
+//! closed sockets go first, oldest first, then the least recently updated
+//! live ones. Every event dropped is counted.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::subscribe::{Context, Subscriber};
+use crate::{
+    events::{Kind, Observation},
+    tcp::TcpState,
+    timefmt::{self, Clock},
+};
+
+/// Events kept per socket.
+pub const PER_SOCKET: usize = 32;
+/// Events kept for all sockets together, by default (~64 B each).
+pub const DEFAULT_BUDGET: usize = 131_072;
+
+/// One event of a story, as compact as it can be kept.
+#[derive(Debug, Clone)]
+struct Step {
+    unix_ns: i128,
+    kind: Kind,
+    state: TcpState,
+    probes: u8,
+    idle_s: Option<f32>,
+    reason: Option<Arc<str>>,
+    error: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct Story {
+    cookie: Option<u64>,
+    netns: u32,
+    sk: u64,
+    local: SocketAddr,
+    remote: SocketAddr,
+    owner: Option<(u32, Arc<str>)>,
+    steps: VecDeque<Step>,
+    /// Events this story lost to [`PER_SOCKET`] or the budget.
+    dropped: u64,
+    closed_at: Option<Instant>,
+    /// Its place in the update order (see [`History::order`]).
+    seq: u64,
+}
+
+/// The stories, and what the budget took.
+pub struct History {
+    live: HashMap<(u32, u64), Story>,
+    /// Closed sockets' stories, oldest close first.
+    closed: VecDeque<Story>,
+    /// Live stories in the order they were last updated, lazily: an entry
+    /// whose `seq` is no longer its story's is stale.
+    order: VecDeque<((u32, u64), u64)>,
+    next_seq: u64,
+    events: usize,
+    budget: usize,
+    retention: Duration,
+    clock: Clock,
+    /// Events dropped, all stories together.
+    pub dropped: u64,
+}
+
+impl History {
+    pub fn new(budget: usize, retention: Duration) -> Self {
+        History {
+            live: HashMap::new(),
+            closed: VecDeque::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            events: 0,
+            budget: budget.max(PER_SOCKET),
+            retention,
+            clock: Clock::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Events kept now.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Stories kept now (live and closed).
+    pub fn stories(&self) -> usize {
+        self.live.len() + self.closed.len()
+    }
+
+    /// The story of the socket with `cookie`, as JSON; `cookie_of` names
+    /// a live socket's cookie where its story does not know it yet (the
+    /// table learns cookies from snapshots).
+    pub fn story_json(
+        &mut self,
+        cookie: u64,
+        cookie_of: impl Fn(u32, u64) -> Option<u64>,
+    ) -> Option<String> {
+        self.expire(Instant::now());
+        let found = self
+            .live
+            .values()
+            .find(|s| s.cookie.or_else(|| cookie_of(s.netns, s.sk)) == Some(cookie))
+            .or_else(|| self.closed.iter().rev().find(|s| s.cookie == Some(cookie)))?;
+        Some(serde_json::to_string(&StoryJson::of(found, cookie)).expect("plain data"))
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(s) = self.closed.front() {
+            if s.closed_at
+                .is_some_and(|t| now.duration_since(t) < self.retention)
+            {
+                break;
+            }
+            let s = self.closed.pop_front().expect("front");
+            self.events -= s.steps.len();
+        }
+    }
+
+    fn close(&mut self, key: (u32, u64)) {
+        if let Some(mut s) = self.live.remove(&key) {
+            s.closed_at = Some(Instant::now());
+            self.closed.push_back(s);
+        }
+    }
+
+    /// Makes room for `n` events: closed stories first, oldest first,
+    /// then the least recently updated live story.
+    fn make_room(&mut self, n: usize) {
+        while self.events + n > self.budget {
+            if let Some(s) = self.closed.pop_front() {
+                self.events -= s.steps.len();
+                self.dropped += s.steps.len() as u64;
+                continue;
+            }
+            let Some((key, seq)) = self.order.pop_front() else {
+                return;
+            };
+            if self.live.get(&key).is_some_and(|s| s.seq == seq) {
+                let s = self.live.remove(&key).expect("present");
+                self.events -= s.steps.len();
+                self.dropped += s.steps.len() as u64;
+            }
+        }
+    }
+
+    fn add(&mut self, obs: &Observation<'_>, ctx: &Context<'_>) {
+        let rec = obs.record;
+        let key = (rec.netns, rec.sk);
+        // A socket that closed quietly (no record) left its story behind;
+        // another connection at the same address starts its own.
+        if self
+            .live
+            .get(&key)
+            .is_some_and(|s| (s.local, s.remote) != (rec.local, rec.remote))
+        {
+            self.close(key);
+        }
+        // What the kernel reports after the close (the owner's error comes
+        // after tcp_done) belongs to the story just closed.
+        if !self.live.contains_key(&key) {
+            let now = Instant::now();
+            if let Some(s) = self.closed.iter_mut().rev().take(16).find(|s| {
+                (s.netns, s.sk, s.local, s.remote) == (rec.netns, rec.sk, rec.local, rec.remote)
+                    && s.closed_at.is_some_and(|t| now.duration_since(t) < LATE)
+            }) {
+                let n = push_steps(s, obs, self.clock.unix_ns(rec.ts_ns), &mut self.dropped);
+                self.events += n;
+                return;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let story = self.live.entry(key).or_insert_with(|| Story {
+            cookie: None,
+            netns: rec.netns,
+            sk: rec.sk,
+            local: rec.local,
+            remote: rec.remote,
+            owner: None,
+            steps: VecDeque::new(),
+            dropped: 0,
+            closed_at: None,
+            seq,
+        });
+        story.seq = seq;
+        story.cookie = story.cookie.or(ctx.cookie);
+        if let Some(o) = &obs.owner {
+            story.owner = Some((o.pid, Arc::clone(&o.comm)));
+        }
+        let added = push_steps(story, obs, self.clock.unix_ns(rec.ts_ns), &mut self.dropped);
+        self.events += added;
+        self.order.push_back((key, seq));
+        // Stale entries pile up as stories are updated: compact now and then.
+        if self.order.len() > 4 * self.live.len() + 1024 {
+            let live = &self.live;
+            self.order
+                .retain(|(k, q)| live.get(k).is_some_and(|s| s.seq == *q));
+        }
+        if obs.has(Kind::Closed) {
+            self.close(key);
+        }
+    }
+}
+
+/// How long after its close a socket's story still takes its events.
+const LATE: Duration = Duration::from_secs(2);
+
+/// Appends `obs`'s events to `story` (its oldest dropped past
+/// [`PER_SOCKET`], counted in `dropped`): how many it holds more.
+fn push_steps(story: &mut Story, obs: &Observation<'_>, unix_ns: i128, dropped: &mut u64) -> usize {
+    let rec = obs.record;
+    let mut added = 0;
+    for d in obs.events {
+        if story.steps.len() == PER_SOCKET {
+            story.steps.pop_front();
+            story.dropped += 1;
+            *dropped += 1;
+        } else {
+            added += 1;
+        }
+        story.steps.push_back(Step {
+            unix_ns,
+            kind: d.kind,
+            state: rec.state,
+            probes: d.probes,
+            idle_s: obs.idle_s.map(|s| s as f32),
+            reason: obs.reset.as_ref().map(|r| Arc::from(&*r.name)),
+            error: (d.kind == Kind::SocketError)
+                .then(|| obs.error.map(|e| Arc::from(e.to_string())))
+                .flatten(),
+        });
+    }
+    added
+}
+
+impl Subscriber for History {
+    fn seen(&mut self, obs: &Observation<'_>, ctx: &Context<'_>) {
+        if obs.events.is_empty() {
+            return;
+        }
+        self.expire(Instant::now());
+        self.make_room(obs.events.len().min(PER_SOCKET));
+        self.add(obs, ctx);
+    }
+}
+
+#[derive(Serialize)]
+struct StoryJson<'a> {
+    cookie: u64,
+    netns: u32,
+    local: String,
+    remote: String,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    /// Seconds since the socket closed (null: open, as far as kato knows).
+    closed_s_ago: Option<f64>,
+    /// Earlier events this story no longer holds.
+    dropped: u64,
+    /// Oldest first.
+    events: Vec<StepJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct StepJson<'a> {
+    time: String,
+    event: Kind,
+    state: &'static str,
+    probes: u8,
+    idle_s: Option<f64>,
+    reset_reason: Option<&'a str>,
+    error: Option<&'a str>,
+}
+
+impl<'a> StoryJson<'a> {
+    fn of(s: &'a Story, cookie: u64) -> Self {
+        StoryJson {
+            cookie,
+            netns: s.netns,
+            local: s.local.to_string(),
+            remote: s.remote.to_string(),
+            pid: s.owner.as_ref().map(|o| o.0),
+            comm: s.owner.as_ref().map(|o| &*o.1),
+            closed_s_ago: s
+                .closed_at
+                .map(|t| (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+            dropped: s.dropped,
+            events: s
+                .steps
+                .iter()
+                .map(|st| StepJson {
+                    time: timefmt::rfc3339(st.unix_ns),
+                    event: st.kind,
+                    state: st.state.name(),
+                    probes: st.probes,
+                    idle_s: st.idle_s.map(|x| (f64::from(x) * 1000.0).round() / 1000.0),
+                    reset_reason: st.reason.as_deref(),
+                    error: st.error.as_deref(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Each connection's story in the agent (`/sockets/COOKIE/history`),
+//! checked against what the test did to the connection and the client's
+//! own error; and the history's budget under a flood.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    agent_support::{sample, Agent},
+    support::{require_root, DeadPeer, Netns},
+};
+
+fn story(agent: &Agent, cookie: u64) -> (u16, Value) {
+    let (status, body) = agent.get(&format!("/sockets/{cookie}/history"));
+    let v = if status == 200 {
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    } else {
+        Value::Null
+    };
+    (status, v)
+}
+
+fn events(v: &Value) -> Vec<String> {
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_dead_peers_story_is_told_in_order_and_kept_after_the_close() {
+    require_root();
+    let ns = Netns::new("story");
+    let agent = Agent::start(&[
+        "--netns",
+        &ns.name,
+        "--snapshot-interval",
+        "1s",
+        "--history-retention",
+        "2m",
+    ]);
+    let peer = DeadPeer::start(&ns, false);
+    let (local, remote) = (peer.local.to_string(), peer.remote.to_string());
+    // Its cookie, as /sockets shows it while the connection lives.
+    let row = agent.wait_sockets_where(Duration::from_secs(4), |s| {
+        s["local"] == local.as_str() && s["cookie"].is_u64()
+    });
+    let cookie = row["cookie"].as_u64().unwrap();
+    let err = peer.wait();
+    assert_eq!(err.raw_os_error(), Some(110), "ETIMEDOUT: {err}");
+    let mut v = Value::Null;
+    for _ in 0..50 {
+        let (status, s) = story(&agent, cookie);
+        if status == 200 && events(&s).iter().any(|e| e == "closed") {
+            v = s;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !v.is_null(),
+        "no story of {cookie} with its close: {:?}",
+        agent.get(&format!("/sockets/{cookie}/history"))
+    );
+    let kinds = events(&v);
+    assert_eq!(v["local"], local.as_str());
+    assert_eq!(v["remote"], remote.as_str());
+    let at = |k: &str| {
+        kinds
+            .iter()
+            .position(|e| e == k)
+            .unwrap_or_else(|| panic!("no {k} in {kinds:?}"))
+    };
+    // In the kernel's order: unanswered probes (the first counted in the
+    // kernel, the next ones recorded: the peer is quiet), the kernel's
+    // reset, the close, then the owner's ETIMEDOUT (reported after
+    // tcp_done), which names the keepalive timeout.
+    assert!(at("probe_sent") < at("reset_sent"), "{kinds:?}");
+    assert!(at("reset_sent") < at("closed"), "{kinds:?}");
+    assert!(at("closed") < at("keepalive_timeout"), "{kinds:?}");
+    let evs = v["events"].as_array().unwrap();
+    let reset = &evs[at("reset_sent")];
+    assert_eq!(reset["reset_reason"], "TCP_KEEPALIVE_TIMEOUT", "{v}");
+    assert!(
+        evs.iter().any(|e| e["event"] == "socket_error"
+            && e["error"].as_str().is_some_and(|x| x.contains("ETIMEDOUT"))),
+        "the application's error: {v}"
+    );
+    let times: Vec<&str> = evs.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "newest last: {times:?}"
+    );
+    let last_probe = evs.iter().rfind(|e| e["event"] == "probe_sent").unwrap();
+    assert_eq!(last_probe["probes"], 3, "{v}");
+    assert!(v["closed_s_ago"].is_f64(), "{v}");
+
+    // Still there 30 s after the close, unchanged.
+    std::thread::sleep(Duration::from_secs(30));
+    let (status, later) = story(&agent, cookie);
+    assert_eq!(status, 200);
+    assert_eq!(events(&later), kinds);
+    assert!(later["closed_s_ago"].as_f64().unwrap() >= 30.0, "{later}");
+    let (status, _) = agent.get("/sockets/1/history");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn a_flood_of_short_connections_stays_within_the_history_budget() {
+    require_root();
+    let ns = Netns::new("storyflood");
+    let agent = Agent::start(&["--netns", &ns.name, "--history-events", "2000"]);
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = rss();
+    // 10,000 connections refused with a reset: each a story of its own.
+    ns.spawn(|| {
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for _ in 0..10_000 {
+            assert!(TcpStream::connect(to).is_err());
+        }
+    })
+    .join()
+    .unwrap();
+    let m = agent.wait_metrics(Duration::from_secs(10), |m| {
+        sample(m, "kato_history_events_dropped_total") > 0.0
+    });
+    let held = sample(&m, "kato_history_events");
+    assert!(held <= 2000.0, "{held} events held, budget 2000");
+    assert!(held >= 1500.0, "the budget is used, not emptied: {held}");
+    let grown_kib = rss().saturating_sub(before);
+    assert!(
+        grown_kib < 16 << 10,
+        "the agent grew {grown_kib} KiB for a 2,000-event history"
+    );
+}
