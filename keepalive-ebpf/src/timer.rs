@@ -44,11 +44,10 @@ pub struct InFlight {
 static IN_FLIGHT: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
 
 /// `quiet_probes`: the probes a socket's last keepalive run left
-/// outstanding, by `struct sock` address, while there are any. The next
-/// run that starts with none outstanding was answered. Allocated as used
-/// (a socket is here from its probe to its next run); forgotten on the
-/// timeout, on an answer, and when the timer is stopped (close, keepalive
-/// off).
+/// outstanding, by `struct sock` address (0: none). The next run that
+/// starts with none outstanding was answered. Allocated as used, from a
+/// socket's first probe on; forgotten on the timeout and when the timer
+/// is stopped or the socket closes.
 #[map]
 static PROBING: HashMap<u64, u8> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
@@ -249,8 +248,9 @@ fn decided_quietly(sk: &Src, seen: &InFlight) -> Result<bool, u32> {
     let key = sk.sk;
     let after = probes_out(sk)?;
     let now = state(sk)?;
+    let slot = PROBING.get_ptr_mut(&key);
     // SAFETY: a hash map value read in place, on this CPU's program.
-    let left = unsafe { PROBING.get(&key) }.copied().unwrap_or(0);
+    let left = slot.map_or(0, |p| unsafe { *p });
     let answered = left > 0 && seen.probes_before == 0;
     if answered {
         let k = (left as u32).min(counter::ANSWERED_MAX);
@@ -261,14 +261,19 @@ fn decided_quietly(sk: &Src, seen: &InFlight) -> Result<bool, u32> {
     }
     let changed = now != seen.state_before;
     let mut record = changed || seen.probes_before > 0 || (answered && left > 1);
-    if after > 0 && !changed {
-        if PROBING.insert(&key, &after, 0).is_err() {
-            // Full: this socket's runs are recorded (and counted) instead.
-            crate::bump(counter::PROBING_FULL);
-            record = true;
+    if changed {
+        if slot.is_some() {
+            let _ = PROBING.remove(&key);
         }
-    } else if left > 0 {
-        let _ = PROBING.remove(&key);
+    } else if let Some(p) = slot {
+        // Kept, and written in place: a socket's entry is allocated once,
+        // not at every probe (the allocator's per-CPU cache runs dry in
+        // the bursts a timer wheel slot makes).
+        unsafe { *p = after };
+    } else if after > 0 && PROBING.insert(&key, &after, 0).is_err() {
+        // No room: this socket's runs are recorded (and counted) instead.
+        crate::bump(counter::PROBING_FULL);
+        record = true;
     }
     Ok(record)
 }

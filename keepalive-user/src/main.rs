@@ -32,6 +32,9 @@ fn main() -> std::process::ExitCode {
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),
             Command::Doctor(args) => cli::doctor::run(&args),
+            Command::History(args) => {
+                cli::history::run(&args).map(|()| std::process::ExitCode::SUCCESS)
+            }
             Command::Protect(args) => cli::protect::run(args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),

@@ -101,6 +101,40 @@ fn a_dead_peers_story_is_told_in_order_and_kept_after_the_close() {
     assert_eq!(last_probe["probes"], 3, "{v}");
     assert!(v["closed_s_ago"].is_f64(), "{v}");
 
+    // `kato history` tells the same story as a timeline.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
+        .args([
+            "history",
+            &cookie.to_string(),
+            "--agent",
+            &agent.addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with(&format!("socket {cookie} {local} -> {remote}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("TCP_KEEPALIVE_TIMEOUT") && text.contains("ETIMEDOUT (keepalive)"),
+        "{text}"
+    );
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
+        .args(["history", "1", "--agent", &agent.addr.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no history of a socket with cookie 1")
+    );
+
     // Still there 30 s after the close, unchanged.
     std::thread::sleep(Duration::from_secs(30));
     let (status, later) = story(&agent, cookie);

@@ -312,3 +312,123 @@ impl<'a> StoryJson<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        agent::metrics::{LabelCtx, Side},
+        events::{
+            fixture::{bytes, raw},
+            Derived, Record,
+        },
+        learned::Destination,
+        policy::Policy,
+    };
+    use keepalive_common::kind;
+
+    fn record(sk: u64, sport: u16) -> Record {
+        let e = keepalive_common::Event {
+            sk,
+            sport,
+            ..raw(kind::FIRED)
+        };
+        Record::decode(&bytes(&e)).unwrap()
+    }
+
+    fn feed(h: &mut History, rec: &Record, kinds: &[Kind]) {
+        let events: Vec<Derived> = kinds
+            .iter()
+            .map(|&kind| Derived { kind, probes: 1 })
+            .collect();
+        let obs = Observation {
+            record: rec,
+            events: &events,
+            reset: None,
+            error: None,
+            idle_s: None,
+            data_idle_s: None,
+            closed: None,
+            owner: None,
+            hz: 250,
+            reuse: None,
+            peer: None,
+            path_timeout_s: None,
+        };
+        let policy = Policy::default();
+        let ctx = Context {
+            labels: LabelCtx {
+                side: Side::Client,
+                comm: None,
+                workload: None,
+                rule: None,
+            },
+            policy: &policy,
+            dest: Destination::Inbound(1),
+            cookie: rec.cookie.or(Some(rec.sk)),
+        };
+        h.seen(&obs, &ctx);
+    }
+
+    fn kinds(h: &mut History, cookie: u64) -> Vec<String> {
+        let Some(json) = h.story_json(cookie, |_, _| None) else {
+            return vec![];
+        };
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_socket_keeps_its_last_events_and_the_budget_takes_closed_stories_first() {
+        let mut h = History::new(PER_SOCKET * 2, Duration::from_secs(600));
+        let (a, b, c) = (record(1, 1), record(2, 2), record(3, 3));
+        for _ in 0..PER_SOCKET + 5 {
+            feed(&mut h, &a, &[Kind::ProbeSent]);
+        }
+        assert_eq!(kinds(&mut h, 1).len(), PER_SOCKET);
+        assert_eq!(h.dropped, 5, "a socket's oldest go first");
+        feed(&mut h, &a, &[Kind::Closed]);
+        feed(&mut h, &b, &[Kind::ProbeSent]);
+        feed(&mut h, &c, &[Kind::ProbeSent]);
+        assert!(h.events() <= PER_SOCKET * 2);
+        assert!(kinds(&mut h, 2).len() == 1 && kinds(&mut h, 3).len() == 1);
+        // Over budget: the closed story goes, not the live ones.
+        for _ in 0..PER_SOCKET {
+            feed(&mut h, &b, &[Kind::ProbeSent]);
+        }
+        assert!(kinds(&mut h, 1).is_empty(), "the closed story was dropped");
+        assert_eq!(kinds(&mut h, 3).len(), 1);
+        assert!(h.events() <= PER_SOCKET * 2);
+    }
+
+    #[test]
+    fn what_comes_after_the_close_joins_its_story() {
+        let mut h = History::new(1000, Duration::from_secs(600));
+        let a = record(1, 1);
+        feed(&mut h, &a, &[Kind::ResetSent]);
+        feed(&mut h, &a, &[Kind::Closed]);
+        feed(&mut h, &a, &[Kind::SocketError, Kind::KeepaliveTimeout]);
+        assert_eq!(
+            kinds(&mut h, 1),
+            ["reset_sent", "closed", "socket_error", "keepalive_timeout"]
+        );
+        assert_eq!(h.stories(), 1);
+    }
+
+    #[test]
+    fn another_connection_at_the_same_address_starts_its_own_story() {
+        let mut h = History::new(1000, Duration::from_secs(600));
+        feed(&mut h, &record(1, 1), &[Kind::ProbeSent]);
+        // Same kernel address, other ports: the first closed quietly.
+        let mut next = record(1, 2);
+        next.cookie = Some(7);
+        feed(&mut h, &next, &[Kind::FinSent]);
+        assert_eq!(h.stories(), 2);
+        assert_eq!(kinds(&mut h, 1), ["probe_sent"]);
+    }
+}

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod agent_http;
 pub mod bench_floor;
 pub mod doctor;
+pub mod history;
 pub mod protect;
 pub mod signals;
 pub mod sockets;
@@ -111,6 +112,8 @@ Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout 
     Doctor(doctor::DoctorArgs),
     /// Keep connections alive through middleboxes without touching the application.
     Protect(protect::ProtectArgs),
+    /// One connection's story from the agent: its events, oldest first, with the silences between.
+    History(history::HistoryArgs),
     /// (benchmarks) Attach empty programs on kato's tracepoints until SIGTERM.
     #[command(hide = true)]
     BenchFloor(bench_floor::BenchFloorArgs),
