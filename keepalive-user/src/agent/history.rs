@@ -26,13 +26,16 @@ use crate::{
 
 /// Events kept per socket.
 pub const PER_SOCKET: usize = 32;
-/// Events kept for all sockets together, by default (~64 B each).
-pub const DEFAULT_BUDGET: usize = 131_072;
+/// Events kept for all sockets together, by default (~60 B each; a
+/// story counts as [`STORY_COST`] events more, for what it holds besides).
+pub const DEFAULT_BUDGET: usize = 65_536;
+pub const STORY_COST: usize = 4;
 
 /// One event of a story, as compact as it can be kept.
 #[derive(Debug, Clone)]
 struct Step {
-    unix_ns: i128,
+    /// Nanoseconds since the epoch (to 2262).
+    unix_ns: i64,
     kind: Kind,
     state: TcpState,
     probes: u8,
@@ -89,7 +92,7 @@ impl History {
         }
     }
 
-    /// Events kept now.
+    /// Events kept now (each story counted [`STORY_COST`] more).
     pub fn events(&self) -> usize {
         self.events
     }
@@ -124,7 +127,7 @@ impl History {
                 break;
             }
             let s = self.closed.pop_front().expect("front");
-            self.events -= s.steps.len();
+            self.events -= weight(&s);
         }
     }
 
@@ -140,7 +143,7 @@ impl History {
     fn make_room(&mut self, n: usize) {
         while self.events + n > self.budget {
             if let Some(s) = self.closed.pop_front() {
-                self.events -= s.steps.len();
+                self.events -= weight(&s);
                 self.dropped += s.steps.len() as u64;
                 continue;
             }
@@ -149,7 +152,7 @@ impl History {
             };
             if self.live.get(&key).is_some_and(|s| s.seq == seq) {
                 let s = self.live.remove(&key).expect("present");
-                self.events -= s.steps.len();
+                self.events -= weight(&s);
                 self.dropped += s.steps.len() as u64;
             }
         }
@@ -182,6 +185,9 @@ impl History {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        if !self.live.contains_key(&key) {
+            self.events += STORY_COST;
+        }
         let story = self.live.entry(key).or_insert_with(|| Story {
             cookie: None,
             netns: rec.netns,
@@ -214,6 +220,12 @@ impl History {
     }
 }
 
+/// What a story counts against the budget: its events, and what it
+/// holds besides them.
+fn weight(s: &Story) -> usize {
+    s.steps.len() + STORY_COST
+}
+
 /// How long after its close a socket's story still takes its events.
 const LATE: Duration = Duration::from_secs(2);
 
@@ -231,7 +243,7 @@ fn push_steps(story: &mut Story, obs: &Observation<'_>, unix_ns: i128, dropped: 
             added += 1;
         }
         story.steps.push_back(Step {
-            unix_ns,
+            unix_ns: i64::try_from(unix_ns).unwrap_or(i64::MAX),
             kind: d.kind,
             state: rec.state,
             probes: d.probes,
@@ -251,7 +263,7 @@ impl Subscriber for History {
             return;
         }
         self.expire(Instant::now());
-        self.make_room(obs.events.len().min(PER_SOCKET));
+        self.make_room(obs.events.len().min(PER_SOCKET) + STORY_COST);
         self.add(obs, ctx);
     }
 }
@@ -300,7 +312,7 @@ impl<'a> StoryJson<'a> {
                 .steps
                 .iter()
                 .map(|st| StepJson {
-                    time: timefmt::rfc3339(st.unix_ns),
+                    time: timefmt::rfc3339(i128::from(st.unix_ns)),
                     event: st.kind,
                     state: st.state.name(),
                     probes: st.probes,

@@ -83,7 +83,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION")]
     pub history_retention: Option<String>,
     /// Events the per-socket history keeps for all sockets together
-    /// (default 131072, ~64 bytes each); past it the oldest go, counted in
+    /// (default 65536, ~60 bytes each, a socket counting 4 more); past it
+    /// the oldest go, counted in
     /// kato_history_events_dropped_total.
     #[arg(long, value_name = "N")]
     pub history_events: Option<String>,
