@@ -14,8 +14,9 @@ use crate::{
     conf,
     emit::emit,
     sock::{
-        admit, admitted_direct, fill, fill_owner, fill_stamps, fill_unacked, load, protocol_direct,
-        read, read_into, remember_listener, remember_owner, worth_a_record_direct, Src,
+        admit, admitted_direct, cookie_direct, fill, fill_owner, fill_stamps, fill_unacked, load,
+        protocol_direct, read, read_into, remember_listener, remember_owner, worth_a_record_direct,
+        Src,
     },
 };
 
@@ -60,6 +61,7 @@ fn stamped(kind: u32, sk: u64, reason: Option<u32>, extra: u32, skb: u64) -> Res
             && fill_unacked(ev, &src).is_ok();
         if ok {
             fill_owner(ev);
+            ev.cookie = cookie_direct(sk);
         }
         if ok && skb != 0 {
             ev.seg_flags = segment_flags(skb);
@@ -164,7 +166,7 @@ fn on_mini_reply(sk: u64, skb: u64, has_reason: bool, reason: u32) -> Result<u32
         ev.netns = ns;
         ev.state = TCP_CLOSE as u8;
         if sk != 0 {
-            ev.cookie = load::<u64>(sk, conf!(skc_cookie));
+            ev.cookie = cookie_direct(sk);
             ev.state = state;
             if listener {
                 ev.state = TCP_LISTEN as u8;
@@ -358,6 +360,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<u32, u32> {
                 || (fill_stamps(ev, &src).is_ok() && fill_unacked(ev, &src).is_ok()));
         if ok {
             fill_owner(ev);
+            ev.cookie = cookie_direct(sk);
         }
         ok
     });

@@ -79,6 +79,16 @@ pub fn load16(base: u64, off: u32) -> [u8; 16] {
     a
 }
 
+/// The socket's cookie, generated where none was yet (as `ss -e` and
+/// sock_diag do): `sk` must be a BTF `struct sock *` (a tracepoint's
+/// argument), which the helper requires. Records made where the socket is
+/// only an address (the keepalive timer) read the field instead, 0 until
+/// someone asked.
+#[inline(always)]
+pub fn cookie_direct(sk: u64) -> u64 {
+    unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(sk as *mut core::ffi::c_void) }
+}
+
 /// `sk`'s protocol, read directly (`sk` must be a BTF `struct sock *`).
 #[inline(always)]
 pub fn protocol_direct(sk: u64) -> u16 {
