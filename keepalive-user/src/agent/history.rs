@@ -26,9 +26,8 @@ use crate::{
 
 /// Events kept per socket.
 pub const PER_SOCKET: usize = 32;
-/// Events kept for all sockets together, by default (~60 B each; a
-/// story counts as [`STORY_COST`] events more, for what it holds besides).
-pub const DEFAULT_BUDGET: usize = 65_536;
+/// What a story counts against the budget besides its events (~60 B
+/// each), for what it holds besides them.
 pub const STORY_COST: usize = 4;
 
 /// One event of a story, as compact as it can be kept.

@@ -424,7 +424,12 @@ impl AgentState {
             sink.history.dropped,
         );
         if let Some(c) = &self.log_counts {
-            sink.metrics.set_event_log(c);
+            use std::sync::atomic::Ordering::Relaxed;
+            sink.metrics.set_event_log(
+                c.written.load(Relaxed),
+                c.rate_limited.load(Relaxed),
+                c.queue_full.load(Relaxed),
+            );
         }
         if let Some(p) = &mut self.protect {
             p.drain();

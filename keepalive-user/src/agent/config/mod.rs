@@ -17,6 +17,9 @@ use crate::{
 /// 9100-9999 is fully allocated to exporters; 7941 is not a well-known
 /// exporter's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7941";
+/// Events the per-socket history keeps for all sockets together, by
+/// default (~60 B each; a socket counts `history::STORY_COST` more).
+pub const DEFAULT_HISTORY_EVENTS: usize = 65_536;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{origin}: key `{key}`: {message}")]
@@ -196,7 +199,7 @@ settings! {
     /// (`/sockets/<cookie>/history`).
     history_retention: val Duration = Duration::from_secs(600), with "de_via::<_, IdleKillMin>";
     /// Events the per-socket history keeps for all sockets together.
-    history_events: val usize = crate::agent::history::DEFAULT_BUDGET, with "de_via::<_, HistoryEvents>";
+    history_events: val usize = DEFAULT_HISTORY_EVENTS, with "de_via::<_, HistoryEvents>";
     /// containerd's API socket, for pod and container names (None: not asked).
     containerd_socket: opt PathBuf =
         Some(PathBuf::from(crate::workload::containerd::DEFAULT_SOCKET));

@@ -439,29 +439,6 @@ impl Metrics {
             .inc_by(n.saturating_sub(self.containerd_failures.get()));
     }
 
-    /// Scrape-time: the per-socket history's size and losses.
-    pub fn set_history(&self, events: usize, sockets: usize, dropped: u64) {
-        self.history_events.set(events as i64);
-        self.history_sockets.set(sockets as i64);
-        self.history_dropped
-            .inc_by(dropped.saturating_sub(self.history_dropped.get()));
-    }
-
-    /// Scrape-time: the event log's counts (they only grow).
-    pub fn set_event_log(&self, c: &crate::agent::eventlog::LogCounts) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let up = |m: &IntCounter, n: u64| m.inc_by(n.saturating_sub(m.get()));
-        up(&self.log_events, c.written.load(Relaxed));
-        up(
-            &self.log_events_dropped.with(["rate_limit"]),
-            c.rate_limited.load(Relaxed),
-        );
-        up(
-            &self.log_events_dropped.with(["queue_full"]),
-            c.queue_full.load(Relaxed),
-        );
-    }
-
     /// Probes sent and answered from the kernel's counters from now on
     /// (the programs were loaded with `quiet_probes`; no labels to give).
     pub fn count_probes_in_kernel(&mut self) {

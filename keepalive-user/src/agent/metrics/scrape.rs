@@ -117,3 +117,22 @@ impl Metrics {
         self.last_undecodable = undecodable;
     }
 }
+
+impl Metrics {
+    /// Scrape-time: the per-socket history's size and losses.
+    pub fn set_history(&self, events: usize, sockets: usize, dropped: u64) {
+        self.history_events.set(events as i64);
+        self.history_sockets.set(sockets as i64);
+        self.history_dropped
+            .inc_by(dropped.saturating_sub(self.history_dropped.get()));
+    }
+
+    /// Scrape-time: the event log's counts (they only grow).
+    /// `written`, `rate_limited`, `queue_full`: the log's totals.
+    pub fn set_event_log(&self, written: u64, rate_limited: u64, queue_full: u64) {
+        let up = |m: &prometheus::IntCounter, n: u64| m.inc_by(n.saturating_sub(m.get()));
+        up(&self.log_events, written);
+        up(&self.log_events_dropped.with(["rate_limit"]), rate_limited);
+        up(&self.log_events_dropped.with(["queue_full"]), queue_full);
+    }
+}
