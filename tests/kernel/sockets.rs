@@ -349,20 +349,8 @@ fn watch_counts_probes_and_drops_closed_sockets() {
         .recv_timeout(Duration::from_secs(40))
         .expect("first refresh");
 
-    let (tx, rx) = mpsc::channel();
-    let worker = ns.spawn(move || {
-        let (mut client, server) = crate::support::pair(false, 1, 1, 3);
-        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
-            .unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let r = client.read(&mut [0u8; 1]);
-        drop(server);
-        r
-    });
-    let (local, remote) = rx.recv().unwrap();
-    ns.drop_from_port(remote.port());
+    let peer = crate::support::DeadPeer::start(&ns, false);
+    let (local, remote) = (peer.local, peer.remote);
 
     let mut max_sent = 0;
     let mut gone_after_probing = false;
@@ -384,7 +372,7 @@ fn watch_counts_probes_and_drops_closed_sockets() {
             None => gone_after_probing = max_sent > 0,
         }
     }
-    assert!(worker.join().unwrap().is_err(), "connection timed out");
+    peer.wait();
     let _ = kato.kill();
     let _ = kato.wait();
     assert!(max_sent >= 2, "probes kato counted: {max_sent}");
