@@ -45,6 +45,32 @@ impl TcpState {
         Self::ALL.into_iter().find(|st| st.name() == norm)
     }
 
+    /// The states `ss state FILTER` means by `s`: a state by ss's name
+    /// (`established`, `syn-sent`, `fin-wait-1`, `listening`, `closed`...)
+    /// or kato's (`fin-wait1`, `listen`, `TIME_WAIT`), `estab` (ss's column
+    /// heading), or one of ss's groups: `all`, `connected` (all but
+    /// listening and closed), `synchronized` (connected but syn-sent),
+    /// `bucket` (syn-recv, time-wait: mini-sockets), `big` (all but bucket).
+    pub fn parse_ss(s: &str) -> Option<Vec<Self>> {
+        use TcpState::*;
+        let norm = s.trim().to_ascii_lowercase().replace('_', "-");
+        let all = || Self::ALL.into_iter().filter(|&st| st != NewSynRecv);
+        let connected = || all().filter(|&st| !matches!(st, Listen | Close));
+        Some(match norm.as_str() {
+            "all" => all().collect(),
+            "connected" => connected().collect(),
+            "synchronized" => connected().filter(|&st| st != SynSent).collect(),
+            "bucket" => vec![SynRecv, TimeWait],
+            "big" => all().filter(|&st| !matches!(st, SynRecv | TimeWait)).collect(),
+            "estab" => vec![Established],
+            "fin-wait-1" => vec![FinWait1],
+            "fin-wait-2" => vec![FinWait2],
+            "closed" => vec![Close],
+            "listening" => vec![Listen],
+            _ => vec![Self::parse(&norm)?],
+        })
+    }
+
     /// A TIME_WAIT mini-socket's substate: TIME_WAIT, or FIN_WAIT2 for an
     /// orphan its owner closed (ss and netstat show these for it).
     pub fn is_timewait_substate(self) -> bool {
@@ -85,7 +111,26 @@ impl<'de> serde::Deserialize<'de> for TcpState {
 
 #[cfg(test)]
 mod tests {
-    use super::TcpState;
+    use super::TcpState::{self, *};
+
+    #[test]
+    fn ss_state_names_and_groups() {
+        let p = |s| TcpState::parse_ss(s).unwrap();
+        assert_eq!(p("estab"), [Established]);
+        assert_eq!(p("established"), [Established]);
+        assert_eq!(p("fin-wait-1"), [FinWait1]);
+        assert_eq!(p("fin-wait1"), [FinWait1]);
+        assert_eq!(p("listening"), [Listen]);
+        assert_eq!(p("TIME_WAIT"), [TimeWait]);
+        assert_eq!(p("bucket"), [SynRecv, TimeWait]);
+        let connected = p("connected");
+        assert!(!connected.contains(&Listen) && !connected.contains(&Close));
+        assert!(connected.contains(&SynSent) && connected.contains(&TimeWait));
+        assert!(!p("synchronized").contains(&SynSent));
+        assert_eq!(p("all").len(), 11);
+        assert!(!p("big").contains(&TimeWait));
+        assert_eq!(TcpState::parse_ss("napping"), None);
+    }
 
     #[test]
     fn raw_round_trip() {
@@ -95,9 +140,9 @@ mod tests {
         assert_eq!(TcpState::from_raw(0), None);
         assert_eq!(TcpState::from_raw(13), None);
         assert_eq!(TcpState::from_raw(7).unwrap().name(), "CLOSE");
-        assert_eq!(TcpState::parse("time-wait"), Some(TcpState::TimeWait));
-        assert_eq!(TcpState::parse("ESTABLISHED"), Some(TcpState::Established));
-        assert_eq!(TcpState::parse("syn_recv"), Some(TcpState::SynRecv));
+        assert_eq!(TcpState::parse("time-wait"), Some(TimeWait));
+        assert_eq!(TcpState::parse("ESTABLISHED"), Some(Established));
+        assert_eq!(TcpState::parse("syn_recv"), Some(SynRecv));
         assert_eq!(TcpState::parse("nope"), None);
     }
 }

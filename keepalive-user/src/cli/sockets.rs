@@ -39,15 +39,52 @@ pub enum ListingArg {
     Diag,
 }
 
+/// One `--state` value: a state or one of ss's groups.
+#[derive(Debug, Clone)]
+pub struct States(Vec<TcpState>);
+
 #[derive(Debug, Args)]
 pub struct SocketsArgs {
-    /// Output format (json: one array of sockets; with --watch, one array per refresh).
-    #[arg(long, short, value_enum, default_value_t)]
+    /// Output format (json: one array of sockets; with --watch, one array
+    /// per refresh). `-o` is ss's timers flag, not this.
+    #[arg(long, short = 'O', value_enum, default_value_t)]
     pub output: Output,
-    /// Only sockets in this TCP state (repeatable): established, syn-sent, syn-recv,
-    /// fin-wait1, fin-wait2, time-wait, close-wait, last-ack, listen, closing.
-    #[arg(long, value_name = "STATE", value_parser = parse_state)]
-    pub state: Vec<TcpState>,
+    /// Same as --output json.
+    #[arg(long, conflicts_with = "output")]
+    pub json: bool,
+    /// Only sockets in these TCP states (repeatable, or comma-separated),
+    /// as ss names them: established (estab), syn-sent, syn-recv,
+    /// fin-wait-1, fin-wait-2, time-wait, closed, close-wait, last-ack,
+    /// listening, closing; or ss's groups: all, connected (all but
+    /// listening and closed), synchronized (connected but syn-sent),
+    /// bucket (syn-recv, time-wait), big (all but bucket).
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_states)]
+    pub state: Vec<States>,
+    /// Only listening sockets (ss -l).
+    #[arg(short = 'l', long = "listening", help_heading = "ss and netstat habits")]
+    pub listening: bool,
+    /// Leave out the header line (ss -H).
+    #[arg(short = 'H', long = "no-header", help_heading = "ss and netstat habits")]
+    pub no_header: bool,
+    /// Accepted as ss and netstat take them; kato always lists TCP (-t),
+    /// numerically (-n), in every state (-a), with processes (-p), timers
+    /// (-o) and extended fields (-e): `kato sockets -tnoap` works.
+    #[arg(short = 't', long = "tcp", help_heading = "ss and netstat habits")]
+    pub tcp: bool,
+    #[arg(short = 'n', long = "numeric", hide_short_help = true, help_heading = "ss and netstat habits")]
+    pub numeric: bool,
+    #[arg(short = 'a', long = "all", hide_short_help = true, help_heading = "ss and netstat habits")]
+    pub all: bool,
+    #[arg(short = 'p', long = "processes", hide_short_help = true, help_heading = "ss and netstat habits")]
+    pub processes: bool,
+    #[arg(short = 'o', long = "options", hide_short_help = true, help_heading = "ss and netstat habits")]
+    pub timers: bool,
+    #[arg(short = 'e', long = "extended", hide_short_help = true, help_heading = "ss and netstat habits")]
+    pub extended: bool,
+    /// Print the column legend after the table even when stdout is not a
+    /// terminal (on a terminal it is printed, to a pipe it is not).
+    #[arg(long)]
+    pub legend: bool,
     /// Only connections with this local or remote port (repeatable).
     #[arg(long, value_name = "PORT")]
     pub port: Vec<u16>,
@@ -106,8 +143,14 @@ fn parse_risk(s: &str) -> Result<Risk, String> {
         .ok_or_else(|| format!("unknown risk class `{s}` (safe, at-risk, unprotected, unknown)"))
 }
 
-fn parse_state(s: &str) -> Result<TcpState, String> {
-    TcpState::parse(s).ok_or_else(|| format!("unknown TCP state `{s}`"))
+fn parse_states(s: &str) -> Result<States, String> {
+    TcpState::parse_ss(s).map(States).ok_or_else(|| {
+        format!(
+            "unknown TCP state `{s}` (established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, \
+             time-wait, closed, close-wait, last-ack, listening, closing, or all, connected, \
+             synchronized, bucket, big)"
+        )
+    })
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -135,12 +178,20 @@ fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
 
 /// Prints `items` as views made one at a time (`view`): 100,000s of
 /// sockets never have their views in memory at once.
+/// How a table is printed: header and legend.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    header: bool,
+    legend: bool,
+}
+
 fn print<'a, T: Copy + Sync>(
     out: &mut impl Write,
     output: Output,
     items: &[T],
     view: &(impl Fn(T) -> SocketView<'a> + Sync),
     with_risk: bool,
+    frame: Frame,
 ) -> std::io::Result<()> {
     match output {
         Output::Json => {
@@ -148,7 +199,9 @@ fn print<'a, T: Copy + Sync>(
             writeln!(out)
         }
         Output::Table => {
-            writeln!(out, "{}", render::header(with_risk))?;
+            if frame.header {
+                writeln!(out, "{}", render::header(with_risk))?;
+            }
             // 100,000s of rows: two threads format alternate blocks, which
             // are written in order; at most two blocks are held at once.
             const BLOCK: usize = 4096;
@@ -169,7 +222,10 @@ fn print<'a, T: Copy + Sync>(
                 out.write_all(a.as_bytes())?;
                 out.write_all(b.as_bytes())?;
             }
-            writeln!(out, "\n{}", render::FOOTNOTE)
+            if frame.legend {
+                writeln!(out, "\n{}", render::FOOTNOTE)?;
+            }
+            Ok(())
         }
     }
 }
@@ -184,8 +240,21 @@ impl<'a, T: Copy, F: Fn(T) -> SocketView<'a>> serde::Serialize for Views<'_, T, 
 }
 
 pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let mut states: Vec<TcpState> = args.state.iter().flat_map(|s| s.0.iter().copied()).collect();
+    if args.listening {
+        states.push(TcpState::Listen);
+    }
+    states.sort_unstable();
+    states.dedup();
+    let output = if args.json { Output::Json } else { args.output };
+    let tty = std::io::stdout().is_terminal();
+    let frame = Frame {
+        header: !args.no_header,
+        legend: !args.no_header && (tty || args.legend),
+    };
     let mut filter = Filter {
-        states: args.state.clone(),
+        states,
         ports: args.port.clone(),
         addrs: args.addr.clone(),
         pids: args.pid.clone(),
@@ -222,6 +291,16 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         ListingArg::Diag => Listing::Diag,
     };
     let watch = args.watch.is_some();
+    // Without the privilege to load programs, what ss shows is still
+    // there: sock_diag (no keepalive settings; owners only where /proc
+    // lets this user see them).
+    let source = match (source, keepalive_user::caps::require_tracing()) {
+        (Listing::Auto, Err(why)) if !watch => {
+            eprintln!("kato: {why}; listing with sock_diag instead (no keepalive settings; processes only where /proc shows them)");
+            Listing::Diag
+        }
+        (s, _) => s,
+    };
     // sock_diag alone needs no eBPF; --watch always traces.
     let mut bpf = if source == Listing::Diag && !watch {
         None
@@ -258,7 +337,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         let shown = filter::select(all, |s| s, |s| policy.risk(s), &filter, sort);
         log::debug!("selected at {:?}", t.elapsed());
         let mut out = std::io::BufWriter::new(stdout.lock());
-        let r = print(&mut out, args.output, &shown, &view, with_risk).and_then(|()| out.flush());
+        let r = print(&mut out, output, &shown, &view, with_risk, frame).and_then(|()| out.flush());
         log::debug!("printed at {:?}", t.elapsed());
         // The process ends here: the kernel takes the memory back faster
         // than 100,000s of sockets' destructors would.
@@ -306,11 +385,14 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 let view = |r| { let (s, c): &(Socket, Counts) = r; addresses(SocketView::new(s, Some(c), &policy)) };
                 let shown = filter::select(rows.iter(), |r| &r.0, |s| policy.risk(s), &filter, sort);
                 let r = (|| {
-                    if args.output == Output::Table {
-                        write!(out, "\x1b[H\x1b[2J")?;
-                        writeln!(out, "Every {:.1}s: kato sockets ({} shown of {})\n", period.as_secs_f64(), shown.len(), table.len())?;
+                    if output == Output::Table && frame.header {
+                        // Drawn in place on a terminal; a pipe gets no escape codes.
+                        if tty {
+                            write!(out, "\x1b[H\x1b[2J")?;
+                        }
+                        writeln!(out, "Every {:.1}s: kato sockets ({} shown of {})  {}\n", period.as_secs_f64(), shown.len(), table.len(), keepalive_user::timefmt::rfc3339(jiff::Timestamp::now().as_nanosecond()))?;
                     }
-                    print(&mut out, args.output, &shown, &view, with_risk)?;
+                    print(&mut out, output, &shown, &view, with_risk, frame)?;
                     out.flush()
                 })();
                 if let Err(e) = r {
