@@ -61,7 +61,9 @@ impl TcpState {
             "connected" => connected().collect(),
             "synchronized" => connected().filter(|&st| st != SynSent).collect(),
             "bucket" => vec![SynRecv, TimeWait],
-            "big" => all().filter(|&st| !matches!(st, SynRecv | TimeWait)).collect(),
+            "big" => all()
+                .filter(|&st| !matches!(st, SynRecv | TimeWait))
+                .collect(),
             "estab" => vec![Established],
             "fin-wait-1" => vec![FinWait1],
             "fin-wait-2" => vec![FinWait2],

@@ -61,25 +61,58 @@ pub struct SocketsArgs {
     #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_states)]
     pub state: Vec<States>,
     /// Only listening sockets (ss -l).
-    #[arg(short = 'l', long = "listening", help_heading = "ss and netstat habits")]
+    #[arg(
+        short = 'l',
+        long = "listening",
+        help_heading = "ss and netstat habits"
+    )]
     pub listening: bool,
     /// Leave out the header line (ss -H).
-    #[arg(short = 'H', long = "no-header", help_heading = "ss and netstat habits")]
+    #[arg(
+        short = 'H',
+        long = "no-header",
+        help_heading = "ss and netstat habits"
+    )]
     pub no_header: bool,
     /// Accepted as ss and netstat take them; kato always lists TCP (-t),
     /// numerically (-n), in every state (-a), with processes (-p), timers
     /// (-o) and extended fields (-e): `kato sockets -tnoap` works.
     #[arg(short = 't', long = "tcp", help_heading = "ss and netstat habits")]
     pub tcp: bool,
-    #[arg(short = 'n', long = "numeric", hide_short_help = true, help_heading = "ss and netstat habits")]
+    #[arg(
+        short = 'n',
+        long = "numeric",
+        hide_short_help = true,
+        help_heading = "ss and netstat habits"
+    )]
     pub numeric: bool,
-    #[arg(short = 'a', long = "all", hide_short_help = true, help_heading = "ss and netstat habits")]
+    #[arg(
+        short = 'a',
+        long = "all",
+        hide_short_help = true,
+        help_heading = "ss and netstat habits"
+    )]
     pub all: bool,
-    #[arg(short = 'p', long = "processes", hide_short_help = true, help_heading = "ss and netstat habits")]
+    #[arg(
+        short = 'p',
+        long = "processes",
+        hide_short_help = true,
+        help_heading = "ss and netstat habits"
+    )]
     pub processes: bool,
-    #[arg(short = 'o', long = "options", hide_short_help = true, help_heading = "ss and netstat habits")]
+    #[arg(
+        short = 'o',
+        long = "options",
+        hide_short_help = true,
+        help_heading = "ss and netstat habits"
+    )]
     pub timers: bool,
-    #[arg(short = 'e', long = "extended", hide_short_help = true, help_heading = "ss and netstat habits")]
+    #[arg(
+        short = 'e',
+        long = "extended",
+        hide_short_help = true,
+        help_heading = "ss and netstat habits"
+    )]
     pub extended: bool,
     /// Print the column legend after the table even when stdout is not a
     /// terminal (on a terminal it is printed, to a pipe it is not).
@@ -241,7 +274,11 @@ impl<'a, T: Copy, F: Fn(T) -> SocketView<'a>> serde::Serialize for Views<'_, T, 
 
 pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
-    let mut states: Vec<TcpState> = args.state.iter().flat_map(|s| s.0.iter().copied()).collect();
+    let mut states: Vec<TcpState> = args
+        .state
+        .iter()
+        .flat_map(|s| s.0.iter().copied())
+        .collect();
     if args.listening {
         states.push(TcpState::Listen);
     }
