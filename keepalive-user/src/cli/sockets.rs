@@ -153,7 +153,8 @@ pub struct SocketsArgs {
     /// Where to read sockets from.
     #[arg(long, value_enum, default_value_t)]
     pub source: ListingArg,
-    /// Refresh every SECS seconds, clearing the screen like `watch`, until Ctrl-C.
+    /// Refresh every SECS seconds (or a duration: 2s, 500ms), clearing the
+    /// screen like `watch` on a terminal, until Ctrl-C.
     /// Keepalive events are traced meanwhile, so probes sent/answered are counted.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub watch: Option<Duration>,
@@ -186,12 +187,34 @@ fn parse_states(s: &str) -> Result<States, String> {
     })
 }
 
+/// Seconds (`2`, `0.5`) or a duration (`2s`, `500ms`, `1m`), 0.1 s to a day.
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.1..=86_400.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
+    let d = match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Some(Duration::from_secs_f64(v)),
+        Ok(_) => None,
+        Err(_) => keepalive_user::duration::parse(s).ok(),
+    };
+    match d {
+        Some(d) if (Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) => Ok(d),
         _ => Err(format!(
-            "`{s}` is not a number of seconds between 0.1 and 86400"
+            "`{s}` is not an interval from 0.1 s to a day (seconds, or 2s, 500ms, 1m)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_takes_seconds_and_durations() {
+        assert_eq!(parse_secs("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_secs("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0", "10ms", "2d", "-1", "soon", "NaN"] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
     }
 }
 
