@@ -74,45 +74,28 @@ pub struct SocketsArgs {
         help_heading = "ss and netstat habits"
     )]
     pub no_header: bool,
-    /// Accepted as ss and netstat take them; kato always lists TCP (-t),
-    /// numerically (-n), in every state (-a), with processes (-p), timers
-    /// (-o) and extended fields (-e): `kato sockets -tnoap` works.
+    /// Accepted, like -n -a -p -o -e below: `kato sockets -tnoap` works as
+    /// it does for ss and netstat (kato lists TCP only).
     #[arg(short = 't', long = "tcp", help_heading = "ss and netstat habits")]
     pub tcp: bool,
-    #[arg(
-        short = 'n',
-        long = "numeric",
-        hide_short_help = true,
-        help_heading = "ss and netstat habits"
-    )]
+    /// Accepted: kato never resolves names.
+    #[arg(short = 'n', long = "numeric", help_heading = "ss and netstat habits")]
     pub numeric: bool,
-    #[arg(
-        short = 'a',
-        long = "all",
-        hide_short_help = true,
-        help_heading = "ss and netstat habits"
-    )]
+    /// Accepted: kato lists every state unless --state or -l says otherwise.
+    #[arg(short = 'a', long = "all", help_heading = "ss and netstat habits")]
     pub all: bool,
+    /// Accepted: kato always shows the owning process.
     #[arg(
         short = 'p',
         long = "processes",
-        hide_short_help = true,
         help_heading = "ss and netstat habits"
     )]
     pub processes: bool,
-    #[arg(
-        short = 'o',
-        long = "options",
-        hide_short_help = true,
-        help_heading = "ss and netstat habits"
-    )]
+    /// Accepted: kato always shows the timers (ss -o).
+    #[arg(short = 'o', long = "options", help_heading = "ss and netstat habits")]
     pub timers: bool,
-    #[arg(
-        short = 'e',
-        long = "extended",
-        hide_short_help = true,
-        help_heading = "ss and netstat habits"
-    )]
+    /// Accepted: the cookie and inode are in --json.
+    #[arg(short = 'e', long = "extended", help_heading = "ss and netstat habits")]
     pub extended: bool,
     /// Print the column legend after the table even when stdout is not a
     /// terminal (on a terminal it is printed, to a pipe it is not).
