@@ -113,7 +113,7 @@ pub mod counter {
     pub const PROBES_ANSWERED: u32 = 11;
     pub const ANSWERED_MAX: u32 = 16;
     /// `quiet_probes`: the `PROBING` map was full; the run made a record
-    /// instead (userspace counts those probes).
+    /// instead, and that socket's answers go uncounted.
     pub const PROBING_FULL: u32 = PROBES_ANSWERED + ANSWERED_MAX;
     pub const COUNT: u32 = PROBING_FULL + 1;
 }

@@ -46,10 +46,23 @@ static IN_FLIGHT: PerCpuArray<InFlight> = PerCpuArray::with_max_entries(1, 0);
 /// `quiet_probes`: the probes a socket's last keepalive run left
 /// outstanding, by `struct sock` address (0: none). The next run that
 /// starts with none outstanding was answered. Allocated as used, from a
-/// socket's first probe on; forgotten on the timeout and when the timer
-/// is stopped or the socket closes.
+/// socket's first probe on, and kept (written in place) until the socket
+/// changes state on a run (the timeout), its timer is stopped (`kato
+/// trace`), or a keepalive socket closes.
 #[map]
-static PROBING: HashMap<u64, u8> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+static PROBING: HashMap<u64, Probing> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+/// A `PROBING` entry: the probes outstanding, and whose they are (the
+/// ports): an entry a closed socket left behind (a close that raced the
+/// run, keepalive switched off before a close kato does not record) is
+/// not taken for the next socket at the same address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Probing {
+    ports: u32,
+    probes: u8,
+    _pad: [u8; 3],
+}
 
 #[inline(always)]
 fn in_flight() -> Option<*mut InFlight> {
@@ -248,9 +261,17 @@ fn decided_quietly(sk: &Src, seen: &InFlight) -> Result<bool, u32> {
     let key = sk.sk;
     let after = probes_out(sk)?;
     let now = state(sk)?;
+    let ports = u32::from(sk.get::<u16>(conf!(skc_num))?) << 16
+        | u32::from(sk.get::<u16>(conf!(skc_dport))?);
     let slot = PROBING.get_ptr_mut(&key);
     // SAFETY: a hash map value read in place, on this CPU's program.
-    let left = slot.map_or(0, |p| unsafe { *p });
+    let left = slot.map_or(0, |p| unsafe {
+        if (*p).ports == ports {
+            (*p).probes
+        } else {
+            0
+        }
+    });
     let answered = left > 0 && seen.probes_before == 0;
     if answered {
         let k = (left as u32).min(counter::ANSWERED_MAX);
@@ -269,11 +290,22 @@ fn decided_quietly(sk: &Src, seen: &InFlight) -> Result<bool, u32> {
         // Kept, and written in place: a socket's entry is allocated once,
         // not at every probe (the allocator's per-CPU cache runs dry in
         // the bursts a timer wheel slot makes).
-        unsafe { *p = after };
-    } else if after > 0 && PROBING.insert(&key, &after, 0).is_err() {
-        // No room: this socket's runs are recorded (and counted) instead.
-        crate::bump(counter::PROBING_FULL);
-        record = true;
+        unsafe {
+            (*p).probes = after;
+            (*p).ports = ports;
+        }
+    } else if after > 0 {
+        let entry = Probing {
+            ports,
+            probes: after,
+            _pad: [0; 3],
+        };
+        if PROBING.insert(&key, &entry, 0).is_err() {
+            // No room: this socket's runs are recorded instead (its
+            // answers are not counted: `PROBING_FULL` says how often).
+            crate::bump(counter::PROBING_FULL);
+            record = true;
+        }
     }
     Ok(record)
 }

@@ -57,7 +57,7 @@ fn run_measured(ns: &Netns, program: &str, args: &[&str]) -> Result<Measured> {
 /// each round: (label, program, args).
 pub const TOOLS: [(&str, &str, &[&str]); 6] = [
     ("kato sockets", "", &["sockets"]),
-    ("kato sockets -o json", "", &["sockets", "--output", "json"]),
+    ("kato sockets --json", "", &["sockets", "--output", "json"]),
     ("ss -tnoa", "ss", &["-tnoa"]),
     ("ss -tnoap", "ss", &["-tnoap"]),
     ("netstat -tnoa", "netstat", &["-tnoa"]),

@@ -51,6 +51,8 @@ pub struct LogCounts {
     pub written: AtomicU64,
     pub rate_limited: AtomicU64,
     pub queue_full: AtomicU64,
+    /// Lines not written because stdout was closed.
+    pub stdout_closed: AtomicU64,
 }
 
 pub struct EventLog {
@@ -70,12 +72,17 @@ impl EventLog {
             .name("kato-eventlog".into())
             .spawn(move || {
                 let mut out = std::io::stdout().lock();
+                let mut open = true;
                 for line in rx {
-                    // A closed stdout ends the log, not the agent.
-                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                        break;
-                    }
-                    written.written.fetch_add(1, Relaxed);
+                    // A closed stdout ends the log, not the agent: what
+                    // comes after is counted, not written.
+                    open = open && writeln!(out, "{line}").and_then(|()| out.flush()).is_ok();
+                    let n = if open {
+                        &written.written
+                    } else {
+                        &written.stdout_closed
+                    };
+                    n.fetch_add(1, Relaxed);
                 }
             })?;
         Ok(EventLog {
@@ -109,6 +116,8 @@ impl Subscriber for EventLog {
                 self.counts.rate_limited.fetch_add(1, Relaxed);
                 continue;
             }
+            // Kept current here: the formatter gets a copy.
+            let _ = self.clock.unix_ns(obs.record.ts_ns);
             let fmt = Formatter {
                 clock: self.clock.clone(),
                 policy: ctx.policy,

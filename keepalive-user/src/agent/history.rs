@@ -22,6 +22,7 @@ use crate::{
     events::{Kind, Observation},
     tcp::TcpState,
     timefmt::{self, Clock},
+    view::trace::round3,
 };
 
 /// Events kept per socket.
@@ -55,7 +56,8 @@ struct Story {
     /// Events this story lost to [`PER_SOCKET`] or the budget.
     dropped: u64,
     closed_at: Option<Instant>,
-    /// Its place in the update order (see [`History::order`]).
+    /// Its place in the update order (see [`History::order`]); once closed,
+    /// in the close order (`closed` is sorted by it).
     seq: u64,
 }
 
@@ -67,6 +69,9 @@ pub struct History {
     /// Live stories in the order they were last updated, lazily: an entry
     /// whose `seq` is no longer its story's is stale.
     order: VecDeque<((u32, u64), u64)>,
+    /// Sockets closed lately, to the `seq` of their story in `closed`: what
+    /// the kernel reports after a close finds its story.
+    recent: HashMap<(u32, u64), u64>,
     next_seq: u64,
     events: usize,
     budget: usize,
@@ -82,9 +87,10 @@ impl History {
             live: HashMap::new(),
             closed: VecDeque::new(),
             order: VecDeque::new(),
+            recent: HashMap::new(),
             next_seq: 0,
             events: 0,
-            budget: budget.max(PER_SOCKET),
+            budget: budget.max(PER_SOCKET + STORY_COST),
             retention,
             clock: Clock::new(),
             dropped: 0,
@@ -118,6 +124,28 @@ impl History {
         Some(serde_json::to_string(&StoryJson::of(found, cookie)).expect("plain data"))
     }
 
+    /// Lets go of the closed stories past `history_retention` (at each
+    /// event, lookup and scrape).
+    pub fn expire_now(&mut self) {
+        self.expire(Instant::now());
+    }
+
+    /// Closes the stories of sockets the census no longer finds
+    /// (`present`): a socket that closed without a record (no keepalive,
+    /// not idle) would otherwise stay "open" forever. Its close time is
+    /// the census's, at most one snapshot interval late.
+    pub fn close_missing(&mut self, present: impl Fn(u32, u64) -> bool) {
+        let gone: Vec<(u32, u64)> = self
+            .live
+            .keys()
+            .filter(|&&(ns, sk)| !present(ns, sk))
+            .copied()
+            .collect();
+        for key in gone {
+            self.close(key);
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some(s) = self.closed.front() {
             if s.closed_at
@@ -133,13 +161,46 @@ impl History {
     fn close(&mut self, key: (u32, u64)) {
         if let Some(mut s) = self.live.remove(&key) {
             s.closed_at = Some(Instant::now());
+            s.seq = self.next_seq;
+            self.next_seq += 1;
+            self.recent.insert(key, s.seq);
             self.closed.push_back(s);
+        }
+        // Forget what is older than the oldest closed story.
+        if self.recent.len() > self.closed.len() + 1024 {
+            let oldest = self.closed.front().map_or(u64::MAX, |s| s.seq);
+            self.recent.retain(|_, seq| *seq >= oldest);
+        }
+    }
+
+    /// The closed story of `key` if it closed within [`LATE`] and is the
+    /// same connection.
+    fn just_closed(
+        &mut self,
+        key: (u32, u64),
+        tuple: (SocketAddr, SocketAddr),
+    ) -> Option<&mut Story> {
+        let seq = *self.recent.get(&key)?;
+        let i = self.closed.partition_point(|s| s.seq < seq);
+        let s = self.closed.get_mut(i).filter(|s| s.seq == seq)?;
+        let fresh = s.closed_at.is_some_and(|t| t.elapsed() < LATE);
+        (fresh && (s.local, s.remote) == tuple).then_some(s)
+    }
+
+    /// What `n` events for `key` add to the budget: none past a story's
+    /// [`PER_SOCKET`], a new story's [`STORY_COST`].
+    fn growth(&self, key: (u32, u64), n: usize) -> usize {
+        match self.live.get(&key) {
+            Some(s) => n.min(PER_SOCKET - s.steps.len()),
+            None => n.min(PER_SOCKET) + STORY_COST,
         }
     }
 
     /// Makes room for `n` events: closed stories first, oldest first,
     /// then the least recently updated live story.
-    fn make_room(&mut self, n: usize) {
+    /// The story of `keep` (the one the events are for) is not taken.
+    fn make_room(&mut self, n: usize, keep: (u32, u64)) {
+        let mut kept = None;
         while self.events + n > self.budget {
             if let Some(s) = self.closed.pop_front() {
                 self.events -= weight(&s);
@@ -147,13 +208,21 @@ impl History {
                 continue;
             }
             let Some((key, seq)) = self.order.pop_front() else {
-                return;
+                break;
             };
-            if self.live.get(&key).is_some_and(|s| s.seq == seq) {
-                let s = self.live.remove(&key).expect("present");
-                self.events -= weight(&s);
-                self.dropped += s.steps.len() as u64;
+            if !self.live.get(&key).is_some_and(|s| s.seq == seq) {
+                continue;
             }
+            if key == keep {
+                kept = Some((key, seq));
+                continue;
+            }
+            let s = self.live.remove(&key).expect("present");
+            self.events -= weight(&s);
+            self.dropped += s.steps.len() as u64;
+        }
+        if let Some(k) = kept {
+            self.order.push_front(k);
         }
     }
 
@@ -172,13 +241,12 @@ impl History {
         // What the kernel reports after the close (the owner's error comes
         // after tcp_done) belongs to the story just closed.
         if !self.live.contains_key(&key) {
-            let now = Instant::now();
-            if let Some(s) = self.closed.iter_mut().rev().take(16).find(|s| {
-                (s.netns, s.sk, s.local, s.remote) == (rec.netns, rec.sk, rec.local, rec.remote)
-                    && s.closed_at.is_some_and(|t| now.duration_since(t) < LATE)
-            }) {
-                let n = push_steps(s, obs, self.clock.unix_ns(rec.ts_ns), &mut self.dropped);
+            let unix_ns = self.clock.unix_ns(rec.ts_ns);
+            let mut dropped = 0;
+            if let Some(s) = self.just_closed(key, (rec.local, rec.remote)) {
+                let n = push_steps(s, obs, unix_ns, &mut dropped);
                 self.events += n;
+                self.dropped += dropped;
                 return;
             }
         }
@@ -247,7 +315,9 @@ fn push_steps(story: &mut Story, obs: &Observation<'_>, unix_ns: i128, dropped: 
             state: rec.state,
             probes: d.probes,
             idle_s: obs.idle_s.map(|s| s as f32),
-            reason: obs.reset.as_ref().map(|r| Arc::from(&*r.name)),
+            reason: (d.kind == Kind::ResetSent)
+                .then(|| obs.reset.as_ref().map(|r| Arc::from(&*r.name)))
+                .flatten(),
             error: (d.kind == Kind::SocketError)
                 .then(|| obs.error.map(|e| Arc::from(e.to_string())))
                 .flatten(),
@@ -258,11 +328,15 @@ fn push_steps(story: &mut Story, obs: &Observation<'_>, unix_ns: i128, dropped: 
 
 impl Subscriber for History {
     fn seen(&mut self, obs: &Observation<'_>, ctx: &Context<'_>) {
-        if obs.events.is_empty() {
+        // A record with no socket of its own (a reply to a segment for no
+        // socket, or sent for a listener) is no connection's story.
+        if obs.events.is_empty() || obs.record.sk == 0 {
             return;
         }
         self.expire(Instant::now());
-        self.make_room(obs.events.len().min(PER_SOCKET) + STORY_COST);
+        let rec = obs.record;
+        let key = (rec.netns, rec.sk);
+        self.make_room(self.growth(key, obs.events.len()), key);
         self.add(obs, ctx);
     }
 }
@@ -303,9 +377,7 @@ impl<'a> StoryJson<'a> {
             remote: s.remote.to_string(),
             pid: s.owner.as_ref().map(|o| o.0),
             comm: s.owner.as_ref().map(|o| &*o.1),
-            closed_s_ago: s
-                .closed_at
-                .map(|t| (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+            closed_s_ago: s.closed_at.map(|t| round3(t.elapsed().as_secs_f64())),
             dropped: s.dropped,
             events: s
                 .steps
@@ -315,7 +387,7 @@ impl<'a> StoryJson<'a> {
                     event: st.kind,
                     state: st.state.name(),
                     probes: st.probes,
-                    idle_s: st.idle_s.map(|x| (f64::from(x) * 1000.0).round() / 1000.0),
+                    idle_s: st.idle_s.map(|x| round3(f64::from(x))),
                     reset_reason: st.reason.as_deref(),
                     error: st.error.as_deref(),
                 })
@@ -429,6 +501,38 @@ mod tests {
             ["reset_sent", "closed", "socket_error", "keepalive_timeout"]
         );
         assert_eq!(h.stories(), 1);
+    }
+
+    #[test]
+    fn no_socket_no_story_and_the_census_closes_what_it_no_longer_finds() {
+        let mut h = History::new(1000, Duration::from_secs(600));
+        feed(&mut h, &record(0, 1), &[Kind::ResetSent]);
+        assert_eq!(h.stories(), 0, "a reply for no socket is no story");
+        feed(&mut h, &record(1, 1), &[Kind::ResetReceived]);
+        feed(&mut h, &record(2, 2), &[Kind::ResetReceived]);
+        h.close_missing(|_, sk| sk == 2);
+        let v: serde_json::Value =
+            serde_json::from_str(&h.story_json(1, |_, _| None).unwrap()).unwrap();
+        assert!(v["closed_s_ago"].is_f64(), "closed by the census: {v}");
+        let v: serde_json::Value =
+            serde_json::from_str(&h.story_json(2, |_, _| None).unwrap()).unwrap();
+        assert!(v["closed_s_ago"].is_null(), "still there: {v}");
+    }
+
+    #[test]
+    fn a_story_at_its_cap_takes_no_room_from_others() {
+        let mut h = History::new(2 * (PER_SOCKET + STORY_COST), Duration::from_secs(600));
+        let (a, b) = (record(1, 1), record(2, 2));
+        for _ in 0..PER_SOCKET {
+            feed(&mut h, &a, &[Kind::ProbeSent]);
+            feed(&mut h, &b, &[Kind::ProbeSent]);
+        }
+        // Both full; more for `a` replaces its oldest, evicting nobody.
+        for _ in 0..10 {
+            feed(&mut h, &a, &[Kind::ProbeSent]);
+        }
+        assert_eq!(kinds(&mut h, 2).len(), PER_SOCKET, "b kept");
+        assert_eq!(kinds(&mut h, 1).len(), PER_SOCKET);
     }
 
     #[test]

@@ -384,6 +384,9 @@ impl AgentState {
                     .map(|(r, rule)| (r, rule.map(|x| x.source)))
             });
         }
+        let table = &sink.table;
+        sink.history
+            .close_missing(|ns, sk| table.get(ns, sk).is_some());
         sink.metrics
             .on_snapshot(t.elapsed().as_secs_f64(), &sysctls, vanished);
         log::debug!("snapshot: {n} sockets in {:?}", t.elapsed());
@@ -418,6 +421,7 @@ impl AgentState {
         );
         sink.metrics
             .set_containerd_failures(sink.resolver.containerd_failures());
+        sink.history.expire_now();
         sink.metrics.set_history(
             sink.history.events(),
             sink.history.stories(),
@@ -429,6 +433,7 @@ impl AgentState {
                 c.written.load(Relaxed),
                 c.rate_limited.load(Relaxed),
                 c.queue_full.load(Relaxed),
+                c.stdout_closed.load(Relaxed),
             );
         }
         if let Some(p) = &mut self.protect {

@@ -98,7 +98,8 @@ pub struct SocketsArgs {
     #[arg(short = 'e', long = "extended", help_heading = "ss and netstat habits")]
     pub extended: bool,
     /// Print the column legend after the table even when stdout is not a
-    /// terminal (on a terminal it is printed, to a pipe it is not).
+    /// terminal (on a terminal it is printed, to a pipe it is not; -H
+    /// leaves it out either way).
     #[arg(long)]
     pub legend: bool,
     /// Only connections with this local or remote port (repeatable).

@@ -153,7 +153,8 @@ impl Formatter<'_> {
     }
 }
 
-fn round3(s: f64) -> f64 {
+/// Seconds to the millisecond, as kato's JSON gives them.
+pub(crate) fn round3(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
 }
 

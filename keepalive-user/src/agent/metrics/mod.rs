@@ -78,6 +78,7 @@ pub struct Metrics {
     /// Probes sent and answered are the kernel's counts (`quiet_probes`),
     /// not the records'.
     kernel_probes: bool,
+    probing_full: IntCounter,
     sockets: Family<prometheus::IntGaugeVec, 2>,
     probing: IntGauge,
     tracked: IntGauge,
@@ -161,6 +162,7 @@ impl Metrics {
             detection: r.histogram("kato_dead_peer_detection_seconds", "Time from the peer last being heard from to the keepalive timeout.", &DETECTION_BUCKETS),
             probes_before_answer: r.bulk_histogram("kato_keepalive_probes_before_answer", "Keepalive probes outstanding when the peer answered.", &ANSWER_BUCKETS),
             kernel_probes: false,
+            probing_full: r.counter("kato_keepalive_probe_table_full_total", "Keepalive timer runs the kernel recorded because its table of outstanding probes (1,048,576 sockets) was full: those sockets' answers are not in kato_keepalive_probes_answered_total."),
             sockets: r.gauges("kato_sockets", "TCP sockets by state and SO_KEEPALIVE (n/a: TIME_WAIT and request sockets).", ["state", "keepalive"]),
             probing: r.gauge("kato_sockets_probing", "Sockets with keepalive probes outstanding right now (zero-window probes not counted)."),
             tracked: r.gauge("kato_table_sockets", "Sockets in the agent's table."),
@@ -196,7 +198,7 @@ impl Metrics {
             ),
             log_events_dropped: r.counters(
                 "kato_log_events_dropped_total",
-                "Events the log did not write: rate_limit (over 200 a second after a burst of 1000) or queue_full (stdout not keeping up).",
+                "Events the log did not write: rate_limit (over 200 a second after a burst of 1000), queue_full (stdout not keeping up) or stdout_closed.",
                 ["cause"],
             ),
             protected: r.counters(

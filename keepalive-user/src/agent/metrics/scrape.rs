@@ -99,6 +99,8 @@ impl Metrics {
         );
         if self.kernel_probes {
             let last = &self.last_kernel;
+            self.probing_full
+                .inc_by(kernel.probing_full.saturating_sub(last.probing_full));
             self.probes_sent
                 .with_label_values::<&str>(&[])
                 .inc_by(kernel.probes_sent.saturating_sub(last.probes_sent));
@@ -128,11 +130,22 @@ impl Metrics {
     }
 
     /// Scrape-time: the event log's counts (they only grow).
-    /// `written`, `rate_limited`, `queue_full`: the log's totals.
-    pub fn set_event_log(&self, written: u64, rate_limited: u64, queue_full: u64) {
+    /// `written`, `rate_limited`, `queue_full`, `stdout_closed`: the
+    /// log's totals.
+    pub fn set_event_log(
+        &self,
+        written: u64,
+        rate_limited: u64,
+        queue_full: u64,
+        stdout_closed: u64,
+    ) {
         let up = |m: &prometheus::IntCounter, n: u64| m.inc_by(n.saturating_sub(m.get()));
         up(&self.log_events, written);
         up(&self.log_events_dropped.with(["rate_limit"]), rate_limited);
         up(&self.log_events_dropped.with(["queue_full"]), queue_full);
+        up(
+            &self.log_events_dropped.with(["stdout_closed"]),
+            stdout_closed,
+        );
     }
 }
