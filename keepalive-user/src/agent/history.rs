@@ -210,7 +210,7 @@ impl History {
             let Some((key, seq)) = self.order.pop_front() else {
                 break;
             };
-            if !self.live.get(&key).is_some_and(|s| s.seq == seq) {
+            if self.live.get(&key).is_none_or(|s| s.seq != seq) {
                 continue;
             }
             if key == keep {
