@@ -375,10 +375,8 @@ fn main() -> Result<()> {
             status(&mut test)?;
             if args.is_empty() && kernel.is_none() {
                 fuzz::quick()?;
-                // The second kernel: the same binaries in a VM, every attach path.
-                for k in vm::names() {
-                    vm::test(k, &runs())?;
-                }
+                // More kernels: the same binaries in VMs, every attach path.
+                vm::test_all(&runs())?;
             }
             Ok(())
         }

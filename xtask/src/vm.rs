@@ -154,20 +154,62 @@ pub fn names() -> Vec<&'static str> {
 /// namespace-creating test at a time, under each of its attach paths) in a
 /// VM booting `kernel`.
 pub fn test(kernel: &str, runs: &Runs) -> Result<()> {
+    prepare(kernel, runs)?.boot()
+}
+
+/// Every kernel's VM at once: the images are made one after the other,
+/// then the VMs boot together (one vCPU each; the host's cores are idle
+/// by then), which halves the test command's longest stage.
+pub fn test_all(runs: &Runs) -> Result<()> {
+    let vms = names()
+        .into_iter()
+        .map(|k| prepare(k, runs))
+        .collect::<Result<Vec<_>>>()?;
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let running: Vec<_> = vms.iter().map(|vm| s.spawn(|| vm.boot())).collect();
+        running
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("a VM's thread panicked")))
+            .collect()
+    });
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failed.join("; "))
+    }
+}
+
+/// A VM ready to boot: its kernel and its initramfs.
+pub struct Vm {
+    vmlinuz: PathBuf,
+    initramfs: PathBuf,
+    release: String,
+}
+
+impl Vm {
+    fn boot(&self) -> Result<()> {
+        boot(&self.vmlinuz, &self.initramfs, &self.release)
+    }
+}
+
+/// Unpacks `kernel` and builds its initramfs (in target/vm/KERNEL/).
+fn prepare(kernel: &str, runs: &Runs) -> Result<Vm> {
     let k = KERNELS
         .iter()
         .find(|k| k.name == kernel)
         .with_context(|| format!("unknown --kernel {kernel}; known: {}", names().join(", ")))?;
     setup::ensure_packages(&["qemu-system-x86", "cpio", "busybox-static", "kmod"])?;
-    let dir = PathBuf::from("target/vm");
-    let kernels = dir.join(k.name);
-    std::fs::create_dir_all(&kernels)?;
-    let root = unpack_kernel(k, &kernels)?;
+    let dir = PathBuf::from("target/vm").join(k.name);
+    std::fs::create_dir_all(&dir)?;
+    let root = unpack_kernel(k, &dir)?;
     let release = only_entry(&root.join("lib/modules"))?;
     let test_bin = build_tests()?;
     let kato =
         std::fs::canonicalize("target/debug/kato").context("target/debug/kato (build first)")?;
-    let initramfs = dir.join("initramfs.cpio");
     let rootfs = dir.join("rootfs");
     assemble(&rootfs, &root, &release, &test_bin, &kato, runs)?;
     status(
@@ -176,8 +218,11 @@ pub fn test(kernel: &str, runs: &Runs) -> Result<()> {
             .arg("find . | cpio -o -H newc --quiet > ../initramfs.cpio")
             .current_dir(&rootfs),
     )?;
-    let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
-    boot(&vmlinuz, &initramfs, &release)
+    Ok(Vm {
+        vmlinuz: root.join("boot").join(format!("vmlinuz-{release}")),
+        initramfs: dir.join("initramfs.cpio"),
+        release,
+    })
 }
 
 /// Downloads (once) and unpacks the newest matching kernel package.
@@ -413,8 +458,15 @@ fn copy_libs(rootfs: &Path, bin: &Path) -> Result<()> {
 fn init_script(test_bin: &Path, runs: &Runs) -> String {
     let bin = test_bin.display();
     let mut script = String::new();
-    for path in ATTACH_PATHS {
-        for (f, _) in runs.iter().filter(|(_, a)| a.contains(path)) {
+    // Every path a run asks for (the server tests' fentry too), in order.
+    let mut paths: Vec<&str> = ATTACH_PATHS.to_vec();
+    for p in runs.iter().flat_map(|(_, a)| a) {
+        if !paths.contains(p) {
+            paths.push(p);
+        }
+    }
+    for path in paths {
+        for (f, _) in runs.iter().filter(|(_, a)| a.contains(&path)) {
             script += &format!(
                 "echo \"KATO-VM: attach={path} tests={f}\"\nKATO_TEST_ATTACH={path} {bin} --test-threads=1 {f} || rc=1\n"
             );
@@ -483,11 +535,13 @@ fn boot(vmlinuz: &Path, initramfs: &Path, release: &str) -> Result<()> {
         .context("cannot start qemu-system-x86_64")?;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    // Two VMs print at once: each line says whose it is.
+    let tag = release.split('-').next().unwrap_or(release).to_owned();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             // Serial consoles end lines with \r\n.
             let line = line.trim_end_matches('\r').to_owned();
-            println!("[vm] {line}");
+            println!("[vm {tag}] {line}");
             if let Some(rc) = line.strip_prefix(MARKER) {
                 let _ = tx.send(rc.trim().parse::<i32>().unwrap_or(-1));
             }
