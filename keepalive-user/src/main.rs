@@ -35,6 +35,10 @@ fn main() -> std::process::ExitCode {
             Command::History(args) => {
                 cli::history::run(&args).map(|()| std::process::ExitCode::SUCCESS)
             }
+            Command::Completions(args) => {
+                cli::completions::run(&args).map(|()| std::process::ExitCode::SUCCESS)
+            }
+            Command::Man(args) => cli::man::run(&args).map(|()| std::process::ExitCode::SUCCESS),
             Command::Protect(args) => cli::protect::run(args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),

@@ -19,6 +19,7 @@ mod ipvs;
 mod keepalive;
 mod middlebox;
 mod nginx;
+mod package;
 mod prometheus;
 mod protect;
 mod quiet;

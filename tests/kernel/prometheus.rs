@@ -14,7 +14,7 @@ use crate::{
     support::{dead_peer, require_root, Netns},
 };
 
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     addr: SocketAddr,
     dir: std::path::PathBuf,
@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 }
 
 impl Prometheus {
-    fn start(target: SocketAddr) -> Prometheus {
+    pub(crate) fn start(target: SocketAddr) -> Prometheus {
         Self::start_with(&format!(
             "  - job_name: kato\n    static_configs:\n      - targets: ['{target}']\n"
         ))
@@ -127,7 +127,7 @@ impl Prometheus {
         self.result(promql).len()
     }
 
-    fn wait(&self, promql: &str, want: f64, limit: Duration) {
+    pub(crate) fn wait(&self, promql: &str, want: f64, limit: Duration) {
         let end = Instant::now() + limit;
         loop {
             let got = self.query(promql);

@@ -33,9 +33,9 @@ fn cgroup_root() -> PathBuf {
 
 /// A containerd of the test's own (socket, root and state in a temporary
 /// directory), stopped with its containers on drop.
-struct Containerd {
-    dir: PathBuf,
-    sock: PathBuf,
+pub(crate) struct Containerd {
+    pub(crate) dir: PathBuf,
+    pub(crate) sock: PathBuf,
     daemon: Child,
     containers: Vec<String>,
     /// `/k8s.io` under the cgroup2 mount, if this test made it.
@@ -43,7 +43,7 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("kato-containerd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
@@ -94,12 +94,22 @@ impl Containerd {
         c
     }
 
-    fn ctr(&self, args: &[&str]) -> String {
+    pub(crate) fn ctr(&self, args: &[&str]) -> String {
         run(Command::new("ctr")
             .arg("-a")
             .arg(&self.sock)
             .args(["-n", "k8s.io"])
             .args(args))
+    }
+
+    /// `ctr run -d ARGS` (options, image, `id`, command), killed on drop.
+    pub(crate) fn run_args(&mut self, id: &str, args: &[String]) {
+        let args: Vec<&str> = std::iter::once("run")
+            .chain(std::iter::once("-d"))
+            .chain(args.iter().map(String::as_str))
+            .collect();
+        self.ctr(&args);
+        self.containers.push(id.to_owned());
     }
 
     /// `ctr run -d` in network namespace `ns` with the kubelet's labels.

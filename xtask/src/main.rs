@@ -10,6 +10,7 @@ mod harness;
 mod hold;
 mod hooks;
 mod overhead;
+mod package;
 mod protect;
 mod rr;
 mod setup;
@@ -142,6 +143,15 @@ enum Cmd {
         #[arg(long)]
         ka_secs: Option<i32>,
     },
+    /// Build the Debian package and the OCI image into target/package/:
+    /// kato_VERSION_amd64.deb and kato-VERSION.oci.tar (docs/deploy.md
+    /// says how to install the one and push the other).
+    Package {
+        /// Cargo profile of the binary: `release`, or `dev` for a quick
+        /// check of the recipe (the tests' choice).
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
     /// Fuzz the event decoder, config, BTF, idle-timeout and HTTP parsers
     /// with cargo fuzz (nightly, libFuzzer), each for SECS seconds.
     Fuzz {
@@ -191,6 +201,9 @@ pub fn build(release: bool) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Paths below are the workspace's, wherever `cargo xtask` was typed.
+    std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .context("cannot enter the workspace")?;
     if let Cmd::Hold {
         listen,
         connect,
@@ -344,6 +357,7 @@ fn main() -> Result<()> {
             std::process::exit(st.code().unwrap_or(1));
         }
         Cmd::Fuzz { secs } => fuzz::run(secs),
+        Cmd::Package { profile } => package::run(&profile),
         Cmd::Test { kernel, args } => {
             if euid() != 0 {
                 bail!("the kernel-facing tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
@@ -365,6 +379,12 @@ fn main() -> Result<()> {
                 lint()?;
             }
             build(false)?;
+            // The package tests read target/package/: the same recipe as
+            // `cargo xtask package`, on the dev build already made (a release
+            // build from scratch would add ~5 minutes).
+            if args.is_empty() || args.iter().any(|a| a.contains("package")) {
+                package::run("dev")?;
+            }
             // default-members: the host crates (the eBPF crate only builds for BPF).
             let mut test = cargo();
             test.args(["test", "--no-fail-fast"]).args(&args);

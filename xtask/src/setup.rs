@@ -46,6 +46,10 @@ const PACKAGES: &[&str] = &[
     // own keepalive off (`tcp-keepalive 0`).
     "redis-server",
     "python3",
+    // cargo xtask package: the image without a registry or daemon, and the
+    // package's checks.
+    "umoci",
+    "lintian",
     // On fresh machines already; listed so tests can rely on them.
     "net-tools",
     "util-linux",
@@ -75,6 +79,7 @@ pub fn ensure() -> Result<()> {
     let llvm = nightly_llvm_major()?;
     debian_packages(llvm)?;
     bpf_linker(llvm)?;
+    python_tools()?;
     Ok(())
 }
 
@@ -96,6 +101,36 @@ fn lint_tools() -> Result<()> {
     status(
         Command::new("rustup")
             .args(["component", "add"])
+            .args(&missing),
+    )
+}
+
+/// Python tools the tests run, pinned, in a virtual environment of their
+/// own (Debian's Python refuses `pip install` outside one).
+pub const VENV: &str = "target/tools/venv";
+const PYTHON_TOOLS: &[(&str, &str)] = &[
+    // The Kubernetes manifests against the API's schemas.
+    ("kubernetes-validate", "kubernetes-validate==1.37.0"),
+];
+
+fn python_tools() -> Result<()> {
+    let bin = std::path::Path::new(VENV).join("bin");
+    let missing: Vec<&str> = PYTHON_TOOLS
+        .iter()
+        .filter(|(exe, _)| !bin.join(exe).exists())
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !bin.join("pip").exists() {
+        ensure_packages(&["python3-venv"])?;
+        status(Command::new("python3").args(["-m", "venv", VENV]))?;
+    }
+    eprintln!("xtask setup: installing {} into {VENV}", missing.join(" "));
+    status(
+        Command::new(bin.join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(&missing),
     )
 }

@@ -3,8 +3,10 @@
 pub mod agent;
 pub mod agent_http;
 pub mod bench_floor;
+pub mod completions;
 pub mod doctor;
 pub mod history;
+pub mod man;
 pub mod protect;
 pub mod signals;
 pub mod sockets;
@@ -114,6 +116,10 @@ Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout 
     Protect(protect::ProtectArgs),
     /// One connection's story from the agent: its events, oldest first, with the silences between.
     History(history::HistoryArgs),
+    /// Print a completion script for bash, zsh, fish, elvish or PowerShell.
+    Completions(completions::CompletionsArgs),
+    /// Print kato's manual page (or write one per command with --dir).
+    Man(man::ManArgs),
     /// (benchmarks) Attach empty programs on kato's tracepoints until SIGTERM.
     #[command(hide = true)]
     BenchFloor(bench_floor::BenchFloorArgs),
