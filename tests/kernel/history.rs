@@ -126,6 +126,42 @@ fn a_dead_peers_story_is_told_in_order_and_kept_after_the_close() {
         text.contains("TCP_KEEPALIVE_TIMEOUT") && text.contains("ETIMEDOUT (keepalive)"),
         "{text}"
     );
+    // By its ends (what `kato sockets` shows), the same story.
+    let by_ends = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
+        .args([
+            "history",
+            &format!("{local}-{remote}"),
+            "--agent",
+            &agent.addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let ends_text = String::from_utf8_lossy(&by_ends.stdout);
+    assert!(
+        by_ends.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_ends.stderr)
+    );
+    assert!(
+        ends_text.starts_with(&format!("socket {cookie} {local} -> {remote}")),
+        "{ends_text}"
+    );
+    assert_eq!(
+        ends_text.lines().skip(1).collect::<Vec<_>>(),
+        text.lines().skip(1).collect::<Vec<_>>()
+    );
+    // The ends are ordered, local first: reversed, they name the peer's
+    // socket (on this host too), whose story is its own.
+    let (status, body) = agent.get(&format!("/history?local={remote}&remote={local}"));
+    if status == 200 {
+        let peer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(peer["local"], remote.as_str(), "{peer}");
+        assert_ne!(peer["cookie"], cookie, "{peer}");
+    } else {
+        assert_eq!(status, 404, "{body}");
+    }
+    let (status, body) = agent.get("/history?local=nonsense");
+    assert_eq!(status, 400, "{body}");
     let missing = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
         .args([
             "history",
@@ -246,4 +282,123 @@ fn a_socket_first_seen_through_an_event_has_its_cookie() {
         "{story}"
     );
     drop(client);
+}
+
+/// A live socket's story in its `/sockets?history=1` row and under its
+/// row in `kato sockets --history`: a peer that stops answering, probed
+/// for ~10 s (keepalive 1 s, then every 2 s, 5 probes).
+#[test]
+fn a_live_sockets_story_is_in_its_row_and_under_it_in_kato_sockets() {
+    use std::io::Read as _;
+    require_root();
+    let ns = Netns::new("rowstory");
+    let agent = Agent::start(&["--netns", &ns.name, "--snapshot-interval", "1s"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = ns.spawn(move || {
+        let (mut client, server) = crate::support::pair(false, 1, 2, 5);
+        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
+            .unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let r = client.read(&mut [0u8; 1]);
+        drop(server);
+        r
+    });
+    let (local, remote) = rx.recv().unwrap();
+    ns.drop_from_port(remote.port());
+    let local_s = local.to_string();
+    // Probes go unanswered: the second one is recorded, and the row has a story.
+    let mut row = Value::Null;
+    for _ in 0..80 {
+        let (status, body) = agent.get(&format!("/sockets?history=1&port={}", remote.port()));
+        assert_eq!(status, 200, "{body}");
+        let rows: Vec<Value> = serde_json::from_str(&body).unwrap();
+        if let Some(r) = rows.into_iter().find(|r| {
+            r["local"] == local_s.as_str()
+                && r["history"]["events"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["event"] == "probe_sent"))
+        }) {
+            row = r;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !row.is_null(),
+        "no row of {local} with its probes in history"
+    );
+    assert_eq!(row["history"]["cookie"], row["cookie"], "{row}");
+    assert_eq!(row["history"]["remote"], remote.to_string().as_str());
+    // Without the parameter, no history field.
+    let (_, body) = agent.get(&format!("/sockets?port={}", remote.port()));
+    assert!(!body.contains("\"history\""), "{body}");
+    let (status, body) = agent.get("/sockets?history=yes");
+    assert_eq!(status, 400, "{body}");
+
+    // kato sockets --history: the row, then its story indented under it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
+        .args(["sockets", "--netns", &ns.name, "--history", "--agent"])
+        .arg(agent.addr.to_string())
+        .args(["--port", &remote.port().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains(&local_s) && !l.starts_with(' '))
+        .unwrap_or_else(|| panic!("no row for {local}:\n{text}"));
+    assert!(
+        lines[at + 1..]
+            .iter()
+            .take_while(|l| l.starts_with("    "))
+            .any(|l| l.contains("probe_sent")),
+        "no story under the row:\n{text}"
+    );
+    // And in JSON, as the row's `history`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
+        .args([
+            "sockets",
+            "--netns",
+            &ns.name,
+            "--history",
+            "--json",
+            "--agent",
+        ])
+        .arg(agent.addr.to_string())
+        .args(["--port", &remote.port().to_string()])
+        .output()
+        .unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mine = rows
+        .iter()
+        .find(|r| r["local"] == local_s.as_str())
+        .unwrap();
+    assert!(mine["history"]["events"].is_array(), "{mine}");
+    // No agent: one line, exit 1.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
+        .args([
+            "sockets",
+            "--netns",
+            &ns.name,
+            "--history",
+            "--agent",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no kato agent answers at 127.0.0.1:1"),
+        "{err}"
+    );
+    let _ = worker.join();
 }

@@ -25,6 +25,18 @@ use crate::{
     view::trace::round3,
 };
 
+/// Which socket's story: by its cookie, or by its two ends (a live socket
+/// with them, else the one that closed last: a port pair is reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum StoryKey {
+    Cookie(u64),
+    Ends {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+}
+
 /// Events kept per socket.
 pub const PER_SOCKET: usize = 32;
 /// What a story counts against the budget besides its events (~60 B
@@ -107,21 +119,41 @@ impl History {
         self.live.len() + self.closed.len()
     }
 
-    /// The story of the socket with `cookie`, as JSON; `cookie_of` names
-    /// a live socket's cookie where its story does not know it yet (the
+    /// The story of the socket `key` names, as JSON; `cookie_of` names a
+    /// live socket's cookie where its story does not know it yet (the
     /// table learns cookies from snapshots).
     pub fn story_json(
         &mut self,
-        cookie: u64,
+        key: StoryKey,
         cookie_of: impl Fn(u32, u64) -> Option<u64>,
     ) -> Option<String> {
         self.expire(Instant::now());
-        let found = self
-            .live
-            .values()
-            .find(|s| s.cookie.or_else(|| cookie_of(s.netns, s.sk)) == Some(cookie))
-            .or_else(|| self.closed.iter().rev().find(|s| s.cookie == Some(cookie)))?;
-        Some(serde_json::to_string(&StoryJson::of(found, cookie)).expect("plain data"))
+        let cookie = |s: &Story| s.cookie.or_else(|| cookie_of(s.netns, s.sk));
+        let found = match key {
+            StoryKey::Cookie(c) => self
+                .live
+                .values()
+                .find(|s| cookie(s) == Some(c))
+                .or_else(|| self.closed.iter().rev().find(|s| s.cookie == Some(c))),
+            // A live socket with these ends, else the one closed last.
+            StoryKey::Ends { local, remote } => {
+                let ends = |s: &&Story| s.local == local && s.remote == remote;
+                self.live
+                    .values()
+                    .filter(ends)
+                    .max_by_key(|s| s.seq)
+                    .or_else(|| self.closed.iter().rev().find(ends))
+            }
+        }?;
+        Some(serde_json::to_string(&StoryJson::of(found, cookie(found))).expect("plain data"))
+    }
+
+    /// The story of the live socket `sk` of namespace `netns`, as JSON
+    /// (a `/sockets?history=1` row's).
+    pub fn live_json(&self, netns: u32, sk: u64, cookie: Option<u64>) -> Option<String> {
+        let s = self.live.get(&(netns, sk))?;
+        let json = StoryJson::of(s, s.cookie.or(cookie));
+        Some(serde_json::to_string(&json).expect("plain data"))
     }
 
     /// Lets go of the closed stories past `history_retention` (at each
@@ -343,7 +375,8 @@ impl Subscriber for History {
 
 #[derive(Serialize)]
 struct StoryJson<'a> {
-    cookie: u64,
+    /// Null only for a socket no snapshot has shown yet.
+    cookie: Option<u64>,
     netns: u32,
     local: String,
     remote: String,
@@ -369,7 +402,7 @@ struct StepJson<'a> {
 }
 
 impl<'a> StoryJson<'a> {
-    fn of(s: &'a Story, cookie: u64) -> Self {
+    fn of(s: &'a Story, cookie: Option<u64>) -> Self {
         StoryJson {
             cookie,
             netns: s.netns,
@@ -454,7 +487,7 @@ mod tests {
     }
 
     fn kinds(h: &mut History, cookie: u64) -> Vec<String> {
-        let Some(json) = h.story_json(cookie, |_, _| None) else {
+        let Some(json) = h.story_json(StoryKey::Cookie(cookie), |_, _| None) else {
             return vec![];
         };
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -512,11 +545,42 @@ mod tests {
         feed(&mut h, &record(2, 2), &[Kind::ResetReceived]);
         h.close_missing(|_, sk| sk == 2);
         let v: serde_json::Value =
-            serde_json::from_str(&h.story_json(1, |_, _| None).unwrap()).unwrap();
+            serde_json::from_str(&h.story_json(StoryKey::Cookie(1), |_, _| None).unwrap()).unwrap();
         assert!(v["closed_s_ago"].is_f64(), "closed by the census: {v}");
         let v: serde_json::Value =
-            serde_json::from_str(&h.story_json(2, |_, _| None).unwrap()).unwrap();
+            serde_json::from_str(&h.story_json(StoryKey::Cookie(2), |_, _| None).unwrap()).unwrap();
         assert!(v["closed_s_ago"].is_null(), "still there: {v}");
+    }
+
+    #[test]
+    fn by_its_ends_a_live_socket_first_else_the_one_closed_last() {
+        let mut h = History::new(1000, Duration::from_secs(600));
+        let (old, new) = (record(1, 7), record(2, 7));
+        let ends = StoryKey::Ends {
+            local: old.local,
+            remote: old.remote,
+        };
+        let sk_of = |h: &mut History| -> Option<u64> {
+            let v: serde_json::Value =
+                serde_json::from_str(&h.story_json(ends, |_, sk| Some(sk))?).unwrap();
+            v["cookie"].as_u64()
+        };
+        assert_eq!(sk_of(&mut h), None, "no story yet");
+        feed(&mut h, &old, &[Kind::ResetReceived]);
+        h.close_missing(|_, _| false);
+        assert_eq!(sk_of(&mut h), Some(1), "the closed one");
+        feed(&mut h, &new, &[Kind::ProbeSent]);
+        assert_eq!(sk_of(&mut h), Some(2), "the live one wins");
+        h.close_missing(|_, _| false);
+        assert_eq!(sk_of(&mut h), Some(2), "closed last");
+        let other = StoryKey::Ends {
+            local: old.remote,
+            remote: old.local,
+        };
+        assert!(
+            h.story_json(other, |_, _| None).is_none(),
+            "ends are ordered"
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::http::{Backend, PageJson, SocketsQuery};
+use super::{
+    history::StoryKey,
+    http::{Backend, PageJson, SocketsQuery},
+};
 
 /// A request frame at most (a query of the most filter values allowed).
 pub const MAX_REQUEST: usize = 256 << 10;
@@ -28,7 +31,7 @@ pub enum Request {
     Metrics,
     Health,
     Sockets(Box<SocketsQuery>),
-    History(u64),
+    History(StoryKey),
 }
 
 /// What precedes a body: for `/sockets`, the matching total and the next
@@ -76,8 +79,8 @@ pub fn serve(mut s: UnixStream, backend: &impl Backend) -> io::Result<()> {
         match req {
             Request::Metrics => respond(&mut s, &Head::default(), backend.metrics().as_bytes())?,
             Request::Health => respond(&mut s, &Head::default(), backend.health().as_bytes())?,
-            Request::History(cookie) => {
-                let story = backend.history(cookie);
+            Request::History(key) => {
+                let story = backend.history(key);
                 let head = Head {
                     total: Some(usize::from(story.is_some())),
                     next: None,
@@ -239,11 +242,11 @@ impl Backend for Remote {
         Self::text(&self.health, &Request::Health)
     }
 
-    fn history(&self, cookie: u64) -> Option<String> {
+    fn history(&self, key: StoryKey) -> Option<String> {
         let mut s = self.page_pair();
         let asked = write_frame(
             &mut s,
-            &serde_json::to_vec(&Request::History(cookie)).unwrap_or_default(),
+            &serde_json::to_vec(&Request::History(key)).unwrap_or_default(),
         )
         .and_then(|()| read_head(&mut s))
         .and_then(|h| Ok((h, read_body(&mut s)?)));

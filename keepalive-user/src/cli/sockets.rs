@@ -150,6 +150,13 @@ pub struct SocketsArgs {
     /// before cookies; root only.
     #[arg(long)]
     pub show_kernel_addresses: bool,
+    /// Each socket's story, from the agent running on this host: its last
+    /// events, the silences between them (`kato history` for one socket).
+    #[arg(long, conflicts_with = "watch")]
+    pub history: bool,
+    /// The agent --history reads (plain HTTP; its --listen address).
+    #[arg(long, value_name = "ADDR", default_value = keepalive_user::agent::config::DEFAULT_LISTEN)]
+    pub agent: std::net::SocketAddr,
     #[command(flatten)]
     pub workload: WorkloadArgs,
     #[command(flatten)]
@@ -381,6 +388,12 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         let shown = filter::select(all, |s| s, |s| policy.risk(s), &filter, sort);
         log::debug!("selected at {:?}", t.elapsed());
         let mut out = std::io::BufWriter::new(stdout.lock());
+        if args.history {
+            let stories = super::stories::fetch(args.agent)?;
+            let rows = shown.iter().map(|s| view(s));
+            super::stories::print(&mut out, output, rows, &stories, with_risk, frame.header)?;
+            return ignore_broken_pipe(out.flush());
+        }
         let r = print(&mut out, output, &shown, &view, with_risk, frame).and_then(|()| out.flush());
         log::debug!("printed at {:?}", t.elapsed());
         // The process ends here: the kernel takes the memory back faster

@@ -9,7 +9,8 @@ use serde::Deserialize;
 /// The JSON `/sockets/COOKIE/history` serves (the fields shown).
 #[derive(Debug, Deserialize)]
 pub struct Story {
-    pub cookie: u64,
+    /// Null for a socket no snapshot has shown yet.
+    pub cookie: Option<u64>,
     pub local: String,
     pub remote: String,
     pub pid: Option<u32>,
@@ -54,7 +55,9 @@ pub fn timeline(s: &Story) -> String {
     let _ = writeln!(
         out,
         "socket {} {} -> {}{owner}, {state}",
-        s.cookie, s.local, s.remote
+        s.cookie.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        s.local,
+        s.remote
     );
     if s.dropped > 0 {
         let _ = writeln!(out, "  ({} earlier events no longer kept)", s.dropped);

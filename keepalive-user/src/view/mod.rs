@@ -71,6 +71,8 @@ pub struct SocketRow {
     pub risk: Option<Risk>,
     pub idle_timeout: Option<String>,
     pub idle_timeout_source: Option<RuleSource>,
+    /// The socket's story as JSON, when asked for (`/sockets?history=1`).
+    pub history: Option<String>,
 }
 
 impl SocketRow {
@@ -81,6 +83,7 @@ impl SocketRow {
             risk: v.risk,
             idle_timeout: v.idle_timeout.map(str::to_owned),
             idle_timeout_source: v.idle_timeout_source,
+            history: None,
         }
     }
 

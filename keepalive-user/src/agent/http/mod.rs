@@ -25,8 +25,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
 pub use host::HostAllow;
-pub use query::{parse_query, query_from, SocketsQuery};
+pub use query::{parse_query, query_from, QueryError, SocketsQuery};
 
+use super::history::StoryKey;
 use crate::view::SocketRow;
 
 /// What the endpoint serves: the engine implements it in the agent, and
@@ -40,8 +41,8 @@ pub trait Backend: Send + Sync + 'static {
     /// One page of `/sockets`: the rows copied out under the engine's
     /// lock, then rendered as JSON piece by piece as they are sent.
     fn sockets(&self, q: &SocketsQuery) -> PageJson;
-    /// The story of the socket with this cookie (JSON), if kato has one.
-    fn history(&self, cookie: u64) -> Option<String>;
+    /// The story of the socket `key` names (JSON), if kato has one.
+    fn history(&self, key: StoryKey) -> Option<String>;
 }
 
 /// One page of sockets, as the JSON array that is the response body.
@@ -73,6 +74,13 @@ impl PageJson {
                     json.push(b',');
                 }
                 serde_json::to_writer(&mut json, &row.view()).expect("serializable");
+                if let Some(story) = &row.history {
+                    // The object's last field: its closing brace taken back.
+                    json.pop();
+                    json.extend_from_slice(b",\"history\":");
+                    json.extend_from_slice(story.as_bytes());
+                    json.push(b'}');
+                }
             }
             at = end;
             if at == rows.len() {
@@ -324,21 +332,58 @@ async fn route<B: Backend>(
             respond::sockets(page, gzip, permit)
         }
         path => {
-            let Some(cookie) = history_path(path) else {
+            let key = if path == "/history" {
+                match ends_query(req.uri().query().unwrap_or_default()) {
+                    Ok(k) => k,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                }
+            } else if let Some(cookie) = history_path(path) {
+                StoryKey::Cookie(cookie)
+            } else {
                 return text(
                     StatusCode::NOT_FOUND,
-                    "not found: try /metrics, /sockets, /sockets/COOKIE/history or /healthz\n",
+                    "not found: try /metrics, /sockets, /sockets/COOKIE/history, /history?local=ADDR:PORT&remote=ADDR:PORT or /healthz\n",
                 );
             };
-            match blocking(move || backend.history(cookie)).await {
+            match blocking(move || backend.history(key)).await {
                 Some(Some(body)) => respond::encoded(body.into_bytes(), "application/json", gzip),
                 Some(None) => text(
                     StatusCode::NOT_FOUND,
-                    format!("no history of a socket with cookie {cookie} (closed sockets are kept for history_retention)\n"),
+                    format!(
+                        "no history of {} (closed sockets are kept for history_retention)\n",
+                        key_text(key)
+                    ),
                 ),
                 None => text(StatusCode::INTERNAL_SERVER_ERROR, "history failed\n"),
             }
         }
+    }
+}
+
+fn key_text(key: StoryKey) -> String {
+    match key {
+        StoryKey::Cookie(c) => format!("a socket with cookie {c}"),
+        StoryKey::Ends { local, remote } => format!("a socket {local} -> {remote}"),
+    }
+}
+
+/// `/history?local=ADDR:PORT&remote=ADDR:PORT` (IPv6 in brackets).
+fn ends_query(query: &str) -> Result<StoryKey, QueryError> {
+    let (mut local, mut remote) = (None, None);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match &*k {
+            "local" => &mut local,
+            "remote" => &mut remote,
+            other => return Err(QueryError::Ends(format!("unknown parameter `{other}`"))),
+        };
+        *slot = Some(
+            v.parse()
+                .map_err(|_| QueryError::Ends(format!("`{v}` is not an address")))?,
+        );
+    }
+    match (local, remote) {
+        (Some(local), Some(remote)) => Ok(StoryKey::Ends { local, remote }),
+        _ => Err(QueryError::Ends("local or remote missing".into())),
     }
 }
 

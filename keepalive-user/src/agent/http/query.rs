@@ -18,13 +18,17 @@ pub enum QueryError {
     Encoding,
     #[error("unknown parameter `{0}` ({keys})", keys = KEYS.join(", "))]
     UnknownParameter(String),
-    #[error("{0} parameters (at most {MAX_VALUES} filter values, and sort, limit, cursor)")]
+    #[error(
+        "{0} parameters (at most {MAX_VALUES} filter values, and sort, limit, cursor, history)"
+    )]
     TooMany(usize),
     #[error("bad `{key}` value: {why}")]
     Value { key: &'static str, why: Invalid },
+    #[error("{0}: /history takes local and remote, each ADDR:PORT (IPv6 in brackets)")]
+    Ends(String),
 }
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
     "state",
     "port",
     "addr",
@@ -39,6 +43,7 @@ const KEYS: [&str; 14] = [
     "sort",
     "limit",
     "cursor",
+    "history",
 ];
 
 fn bad(key: &'static str) -> impl Fn(Invalid) -> QueryError {
@@ -62,6 +67,9 @@ pub struct SocketsQuery {
     pub limit: usize,
     /// Sockets to skip: the `cursor` of the previous page.
     pub offset: usize,
+    /// Each row with its story (`history=1`), as `/sockets/COOKIE/history`
+    /// serves it (null where the agent has none).
+    pub history: bool,
 }
 
 /// Every `%` starts a two-digit hex escape.
@@ -122,7 +130,7 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, QueryErro
     if let Some((k, _)) = params.iter().find(|(k, _)| !KEYS.contains(&k.as_str())) {
         return Err(QueryError::UnknownParameter(k.clone()));
     }
-    if params.len() > MAX_VALUES + 3 {
+    if params.len() > MAX_VALUES + 4 {
         return Err(QueryError::TooMany(params.len()));
     }
     let mut q = SocketsQuery {
@@ -176,6 +184,16 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, QueryErro
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .ok_or_else(|| bad("limit")(Invalid::not_a(*l, format!("1 to {MAX_LIMIT}"))))?;
     }
+    q.history = match get("history").as_slice() {
+        [] | ["0"] => false,
+        ["1"] => true,
+        other => {
+            return Err(bad("history")(Invalid::not_a(
+                other.join(","),
+                "1 or 0 (once)",
+            )))
+        }
+    };
     if let Some(c) = get("cursor").last() {
         q.offset = c
             .parse()

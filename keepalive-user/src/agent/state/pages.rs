@@ -6,7 +6,10 @@ use std::sync::Mutex;
 
 use super::AgentState;
 use crate::{
-    agent::http::{Backend, PageJson, SocketsQuery},
+    agent::{
+        history::StoryKey,
+        http::{Backend, PageJson, SocketsQuery},
+    },
     filter::Key,
     view::{SocketRow, SocketView},
 };
@@ -44,14 +47,23 @@ impl AgentState {
     }
 
     /// The rows of `page` that are still in the table, made views.
-    fn page_rows(&self, page: &[(Key, u32, u64)]) -> Vec<SocketRow> {
+    /// With `history`, each with its story (`null` where there is none).
+    fn page_rows(&self, page: &[(Key, u32, u64)], history: bool) -> Vec<SocketRow> {
         let sink = &self.sink;
         page.iter()
             .filter_map(|&(_, ns, sk)| {
                 let e = sink.table.get(ns, sk)?;
                 let (socket, counts) = (e.socket.socket(), sink.table.counts(e));
                 let v = SocketView::new(&socket, Some(&counts), &sink.policy);
-                Some(SocketRow::of(&v, Some(&counts)))
+                let mut row = SocketRow::of(&v, Some(&counts));
+                if history {
+                    row.history = Some(
+                        sink.history
+                            .live_json(ns, sk, e.socket.socket_cookie())
+                            .unwrap_or_else(|| "null".into()),
+                    );
+                }
+                Some(row)
             })
             .collect()
     }
@@ -66,11 +78,11 @@ impl Backend for Mutex<AgentState> {
         self.lock().expect("lock").health_json()
     }
 
-    fn history(&self, cookie: u64) -> Option<String> {
+    fn history(&self, key: StoryKey) -> Option<String> {
         let mut state = self.lock().expect("lock");
         let sink = &mut state.sink;
         let table = &sink.table;
-        sink.history.story_json(cookie, |ns, sk| {
+        sink.history.story_json(key, |ns, sk| {
             table.get(ns, sk).and_then(|e| e.socket.socket_cookie())
         })
     }
@@ -99,7 +111,7 @@ impl Backend for Mutex<AgentState> {
         let total = keyed.len();
         let end = q.offset.saturating_add(q.limit).min(total);
         let page = keyed.get(q.offset.min(total)..end).unwrap_or_default();
-        let rows = self.lock().expect("lock").page_rows(page);
+        let rows = self.lock().expect("lock").page_rows(page, q.history);
         PageJson::of(rows, total, (end < total).then_some(end))
     }
 }
