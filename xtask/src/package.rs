@@ -25,15 +25,26 @@ pub const IMAGE_TAG: &str = VERSION;
 /// build of the same recipe) and both artefacts.
 pub fn run(profile: &str) -> Result<()> {
     let epoch = source_date_epoch()?;
+    let out = PathBuf::from(OUT);
+    fs::create_dir_all(&out)?;
     let mut build = crate::cargo();
     build
         .args(["build", "--package", "keepalive-user", "--profile", profile])
         .env("SOURCE_DATE_EPOCH", &epoch);
-    status(&mut build)?;
     let dir = if profile == "dev" { "debug" } else { profile };
-    let built = PathBuf::from(format!("target/{dir}/kato"));
-    let out = PathBuf::from(OUT);
-    fs::create_dir_all(&out)?;
+    // A release has no build paths in it: every rustc (the eBPF object's
+    // too, which aya-build compiles with flags of its own) runs through a
+    // wrapper that remaps them, in a target directory of its own (other
+    // flags: a rebuild). The tests' dev build keeps the shared one.
+    let built = if profile == "dev" {
+        PathBuf::from(format!("target/{dir}/kato"))
+    } else {
+        build
+            .env("RUSTC_WRAPPER", remap_wrapper(&out)?)
+            .env("CARGO_TARGET_DIR", "target/package-build");
+        PathBuf::from(format!("target/package-build/{dir}/kato"))
+    };
+    status(&mut build)?;
     // Stripped: no symbols or debug sections, which also carry build paths.
     let bin = out.join("kato");
     status(
@@ -46,6 +57,24 @@ pub fn run(profile: &str) -> Result<()> {
     let oci = oci(&bin, &out, &epoch)?;
     eprintln!("xtask package: {} and {}", deb.display(), oci.display());
     Ok(())
+}
+
+/// A RUSTC_WRAPPER adding `--remap-path-prefix` for the checkout, cargo's
+/// registry and rustup's sources (the eBPF build compiles `core` from them).
+fn remap_wrapper(out: &Path) -> Result<PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo"));
+    let rustup_home = std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup"));
+    let ws = std::env::current_dir()?;
+    let script = format!(
+        "#!/bin/sh\n# cargo xtask package: no build paths in what ships.\n\
+         exec \"$@\" --remap-path-prefix={}=/build/kato --remap-path-prefix={cargo_home}=/build/cargo --remap-path-prefix={rustup_home}=/build/rustup\n",
+        ws.display()
+    );
+    let path = fs::canonicalize(out)?.join("rustc-remap");
+    fs::write(&path, script)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(path)
 }
 
 /// The last commit's time, or SOURCE_DATE_EPOCH when set (a tarball build).
