@@ -1,5 +1,6 @@
 //! Human durations in config files and flags: `30s`, `500ms`, `5m`,
-//! `1.5h`, `1h 30m`: jiff's friendly format (ISO 8601 `PT30S` too).
+//! `1.5h`, `1h 30m`: jiff's friendly format (ISO 8601 `PT30S` too); a bare
+//! number is seconds (`30`, `0.5`), as in sysctls and `ss`.
 
 use std::time::Duration;
 
@@ -8,8 +9,14 @@ use crate::invalid::Invalid;
 /// Parses a positive duration of at most ~31 years.
 pub fn parse(s: &str) -> Result<Duration, Invalid> {
     let s = s.trim();
-    let bad = || Invalid::not_a(s, "a duration (e.g. 30s, 500ms, 5m, 2h)");
-    let d: jiff::SignedDuration = s.parse().map_err(|_| bad())?;
+    let bad = || Invalid::not_a(s, "a duration (e.g. 30s, 500ms, 5m, 2h, or seconds)");
+    let d: jiff::SignedDuration = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs.abs() < 1e15 => {
+            jiff::SignedDuration::try_from_secs_f64(secs).map_err(|_| bad())?
+        }
+        Ok(_) => return Err(bad()),
+        Err(_) => s.parse().map_err(|_| bad())?,
+    };
     if d.is_negative() {
         return Err(Invalid::refused(s, "negative"));
     }
@@ -46,11 +53,14 @@ mod tests {
         assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse("1.5h"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse(" 350s "), Ok(Duration::from_secs(350)));
+        assert_eq!(parse("30"), Ok(Duration::from_secs(30)), "bare seconds");
+        assert_eq!(parse("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse("-5").unwrap_err().to_string().contains("negative"));
     }
 
     #[test]
     fn rejects_nonsense() {
-        for bad in ["30", "3x", "s", "", "1e99s", "soon"] {
+        for bad in ["3x", "s", "", "1e99s", "soon", "1e99", "NaN", "inf"] {
             assert!(
                 parse(bad)
                     .unwrap_err()

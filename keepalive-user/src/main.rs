@@ -58,6 +58,10 @@ fn main() -> std::process::ExitCode {
             // Bad configuration is a usage error, like a bad flag.
             if e.downcast_ref::<keepalive_user::agent::config::ConfigError>()
                 .is_some()
+                || matches!(
+                    e.downcast_ref::<keepalive_user::netns::NetnsError>(),
+                    Some(keepalive_user::netns::NetnsError::NotFound(_))
+                )
             {
                 return std::process::ExitCode::from(2);
             }

@@ -62,7 +62,7 @@ pub struct Listing {
 
 #[derive(Debug, Error)]
 pub enum NetnsError {
-    #[error("no network namespace `{0}`: give an inode number (see `ls -l /proc/PID/ns/net`), a name from `ip netns list`, or a path")]
+    #[error("no network namespace `{0}`: give an inode number (see `ls -l /proc/PID/ns/net`), a name from `ip netns list`, a path, or self")]
     NotFound(String),
     #[error("cannot enter network namespace {path}: {source}")]
     Enter { path: String, source: io::Error },
@@ -127,6 +127,9 @@ pub fn list() -> Listing {
 
 /// Resolves a user's `--netns`: inode number, `ip netns` name, or path.
 pub fn resolve(spec: &str) -> Result<NetnsRef, NetnsError> {
+    if spec == "self" {
+        return current().map_err(|_| NetnsError::NotFound(spec.into()));
+    }
     if let Ok(inode) = spec.parse::<u32>() {
         return list()
             .namespaces

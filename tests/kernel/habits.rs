@@ -140,3 +140,197 @@ fn unprivileged_sockets_list_through_sock_diag() {
         "root's listener, seen as ss would: {stdout}"
     );
 }
+
+/// (exit code, stdout, stderr) of `kato ARGS`.
+fn kato(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(KATO).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn one_flag_one_meaning_and_bad_input_is_one_line_and_exit_2() {
+    require_root();
+    for (args, says) in [
+        (
+            &["trace", "--netns", "no-such-ns"][..],
+            "no network namespace `no-such-ns`",
+        ),
+        (
+            &["sockets", "--netns", "no-such-ns"][..],
+            "no network namespace `no-such-ns`",
+        ),
+        (&["trace", "--count", "0"][..], "--count"),
+        (&["trace", "--event", "probe"][..], "unknown event `probe`"),
+        (&["agent", "--listen", ":7942"][..], "0.0.0.0:7942"),
+        (&["sockets", "--watch", "soon"][..], "not an interval"),
+        (&["trace", "--idle-kill-min", "soon"][..], "not a duration"),
+    ] {
+        let (code, out, err) = kato(args);
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(err.trim().lines().count() <= 3, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn trace_takes_a_namespace_by_name_and_only_the_events_asked_for() {
+    require_root();
+    let ns = Netns::new("evfilter");
+    let mut trace = Command::new(KATO)
+        .args(["trace", "--netns", &ns.name, "--event", "keepalive_timeout"])
+        .args(["--event", "reset-sent", "--count", "2", "--output", "json"])
+        // Bare seconds, like every duration.
+        .args(["--idle-kill-min", "5"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its banner: the programs are attached.
+    let mut err = std::io::BufReader::new(trace.stderr.take().unwrap());
+    let mut banner = String::new();
+    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
+    assert!(banner.contains("watching"), "{banner}");
+    let (_local, remote) = crate::support::dead_peer(&ns);
+    let status = trace.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut trace.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{out}");
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["remote"], remote.to_string().as_str(), "{v}");
+            v["event"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    // Probes, arming, the close and the error were there too; only these came.
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["keepalive_timeout", "reset_sent"], "{out}");
+}
+
+#[test]
+fn sort_reverse_turns_the_listing_around() {
+    require_root();
+    let ns = Netns::new("reverse");
+    let listeners = ns
+        .spawn(|| {
+            (0..3)
+                .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap();
+    let locals = |out: &str| -> Vec<String> {
+        out.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().nth(3).unwrap().to_owned())
+            .collect()
+    };
+    let (code, up, err) = sockets(&ns, &["-l", "--sort", "local"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, down, err) = sockets(&ns, &["-l", "--sort", "local", "--reverse"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (mut up, down) = (locals(&up), locals(&down));
+    assert_eq!(up.len(), listeners.len(), "{up:?}");
+    up.reverse();
+    assert_eq!(up, down);
+}
+
+/// `kato ARGS` on a pseudo-terminal COLS wide (util-linux `script`), with
+/// `env` set: its output with `\r` taken out.
+fn on_terminal(cols: usize, env: &[(&str, &str)], args: &str) -> String {
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty cols {cols} rows 50; {KATO} {args}"),
+            "/dev/null",
+        ])
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(out.status.success(), "{args}: {text}");
+    text
+}
+
+/// Without colour codes.
+fn plain(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+#[test]
+fn on_a_terminal_the_table_fits_its_width_and_colours_what_needs_attention() {
+    require_root();
+    let ns = Netns::new("fit");
+    let _held = ns
+        .spawn(|| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            crate::support::keepalive(&c, 600, 60, 5);
+            (l, c, s)
+        })
+        .join()
+        .unwrap();
+    let args = format!("sockets --netns {} --idle-timeout 350s", ns.name);
+    for cols in [80, 120, 200] {
+        let raw = on_terminal(cols, &[], &args);
+        let text = plain(&raw);
+        for line in text.lines() {
+            assert!(line.chars().count() <= cols, "{cols} columns:\n{text}");
+        }
+        let header = text.lines().next().unwrap();
+        for col in ["Local Address", "Foreign Address", "State"] {
+            assert!(header.contains(col), "{cols}: {header}");
+        }
+        // Nothing to show: no CT, no Workload.
+        assert!(
+            !header.contains("CT") && !header.contains("Workload"),
+            "{header}"
+        );
+        assert!(
+            text.contains("3 sockets: 2 established (1 with keepalive, 1 without), 1 listening"),
+            "{text}"
+        );
+        // The server end has keepalive off: a middlebox will forget it (yellow).
+        assert!(raw.contains("\x1b[33m"), "{raw:?}");
+    }
+    let narrow = plain(&on_terminal(80, &[], &args));
+    assert!(narrow.contains("left out to fit:"), "{narrow}");
+    // NO_COLOR and --color never: no escape codes.
+    let raw = on_terminal(120, &[("NO_COLOR", "1")], &args);
+    assert!(!raw.contains('\x1b'), "{raw:?}");
+    let raw = on_terminal(120, &[], &format!("{args} --color never"));
+    assert!(!raw.contains('\x1b'), "{raw:?}");
+    // --columns: those, in that order.
+    let cols = plain(&on_terminal(
+        120,
+        &[],
+        &format!("{args} --columns state,local"),
+    ));
+    assert!(cols.lines().next().unwrap().starts_with("State"), "{cols}");
+    // A pipe keeps netstat's fixed layout.
+    let (code, out, err) = sockets(&ns, &["--idle-timeout", "350s"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("Proto Recv-Q Send-Q Local Address"),
+        "{out}"
+    );
+    assert!(!out.contains('\x1b'), "{out}");
+}

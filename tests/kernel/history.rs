@@ -353,7 +353,7 @@ fn a_live_sockets_story_is_in_its_row_and_under_it_in_kato_sockets() {
     let lines: Vec<&str> = text.lines().collect();
     let at = lines
         .iter()
-        .position(|l| l.contains(&local_s) && !l.starts_with(' '))
+        .position(|l| l.split_whitespace().nth(3) == Some(local_s.as_str()))
         .unwrap_or_else(|| panic!("no row for {local}:\n{text}"));
     assert!(
         lines[at + 1..]

@@ -179,7 +179,7 @@ fn malformed_flags_are_usage_errors() {
         vec!["sockets", "--risk", "doomed", "--idle-timeout", "5s"],
         vec!["sockets", "--sort", "colour"],
         vec!["doctor", "--idle-timeout", "10.0.0.0/40=5s"],
-        vec!["agent", "--snapshot-interval", "1"],
+        vec!["agent", "--snapshot-interval", "10ms"],
         vec!["bogus-command"],
     ] {
         let out = Command::new(KATO).args(&args).output().unwrap();

@@ -14,6 +14,12 @@ use keepalive_user::agent::{
 };
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+sudo kato agent                                   serve 127.0.0.1:7941 (curl localhost:7941/metrics)\n  \
+sudo kato agent --listen 0.0.0.0:7941 --netns all every namespace, reachable by Prometheus\n  \
+sudo kato agent --config /etc/kato/kato.toml      settings from a file (docs/deploy/kato.toml)\n  \
+sudo kato agent --log-events json | jq .event     resets and timeouts as JSON lines\n  \
+kato history 127.0.0.1:54430-127.0.0.1:5432       a connection's story, from this agent")]
 pub struct AgentArgs {
     /// TOML file whose keys are these flags' names with underscores
     /// (`snapshot_interval`; `[idle_timeouts]`, `allowed_hosts`,

@@ -11,6 +11,7 @@ pub mod protect;
 pub mod signals;
 pub mod sockets;
 pub mod stories;
+pub mod table;
 pub mod trace;
 
 use std::path::PathBuf;

@@ -16,10 +16,13 @@ use keepalive_user::{
         Socket,
     },
     tcp::TcpState,
-    view::{sockets as render, SocketView},
+    view::SocketView,
 };
 
-use super::{KernelArgs, Output, WorkloadArgs};
+use super::{
+    table::{print, Frame, Style},
+    KernelArgs, Output, WorkloadArgs,
+};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OnOff {
@@ -102,6 +105,22 @@ pub struct SocketsArgs {
     /// leaves it out either way).
     #[arg(long)]
     pub legend: bool,
+    /// Every column, each as wide as its content, nothing cut (on a
+    /// terminal the table fits its width; to a pipe it keeps netstat's
+    /// fixed layout).
+    #[arg(long, conflicts_with = "columns")]
+    pub wide: bool,
+    /// These columns, in this order (comma-separated): netns, proto,
+    /// recv-q, send-q, local, foreign, state, process, timer, keepalive,
+    /// idle, unans, ct, workload, risk.
+    #[arg(long, value_name = "LIST", value_parser = super::table::parse_columns)]
+    pub columns: Option<super::table::Columns>,
+    /// Colour rows that need attention (red: probing a silent peer, or
+    /// already forgotten by a middlebox; yellow: keepalive off or too slow
+    /// for the path): auto (on a terminal, unless NO_COLOR is set),
+    /// always, never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t)]
+    pub color: super::table::ColorWhen,
     /// Only connections with this local or remote port (repeatable).
     #[arg(long, value_name = "PORT")]
     pub port: Vec<u16>,
@@ -124,6 +143,9 @@ pub struct SocketsArgs {
     /// Sort by: local, remote, state, pid, timer, idle (longest first), probes (most first).
     #[arg(long, value_name = "KEY", default_value = "local")]
     pub sort: SortKey,
+    /// The sort order reversed.
+    #[arg(long)]
+    pub reverse: bool,
     /// A middlebox idle timeout (repeatable): `350s` for every path, or
     /// `CIDR[:PORT]=DURATION` (`10.0.0.0/8:5432=350s`, `:443=4m`). Adds the
     /// Risk column: safe, at-risk (keepalive too slow), unprotected
@@ -180,32 +202,11 @@ fn parse_states(s: &str) -> Result<States, String> {
 
 /// Seconds (`2`, `0.5`) or a duration (`2s`, `500ms`, `1m`), 0.1 s to a day.
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let d = match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Some(Duration::from_secs_f64(v)),
-        Ok(_) => None,
-        Err(_) => keepalive_user::duration::parse(s).ok(),
-    };
-    match d {
-        Some(d) if (Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) => Ok(d),
+    match keepalive_user::duration::parse(s) {
+        Ok(d) if (Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) => Ok(d),
         _ => Err(format!(
             "`{s}` is not an interval from 0.1 s to a day (seconds, or 2s, 500ms, 1m)"
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watch_takes_seconds_and_durations() {
-        assert_eq!(parse_secs("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_secs("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
-        for bad in ["0", "10ms", "2d", "-1", "soon", "NaN"] {
-            assert!(parse_secs(bad).is_err(), "{bad}");
-        }
     }
 }
 
@@ -221,69 +222,6 @@ fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
         .iter()
         .map(|s| Ok(Some(netns::resolve(s)?)))
         .collect()
-}
-
-/// Prints `items` as views made one at a time (`view`): 100,000s of
-/// sockets never have their views in memory at once.
-/// How a table is printed: header and legend.
-#[derive(Debug, Clone, Copy)]
-struct Frame {
-    header: bool,
-    legend: bool,
-}
-
-fn print<'a, T: Copy + Sync>(
-    out: &mut impl Write,
-    output: Output,
-    items: &[T],
-    view: &(impl Fn(T) -> SocketView<'a> + Sync),
-    with_risk: bool,
-    frame: Frame,
-) -> std::io::Result<()> {
-    match output {
-        Output::Json => {
-            serde_json::to_writer(&mut *out, &Views(items, view))?;
-            writeln!(out)
-        }
-        Output::Table => {
-            if frame.header {
-                writeln!(out, "{}", render::header(with_risk))?;
-            }
-            // 100,000s of rows: two threads format alternate blocks, which
-            // are written in order; at most two blocks are held at once.
-            const BLOCK: usize = 4096;
-            let rows = |part: &[T]| {
-                let mut text = String::with_capacity(part.len() * 200);
-                for t in part {
-                    render::write_row(&mut text, &view(*t), with_risk);
-                    text.push('\n');
-                }
-                text
-            };
-            for pair in items.chunks(2 * BLOCK) {
-                let (a, b) = pair.split_at(pair.len().min(BLOCK));
-                let (a, b) = std::thread::scope(|s| {
-                    let b = s.spawn(|| rows(b));
-                    (rows(a), b.join().expect("formatting rows panicked"))
-                });
-                out.write_all(a.as_bytes())?;
-                out.write_all(b.as_bytes())?;
-            }
-            if frame.legend {
-                writeln!(out, "\n{}", render::FOOTNOTE)?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// A JSON array of the views of `.0`, each made as it is written.
-struct Views<'s, T, F>(&'s [T], &'s F);
-
-impl<'a, T: Copy, F: Fn(T) -> SocketView<'a>> serde::Serialize for Views<'_, T, F> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|t| (self.1)(*t)))
-    }
 }
 
 pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
@@ -303,6 +241,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let frame = Frame {
         header: !args.no_header,
         legend: !args.no_header && (tty || args.legend),
+        summary: !args.no_header,
     };
     let mut filter = Filter {
         states,
@@ -323,6 +262,20 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     }
     let addresses = addresses(show);
     let targets = targets(&args)?;
+    let names = targets
+        .iter()
+        .flatten()
+        .filter_map(|n| Some((n.inode, n.name.clone()?)))
+        .collect();
+    let style = Style::choose(
+        args.columns.clone().map(|c| c.0),
+        args.wide,
+        args.color,
+        tty,
+        targets.len() > 1,
+        names,
+        frame,
+    );
     let mut policy = super::policy(
         super::agent::idle_timeout_flags(&args.idle_timeout)?,
         args.no_cloud_defaults,
@@ -385,7 +338,10 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         let with_risk = !policy.is_empty();
         let view = |s| addresses(SocketView::new(s, None, &policy));
         let all = snaps.iter().flat_map(|n| &n.sockets);
-        let shown = filter::select(all, |s| s, |s| policy.risk(s), &filter, sort);
+        let mut shown = filter::select(all, |s| s, |s| policy.risk(s), &filter, sort);
+        if args.reverse {
+            shown.reverse();
+        }
         log::debug!("selected at {:?}", t.elapsed());
         let mut out = std::io::BufWriter::new(stdout.lock());
         if args.history {
@@ -394,7 +350,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
             super::stories::print(&mut out, output, rows, &stories, with_risk, frame.header)?;
             return ignore_broken_pipe(out.flush());
         }
-        let r = print(&mut out, output, &shown, &view, with_risk, frame).and_then(|()| out.flush());
+        let r =
+            print(&mut out, output, &shown, &view, with_risk, &style).and_then(|()| out.flush());
         log::debug!("printed at {:?}", t.elapsed());
         // The process ends here: the kernel takes the memory back faster
         // than 100,000s of sockets' destructors would.
@@ -440,16 +397,19 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 let rows: Vec<_> = table.iter().collect();
                 let view = |r| { let (s, c): &(Socket, Counts) = r; addresses(SocketView::new(s, Some(c), &policy)) };
-                let shown = filter::select(rows.iter(), |r| &r.0, |s| policy.risk(s), &filter, sort);
+                let mut shown = filter::select(rows.iter(), |r| &r.0, |s| policy.risk(s), &filter, sort);
+                if args.reverse {
+                    shown.reverse();
+                }
                 let r = (|| {
-                    if output == Output::Table && frame.header {
+                    if output == Output::Table && style.frame.header {
                         // Drawn in place on a terminal; a pipe gets no escape codes.
                         if tty {
                             write!(out, "\x1b[H\x1b[2J")?;
                         }
                         writeln!(out, "Every {:.1}s: kato sockets ({} shown of {})  {}\n", period.as_secs_f64(), shown.len(), table.len(), keepalive_user::timefmt::rfc3339(jiff::Timestamp::now().as_nanosecond()))?;
                     }
-                    print(&mut out, output, &shown, &view, with_risk, frame)?;
+                    print(&mut out, output, &shown, &view, with_risk, &style)?;
                     out.flush()
                 })();
                 if let Err(e) = r {
@@ -464,5 +424,21 @@ fn ignore_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => Ok(r?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_takes_seconds_and_durations() {
+        assert_eq!(parse_secs("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_secs("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0", "10ms", "2d", "-1", "soon", "NaN"] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Args;
 use keepalive_user::{
     bpf::{Bpf, Iterators, LoadOptions},
-    events::{Observation, Pipeline, Record, ResetReasons, Sink},
+    events::{Kind, Observation, Pipeline, Record, ResetReasons, Sink},
     filter::Filter,
     owner::{Owner, OwnerCache},
     timefmt::Clock,
@@ -20,6 +20,12 @@ use keepalive_user::{
 use super::{KernelArgs, Output, WorkloadArgs};
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+sudo kato trace                                   every keepalive and reset event, one line each\n  \
+sudo kato trace --port 5432                       only connections to or from port 5432\n  \
+sudo kato trace --event keepalive_timeout --event reset_sent    dead peers and resets only\n  \
+sudo kato trace --netns blue --count 10 -o json   ten events of namespace blue, one JSON object per line\n  \
+sudo kato trace --idle-timeout 10.0.0.0/8=350s    name idle kills against a NAT's 350 s timeout")]
 pub struct TraceArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t)]
@@ -36,9 +42,10 @@ pub struct TraceArgs {
     /// Only connections with this local or remote IP address (repeatable).
     #[arg(long, value_name = "IP")]
     pub addr: Vec<IpAddr>,
-    /// Only sockets in the network namespace with this inode (see `ls -l /proc/PID/ns/net`).
-    #[arg(long, value_name = "INODE")]
-    pub netns: Vec<u32>,
+    /// Only sockets in this network namespace (repeatable): an `ip netns`
+    /// name, a path, `self`, or an inode (`ls -l /proc/PID/ns/net`).
+    #[arg(long, value_name = "NETNS")]
+    pub netns: Vec<String>,
     /// Also print fin_sent, fin_received and closed for every TCP connection
     /// that ends (busy hosts: many).
     #[arg(long)]
@@ -63,12 +70,28 @@ pub struct TraceArgs {
     #[arg(long)]
     pub show_kernel_addresses: bool,
     /// Exit after printing this many events.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+    /// Only events of this kind (repeatable): armed, fired, probe_sent,
+    /// peer_answered, keepalive_timeout, disarmed, reset_sent,
+    /// reset_received, stale_reuse, idle_kill_suspected, socket_error,
+    /// fin_sent, fin_received, closed (the last three need --closes).
+    #[arg(long, value_name = "KIND", value_parser = parse_kind)]
+    pub event: Vec<Kind>,
     #[command(flatten)]
     pub workload: WorkloadArgs,
     #[command(flatten)]
     pub kernel: KernelArgs,
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.name() == s.replace('-', "_"))
+        .ok_or_else(|| {
+            let all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown event `{s}` (one of {})", all.join(", "))
+        })
 }
 
 /// Prints what the filter lets through, until `--count` or a closed pipe.
@@ -80,6 +103,8 @@ struct Printer<'a, W: Write> {
     owners: OwnerCache,
     workloads: keepalive_user::workload::Resolver,
     closes: bool,
+    /// `--event`: only these kinds (empty: all).
+    kinds: Vec<Kind>,
     seen: u64,
     count: Option<u64>,
     /// A write failure other than a closed pipe.
@@ -128,6 +153,9 @@ impl<W: Write> Sink for Printer<'_, W> {
             if d.kind.is_lifecycle() && !self.closes {
                 continue;
             }
+            if !self.kinds.is_empty() && !self.kinds.contains(&d.kind) {
+                continue;
+            }
             if let Err(e) = self.write(obs, d, workload.clone()) {
                 if e.kind() != io::ErrorKind::BrokenPipe {
                     self.failed = Some(e);
@@ -150,6 +178,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         super::agent::idle_timeout_flags(&args.idle_timeout)?,
         args.no_cloud_defaults,
     );
+    // Names, paths, `self` or inodes; one that does not exist is an error
+    // now, not a trace that never prints.
+    let netns = args
+        .netns
+        .iter()
+        .map(|s| Ok(keepalive_user::netns::resolve(s)?.inode))
+        .collect::<anyhow::Result<std::collections::HashSet<u32>>>()?;
     // --netns: the kernel drops other namespaces' events before the ring.
     let opts = LoadOptions {
         tracing: true,
@@ -167,7 +202,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         ..opts.clone()
     })?;
     if opts.netns_filter {
-        bpf.watch_netns(&args.netns.iter().copied().collect())?;
+        bpf.watch_netns(&netns)?;
     }
     let owners = match bpf.owners() {
         Ok(owners) => {
@@ -206,7 +241,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                 comms: args.comm.clone(),
                 ports: args.port.clone(),
                 addrs: args.addr.clone(),
-                netns: args.netns.clone(),
+                netns: netns.iter().copied().collect(),
                 ..Filter::default()
             };
             args.workload.filter(&mut f);
@@ -215,6 +250,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         owners: OwnerCache::default(),
         workloads: args.workload.resolver(),
         closes: args.closes,
+        kinds: args.event.clone(),
         seen: 0,
         count: args.count,
         failed: None,

@@ -1,5 +1,6 @@
 //! What kato last knew of recent sockets: their 4-tuple and owner, by
-//! kernel address and by 4-tuple. Records taken in softirq, after the
+//! kernel address and by namespace and 4-tuple (two namespaces often hold
+//! the same loopback 4-tuple). Records taken in softirq, after the
 //! owner closed the socket, or from a TIME_WAIT socket that replaced it
 //! still name the process; a reset whose other end is on this host names
 //! that end too. Bounded: two generations of at most `CAPACITY / 2`
@@ -21,7 +22,7 @@ struct Known {
 #[derive(Default)]
 struct Generation {
     by_sk: HashMap<u64, Known>,
-    by_tuple: HashMap<(SocketAddr, SocketAddr), Option<Owner>>,
+    by_tuple: HashMap<(u32, SocketAddr, SocketAddr), Option<Owner>>,
 }
 
 /// Listeners remembered at most (the census refreshes them).
@@ -38,12 +39,22 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// Remembers socket `sk` (0: a reply without a socket, by tuple only).
-    pub fn learn(&mut self, sk: u64, local: SocketAddr, remote: SocketAddr, owner: Option<&Owner>) {
+    /// Remembers socket `sk` of namespace `netns` (0: a reply without a
+    /// socket, by tuple only).
+    pub fn learn(
+        &mut self,
+        sk: u64,
+        netns: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        owner: Option<&Owner>,
+    ) {
         if self.new.by_sk.len() + self.new.by_tuple.len() >= CAPACITY {
             self.old = std::mem::take(&mut self.new);
         }
-        let owner = owner.cloned().or_else(|| self.owner_of(sk, local, remote));
+        let owner = owner
+            .cloned()
+            .or_else(|| self.owner_of(sk, netns, local, remote));
         if sk != 0 {
             self.new.by_sk.insert(
                 sk,
@@ -55,7 +66,7 @@ impl Memory {
             );
         }
         if remote.port() != 0 {
-            self.new.by_tuple.insert((local, remote), owner);
+            self.new.by_tuple.insert((netns, local, remote), owner);
         }
     }
 
@@ -63,20 +74,27 @@ impl Memory {
         self.new.by_sk.get(&sk).or_else(|| self.old.by_sk.get(&sk))
     }
 
-    fn tuple(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Option<Owner>> {
+    fn tuple(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<&Option<Owner>> {
+        let key = (netns, local, remote);
         self.new
             .by_tuple
-            .get(&(local, remote))
-            .or_else(|| self.old.by_tuple.get(&(local, remote)))
+            .get(&key)
+            .or_else(|| self.old.by_tuple.get(&key))
     }
 
-    /// The last owner of `sk`, or of the connection with this 4-tuple (the
-    /// full socket a TIME_WAIT socket replaced).
-    pub fn owner_of(&self, sk: u64, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
+    /// The last owner of `sk`, or of the connection with this 4-tuple in
+    /// namespace `netns` (the full socket a TIME_WAIT socket replaced).
+    pub fn owner_of(
+        &self,
+        sk: u64,
+        netns: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<Owner> {
         self.sk(sk)
             .filter(|k| k.local.port() == local.port())
             .and_then(|k| k.owner.clone())
-            .or_else(|| self.tuple(local, remote).cloned().flatten())
+            .or_else(|| self.tuple(netns, local, remote).cloned().flatten())
     }
 
     /// The 4-tuple `sk` had before the kernel cleared its remote port (and
@@ -102,11 +120,14 @@ impl Memory {
     /// the socket that listener accepted): `local`/`remote` as this end
     /// sees them.
     pub fn peer_owner(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<Owner> {
-        self.tuple(remote, local).cloned().flatten().or_else(|| {
-            let here = remote.ip().is_loopback() || remote.ip() == local.ip();
-            here.then(|| self.listeners.get(&(netns, remote.port())).cloned())
-                .flatten()
-        })
+        self.tuple(netns, remote, local)
+            .cloned()
+            .flatten()
+            .or_else(|| {
+                let here = remote.ip().is_loopback() || remote.ip() == local.ip();
+                here.then(|| self.listeners.get(&(netns, remote.port())).cloned())
+                    .flatten()
+            })
     }
 }
 
@@ -129,16 +150,19 @@ mod tests {
     fn owners_by_socket_tuple_and_peer() {
         let mut m = Memory::default();
         let (l, r) = (a("127.0.0.1:8081"), a("127.0.0.1:40000"));
-        m.learn(1, l, r, Some(&owner(10)));
+        m.learn(1, 7, l, r, Some(&owner(10)));
         // A TIME_WAIT socket at another address, same connection.
-        assert_eq!(m.owner_of(2, l, r).map(|o| o.pid), Some(10));
-        assert_eq!(m.owner_of(1, l, r).map(|o| o.pid), Some(10));
+        assert_eq!(m.owner_of(2, 7, l, r).map(|o| o.pid), Some(10));
+        assert_eq!(m.owner_of(1, 7, l, r).map(|o| o.pid), Some(10));
         // The client end sees the server's process as its peer.
-        assert_eq!(m.peer_owner(1, r, l).map(|o| o.pid), Some(10));
-        assert!(m.peer_owner(1, l, r).is_none());
+        assert_eq!(m.peer_owner(7, r, l).map(|o| o.pid), Some(10));
+        assert!(m.peer_owner(7, l, r).is_none());
+        // The same loopback tuple in another namespace is someone else's.
+        assert!(m.peer_owner(8, r, l).is_none());
+        assert!(m.owner_of(2, 8, l, r).is_none());
         // A later record without an owner keeps the one known.
-        m.learn(1, l, r, None);
-        assert_eq!(m.owner_of(1, l, r).map(|o| o.pid), Some(10));
+        m.learn(1, 7, l, r, None);
+        assert_eq!(m.owner_of(1, 7, l, r).map(|o| o.pid), Some(10));
         // The port (and address) the kernel cleared.
         assert_eq!(m.tuple_of(1, 8081), Some((l, r)));
         assert_eq!(m.tuple_of(1, 1), None);
@@ -173,6 +197,7 @@ mod tests {
         for i in 0..(CAPACITY as u64 * 2) {
             m.learn(
                 i + 1,
+                7,
                 l,
                 SocketAddr::new(l.ip(), (i % 60000) as u16 + 1),
                 None,

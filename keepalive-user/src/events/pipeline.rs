@@ -215,13 +215,12 @@ impl Pipeline {
                 (rec.local, rec.remote) = (l, r);
             }
         }
-        let owner = rec
-            .owner
-            .clone()
-            .or_else(|| sink.owner(&rec))
-            .or_else(|| self.memory.owner_of(rec.sk, rec.local, rec.remote));
+        let owner = rec.owner.clone().or_else(|| sink.owner(&rec)).or_else(|| {
+            self.memory
+                .owner_of(rec.sk, rec.netns, rec.local, rec.remote)
+        });
         self.memory
-            .learn(rec.sk, rec.local, rec.remote, owner.as_ref());
+            .learn(rec.sk, rec.netns, rec.local, rec.remote, owner.as_ref());
         let path_timeout_s = match rec.kind {
             RecordKind::ResetReceived | RecordKind::ErrorReport | RecordKind::Fired => {
                 sink.path_timeout(&rec)

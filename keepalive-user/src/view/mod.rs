@@ -1,6 +1,7 @@
 //! What the user sees: a socket with kato's counts and its risk verdict
 //! beside it ([`SocketView`]), socket rows like netstat's, and trace lines.
 
+pub mod fit;
 pub mod history;
 pub mod sockets;
 pub mod trace;

@@ -486,6 +486,14 @@ mod tests {
     }
 
     #[test]
+    fn listen_without_an_address_says_which_to_give() {
+        let e = ListenAddr::parse(":7942".to_owned())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0.0.0.0:7942") && e.contains("[::]:7942"), "{e}");
+    }
+
+    #[test]
     fn listen_takes_either_family_in_brackets() {
         let p = |s: &str| ListenAddr::parse(s.to_owned());
         assert_eq!(p("[10.0.0.5]:7941"), Ok("10.0.0.5:7941".parse().unwrap()));

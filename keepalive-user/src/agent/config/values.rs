@@ -46,6 +46,14 @@ impl Setting for ListenAddr {
         if let Ok(a) = s.parse() {
             return Ok(a);
         }
+        // node_exporter's `:9100` binds every address; kato binds exactly
+        // what it is told (metrics name processes and peers), so it asks.
+        if let Some(port) = s.strip_prefix(':').filter(|p| p.parse::<u16>().is_ok()) {
+            return Err(Invalid::refused(
+                s.clone(),
+                format!("it has no address: give 127.0.0.1:{port} (this host only), 0.0.0.0:{port} (every IPv4 address) or [::]:{port} (every address)"),
+            ));
+        }
         let (ip, port) = s
             .strip_prefix('[')
             .and_then(|r| r.split_once("]:"))

@@ -1,0 +1,242 @@
+//! How `kato sockets` prints: JSON; on a terminal, a table fitted to its
+//! width (`view::fit`); to a pipe, the fixed netstat layout that scripts
+//! split on; `--wide` and `--columns` choose for themselves.
+
+use std::io::Write;
+
+use clap::ValueEnum;
+use keepalive_user::view::{
+    fit::{self, Column, NetnsNames},
+    sockets as render, SocketView,
+};
+
+use super::Output;
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum ColorWhen {
+    /// On a terminal, unless NO_COLOR is set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// What frames a table: header, legend, summary.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    pub header: bool,
+    pub legend: bool,
+    /// The `ss -s`-like line after the table (on a terminal).
+    pub summary: bool,
+}
+
+#[derive(Debug)]
+pub enum Layout {
+    /// netstat's columns at fixed widths (pipes).
+    Fixed,
+    /// These columns sized to their content; cut to `width`, and empty
+    /// ones left out, unless `explicit`.
+    Fit {
+        cols: Vec<Column>,
+        width: Option<usize>,
+        explicit: bool,
+    },
+}
+
+#[derive(Debug)]
+pub struct Style {
+    pub layout: Layout,
+    pub color: bool,
+    pub names: NetnsNames,
+    pub frame: Frame,
+}
+
+impl Style {
+    /// `columns`: `--columns`; `several`: more than one namespace listed.
+    pub fn choose(
+        columns: Option<Vec<Column>>,
+        wide: bool,
+        color: ColorWhen,
+        tty: bool,
+        several: bool,
+        names: NetnsNames,
+        frame: Frame,
+    ) -> Self {
+        let all = || -> Vec<Column> {
+            Column::ALL
+                .into_iter()
+                .filter(|c| several || *c != Column::Netns)
+                .collect()
+        };
+        let width = tty.then(fit::terminal_width).flatten();
+        let layout = match columns {
+            Some(cols) => Layout::Fit {
+                cols,
+                width,
+                explicit: true,
+            },
+            None if wide => Layout::Fit {
+                cols: all(),
+                width: None,
+                explicit: true,
+            },
+            None if tty => Layout::Fit {
+                cols: all(),
+                width,
+                explicit: false,
+            },
+            // A pipe: netstat's layout, unless namespaces mix.
+            None if several => Layout::Fit {
+                cols: all(),
+                width: None,
+                explicit: true,
+            },
+            None => Layout::Fixed,
+        };
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let color = match color {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => tty && !no_color,
+        };
+        Style {
+            layout,
+            color,
+            names,
+            frame: Frame {
+                summary: frame.summary && tty,
+                ..frame
+            },
+        }
+    }
+}
+
+/// Prints `items` as views made one at a time (`view`): in the fixed
+/// layout and JSON, 100,000s of sockets never have their views in memory
+/// at once.
+pub fn print<'a, T: Copy + Sync>(
+    out: &mut impl Write,
+    output: Output,
+    items: &[T],
+    view: &(impl Fn(T) -> SocketView<'a> + Sync),
+    with_risk: bool,
+    style: &Style,
+) -> std::io::Result<()> {
+    let frame = style.frame;
+    match (output, &style.layout) {
+        (Output::Json, _) => {
+            serde_json::to_writer(&mut *out, &Views(items, view))?;
+            writeln!(out)
+        }
+        (Output::Table, Layout::Fixed) => {
+            fixed(out, items, view, with_risk, frame.header)?;
+            if frame.legend {
+                writeln!(out, "\n{}", render::FOOTNOTE)?;
+            }
+            Ok(())
+        }
+        (
+            Output::Table,
+            Layout::Fit {
+                cols,
+                width,
+                explicit,
+            },
+        ) => {
+            let views: Vec<SocketView<'a>> = items.iter().map(|t| view(*t)).collect();
+            let cols: Vec<Column> = cols
+                .iter()
+                .copied()
+                .filter(|c| with_risk || *explicit || *c != Column::Risk)
+                .collect();
+            let plan = fit::plan(&views, &cols, *width, *explicit, &style.names);
+            if frame.header {
+                writeln!(out, "{}", fit::header(&plan))?;
+            }
+            let mut line = String::with_capacity(160);
+            for v in &views {
+                line.clear();
+                fit::row(&mut line, &plan, v, &style.names, style.color);
+                line.push('\n');
+                out.write_all(line.as_bytes())?;
+            }
+            let fitted = |text: &str| match width {
+                Some(w) => fit::wrap(text, *w),
+                None => text.to_owned(),
+            };
+            if frame.summary {
+                writeln!(out, "\n{}", fitted(&fit::summary(&views)))?;
+                if !plan.dropped.is_empty() {
+                    let names: Vec<&str> = plan.dropped.iter().map(|c| c.name()).collect();
+                    let note = format!(
+                        "(left out to fit: {}; --wide or --columns shows them)",
+                        names.join(", ")
+                    );
+                    writeln!(out, "{}", fitted(&note))?;
+                }
+            }
+            if frame.legend {
+                writeln!(out, "\n{}", fitted(render::FOOTNOTE))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The fixed layout: 100,000s of rows, two threads formatting alternate
+/// blocks, written in order; at most two blocks held at once.
+fn fixed<'a, T: Copy + Sync>(
+    out: &mut impl Write,
+    items: &[T],
+    view: &(impl Fn(T) -> SocketView<'a> + Sync),
+    with_risk: bool,
+    header: bool,
+) -> std::io::Result<()> {
+    if header {
+        writeln!(out, "{}", render::header(with_risk))?;
+    }
+    const BLOCK: usize = 4096;
+    let rows = |part: &[T]| {
+        let mut text = String::with_capacity(part.len() * 200);
+        for t in part {
+            render::write_row(&mut text, &view(*t), with_risk);
+            text.push('\n');
+        }
+        text
+    };
+    for pair in items.chunks(2 * BLOCK) {
+        let (a, b) = pair.split_at(pair.len().min(BLOCK));
+        let (a, b) = std::thread::scope(|s| {
+            let b = s.spawn(|| rows(b));
+            (rows(a), b.join().expect("formatting rows panicked"))
+        });
+        out.write_all(a.as_bytes())?;
+        out.write_all(b.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A JSON array of the views of `.0`, each made as it is written.
+struct Views<'s, T, F>(&'s [T], &'s F);
+
+impl<'a, T: Copy, F: Fn(T) -> SocketView<'a>> serde::Serialize for Views<'_, T, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|t| (self.1)(*t)))
+    }
+}
+
+/// `--columns local,foreign,state` (one value: clap would split a `Vec`).
+#[derive(Debug, Clone)]
+pub struct Columns(pub Vec<Column>);
+
+pub fn parse_columns(s: &str) -> Result<Columns, String> {
+    s.split(',')
+        .map(|c| {
+            Column::parse(c).ok_or_else(|| {
+                let all: Vec<&str> = Column::ALL.iter().map(|c| c.name()).collect();
+                format!("unknown column `{c}` (one of {})", all.join(", "))
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(Columns)
+}
