@@ -1,17 +1,12 @@
 //! Which sockets and events the user asked to see, and in what order:
 //! one filter for `kato sockets`, `kato trace` and the agent's `/sockets`.
 
-use std::{
-    cmp::Ordering,
-    net::{IpAddr, SocketAddr},
-    str::FromStr,
-};
+use std::{cmp::Ordering, net::SocketAddr, str::FromStr};
 
 use crate::{
     events::Observation,
-    ip::canonical,
     owner::Owner,
-    policy::Risk,
+    policy::{Cidr, Risk},
     sockets::{compact::Compact, Socket},
     tcp::TcpState,
     workload::Workload,
@@ -113,8 +108,8 @@ pub struct Filter {
     pub states: Vec<TcpState>,
     /// Local or remote port.
     pub ports: Vec<u16>,
-    /// Local or remote address.
-    pub addrs: Vec<IpAddr>,
+    /// Local or remote address, or network (`10.0.0.0/8`).
+    pub addrs: Vec<Cidr>,
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
     pub netns: Vec<u32>,
@@ -137,9 +132,8 @@ fn any<T>(v: &[T], f: impl Fn(&T) -> bool) -> bool {
 impl Filter {
     fn endpoints(&self, local: SocketAddr, remote: SocketAddr) -> bool {
         any(&self.ports, |p| local.port() == *p || remote.port() == *p)
-            && any(&self.addrs, |a| {
-                let a = canonical(*a);
-                canonical(local.ip()) == a || canonical(remote.ip()) == a
+            && any(&self.addrs, |c| {
+                c.contains(local.ip()) || c.contains(remote.ip())
             })
     }
 
@@ -511,6 +505,31 @@ mod tests {
             path_timeout_s: None,
         };
         f.matches_event(&obs)
+    }
+
+    #[test]
+    fn an_address_filter_takes_networks() {
+        let s = |l: &str, r: &str| {
+            (
+                l.parse::<SocketAddr>().unwrap(),
+                r.parse::<SocketAddr>().unwrap(),
+            )
+        };
+        let f = |a: &str| Filter {
+            addrs: vec![a.parse().unwrap()],
+            ..Default::default()
+        };
+        let (l, r) = s("10.1.2.3:40000", "192.168.0.9:5432");
+        assert!(f("10.0.0.0/8").endpoints(l, r));
+        assert!(f("192.168.0.0/16").endpoints(l, r));
+        assert!(f("192.168.0.9").endpoints(l, r));
+        assert!(!f("10.1.2.4").endpoints(l, r));
+        assert!(!f("172.16.0.0/12").endpoints(l, r));
+        // IPv4-mapped IPv6 ends are their IPv4 addresses.
+        let (l, r) = s("[::ffff:10.1.2.3]:40000", "[::1]:5432");
+        assert!(f("10.0.0.0/8").endpoints(l, r));
+        assert!(f("::1").endpoints(l, r));
+        assert!("10.0.0.0/40".parse::<Cidr>().is_err());
     }
 
     #[test]

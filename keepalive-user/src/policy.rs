@@ -19,10 +19,19 @@ use serde::Serialize;
 
 use crate::{duration, sockets::Socket};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A network (`10.0.0.0/8`) or one address (`10.0.0.5`: /32, /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        Cidr::parse(s)
+    }
 }
 
 use crate::{invalid::Invalid, ip::canonical};

@@ -239,6 +239,12 @@ fn sort_reverse_turns_the_listing_around() {
     assert_eq!(up.len(), listeners.len(), "{up:?}");
     up.reverse();
     assert_eq!(up, down);
+    // --addr takes networks too.
+    let (_, inside, _) = sockets(&ns, &["-l", "--addr", "127.0.0.0/8"]);
+    assert_eq!(locals(&inside).len(), listeners.len(), "{inside}");
+    let (code, outside, err) = sockets(&ns, &["-l", "--addr", "10.0.0.0/8"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(locals(&outside).is_empty(), "{outside}");
 }
 
 /// `kato ARGS` on a pseudo-terminal COLS wide (util-linux `script`), with

@@ -136,7 +136,8 @@ pub enum Output {
     /// Aligned columns for people.
     #[default]
     Table,
-    /// One JSON object per line, for scripts.
+    /// JSON for scripts: trace and protect an object per line as events
+    /// come, sockets one array, doctor and history one object (docs/json.md).
     Json,
 }
 

@@ -274,7 +274,11 @@ pub async fn run(args: ProtectArgs) -> anyhow::Result<()> {
     }
     let mut filter = Filter {
         ports: args.port.clone(),
-        addrs: args.addr.clone(),
+        addrs: args
+            .addr
+            .iter()
+            .map(|a| keepalive_user::policy::Cidr::host(*a))
+            .collect(),
         pids: args.pid.clone(),
         comms: args.comm.clone(),
         ..Filter::default()

@@ -1,6 +1,6 @@
 //! `kato sockets`: every TCP socket's keepalive state, like `netstat -tnop`.
 
-use std::{io::Write, net::IpAddr, time::Duration};
+use std::{io::Write, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -124,12 +124,16 @@ pub struct SocketsArgs {
     /// Only connections with this local or remote port (repeatable).
     #[arg(long, value_name = "PORT")]
     pub port: Vec<u16>,
-    /// Only connections with this local or remote address (repeatable).
-    #[arg(long, value_name = "IP")]
-    pub addr: Vec<IpAddr>,
+    /// Only connections with this local or remote address, or one in this
+    /// network (repeatable): 10.0.0.5, 10.0.0.0/8, fd00::/8.
+    #[arg(long, value_name = "IP[/LEN]")]
+    pub addr: Vec<keepalive_user::policy::Cidr>,
     /// Only sockets held by this process (repeatable).
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
+    /// Only sockets held by a process with this command name (repeatable).
+    #[arg(long, value_name = "COMM")]
+    pub comm: Vec<String>,
     /// Only sockets with SO_KEEPALIVE on, or off.
     #[arg(long, value_enum, value_name = "on|off")]
     pub keepalive: Option<OnOff>,
@@ -248,6 +252,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         ports: args.port.clone(),
         addrs: args.addr.clone(),
         pids: args.pid.clone(),
+        comms: args.comm.clone(),
         keepalive: args.keepalive.map(|k| matches!(k, OnOff::On)),
         risks: args.risk.clone(),
         ..Filter::default()

@@ -2,7 +2,6 @@
 
 use std::{
     io::{self, Write},
-    net::IpAddr,
     ops::ControlFlow,
 };
 
@@ -39,9 +38,10 @@ pub struct TraceArgs {
     /// Only connections with this local or remote port (repeatable).
     #[arg(long, value_name = "PORT")]
     pub port: Vec<u16>,
-    /// Only connections with this local or remote IP address (repeatable).
-    #[arg(long, value_name = "IP")]
-    pub addr: Vec<IpAddr>,
+    /// Only connections with this local or remote address, or one in this
+    /// network (repeatable): 10.0.0.5, 10.0.0.0/8, fd00::/8.
+    #[arg(long, value_name = "IP[/LEN]")]
+    pub addr: Vec<keepalive_user::policy::Cidr>,
     /// Only sockets in this network namespace (repeatable): an `ip netns`
     /// name, a path, `self`, or an inode (`ls -l /proc/PID/ns/net`).
     #[arg(long, value_name = "NETNS")]

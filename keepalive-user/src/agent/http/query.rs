@@ -1,7 +1,7 @@
 //! `/sockets` query strings: the same filters as `kato sockets`, plus
 //! paging. Untrusted input: every value is parsed, unknown keys refused.
 
-use std::{net::IpAddr, str::FromStr};
+use std::str::FromStr;
 
 use thiserror::Error;
 
@@ -143,7 +143,11 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, QueryErro
         .map(|s| TcpState::parse(s).ok_or_else(|| bad("state")(Invalid::not_a(*s, "a TCP state"))))
         .collect::<Result<_, _>>()?;
     f.ports = parse_all("port", &get("port"), "a port")?;
-    f.addrs = parse_all::<IpAddr>("addr", &get("addr"), "an IP address")?;
+    f.addrs = parse_all(
+        "addr",
+        &get("addr"),
+        "an IP address or network (10.0.0.0/8)",
+    )?;
     f.pids = parse_all("pid", &get("pid"), "a pid")?;
     f.netns = parse_all("netns", &get("netns"), "a namespace inode")?;
     let names = |k| get(k).into_iter().map(str::to_owned).collect();
