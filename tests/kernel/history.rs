@@ -285,8 +285,9 @@ fn a_socket_first_seen_through_an_event_has_its_cookie() {
 }
 
 /// A live socket's story in its `/sockets?history=1` row and under its
-/// row in `kato sockets --history`: a peer that stops answering, probed
-/// for ~10 s (keepalive 1 s, then every 2 s, 5 probes).
+/// row in `kato sockets --history` (the agent's, or traced by kato itself
+/// with --for): a peer that stops answering, probed for ~17 s (keepalive
+/// 1 s, then every 2 s, 8 probes).
 #[test]
 fn a_live_sockets_story_is_in_its_row_and_under_it_in_kato_sockets() {
     use std::io::Read as _;
@@ -295,7 +296,7 @@ fn a_live_sockets_story_is_in_its_row_and_under_it_in_kato_sockets() {
     let agent = Agent::start(&["--netns", &ns.name, "--snapshot-interval", "1s"]);
     let (tx, rx) = std::sync::mpsc::channel();
     let worker = ns.spawn(move || {
-        let (mut client, server) = crate::support::pair(false, 1, 2, 5);
+        let (mut client, server) = crate::support::pair(false, 1, 2, 8);
         tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
             .unwrap();
         client
@@ -382,6 +383,37 @@ fn a_live_sockets_story_is_in_its_row_and_under_it_in_kato_sockets() {
         .find(|r| r["local"] == local_s.as_str())
         .unwrap();
     assert!(mine["history"]["events"].is_array(), "{mine}");
+    // No agent, traced for 3 s instead: the probes in the story.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
+        .args([
+            "sockets",
+            "--netns",
+            &ns.name,
+            "--history",
+            "--for",
+            "3s",
+            "--json",
+        ])
+        .args([
+            "--agent",
+            "127.0.0.1:1",
+            "--port",
+            &remote.port().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mine = rows
+        .iter()
+        .find(|r| r["local"] == local_s.as_str())
+        .unwrap();
+    let events = mine["history"]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["event"] == "probe_sent"), "{mine}");
     // No agent: one line, exit 1.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
         .args([

@@ -180,6 +180,10 @@ pub struct SocketsArgs {
     /// events, the silences between them (`kato history` for one socket).
     #[arg(long, conflicts_with = "watch")]
     pub history: bool,
+    /// With --history and no agent: trace for this long (2s, 1m, or
+    /// seconds) and tell each listed socket's story from what was seen.
+    #[arg(long = "for", value_name = "DURATION", requires = "history", value_parser = keepalive_user::duration::parse)]
+    pub for_: Option<Duration>,
     /// The agent --history reads (plain HTTP; its --listen address).
     #[arg(long, value_name = "ADDR", default_value = keepalive_user::agent::config::DEFAULT_LISTEN)]
     pub agent: std::net::SocketAddr,
@@ -304,18 +308,19 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     // there: sock_diag (no keepalive settings; owners only where /proc
     // lets this user see them).
     let source = match (source, keepalive_user::caps::require_tracing()) {
-        (Listing::Auto, Err(why)) if !watch => {
+        (Listing::Auto, Err(why)) if !watch && args.for_.is_none() => {
             eprintln!("kato: {why}; listing with sock_diag instead (no keepalive settings; processes only where /proc shows them)");
             Listing::Diag
         }
         (s, _) => s,
     };
     // sock_diag alone needs no eBPF; --watch always traces.
-    let mut bpf = if source == Listing::Diag && !watch {
+    let traces = watch || args.for_.is_some();
+    let mut bpf = if source == Listing::Diag && !traces {
         None
     } else {
         Some(Bpf::open(&LoadOptions {
-            tracing: watch,
+            tracing: watch || args.for_.is_some(),
             iterators: source.iterators(),
             ..args.kernel.load_options()
         })?)
@@ -326,6 +331,11 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     }
     let stdout = std::io::stdout();
     let Some(period) = args.watch else {
+        // Stories traced before the listing, so the listing is of after.
+        let traced = match (args.for_, bpf.as_mut()) {
+            (Some(d), Some(b)) => Some(super::stories::trace_for(b, d, &policy).await?),
+            _ => None,
+        };
         let t = std::time::Instant::now();
         let mut snaps = keepalive_user::census::take(
             &snap,
@@ -350,7 +360,10 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         log::debug!("selected at {:?}", t.elapsed());
         let mut out = std::io::BufWriter::new(stdout.lock());
         if args.history {
-            let stories = super::stories::fetch(args.agent)?;
+            let stories = match traced {
+                Some(s) => s,
+                None => super::stories::fetch(args.agent)?,
+            };
             let rows = shown.iter().map(|s| view(s));
             super::stories::print(&mut out, output, rows, &stories, with_risk, frame.header)?;
             return ignore_broken_pipe(out.flush());

@@ -395,7 +395,10 @@ pub fn summary(rows: &[SocketView<'_>]) -> String {
     );
     let risky = count(&|v| matches!(v.risk, Some(Risk::AtRisk | Risk::Unprotected)));
     let forgotten = count(&|v| v.risk == Some(Risk::Forgotten));
-    if rows.iter().any(|v| v.risk.is_some()) {
+    if rows
+        .iter()
+        .any(|v| v.risk.is_some_and(|r| r != Risk::Unknown))
+    {
         let _ = write!(
             s,
             "; {risky} a middlebox will forget, {forgotten} forgotten"
