@@ -12,6 +12,7 @@ pub mod signals;
 pub mod sockets;
 pub mod stories;
 pub mod table;
+pub mod top;
 pub mod trace;
 
 use std::path::PathBuf;
@@ -115,6 +116,9 @@ Exits 0 when kato works here, 1 when it cannot.\n\n\
 Example:\n  sudo kato doctor --idle-timeout 10.0.0.0/8:5432=350s --idle-timeout :443=4m"
     )]
     Doctor(doctor::DoctorArgs),
+    /// Watch connections live, the ones probing a silent peer first
+    /// (`kato sockets --watch`, arranged for it).
+    Top(top::TopArgs),
     /// Keep connections alive through middleboxes without touching the application.
     Protect(protect::ProtectArgs),
     /// One connection's story from the agent: its events, oldest first, with the silences between.
