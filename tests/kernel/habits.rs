@@ -24,21 +24,27 @@ fn sockets(ns: &Netns, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// A listener in `ns` and a connection to it (client, server); `setup`
+/// runs on the client before it is returned.
+fn connected(ns: &Netns, setup: fn(&TcpStream)) -> (TcpListener, TcpStream, TcpStream) {
+    ns.spawn(move || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        setup(&c);
+        (l, c, s)
+    })
+    .join()
+    .unwrap()
+}
+
 const LEGEND: &str = "Keepalive: idle/interval/count";
 
 #[test]
 fn ss_and_netstat_habits_work_on_kato_sockets() {
     require_root();
     let ns = Netns::new("habits");
-    let (listener, client, server) = ns
-        .spawn(|| {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (s, _) = l.accept().unwrap();
-            (l, c, s)
-        })
-        .join()
-        .unwrap();
+    let (listener, client, server) = connected(&ns, |_| {});
     let (lport, cport) = (
         listener.local_addr().unwrap().to_string(),
         client.local_addr().unwrap().to_string(),
@@ -180,20 +186,21 @@ fn one_flag_one_meaning_and_bad_input_is_one_line_and_exit_2() {
 fn trace_takes_a_namespace_by_name_and_only_the_events_asked_for() {
     require_root();
     let ns = Netns::new("evfilter");
-    let mut trace = Command::new(KATO)
-        .args(["trace", "--netns", &ns.name, "--event", "keepalive_timeout"])
-        .args(["--event", "reset-sent", "--count", "2", "--output", "json"])
+    let (mut trace, _err) = crate::reliability::start_trace(&[
+        "--netns",
+        &ns.name,
+        "--event",
+        "keepalive_timeout",
+        "--event",
+        "reset-sent",
+        "--count",
+        "2",
+        "--output",
+        "json",
         // Bare seconds, like every duration.
-        .args(["--idle-kill-min", "5"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Its banner: the programs are attached.
-    let mut err = std::io::BufReader::new(trace.stderr.take().unwrap());
-    let mut banner = String::new();
-    std::io::BufRead::read_line(&mut err, &mut banner).unwrap();
-    assert!(banner.contains("watching"), "{banner}");
+        "--idle-kill-min",
+        "5",
+    ]);
     let (_local, remote) = crate::support::dead_peer(&ns);
     let status = trace.wait().unwrap();
     let mut out = String::new();
@@ -284,16 +291,7 @@ fn plain(s: &str) -> String {
 fn on_a_terminal_the_table_fits_its_width_and_colours_what_needs_attention() {
     require_root();
     let ns = Netns::new("fit");
-    let _held = ns
-        .spawn(|| {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (s, _) = l.accept().unwrap();
-            crate::support::keepalive(&c, 600, 60, 5);
-            (l, c, s)
-        })
-        .join()
-        .unwrap();
+    let _held = connected(&ns, |c| crate::support::keepalive(c, 600, 60, 5));
     let args = format!("sockets --netns {} --idle-timeout 350s", ns.name);
     for cols in [80, 120, 200] {
         let raw = on_terminal(cols, &[], &args);
@@ -345,15 +343,7 @@ fn on_a_terminal_the_table_fits_its_width_and_colours_what_needs_attention() {
 fn kato_top_watches_connections_probing_first_in_place() {
     require_root();
     let ns = Netns::new("top");
-    let _held = ns
-        .spawn(|| {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-            let (s, _) = l.accept().unwrap();
-            (l, c, s)
-        })
-        .join()
-        .unwrap();
+    let _held = connected(&ns, |_| {});
     // Three refreshes on a terminal, then Ctrl-C: a clean exit.
     let args = format!("top --netns {} --interval 1s", ns.name);
     let out = Command::new("script")

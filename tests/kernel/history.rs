@@ -101,23 +101,22 @@ fn a_dead_peers_story_is_told_in_order_and_kept_after_the_close() {
     assert_eq!(last_probe["probes"], 3, "{v}");
     assert!(v["closed_s_ago"].is_f64(), "{v}");
 
-    // `kato history` tells the same story as a timeline.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
-        .args([
-            "history",
-            &cookie.to_string(),
-            "--agent",
-            &agent.addr.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // `kato history` tells the same story as a timeline, by its cookie and
+    // by its ends (what `kato sockets` shows).
+    let history = |socket: &str| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
+            .args(["history", socket, "--agent", &agent.addr.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = history(&cookie.to_string());
     eprintln!("{text}");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         text.starts_with(&format!("socket {cookie} {local} -> {remote}")),
         "{text}"
@@ -126,22 +125,7 @@ fn a_dead_peers_story_is_told_in_order_and_kept_after_the_close() {
         text.contains("TCP_KEEPALIVE_TIMEOUT") && text.contains("ETIMEDOUT (keepalive)"),
         "{text}"
     );
-    // By its ends (what `kato sockets` shows), the same story.
-    let by_ends = std::process::Command::new(env!("CARGO_BIN_EXE_kato"))
-        .args([
-            "history",
-            &format!("{local}-{remote}"),
-            "--agent",
-            &agent.addr.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let ends_text = String::from_utf8_lossy(&by_ends.stdout);
-    assert!(
-        by_ends.status.success(),
-        "{}",
-        String::from_utf8_lossy(&by_ends.stderr)
-    );
+    let ends_text = history(&format!("{local}-{remote}"));
     assert!(
         ends_text.starts_with(&format!("socket {cookie} {local} -> {remote}")),
         "{ends_text}"
@@ -290,24 +274,11 @@ fn a_socket_first_seen_through_an_event_has_its_cookie() {
 /// 1 s, then every 2 s, 8 probes).
 #[test]
 fn a_live_sockets_story_is_in_its_row_and_under_it_in_kato_sockets() {
-    use std::io::Read as _;
     require_root();
     let ns = Netns::new("rowstory");
     let agent = Agent::start(&["--netns", &ns.name, "--snapshot-interval", "1s"]);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let worker = ns.spawn(move || {
-        let (mut client, server) = crate::support::pair(false, 1, 2, 8);
-        tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
-            .unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let r = client.read(&mut [0u8; 1]);
-        drop(server);
-        r
-    });
-    let (local, remote) = rx.recv().unwrap();
-    ns.drop_from_port(remote.port());
+    let peer = DeadPeer::start_with(&ns, false, 1, 2, 8);
+    let (local, remote) = (peer.local, peer.remote);
     let local_s = local.to_string();
     // Probes go unanswered: the second one is recorded, and the row has a story.
     let mut row = Value::Null;
@@ -432,5 +403,5 @@ fn a_live_sockets_story_is_in_its_row_and_under_it_in_kato_sockets() {
         err.contains("no kato agent answers at 127.0.0.1:1"),
         "{err}"
     );
-    let _ = worker.join();
+    let _ = peer.wait();
 }

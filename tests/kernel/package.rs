@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::{
     agent_support::http_get,
-    prometheus::Prometheus,
+    prometheus::{free_port, Prometheus},
     support::{require_root, run, DeadPeer, Netns},
     workload::Containerd,
 };
@@ -288,14 +288,6 @@ const RUNTIME_DEFAULT_CAPS: &[&str] = &[
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn the_image_runs_in_containerd_as_the_daemonset_runs_it() {

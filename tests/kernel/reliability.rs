@@ -35,7 +35,7 @@ fn close_burst(ns: &Netns, pairs: usize) {
 }
 
 /// Starts `kato trace ARGS` and waits for its banner on stderr.
-fn start_trace(
+pub(crate) fn start_trace(
     args: &[&str],
 ) -> (
     std::process::Child,

@@ -233,10 +233,15 @@ pub struct DeadPeer {
 
 impl DeadPeer {
     pub fn start(ns: &Netns, v6: bool) -> Self {
+        Self::start_with(ns, v6, 1, 1, 3)
+    }
+
+    /// [`DeadPeer::start`] with this keepalive (idle s, interval s, count).
+    pub fn start_with(ns: &Netns, v6: bool, idle: i32, intvl: i32, cnt: i32) -> Self {
         use std::io::Read as _;
         let (tx, rx) = std::sync::mpsc::channel();
         let worker = ns.spawn(move || {
-            let (mut client, server) = pair(v6, 1, 1, 3);
+            let (mut client, server) = pair(v6, idle, intvl, cnt);
             tx.send((client.local_addr().unwrap(), server.local_addr().unwrap()))
                 .unwrap();
             client
