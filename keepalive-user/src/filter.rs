@@ -108,6 +108,11 @@ pub struct Filter {
     pub states: Vec<TcpState>,
     /// Local or remote port.
     pub ports: Vec<u16>,
+    /// Local port (ss's `sport`), remote port (`dport`).
+    #[serde(default)]
+    pub sports: Vec<u16>,
+    #[serde(default)]
+    pub dports: Vec<u16>,
     /// Local or remote address, or network (`10.0.0.0/8`).
     pub addrs: Vec<Cidr>,
     pub pids: Vec<u32>,
@@ -132,6 +137,8 @@ fn any<T>(v: &[T], f: impl Fn(&T) -> bool) -> bool {
 impl Filter {
     fn endpoints(&self, local: SocketAddr, remote: SocketAddr) -> bool {
         any(&self.ports, |p| local.port() == *p || remote.port() == *p)
+            && any(&self.sports, |p| local.port() == *p)
+            && any(&self.dports, |p| remote.port() == *p)
             && any(&self.addrs, |c| {
                 c.contains(local.ip()) || c.contains(remote.ip())
             })
@@ -505,6 +512,28 @@ mod tests {
             path_timeout_s: None,
         };
         f.matches_event(&obs)
+    }
+
+    #[test]
+    fn sport_and_dport_are_one_end_each() {
+        let l: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let r: SocketAddr = "10.0.0.2:5432".parse().unwrap();
+        let f = |sports: Vec<u16>, dports: Vec<u16>| Filter {
+            sports,
+            dports,
+            ..Default::default()
+        };
+        assert!(f(vec![40000], vec![]).endpoints(l, r));
+        assert!(f(vec![], vec![5432]).endpoints(l, r));
+        assert!(
+            !f(vec![5432], vec![]).endpoints(l, r),
+            "sport is the local end"
+        );
+        assert!(
+            !f(vec![], vec![40000]).endpoints(l, r),
+            "dport is the remote end"
+        );
+        assert!(f(vec![40000], vec![5432]).endpoints(l, r));
     }
 
     #[test]

@@ -246,6 +246,12 @@ fn sort_reverse_turns_the_listing_around() {
     assert_eq!(up.len(), listeners.len(), "{up:?}");
     up.reverse();
     assert_eq!(up, down);
+    // --sport is the local end only, --dport the remote end only.
+    let one = listeners[0].local_addr().unwrap().port().to_string();
+    let (_, by_sport, _) = sockets(&ns, &["-l", "--sport", &one]);
+    assert_eq!(locals(&by_sport).len(), 1, "{by_sport}");
+    let (_, by_dport, _) = sockets(&ns, &["-l", "--dport", &one]);
+    assert!(locals(&by_dport).is_empty(), "{by_dport}");
     // --addr takes networks too.
     let (_, inside, _) = sockets(&ns, &["-l", "--addr", "127.0.0.0/8"]);
     assert_eq!(locals(&inside).len(), listeners.len(), "{inside}");

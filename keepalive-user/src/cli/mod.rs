@@ -98,7 +98,7 @@ sudo kato sockets --all-netns --output json | jq ..."
         long_about = "Run as the node agent: load the programs, take a snapshot of every TCP socket, \
 keep the table current from kernel events, and serve over HTTP:\n  \
 /metrics   Prometheus metrics (docs/metrics.md lists them)\n  \
-/sockets   the socket table as JSON; filters as query parameters: state, port, addr, pid, netns, keepalive, sort; history=1 adds each row's story\n  \
+/sockets   the socket table as JSON; filters as query parameters: state, port, sport, dport, addr (or a network), pid, comm, netns, keepalive, sort; history=1 adds each row's story\n  \
 /sockets/COOKIE/history, /history?local=ADDR:PORT&remote=ADDR:PORT   one socket's story (kato history)\n  \
 /healthz   liveness, as JSON\n\n\
 Listens on 127.0.0.1:7941 by default. After start-up it keeps only CAP_BPF and CAP_PERFMON \

@@ -124,6 +124,12 @@ pub struct SocketsArgs {
     /// Only connections with this local or remote port (repeatable).
     #[arg(long, value_name = "PORT")]
     pub port: Vec<u16>,
+    /// Only connections with this local port (ss's sport; repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub sport: Vec<u16>,
+    /// Only connections with this remote port (ss's dport; repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub dport: Vec<u16>,
     /// Only connections with this local or remote address, or one in this
     /// network (repeatable): 10.0.0.5, 10.0.0.0/8, fd00::/8.
     #[arg(long, value_name = "IP[/LEN]")]
@@ -254,6 +260,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let mut filter = Filter {
         states,
         ports: args.port.clone(),
+        sports: args.sport.clone(),
+        dports: args.dport.clone(),
         addrs: args.addr.clone(),
         pids: args.pid.clone(),
         comms: args.comm.clone(),

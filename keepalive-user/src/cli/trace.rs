@@ -38,6 +38,12 @@ pub struct TraceArgs {
     /// Only connections with this local or remote port (repeatable).
     #[arg(long, value_name = "PORT")]
     pub port: Vec<u16>,
+    /// Only connections with this local port (ss's sport; repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub sport: Vec<u16>,
+    /// Only connections with this remote port (ss's dport; repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub dport: Vec<u16>,
     /// Only connections with this local or remote address, or one in this
     /// network (repeatable): 10.0.0.5, 10.0.0.0/8, fd00::/8.
     #[arg(long, value_name = "IP[/LEN]")]
@@ -240,6 +246,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                 pids: args.pid.clone(),
                 comms: args.comm.clone(),
                 ports: args.port.clone(),
+                sports: args.sport.clone(),
+                dports: args.dport.clone(),
                 addrs: args.addr.clone(),
                 netns: netns.iter().copied().collect(),
                 ..Filter::default()

@@ -28,9 +28,12 @@ pub enum QueryError {
     Ends(String),
 }
 
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 18] = [
     "state",
     "port",
+    "sport",
+    "dport",
+    "comm",
     "addr",
     "pid",
     "netns",
@@ -143,6 +146,8 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, QueryErro
         .map(|s| TcpState::parse(s).ok_or_else(|| bad("state")(Invalid::not_a(*s, "a TCP state"))))
         .collect::<Result<_, _>>()?;
     f.ports = parse_all("port", &get("port"), "a port")?;
+    f.sports = parse_all("sport", &get("sport"), "a port")?;
+    f.dports = parse_all("dport", &get("dport"), "a port")?;
     f.addrs = parse_all(
         "addr",
         &get("addr"),
@@ -155,6 +160,7 @@ pub fn query_from(params: &[(String, String)]) -> Result<SocketsQuery, QueryErro
     f.pod_namespaces = names("pod_namespace");
     f.containers = names("container");
     f.units = names("unit");
+    f.comms = names("comm");
     f.keepalive = match get("keepalive").as_slice() {
         [] => None,
         ["on"] => Some(true),
@@ -248,6 +254,10 @@ mod tests {
             .to_string()
             .contains("`port`"));
         assert!(query_from(&p("keepalive=maybe")).is_err());
+        let q = query_from(&p("sport=80&dport=5432&comm=nginx&addr=10.0.0.0/8")).unwrap();
+        assert_eq!((q.filter.sports, q.filter.dports), (vec![80], vec![5432]));
+        assert_eq!(q.filter.comms, ["nginx"]);
+        assert_eq!(q.filter.addrs, ["10.0.0.0/8".parse().unwrap()]);
         assert!(query_from(&p("colour=red"))
             .unwrap_err()
             .to_string()
