@@ -136,17 +136,7 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
 #[test]
 fn unprivileged_trace_names_missing_capabilities() {
     require_root();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            KATO,
-            "trace",
-        ])
-        .output()
-        .expect("run setpriv");
+    let out = crate::support::unprivileged(&["trace"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");

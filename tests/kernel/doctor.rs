@@ -125,19 +125,7 @@ fn doctor_reports_defaults_and_advises_against_the_idle_timeout() {
 #[test]
 fn doctor_without_privileges_says_what_is_missing() {
     require_root();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            KATO,
-            "doctor",
-            "--output",
-            "json",
-        ])
-        .output()
-        .unwrap();
+    let out = crate::support::unprivileged(&["doctor", "--output", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["ok"], false);

@@ -117,19 +117,7 @@ fn unprivileged_sockets_list_through_sock_diag() {
     require_root();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            KATO,
-            "sockets",
-            "-l",
-            "--no-cloud-defaults",
-        ])
-        .output()
-        .expect("run setpriv");
+    let out = crate::support::unprivileged(&["sockets", "-l", "--no-cloud-defaults"]);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

@@ -223,6 +223,22 @@ pub fn pair(v6: bool, idle: i32, intvl: i32, cnt: i32) -> (TcpStream, TcpStream)
     (client, server)
 }
 
+/// `kato ARGS` as nobody with no capability (setpriv), as a user without
+/// privileges runs it.
+pub fn unprivileged(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            env!("CARGO_BIN_EXE_kato"),
+        ])
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
 /// A keepalive 1 s / 1 s / 3 probes client in `ns` whose peer's packets
 /// are dropped from the start: its read ends once keepalive gives up.
 pub struct DeadPeer {

@@ -145,6 +145,34 @@ pub enum Output {
     Json,
 }
 
+/// Which ends of a connection to show: the same flags on trace and sockets.
+#[derive(Debug, Clone, Args)]
+pub struct EndsArgs {
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Only connections with this local port (ss's sport; repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub sport: Vec<u16>,
+    /// Only connections with this remote port (ss's dport; repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub dport: Vec<u16>,
+    /// Only connections with this local or remote address, or one in this
+    /// network (repeatable): 10.0.0.5, 10.0.0.0/8, fd00::/8.
+    #[arg(long, value_name = "IP[/LEN]")]
+    pub addr: Vec<keepalive_user::policy::Cidr>,
+}
+
+impl EndsArgs {
+    /// Puts these into `f`.
+    pub fn filter(&self, f: &mut keepalive_user::filter::Filter) {
+        f.ports.clone_from(&self.port);
+        f.sports.clone_from(&self.sport);
+        f.dports.clone_from(&self.dport);
+        f.addrs.clone_from(&self.addr);
+    }
+}
+
 /// How kato finds out about the kernel.
 #[derive(Debug, Clone, Args)]
 pub struct KernelArgs {

@@ -121,19 +121,8 @@ pub struct SocketsArgs {
     /// always, never.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t)]
     pub color: super::table::ColorWhen,
-    /// Only connections with this local or remote port (repeatable).
-    #[arg(long, value_name = "PORT")]
-    pub port: Vec<u16>,
-    /// Only connections with this local port (ss's sport; repeatable).
-    #[arg(long, value_name = "PORT")]
-    pub sport: Vec<u16>,
-    /// Only connections with this remote port (ss's dport; repeatable).
-    #[arg(long, value_name = "PORT")]
-    pub dport: Vec<u16>,
-    /// Only connections with this local or remote address, or one in this
-    /// network (repeatable): 10.0.0.5, 10.0.0.0/8, fd00::/8.
-    #[arg(long, value_name = "IP[/LEN]")]
-    pub addr: Vec<keepalive_user::policy::Cidr>,
+    #[command(flatten)]
+    pub ends: super::EndsArgs,
     /// Only sockets held by this process (repeatable).
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
@@ -259,16 +248,13 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     };
     let mut filter = Filter {
         states,
-        ports: args.port.clone(),
-        sports: args.sport.clone(),
-        dports: args.dport.clone(),
-        addrs: args.addr.clone(),
         pids: args.pid.clone(),
         comms: args.comm.clone(),
         keepalive: args.keepalive.map(|k| matches!(k, OnOff::On)),
         risks: args.risk.clone(),
         ..Filter::default()
     };
+    args.ends.filter(&mut filter);
     args.workload.filter(&mut filter);
     let mut resolver = args.workload.resolver();
     let sort = args.sort;

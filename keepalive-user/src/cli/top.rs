@@ -76,7 +76,7 @@ mod tests {
         let s = sockets_args(&t).unwrap();
         assert_eq!(s.watch, Some(std::time::Duration::from_secs(2)));
         assert_eq!(s.netns, ["blue"]);
-        assert_eq!(s.port, [5432]);
+        assert_eq!(s.ends.port, [5432]);
         assert_eq!(s.sort, keepalive_user::filter::SortKey::Probes);
         let bad = Cli::try_parse_from(["kato", "top", "--interval", "soon"]).unwrap();
         let Command::Top(t) = bad.command else {

@@ -35,19 +35,8 @@ pub struct TraceArgs {
     /// Only sockets held by a process with this command name (repeatable).
     #[arg(long, value_name = "COMM")]
     pub comm: Vec<String>,
-    /// Only connections with this local or remote port (repeatable).
-    #[arg(long, value_name = "PORT")]
-    pub port: Vec<u16>,
-    /// Only connections with this local port (ss's sport; repeatable).
-    #[arg(long, value_name = "PORT")]
-    pub sport: Vec<u16>,
-    /// Only connections with this remote port (ss's dport; repeatable).
-    #[arg(long, value_name = "PORT")]
-    pub dport: Vec<u16>,
-    /// Only connections with this local or remote address, or one in this
-    /// network (repeatable): 10.0.0.5, 10.0.0.0/8, fd00::/8.
-    #[arg(long, value_name = "IP[/LEN]")]
-    pub addr: Vec<keepalive_user::policy::Cidr>,
+    #[command(flatten)]
+    pub ends: super::EndsArgs,
     /// Only sockets in this network namespace (repeatable): an `ip netns`
     /// name, a path, `self`, or an inode (`ls -l /proc/PID/ns/net`).
     #[arg(long, value_name = "NETNS")]
@@ -245,13 +234,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             let mut f = Filter {
                 pids: args.pid.clone(),
                 comms: args.comm.clone(),
-                ports: args.port.clone(),
-                sports: args.sport.clone(),
-                dports: args.dport.clone(),
-                addrs: args.addr.clone(),
                 netns: netns.iter().copied().collect(),
                 ..Filter::default()
             };
+            args.ends.filter(&mut f);
             args.workload.filter(&mut f);
             f
         },
