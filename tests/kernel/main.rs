@@ -19,6 +19,7 @@ mod ipvs;
 mod keepalive;
 mod middlebox;
 mod nginx;
+mod otlp;
 mod package;
 mod prometheus;
 mod protect;

@@ -111,6 +111,8 @@ pub const VENV: &str = "target/tools/venv";
 const PYTHON_TOOLS: &[(&str, &str)] = &[
     // The Kubernetes manifests against the API's schemas.
     ("kubernetes-validate", "kubernetes-validate==1.37.0"),
+    // A real OTLP/HTTP receiver that prints what it gets as JSON lines.
+    ("oteltap", "oteltap==1.0.0"),
 ];
 
 fn python_tools() -> Result<()> {

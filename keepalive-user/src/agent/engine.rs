@@ -92,6 +92,15 @@ impl Engine {
         if cfg.log_events.is_some() {
             state.start_event_log()?;
         }
+        if cfg.otlp_endpoint.is_some() {
+            let node = std::env::var(super::otlp::NODE_NAME_ENV).ok();
+            state.start_otlp(super::otlp::resource(
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .unwrap_or_default()
+                    .trim(),
+                node.as_deref(),
+            ));
+        }
         let n = state.snapshot(&mut bpf)?;
         let state = Arc::new(Mutex::new(state));
         // Only what runs need; CAP_SETUID/CAP_SETGID/CAP_SETPCAP also for
@@ -120,6 +129,7 @@ impl Engine {
                 max_renders: MAX_RENDERS,
                 fds: vec![],
                 lifeline: -1,
+                otlp: cfg.otlp_endpoint.clone().map(|e| (e, cfg.otlp_interval)),
             },
             Arc::clone(&state),
             restarts,
@@ -198,8 +208,14 @@ fn banner(
             super::sandbox::NOBODY
         )
     };
+    let otlp = cfg.otlp_endpoint.as_ref().map_or(String::new(), |e| {
+        format!(
+            "; exporting over OTLP to {e} (metrics every {}, events within 1s)",
+            crate::duration::format(cfg.otlp_interval)
+        )
+    });
     format!(
-        "kato agent: listening on {scheme}://{} (/metrics, /sockets, /healthz); {sockets} sockets in {}; keeping {}; {bounding}; {serving_as}",
+        "kato agent: listening on {scheme}://{} (/metrics, /sockets, /healthz); {sockets} sockets in {}; keeping {}; {bounding}; {serving_as}{otlp}",
         served.addr,
         match &cfg.netns {
             NetnsScope::All => "all network namespaces".to_owned(),

@@ -11,11 +11,16 @@ use std::{
     os::{fd::FromRawFd as _, unix::net::UnixStream},
     path::PathBuf,
     sync::Arc,
+    time::Duration,
 };
 
 use super::{
     config::ConfigError,
-    http::{self, auth::BasicAuth, HostAllow, Limits},
+    http::{self, auth::BasicAuth, Backend as _, HostAllow, Limits},
+    otlp::{
+        export::{self, Ask, Target},
+        Endpoint, Outcome, Signal,
+    },
     sandbox,
     webconfig::WebConfig,
     wire::Remote,
@@ -34,6 +39,8 @@ pub struct HttpdConfig {
     pub fds: Vec<i32>,
     /// The read end of the pipe the engine holds open while it lives.
     pub lifeline: i32,
+    /// The OTLP endpoint and the metrics interval (None: no exporter).
+    pub otlp: Option<(Endpoint, Duration)>,
 }
 
 /// Clients beyond the connection limit wait in the kernel's accept queue:
@@ -69,6 +76,15 @@ fn web(path: Option<&PathBuf>) -> anyhow::Result<Web> {
         })?),
     };
     Ok((tls, BasicAuth::new(web.users).map(Arc::new)))
+}
+
+/// The exporter asks the engine through the [`Remote`]'s own pair.
+struct Engine(Arc<Remote>);
+
+impl Ask for Engine {
+    fn ask(&self, signal: Signal, done: &[Outcome]) -> (usize, Vec<u8>) {
+        self.0.otlp(signal, done)
+    }
 }
 
 /// Exits when the engine's end of the lifeline closes: the engine is gone
@@ -117,13 +133,23 @@ pub async fn run(cfg: HttpdConfig) -> anyhow::Result<()> {
     };
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
+    // Resolved and its runtime made while files and epoll are allowed.
+    let exporter = match cfg.otlp {
+        Some((endpoint, interval)) => {
+            Some((Target::resolve(endpoint, interval), export::runtime()?))
+        }
+        None => None,
+    };
     let dropped = sandbox::drop_privileges()?;
     // After the drop (capset is per thread), before the filter (which
     // covers every thread).
     watch_lifeline(cfg.lifeline)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    sandbox::confine()?;
+    sandbox::confine(exporter.is_some())?;
     let backend = Arc::new(Remote::new(pairs)?);
+    if let Some((target, rt)) = exporter {
+        export::start(rt, target, Engine(Arc::clone(&backend)))?;
+    }
     let tls_on = tls.is_some();
     let mut out = std::io::stdout().lock();
     writeln!(

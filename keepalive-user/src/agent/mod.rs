@@ -6,6 +6,7 @@ pub mod history;
 pub mod http;
 pub mod httpd;
 pub mod metrics;
+pub mod otlp;
 pub mod privileges;
 pub mod protect;
 pub mod sandbox;

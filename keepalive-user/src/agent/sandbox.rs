@@ -160,9 +160,22 @@ const ALLOWED: &[libc::c_long] = &[
 
 const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
 
-/// Installs the filter on every thread of the process.
-pub fn confine() -> Result<(), SandboxError> {
+/// Installs the filter on every thread of the process. `outbound`: the
+/// OTLP exporter may open TCP connections (IPv4 and IPv6 sockets and
+/// `connect`, nothing else); without it no socket can be made.
+pub fn confine(outbound: bool) -> Result<(), SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|&n| (n, vec![])).collect();
+    if outbound {
+        let family = |f: libc::c_int| {
+            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, f as u64)
+                .and_then(|c| SeccompRule::new(vec![c]))
+        };
+        rules.insert(
+            libc::SYS_socket,
+            vec![family(libc::AF_INET)?, family(libc::AF_INET6)?],
+        );
+        rules.insert(libc::SYS_connect, vec![]);
+    }
     let thread_only = SeccompCondition::new(
         0,
         SeccompCmpArgLen::Qword,

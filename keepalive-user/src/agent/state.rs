@@ -180,6 +180,8 @@ pub struct AgentState {
     protect: Option<super::protect::AgentProtect>,
     /// `log_events`: the event log's counters.
     log_counts: Option<Arc<super::eventlog::LogCounts>>,
+    /// `otlp_endpoint`: what the exporter is handed.
+    otlp: Option<super::otlp::source::Source>,
 }
 
 impl AgentState {
@@ -254,6 +256,7 @@ impl AgentState {
             state_dir,
             protect: None,
             log_counts: None,
+            otlp: None,
             snapshotter,
             scope: cfg.netns.clone(),
             listed,
@@ -309,6 +312,20 @@ impl AgentState {
         self.subscribe(Box::new(log));
         self.log_counts = Some(counts);
         Ok(())
+    }
+
+    /// Queues each reported event as an OTLP log record for the HTTP
+    /// process's exporter (`otlp_endpoint`), and counts the exports.
+    pub fn start_otlp(&mut self, resource: super::otlp::proto::resource::v1::Resource) {
+        let outbox = super::otlp::logs::SharedOutbox::default();
+        self.subscribe(Box::new(super::otlp::logs::LogFeed::new(Arc::clone(
+            &outbox,
+        ))));
+        self.otlp = Some(super::otlp::source::Source::new(
+            self.sink.metrics.registry(),
+            outbox,
+            resource,
+        ));
     }
 
     /// Turns `kato protect` on (before the seed census: nothing opened
@@ -406,6 +423,12 @@ impl AgentState {
 
     /// The Prometheus exposition, refreshed from the table and kernel counters.
     pub fn metrics_text(&mut self) -> String {
+        self.refresh_metrics();
+        self.sink.metrics.encode()
+    }
+
+    /// Brings every scrape-time metric up to date.
+    pub fn refresh_metrics(&mut self) {
         let kernel = self.counters.read();
         let sink = &mut self.sink;
         sink.metrics.refresh(
@@ -440,7 +463,9 @@ impl AgentState {
             p.drain();
             sink.metrics.on_protect(&mut p.made, p.protected_now);
         }
-        sink.metrics.encode()
+        if let Some(o) = &self.otlp {
+            o.refresh();
+        }
     }
 
     pub fn health_json(&self) -> String {

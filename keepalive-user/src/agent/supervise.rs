@@ -140,6 +140,12 @@ fn start(cfg: &HttpdConfig, backend: &Arc<impl Backend>) -> Result<(Running, Ser
     if let Some(w) = &cfg.web_config {
         cmd.arg("--web-config").arg(w);
     }
+    if let Some((endpoint, interval)) = &cfg.otlp {
+        cmd.arg("--otlp-endpoint")
+            .arg(endpoint.to_string())
+            .arg("--otlp-interval-ms")
+            .arg(interval.as_millis().to_string());
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     history::StoryKey,
     http::{Backend, PageJson, SocketsQuery},
+    otlp::{Outcome, Signal},
 };
 
 /// A request frame at most (a query of the most filter values allowed).
@@ -32,6 +33,11 @@ pub enum Request {
     Health,
     Sockets(Box<SocketsQuery>),
     History(StoryKey),
+    /// An OTLP export of `signal`, and what became of the last ones.
+    Otlp {
+        signal: Signal,
+        done: Vec<Outcome>,
+    },
 }
 
 /// What precedes a body: for `/sockets`, the matching total and the next
@@ -87,6 +93,14 @@ pub fn serve(mut s: UnixStream, backend: &impl Backend) -> io::Result<()> {
                 };
                 respond(&mut s, &head, story.unwrap_or_default().as_bytes())?;
             }
+            Request::Otlp { signal, done } => {
+                let (records, body) = backend.otlp(signal, &done);
+                let head = Head {
+                    total: Some(records),
+                    next: None,
+                };
+                respond(&mut s, &head, &body)?;
+            }
             Request::Sockets(q) => {
                 let page = backend.sockets(&q);
                 let head = Head {
@@ -115,24 +129,28 @@ fn respond(s: &mut UnixStream, head: &Head, body: &[u8]) -> io::Result<()> {
 }
 
 /// The HTTP process's side: a [`Backend`] that asks the engine. One pair
-/// for `/healthz`, one for `/metrics`, the rest for `/sockets` pages (a
-/// slow page never holds up a liveness probe or a scrape).
+/// for `/healthz`, one for `/metrics`, one for the OTLP exporter, the rest
+/// for `/sockets` pages (a slow page or collector never holds up a
+/// liveness probe or a scrape).
 pub struct Remote {
     health: Mutex<UnixStream>,
     metrics: Mutex<UnixStream>,
+    otlp: Mutex<UnixStream>,
     pages: Arc<(Mutex<Vec<UnixStream>>, Condvar)>,
 }
 
 /// Pairs a [`Remote`] uses besides those for pages.
-pub const FIXED_PAIRS: usize = 2;
+pub const FIXED_PAIRS: usize = 3;
 
 impl Remote {
-    /// `pairs`: health's, metrics', then one per concurrent page.
+    /// `pairs`: health's, metrics', the exporter's, then one per
+    /// concurrent page.
     pub fn new(pairs: Vec<UnixStream>) -> io::Result<Self> {
         let mut it = pairs.into_iter();
         let missing = || io::Error::new(io::ErrorKind::InvalidInput, "too few socket pairs");
         let health = Mutex::new(it.next().ok_or_else(missing)?);
         let metrics = Mutex::new(it.next().ok_or_else(missing)?);
+        let otlp = Mutex::new(it.next().ok_or_else(missing)?);
         let pages: Vec<_> = it.collect();
         if pages.is_empty() {
             return Err(missing());
@@ -140,6 +158,7 @@ impl Remote {
         Ok(Remote {
             health,
             metrics,
+            otlp,
             pages: Arc::new((Mutex::new(pages), Condvar::new())),
         })
     }
@@ -156,15 +175,16 @@ impl Remote {
         }
     }
 
-    fn text(pair: &Mutex<UnixStream>, req: &Request) -> String {
+    fn ask(pair: &Mutex<UnixStream>, req: &Request) -> (Head, Vec<u8>) {
         let mut s = pair.lock().unwrap_or_else(PoisonError::into_inner);
         let asked = write_frame(&mut *s, &serde_json::to_vec(req).unwrap_or_default())
             .and_then(|()| read_head(&mut s))
-            .and_then(|_| read_body(&mut s));
-        match asked {
-            Ok(body) => String::from_utf8_lossy(&body).into_owned(),
-            Err(e) => engine_gone(&e),
-        }
+            .and_then(|h| Ok((h, read_body(&mut s)?)));
+        asked.unwrap_or_else(|e| engine_gone(&e))
+    }
+
+    fn text(pair: &Mutex<UnixStream>, req: &Request) -> String {
+        String::from_utf8_lossy(&Self::ask(pair, req).1).into_owned()
     }
 }
 
@@ -234,6 +254,15 @@ impl Drop for Lent {
 }
 
 impl Backend for Remote {
+    fn otlp(&self, signal: Signal, done: &[Outcome]) -> (usize, Vec<u8>) {
+        let req = Request::Otlp {
+            signal,
+            done: done.to_vec(),
+        };
+        let (head, body) = Self::ask(&self.otlp, &req);
+        (head.total.unwrap_or(0), body)
+    }
+
     fn metrics(&self) -> String {
         Self::text(&self.metrics, &Request::Metrics)
     }

@@ -6,8 +6,8 @@ use clap::Args;
 use keepalive_user::agent::{
     config::{
         self, Attach, ConfigError, HistoryEvents, Hz, IdleKillMin, Interval, LabelBy, LabelLimit,
-        ListenAddr, LogEvents, MaxConnections, NetnsScope, Overrides, RingSize, Setting,
-        TableCapacity,
+        ListenAddr, LogEvents, MaxConnections, NetnsScope, OtlpEndpoint, Overrides, RingSize,
+        Setting, TableCapacity,
     },
     engine::{Engine, EngineError},
     supervise::HttpError,
@@ -84,6 +84,17 @@ pub struct AgentArgs {
     /// kato_log_events_dropped_total.
     #[arg(long, value_name = "FORMAT")]
     pub log_events: Option<String>,
+    /// Send the metrics and the reported events (as log records) to an
+    /// OpenTelemetry collector over OTLP/HTTP, e.g. http://127.0.0.1:4318
+    /// (`/v1/metrics` and `/v1/logs` are appended). Off by default. A
+    /// collector that is down costs counted failures
+    /// (kato_otlp_exports_total), never a wait.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// How often the metrics are exported over OTLP (default 60s; events
+    /// go within a second).
+    #[arg(long, value_name = "DURATION")]
+    pub otlp_interval: Option<String>,
     /// How long the story of a closed socket stays readable at
     /// /sockets/COOKIE/history (e.g. 10m, the default).
     #[arg(long, value_name = "DURATION")]
@@ -199,6 +210,8 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         http_keepalive: a.http_keepalive.then_some(true),
         protect: a.protect.then_some(true),
         log_events: flag::<LogEvents>("log-events", a.log_events.clone())?,
+        otlp_endpoint: flag::<OtlpEndpoint>("otlp-endpoint", a.otlp_endpoint.clone())?,
+        otlp_interval: flag::<Interval>("otlp-interval", a.otlp_interval.clone())?,
         history_retention: flag::<IdleKillMin>("history-retention", a.history_retention.clone())?,
         history_events: flag::<HistoryEvents>(
             "history-events",

@@ -1,10 +1,13 @@
 //! `kato agent-http` (hidden): the agent's HTTP process, started by the
 //! agent itself (`agent::supervise`), never by hand.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
-use keepalive_user::agent::httpd::{self, HttpdConfig};
+use keepalive_user::agent::{
+    httpd::{self, HttpdConfig},
+    otlp::Endpoint,
+};
 
 #[derive(Debug, Args)]
 pub struct AgentHttpArgs {
@@ -24,6 +27,12 @@ pub struct AgentHttpArgs {
     /// The pipe whose end means the engine is gone.
     #[arg(long)]
     pub lifeline: i32,
+    /// Where the OTLP exporter posts (none: no exporter).
+    #[arg(long)]
+    pub otlp_endpoint: Option<Endpoint>,
+    /// Milliseconds between metrics exports.
+    #[arg(long, default_value_t = 60_000)]
+    pub otlp_interval_ms: u64,
 }
 
 pub async fn run(a: AgentHttpArgs) -> anyhow::Result<()> {
@@ -35,6 +44,9 @@ pub async fn run(a: AgentHttpArgs) -> anyhow::Result<()> {
         max_renders: a.max_renders,
         fds: a.fds,
         lifeline: a.lifeline,
+        otlp: a
+            .otlp_endpoint
+            .map(|e| (e, Duration::from_millis(a.otlp_interval_ms))),
     })
     .await
 }

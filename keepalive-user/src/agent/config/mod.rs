@@ -10,6 +10,7 @@ use thiserror::Error;
 mod values;
 
 use crate::{
+    agent::otlp::Endpoint,
     bpf::AttachMode,
     policy::{Policy, Rule},
 };
@@ -195,6 +196,10 @@ settings! {
     /// Each reported event (resets, keepalive timeouts, idle kills, stale
     /// reuse, socket errors) as a JSON line on stdout (None: off).
     log_events: opt EventLogFormat = None, with "de_via::<_, LogEvents>";
+    /// Where metrics and reported events go over OTLP/HTTP (None: off).
+    otlp_endpoint: opt Endpoint = None, with "de_via::<_, OtlpEndpoint>";
+    /// How often the metrics are exported over OTLP.
+    otlp_interval: val Duration = Duration::from_secs(60), with "de_via::<_, Interval>";
     /// How long the story of a closed socket stays readable
     /// (`/sockets/<cookie>/history`).
     history_retention: val Duration = Duration::from_secs(600), with "de_via::<_, IdleKillMin>";
@@ -228,7 +233,7 @@ impl AgentConfig {
 use values::de_via;
 pub use values::{
     Attach, EventLogFormat, HistoryEvents, Hz, IdleKillMin, Interval, LabelLimit, ListenAddr,
-    LogEvents, MaxConnections, RingSize, Setting, TableCapacity,
+    LogEvents, MaxConnections, OtlpEndpoint, RingSize, Setting, TableCapacity,
 };
 
 impl<'de> Deserialize<'de> for LabelBy {

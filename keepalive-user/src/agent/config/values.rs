@@ -182,6 +182,15 @@ impl Setting for LogEvents {
     }
 }
 
+pub struct OtlpEndpoint;
+impl Setting for OtlpEndpoint {
+    type Raw = String;
+    type Value = crate::agent::otlp::Endpoint;
+    fn parse(s: String) -> Result<Self::Value, Invalid> {
+        s.parse()
+    }
+}
+
 pub struct Hz;
 impl Setting for Hz {
     type Raw = i64;

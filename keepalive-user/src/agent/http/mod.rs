@@ -43,6 +43,9 @@ pub trait Backend: Send + Sync + 'static {
     fn sockets(&self, q: &SocketsQuery) -> PageJson;
     /// The story of the socket `key` names (JSON), if kato has one.
     fn history(&self, key: StoryKey) -> Option<String>;
+    /// An OTLP export of `signal` (encoded; with its count of log
+    /// records), after counting what became of the last ones (`done`).
+    fn otlp(&self, signal: super::otlp::Signal, done: &[super::otlp::Outcome]) -> (usize, Vec<u8>);
 }
 
 /// One page of sockets, as the JSON array that is the response body.

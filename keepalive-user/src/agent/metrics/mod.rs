@@ -470,6 +470,16 @@ impl Metrics {
         }
     }
 
+    /// The registry, for a sink that registers counters of its own.
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.registry
+    }
+
+    /// Every family as it stands (refreshed by the caller).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();

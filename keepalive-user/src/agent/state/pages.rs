@@ -9,6 +9,7 @@ use crate::{
     agent::{
         history::StoryKey,
         http::{Backend, PageJson, SocketsQuery},
+        otlp::{Outcome, Signal},
     },
     filter::Key,
     view::{SocketRow, SocketView},
@@ -70,6 +71,19 @@ impl AgentState {
 }
 
 impl Backend for Mutex<AgentState> {
+    fn otlp(&self, signal: Signal, done: &[Outcome]) -> (usize, Vec<u8>) {
+        let mut state = self.lock().expect("lock");
+        if signal == Signal::Metrics {
+            state.refresh_metrics();
+        }
+        let state = &*state;
+        match &state.otlp {
+            Some(src) => src.answer(signal, done, || state.sink.metrics.gather()),
+            // Not configured: nothing to send (the exporter is not started).
+            None => (0, vec![]),
+        }
+    }
+
     fn metrics(&self) -> String {
         self.lock().expect("lock").metrics_text()
     }
