@@ -28,12 +28,9 @@ fn main() -> std::process::ExitCode {
             Command::Sockets(args) => cli::sockets::run(args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),
-            Command::Top(args) => match cli::top::sockets_args(&args) {
-                Ok(s) => cli::sockets::run(s)
-                    .await
-                    .map(|()| std::process::ExitCode::SUCCESS),
-                Err(e) => e.exit(),
-            },
+            Command::Top(args) => cli::top::run(args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS),
             Command::Agent(args) => cli::agent::run(args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),

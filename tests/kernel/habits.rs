@@ -26,7 +26,7 @@ fn sockets(ns: &Netns, args: &[&str]) -> (Option<i32>, String, String) {
 
 /// A listener in `ns` and a connection to it (client, server); `setup`
 /// runs on the client before it is returned.
-fn connected(ns: &Netns, setup: fn(&TcpStream)) -> (TcpListener, TcpStream, TcpStream) {
+pub(crate) fn connected(ns: &Netns, setup: fn(&TcpStream)) -> (TcpListener, TcpStream, TcpStream) {
     ns.spawn(move || {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -331,36 +331,4 @@ fn on_a_terminal_the_table_fits_its_width_and_colours_what_needs_attention() {
         "{out}"
     );
     assert!(!out.contains('\x1b'), "{out}");
-}
-
-#[test]
-fn kato_top_watches_connections_probing_first_in_place() {
-    require_root();
-    let ns = Netns::new("top");
-    let _held = connected(&ns, |_| {});
-    // Three refreshes on a terminal, then Ctrl-C: a clean exit.
-    let args = format!("top --netns {} --interval 1s", ns.name);
-    let out = Command::new("script")
-        .args([
-            "-qec",
-            &format!("stty cols 100 rows 30; timeout --preserve-status -s INT 5 {KATO} {args}"),
-            "/dev/null",
-        ])
-        .env_remove("NO_COLOR")
-        .output()
-        .expect("script (util-linux)");
-    let text = plain(&String::from_utf8_lossy(&out.stdout).replace('\r', ""));
-    assert!(out.status.success(), "{:?}: {text}", out.status);
-    assert!(
-        text.matches("Every 1.0s: kato sockets").count() >= 2,
-        "{text}"
-    );
-    // Connections only: the listener is not shown.
-    assert!(
-        text.contains("ESTABLISHED") && !text.contains("LISTEN"),
-        "{text}"
-    );
-    assert!(text.contains("2 sockets: 2 established"), "{text}");
-    let (code, _, err) = kato(&["top", "--interval", "soon"]);
-    assert_eq!(code, Some(2), "{err}");
 }

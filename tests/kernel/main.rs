@@ -25,6 +25,7 @@ mod prometheus;
 mod protect;
 mod quiet;
 mod reliability;
+mod screens;
 mod servers;
 mod sockets;
 mod ss;

@@ -50,6 +50,9 @@ const PACKAGES: &[&str] = &[
     // package's checks.
     "umoci",
     "lintian",
+    // kato top and the tables, as a user's terminal shows them (80x24 and
+    // 200x50): send-keys, capture-pane.
+    "tmux",
     // On fresh machines already; listed so tests can rely on them.
     "net-tools",
     "util-linux",

@@ -14,6 +14,7 @@ pub mod stories;
 pub mod table;
 pub mod top;
 pub mod trace;
+pub mod watch;
 
 use std::path::PathBuf;
 

@@ -2,17 +2,15 @@
 
 use std::{io::Write, time::Duration};
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use keepalive_user::{
     bpf::{Bpf, LoadOptions},
-    events::{Pipeline, ResetReasons},
     filter::{self, Filter, SortKey},
     netns,
     policy::Risk,
     sockets::{
         snapshot::{Listing, Snapshotter, Targets},
-        table::{Counts, SocketTable},
+        table::Counts,
         Socket,
     },
     tcp::TcpState,
@@ -214,7 +212,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 /// The namespaces to list; `None` is kato's own (no namespace switch).
-fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
+pub(super) fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
     if args.all_netns {
         return Ok(netns::list().namespaces.into_iter().map(Some).collect());
     }
@@ -227,8 +225,8 @@ fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
         .collect()
 }
 
-pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
-    use std::io::IsTerminal as _;
+/// The sockets the flags select.
+pub(super) fn filter_of(args: &SocketsArgs) -> Filter {
     let mut states: Vec<TcpState> = args
         .state
         .iter()
@@ -239,13 +237,6 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     }
     states.sort_unstable();
     states.dedup();
-    let output = if args.json { Output::Json } else { args.output };
-    let tty = std::io::stdout().is_terminal();
-    let frame = Frame {
-        header: !args.no_header,
-        legend: !args.no_header && (tty || args.legend),
-        summary: !args.no_header,
-    };
     let mut filter = Filter {
         states,
         pids: args.pid.clone(),
@@ -256,6 +247,45 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     };
     args.ends.filter(&mut filter);
     args.workload.filter(&mut filter);
+    filter
+}
+
+/// The namespaces a watch shows (None: every one, `--all-netns`, new ones
+/// included): the table also learns of sockets from events, which come
+/// from every namespace.
+pub(super) fn watched(args: &SocketsArgs, targets: &Targets) -> anyhow::Result<Option<Vec<u32>>> {
+    if args.all_netns {
+        return Ok(None);
+    }
+    targets
+        .iter()
+        .map(|t| match t {
+            Some(n) => Ok(n.inode),
+            None => Ok(netns::current()?.inode),
+        })
+        .collect::<anyhow::Result<Vec<u32>>>()
+        .map(Some)
+}
+
+/// Namespace names by inode, for the NETNS column.
+pub(super) fn netns_names(targets: &Targets) -> keepalive_user::view::fit::NetnsNames {
+    targets
+        .iter()
+        .flatten()
+        .filter_map(|n| Some((n.inode, n.name.clone()?)))
+        .collect()
+}
+
+pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let output = if args.json { Output::Json } else { args.output };
+    let tty = std::io::stdout().is_terminal();
+    let frame = Frame {
+        header: !args.no_header,
+        legend: !args.no_header && (tty || args.legend),
+        summary: !args.no_header,
+    };
+    let filter = filter_of(&args);
     let mut resolver = args.workload.resolver();
     let sort = args.sort;
     super::check_show_addresses(args.show_kernel_addresses)?;
@@ -265,11 +295,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     }
     let addresses = addresses(show);
     let targets = targets(&args)?;
-    let names = targets
-        .iter()
-        .flatten()
-        .filter_map(|n| Some((n.inode, n.name.clone()?)))
-        .collect();
+    let names = netns_names(&targets);
     let style = Style::choose(
         args.columns.clone().map(|c| c.0),
         args.wide,
@@ -373,55 +399,42 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     };
 
     // Watch: snapshots every period, keepalive events in between.
-    let mut bpf = bpf.expect("--watch loads the programs");
-    let mut stream = bpf.events()?;
-    let mut pipeline = Pipeline::new(
-        bpf.kernel.hz,
-        ResetReasons(bpf.kernel.reset_reasons.clone()),
-    );
-    let mut table = SocketTable::new(1 << 20);
-    let mut batch = Vec::new();
+    let bpf = bpf.expect("--watch loads the programs");
+    let mut filter = filter;
+    if let Some(only) = watched(&args, &targets)? {
+        filter.netns = only;
+    }
+    let mut w = super::watch::Watch::new(bpf, snap, targets, resolver, policy)?;
     let mut tick = tokio::time::interval(period);
     let stop = super::signals::shutdown()?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => return Ok(()),
-            r = stream.next_batch(&mut batch) => {
-                r.context("reading the event ring buffer")?;
-                let _ = pipeline.feed(&mut batch, &mut table);
-                let _ = pipeline.settle_now(&mut table);
+            r = w.wait() => {
+                r?;
+                w.apply(&mut super::watch::Nothing);
             }
             _ = tick.tick() => {
-                // Records made before this snapshot first (see the agent).
-                stream.drain_now(&mut batch);
-                let _ = pipeline.feed(&mut batch, &mut table);
-                let _ = pipeline.settle_now(&mut table);
-                let mut snaps = keepalive_user::census::take(&snap, Some(&mut bpf), &targets, &mut resolver, &mut policy)?;
-                keepalive_user::protect::pin::mark(snaps.iter_mut().flat_map(|n| &mut n.sockets));
-                if !args.risk.is_empty() && policy.is_empty() {
+                w.census(&mut super::watch::Nothing)?;
+                if !args.risk.is_empty() && w.policy.is_empty() {
                     return Err(no_timeout());
                 }
-                let with_risk = !policy.is_empty();
-                for n in snaps {
-                    table.apply_snapshot(n.inode, n.sockets, |_, _| None);
-                }
+                let with_risk = !w.policy.is_empty();
+                let shown = w.rows(&filter, sort, args.reverse);
+                let policy = &w.policy;
+                let view = |r| { let (s, c): &(Socket, Counts) = r; addresses(SocketView::new(s, Some(c), policy)) };
                 let mut out = std::io::BufWriter::new(stdout.lock());
-                let rows: Vec<_> = table.iter().collect();
-                let view = |r| { let (s, c): &(Socket, Counts) = r; addresses(SocketView::new(s, Some(c), &policy)) };
-                let mut shown = filter::select(rows.iter(), |r| &r.0, |s| policy.risk(s), &filter, sort);
-                if args.reverse {
-                    shown.reverse();
-                }
                 let r = (|| {
                     if output == Output::Table && style.frame.header {
                         // Drawn in place on a terminal; a pipe gets no escape codes.
                         if tty {
                             write!(out, "\x1b[H\x1b[2J")?;
                         }
-                        writeln!(out, "Every {:.1}s: kato sockets ({} shown of {})  {}\n", period.as_secs_f64(), shown.len(), table.len(), keepalive_user::timefmt::rfc3339(jiff::Timestamp::now().as_nanosecond()))?;
+                        writeln!(out, "Every {:.1}s: kato sockets ({} shown of {})  {}\n", period.as_secs_f64(), shown.len(), w.table.len(), keepalive_user::timefmt::rfc3339(jiff::Timestamp::now().as_nanosecond()))?;
                     }
-                    print(&mut out, output, &shown, &view, with_risk, &style)?;
+                    let items: Vec<&(Socket, Counts)> = shown.iter().collect();
+                    print(&mut out, output, &items, &view, with_risk, &style)?;
                     out.flush()
                 })();
                 if let Err(e) = r {

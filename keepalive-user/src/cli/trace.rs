@@ -100,6 +100,8 @@ struct Printer<'a, W: Write> {
     closes: bool,
     /// `--event`: only these kinds (empty: all).
     kinds: Vec<Kind>,
+    /// On a terminal: the columns that fit it (None: the fixed layout).
+    fitted: Option<keepalive_user::view::trace_fit::Plan>,
     seen: u64,
     count: Option<u64>,
     /// A write failure other than a closed pipe.
@@ -115,7 +117,10 @@ impl<W: Write> Printer<'_, W> {
     ) -> io::Result<()> {
         let ev = self.fmt.event(obs, d, workload);
         match self.output {
-            Output::Table => writeln!(self.out, "{}", table_line(&ev)),
+            Output::Table => match &self.fitted {
+                Some(plan) => writeln!(self.out, "{}", plan.line(&ev)),
+                None => writeln!(self.out, "{}", table_line(&ev)),
+            },
             Output::Json => serde_json::to_writer(&mut self.out, &ev)
                 .map_err(io::Error::from)
                 .and_then(|()| writeln!(self.out)),
@@ -166,6 +171,15 @@ impl<W: Write> Sink for Printer<'_, W> {
     }
 }
 
+/// The terminal's width, when stdout is one.
+fn fitted_width() -> Option<usize> {
+    use std::io::IsTerminal as _;
+    io::stdout()
+        .is_terminal()
+        .then(keepalive_user::view::fit::terminal_width)
+        .flatten()
+}
+
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let stop = super::signals::shutdown()?;
     super::check_show_addresses(args.show_kernel_addresses)?;
@@ -210,11 +224,16 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         }
     };
     let mut stream = bpf.events()?;
-    eprintln!(
+    let banner = format!(
         "kato trace: watching keepalive timers and resets on {} (via {}); Ctrl-C to stop",
         bpf.kernel.release,
         bpf.attach.as_ref().map_or("none", |a| a.kind.name())
     );
+    // Broken at spaces to fit a terminal, never wrapped by it.
+    match fitted_width() {
+        Some(w) => eprintln!("{}", keepalive_user::view::fit::wrap(&banner, w)),
+        None => eprintln!("{banner}"),
+    }
     let mut pipeline = Pipeline::new(
         bpf.kernel.hz,
         ResetReasons(bpf.kernel.reset_reasons.clone()),
@@ -245,12 +264,16 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         workloads: args.workload.resolver(),
         closes: args.closes,
         kinds: args.event.clone(),
+        fitted: fitted_width().map(keepalive_user::view::trace_fit::Plan::fit),
         seen: 0,
         count: args.count,
         failed: None,
     };
     if args.output == Output::Table {
-        writeln!(printer.out, "{TABLE_HEADER}")?;
+        match &printer.fitted {
+            Some(plan) => writeln!(printer.out, "{}", plan.header())?,
+            None => writeln!(printer.out, "{TABLE_HEADER}")?,
+        }
         printer.out.flush()?;
     }
 

@@ -340,17 +340,30 @@ pub fn header(plan: &Plan) -> String {
     out.trim_end().to_owned()
 }
 
-/// What draws the eye to a row: red for a connection already forgotten or
-/// probing a peer that does not answer, yellow for one a middlebox will
-/// forget (keepalive off or too slow).
-fn colour(v: &SocketView<'_>) -> Option<&'static str> {
+/// What draws the eye to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    /// Already forgotten, or probing a peer that does not answer (red).
+    Now,
+    /// A middlebox will forget it: keepalive off or too slow (yellow).
+    Soon,
+}
+
+pub fn attention(v: &SocketView<'_>) -> Option<Attention> {
     let probing = v.socket.keepalive.is_some() && v.socket.probes_unanswered > 0;
     match v.risk {
-        _ if probing => Some("\x1b[31m"),
-        Some(Risk::Forgotten) => Some("\x1b[31m"),
-        Some(Risk::AtRisk | Risk::Unprotected) => Some("\x1b[33m"),
+        _ if probing => Some(Attention::Now),
+        Some(Risk::Forgotten) => Some(Attention::Now),
+        Some(Risk::AtRisk | Risk::Unprotected) => Some(Attention::Soon),
         _ => None,
     }
+}
+
+fn colour(v: &SocketView<'_>) -> Option<&'static str> {
+    attention(v).map(|a| match a {
+        Attention::Now => "\x1b[31m",
+        Attention::Soon => "\x1b[33m",
+    })
 }
 
 /// One row (no newline), coloured when `color`.

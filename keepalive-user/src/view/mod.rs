@@ -5,6 +5,7 @@ pub mod fit;
 pub mod history;
 pub mod sockets;
 pub mod trace;
+pub mod trace_fit;
 
 use serde::Serialize;
 

@@ -160,8 +160,8 @@ pub(crate) fn round3(s: f64) -> f64 {
 
 pub const TABLE_HEADER: &str = "TIME(UTC)       EVENT               LOCAL                  REMOTE                 STATE        PROBES TIMER     REASON                 PID/COMM             WORKLOAD";
 
-/// One table line, columns aligned with [`TABLE_HEADER`].
-pub fn table_line(e: &TraceLine) -> String {
+/// A line's cells, in [`TABLE_HEADER`]'s order (the time in full).
+pub fn cells(e: &TraceLine) -> [String; 10] {
     let timer = e
         .timer_remaining_s
         .map(|s| format!("{s:.2}s"))
@@ -194,21 +194,28 @@ pub fn table_line(e: &TraceLine) -> String {
         (Some(p), Some(c)) => format!("{p}/{}", printable(c)),
         _ => "-".into(),
     };
-    format!(
-        "{:<15} {:<19} {:<22} {:<22} {:<12} {:<6} {:<9} {:<22} {:<20} {}",
-        &e.time[11..26],
-        e.event.name(),
-        e.local,
-        e.remote,
-        e.state,
-        e.probes,
+    [
+        e.time.get(11..26).unwrap_or_default().to_owned(),
+        e.event.name().to_owned(),
+        e.local.clone(),
+        e.remote.clone(),
+        e.state.to_owned(),
+        e.probes.to_string(),
         timer,
         reason,
         owner,
         e.workload
             .0
             .as_ref()
-            .map_or_else(|| "-".to_owned(), |w| w.short())
+            .map_or_else(|| "-".to_owned(), |w| w.short()),
+    ]
+}
+
+/// One table line, columns aligned with [`TABLE_HEADER`].
+pub fn table_line(e: &TraceLine) -> String {
+    let [time, event, local, remote, state, probes, timer, reason, owner, workload] = cells(e);
+    format!(
+        "{time:<15} {event:<19} {local:<22} {remote:<22} {state:<12} {probes:<6} {timer:<9} {reason:<22} {owner:<20} {workload}"
     )
 }
 
