@@ -189,7 +189,19 @@ fn trace_takes_a_namespace_by_name_and_only_the_events_asked_for() {
         "--idle-kill-min",
         "5",
     ]);
+    // --state as on kato sockets: only what happened in CLOSE.
+    let (mut closing, _err2) = crate::reliability::start_trace(&[
+        "--netns", &ns.name, "--state", "close", "--count", "2", "--output", "json",
+    ]);
     let (_local, remote) = crate::support::dead_peer(&ns);
+    assert!(closing.wait().unwrap().success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut closing.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out.lines().count(), 2, "{out}");
+    for l in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["state"], "CLOSE", "the probes before are left out: {out}");
+    }
     let status = trace.wait().unwrap();
     let mut out = String::new();
     std::io::Read::read_to_string(&mut trace.stdout.take().unwrap(), &mut out).unwrap();

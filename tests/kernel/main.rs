@@ -16,6 +16,7 @@ mod habits;
 mod history;
 mod http;
 mod ipvs;
+mod jsondocs;
 mod keepalive;
 mod middlebox;
 mod nginx;

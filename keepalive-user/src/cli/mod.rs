@@ -146,6 +146,30 @@ pub enum Output {
     Json,
 }
 
+/// One `--state` value: a state or one of ss's groups.
+#[derive(Debug, Clone)]
+pub struct States(Vec<keepalive_user::tcp::TcpState>);
+
+pub fn parse_states(s: &str) -> Result<States, String> {
+    keepalive_user::tcp::TcpState::parse_ss(s)
+        .map(States)
+        .ok_or_else(|| {
+            format!(
+                "unknown TCP state `{s}` (established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, \
+                 time-wait, closed, close-wait, last-ack, listening, closing, or all, connected, \
+                 synchronized, bucket, big)"
+            )
+        })
+}
+
+/// The states of every `--state` value, each once.
+pub fn states(values: &[States]) -> Vec<keepalive_user::tcp::TcpState> {
+    let mut v: Vec<_> = values.iter().flat_map(|s| s.0.iter().copied()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// Which ends of a connection to show: the same flags on trace and sockets.
 #[derive(Debug, Clone, Args)]
 pub struct EndsArgs {

@@ -40,10 +40,6 @@ pub enum ListingArg {
     Diag,
 }
 
-/// One `--state` value: a state or one of ss's groups.
-#[derive(Debug, Clone)]
-pub struct States(Vec<TcpState>);
-
 #[derive(Debug, Args)]
 pub struct SocketsArgs {
     /// Output format (json: one array of sockets; with --watch, one array
@@ -59,8 +55,8 @@ pub struct SocketsArgs {
     /// listening, closing; or ss's groups: all, connected (all but
     /// listening and closed), synchronized (connected but syn-sent),
     /// bucket (syn-recv, time-wait), big (all but bucket).
-    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_states)]
-    pub state: Vec<States>,
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = super::parse_states)]
+    pub state: Vec<super::States>,
     /// Only listening sockets (ss -l).
     #[arg(
         short = 'l',
@@ -191,16 +187,6 @@ fn parse_risk(s: &str) -> Result<Risk, String> {
         .ok_or_else(|| format!("unknown risk class `{s}` (safe, at-risk, unprotected, unknown)"))
 }
 
-fn parse_states(s: &str) -> Result<States, String> {
-    TcpState::parse_ss(s).map(States).ok_or_else(|| {
-        format!(
-            "unknown TCP state `{s}` (established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, \
-             time-wait, closed, close-wait, last-ack, listening, closing, or all, connected, \
-             synchronized, bucket, big)"
-        )
-    })
-}
-
 /// Seconds (`2`, `0.5`) or a duration (`2s`, `500ms`, `1m`), 0.1 s to a day.
 fn parse_secs(s: &str) -> Result<Duration, String> {
     match keepalive_user::duration::parse(s) {
@@ -227,16 +213,12 @@ pub(super) fn targets(args: &SocketsArgs) -> anyhow::Result<Targets> {
 
 /// The sockets the flags select.
 pub(super) fn filter_of(args: &SocketsArgs) -> Filter {
-    let mut states: Vec<TcpState> = args
-        .state
-        .iter()
-        .flat_map(|s| s.0.iter().copied())
-        .collect();
+    let mut states = super::states(&args.state);
     if args.listening {
         states.push(TcpState::Listen);
+        states.sort_unstable();
+        states.dedup();
     }
-    states.sort_unstable();
-    states.dedup();
     let mut filter = Filter {
         states,
         pids: args.pid.clone(),

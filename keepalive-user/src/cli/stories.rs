@@ -182,9 +182,14 @@ pub fn print<'a>(
     let story = |v: &SocketView<'_>| stories.of(v);
     match output {
         Output::Json => {
+            let time = super::table::listed_at();
             let rows: Vec<serde_json::Value> = rows
                 .map(|v| {
-                    let mut j = serde_json::to_value(&v).expect("plain data");
+                    let mut j = serde_json::to_value(super::table::Timed {
+                        time: &time,
+                        view: v.clone(),
+                    })
+                    .expect("plain data");
                     j["history"] = story(&v).cloned().unwrap_or_default();
                     j
                 })

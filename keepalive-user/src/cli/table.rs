@@ -75,7 +75,9 @@ impl Style {
                 width,
                 explicit: true,
             },
-            None if wide => Layout::Fit {
+            // Every column, unfitted: asked for, or a pipe where
+            // namespaces mix (netstat's layout has no NETNS).
+            None if wide || (several && !tty) => Layout::Fit {
                 cols: all(),
                 width: None,
                 explicit: true,
@@ -84,12 +86,6 @@ impl Style {
                 cols: all(),
                 width,
                 explicit: false,
-            },
-            // A pipe: netstat's layout, unless namespaces mix.
-            None if several => Layout::Fit {
-                cols: all(),
-                width: None,
-                explicit: true,
             },
             None => Layout::Fixed,
         };
@@ -125,7 +121,8 @@ pub fn print<'a, T: Copy + Sync>(
     let frame = style.frame;
     match (output, &style.layout) {
         (Output::Json, _) => {
-            serde_json::to_writer(&mut *out, &Views(items, view))?;
+            let time = listed_at();
+            serde_json::to_writer(&mut *out, &Views(items, view, &time))?;
             writeln!(out)
         }
         (Output::Table, Layout::Fixed) => {
@@ -216,12 +213,30 @@ fn fixed<'a, T: Copy + Sync>(
     Ok(())
 }
 
-/// A JSON array of the views of `.0`, each made as it is written.
-struct Views<'s, T, F>(&'s [T], &'s F);
+/// When a listing was taken, for the `time` field of its rows.
+pub fn listed_at() -> String {
+    keepalive_user::timefmt::rfc3339(jiff::Timestamp::now().as_nanosecond())
+}
+
+/// A socket's JSON object with the time of its listing (a `--watch` row
+/// says which refresh it belongs to).
+#[derive(serde::Serialize)]
+pub struct Timed<'t, 'a> {
+    pub time: &'t str,
+    #[serde(flatten)]
+    pub view: SocketView<'a>,
+}
+
+/// A JSON array of the views of `.0`, each made as it is written, each
+/// with the time `.2`.
+struct Views<'s, T, F>(&'s [T], &'s F, &'s str);
 
 impl<'a, T: Copy, F: Fn(T) -> SocketView<'a>> serde::Serialize for Views<'_, T, F> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|t| (self.1)(*t)))
+        s.collect_seq(self.0.iter().map(|t| Timed {
+            time: self.2,
+            view: (self.1)(*t),
+        }))
     }
 }
 

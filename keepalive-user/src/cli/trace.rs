@@ -73,6 +73,12 @@ pub struct TraceArgs {
     /// fin_sent, fin_received, closed (the last three need --closes).
     #[arg(long, value_name = "KIND", value_parser = parse_kind)]
     pub event: Vec<Kind>,
+    /// Only events of sockets in these TCP states when the event happened
+    /// (repeatable, or comma-separated; ss's names and groups, as for
+    /// `kato sockets --state`): `--state established` leaves out what
+    /// happens as connections close.
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = super::parse_states)]
+    pub state: Vec<super::States>,
     #[command(flatten)]
     pub workload: WorkloadArgs,
     #[command(flatten)]
@@ -251,6 +257,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         },
         filter: {
             let mut f = Filter {
+                states: super::states(&args.state),
                 pids: args.pid.clone(),
                 comms: args.comm.clone(),
                 netns: netns.iter().copied().collect(),

@@ -278,14 +278,15 @@ fn plan_with(
         cols.push((c, w.min(c.max())));
     }
     let mut dropped = vec![];
-    if let (Some(limit), false) = (width, explicit) {
+    if let Some(limit) = width {
         let total = |cols: &[(Column, usize)]| {
             cols.iter()
                 .map(|(_, w)| w + 1)
                 .sum::<usize>()
                 .saturating_sub(1)
         };
-        while total(&cols) > limit {
+        // Columns asked for by name stay: only their cells give way.
+        while !explicit && total(&cols) > limit {
             let Some(i) = (0..cols.len())
                 .filter(|&i| cols[i].0.drop_rank() > 0)
                 .max_by_key(|&i| (cols[i].0.drop_rank(), i))
@@ -294,7 +295,8 @@ fn plan_with(
             };
             dropped.push(cols.remove(i).0);
         }
-        // Still too wide (long IPv6 addresses): the widest cells give way.
+        // Still too wide (long IPv6 addresses, --columns): the widest
+        // cells give way.
         while total(&cols) > limit {
             let Some(widest) = cols.iter_mut().max_by_key(|(_, w)| *w) else {
                 break;
@@ -509,6 +511,23 @@ mod tests {
         row(&mut line, &cols, &rows[0], &names, false);
         assert!(line.starts_with("812/a-very-long-pro… "), "{line}");
         assert!(line.ends_with("ESTABLISHED"), "{line}");
+        // --columns on a terminal: every column asked for stays, the
+        // widest cells give way to the width.
+        let asked = [
+            Column::Local,
+            Column::Foreign,
+            Column::Process,
+            Column::Keepalive,
+        ];
+        let narrow = plan(&rows, &asked, Some(50), true, &names);
+        assert!(narrow.dropped.is_empty());
+        let mut line = String::new();
+        row(&mut line, &narrow, &rows[0], &names, false);
+        assert!(
+            line.chars().count() <= 50 && header(&narrow).chars().count() <= 50,
+            "{line}"
+        );
+        assert!(line.contains("812/"), "{line}");
         // Colour only when asked, reset at the end of the row.
         let mut red = String::new();
         row(&mut red, &cols, &rows[0], &names, true);
