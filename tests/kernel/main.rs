@@ -12,6 +12,7 @@ mod conntrack;
 mod deploy;
 mod doctor;
 mod eventlog;
+mod guide;
 mod habits;
 mod history;
 mod http;

@@ -415,8 +415,9 @@ pub async fn run(args: ProtectArgs) -> anyhow::Result<()> {
     }
     drop(bpf);
     eprintln!(
-        "kato protect: stopped, every program detached; {} connections {} (their settings stay)",
+        "kato protect: stopped, every program detached; {} connection{} {} (their settings stay)",
         printer.shown,
+        if printer.shown == 1 { "" } else { "s" },
         if args.dry_run {
             "would have been protected"
         } else {
