@@ -19,6 +19,6 @@ for idle, intvl in ((60, 10), (5, 5)):
     held += [c, l.accept()[0]]
 time.sleep(600)
 ' &
-while ! in_ns kato-demo-ct ss -Htn state established | grep -q 5432; do sleep 0.1; done
+wait_until $! in_ns kato-demo-ct sh -c "ss -Htn state established | grep -q 5432"
 sleep 2
-show sockets --netns kato-demo-ct --state established
+show sockets --netns kato-demo-ct --state established --sort timer

@@ -4,6 +4,8 @@
 set -eu
 KATO=${KATO:-kato}
 DEMO_NS=""
+# kato processes started on the host (trace, protect, agent): stopped on exit.
+HOST_PIDS=""
 
 netns() {
     for n; do
@@ -16,12 +18,24 @@ netns() {
 cleanup() {
     # The shell's notes on the jobs it loses are not the scenario's output.
     exec 2>/dev/null
+    for p in $HOST_PIDS; do kill -INT "$p" || true; done
     for n in $DEMO_NS; do
         for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
         ip netns del "$n" 2>/dev/null || true
     done
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits until COMMAND succeeds, as long as process PID lives.
+wait_until() {
+    pid=$1
+    shift
+    until "$@"; do
+        kill -0 "$pid" 2>/dev/null || { echo "process $pid ended before: $*" >&2; exit 1; }
+        sleep 0.1
+    done
+}
 
 in_ns() {
     n=$1
@@ -43,12 +57,13 @@ trace_start() {
     printf '$ kato trace %s\n' "$*" >"$TRACE_OUT"
     "$KATO" trace "$@" >>"$TRACE_OUT" 2>"$TRACE_ERR" &
     TRACE_PID=$!
-    while ! grep -q watching "$TRACE_ERR"; do sleep 0.1; done
+    HOST_PIDS="$HOST_PIDS $TRACE_PID"
+    wait_until "$TRACE_PID" grep -q watching "$TRACE_ERR"
 }
 
 # Stops the trace (as Ctrl-C would) and prints what it showed.
 trace_stop() {
-    kill -INT "$TRACE_PID"
+    kill -INT "$TRACE_PID" || true
     wait "$TRACE_PID" || true
     cat "$TRACE_OUT"
     rm -f "$TRACE_OUT" "$TRACE_ERR"
@@ -96,5 +111,5 @@ def echo(c):
 while True:
     threading.Thread(target=echo, args=(l.accept()[0],), daemon=True).start()
 ' &
-    while ! in_ns kato-demo-server ss -Hltn 'sport = 8000' | grep -q .; do sleep 0.1; done
+    wait_until $! in_ns kato-demo-server sh -c "ss -Hltn 'sport = 8000' | grep -q ."
 }

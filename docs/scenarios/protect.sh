@@ -19,6 +19,7 @@ sleep 0.5
 printf '$ kato protect --netns kato-demo-client --idle-timeout 10.71.2.2/32:8000=3s\n'
 "$KATO" protect --netns kato-demo-client --idle-timeout 10.71.2.2/32:8000=3s 2>&1 &
 PROTECT=$!
+HOST_PIDS="$HOST_PIDS $PROTECT"
 wait "$CLIENT"
 kill -INT "$PROTECT"
 wait "$PROTECT" || true

@@ -21,8 +21,7 @@ time.sleep(600)
 WATCH="--netns kato-demo-client --netns kato-demo-nat --netns kato-demo-server"
 printf '$ kato agent --listen 127.0.0.1:7999 --snapshot-interval 1s %s &\n' "$WATCH"
 "$KATO" agent --listen 127.0.0.1:7999 --snapshot-interval 1s $WATCH 2>/dev/null &
-AGENT=$!
-trap 'exec 2>/dev/null; kill $AGENT; cleanup' EXIT INT TERM
+HOST_PIDS="$HOST_PIDS $!"
 sleep 10
 printf '%s\n' '$ curl -s "http://127.0.0.1:7999/sockets?state=established&port=8000"  (side, ends, keepalive, risk, rule of each)'
 python3 -c '

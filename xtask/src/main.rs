@@ -5,6 +5,7 @@
 
 mod bench;
 mod churn;
+mod deadshare;
 mod fuzz;
 mod harness;
 mod hold;

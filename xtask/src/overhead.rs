@@ -140,6 +140,8 @@ pub struct Throughput {
     pub secs: u64,
     /// One per ring size: the default, then 16 MiB.
     pub runs: Vec<ThroughputRun>,
+    /// The default agent again, a tenth of the peers dead.
+    pub dead: crate::deadshare::DeadRun,
 }
 
 pub struct ThroughputRun {
@@ -183,21 +185,25 @@ pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
     bpf_stats(true);
     let old_backlog = std::fs::read_to_string("/proc/sys/net/core/netdev_max_backlog")?;
     std::fs::write("/proc/sys/net/core/netdev_max_backlog", BACKLOG)?;
-    let runs = (|| -> Result<Vec<ThroughputRun>> {
+    let runs = (|| -> Result<(Vec<ThroughputRun>, crate::deadshare::DeadRun)> {
         let ns = Netns::new("events")?;
         let holders = hold_with(&ns, sockets, &["--ka-secs", "1"])?;
         let runs = RINGS
             .iter()
             .map(|&(ring, extra)| throughput_run(kato, &ns, secs, ring, extra))
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
+        // Last: the rule kills connections for good.
+        let dead = crate::deadshare::run(kato, &ns, secs)?;
         drop(holders);
-        runs
+        Ok((runs, dead))
     })();
     std::fs::write("/proc/sys/net/core/netdev_max_backlog", old_backlog.trim())?;
+    let (runs, dead) = runs?;
     Ok(Throughput {
         sockets,
         secs,
-        runs: runs?,
+        runs,
+        dead,
     })
 }
 
@@ -389,6 +395,7 @@ pub fn throughput_report(t: &Throughput) -> String {
             r.agent_rss_kib
         );
     }
+    s += &crate::deadshare::report(&t.dead);
     s
 }
 

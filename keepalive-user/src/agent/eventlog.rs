@@ -55,12 +55,44 @@ pub struct LogCounts {
     pub stdout_closed: AtomicU64,
 }
 
+/// [`RATE`] a second after a burst of [`BURST`]: what a sink of reported
+/// events takes, so that a reset storm costs it a bounded amount of work.
+#[derive(Debug)]
+pub struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket {
+            tokens: BURST,
+            refilled: Instant::now(),
+        }
+    }
+}
+
+impl Bucket {
+    /// One token, if the bucket has one.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let gained = now.duration_since(self.refilled).as_secs_f64() * RATE;
+        self.tokens = (self.tokens + gained).min(BURST);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 pub struct EventLog {
     tx: SyncSender<String>,
     counts: Arc<LogCounts>,
     clock: Clock,
-    tokens: f64,
-    refilled: Instant,
+    bucket: Bucket,
 }
 
 impl EventLog {
@@ -89,30 +121,15 @@ impl EventLog {
             tx,
             counts,
             clock: Clock::new(),
-            tokens: BURST,
-            refilled: Instant::now(),
+            bucket: Bucket::default(),
         })
-    }
-
-    /// One token, if the bucket has one.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let gained = now.duration_since(self.refilled).as_secs_f64() * RATE;
-        self.tokens = (self.tokens + gained).min(BURST);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
 impl Subscriber for EventLog {
     fn seen(&mut self, obs: &Observation<'_>, ctx: &Context<'_>) {
         for d in obs.events.iter().filter(|d| reported(d.kind)) {
-            if !self.take() {
+            if !self.bucket.take() {
                 self.counts.rate_limited.fetch_add(1, Relaxed);
                 continue;
             }

@@ -161,14 +161,24 @@ const ALLOWED: &[libc::c_long] = &[
 const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
 
 /// Installs the filter on every thread of the process. `outbound`: the
-/// OTLP exporter may open TCP connections (IPv4 and IPv6 sockets and
-/// `connect`, nothing else); without it no socket can be made.
+/// OTLP exporter may open TCP connections (IPv4 and IPv6 stream sockets
+/// and `connect`, to any address: a filter cannot read the address);
+/// without it no socket can be made.
 pub fn confine(outbound: bool) -> Result<(), SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|&n| (n, vec![])).collect();
     if outbound {
+        // TCP only: the family, and the type without its SOCK_NONBLOCK and
+        // SOCK_CLOEXEC flags (the low four bits).
         let family = |f: libc::c_int| {
-            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, f as u64)
-                .and_then(|c| SeccompRule::new(vec![c]))
+            let family =
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, f as u64)?;
+            let stream = SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(0xf),
+                libc::SOCK_STREAM as u64,
+            )?;
+            SeccompRule::new(vec![family, stream])
         };
         rules.insert(
             libc::SYS_socket,

@@ -6,8 +6,8 @@ use clap::Args;
 use keepalive_user::agent::{
     config::{
         self, Attach, ConfigError, HistoryEvents, Hz, IdleKillMin, Interval, LabelBy, LabelLimit,
-        ListenAddr, LogEvents, MaxConnections, NetnsScope, OtlpEndpoint, Overrides, RingSize,
-        Setting, TableCapacity,
+        ListenAddr, LogEvents, MaxConnections, NetnsScope, OtlpEndpoint, OtlpInterval, Overrides,
+        RingSize, Setting, TableCapacity,
     },
     engine::{Engine, EngineError},
     supervise::HttpError,
@@ -91,8 +91,8 @@ pub struct AgentArgs {
     /// (kato_otlp_exports_total), never a wait.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
-    /// How often the metrics are exported over OTLP (default 60s; events
-    /// go within a second).
+    /// How often the metrics are exported over OTLP (default 60s, at least
+    /// 1s; events go within a second).
     #[arg(long, value_name = "DURATION")]
     pub otlp_interval: Option<String>,
     /// How long the story of a closed socket stays readable at
@@ -211,7 +211,7 @@ fn flag_overrides(a: &AgentArgs) -> Result<Overrides, ConfigError> {
         protect: a.protect.then_some(true),
         log_events: flag::<LogEvents>("log-events", a.log_events.clone())?,
         otlp_endpoint: flag::<OtlpEndpoint>("otlp-endpoint", a.otlp_endpoint.clone())?,
-        otlp_interval: flag::<Interval>("otlp-interval", a.otlp_interval.clone())?,
+        otlp_interval: flag::<OtlpInterval>("otlp-interval", a.otlp_interval.clone())?,
         history_retention: flag::<IdleKillMin>("history-retention", a.history_retention.clone())?,
         history_events: flag::<HistoryEvents>(
             "history-events",

@@ -382,11 +382,8 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
 
     // Watch: snapshots every period, keepalive events in between.
     let bpf = bpf.expect("--watch loads the programs");
-    let mut filter = filter;
-    if let Some(only) = watched(&args, &targets)? {
-        filter.netns = only;
-    }
-    let mut w = super::watch::Watch::new(bpf, snap, targets, resolver, policy)?;
+    let only = watched(&args, &targets)?;
+    let mut w = super::watch::Watch::new(bpf, snap, (targets, only), resolver, policy)?;
     let mut tick = tokio::time::interval(period);
     let stop = super::signals::shutdown()?;
     tokio::pin!(stop);

@@ -30,6 +30,9 @@ pub struct Watch {
     /// The idle-timeout policy, conntrack's rules refreshed by each census.
     pub policy: Policy,
     batch: Vec<Result<Record, DecodeError>>,
+    /// The namespaces shown (None: all): events of others are not applied,
+    /// so the table holds only what the census covers.
+    only: Option<Vec<u32>>,
 }
 
 /// Takes no observation: for a watch that only keeps the table.
@@ -41,22 +44,27 @@ impl Sink for Nothing {
     }
 }
 
-/// The table, then another sink, see every observation.
-struct Tee<'a, S>(&'a mut SocketTable, &'a mut S);
+/// The table, then another sink, see every observation of the namespaces
+/// shown.
+struct Tee<'a, S>(&'a mut SocketTable, &'a mut S, Option<&'a [u32]>);
 
 impl<S: Sink> Sink for Tee<'_, S> {
     fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
+        if self.2.is_some_and(|only| !only.contains(&obs.record.netns)) {
+            return ControlFlow::Continue(());
+        }
         let _ = self.1.observe(obs);
         self.0.observe(obs)
     }
 }
 
 impl Watch {
-    /// `bpf` opened with tracing on.
+    /// `bpf` opened with tracing on; `only`: the namespaces shown (None:
+    /// every one).
     pub fn new(
         mut bpf: Bpf,
         snap: Snapshotter,
-        targets: Targets,
+        (targets, only): (Targets, Option<Vec<u32>>),
         resolver: Resolver,
         policy: Policy,
     ) -> anyhow::Result<Self> {
@@ -75,6 +83,7 @@ impl Watch {
             resolver,
             policy,
             batch: Vec::new(),
+            only,
         })
     }
 
@@ -88,7 +97,7 @@ impl Watch {
 
     /// Applies the records read to the table, `also` seeing each.
     pub fn apply(&mut self, also: &mut impl Sink) {
-        let mut tee = Tee(&mut self.table, also);
+        let mut tee = Tee(&mut self.table, also, self.only.as_deref());
         let _ = self.pipeline.feed(&mut self.batch, &mut tee);
         let _ = self.pipeline.settle_now(&mut tee);
     }

@@ -199,7 +199,7 @@ settings! {
     /// Where metrics and reported events go over OTLP/HTTP (None: off).
     otlp_endpoint: opt Endpoint = None, with "de_via::<_, OtlpEndpoint>";
     /// How often the metrics are exported over OTLP.
-    otlp_interval: val Duration = Duration::from_secs(60), with "de_via::<_, Interval>";
+    otlp_interval: val Duration = Duration::from_secs(60), with "de_via::<_, OtlpInterval>";
     /// How long the story of a closed socket stays readable
     /// (`/sockets/<cookie>/history`).
     history_retention: val Duration = Duration::from_secs(600), with "de_via::<_, IdleKillMin>";
@@ -233,7 +233,7 @@ impl AgentConfig {
 use values::de_via;
 pub use values::{
     Attach, EventLogFormat, HistoryEvents, Hz, IdleKillMin, Interval, LabelLimit, ListenAddr,
-    LogEvents, MaxConnections, OtlpEndpoint, RingSize, Setting, TableCapacity,
+    LogEvents, MaxConnections, OtlpEndpoint, OtlpInterval, RingSize, Setting, TableCapacity,
 };
 
 impl<'de> Deserialize<'de> for LabelBy {

@@ -182,6 +182,20 @@ impl Setting for LogEvents {
     }
 }
 
+/// How often metrics go over OTLP: events go every second, so no less.
+pub struct OtlpInterval;
+impl Setting for OtlpInterval {
+    type Raw = String;
+    type Value = Duration;
+    fn parse(s: String) -> Result<Duration, Invalid> {
+        let d = crate::duration::parse(&s)?;
+        if d < Duration::from_secs(1) {
+            return Err(Invalid::refused(s, "too short (at least 1s)"));
+        }
+        Ok(d)
+    }
+}
+
 pub struct OtlpEndpoint;
 impl Setting for OtlpEndpoint {
     type Raw = String;

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{header, Request};
 use hyper_util::rt::TokioIo;
 
@@ -67,7 +67,14 @@ enum PostError {
     Http(#[from] hyper::Error),
     #[error("it answered {0}")]
     Status(hyper::StatusCode),
+    #[error("the request could not be made: {0}")]
+    Request(hyper::http::Error),
+    #[error("its answer was unreadable or over {} KiB", ANSWER_MAX >> 10)]
+    Answer,
 }
+
+/// The most of a collector's answer read.
+const ANSWER_MAX: usize = 64 << 10;
 
 async fn post(t: &Target, signal: Signal, body: Vec<u8>) -> Result<(), PostError> {
     if t.addrs.is_empty() {
@@ -87,11 +94,15 @@ async fn post(t: &Target, signal: Signal, body: Vec<u8>) -> Result<(), PostError
                 concat!("kato/", env!("CARGO_PKG_VERSION")),
             )
             .body(Full::new(Bytes::from(body)))
-            .expect("a valid request");
+            .map_err(PostError::Request)?;
         let resp = send.send_request(req).await?;
         let status = resp.status();
-        // Read to the end: the answer may carry a partial-success message.
-        resp.into_body().collect().await?;
+        // Read to the end (it may carry a partial-success message), but
+        // no more than an answer needs.
+        Limited::new(resp.into_body(), ANSWER_MAX)
+            .collect()
+            .await
+            .map_err(|_| PostError::Answer)?;
         if status.is_success() {
             Ok(())
         } else {
@@ -153,7 +164,8 @@ async fn run(t: Target, engine: impl Ask) {
                 ok: r.is_ok(),
                 records: n as u64,
             });
-            if n < BATCH {
+            // Metrics keep their schedule however many events wait.
+            if n < BATCH || Instant::now() >= metrics_due {
                 break;
             }
         }

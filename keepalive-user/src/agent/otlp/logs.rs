@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     agent::{
-        eventlog::reported,
+        eventlog::{reported, Bucket},
         subscribe::{Context, Subscriber},
     },
     events::{Kind, Observation},
@@ -36,12 +36,15 @@ pub const QUEUE: usize = 2048;
 /// Records one export carries at most (the same processor's default).
 pub const BATCH: usize = 512;
 
-/// Records waiting for the exporter, and those the bound pushed out.
+/// Records waiting for the exporter, and those the bounds kept out.
 #[derive(Debug, Default)]
 pub struct Outbox {
     records: VecDeque<LogRecord>,
     /// Records dropped because the queue was full (the oldest go).
     pub dropped: u64,
+    /// Events over the rate (`eventlog::RATE` after a burst of `BURST`),
+    /// never made records.
+    pub rate_limited: u64,
 }
 
 impl Outbox {
@@ -66,6 +69,7 @@ pub type SharedOutbox = Arc<Mutex<Outbox>>;
 pub struct LogFeed {
     outbox: SharedOutbox,
     clock: Clock,
+    bucket: Bucket,
 }
 
 impl LogFeed {
@@ -73,6 +77,7 @@ impl LogFeed {
         LogFeed {
             outbox,
             clock: Clock::new(),
+            bucket: Bucket::default(),
         }
     }
 }
@@ -80,6 +85,14 @@ impl LogFeed {
 impl Subscriber for LogFeed {
     fn seen(&mut self, obs: &Observation<'_>, ctx: &Context<'_>) {
         for d in obs.events.iter().filter(|d| reported(d.kind)) {
+            // A reset storm costs a bounded amount of work here.
+            if !self.bucket.take() {
+                self.outbox
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .rate_limited += 1;
+                continue;
+            }
             let time = u64::try_from(self.clock.unix_ns(obs.record.ts_ns)).unwrap_or(0);
             let fmt = Formatter {
                 clock: self.clock.clone(),

@@ -156,12 +156,17 @@ impl std::str::FromStr for Endpoint {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
-        if prefix.contains(['?', '#']) || authority.contains('@') {
+        // A path as RFC 3986 allows it (unreserved, sub-delims, `:@/%`).
+        let path_char = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c);
+        if !prefix.chars().all(path_char) || authority.contains('@') {
             return Err(bad());
         }
         let (host, port) = match authority.strip_prefix('[') {
             Some(v6) => {
                 let (h, p) = v6.split_once(']').ok_or_else(bad)?;
+                if !p.is_empty() && !p.starts_with(':') {
+                    return Err(bad());
+                }
                 (h, p.strip_prefix(':'))
             }
             None => match authority.rsplit_once(':') {
@@ -234,6 +239,8 @@ mod tests {
             "http://h:99999",
             "http://u@h:1",
             "http://h:1/x?y",
+            "http://h:1/a b",
+            "http://[::1]junk",
             "grpc://h:4317",
         ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");

@@ -46,8 +46,9 @@ impl Source {
         );
         let dropped = counters(
             "kato_otlp_log_records_dropped_total",
-            "Events not delivered as OTLP log records: queue_full (the oldest went while the \
-             collector was slow or down) or export_failed (in an export that failed).",
+            "Events not delivered as OTLP log records: rate_limit (over 200 a second after a \
+             burst of 1,000), queue_full (the oldest went while the collector was slow or down) \
+             or export_failed (in an export that failed).",
             &["cause"],
         );
         let exported = IntCounter::new(
@@ -63,7 +64,7 @@ impl Source {
                 exports.with_label_values(&[s.name(), r]);
             }
         }
-        for c in ["queue_full", "export_failed"] {
+        for c in ["rate_limit", "queue_full", "export_failed"] {
             dropped.with_label_values(&[c]);
         }
         Source {
@@ -92,11 +93,16 @@ impl Source {
         }
     }
 
-    /// Scrape-time: records the queue's bound pushed out.
+    /// Scrape-time: what the queue's bounds kept out.
     pub fn refresh(&self) {
-        let lost = self.outbox.lock().map_or(0, |o| o.dropped);
-        let c = self.dropped.with_label_values(&["queue_full"]);
-        c.inc_by(lost.saturating_sub(c.get()));
+        let (full, over) = self
+            .outbox
+            .lock()
+            .map_or((0, 0), |o| (o.dropped, o.rate_limited));
+        for (cause, n) in [("queue_full", full), ("rate_limit", over)] {
+            let c = self.dropped.with_label_values(&[cause]);
+            c.inc_by(n.saturating_sub(c.get()));
+        }
     }
 
     /// Counts `done`, then answers an ask for `signal`: the number of log

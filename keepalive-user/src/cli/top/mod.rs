@@ -31,10 +31,12 @@ use app::{Action, App};
 sudo kato top                              this namespace, every 2 s\n  \
 sudo kato top --all-netns --interval 5s    every namespace, every 5 s\n  \
 sudo kato top --idle-timeout 350s          with the risk against a 350 s NAT\n  \
-sudo kato top -- --port 5432               what `kato sockets` selects with --port 5432\n\n\
+sudo kato top -- --port 5432               only what `kato sockets --port 5432` lists\n\n\
 Keys: s/S order (unanswered probes, idle, timer, addresses, state, pid), r reverse, \
 p pause, / filter by text, c clear, ? help, q quit.\n\
 Rows in red probe a silent peer or were forgotten by a middlebox; yellow ones will be.\n\
+After `--`, `kato sockets` filters (--port, --addr, --pid, --comm, --state, --risk, \
+workloads) narrow the rows and the events; the order, columns and format are the keys'. \
 In a pipe it prints `kato sockets --watch INTERVAL --sort probes --state connected` \
 with the flags after `--`.")]
 pub struct TopArgs {
@@ -116,10 +118,15 @@ struct Events<'a> {
     fmt: Formatter<'a>,
     lines: std::collections::VecDeque<String>,
     dropped: u64,
+    /// What `kato sockets` flags after `--` select (ports, addresses...).
+    filter: &'a keepalive_user::filter::Filter,
 }
 
 impl Sink for Events<'_> {
     fn observe(&mut self, obs: &Observation<'_>) -> ControlFlow<()> {
+        if !self.filter.matches_event(obs) {
+            return ControlFlow::Continue(());
+        }
         for &d in obs.events {
             // As `kato trace` without --closes.
             if !d.kind.is_lifecycle() {
@@ -164,17 +171,20 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let targets = super::sockets::targets(&s)?;
     let names = super::sockets::netns_names(&targets);
     let several = targets.len() > 1;
-    let mut filter = super::sockets::filter_of(&s);
-    if let Some(only) = super::sockets::watched(&s, &targets)? {
-        filter.netns = only;
-    }
+    let filter = super::sockets::filter_of(&s);
+    // Events of every state: a connection's end (CLOSE) is what matters most.
+    let events_filter = keepalive_user::filter::Filter {
+        states: vec![],
+        ..filter.clone()
+    };
+    let only = super::sockets::watched(&s, &targets)?;
     let bpf = Bpf::open(&LoadOptions {
         tracing: true,
         iterators: Listing::Auto.iterators(),
         ..s.kernel.load_options()
     })?;
     let snap = Snapshotter::new(Listing::Auto, Some(&bpf));
-    let mut w = Watch::new(bpf, snap, targets, s.workload.resolver(), policy)?;
+    let mut w = Watch::new(bpf, snap, (targets, only), s.workload.resolver(), policy)?;
     let shown_policy: Policy = w.policy.clone();
     let mut events = Events {
         fmt: Formatter {
@@ -185,6 +195,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         },
         lines: std::collections::VecDeque::new(),
         dropped: 0,
+        filter: &events_filter,
     };
     w.census(&mut events)?;
     let input = keys()?;
