@@ -10,7 +10,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::harness::{cpu_ticks, http_get, metric, metric_sum, spawn_agent_with, Netns};
+use crate::harness::{
+    cpu_ticks, events_lost, http_get, metric, metric_sum, spawn_agent_with, Netns,
+};
 
 /// The connections that die: the server-to-client segments of those whose
 /// client port lies in the first tenth of the namespace's ephemeral range
@@ -49,10 +51,7 @@ pub fn run(kato: &str, ns: &Netns, secs: u64) -> Result<DeadRun> {
     std::thread::sleep(Duration::from_secs(5));
     let scrape = || -> Result<(f64, f64, f64)> {
         let (_, m) = http_get(&addr, "/metrics")?;
-        let lost = ["ring_full", "kernel_read", "decode"]
-            .iter()
-            .map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}")))
-            .sum();
+        let lost = events_lost(&m);
         Ok((
             metric_sum(&m, "kato_keepalive_timeouts_total"),
             lost,

@@ -349,6 +349,14 @@ pub(crate) fn metric(text: &str, series: &str) -> f64 {
 }
 
 /// The sum of every series of metric `name` (whatever its labels).
+/// Ring records the agent lost, every cause together.
+pub(crate) fn events_lost(text: &str) -> f64 {
+    ["ring_full", "kernel_read", "decode"]
+        .iter()
+        .map(|c| metric(text, &format!("kato_events_lost_total{{cause=\"{c}\"}}")))
+        .sum()
+}
+
 pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| {

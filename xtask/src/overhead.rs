@@ -14,8 +14,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::harness::{
-    bpf_stats, cpu_ticks, hold_with, http_get, metric, metric_sum, prog_stats, rss_kib,
-    spawn_agent, spawn_agent_with, start, tcpext, Netns,
+    bpf_stats, cpu_ticks, events_lost, hold_with, http_get, metric, metric_sum, prog_stats,
+    rss_kib, spawn_agent, spawn_agent_with, start, tcpext, Netns,
 };
 
 /// *kato* is the agent (no arming hooks); *trace* is `kato trace`, which
@@ -219,10 +219,7 @@ fn throughput_run(
     std::thread::sleep(Duration::from_secs(5));
     let scrape = || -> Result<(f64, f64, f64, u64)> {
         let (_, m) = http_get(&addr, "/metrics")?;
-        let lost = ["ring_full", "kernel_read", "decode"]
-            .iter()
-            .map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}")))
-            .sum();
+        let lost = events_lost(&m);
         Ok((
             metric(&m, "kato_events_processed_total"),
             lost,
@@ -421,10 +418,7 @@ pub fn churn(kato: &str, total: usize) -> Result<Churn> {
     let (agent, addr) = spawn_agent(kato, &ns, "2s")?;
     let read = || -> Result<(f64, f64, f64)> {
         let (_, m) = http_get(&addr, "/metrics")?;
-        let lost = ["ring_full", "kernel_read", "decode"]
-            .iter()
-            .map(|c| metric(&m, &format!("kato_events_lost_total{{cause=\"{c}\"}}")))
-            .sum();
+        let lost = events_lost(&m);
         Ok((
             metric(&m, "kato_table_sockets"),
             lost,

@@ -11,7 +11,7 @@ use std::{
     io::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        mpsc::{sync_channel, SyncSender, TrySendError},
+        mpsc::{sync_channel, SyncSender},
         Arc,
     },
     time::Instant,
@@ -21,7 +21,7 @@ use super::subscribe::{Context, Subscriber};
 use crate::{
     events::{Kind, Observation},
     timefmt::Clock,
-    view::trace::Formatter,
+    view::trace::{Formatter, TraceLine},
 };
 
 /// Lines per second sustained, and the burst allowed above it.
@@ -88,11 +88,49 @@ impl Bucket {
     }
 }
 
+/// What every sink of reported events does first: picks the reported
+/// events, takes a token for each, and makes each `kato trace --output
+/// json`'s line.
+#[derive(Default)]
+pub struct Reported {
+    clock: Clock,
+    bucket: Bucket,
+}
+
+impl Reported {
+    /// Calls `line` with each reported event's kind, wall time (Unix ns)
+    /// and line; returns how many the rate refused.
+    pub fn each(
+        &mut self,
+        obs: &Observation<'_>,
+        ctx: &Context<'_>,
+        mut line: impl FnMut(Kind, i128, TraceLine),
+    ) -> u64 {
+        let mut refused = 0;
+        for d in obs.events.iter().filter(|d| reported(d.kind)) {
+            if !self.bucket.take() {
+                refused += 1;
+                continue;
+            }
+            // Kept current here: the formatter gets a copy.
+            let time = self.clock.unix_ns(obs.record.ts_ns);
+            let fmt = Formatter {
+                clock: self.clock.clone(),
+                policy: ctx.policy,
+                turns: false,
+                addresses: false,
+            };
+            let workload = ctx.labels.workload.map(|w| Arc::new(w.clone()));
+            line(d.kind, time, fmt.event(obs, *d, workload));
+        }
+        refused
+    }
+}
+
 pub struct EventLog {
     tx: SyncSender<String>,
     counts: Arc<LogCounts>,
-    clock: Clock,
-    bucket: Bucket,
+    reported: Reported,
 }
 
 impl EventLog {
@@ -120,36 +158,21 @@ impl EventLog {
         Ok(EventLog {
             tx,
             counts,
-            clock: Clock::new(),
-            bucket: Bucket::default(),
+            reported: Reported::default(),
         })
     }
 }
 
 impl Subscriber for EventLog {
     fn seen(&mut self, obs: &Observation<'_>, ctx: &Context<'_>) {
-        for d in obs.events.iter().filter(|d| reported(d.kind)) {
-            if !self.bucket.take() {
-                self.counts.rate_limited.fetch_add(1, Relaxed);
-                continue;
+        let (tx, counts) = (&self.tx, &self.counts);
+        let refused = self.reported.each(obs, ctx, |_, _, line| {
+            let line = serde_json::to_string(&line).expect("plain data serializes");
+            if tx.try_send(line).is_err() {
+                // Full, or the writer gone: counted, never waited for.
+                counts.queue_full.fetch_add(1, Relaxed);
             }
-            // Kept current here: the formatter gets a copy.
-            let _ = self.clock.unix_ns(obs.record.ts_ns);
-            let fmt = Formatter {
-                clock: self.clock.clone(),
-                policy: ctx.policy,
-                turns: false,
-                addresses: false,
-            };
-            let workload = ctx.labels.workload.map(|w| Arc::new(w.clone()));
-            let line = serde_json::to_string(&fmt.event(obs, *d, workload))
-                .expect("plain data serializes");
-            match self.tx.try_send(line) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.counts.queue_full.fetch_add(1, Relaxed);
-                }
-            }
-        }
+        });
+        counts.rate_limited.fetch_add(refused, Relaxed);
     }
 }

@@ -63,16 +63,21 @@ impl Setting for ListenAddr {
     }
 }
 
+/// A duration of at least `min` (`least` says it in words).
+fn at_least(s: String, min: Duration, least: &'static str) -> Result<Duration, Invalid> {
+    let d = crate::duration::parse(&s)?;
+    if d < min {
+        return Err(Invalid::refused(s, least));
+    }
+    Ok(d)
+}
+
 pub struct Interval;
 impl Setting for Interval {
     type Raw = String;
     type Value = Duration;
     fn parse(s: String) -> Result<Duration, Invalid> {
-        let d = crate::duration::parse(&s)?;
-        if d < Duration::from_millis(100) {
-            return Err(Invalid::refused(s, "too short (at least 100ms)"));
-        }
-        Ok(d)
+        at_least(s, Duration::from_millis(100), "too short (at least 100ms)")
     }
 }
 
@@ -188,11 +193,7 @@ impl Setting for OtlpInterval {
     type Raw = String;
     type Value = Duration;
     fn parse(s: String) -> Result<Duration, Invalid> {
-        let d = crate::duration::parse(&s)?;
-        if d < Duration::from_secs(1) {
-            return Err(Invalid::refused(s, "too short (at least 1s)"));
-        }
-        Ok(d)
+        at_least(s, Duration::from_secs(1), "too short (at least 1s)")
     }
 }
 

@@ -22,12 +22,10 @@ use super::{
 };
 use crate::{
     agent::{
-        eventlog::{reported, Bucket},
+        eventlog::Reported,
         subscribe::{Context, Subscriber},
     },
     events::{Kind, Observation},
-    timefmt::Clock,
-    view::trace::Formatter,
 };
 
 /// Records waiting for the exporter at most (the OpenTelemetry SDK's
@@ -68,46 +66,35 @@ pub type SharedOutbox = Arc<Mutex<Outbox>>;
 /// The subscriber that queues a record for each reported event.
 pub struct LogFeed {
     outbox: SharedOutbox,
-    clock: Clock,
-    bucket: Bucket,
+    reported: Reported,
 }
 
 impl LogFeed {
     pub fn new(outbox: SharedOutbox) -> Self {
         LogFeed {
             outbox,
-            clock: Clock::new(),
-            bucket: Bucket::default(),
+            reported: Reported::default(),
         }
     }
 }
 
 impl Subscriber for LogFeed {
     fn seen(&mut self, obs: &Observation<'_>, ctx: &Context<'_>) {
-        for d in obs.events.iter().filter(|d| reported(d.kind)) {
-            // A reset storm costs a bounded amount of work here.
-            if !self.bucket.take() {
-                self.outbox
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .rate_limited += 1;
-                continue;
-            }
-            let time = u64::try_from(self.clock.unix_ns(obs.record.ts_ns)).unwrap_or(0);
-            let fmt = Formatter {
-                clock: self.clock.clone(),
-                policy: ctx.policy,
-                turns: false,
-                addresses: false,
-            };
-            let workload = ctx.labels.workload.map(|w| Arc::new(w.clone()));
-            let line =
-                serde_json::to_value(fmt.event(obs, *d, workload)).expect("plain data serializes");
-            let record = record(d.kind, time, &line);
-            self.outbox
+        let outbox = &self.outbox;
+        // A reset storm costs a bounded amount of work here.
+        let refused = self.reported.each(obs, ctx, |kind, time, line| {
+            let line = serde_json::to_value(line).expect("plain data serializes");
+            let r = record(kind, u64::try_from(time).unwrap_or(0), &line);
+            outbox
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(record);
+                .push(r);
+        });
+        if refused > 0 {
+            outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .rate_limited += refused;
         }
     }
 }
