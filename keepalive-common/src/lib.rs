@@ -115,7 +115,11 @@ pub mod counter {
     /// `quiet_probes`: the `PROBING` map was full; the run made a record
     /// instead, and that socket's answers go uncounted.
     pub const PROBING_FULL: u32 = PROBES_ANSWERED + ANSWERED_MAX;
-    pub const COUNT: u32 = PROBING_FULL + 1;
+    /// A routine record (a probe, a timer armed or stopped) not written
+    /// because the ring was fuller than `shed_at`: the rest is kept for
+    /// records that change a verdict (timeouts, resets, closes).
+    pub const SHED: u32 = PROBING_FULL + 1;
+    pub const COUNT: u32 = SHED + 1;
 }
 
 /// One record in the `EVENTS` ring buffer.
@@ -318,9 +322,21 @@ pub struct KernelConfig {
     /// only when it changes a verdict: a probe while one is unanswered, an
     /// answer after two or more, a state change, the timeout.
     pub quiet_probes: u32,
+    /// Bytes pending in the `EVENTS` ring at or above which routine
+    /// records are shed (`counter::SHED`): the last part of the ring is
+    /// kept for the records that change a verdict. 0: never shed.
+    pub shed_at: u32,
+    pub _pad: u32,
 }
 
-pub const KERNEL_CONFIG_SIZE: usize = 232;
+pub const KERNEL_CONFIG_SIZE: usize = 240;
+/// The `EVENTS` ring's size when the loader does not set one.
+pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+/// The share of the ring kept for verdict records: routine ones are shed
+/// once less than a quarter is free.
+pub fn shed_at(ring_bytes: u32) -> u32 {
+    ring_bytes - ring_bytes / 4
+}
 pub const SK_COPY_RANGES: usize = 8;
 /// The keepalive timer path's per-CPU copy of a socket's first bytes.
 pub const SK_COPY_BYTES: usize = 4096;

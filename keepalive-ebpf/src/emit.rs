@@ -5,7 +5,7 @@ use core::mem::MaybeUninit;
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns};
 use keepalive_common::{counter, Event};
 
-use crate::{bump, EVENTS};
+use crate::{bump, conf, EVENTS};
 
 /// `*v` zeroed with 8-byte stores. `Default` (or a zeroed value moved into
 /// place) made LLVM call the BPF target's `memset`, a byte loop: ~120
@@ -47,7 +47,26 @@ const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
 /// one cost ~6 µs of irq_work while the reader slept.)
 #[inline(always)]
 pub fn emit(kind: u32, fill: impl FnOnce(&mut Event) -> bool) -> Result<u32, u32> {
+    emit_as(kind, false, fill)
+}
+
+/// [`emit`] for a routine record (a probe, a timer armed or stopped): shed
+/// when the ring is fuller than `shed_at`, so that bursts of them (a timer
+/// wheel slot of thousands of sockets) leave room for the timeouts and
+/// resets that follow a dead peer or a forgotten path.
+#[inline(always)]
+pub fn emit_routine(kind: u32, fill: impl FnOnce(&mut Event) -> bool) -> Result<u32, u32> {
+    emit_as(kind, true, fill)
+}
+
+#[inline(always)]
+fn emit_as(kind: u32, routine: bool, fill: impl FnOnce(&mut Event) -> bool) -> Result<u32, u32> {
     let avail = EVENTS.query(RB_AVAIL_DATA);
+    let shed_at = u64::from(conf!(shed_at));
+    if routine && shed_at != 0 && avail >= shed_at {
+        bump(counter::SHED);
+        return Ok(0);
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         bump(counter::LOST);
         return Ok(0);

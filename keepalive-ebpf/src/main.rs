@@ -29,7 +29,7 @@ static KATO_CONFIG: KernelConfig = unsafe { core::mem::zeroed() };
 /// 8 MiB of events: ~47,000 records (168 B + 8 B header) of slack while
 /// the reader sleeps between batched wakeups.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(keepalive_common::EVENTS_RING_BYTES, 0);
 
 /// Network namespace inodes whose sockets make events, when
 /// `KATO_CONFIG.netns_filter` is set; kept current by userspace.

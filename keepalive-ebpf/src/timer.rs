@@ -15,7 +15,7 @@ use keepalive_common::{counter, flags, kind, SK_COPY_BYTES, SK_COPY_RANGES};
 
 use crate::{
     conf,
-    emit::emit,
+    emit::{emit, emit_routine},
     sock::{
         admitted, fill, fill_stamps, fill_timer, is_keepalive_timer, probes_out, read, sk_of_timer,
         state, worth_a_record, Src,
@@ -154,7 +154,7 @@ pub(crate) fn on_armed(timer: u64) -> Result<u32, u32> {
     if !worth_a_record(&sk, false)? {
         return Ok(0);
     }
-    emit(kind::ARMED, |ev| {
+    emit_routine(kind::ARMED, |ev| {
         let expires = read::<u64>(timer, conf!(timer_expires));
         ev.flags |= flags::TIMER_PENDING;
         fill(ev, &sk, ns).is_ok()
@@ -243,13 +243,22 @@ pub(crate) fn on_exit(timer: u64) -> Result<u32, u32> {
     if conf!(quiet_probes) != 0 && !decided_quietly(&live, &seen)? {
         return Ok(0);
     }
+    // A run that changed the state (the timeout closed the socket) is a
+    // verdict; one that only probed is routine, shed when the ring is
+    // nearly full.
+    let changed = state(&live)? != seen.state_before;
     let sk = copied(live.sk)?;
-    emit(kind::FIRED, |ev| {
+    let record = |ev: &mut keepalive_common::Event| {
         let ok = fill(ev, &sk, seen.netns).is_ok() && fill_stamps(ev, &sk).is_ok();
         ev.probes_before = seen.probes_before;
         ev.state_before = seen.state_before;
         ok && fill_timer(ev, &sk).is_ok()
-    })
+    };
+    if changed {
+        emit(kind::FIRED, record)
+    } else {
+        emit_routine(kind::FIRED, record)
+    }
 }
 
 /// `quiet_probes`: counts the run's probe and answer, and says whether it
@@ -350,5 +359,5 @@ pub(crate) fn on_disarmed(sk: &Src) -> Result<u32, u32> {
     if !worth_a_record(sk, false)? {
         return Ok(0);
     }
-    emit(kind::DISARMED, |ev| fill(ev, sk, ns).is_ok())
+    emit_routine(kind::DISARMED, |ev| fill(ev, sk, ns).is_ok())
 }

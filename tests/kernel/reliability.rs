@@ -1,5 +1,6 @@
 //! Faults and floods: SIGKILL leaves nothing behind, a ring-buffer overrun
-//! is counted and survived, bad flags are usage errors.
+//! is counted and survived, probes are shed before timeouts are lost, bad
+//! flags are usage errors.
 
 use std::{
     process::Command,
@@ -9,7 +10,7 @@ use std::{
 
 use crate::{
     agent_support::{sample, Agent},
-    support::{dead_peer, require_root, run, Netns},
+    support::{dead_peer, keepalive, require_root, run, DeadPeer, Netns},
 };
 
 const KATO: &str = env!("CARGO_BIN_EXE_kato");
@@ -132,6 +133,64 @@ fn ring_overrun_is_counted_and_the_agent_catches_up() {
     });
     let (code, _) = agent.get("/healthz");
     assert_eq!(code, 200);
+}
+
+/// Holds `pairs` loopback connections in `ns` probing every second, opened
+/// over about a second so that their timer runs fill every slot of the
+/// wheel: a steady stream of routine records. Dropped when `stop` is sent.
+fn probing_crowd(ns: &Netns, pairs: usize) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let (ready, up) = mpsc::channel();
+    let holder = ns.spawn(move || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let mut held = Vec::with_capacity(pairs * 2);
+        for _ in 0..pairs {
+            let c = std::net::TcpStream::connect(to).unwrap();
+            let s = l.accept().unwrap().0;
+            keepalive(&c, 1, 1, 9);
+            keepalive(&s, 1, 1, 9);
+            held.extend([c, s]);
+            std::thread::sleep(Duration::from_micros(1_000_000 / pairs as u64));
+        }
+        ready.send(()).unwrap();
+        let _ = stopped.recv();
+    });
+    up.recv().expect("crowd connected");
+    (stop, holder)
+}
+
+/// Probe records that overflow the ring are shed first: the last quarter
+/// is kept for verdicts, so dead peers' timeouts among 3,000 sockets
+/// probing every second (a record each, with the HTTP keep-alive view)
+/// are every one reported through a ring that holds ~180 records.
+#[test]
+fn probes_are_shed_before_a_timeout_is_lost() {
+    require_root();
+    let ns = Netns::new("shed");
+    let agent = Agent::start(&[
+        "--netns",
+        &ns.name,
+        "--ring-bytes",
+        "32768",
+        "--http-keepalive",
+    ]);
+    let (stop, holder) = probing_crowd(&ns, 1500);
+    let dead: Vec<_> = (0..6).map(|_| DeadPeer::start(&ns, false)).collect();
+    for d in dead {
+        d.wait();
+    }
+    let m = agent.wait_metrics(Duration::from_secs(10), |m| {
+        sample(m, "kato_keepalive_timeouts_total") >= 6.0
+            && sample(m, "kato_events_lost_total{cause=\"shed\"}") > 0.0
+    });
+    assert_eq!(sample(&m, "kato_keepalive_timeouts_total"), 6.0, "{m}");
+    assert!(
+        sample(&m, "kato_events_lost_total{cause=\"shed\"}") > 0.0,
+        "the crowd never filled the ring: {m}"
+    );
+    let _ = stop.send(());
+    holder.join().unwrap();
 }
 
 #[test]

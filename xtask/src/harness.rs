@@ -350,8 +350,9 @@ pub(crate) fn metric(text: &str, series: &str) -> f64 {
 
 /// The sum of every series of metric `name` (whatever its labels).
 /// Ring records the agent lost, every cause together.
+/// Records lost for any cause, the shed routine ones included.
 pub(crate) fn events_lost(text: &str) -> f64 {
-    ["ring_full", "kernel_read", "decode"]
+    ["ring_full", "shed", "kernel_read", "decode"]
         .iter()
         .map(|c| metric(text, &format!("kato_events_lost_total{{cause=\"{c}\"}}")))
         .sum()

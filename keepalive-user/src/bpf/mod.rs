@@ -108,6 +108,9 @@ pub struct Counters {
     pub answered: [u64; counter::ANSWERED_MAX as usize],
     /// `quiet_probes`: runs recorded because the kernel's table was full.
     pub probing_full: u64,
+    /// Routine records (probes, timers armed or stopped) not written: the
+    /// ring was fuller than the share kept for verdict records.
+    pub shed: u64,
     /// Offset of the last kernel read that failed (on any CPU), if one did.
     pub last_failed_offset: Option<u32>,
 }
@@ -129,6 +132,7 @@ impl CounterMap {
             probes_sent: sum(counter::PROBES_SENT),
             answered: std::array::from_fn(|k| sum(counter::PROBES_ANSWERED + k as u32)),
             probing_full: sum(counter::PROBING_FULL),
+            shed: sum(counter::SHED),
             last_failed_offset: arr
                 .get(&counter::LAST_FAILED_OFFSET, 0)
                 .ok()
@@ -246,6 +250,7 @@ impl Bpf {
             }),
             turns: u32::from(opts.turns),
             quiet_probes: u32::from(opts.quiet_probes && opts.quiet.is_some()),
+            shed_at: keepalive_common::shed_at(ring.unwrap_or(keepalive_common::EVENTS_RING_BYTES)),
             ..kernel.config
         };
         let log_level = proglog::level();

@@ -310,12 +310,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
     let _ = printer.out.flush();
     let c = bpf.counters();
-    let lost = c.lost + c.read_failed + pipeline.undecodable;
+    let lost = c.lost + c.shed + c.read_failed + pipeline.undecodable;
     let mut line = format!("kato trace: {} events seen, {lost} lost", printer.seen);
     if lost > 0 {
         line += &format!(
-            " ({} ring buffer full, {} unreadable kernel memory{}, {} undecodable)",
+            " ({} ring buffer full, {} probes shed to keep room for verdicts, {} unreadable kernel memory{}, {} undecodable)",
             c.lost,
+            c.shed,
             c.read_failed,
             c.last_failed_offset
                 .map(|o| format!(" (last at field offset {o})"))

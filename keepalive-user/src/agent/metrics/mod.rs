@@ -31,13 +31,16 @@ pub use crate::sockets::Side;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossCause {
     RingFull,
+    /// A routine record shed to keep room for verdict records.
+    Shed,
     KernelRead,
     Decode,
 }
 
 impl LossCause {
-    pub const ALL: [LossCause; 3] = [
+    pub const ALL: [LossCause; 4] = [
         LossCause::RingFull,
+        LossCause::Shed,
         LossCause::KernelRead,
         LossCause::Decode,
     ];
@@ -45,6 +48,7 @@ impl LossCause {
     pub fn name(self) -> &'static str {
         match self {
             LossCause::RingFull => "ring_full",
+            LossCause::Shed => "shed",
             LossCause::KernelRead => "kernel_read",
             LossCause::Decode => "decode",
         }
@@ -182,7 +186,7 @@ impl Metrics {
                 "kato_connections_closed_quietly_total",
                 "Connections that closed without keepalive, without idling past idle_kill_min and without a reset: counted in the kernel, no record made (resets and keepalive connections are always recorded; --http-keepalive records every close).",
             ),
-            events_lost: r.counters("kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), kernel_read (a kernel read failed), decode (malformed record).", ["cause"]),
+            events_lost: r.counters("kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), shed (a routine record, a probe or a timer armed or stopped, not written while the ring was more than three quarters full: the rest is kept for timeouts, resets and closes), kernel_read (a kernel read failed), decode (malformed record).", ["cause"]),
             evictions: r.counter("kato_table_evictions_total", "Sockets evicted from the full table (least recently updated first)."),
             snapshots: r.counter("kato_snapshots_total", "Full socket snapshots taken."),
             http_restarts: r.counter(

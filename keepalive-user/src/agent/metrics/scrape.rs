@@ -79,6 +79,7 @@ impl Metrics {
         }
         for (cause, now, last) in [
             (LossCause::RingFull, kernel.lost, self.last_kernel.lost),
+            (LossCause::Shed, kernel.shed, self.last_kernel.shed),
             (
                 LossCause::KernelRead,
                 kernel.read_failed,
