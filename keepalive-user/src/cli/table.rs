@@ -7,7 +7,7 @@ use std::io::Write;
 use clap::ValueEnum;
 use keepalive_user::view::{
     fit::{self, Column, NetnsNames},
-    sockets as render, SocketView,
+    json, sockets as render, SocketView,
 };
 
 use super::Output;
@@ -121,9 +121,16 @@ pub fn print<'a, T: Copy + Sync>(
     let frame = style.frame;
     match (output, &style.layout) {
         (Output::Json, _) => {
-            let time = listed_at();
-            serde_json::to_writer(&mut *out, &Views(items, view, &time))?;
-            writeln!(out)
+            let rows = json::Rows::new(&listed_at());
+            out.write_all(b"[")?;
+            in_blocks(out, items, |part, at| {
+                let mut text = Vec::with_capacity(part.len() * 1024);
+                for (i, t) in part.iter().enumerate() {
+                    rows.push(&mut text, at + i == 0, &view(*t));
+                }
+                text
+            })?;
+            writeln!(out, "]")
         }
         (Output::Table, Layout::Fixed) => {
             fixed(out, items, view, with_risk, frame.header)?;
@@ -180,8 +187,7 @@ pub fn print<'a, T: Copy + Sync>(
     }
 }
 
-/// The fixed layout: 100,000s of rows, two threads formatting alternate
-/// blocks, written in order; at most two blocks held at once.
+/// The fixed layout: 100,000s of rows, formatted [`in_blocks`].
 fn fixed<'a, T: Copy + Sync>(
     out: &mut impl Write,
     items: &[T],
@@ -192,23 +198,33 @@ fn fixed<'a, T: Copy + Sync>(
     if header {
         writeln!(out, "{}", render::header(with_risk))?;
     }
-    const BLOCK: usize = 4096;
-    let rows = |part: &[T]| {
+    in_blocks(out, items, |part, _| {
         let mut text = String::with_capacity(part.len() * 200);
         for t in part {
             render::write_row(&mut text, &view(*t), with_risk);
             text.push('\n');
         }
-        text
-    };
-    for pair in items.chunks(2 * BLOCK) {
+        text.into_bytes()
+    })
+}
+
+/// Writes `render(block, offset)` for blocks of `items` in order, two
+/// threads rendering alternate blocks; at most two blocks held at once.
+fn in_blocks<T: Sync>(
+    out: &mut impl Write,
+    items: &[T],
+    render: impl Fn(&[T], usize) -> Vec<u8> + Sync,
+) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    for (n, pair) in items.chunks(2 * BLOCK).enumerate() {
         let (a, b) = pair.split_at(pair.len().min(BLOCK));
+        let at = n * 2 * BLOCK;
         let (a, b) = std::thread::scope(|s| {
-            let b = s.spawn(|| rows(b));
-            (rows(a), b.join().expect("formatting rows panicked"))
+            let b = s.spawn(|| render(b, at + BLOCK));
+            (render(a, at), b.join().expect("formatting rows panicked"))
         });
-        out.write_all(a.as_bytes())?;
-        out.write_all(b.as_bytes())?;
+        out.write_all(&a)?;
+        out.write_all(&b)?;
     }
     Ok(())
 }
@@ -225,19 +241,6 @@ pub struct Timed<'t, 'a> {
     pub time: &'t str,
     #[serde(flatten)]
     pub view: SocketView<'a>,
-}
-
-/// A JSON array of the views of `.0`, each made as it is written, each
-/// with the time `.2`.
-struct Views<'s, T, F>(&'s [T], &'s F, &'s str);
-
-impl<'a, T: Copy, F: Fn(T) -> SocketView<'a>> serde::Serialize for Views<'_, T, F> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|t| Timed {
-            time: self.2,
-            view: (self.1)(*t),
-        }))
-    }
 }
 
 /// `--columns local,foreign,state` (one value: clap would split a `Vec`).

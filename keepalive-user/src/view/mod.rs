@@ -3,6 +3,7 @@
 
 pub mod fit;
 pub mod history;
+pub mod json;
 pub mod sockets;
 pub mod trace;
 pub mod trace_fit;
