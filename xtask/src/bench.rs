@@ -170,12 +170,15 @@ pub fn scale(kato: &str, sizes: &[usize]) -> Result<(Vec<Row>, AgentRun)> {
         let ns = Netns::new(&n.to_string())?;
         let holders = hold(&ns, n)?;
         let listed = count_json(&ns, kato)?;
+        // A small host's few milliseconds need many rounds for a median.
         let rounds = if n >= 200_000 {
             1
         } else if n >= 50_000 {
             3
-        } else {
+        } else if n >= 5_000 {
             5
+        } else {
+            21
         };
         let tools = measure_tools(&ns, kato, rounds)?;
         let agent = agent_run(kato, &ns, SCRAPES)?;

@@ -242,6 +242,16 @@ impl Bpf {
                 loader.map_max_entries(name, size);
             }
         }
+        if !opts.tracing {
+            // Only the iterators run: the tracing programs' tables (~13 MB
+            // of preallocated LRU entries) would be created for nothing.
+            for name in [map::OWNERS, map::PORT_OWNERS, map::WATCHED_NETNS]
+                .into_iter()
+                .chain(map::PRIVATE)
+            {
+                loader.map_max_entries(name, 1);
+            }
+        }
         let config = keepalive_common::KernelConfig {
             netns_filter: u32::from(opts.netns_filter),
             quiet: u32::from(opts.quiet.is_some()),
