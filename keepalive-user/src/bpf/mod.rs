@@ -143,19 +143,14 @@ impl CounterMap {
     }
 }
 
-/// aya's loader, without the kernel BTF it parsed. aya 0.14's
-/// `EbpfLoader::new` reads and parses /sys/kernel/btf/vmlinux itself
-/// (aya#1172) for CO-RE relocations, which kato's programs have none of; it
-/// runs on a thread of its own beside kato's reader, and that copy is
-/// dropped at once. Program loads get [`targets::for_hooks`] instead.
+/// aya's loader, with no kernel BTF: kato's programs carry no CO-RE
+/// relocations, and program loads get [`targets::for_hooks`] instead.
+/// Stock aya 0.14's `EbpfLoader::new` parsed /sys/kernel/btf/vmlinux
+/// itself (aya#1172); the copy in vendor/aya does not (vendor/README.md),
+/// and `.btf(None)` keeps the loader right with either.
 fn loader() -> EbpfLoader<'static> {
-    let t = std::time::Instant::now();
     let mut loader = EbpfLoader::new();
     loader.btf(None);
-    log::debug!(
-        "aya's loader made (and its BTF dropped) in {:?}",
-        t.elapsed()
-    );
     loader
 }
 
@@ -198,14 +193,8 @@ impl Bpf {
             .btf
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::kernel::DEFAULT_BTF));
-        // kato's BTF reader and aya's loader run side by side.
-        let (probed, loader) = std::thread::scope(|s| {
-            let loader = s.spawn(loader);
-            let probed = KernelInfo::probe(Some(path.clone()), opts.hz, opts.tracing);
-            (probed, loader.join().expect("making aya's loader panicked"))
-        });
-        let (kernel, btf) = probed?;
-        Self::open_parsed(kernel, &btf, loader, opts)
+        let (kernel, btf) = KernelInfo::probe(Some(path), opts.hz, opts.tracing)?;
+        Self::open_parsed(kernel, &btf, loader(), opts)
     }
 
     /// [`Bpf::open`] with a kernel already probed (doctor inspects its BTF
