@@ -246,8 +246,8 @@ pub(crate) fn on_exit(timer: u64) -> Result<u32, u32> {
     // A run that changed the state (the timeout closed the socket) is a
     // verdict; one that only probed is routine, shed when the ring is
     // nearly full.
-    let changed = state(&live)? != seen.state_before;
     let sk = copied(live.sk)?;
+    let changed = state(&sk)? != seen.state_before;
     let record = |ev: &mut keepalive_common::Event| {
         let ok = fill(ev, &sk, seen.netns).is_ok() && fill_stamps(ev, &sk).is_ok();
         ev.probes_before = seen.probes_before;

@@ -1,5 +1,6 @@
 //! Handing freed heap back to the kernel. Loading parses the kernel's BTF
-//! (kato's reader and aya's loader, ~20 MiB) and drops it; glibc keeps
+//! (kato's reader; stock aya's loader parsed it too, which vendor/aya no
+//! longer does) and drops it; glibc keeps
 //! the freed pages in its arenas, so a long-running command would carry
 //! them as resident memory for its whole life.
 

@@ -74,10 +74,17 @@ pub fn run(kato: &str, ns: &Netns, secs: u64) -> Result<DeadRun> {
     let ok = ns.cmd("nft").arg(&rule).status()?.success();
     anyhow::ensure!(ok, "nft: {rule}");
     std::thread::sleep(Duration::from_secs(secs));
-    let a1 = tcpext(ns, "TCPAbortOnTimeout")?;
-    // After the kernel's count: the agent's has had the time to catch up.
-    std::thread::sleep(Duration::from_secs(1));
-    let (k1, l1, s1, p1) = scrape()?;
+    // The kernel's count and the agent's, read a moment apart; again
+    // (for up to 2 s) while the agent's reader (a 100 ms tick) is behind.
+    let caught_up = Instant::now() + Duration::from_secs(2);
+    let (a1, (k1, l1, s1, p1)) = loop {
+        let a1 = tcpext(ns, "TCPAbortOnTimeout")?;
+        let m = scrape()?;
+        if m.0 - k0 >= (a1 - a0) as f64 || Instant::now() >= caught_up {
+            break (a1, m);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let c1 = cpu_ticks(agent.id())?;
     let dt = t0.elapsed().as_secs_f64();
     let left = established(ns, DYING_SS).context("ss")?;

@@ -232,9 +232,10 @@ impl Bpf {
             }
         }
         if !opts.tracing {
-            // Only the iterators run: the tracing programs' tables (~13 MB
-            // of preallocated LRU entries) would be created for nothing.
-            for name in [map::OWNERS, map::PORT_OWNERS, map::WATCHED_NETNS]
+            // No tracing program runs: its tables (~13 MB of preallocated
+            // LRU entries) would be created for nothing. WATCHED_NETNS
+            // stays: protect watches its namespaces without tracing.
+            for name in [map::OWNERS, map::PORT_OWNERS]
                 .into_iter()
                 .chain(map::PRIVATE)
             {

@@ -314,7 +314,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut line = format!("kato trace: {} events seen, {lost} lost", printer.seen);
     if lost > 0 {
         line += &format!(
-            " ({} ring buffer full, {} probes shed to keep room for verdicts, {} unreadable kernel memory{}, {} undecodable)",
+            " ({} ring buffer full, {} routine records shed to keep room for verdicts, {} unreadable kernel memory{}, {} undecodable)",
             c.lost,
             c.shed,
             c.read_failed,

@@ -186,7 +186,7 @@ impl Metrics {
                 "kato_connections_closed_quietly_total",
                 "Connections that closed without keepalive, without idling past idle_kill_min and without a reset: counted in the kernel, no record made (resets and keepalive connections are always recorded; --http-keepalive records every close).",
             ),
-            events_lost: r.counters("kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), shed (a routine record, a probe or a timer armed or stopped, not written while the ring was more than three quarters full: the rest is kept for timeouts, resets and closes), kernel_read (a kernel read failed), decode (malformed record).", ["cause"]),
+            events_lost: r.counters("kato_events_lost_total", "Kernel events lost: ring_full (ring buffer full), shed (a routine record, a probe or a timer armed or stopped, not written while the ring was more than three quarters full: the rest is kept for timeouts, resets, FINs and closes), kernel_read (a kernel read failed), decode (malformed record).", ["cause"]),
             evictions: r.counter("kato_table_evictions_total", "Sockets evicted from the full table (least recently updated first)."),
             snapshots: r.counter("kato_snapshots_total", "Full socket snapshots taken."),
             http_restarts: r.counter(
