@@ -378,3 +378,87 @@ fn watch_counts_probes_and_drops_closed_sockets() {
     assert!(max_sent >= 2, "probes kato counted: {max_sent}");
     assert!(gone_after_probing, "the closed socket left the table");
 }
+
+/// `kato sockets` in `ns` as JSON, with the loader's debug log: the rows'
+/// (local, remote, state, pid) and what the log says of the kernel facts.
+fn listing_and_log(ns: &Netns) -> (BTreeSet<String>, String) {
+    let out = Command::new(KATO)
+        .args(["sockets", "--output", "json", "--netns", &ns.name])
+        .env(
+            "RUST_LOG",
+            "keepalive_user::bpf=debug,keepalive_user::kernel=debug",
+        )
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "kato sockets: {log}");
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("kato JSON");
+    let rows = rows
+        .iter()
+        .map(|r| format!("{} {} {} {}", r["local"], r["remote"], r["state"], r["pid"]))
+        .collect();
+    (rows, log)
+}
+
+/// A listing keeps what it resolved from the kernel's BTF in
+/// /run/kato/kernel.json (root's, 0600); the next listing of the same boot
+/// by the same binary loads from it without parsing the BTF and lists the
+/// same sockets. A file that is not an entry is ignored: the listing
+/// parses the BTF and is still right. (Other tests list at the same time:
+/// the file may be rewritten between two steps, never torn.)
+#[test]
+fn listings_keep_the_kernel_facts_for_the_next() {
+    use std::os::unix::fs::MetadataExt as _;
+    require_root();
+    let ns = Netns::new("factcache");
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (up_tx, up_rx) = mpsc::channel();
+    let holder = ns.spawn(move || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let held: Vec<_> = (0..20)
+            .flat_map(|_| [TcpStream::connect(to).unwrap(), l.accept().unwrap().0])
+            .collect();
+        up_tx.send(()).unwrap();
+        let _ = done_rx.recv();
+        drop((held, l));
+    });
+    up_rx.recv().unwrap();
+
+    let (first, _) = listing_and_log(&ns);
+    assert_eq!(first.len(), 41, "{first:?}");
+    let file = std::path::Path::new("/run/kato/kernel.json");
+    let meta = std::fs::metadata(file).expect("the first listing kept the facts");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
+    let dir = std::fs::metadata("/run/kato").unwrap();
+    assert_eq!((dir.uid(), dir.mode() & 0o777), (0, 0o700));
+    // Another binary listing meanwhile (the package tests' kato) keeps its
+    // own facts in place of these: the next listing parses and keeps them
+    // again, so a few tries see the file used.
+    let mut tries = 0;
+    let (second, log) = loop {
+        let (rows, log) = listing_and_log(&ns);
+        tries += 1;
+        if log.contains("kernel facts from /run/kato") || tries == 5 {
+            break (rows, log);
+        }
+    };
+    assert!(log.contains("kernel facts from /run/kato"), "{log}");
+    assert!(!log.contains("BTF parsed"), "{log}");
+    assert_eq!(first, second);
+
+    // Not an entry: ignored, the BTF parsed again, the same listing.
+    let tmp = file.with_extension("test-garbage");
+    std::fs::write(&tmp, "{\"key\": 1}").unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+    let (third, _) = listing_and_log(&ns);
+    assert_eq!(first, third);
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(
+        text.contains("boot_id"),
+        "the file was not rewritten: {text}"
+    );
+
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+}

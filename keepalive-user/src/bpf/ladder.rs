@@ -18,7 +18,9 @@ use crate::kernel::btf::Btf;
 pub(super) struct Programs<'a> {
     pub ebpf: &'a mut Ebpf,
     /// kato's reader: which functions and tracepoints this kernel has.
-    pub btf: &'a Btf,
+    /// None for a load from the kernel cache, which attaches no tracing
+    /// program (`kernel::cache`): only the tracing ladder asks.
+    pub btf: Option<&'a Btf>,
     /// aya's: the attach targets program loads look up ([`super::targets`]).
     pub aya_btf: &'a aya::Btf,
 }
@@ -32,11 +34,16 @@ fn program_error(hook: Hook) -> impl Fn(aya::programs::ProgramError) -> LoadErro
 }
 
 impl Programs<'_> {
+    fn btf(&self) -> &Btf {
+        self.btf
+            .expect("loads that attach tracing programs parse the BTF (kernel::cache)")
+    }
+
     /// Loads and attaches one program where its [`Hook`] says.
     fn attach_one(&mut self, hook: Hook) -> Result<(), LoadError> {
         let (name, target, kind) = hook.spec();
         if matches!(kind, ProgKind::FEntry | ProgKind::FExit) {
-            self.btf
+            self.btf()
                 .function_args(target)
                 .map_err(|source| LoadError::NoFunction {
                     name: target,
@@ -151,7 +158,7 @@ impl Programs<'_> {
     /// `sock:inet_sk_error_report` where the kernel has it; says which.
     fn attach_error_report(&mut self) -> Result<&'static str, LoadError> {
         let hook = Hook::InetSkErrorReport;
-        if self.btf.tracepoint_args(hook.target()).is_err() {
+        if self.btf().tracepoint_args(hook.target()).is_err() {
             return Ok(" (no sock:inet_sk_error_report before 5.13: no socket_error events)");
         }
         self.attach_one(hook)?;
@@ -214,14 +221,14 @@ impl Programs<'_> {
     fn fentry_path(&mut self, why: String, arming: bool) -> Result<AttachPath, LoadError> {
         self.attach_all(&hooks::FENTRY_PATH)?;
         let reason_at = self
-            .btf
+            .btf()
             .function_reason_arg("tcp_send_active_reset")
             .ok()
             .flatten();
         self.attach_one(hooks::active_reset(reason_at))?;
         let out_of_line = hooks::FENTRY_ARMING
             .iter()
-            .all(|h| self.btf.function_args(h.target()).is_ok());
+            .all(|h| self.btf().function_args(h.target()).is_ok());
         let arming = if !arming {
             "not watched (timers from snapshots)"
         } else if out_of_line {

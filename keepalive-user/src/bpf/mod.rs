@@ -33,7 +33,7 @@ pub use hooks::Hook;
 
 use crate::{
     caps,
-    kernel::{btf::Btf, KernelInfo},
+    kernel::{btf::Btf, cache, KernelInfo},
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive"));
@@ -193,8 +193,34 @@ impl Bpf {
             .btf
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::kernel::DEFAULT_BTF));
+        // Loads that attach no tracing program need nothing from the BTF
+        // that the kernel cache does not keep.
+        let cacheable = !opts.tracing
+            && !opts.protect
+            && opts.hz.is_none()
+            && path == std::path::Path::new(crate::kernel::DEFAULT_BTF);
+        let key = cacheable.then(|| cache::Key::running(&path)).flatten();
+        if let Some(c) = key
+            .as_ref()
+            .and_then(|k| cache::load(k, path.clone(), Hook::ALL.len()))
+        {
+            log::debug!("kernel facts from {}", cache::DIR);
+            let aya_btf = targets::for_ids(&Hook::ALL, &c.target_ids);
+            return Self::load(c.info, None, &aya_btf, opts);
+        }
         let (kernel, btf) = KernelInfo::probe(Some(path), opts.hz, opts.tracing)?;
-        Self::open_parsed(kernel, &btf, loader(), opts)
+        let ids = targets::ids(&btf, &Hook::ALL);
+        let facts = key.map(|k| (k, kernel.clone()));
+        let bpf = Self::load(
+            kernel,
+            Some(&btf),
+            &targets::for_ids(&Hook::ALL, &ids),
+            opts,
+        )?;
+        if let Some((key, kernel)) = facts {
+            cache::store(key, &kernel, &ids);
+        }
+        Ok(bpf)
     }
 
     /// [`Bpf::open`] with a kernel already probed (doctor inspects its BTF
@@ -202,22 +228,32 @@ impl Bpf {
     /// return: nothing needs them once programs are loaded.
     pub fn open_with(kernel: KernelInfo, btf: &Btf, opts: &LoadOptions) -> Result<Self, LoadError> {
         caps::require_tracing().map_err(LoadError::Privilege)?;
-        Self::open_parsed(kernel, btf, loader(), opts)
+        Self::open_parsed(kernel, btf, opts)
     }
 
-    fn open_parsed(
+    fn open_parsed(kernel: KernelInfo, btf: &Btf, opts: &LoadOptions) -> Result<Self, LoadError> {
+        Self::load(
+            kernel,
+            Some(btf),
+            &targets::for_hooks(btf, &Hook::ALL),
+            opts,
+        )
+    }
+
+    /// Loads with the facts in `kernel` and the attach targets in
+    /// `aya_btf`; `btf` (None: from the kernel cache) is asked which
+    /// tracing hooks exist.
+    fn load(
         kernel: KernelInfo,
-        btf: &Btf,
-        loader: EbpfLoader<'static>,
+        btf: Option<&Btf>,
+        aya_btf: &aya::Btf,
         opts: &LoadOptions,
     ) -> Result<Self, LoadError> {
         if opts.tracing && kernel.config.keepalive_fn == 0 {
             return Err(LoadError::NotForTracing);
         }
         let t = std::time::Instant::now();
-        let aya_btf = targets::for_hooks(btf, &Hook::ALL);
-        // Borrows below (the globals) need not live for 'static.
-        let mut loader: EbpfLoader<'_> = loader;
+        let mut loader = loader();
         let ring = match opts.ring_bytes {
             Some(bytes) => Some(bytes),
             None if !opts.tracing => Some(IDLE_RING_BYTES),
@@ -270,7 +306,7 @@ impl Bpf {
         let mut progs = ladder::Programs {
             ebpf: &mut ebpf,
             btf,
-            aya_btf: &aya_btf,
+            aya_btf,
         };
         let attach = if opts.tracing {
             let path = progs.attach_tracing(opts.attach, !opts.no_arming)?;

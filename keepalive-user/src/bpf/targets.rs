@@ -36,12 +36,21 @@ impl Hook {
 /// would: each target the kernel has, at its id. Targets the kernel lacks
 /// are left out, so aya reports them as unknown, as with the full BTF.
 pub fn for_hooks(btf: &Btf, hooks: &[Hook]) -> AyaBtf {
+    for_ids(hooks, &ids(btf, hooks))
+}
+
+/// The kernel's id of each hook's attach target (None: the kernel lacks it).
+pub fn ids(btf: &Btf, hooks: &[Hook]) -> Vec<Option<u32>> {
     let targets: Vec<Target<'static>> = hooks.iter().map(|h| h.attach_target()).collect();
-    let named: Vec<(u32, Target<'static>)> = btf
-        .target_ids(&targets)
-        .into_iter()
-        .zip(targets)
-        .filter_map(|(id, t)| Some((id?, t)))
+    btf.target_ids(&targets)
+}
+
+/// [`for_hooks`] from ids already found ([`ids`], or the kernel cache).
+pub fn for_ids(hooks: &[Hook], ids: &[Option<u32>]) -> AyaBtf {
+    let named: Vec<(u32, Target<'static>)> = ids
+        .iter()
+        .zip(hooks)
+        .filter_map(|(id, h)| Some(((*id)?, h.attach_target())))
         .collect();
     AyaBtf::parse(&raw(&named), Endianness::default())
         .expect("aya parses the BTF kato writes for it")

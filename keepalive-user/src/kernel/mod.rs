@@ -1,6 +1,7 @@
 //! What kato learns about the running kernel before loading its programs.
 
 pub mod btf;
+pub mod cache;
 pub mod hz;
 pub mod kallsyms;
 pub mod offsets;
@@ -31,6 +32,7 @@ pub enum KernelError {
 /// of it: [`KernelInfo::probe`] hands it out separately so that it can be
 /// dropped once the programs are loaded (it is the largest allocation kato
 /// makes).
+#[derive(Debug, Clone)]
 pub struct KernelInfo {
     pub release: String,
     pub btf_path: PathBuf,
