@@ -379,11 +379,12 @@ fn watch_counts_probes_and_drops_closed_sockets() {
     assert!(gone_after_probing, "the closed socket left the table");
 }
 
-/// `kato sockets` in `ns` as JSON, with the loader's debug log: the rows'
-/// (local, remote, state, pid) and what the log says of the kernel facts.
-fn listing_and_log(ns: &Netns) -> (BTreeSet<String>, String) {
+/// `kato sockets ARGS` in `ns` as JSON, with the loader's debug log: each
+/// row without the fields that move with time, and the log.
+fn listing_and_log(ns: &Netns, args: &[&str]) -> (BTreeSet<String>, String) {
     let out = Command::new(KATO)
         .args(["sockets", "--output", "json", "--netns", &ns.name])
+        .args(args)
         .env(
             "RUST_LOG",
             "keepalive_user::bpf=debug,keepalive_user::kernel=debug",
@@ -394,18 +395,27 @@ fn listing_and_log(ns: &Netns) -> (BTreeSet<String>, String) {
     assert!(out.status.success(), "kato sockets: {log}");
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("kato JSON");
     let rows = rows
-        .iter()
-        .map(|r| format!("{} {} {} {}", r["local"], r["remote"], r["state"], r["pid"]))
+        .into_iter()
+        .map(|mut r| {
+            let o = r.as_object_mut().unwrap();
+            for moving in ["time", "idle_s", "last_data_recv_s", "last_data_sent_s"] {
+                o.remove(moving);
+            }
+            o["timer"].as_object_mut().unwrap().remove("remaining_s");
+            r.to_string()
+        })
         .collect();
     (rows, log)
 }
 
 /// A listing keeps what it resolved from the kernel's BTF in
-/// /run/kato/kernel.json (root's, 0600); the next listing of the same boot
-/// by the same binary loads from it without parsing the BTF and lists the
-/// same sockets. A file that is not an entry is ignored: the listing
-/// parses the BTF and is still right. (Other tests list at the same time:
-/// the file may be rewritten between two steps, never torn.)
+/// /run/kato/facts/kernel.json (root's, 0600 in 0700); the next listing of
+/// the same boot by the same binary loads from it without parsing the BTF
+/// and lists every socket exactly as a listing that parsed (`--btf` at a
+/// copy of the kernel's BTF: never cached) does: keepalive settings, owner,
+/// timer, queues. A file that is not an entry is ignored. (Other tests list
+/// at the same time with the same binary: the file may be rewritten between
+/// two steps, with the same entry, never torn.)
 #[test]
 fn listings_keep_the_kernel_facts_for_the_next() {
     use std::os::unix::fs::MetadataExt as _;
@@ -417,7 +427,13 @@ fn listings_keep_the_kernel_facts_for_the_next() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let to = l.local_addr().unwrap();
         let held: Vec<_> = (0..20)
-            .flat_map(|_| [TcpStream::connect(to).unwrap(), l.accept().unwrap().0])
+            .flat_map(|i| {
+                let c = TcpStream::connect(to).unwrap();
+                if i % 2 == 0 {
+                    keepalive(&c, 600 + i, 30, 4);
+                }
+                [c, l.accept().unwrap().0]
+            })
             .collect();
         up_tx.send(()).unwrap();
         let _ = done_rx.recv();
@@ -425,34 +441,39 @@ fn listings_keep_the_kernel_facts_for_the_next() {
     });
     up_rx.recv().unwrap();
 
-    let (first, _) = listing_and_log(&ns);
-    assert_eq!(first.len(), 41, "{first:?}");
-    let file = std::path::Path::new("/run/kato/kernel.json");
-    let meta = std::fs::metadata(file).expect("the first listing kept the facts");
+    let copy = std::env::temp_dir().join(format!("kato-btf-{}", std::process::id()));
+    std::fs::copy("/sys/kernel/btf/vmlinux", &copy).unwrap();
+    let (parsed, log) = listing_and_log(&ns, &["--btf", copy.to_str().unwrap()]);
+    std::fs::remove_file(&copy).unwrap();
+    assert!(log.contains("BTF parsed"), "{log}");
+    assert_eq!(parsed.len(), 41, "{parsed:?}");
+    assert_eq!(
+        parsed
+            .iter()
+            .filter(|r| r.contains("\"source\":\"socket\""))
+            .count(),
+        10,
+        "{parsed:?}"
+    );
+
+    let (first, _) = listing_and_log(&ns, &[]);
+    let file = std::path::Path::new("/run/kato/facts/kernel.json");
+    let meta = std::fs::metadata(file).expect("a listing kept the facts");
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
-    let dir = std::fs::metadata("/run/kato").unwrap();
+    let dir = std::fs::metadata("/run/kato/facts").unwrap();
     assert_eq!((dir.uid(), dir.mode() & 0o777), (0, 0o700));
-    // Another binary listing meanwhile (the package tests' kato) keeps its
-    // own facts in place of these: the next listing parses and keeps them
-    // again, so a few tries see the file used.
-    let mut tries = 0;
-    let (second, log) = loop {
-        let (rows, log) = listing_and_log(&ns);
-        tries += 1;
-        if log.contains("kernel facts from /run/kato") || tries == 5 {
-            break (rows, log);
-        }
-    };
-    assert!(log.contains("kernel facts from /run/kato"), "{log}");
+    let (second, log) = listing_and_log(&ns, &[]);
+    assert!(log.contains("kernel facts from /run/kato/facts"), "{log}");
     assert!(!log.contains("BTF parsed"), "{log}");
-    assert_eq!(first, second);
+    assert_eq!(parsed, first);
+    assert_eq!(parsed, second);
 
     // Not an entry: ignored, the BTF parsed again, the same listing.
     let tmp = file.with_extension("test-garbage");
     std::fs::write(&tmp, "{\"key\": 1}").unwrap();
     std::fs::rename(&tmp, file).unwrap();
-    let (third, _) = listing_and_log(&ns);
-    assert_eq!(first, third);
+    let (third, _) = listing_and_log(&ns, &[]);
+    assert_eq!(parsed, third);
     let text = std::fs::read_to_string(file).unwrap();
     assert!(
         text.contains("boot_id"),

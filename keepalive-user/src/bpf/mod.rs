@@ -206,7 +206,11 @@ impl Bpf {
         {
             log::debug!("kernel facts from {}", cache::DIR);
             let aya_btf = targets::for_ids(&Hook::ALL, &c.target_ids);
-            return Self::load(c.info, None, &aya_btf, opts);
+            match Self::load(c.info, None, &aya_btf, opts) {
+                Ok(bpf) => return Ok(bpf),
+                // Parsed afresh below, and the entry replaced.
+                Err(e) => log::debug!("loading with the kept facts failed: {e}"),
+            }
         }
         let (kernel, btf) = KernelInfo::probe(Some(path), opts.hz, opts.tracing)?;
         let ids = targets::ids(&btf, &Hook::ALL);

@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write as _,
+    io::{Read as _, Write as _},
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
@@ -21,23 +21,30 @@ use serde::{Deserialize, Serialize};
 
 use super::KernelInfo;
 
-pub const DIR: &str = "/run/kato";
+/// Its own directory: /run/kato itself may be made 0755 by `kato protect`
+/// (its private cgroup2 mount point).
+pub const DIR: &str = "/run/kato/facts";
 const FILE: &str = "kernel.json";
 /// An entry is ~2 KB.
 const MAX_BYTES: u64 = 64 << 10;
 
-/// Where the keepalive timer lives, as [`super::offsets::keepalive_timer`]
-/// names it (a `&'static str` in [`KernelInfo`]).
-const TIMER_PLACES: [&str; 2] = ["inet_connection_sock.icsk_keepalive_timer", "sock.sk_timer"];
+/// The entry's layout; a change to what is kept changes it.
+const FORMAT: u32 = 1;
 
 /// The running kernel and binary: a cache entry is good only for these.
+/// The binary is named by its file's identity and change time (which no
+/// copy, package or rebuild keeps, unlike its mtime) and kato's version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Key {
+    format: u32,
+    version: String,
     boot_id: String,
     release: String,
     btf_bytes: u64,
+    exe_dev: u64,
+    exe_ino: u64,
     exe_bytes: u64,
-    exe_mtime_ns: i128,
+    exe_ctime_ns: i128,
 }
 
 impl Key {
@@ -45,14 +52,18 @@ impl Key {
     pub fn running(btf: &Path) -> Option<Self> {
         let exe = fs::metadata("/proc/self/exe").ok()?;
         Some(Key {
+            format: FORMAT,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             boot_id: fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .ok()?
                 .trim()
                 .to_owned(),
             release: super::release(),
             btf_bytes: fs::metadata(btf).ok()?.len(),
+            exe_dev: exe.dev(),
+            exe_ino: exe.ino(),
             exe_bytes: exe.len(),
-            exe_mtime_ns: i128::from(exe.mtime()) * 1_000_000_000 + i128::from(exe.mtime_nsec()),
+            exe_ctime_ns: i128::from(exe.ctime()) * 1_000_000_000 + i128::from(exe.ctime_nsec()),
         })
     }
 }
@@ -85,14 +96,13 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The bytes of a plain `#[repr(C)]` value of integers (no padding
-/// holes: both types' padding is explicit and size-asserted).
-fn bytes_of<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: T is one of the two config types, integers and arrays of them.
+/// The bytes of a plain value (`Pod`: integers, explicit padding).
+fn bytes_of<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: a Pod value has no uninitialized bytes.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
-fn from_bytes<T: Copy + Default>(b: &[u8]) -> Option<T> {
+fn from_bytes<T: aya::Pod + Default>(b: &[u8]) -> Option<T> {
     if b.len() != size_of::<T>() {
         return None;
     }
@@ -128,7 +138,9 @@ fn decode(text: &str, key: &Key, btf_path: PathBuf, targets: usize) -> Option<Ca
     if &e.key != key || e.target_ids.len() != targets || e.hz == 0 {
         return None;
     }
-    let keepalive_timer = TIMER_PLACES.into_iter().find(|p| *p == e.keepalive_timer)?;
+    let keepalive_timer = super::offsets::TIMER_PLACES
+        .into_iter()
+        .find(|p| *p == e.keepalive_timer)?;
     Some(Cached {
         info: KernelInfo {
             release: e.key.release.clone(),
@@ -156,15 +168,25 @@ fn trusted_mode(uid: u32, mode: u32) -> bool {
 pub fn load(key: &Key, btf_path: PathBuf, targets: usize) -> Option<Cached> {
     let dir = Path::new(DIR);
     let path = dir.join(FILE);
-    let (d, f) = (
-        fs::symlink_metadata(dir).ok()?,
-        fs::symlink_metadata(&path).ok()?,
-    );
-    // A link, a FIFO or someone else's file is not read; nor a large one.
-    if !d.is_dir() || !f.is_file() || !trusted(&d) || !trusted(&f) || f.len() > MAX_BYTES {
+    if !fs::symlink_metadata(dir).is_ok_and(|d| d.is_dir() && trusted(&d)) {
         return None;
     }
-    let text = fs::read_to_string(&path).ok()?;
+    // Not a link (O_NOFOLLOW), never a FIFO's wait (O_NONBLOCK), root's
+    // regular file as opened, and read no further than an entry can be.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .ok()?;
+    let f = file.metadata().ok()?;
+    if !f.is_file() || !trusted(&f) {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_BYTES + 1).read_to_string(&mut text).ok()?;
+    if text.len() as u64 > MAX_BYTES {
+        return None;
+    }
     let c = decode(&text, key, btf_path, targets);
     if c.is_none() {
         log::debug!("{}: not for this kernel or binary, ignored", path.display());
@@ -177,22 +199,29 @@ pub fn load(key: &Key, btf_path: PathBuf, targets: usize) -> Option<Cached> {
 pub fn store(key: Key, info: &KernelInfo, target_ids: &[Option<u32>]) {
     let text = encode(key, info, target_ids);
     let dir = Path::new(DIR);
+    let tmp = dir.join(format!(".{FILE}.{}", std::process::id()));
     let r = (|| -> std::io::Result<()> {
         fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)
             .create(dir)?;
-        let tmp = dir.join(format!(".{FILE}.{}", std::process::id()));
+        // Only into a directory a later load would trust.
+        if !fs::symlink_metadata(dir).is_ok_and(|d| d.is_dir() && trusted(&d)) {
+            return Err(std::io::Error::other("the directory is not root's alone"));
+        }
+        let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         drop(f);
         fs::rename(&tmp, dir.join(FILE))
     })();
     if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
         log::debug!("{DIR}/{FILE} not written: {e}");
     }
 }
@@ -203,11 +232,15 @@ mod tests {
 
     fn key() -> Key {
         Key {
+            format: FORMAT,
+            version: "0.1.0".into(),
             boot_id: "b".into(),
             release: "6.18.0".into(),
             btf_bytes: 6_000_000,
+            exe_dev: 2049,
+            exe_ino: 1234,
             exe_bytes: 20_000_000,
-            exe_mtime_ns: 1_700_000_000_000_000_000,
+            exe_ctime_ns: 1_700_000_000_000_000_000,
         }
     }
 
@@ -225,7 +258,7 @@ mod tests {
             iter_config: IterConfig::default(),
             hz: 250,
             reset_reasons: BTreeMap::from([(15, "TCP_KEEPALIVE_TIMEOUT".to_owned())]),
-            keepalive_timer: TIMER_PLACES[1],
+            keepalive_timer: super::super::offsets::TIMER_PLACES[1],
         }
     }
 
@@ -259,7 +292,15 @@ mod tests {
                 ..key()
             },
             Key {
-                exe_mtime_ns: 1,
+                exe_ctime_ns: 1,
+                ..key()
+            },
+            Key {
+                exe_ino: 1,
+                ..key()
+            },
+            Key {
+                version: "0.2.0".into(),
                 ..key()
             },
             Key {

@@ -42,12 +42,16 @@ fn at(btf: &Btf, ty: &'static str, field: &'static str, size: u32) -> Result<u32
 /// through a `struct sock *` at offset 0 of either. Returns the offset and
 /// the field's name (for `kato doctor`).
 pub fn keepalive_timer(btf: &Btf) -> Result<(u32, &'static str), OffsetError> {
-    const ICSK: &str = "inet_connection_sock.icsk_keepalive_timer";
+    let [icsk, sock] = TIMER_PLACES;
     match btf.field("inet_connection_sock", "icsk_keepalive_timer") {
-        Ok(f) => Ok((f.offset, ICSK)),
-        _ => Ok((at(btf, "sock", "sk_timer", 0)?, "sock.sk_timer")),
+        Ok(f) => Ok((f.offset, icsk)),
+        _ => Ok((at(btf, "sock", "sk_timer", 0)?, sock)),
     }
 }
+
+/// Where kernels keep a socket's keepalive timer, as [`keepalive_timer`]
+/// names them.
+pub const TIMER_PLACES: [&str; 2] = ["inet_connection_sock.icsk_keepalive_timer", "sock.sk_timer"];
 
 /// Resolves all offsets. `keepalive_fn` is the address of `tcp_keepalive_timer`.
 pub fn resolve(btf: &Btf, keepalive_fn: u64) -> Result<KernelConfig, OffsetError> {
