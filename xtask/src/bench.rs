@@ -273,7 +273,7 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
         s,
         "## Listing sockets: `kato sockets` vs `ss` and `netstat`\n"
     );
-    let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. The tools run interleaved, one after another in each round; medians of the rounds (5 below 50k sockets, 3 below 200k, 1 above). kato's run includes loading its eBPF object, both BPF iterators (sockets and owners: kato always names the process) and its output; `ss -tnoa` and `netstat -tnoa` print no owners, their `-p` forms do. Peak RSS from GNU time (the time includes its fork and exec, the same for every tool).\n");
+    let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. The tools run interleaved, one after another in each round; medians of the rounds (21 below 5k sockets, 5 below 50k, 3 below 200k, 1 above). kato's run includes loading its eBPF object (from the second run on, with the kernel facts the first kept in /run/kato/facts), both BPF iterators (sockets and owners: kato always names the process) and its output; `ss -tnoa` and `netstat -tnoa` print no owners, their `-p` forms do. Peak RSS from GNU time (the time includes its fork and exec, the same for every tool).\n");
     let cols: Vec<&str> = TOOLS.iter().map(|t| t.0).collect();
     let _ = writeln!(
         s,
