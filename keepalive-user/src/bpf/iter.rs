@@ -173,23 +173,24 @@ impl Bpf {
         Ok(Run { name, link })
     }
 
-    /// Every TCP socket held by a process (in every namespace), and what
-    /// `decode(i, record)` makes of every TCP socket of namespace
-    /// `targets[i]` (None: kato's own). The owners are read on a thread of
-    /// their own while the namespaces are read here: the two walks share
-    /// nothing in the kernel.
-    pub fn sockets_and_owners<S: Send>(
+    /// What `owner(record)` makes of every TCP socket held by a process (in
+    /// every namespace), and what `decode(i, record)` makes of every TCP
+    /// socket of namespace `targets[i]` (None: kato's own). The owners are
+    /// read on a thread of their own while the namespaces are read here:
+    /// the two walks share nothing in the kernel.
+    pub fn sockets_and_owners<O: Send, S: Send>(
         &mut self,
         targets: &[Option<NetnsRef>],
+        owner: impl FnMut(OwnerRecord) -> Option<O> + Send,
         mut decode: impl FnMut(usize, SockRecord) -> Option<S> + Send,
-    ) -> Result<(Vec<OwnerRecord>, Vec<Vec<S>>), LoadError> {
+    ) -> Result<(Vec<O>, Vec<Vec<S>>), LoadError> {
         let owners = self.attach_iter(Hook::IterTaskFile)?;
         let tcp = targets
             .iter()
             .map(|_| self.attach_iter(Hook::IterTcp))
             .collect::<Result<Vec<_>, _>>()?;
         std::thread::scope(|s| {
-            let owners = s.spawn(|| owners.read(OWNER_RECORD_SIZE, None, Some::<OwnerRecord>));
+            let owners = s.spawn(|| owners.read(OWNER_RECORD_SIZE, None, owner));
             let decode = &mut decode;
             let sockets = tcp
                 .into_iter()

@@ -4,12 +4,13 @@
 
 pub mod compact;
 pub mod diag;
+pub mod owners;
 pub mod snapshot;
 pub mod table;
 
 use std::net::SocketAddr;
 
-use keepalive_common::{sock_flags, OwnerRecord, SockRecord};
+use keepalive_common::{sock_flags, SockRecord};
 use serde::Serialize;
 
 use crate::{
@@ -347,38 +348,10 @@ impl Socket {
 
 impl Socket {
     /// The process holding the socket.
-    pub fn set_owner(&mut self, o: &Owner) {
+    pub fn set_owner(&mut self, o: Owner) {
         self.pid = Some(o.pid);
-        self.comm = Some(std::sync::Arc::clone(&o.comm));
+        self.comm = Some(o.comm);
     }
-}
-
-/// `sk` → owning process, from `iter/task_file` records. A socket shared by
-/// several processes (fork) is attributed to the lowest PID, like `ss -p`'s
-/// first entry.
-/// Each process's name is made once and shared by all its sockets.
-pub fn owners(records: &[OwnerRecord]) -> foldhash::HashMap<u64, Owner> {
-    let mut map: foldhash::HashMap<u64, Owner> =
-        foldhash::HashMap::with_capacity_and_hasher(records.len(), Default::default());
-    let mut names: foldhash::HashMap<(u32, [u8; 16]), std::sync::Arc<str>> =
-        foldhash::HashMap::default();
-    for r in records {
-        let comm = names
-            .entry((r.tgid, r.comm))
-            .or_insert_with(|| crate::text::comm(&r.comm).into());
-        let owner = Owner {
-            pid: r.tgid,
-            comm: comm.clone(),
-        };
-        map.entry(r.sk)
-            .and_modify(|o| {
-                if owner.pid < o.pid {
-                    *o = owner.clone();
-                }
-            })
-            .or_insert(owner);
-    }
-    map
 }
 
 #[cfg(test)]
@@ -566,33 +539,5 @@ pub(crate) mod tests {
             ),
             Err(RecordError::State(0))
         );
-    }
-
-    #[test]
-    fn owner_is_lowest_pid() {
-        let rec = |sk, tgid, comm: &[u8]| {
-            let mut c = [0u8; 16];
-            c[..comm.len()].copy_from_slice(comm);
-            OwnerRecord {
-                sk,
-                tgid,
-                fd: 3,
-                comm: c,
-                ..OwnerRecord::default()
-            }
-        };
-        let m = owners(&[
-            rec(1, 200, b"child"),
-            rec(1, 100, b"parent"),
-            rec(2, 7, b"fifteen-chars-x"),
-        ]);
-        assert_eq!(
-            m[&1],
-            Owner {
-                pid: 100,
-                comm: "parent".into()
-            }
-        );
-        assert_eq!(&*m[&2].comm, "fifteen-chars-x");
     }
 }

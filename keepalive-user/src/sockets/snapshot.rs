@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 
-use super::{diag, owners, Socket};
+use super::{diag, owners::Naming, Socket};
 use crate::{
     bpf::{Bpf, Iterators, LoadError},
     conntrack,
@@ -125,7 +125,9 @@ pub fn snapshot_iter(
     let t0 = std::time::Instant::now();
     let hz = bpf.kernel.hz;
     let mut sysctls: Vec<Option<Sysctls>> = vec![None; targets.len()];
-    let (owner_records, per_ns) = bpf.sockets_and_owners(targets, |i, r| {
+    let mut naming = Naming::default();
+    let held = |r| Some(naming.held(&r));
+    let (held, per_ns) = bpf.sockets_and_owners(targets, held, |i, r| {
         if sysctls[i].is_none() && r.flags & keepalive_common::sock_flags::FULL != 0 {
             sysctls[i] = Some(Sysctls {
                 time_s: r.sysctl_ka_time / hz,
@@ -138,12 +140,12 @@ pub fn snapshot_iter(
             .ok()
     })?;
     log::debug!("iterators read in {:?}", t0.elapsed());
-    let owner_of = owners(&owner_records);
-    drop(owner_records);
+    let owner_of = naming.finish(held);
+    log::debug!("{} owners sorted at {:?}", owner_of.len(), t0.elapsed());
     let mut out = Vec::with_capacity(targets.len());
     for ((t, mut sockets), sysctls) in targets.iter().zip(per_ns).zip(sysctls) {
         for s in &mut sockets {
-            if let Some(o) = owner_of.get(&s.sock) {
+            if let Some(o) = owner_of.get(s.sock) {
                 s.set_owner(o);
             }
         }
@@ -154,6 +156,7 @@ pub fn snapshot_iter(
             conntrack: None,
         });
     }
+    log::debug!("owners joined at {:?}", t0.elapsed());
     join_conntrack(targets, &mut out)?;
     log::debug!("snapshot decoded in {:?}", t0.elapsed());
     Ok(out)
@@ -231,12 +234,19 @@ fn join_conntrack(
     targets: &[Option<NetnsRef>],
     snaps: &mut [NetnsSnapshot],
 ) -> Result<(), SnapshotError> {
-    let wanted: HashSet<conntrack::FlowKey> = snaps
-        .iter()
-        .flat_map(|n| &n.sockets)
-        .filter(|s| s.state != crate::tcp::TcpState::Listen)
-        .map(|s| conntrack::key(s.local, s.remote))
-        .collect();
+    // The flows asked about, made only when some table holds entries: at
+    // 100,000s of sockets the set is megabytes.
+    let wanted = std::sync::OnceLock::new();
+    let flows = || {
+        wanted.get_or_init(|| {
+            snaps
+                .iter()
+                .flat_map(|n| &n.sockets)
+                .filter(|s| s.state != crate::tcp::TcpState::Listen)
+                .map(|s| conntrack::key(s.local, s.remote))
+                .collect::<HashSet<_>>()
+        })
+    };
     // (namespace, its conntrack, the wanted entries it holds).
     let mut tables: Vec<(
         u32,
@@ -247,7 +257,7 @@ fn join_conntrack(
     let with_own = targets.iter().any(Option::is_none);
     let mut each = |t: &Option<NetnsRef>| -> Result<(), SnapshotError> {
         let inode = inode_of(t)?;
-        let found = in_netns(t, || table(&wanted))?;
+        let found = in_netns(t, || table(&flows))?;
         if let Some((ns, entries)) = found {
             tables.push((inode, ns, entries));
         }
@@ -259,11 +269,16 @@ fn join_conntrack(
     if !with_own {
         each(&None)?;
     }
+    drop(wanted);
+    let no_entries = tables.iter().all(|(_, _, entries)| entries.is_empty());
     for snap in snaps.iter_mut() {
         snap.conntrack = tables
             .iter()
             .find(|(ns, _, _)| *ns == snap.inode)
             .map(|(_, c, _)| *c);
+        if no_entries {
+            continue;
+        }
         for s in &mut snap.sockets {
             let k = conntrack::key(s.local, s.remote);
             s.conntrack = tables
@@ -285,10 +300,10 @@ fn join_conntrack(
 }
 
 /// In the calling thread's namespace: its conntrack, and the entries of
-/// `wanted` flows it holds (none dumped when it holds no entries, or
+/// `wanted()` flows it holds (none dumped when it holds no entries, or
 /// without CAP_NET_ADMIN). None where conntrack is not loaded.
-fn table(
-    wanted: &HashSet<conntrack::FlowKey>,
+fn table<'w>(
+    wanted: &impl Fn() -> &'w HashSet<conntrack::FlowKey>,
 ) -> Option<(
     conntrack::Namespace,
     HashMap<conntrack::FlowKey, conntrack::Tracked>,
@@ -296,7 +311,11 @@ fn table(
     let ns = conntrack::namespace()?;
     // Without CAP_NET_ADMIN ctnetlink refuses every request: the banner
     // and doctor say the capability is not kept; nothing to repeat here.
-    if ns.entries == 0 || !crate::caps::has(crate::caps::CAP_NET_ADMIN) || wanted.is_empty() {
+    if ns.entries == 0 || !crate::caps::has(crate::caps::CAP_NET_ADMIN) {
+        return Some((ns, HashMap::new()));
+    }
+    let wanted = wanted();
+    if wanted.is_empty() {
         return Some((ns, HashMap::new()));
     }
     match conntrack::lookup(wanted) {
