@@ -9,8 +9,12 @@ use crate::{
     bpf::Bpf,
     netns::NetnsRef,
     policy::Policy,
-    sockets::snapshot::{discover, NetnsSnapshot, SnapshotError, Snapshotter},
-    workload::{Named, Resolver},
+    sockets::{
+        row::Row,
+        snapshot::{discover, NetnsSnapshot, SnapshotError, Snapshotter},
+        Socket,
+    },
+    workload::Resolver,
 };
 
 /// Takes the census of `targets` (None: the caller's own namespace).
@@ -21,11 +25,22 @@ pub fn take(
     resolver: &mut Resolver,
     policy: &mut Policy,
 ) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
-    let mut snaps = snapshotter.take(bpf, targets)?;
+    take_rows::<Socket>(snapshotter, bpf, targets, resolver, policy)
+}
+
+/// [`take`], each socket held as an `S` (a listing's are [`Compact`](crate::sockets::compact::Compact)).
+pub fn take_rows<S: Row>(
+    snapshotter: &Snapshotter,
+    bpf: Option<&mut Bpf>,
+    targets: &[Option<NetnsRef>],
+    resolver: &mut Resolver,
+    policy: &mut Policy,
+) -> Result<Vec<NetnsSnapshot<S>>, SnapshotError> {
+    let mut snaps = snapshotter.take::<S>(bpf, targets)?;
     for s in snaps.iter_mut().flat_map(|n| &mut n.sockets) {
         // Cached per cgroup: one lookup however many sockets share it.
-        if let Some(id) = s.cgroup_id {
-            s.workload = Named(Some(resolver.resolve(id)));
+        if let Some(id) = s.cgroup() {
+            s.set_workload(resolver.resolve(id));
         }
     }
     discover(policy, &snaps);

@@ -286,7 +286,7 @@ impl SortKey {
     }
 
     /// [`SortKey::key_of`] in 24 bytes, exact for IPv4 (see [`packed_addr`]).
-    fn packed(self, s: &Socket) -> (u64, u64, u64) {
+    fn packed(self, s: &impl Listed) -> (u64, u64, u64) {
         let (primary, a, b) = self.parts(s);
         (primary, packed_addr(&a), packed_addr(&b))
     }
@@ -295,7 +295,7 @@ impl SortKey {
     /// array, the full key only where IPv6 leaves the compact one tied,
     /// equal keys in their original order; then the items are moved into
     /// place once.
-    pub fn sort<'s, T>(self, items: &mut [T], socket: impl Fn(&T) -> &'s Socket) {
+    pub fn sort<'s, T, S: Listed + 's>(self, items: &mut [T], socket: impl Fn(&T) -> &'s S) {
         let mut order: Vec<((u64, u64, u64), u32)> = items
             .iter()
             .enumerate()
@@ -332,10 +332,10 @@ impl SortKey {
 /// with `--risk`), sorted by their sockets. The items (a reference each)
 /// are kept, not views: a view is ~100 bytes, made where it is printed,
 /// and 100,000s of them held at once were a quarter of a listing's memory.
-pub fn select<'a, T: Copy>(
+pub fn select<'a, T: Copy, S: Listed + 'a>(
     items: impl IntoIterator<Item = T>,
-    socket: impl Fn(T) -> &'a Socket,
-    risk: impl Fn(&Socket) -> Option<Risk>,
+    socket: impl Fn(T) -> &'a S,
+    risk: impl Fn(&S) -> Option<Risk>,
     filter: &Filter,
     sort: SortKey,
 ) -> Vec<T> {

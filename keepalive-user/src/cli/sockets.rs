@@ -7,8 +7,10 @@ use keepalive_user::{
     bpf::{Bpf, LoadOptions},
     filter::{self, Filter, SortKey},
     netns,
+    policy::Policy,
     policy::Risk,
     sockets::{
+        compact::Compact,
         snapshot::{Listing, Snapshotter, Targets},
         table::Counts,
         Socket,
@@ -18,7 +20,7 @@ use keepalive_user::{
 };
 
 use super::{
-    table::{print, Frame, Style},
+    table::{fitted, print, print_rows, Frame, RowView, Style},
     KernelArgs, Output, WorkloadArgs,
 };
 
@@ -339,7 +341,9 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
             _ => None,
         };
         let t = std::time::Instant::now();
-        let mut snaps = keepalive_user::census::take(
+        // Held compact (176 bytes a socket, not 288), made whole only to
+        // be printed, a block at a time.
+        let mut snaps = keepalive_user::census::take_rows::<Compact>(
             &snap,
             bpf.as_mut(),
             &targets,
@@ -353,9 +357,9 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
             return Err(no_timeout());
         }
         let with_risk = !policy.is_empty();
-        let view = |s| addresses(SocketView::new(s, None, &policy));
         let all = snaps.iter().flat_map(|n| &n.sockets);
-        let mut shown = filter::select(all, |s| s, |s| policy.risk(s), &filter, sort);
+        let risk = |c: &Compact| policy.risk(&c.socket());
+        let mut shown = filter::select(all, |c| c, risk, &filter, sort);
         if args.reverse {
             shown.reverse();
         }
@@ -366,12 +370,21 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 Some(s) => s,
                 None => super::stories::fetch(args.agent)?,
             };
-            let rows = shown.iter().map(|s| view(s));
+            let made: Vec<Socket> = shown.iter().map(|c| c.socket()).collect();
+            let rows = made.iter().map(|s| view_of(s, &policy, show));
             super::stories::print(&mut out, output, rows, &stories, with_risk, frame.header)?;
             return ignore_broken_pipe(out.flush());
         }
-        let r =
-            print(&mut out, output, &shown, &view, with_risk, &style).and_then(|()| out.flush());
+        let r = if style.fits(output) {
+            let made: Vec<Socket> = shown.iter().map(|c| c.socket()).collect();
+            let views: Vec<SocketView<'_>> =
+                made.iter().map(|s| view_of(s, &policy, show)).collect();
+            fitted(&mut out, &views, with_risk, &style)
+        } else {
+            let row = |c: &Compact, f: RowView<'_>| f(&view_of(&c.socket(), &policy, show));
+            print_rows(&mut out, output, &shown, &row, with_risk, &style)
+        }
+        .and_then(|()| out.flush());
         log::debug!("printed at {:?}", t.elapsed());
         // The process ends here: the kernel takes the memory back faster
         // than 100,000s of sockets' destructors would.
@@ -421,6 +434,16 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// A listed socket's view, with its kernel address where asked for.
+fn view_of<'a>(s: &'a Socket, policy: &'a Policy, show_address: bool) -> SocketView<'a> {
+    let v = SocketView::new(s, None, policy);
+    if show_address {
+        v.with_address()
+    } else {
+        v
     }
 }
 

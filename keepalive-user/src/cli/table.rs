@@ -52,6 +52,11 @@ pub struct Style {
 }
 
 impl Style {
+    /// Is `output` the fitted table, which measures every row first?
+    pub fn fits(&self, output: Output) -> bool {
+        output == Output::Table && matches!(self.layout, Layout::Fit { .. })
+    }
+
     /// `columns`: `--columns`; `several`: more than one namespace listed.
     pub fn choose(
         columns: Option<Vec<Column>>,
@@ -118,94 +123,113 @@ pub fn print<'a, T: Copy + Sync>(
     with_risk: bool,
     style: &Style,
 ) -> std::io::Result<()> {
+    if style.fits(output) {
+        let views: Vec<SocketView<'a>> = items.iter().map(|t| view(*t)).collect();
+        return fitted(out, &views, with_risk, style);
+    }
+    print_rows(out, output, items, &|t, f| f(&view(t)), with_risk, style)
+}
+
+/// A row's view, handed to `f` (it may borrow what the row makes for it).
+pub type RowView<'f> = &'f mut dyn FnMut(&SocketView<'_>);
+
+/// [`print`] for rows that are made into sockets only to be printed (a
+/// listing's compact rows): `row(item, f)` makes the item's view and hands
+/// it to `f`, in the block that prints it. Not for the fitted layout
+/// ([`Style::fits`]), which measures every row before it prints one.
+pub fn print_rows<T: Copy + Sync>(
+    out: &mut impl Write,
+    output: Output,
+    items: &[T],
+    row: &(impl Fn(T, RowView<'_>) + Sync),
+    with_risk: bool,
+    style: &Style,
+) -> std::io::Result<()> {
     let frame = style.frame;
-    match (output, &style.layout) {
-        (Output::Json, _) => {
+    match output {
+        Output::Json => {
             let rows = json::Rows::new(&listed_at());
             out.write_all(b"[")?;
             in_blocks(out, items, |part, at| {
                 let mut text = Vec::with_capacity(part.len() * 1024);
                 for (i, t) in part.iter().enumerate() {
-                    rows.push(&mut text, at + i == 0, &view(*t));
+                    row(*t, &mut |v| rows.push(&mut text, at + i == 0, v));
                 }
                 text
             })?;
             writeln!(out, "]")
         }
-        (Output::Table, Layout::Fixed) => {
-            fixed(out, items, view, with_risk, frame.header)?;
+        Output::Table => {
+            if frame.header {
+                writeln!(out, "{}", render::header(with_risk))?;
+            }
+            in_blocks(out, items, |part, _| {
+                let mut text = String::with_capacity(part.len() * 200);
+                for t in part {
+                    row(*t, &mut |v| render::write_row(&mut text, v, with_risk));
+                    text.push('\n');
+                }
+                text.into_bytes()
+            })?;
             if frame.legend {
                 writeln!(out, "\n{}", render::FOOTNOTE)?;
-            }
-            Ok(())
-        }
-        (
-            Output::Table,
-            Layout::Fit {
-                cols,
-                width,
-                explicit,
-            },
-        ) => {
-            let views: Vec<SocketView<'a>> = items.iter().map(|t| view(*t)).collect();
-            let cols: Vec<Column> = cols
-                .iter()
-                .copied()
-                .filter(|c| with_risk || *explicit || *c != Column::Risk)
-                .collect();
-            let plan = fit::plan(&views, &cols, *width, *explicit, &style.names);
-            if frame.header {
-                writeln!(out, "{}", fit::header(&plan))?;
-            }
-            let mut line = String::with_capacity(160);
-            for v in &views {
-                line.clear();
-                fit::row(&mut line, &plan, v, &style.names, style.color);
-                line.push('\n');
-                out.write_all(line.as_bytes())?;
-            }
-            let fitted = |text: &str| match width {
-                Some(w) => fit::wrap(text, *w),
-                None => text.to_owned(),
-            };
-            if frame.summary {
-                writeln!(out, "\n{}", fitted(&fit::summary(&views)))?;
-                if !plan.dropped.is_empty() {
-                    let names: Vec<&str> = plan.dropped.iter().map(|c| c.name()).collect();
-                    let note = format!(
-                        "(left out to fit: {}; --wide or --columns shows them)",
-                        names.join(", ")
-                    );
-                    writeln!(out, "{}", fitted(&note))?;
-                }
-            }
-            if frame.legend {
-                writeln!(out, "\n{}", fitted(render::FOOTNOTE))?;
             }
             Ok(())
         }
     }
 }
 
-/// The fixed layout: 100,000s of rows, formatted [`in_blocks`].
-fn fixed<'a, T: Copy + Sync>(
+/// The fitted table: every view measured, then printed.
+pub fn fitted(
     out: &mut impl Write,
-    items: &[T],
-    view: &(impl Fn(T) -> SocketView<'a> + Sync),
+    views: &[SocketView<'_>],
     with_risk: bool,
-    header: bool,
+    style: &Style,
 ) -> std::io::Result<()> {
-    if header {
-        writeln!(out, "{}", render::header(with_risk))?;
+    let frame = style.frame;
+    let Layout::Fit {
+        cols,
+        width,
+        explicit,
+    } = &style.layout
+    else {
+        unreachable!("fitted() is called for the fitted layout");
+    };
+    let cols: Vec<Column> = cols
+        .iter()
+        .copied()
+        .filter(|c| with_risk || *explicit || *c != Column::Risk)
+        .collect();
+    let plan = fit::plan(views, &cols, *width, *explicit, &style.names);
+    if frame.header {
+        writeln!(out, "{}", fit::header(&plan))?;
     }
-    in_blocks(out, items, |part, _| {
-        let mut text = String::with_capacity(part.len() * 200);
-        for t in part {
-            render::write_row(&mut text, &view(*t), with_risk);
-            text.push('\n');
+    let mut line = String::with_capacity(160);
+    for v in views {
+        line.clear();
+        fit::row(&mut line, &plan, v, &style.names, style.color);
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+    }
+    let fitted = |text: &str| match width {
+        Some(w) => fit::wrap(text, *w),
+        None => text.to_owned(),
+    };
+    if frame.summary {
+        writeln!(out, "\n{}", fitted(&fit::summary(views)))?;
+        if !plan.dropped.is_empty() {
+            let names: Vec<&str> = plan.dropped.iter().map(|c| c.name()).collect();
+            let note = format!(
+                "(left out to fit: {}; --wide or --columns shows them)",
+                names.join(", ")
+            );
+            writeln!(out, "{}", fitted(&note))?;
         }
-        text.into_bytes()
-    })
+    }
+    if frame.legend {
+        writeln!(out, "\n{}", fitted(render::FOOTNOTE))?;
+    }
+    Ok(())
 }
 
 /// Writes `render(block, offset)` for blocks of `items` in order, two

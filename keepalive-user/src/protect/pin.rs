@@ -85,7 +85,7 @@ pub fn all(dir: &Path) -> Vec<PathBuf> {
 /// Marks the keepalive settings that a running protect (any process's
 /// pin in [`BPFFS`]) set on `sockets` as [`ValueSource::Kato`](crate::sockets::ValueSource::Kato).
 /// Nothing to mark (no pins, or no BPF filesystem here) is not an error.
-pub fn mark<'a>(sockets: impl Iterator<Item = &'a mut crate::sockets::Socket>) {
+pub fn mark<'a, S: crate::sockets::row::Row + 'a>(sockets: impl Iterator<Item = &'a mut S>) {
     use aya::maps::{HashMap, Map, MapData};
     use keepalive_common::protect::Protected;
 
@@ -97,23 +97,11 @@ pub fn mark<'a>(sockets: impl Iterator<Item = &'a mut crate::sockets::Socket>) {
     if maps.is_empty() {
         return;
     }
+    let after = |cookie: u64| {
+        let p = maps.iter().find_map(|m| m.get(&cookie, 0).ok())?;
+        Some((p.after.idle_s, p.after.intvl_s))
+    };
     for s in sockets {
-        let (Some(cookie), Some(k)) = (s.cookie, s.keepalive.as_mut()) else {
-            continue;
-        };
-        if !k.enabled {
-            continue;
-        }
-        let Some(p) = maps.iter().find_map(|m| m.get(&cookie, 0).ok()) else {
-            continue;
-        };
-        for (setting, value) in [
-            (&mut k.idle_s, p.after.idle_s),
-            (&mut k.interval_s, p.after.intvl_s),
-        ] {
-            if setting.value == value && setting.source != crate::sockets::ValueSource::Sysctl {
-                setting.source = crate::sockets::ValueSource::Kato;
-            }
-        }
+        s.mark_protected(after);
     }
 }

@@ -238,6 +238,37 @@ impl Compact {
         }
     }
 
+    /// The process holding the socket.
+    pub fn set_owner(&mut self, o: crate::owner::Owner) {
+        self.pid = o.pid;
+        self.comm = Some(o.comm);
+        self.bits |= bit::PID;
+    }
+
+    /// The socket's cgroup v2 id, where known.
+    pub fn cgroup_id(&self) -> Option<u64> {
+        self.has(bit::CGROUP).then_some(self.cgroup_id)
+    }
+
+    pub fn set_workload(&mut self, w: Arc<Workload>) {
+        self.workload = Some(w);
+    }
+
+    pub fn set_conntrack(&mut self, t: Option<Tracked>) {
+        self.conntrack = t;
+    }
+
+    /// The idle and interval settings that equal `kato protect`'s (`idle`,
+    /// `intvl` seconds) and were set on the socket become kato's.
+    pub fn mark_kato(&mut self, idle: u32, intvl: u32) {
+        if self.has(bit::IDLE_FROM_SOCKET) && self.ka_idle_s == idle {
+            self.from_kato |= 1;
+        }
+        if self.has(bit::INTVL_FROM_SOCKET) && self.ka_intvl_s == intvl {
+            self.from_kato |= 2;
+        }
+    }
+
     /// The socket cookie, where one was generated.
     pub fn socket_cookie(&self) -> Option<u64> {
         self.has(bit::COOKIE).then_some(self.cookie)

@@ -5,6 +5,7 @@
 pub mod compact;
 pub mod diag;
 pub mod owners;
+pub mod row;
 pub mod snapshot;
 pub mod table;
 

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 
-use super::{diag, owners::Naming, Socket};
+use super::{diag, owners::Naming, row::Row, Socket};
 use crate::{
     bpf::{Bpf, Iterators, LoadError},
     conntrack,
@@ -32,9 +32,9 @@ pub struct Sysctls {
 }
 
 #[derive(Debug, Clone)]
-pub struct NetnsSnapshot {
+pub struct NetnsSnapshot<S = Socket> {
     pub inode: u32,
-    pub sockets: Vec<Socket>,
+    pub sockets: Vec<S>,
     /// Read from the namespace's sockets (unknown without full sockets or
     /// through sock_diag).
     pub sysctls: Option<Sysctls>,
@@ -104,11 +104,11 @@ impl Snapshotter {
         }
     }
 
-    pub fn take(
+    pub fn take<S: Row>(
         &self,
         bpf: Option<&mut Bpf>,
         targets: &[Option<NetnsRef>],
-    ) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
+    ) -> Result<Vec<NetnsSnapshot<S>>, SnapshotError> {
         match bpf {
             Some(b) if !self.diag => snapshot_iter(b, targets),
             _ => snapshot_diag(targets),
@@ -118,10 +118,10 @@ impl Snapshotter {
 
 /// Through the BPF iterators, owners joined in. Records become sockets as
 /// they are read; owners, read alongside, are joined after.
-pub fn snapshot_iter(
+pub fn snapshot_iter<S: Row>(
     bpf: &mut Bpf,
     targets: &[Option<NetnsRef>],
-) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
+) -> Result<Vec<NetnsSnapshot<S>>, SnapshotError> {
     let t0 = std::time::Instant::now();
     let hz = bpf.kernel.hz;
     let mut sysctls: Vec<Option<Sysctls>> = vec![None; targets.len()];
@@ -136,6 +136,7 @@ pub fn snapshot_iter(
             });
         }
         Socket::from_record(&r, hz, None)
+            .map(S::of)
             .map_err(|e| log::warn!("skipping a socket record: {e}"))
             .ok()
     })?;
@@ -145,7 +146,7 @@ pub fn snapshot_iter(
     let mut out = Vec::with_capacity(targets.len());
     for ((t, mut sockets), sysctls) in targets.iter().zip(per_ns).zip(sysctls) {
         for s in &mut sockets {
-            if let Some(o) = owner_of.get(s.sock) {
+            if let Some(o) = owner_of.get(s.sk()) {
                 s.set_owner(o);
             }
         }
@@ -163,7 +164,9 @@ pub fn snapshot_iter(
 }
 
 /// Through sock_diag; owners found by inode via /proc.
-pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>, SnapshotError> {
+pub fn snapshot_diag<S: Row>(
+    targets: &[Option<NetnsRef>],
+) -> Result<Vec<NetnsSnapshot<S>>, SnapshotError> {
     let mut owners = OwnerCache::default();
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
@@ -177,7 +180,7 @@ pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>,
         }
         out.push(NetnsSnapshot {
             inode,
-            sockets,
+            sockets: sockets.into_iter().map(S::of).collect(),
             sysctls: None,
             conntrack: None,
         });
@@ -189,7 +192,7 @@ pub fn snapshot_diag(targets: &[Option<NetnsRef>]) -> Result<Vec<NetnsSnapshot>,
 /// (namespace, established timeout) of each namespace whose conntrack
 /// tracks flows (loaded, with entries: the module is host-wide once loaded,
 /// a namespace without NAT or `ct` rules tracks nothing).
-pub fn conntrack_rules(snaps: &[NetnsSnapshot]) -> Vec<(u32, u32)> {
+pub fn conntrack_rules<S>(snaps: &[NetnsSnapshot<S>]) -> Vec<(u32, u32)> {
     snaps
         .iter()
         .filter_map(|n| {
@@ -203,7 +206,7 @@ pub fn conntrack_rules(snaps: &[NetnsSnapshot]) -> Vec<(u32, u32)> {
 /// The timeouts found rather than declared, into `policy`: each tracking
 /// namespace's conntrack, and the IPVS virtual services of the caller's
 /// namespace (the host's, where kube-proxy programs them).
-pub fn discover(policy: &mut crate::policy::Policy, snaps: &[NetnsSnapshot]) {
+pub fn discover<S>(policy: &mut crate::policy::Policy, snaps: &[NetnsSnapshot<S>]) {
     policy.set_conntrack(conntrack_rules(snaps));
     policy.ipvs = crate::ipvs::rules().unwrap_or_else(|e| {
         static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -230,9 +233,9 @@ fn in_netns<T: Send>(t: &Option<NetnsRef>, f: impl FnOnce() -> T + Send) -> Resu
 /// it), and each namespace its conntrack. A table is dumped once, for the
 /// flows of every namespace; none without CAP_NET_ADMIN or entries. A
 /// failed dump leaves the entries unknown and says so once per process.
-fn join_conntrack(
+fn join_conntrack<S: Row>(
     targets: &[Option<NetnsRef>],
-    snaps: &mut [NetnsSnapshot],
+    snaps: &mut [NetnsSnapshot<S>],
 ) -> Result<(), SnapshotError> {
     // The flows asked about, made only when some table holds entries: at
     // 100,000s of sockets the set is megabytes.
@@ -242,8 +245,9 @@ fn join_conntrack(
             snaps
                 .iter()
                 .flat_map(|n| &n.sockets)
-                .filter(|s| s.state != crate::tcp::TcpState::Listen)
-                .map(|s| conntrack::key(s.local, s.remote))
+                .map(Row::flow)
+                .filter(|(state, _, _)| *state != crate::tcp::TcpState::Listen)
+                .map(|(_, local, remote)| conntrack::key(local, remote))
                 .collect::<HashSet<_>>()
         })
     };
@@ -280,8 +284,9 @@ fn join_conntrack(
             continue;
         }
         for s in &mut snap.sockets {
-            let k = conntrack::key(s.local, s.remote);
-            s.conntrack = tables
+            let (_, local, remote) = s.flow();
+            let k = conntrack::key(local, remote);
+            let tracked = tables
                 .iter()
                 .filter_map(|(ns, c, entries)| {
                     entries.get(&k).map(|e| {
@@ -293,6 +298,7 @@ fn join_conntrack(
                 })
                 .min_by_key(|(timeout, _)| *timeout)
                 .map(|(_, e)| e);
+            s.set_conntrack(tracked);
         }
     }
     let _ = own;
