@@ -10,7 +10,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::harness::{agent_rss_kib, hold_with, http_get, spawn_agent_with, Holders, Netns};
+use crate::harness::{
+    agent_pss_kib, agent_rss_kib, hold_with, http_get, spawn_agent_with, Holders, Netns,
+};
 
 fn hold(ns: &Netns, sockets: usize) -> Result<Holders> {
     hold_with(ns, sockets, &["--keepalive"])
@@ -110,6 +112,8 @@ fn count_json(ns: &Netns, kato: &str) -> Result<usize> {
 pub struct AgentRun {
     pub tracked: usize,
     pub rss_kib: u64,
+    /// Shared pages counted once (see [`agent_pss_kib`]).
+    pub pss_kib: u64,
     pub scrape_p50: Duration,
     pub scrape_p99: Duration,
     pub series: usize,
@@ -125,6 +129,7 @@ fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
         .and_then(|s| s.split([',', '}']).next()?.parse().ok())
         .unwrap_or(0);
     let rss_kib = agent_rss_kib(agent.id())?;
+    let pss_kib = agent_pss_kib(agent.id())?;
     let mut lat = Vec::with_capacity(scrapes);
     let mut series = 0;
     for _ in 0..scrapes {
@@ -143,6 +148,7 @@ fn agent_run(kato: &str, ns: &Netns, scrapes: usize) -> Result<AgentRun> {
     Ok(AgentRun {
         tracked,
         rss_kib,
+        pss_kib,
         scrape_p50: lat[lat.len() / 2],
         scrape_p99: lat[(lat.len() * 99).div_ceil(100) - 1],
         series,
@@ -325,14 +331,18 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
         s,
         "\n## The agent: memory per tracked socket, `/metrics` scrape time\n"
     );
-    let _ = writeln!(s, "`kato agent --netns <bench namespace>` after its start-up snapshot; RSS from /proc; {SCRAPES} sequential scrapes of `/metrics` over loopback. Baseline: the same agent watching an empty namespace.\n");
-    let _ = writeln!(s, "| sockets tracked | RSS | bytes per socket above baseline | scrape p50 | scrape p99 | p99 / baseline p99 | series |");
-    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "`kato agent --netns <bench namespace>` after its start-up snapshot; RSS from /proc, of its engine and its HTTP process added (pages they share, such as the binary's, counted twice); PSS counts each shared page once; {SCRAPES} sequential scrapes of `/metrics` over loopback. Baseline: the same agent watching an empty namespace.\n");
+    let _ = writeln!(s, "| sockets tracked | RSS | PSS | bytes per socket above baseline | scrape p50 | scrape p99 | p99 / baseline p99 | series |");
+    let _ = writeln!(
+        s,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     let line = |a: &AgentRun, per: String, ratio: String| {
         format!(
-            "| {} | {} KiB | {per} | {} | {} | {ratio} | {} |",
+            "| {} | {} KiB | {} KiB | {per} | {} | {} | {ratio} | {} |",
             a.tracked,
             a.rss_kib,
+            a.pss_kib,
             ms(a.scrape_p50),
             ms(a.scrape_p99),
             a.series

@@ -145,10 +145,10 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-/// The agent's resident memory: its engine and, since the process split,
-/// its HTTP process (`kato agent-http`, a child of the engine).
-pub fn agent_rss_kib(pid: u32) -> Result<u64> {
-    let mut total = rss_kib(pid)?;
+/// The agent's processes: its engine and, since the process split, its
+/// HTTP process (`kato agent-http`, a child of the engine).
+fn agent_pids(pid: u32) -> Result<Vec<u32>> {
+    let mut pids = vec![pid];
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let children = std::fs::read_to_string(task?.path().join("children")).unwrap_or_default();
         for child in children
@@ -157,11 +157,33 @@ pub fn agent_rss_kib(pid: u32) -> Result<u64> {
         {
             let cmd = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
             if cmd.split(|&b| b == 0).nth(1) == Some(b"agent-http") {
-                total += rss_kib(child)?;
+                pids.push(child);
             }
         }
     }
-    Ok(total)
+    Ok(pids)
+}
+
+/// The agent's resident memory: every one of its processes' RSS, added
+/// (pages the two share, such as the binary's, counted in each).
+pub fn agent_rss_kib(pid: u32) -> Result<u64> {
+    agent_pids(pid)?.into_iter().map(rss_kib).sum()
+}
+
+/// The agent's proportional memory: each shared page counted once across
+/// all the processes that map it (`Pss` of /proc/PID/smaps_rollup, added).
+pub fn agent_pss_kib(pid: u32) -> Result<u64> {
+    agent_pids(pid)?
+        .into_iter()
+        .map(|p| {
+            let rollup = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))?;
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .context("no Pss in smaps_rollup")
+        })
+        .sum()
 }
 
 /// The bpftrace peer: the same tracepoints, the same keepalive filter,

@@ -6,6 +6,7 @@ pub mod bench_floor;
 pub mod completions;
 pub mod doctor;
 pub mod history;
+mod listing;
 pub mod man;
 pub mod protect;
 pub mod signals;

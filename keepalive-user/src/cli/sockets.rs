@@ -5,12 +5,10 @@ use std::{io::Write, time::Duration};
 use clap::{Args, ValueEnum};
 use keepalive_user::{
     bpf::{Bpf, LoadOptions},
-    filter::{self, Filter, SortKey},
+    filter::{Filter, SortKey},
     netns,
-    policy::Policy,
     policy::Risk,
     sockets::{
-        compact::Compact,
         snapshot::{Listing, Snapshotter, Targets},
         table::Counts,
         Socket,
@@ -20,7 +18,7 @@ use keepalive_user::{
 };
 
 use super::{
-    table::{fitted, print, print_rows, Frame, RowView, Style},
+    table::{print, Frame, Style},
     KernelArgs, Output, WorkloadArgs,
 };
 
@@ -293,15 +291,6 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
         super::agent::idle_timeout_flags(&args.idle_timeout)?,
         args.no_cloud_defaults,
     );
-    // Conntrack's rules come with the snapshot; --risk is checked after it.
-    let no_timeout = || -> anyhow::Error {
-        keepalive_user::agent::config::ConfigError {
-            origin: "command line".into(),
-            key: "--risk".into(),
-            message: "no idle timeout to classify against: give --idle-timeout (no cloud default or conntrack applies here)".into(),
-        }
-        .into()
-    };
     let source = match args.source {
         ListingArg::Auto => Listing::Auto,
         ListingArg::Iter => Listing::Iter,
@@ -340,57 +329,21 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
             (Some(d), Some(b)) => Some(super::stories::trace_for(b, d, &policy).await?),
             _ => None,
         };
-        let t = std::time::Instant::now();
-        // Held compact (176 bytes a socket, not 288), made whole only to
-        // be printed, a block at a time.
-        let mut snaps = keepalive_user::census::take_rows::<Compact>(
+        let ask = super::listing::Ask {
+            args: &args,
+            output,
+            style: &style,
+            filter: &filter,
+            traced,
+        };
+        return super::listing::once(
+            ask,
             &snap,
             bpf.as_mut(),
             &targets,
             &mut resolver,
             &mut policy,
-        )?;
-        // Settings a running `kato protect` made say so.
-        keepalive_user::protect::pin::mark(snaps.iter_mut().flat_map(|n| &mut n.sockets));
-        log::debug!("census taken in {:?}", t.elapsed());
-        if !args.risk.is_empty() && policy.is_empty() {
-            return Err(no_timeout());
-        }
-        let with_risk = !policy.is_empty();
-        let all = snaps.iter().flat_map(|n| &n.sockets);
-        let risk = |c: &Compact| policy.risk(&c.socket());
-        let mut shown = filter::select(all, |c| c, risk, &filter, sort);
-        if args.reverse {
-            shown.reverse();
-        }
-        log::debug!("selected at {:?}", t.elapsed());
-        let mut out = std::io::BufWriter::new(stdout.lock());
-        if args.history {
-            let stories = match traced {
-                Some(s) => s,
-                None => super::stories::fetch(args.agent)?,
-            };
-            let made: Vec<Socket> = shown.iter().map(|c| c.socket()).collect();
-            let rows = made.iter().map(|s| view_of(s, &policy, show));
-            super::stories::print(&mut out, output, rows, &stories, with_risk, frame.header)?;
-            return ignore_broken_pipe(out.flush());
-        }
-        let r = if style.fits(output) {
-            let made: Vec<Socket> = shown.iter().map(|c| c.socket()).collect();
-            let views: Vec<SocketView<'_>> =
-                made.iter().map(|s| view_of(s, &policy, show)).collect();
-            fitted(&mut out, &views, with_risk, &style)
-        } else {
-            let row = |c: &Compact, f: RowView<'_>| f(&view_of(&c.socket(), &policy, show));
-            print_rows(&mut out, output, &shown, &row, with_risk, &style)
-        }
-        .and_then(|()| out.flush());
-        log::debug!("printed at {:?}", t.elapsed());
-        // The process ends here: the kernel takes the memory back faster
-        // than 100,000s of sockets' destructors would.
-        drop(shown);
-        std::mem::forget(snaps);
-        return ignore_broken_pipe(r);
+        );
     };
 
     // Watch: snapshots every period, keepalive events in between.
@@ -437,17 +390,18 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// A listed socket's view, with its kernel address where asked for.
-fn view_of<'a>(s: &'a Socket, policy: &'a Policy, show_address: bool) -> SocketView<'a> {
-    let v = SocketView::new(s, None, policy);
-    if show_address {
-        v.with_address()
-    } else {
-        v
+/// `--risk` without any idle timeout to classify against. Conntrack's
+/// rules come with the snapshot, so this is known only after it.
+pub(super) fn no_timeout() -> anyhow::Error {
+    keepalive_user::agent::config::ConfigError {
+        origin: "command line".into(),
+        key: "--risk".into(),
+        message: "no idle timeout to classify against: give --idle-timeout (no cloud default or conntrack applies here)".into(),
     }
+    .into()
 }
 
-fn ignore_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
+pub(super) fn ignore_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => Ok(r?),

@@ -282,3 +282,99 @@ pub fn parse_columns(s: &str) -> Result<Columns, String> {
         .collect::<Result<_, _>>()
         .map(Columns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keepalive_user::{
+        policy::{Policy, Rule},
+        sockets::{compact::Compact, Effective, Keepalive, Socket, Timer, TimerKind, ValueSource},
+        tcp::TcpState,
+    };
+
+    /// More rows than two blocks, with what varies between rows: keepalive
+    /// on, off or unknown, probes, times, owners.
+    fn sockets() -> Vec<Socket> {
+        let setting = |value, source| Effective { value, source };
+        (0..9000u64)
+            .map(|i| {
+                let timer = Timer {
+                    kind: TimerKind::Keepalive,
+                    // Jiffies at HZ 250, as the kernel's records give them.
+                    remaining_s: (375 + i) as f64 / 250.0,
+                    retransmits: 0,
+                    probes: (i % 3) as u8,
+                };
+                let local = format!("10.0.{}.1:{}", i % 200, 1024 + i).parse().unwrap();
+                let remote = "10.9.0.2:5432".parse().unwrap();
+                let state = TcpState::Established;
+                let mut s = Socket::bare(i, 7, local, remote, state, 100 + i, timer);
+                s.pid = (i % 5 != 0).then_some(4242);
+                s.comm = s.pid.map(|_| "psql".into());
+                s.idle_s = Some(i as f64 * 0.25);
+                s.cookie = Some(i + 1);
+                s.keepalive = (i % 3 != 0).then_some(Keepalive {
+                    enabled: i % 2 == 0,
+                    idle_s: setting(7200, ValueSource::Sysctl),
+                    interval_s: setting(30, ValueSource::Socket),
+                    count: setting(9, ValueSource::Sysctl),
+                    user_timeout_ms: (i % 7 == 0).then_some(20_000),
+                });
+                s
+            })
+            .collect()
+    }
+
+    /// The listing's `time` fields, blanked: each print takes its own.
+    fn timeless(out: Vec<u8>) -> String {
+        let text = String::from_utf8(out).unwrap();
+        let mut rest = text.as_str();
+        let mut kept = String::new();
+        while let Some(at) = rest.find("{\"time\":\"") {
+            let value = at + "{\"time\":\"".len();
+            kept.push_str(&rest[..value]);
+            let end = value + rest[value..].find('"').unwrap();
+            rest = &rest[end..];
+        }
+        kept.push_str(rest);
+        kept
+    }
+
+    #[test]
+    fn compact_rows_print_the_bytes_their_sockets_do() {
+        let mut policy = Policy::default();
+        policy.rules.push(Rule::parse("10.9.0.0/16=350s").unwrap());
+        let full = sockets();
+        let compact: Vec<Compact> = full.iter().map(Compact::of).collect();
+        let style = Style {
+            layout: Layout::Fixed,
+            color: false,
+            names: NetnsNames::default(),
+            frame: Frame {
+                header: true,
+                legend: true,
+                summary: false,
+            },
+        };
+        for (output, with_risk) in [
+            (Output::Table, false),
+            (Output::Table, true),
+            (Output::Json, true),
+        ] {
+            let (mut a, mut b) = (vec![], vec![]);
+            let refs: Vec<&Socket> = full.iter().collect();
+            let view = |s| SocketView::new(s, None, &policy);
+            print(&mut a, output, &refs, &view, with_risk, &style).unwrap();
+            let rows: Vec<&Compact> = compact.iter().collect();
+            let row = |c: &Compact, f: RowView<'_>| f(&SocketView::new(&c.socket(), None, &policy));
+            print_rows(&mut b, output, &rows, &row, with_risk, &style).unwrap();
+            let (a, b) = (timeless(a), timeless(b));
+            assert_eq!(a.matches("10.9.0.2:5432").count(), 9000, "{output:?}");
+            if let Some(at) = a.bytes().zip(b.bytes()).position(|(x, y)| x != y) {
+                let near = |t: &str| t[at.saturating_sub(150)..(at + 60).min(t.len())].to_owned();
+                panic!("{output:?} differs: {:?}\nagainst {:?}", near(&a), near(&b));
+            }
+            assert_eq!(a.len(), b.len(), "{output:?}");
+        }
+    }
+}

@@ -1,8 +1,8 @@
-//! A [`Socket`] as the agent's table keeps it: the same facts in 160 bytes
-//! instead of ~300 (addresses as bytes, optional numbers as sentinels,
-//! seconds as milliseconds, keepalive settings as packed bits), so that a
-//! node's 100,000s of sockets cost little memory each. [`Compact::socket`]
-//! gives the [`Socket`] back for views.
+//! A [`Socket`] as the agent's table and a one-shot listing keep it: the
+//! same facts in 176 bytes instead of 288 (addresses as bytes, optional
+//! numbers as sentinels, seconds as milliseconds, keepalive settings as
+//! packed bits), so that a node's 100,000s of sockets cost little memory
+//! each. [`Compact::socket`] gives the [`Socket`] back for views.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -47,9 +47,9 @@ pub struct Compact {
     recv_q: u32,
     send_q: u32,
     pid: u32,
-    /// Milliseconds: time left on the timer, idle, since data in, since
-    /// data out (jiffies at HZ 100, 250 or 1000 are whole milliseconds;
-    /// beyond 49 days they saturate).
+    /// Time left on the timer, idle, since data in, since data out, as
+    /// [`ms`] keeps them: milliseconds (jiffies at HZ 100, 250 or 1000 are
+    /// whole ones), whole seconds from 24.8 days on.
     timer_ms: u32,
     idle_ms: u32,
     recv_ms: u32,
@@ -77,13 +77,28 @@ pub struct Compact {
 pub const COMPACT_SIZE: usize = 176;
 const _: () = assert!(size_of::<Compact>() == COMPACT_SIZE);
 
+/// The top bit of a kept time: the rest is whole seconds, not milliseconds.
+const IN_SECONDS: u32 = 1 << 31;
+
+/// Seconds kept in 32 bits: to the millisecond below 2^31 ms (24.8 days),
+/// to the second beyond (the kernel's 32-bit jiffies reach 99 days idle
+/// at HZ 250): a zombie idle for months shows its months, not a cap.
 fn ms(s: f64) -> u32 {
     // `as` saturates (and takes NaN to 0).
-    (s * 1000.0).round() as u32
+    let ms = (s * 1000.0).round() as u64;
+    if ms < u64::from(IN_SECONDS) {
+        ms as u32
+    } else {
+        IN_SECONDS | (s.round() as u32).min(IN_SECONDS - 1)
+    }
 }
 
-fn secs(ms: u32) -> f64 {
-    f64::from(ms) / 1000.0
+fn secs(kept: u32) -> f64 {
+    if kept & IN_SECONDS != 0 {
+        f64::from(kept & !IN_SECONDS)
+    } else {
+        f64::from(kept) / 1000.0
+    }
 }
 
 fn ip_bytes(ip: IpAddr) -> [u8; 16] {
@@ -471,5 +486,35 @@ mod tests {
             (back.idle_s, back.timer.remaining_s),
             (Some(381.996), 7198.14)
         );
+    }
+
+    #[test]
+    fn months_idle_keep_their_seconds() {
+        let day: f64 = 86_400.0;
+        // Just under 2^31 ms to the millisecond; beyond, to the second, up
+        // to what 32-bit jiffies reach at HZ 100 (248 days).
+        for (idle, kept) in [
+            (2_147_483.647, 2_147_483.647),
+            (2_147_483.647_5, 2_147_484.0),
+            (60.0 * day + 0.4, 60.0 * day),
+            (99.4 * day, (99.4 * day).round()),
+            (248.6 * day, (248.6 * day).round()),
+        ] {
+            let mut s = full();
+            s.idle_s = Some(idle);
+            s.last_data_recv_s = Some(idle);
+            let back = Compact::of(&s).socket();
+            assert_eq!(
+                (back.idle_s, back.last_data_recv_s),
+                (Some(kept), Some(kept)),
+                "{idle}"
+            );
+        }
+        // The sort keys and filters read the same.
+        let mut s = full();
+        s.idle_s = Some(60.0 * day);
+        assert_eq!(Compact::of(&s).idle_s(), Some(60.0 * day));
+        s.idle_s = Some(f64::MAX);
+        assert_eq!(Compact::of(&s).idle_s(), Some(f64::from(IN_SECONDS - 1)));
     }
 }

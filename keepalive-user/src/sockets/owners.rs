@@ -47,7 +47,8 @@ impl Naming {
     pub fn finish(self, mut held: Vec<Held>) -> Owners {
         // A socket shared by several processes (fork) is attributed to the
         // lowest PID, like `ss -p`'s first entry: sorted by (sk, pid), the
-        // first of each sk stays.
+        // first of each sk stays. Within one PID (threads with file tables
+        // of their own, named apart), the name seen first in the walk.
         held.sort_unstable();
         held.dedup_by_key(|h| h.sk);
         held.shrink_to_fit();

@@ -3,13 +3,15 @@
 //! million sockets that is 100 MiB). The snapshot fills either as records
 //! are decoded, so a listing never holds the full sockets at all.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use super::{compact::Compact, Socket, ValueSource};
 use crate::{conntrack::Tracked, owner::Owner, tcp::TcpState, workload::Workload};
 
 pub trait Row: Send + Sync + Sized {
     fn of(s: Socket) -> Self;
+    /// The whole socket, for views: itself, or made from the row.
+    fn whole(&self) -> Cow<'_, Socket>;
     /// The kernel address: the key owners are joined on.
     fn sk(&self) -> u64;
     fn set_owner(&mut self, o: Owner);
@@ -27,6 +29,9 @@ pub trait Row: Send + Sync + Sized {
 impl Row for Socket {
     fn of(s: Socket) -> Self {
         s
+    }
+    fn whole(&self) -> Cow<'_, Socket> {
+        Cow::Borrowed(self)
     }
     fn sk(&self) -> u64 {
         self.sock
@@ -67,6 +72,9 @@ impl Row for Socket {
 impl Row for Compact {
     fn of(s: Socket) -> Self {
         Compact::of(&s)
+    }
+    fn whole(&self) -> Cow<'_, Socket> {
+        Cow::Owned(self.socket())
     }
     fn sk(&self) -> u64 {
         self.sock

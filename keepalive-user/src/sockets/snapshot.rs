@@ -280,6 +280,7 @@ fn join_conntrack<S: Row>(
             .iter()
             .find(|(ns, _, _)| *ns == snap.inode)
             .map(|(_, c, _)| *c);
+        // Rows are fresh from this snapshot, without an entry yet.
         if no_entries {
             continue;
         }
