@@ -9,7 +9,7 @@ use std::io::Write as _;
 use keepalive_user::{
     bpf::Bpf,
     census,
-    filter::{self, Filter, Listed},
+    filter::{self, Filter, Listed, SortKey},
     policy::Policy,
     sockets::{
         compact::Compact,
@@ -22,7 +22,6 @@ use keepalive_user::{
 };
 
 use super::{
-    sockets::{ignore_broken_pipe, SocketsArgs},
     stories::Stories,
     table::{fitted, print_rows, RowView, Style},
     Output,
@@ -30,11 +29,18 @@ use super::{
 
 /// What the listing is asked to print, and how.
 pub(super) struct Ask<'a> {
-    pub args: &'a SocketsArgs,
     pub output: Output,
     pub style: &'a Style,
     pub filter: &'a Filter,
-    /// Stories traced by `--for`, or None to fetch them from the agent.
+    pub sort: SortKey,
+    pub reverse: bool,
+    /// `--risk` given: a policy is needed.
+    pub risk: bool,
+    /// `--show-kernel-addresses`.
+    pub show_addresses: bool,
+    /// `--history`: with stories traced by `--for`, or None to fetch them
+    /// from the agent at this address.
+    pub history: Option<std::net::SocketAddr>,
     pub traced: Option<Stories>,
 }
 
@@ -47,7 +53,7 @@ pub(super) fn once(
     resolver: &mut Resolver,
     policy: &mut Policy,
 ) -> anyhow::Result<()> {
-    if ask.style.fits(ask.output) || ask.args.history {
+    if ask.style.fits(ask.output) || ask.history.is_some() {
         list::<Socket>(ask, snap, bpf, targets, resolver, policy)
     } else {
         list::<Compact>(ask, snap, bpf, targets, resolver, policy)
@@ -63,10 +69,14 @@ fn list<S: Row + Listed>(
     policy: &mut Policy,
 ) -> anyhow::Result<()> {
     let Ask {
-        args,
         output,
         style,
         filter,
+        sort,
+        reverse,
+        risk,
+        show_addresses: show,
+        history,
         traced,
     } = ask;
     let t = std::time::Instant::now();
@@ -75,24 +85,23 @@ fn list<S: Row + Listed>(
     keepalive_user::protect::pin::mark(snaps.iter_mut().flat_map(|n| &mut n.sockets));
     log::debug!("census taken in {:?}", t.elapsed());
     let policy = &*policy;
-    if !args.risk.is_empty() && policy.is_empty() {
-        return Err(super::sockets::no_timeout());
+    if risk && policy.is_empty() {
+        return Err(no_timeout());
     }
     let with_risk = !policy.is_empty();
-    let show = args.show_kernel_addresses;
     let all = snaps.iter().flat_map(|n| &n.sockets);
-    let risk = |s: &S| policy.risk(&s.whole());
-    let mut shown = filter::select(all, |s| s, risk, filter, args.sort);
-    if args.reverse {
+    let risk_of = |s: &S| policy.risk(&s.whole());
+    let mut shown = filter::select(all, |s| s, risk_of, filter, sort);
+    if reverse {
         shown.reverse();
     }
     log::debug!("selected at {:?}", t.elapsed());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if args.history {
+    if let Some(agent) = history {
         let stories = match traced {
             Some(s) => s,
-            None => super::stories::fetch(args.agent)?,
+            None => super::stories::fetch(agent)?,
         };
         let made: Vec<_> = shown.iter().map(|s| s.whole()).collect();
         let rows = made.iter().map(|s| view_of(s, policy, show));
@@ -124,5 +133,24 @@ fn view_of<'a>(s: &'a Socket, policy: &'a Policy, show_address: bool) -> SocketV
         v.with_address()
     } else {
         v
+    }
+}
+
+/// `--risk` without any idle timeout to classify against. Conntrack's
+/// rules come with the snapshot, so this is known only after it.
+pub(super) fn no_timeout() -> anyhow::Error {
+    keepalive_user::agent::config::ConfigError {
+        origin: "command line".into(),
+        key: "--risk".into(),
+        message: "no idle timeout to classify against: give --idle-timeout (no cloud default or conntrack applies here)".into(),
+    }
+    .into()
+}
+
+/// A reader that went away (`| head`) is not an error.
+pub(super) fn ignore_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
 }

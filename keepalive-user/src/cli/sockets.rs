@@ -18,6 +18,7 @@ use keepalive_user::{
 };
 
 use super::{
+    listing::{ignore_broken_pipe, no_timeout},
     table::{print, Frame, Style},
     KernelArgs, Output, WorkloadArgs,
 };
@@ -330,10 +331,14 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
             _ => None,
         };
         let ask = super::listing::Ask {
-            args: &args,
             output,
             style: &style,
             filter: &filter,
+            sort,
+            reverse: args.reverse,
+            risk: !args.risk.is_empty(),
+            show_addresses: show,
+            history: args.history.then_some(args.agent),
             traced,
         };
         return super::listing::once(
@@ -387,24 +392,6 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 }
             }
         }
-    }
-}
-
-/// `--risk` without any idle timeout to classify against. Conntrack's
-/// rules come with the snapshot, so this is known only after it.
-pub(super) fn no_timeout() -> anyhow::Error {
-    keepalive_user::agent::config::ConfigError {
-        origin: "command line".into(),
-        key: "--risk".into(),
-        message: "no idle timeout to classify against: give --idle-timeout (no cloud default or conntrack applies here)".into(),
-    }
-    .into()
-}
-
-pub(super) fn ignore_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
-    match r {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => Ok(r?),
     }
 }
 
