@@ -1,8 +1,9 @@
 //! `kato sockets` without `--watch`: one census, filtered, sorted, printed.
 //! Each socket is held as a [`Compact`] (176 bytes, not 288) and made a
 //! [`Socket`] in the block that prints it, unless every row must be a
-//! `Socket` at once anyway (the fitted table measures them all first;
-//! `--history` joins them with their stories): those take `Socket`s.
+//! `Socket` at once anyway: the fitted table (a terminal, `--wide`,
+//! `--columns`, several namespaces to a pipe) measures them all first,
+//! `--history` joins them with their stories. Those take `Socket`s.
 
 use std::io::Write as _;
 
@@ -14,7 +15,8 @@ use keepalive_user::{
     sockets::{
         compact::Compact,
         row::Row,
-        snapshot::{Snapshotter, Targets},
+        snapshot::{NetnsSnapshot, Snapshotter, Targets},
+        table::Counts,
         Socket,
     },
     view::SocketView,
@@ -53,82 +55,96 @@ pub(super) fn once(
     resolver: &mut Resolver,
     policy: &mut Policy,
 ) -> anyhow::Result<()> {
-    if ask.style.fits(ask.output) || ask.history.is_some() {
-        list::<Socket>(ask, snap, bpf, targets, resolver, policy)
-    } else {
-        list::<Compact>(ask, snap, bpf, targets, resolver, policy)
-    }
-}
-
-fn list<S: Row + Listed>(
-    ask: Ask<'_>,
-    snap: &Snapshotter,
-    bpf: Option<&mut Bpf>,
-    targets: &Targets,
-    resolver: &mut Resolver,
-    policy: &mut Policy,
-) -> anyhow::Result<()> {
-    let Ask {
-        output,
-        style,
-        filter,
-        sort,
-        reverse,
-        risk,
-        show_addresses: show,
-        history,
-        traced,
-    } = ask;
     let t = std::time::Instant::now();
-    let mut snaps = census::take_rows::<S>(snap, bpf, targets, resolver, policy)?;
-    // Settings a running `kato protect` made say so.
-    keepalive_user::protect::pin::mark(snaps.iter_mut().flat_map(|n| &mut n.sockets));
-    log::debug!("census taken in {:?}", t.elapsed());
-    let policy = &*policy;
-    if risk && policy.is_empty() {
-        return Err(no_timeout());
-    }
-    let with_risk = !policy.is_empty();
-    let all = snaps.iter().flat_map(|n| &n.sockets);
-    let risk_of = |s: &S| policy.risk(&s.whole());
-    let mut shown = filter::select(all, |s| s, risk_of, filter, sort);
-    if reverse {
-        shown.reverse();
-    }
-    log::debug!("selected at {:?}", t.elapsed());
+    let show = ask.show_addresses;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if let Some(agent) = history {
-        let stories = match traced {
-            Some(s) => s,
-            None => super::stories::fetch(agent)?,
-        };
-        let made: Vec<_> = shown.iter().map(|s| s.whole()).collect();
-        let rows = made.iter().map(|s| view_of(s, policy, show));
-        let header = style.frame.header;
-        super::stories::print(&mut out, output, rows, &stories, with_risk, header)?;
-        return ignore_broken_pipe(out.flush());
+    if !ask.style.fits(ask.output) && ask.history.is_none() {
+        let snaps = take::<Compact>(&ask, snap, bpf, targets, resolver, policy)?;
+        let policy = &*policy;
+        let shown = select(&snaps, &ask, policy);
+        log::debug!("selected at {:?}", t.elapsed());
+        let row = |c: &Compact, f: RowView<'_>| f(&view_of(&c.socket(), None, policy, show));
+        let with_risk = !policy.is_empty();
+        let r = print_rows(&mut out, ask.output, &shown, &row, with_risk, ask.style)
+            .and_then(|()| out.flush());
+        log::debug!("printed at {:?}", t.elapsed());
+        // The process ends here: the kernel takes the memory back faster
+        // than 100,000s of sockets' destructors would.
+        drop(shown);
+        std::mem::forget(snaps);
+        return ignore_broken_pipe(r);
     }
-    let r = if style.fits(output) {
-        let made: Vec<_> = shown.iter().map(|s| s.whole()).collect();
-        let views: Vec<SocketView<'_>> = made.iter().map(|s| view_of(s, policy, show)).collect();
-        fitted(&mut out, &views, with_risk, style)
-    } else {
-        let row = |s: &S, f: RowView<'_>| f(&view_of(&s.whole(), policy, show));
-        print_rows(&mut out, output, &shown, &row, with_risk, style)
-    }
-    .and_then(|()| out.flush());
+    let snaps = take::<Socket>(&ask, snap, bpf, targets, resolver, policy)?;
+    let policy = &*policy;
+    let shown = select(&snaps, &ask, policy);
+    log::debug!("selected at {:?}", t.elapsed());
+    let with_risk = !policy.is_empty();
+    let views = shown.iter().map(|s| view_of(s, None, policy, show));
+    let r = match ask.history {
+        Some(agent) => {
+            let stories = match ask.traced {
+                Some(s) => s,
+                None => super::stories::fetch(agent)?,
+            };
+            let header = ask.style.frame.header;
+            super::stories::print(&mut out, ask.output, views, &stories, with_risk, header)?;
+            out.flush()
+        }
+        None => {
+            let views: Vec<SocketView<'_>> = views.collect();
+            fitted(&mut out, &views, with_risk, ask.style).and_then(|()| out.flush())
+        }
+    };
     log::debug!("printed at {:?}", t.elapsed());
-    // The process ends here: the kernel takes the memory back faster
-    // than 100,000s of sockets' destructors would.
     drop(shown);
     std::mem::forget(snaps);
     ignore_broken_pipe(r)
 }
 
-/// A listed socket's view, with its kernel address where asked for.
-fn view_of<'a>(s: &'a Socket, policy: &'a Policy, show_address: bool) -> SocketView<'a> {
-    let v = SocketView::new(s, None, policy);
+/// The census as `S` rows, marked where `kato protect` set their settings.
+fn take<S: Row>(
+    ask: &Ask<'_>,
+    snap: &Snapshotter,
+    bpf: Option<&mut Bpf>,
+    targets: &Targets,
+    resolver: &mut Resolver,
+    policy: &mut Policy,
+) -> anyhow::Result<Vec<NetnsSnapshot<S>>> {
+    let t = std::time::Instant::now();
+    let mut snaps = census::take_rows::<S>(snap, bpf, targets, resolver, policy)?;
+    keepalive_user::protect::pin::mark(snaps.iter_mut().flat_map(|n| &mut n.sockets));
+    log::debug!("census taken in {:?}", t.elapsed());
+    if ask.risk && policy.is_empty() {
+        return Err(no_timeout());
+    }
+    Ok(snaps)
+}
+
+/// The rows asked for, in the order asked for.
+fn select<'s, S: Row + Listed>(
+    snaps: &'s [NetnsSnapshot<S>],
+    ask: &Ask<'_>,
+    policy: &Policy,
+) -> Vec<&'s S> {
+    let all = snaps.iter().flat_map(|n| &n.sockets);
+    let risk = |s: &S| policy.risk(&s.whole());
+    let mut shown = filter::select(all, |s| s, risk, ask.filter, ask.sort);
+    if ask.reverse {
+        shown.reverse();
+    }
+    shown
+}
+
+/// A listed socket's view (with kato's counts under `--watch`), with its
+/// kernel address where asked for.
+pub(super) fn view_of<'a>(
+    s: &'a Socket,
+    counts: Option<&'a Counts>,
+    policy: &'a Policy,
+    show_address: bool,
+) -> SocketView<'a> {
+    let v = SocketView::new(s, counts, policy);
     if show_address {
         v.with_address()
     } else {

@@ -14,11 +14,10 @@ use keepalive_user::{
         Socket,
     },
     tcp::TcpState,
-    view::SocketView,
 };
 
 use super::{
-    listing::{ignore_broken_pipe, no_timeout},
+    listing::{ignore_broken_pipe, no_timeout, view_of},
     table::{print, Frame, Style},
     KernelArgs, Output, WorkloadArgs,
 };
@@ -273,10 +272,6 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
     let sort = args.sort;
     super::check_show_addresses(args.show_kernel_addresses)?;
     let show = args.show_kernel_addresses;
-    fn addresses(show: bool) -> impl Fn(SocketView<'_>) -> SocketView<'_> {
-        move |v| if show { v.with_address() } else { v }
-    }
-    let addresses = addresses(show);
     let targets = targets(&args)?;
     let names = netns_names(&targets);
     let style = Style::choose(
@@ -373,7 +368,7 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
                 let with_risk = !w.policy.is_empty();
                 let shown = w.rows(&filter, sort, args.reverse);
                 let policy = &w.policy;
-                let view = |r| { let (s, c): &(Socket, Counts) = r; addresses(SocketView::new(s, Some(c), policy)) };
+                let view = |r| { let (s, c): &(Socket, Counts) = r; view_of(s, Some(c), policy, show) };
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 let r = (|| {
                     if output == Output::Table && style.frame.header {

@@ -145,6 +145,10 @@ pub fn print_rows<T: Copy + Sync>(
     with_risk: bool,
     style: &Style,
 ) -> std::io::Result<()> {
+    debug_assert!(
+        !style.fits(output),
+        "the fitted table measures its rows first"
+    );
     let frame = style.frame;
     match output {
         Output::Json => {
@@ -211,23 +215,23 @@ pub fn fitted(
         line.push('\n');
         out.write_all(line.as_bytes())?;
     }
-    let fitted = |text: &str| match width {
+    let wrapped = |text: &str| match width {
         Some(w) => fit::wrap(text, *w),
         None => text.to_owned(),
     };
     if frame.summary {
-        writeln!(out, "\n{}", fitted(&fit::summary(views)))?;
+        writeln!(out, "\n{}", wrapped(&fit::summary(views)))?;
         if !plan.dropped.is_empty() {
             let names: Vec<&str> = plan.dropped.iter().map(|c| c.name()).collect();
             let note = format!(
                 "(left out to fit: {}; --wide or --columns shows them)",
                 names.join(", ")
             );
-            writeln!(out, "{}", fitted(&note))?;
+            writeln!(out, "{}", wrapped(&note))?;
         }
     }
     if frame.legend {
-        writeln!(out, "\n{}", fitted(render::FOOTNOTE))?;
+        writeln!(out, "\n{}", wrapped(render::FOOTNOTE))?;
     }
     Ok(())
 }

@@ -1,16 +1,18 @@
 //! A [`Socket`] as the agent's table and a one-shot listing keep it: the
 //! same facts in 176 bytes instead of 288 (addresses as bytes, optional
-//! numbers as sentinels, seconds as milliseconds, keepalive settings as
-//! packed bits), so that a node's 100,000s of sockets cost little memory
-//! each. [`Compact::socket`] gives the [`Socket`] back for views.
+//! numbers as sentinels, seconds as milliseconds (whole seconds from 24.8
+//! days on), keepalive settings as packed bits), so that a node's
+//! 100,000s of sockets cost little memory each. [`Compact::socket`] gives
+//! the [`Socket`] back for views.
 
 use std::{
+    borrow::Cow,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
-use super::{Effective, Keepalive, Socket, Timer, TimerKind, ValueSource};
-use crate::{conntrack::Tracked, tcp::TcpState, workload::Workload};
+use super::{row::Row, Effective, Keepalive, Socket, Timer, TimerKind, ValueSource};
+use crate::{conntrack::Tracked, owner::Owner, tcp::TcpState, workload::Workload};
 
 /// Bits of [`Compact::bits`].
 mod bit {
@@ -253,37 +255,6 @@ impl Compact {
         }
     }
 
-    /// The process holding the socket.
-    pub fn set_owner(&mut self, o: crate::owner::Owner) {
-        self.pid = o.pid;
-        self.comm = Some(o.comm);
-        self.bits |= bit::PID;
-    }
-
-    /// The socket's cgroup v2 id, where known.
-    pub fn cgroup_id(&self) -> Option<u64> {
-        self.has(bit::CGROUP).then_some(self.cgroup_id)
-    }
-
-    pub fn set_workload(&mut self, w: Arc<Workload>) {
-        self.workload = Some(w);
-    }
-
-    pub fn set_conntrack(&mut self, t: Option<Tracked>) {
-        self.conntrack = t;
-    }
-
-    /// The idle and interval settings that equal `kato protect`'s (`idle`,
-    /// `intvl` seconds) and were set on the socket become kato's.
-    pub fn mark_kato(&mut self, idle: u32, intvl: u32) {
-        if self.has(bit::IDLE_FROM_SOCKET) && self.ka_idle_s == idle {
-            self.from_kato |= 1;
-        }
-        if self.has(bit::INTVL_FROM_SOCKET) && self.ka_intvl_s == intvl {
-            self.from_kato |= 2;
-        }
-    }
-
     /// The socket cookie, where one was generated.
     pub fn socket_cookie(&self) -> Option<u64> {
         self.has(bit::COOKIE).then_some(self.cookie)
@@ -314,7 +285,7 @@ impl Compact {
         self.timer_probes = probes;
     }
 
-    /// The [`Socket`] this was made from (seconds to the millisecond).
+    /// The [`Socket`] this was made from (times to the millisecond, to the second from 24.8 days on).
     pub fn socket(&self) -> Socket {
         let opt = |b: u16, v: f64| self.has(b).then_some(v);
         let setting = |b: u16, value: u32| Effective {
@@ -403,6 +374,49 @@ impl Compact {
         self.probes_unanswered > 0
             && self.timer_kind == TimerKind::Keepalive
             && self.has(bit::KA_ENABLED)
+    }
+}
+
+impl Row for Compact {
+    fn of(s: Socket) -> Self {
+        Compact::of(&s)
+    }
+    fn whole(&self) -> Cow<'_, Socket> {
+        Cow::Owned(self.socket())
+    }
+    fn sk(&self) -> u64 {
+        self.sock
+    }
+    fn set_owner(&mut self, o: Owner) {
+        (self.pid, self.comm) = (o.pid, Some(o.comm));
+        self.bits |= bit::PID;
+    }
+    fn cgroup(&self) -> Option<u64> {
+        self.has(bit::CGROUP).then_some(self.cgroup_id)
+    }
+    fn set_workload(&mut self, w: Arc<Workload>) {
+        self.workload = Some(w);
+    }
+    fn flow(&self) -> (TcpState, SocketAddr, SocketAddr) {
+        (self.state, self.local(), self.remote())
+    }
+    fn set_conntrack(&mut self, t: Option<Tracked>) {
+        self.conntrack = t;
+    }
+    fn mark_protected(&mut self, after: impl Fn(u64) -> Option<(u32, u32)>) {
+        if !self.has(bit::COOKIE) || self.keepalive_enabled() != Some(true) {
+            return;
+        }
+        let Some((idle, intvl)) = after(self.cookie) else {
+            return;
+        };
+        // Kato's where the socket's own setting equals what protect set.
+        if self.has(bit::IDLE_FROM_SOCKET) && self.ka_idle_s == idle {
+            self.from_kato |= 1;
+        }
+        if self.has(bit::INTVL_FROM_SOCKET) && self.ka_intvl_s == intvl {
+            self.from_kato |= 2;
+        }
     }
 }
 
@@ -516,5 +530,94 @@ mod tests {
         assert_eq!(Compact::of(&s).idle_s(), Some(60.0 * day));
         s.idle_s = Some(f64::MAX);
         assert_eq!(Compact::of(&s).idle_s(), Some(f64::from(IN_SECONDS - 1)));
+        // The order holds across the switch (sort keys are made from these).
+        let at = |idle| {
+            let mut s = full();
+            s.idle_s = Some(idle);
+            Compact::of(&s).idle_s().unwrap()
+        };
+        assert!(at(2_147_483.646) < at(2_147_483.9));
+        assert!(at(2_147_483.9) < at(2_147_485.1));
+        // Timers set from events take the same path.
+        let mut c = Compact::of(&full());
+        c.set_keepalive_timer(Some(30.0 * day + 0.7), 0);
+        assert_eq!(c.timer_left_s(), (30.0 * day + 0.7).round());
+        assert_eq!(c.socket().timer.remaining_s, (30.0 * day + 0.7).round());
+        c.set_keepalive_timer(Some(7198.14), 0);
+        assert_eq!(c.timer_left_s(), 7198.14);
+    }
+
+    fn protected_socket() -> Socket {
+        let mut s = Socket::from_record(&record(), 250, None).unwrap();
+        s.cookie = Some(77);
+        s.keepalive = Some(Keepalive {
+            enabled: true,
+            idle_s: Effective {
+                value: 30,
+                source: ValueSource::Socket,
+            },
+            interval_s: Effective {
+                value: 75,
+                source: ValueSource::Sysctl,
+            },
+            count: Effective {
+                value: 9,
+                source: ValueSource::Sysctl,
+            },
+            user_timeout_ms: None,
+        });
+        s
+    }
+
+    /// Every step of a census gives the same socket on either row.
+    #[test]
+    fn both_rows_take_a_census_alike() {
+        let mut full = protected_socket();
+        let mut compact = <Compact as Row>::of(protected_socket());
+        assert_eq!(full.sk(), compact.sk());
+        assert_eq!(full.flow(), compact.flow());
+        assert_eq!(Row::cgroup(&full), Row::cgroup(&compact));
+        let owner = Owner {
+            pid: 42,
+            comm: "redis".into(),
+        };
+        Row::set_owner(&mut full, owner.clone());
+        Row::set_owner(&mut compact, owner);
+        let w = Arc::new(Workload::default());
+        Row::set_workload(&mut full, Arc::clone(&w));
+        Row::set_workload(&mut compact, w);
+        let t = Some(Tracked {
+            remaining_s: 12,
+            state: CtState::Established,
+            netns: 9,
+        });
+        Row::set_conntrack(&mut full, t);
+        Row::set_conntrack(&mut compact, t);
+        // Protect set the idle time to 30 s: the socket's own 30 is kato's;
+        // the interval equals, but comes from the sysctl: not kato's.
+        let protect = |c: u64| (c == 77).then_some((30, 75));
+        full.mark_protected(protect);
+        compact.mark_protected(protect);
+        assert_eq!(full.keepalive.unwrap().idle_s.source, ValueSource::Kato);
+        assert_eq!(
+            full.keepalive.unwrap().interval_s.source,
+            ValueSource::Sysctl
+        );
+        assert_eq!(compact.socket(), full);
+    }
+
+    #[test]
+    fn protect_marks_nothing_without_keepalive_on_or_a_match() {
+        for (enabled, cookie) in [(false, 77), (true, 78)] {
+            let mut s = protected_socket();
+            s.keepalive.as_mut().unwrap().enabled = enabled;
+            s.cookie = Some(cookie);
+            let mut c = <Compact as Row>::of(s.clone());
+            let protect = |c: u64| (c == 77).then_some((30, 75));
+            s.mark_protected(protect);
+            c.mark_protected(protect);
+            assert_eq!(s.keepalive.unwrap().idle_s.source, ValueSource::Socket);
+            assert_eq!(c.socket(), s);
+        }
     }
 }

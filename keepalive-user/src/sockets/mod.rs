@@ -347,14 +347,6 @@ impl Socket {
     }
 }
 
-impl Socket {
-    /// The process holding the socket.
-    pub fn set_owner(&mut self, o: Owner) {
-        self.pid = Some(o.pid);
-        self.comm = Some(o.comm);
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -84,7 +84,8 @@ impl Owners {
 }
 
 /// The table of `records`, all at hand.
-pub fn owners(records: &[OwnerRecord]) -> Owners {
+#[cfg(test)]
+fn owners(records: &[OwnerRecord]) -> Owners {
     let mut naming = Naming::default();
     let held = records.iter().map(|r| naming.held(r)).collect();
     naming.finish(held)
@@ -138,8 +139,26 @@ mod tests {
             // sk*7919 % 1000 is a permutation: find which record made sk.
             let from = (0..1000u64).find(|i| i * 7919 % 1000 == sk).unwrap();
             assert_eq!(o.pid, 40 + (from % 3) as u32);
-            assert!(Arc::ptr_eq(&o.comm, &m.get(sk).unwrap().comm));
+            // One name per process, shared by all its sockets.
+            let other = (0..1000u64)
+                .find(|&o| o != sk && m.get(o).unwrap().pid == o_pid(&m, sk))
+                .unwrap();
+            assert!(Arc::ptr_eq(&o.comm, &m.get(other).unwrap().comm));
         }
+    }
+
+    fn o_pid(m: &Owners, sk: u64) -> u32 {
+        m.get(sk).unwrap().pid
+    }
+
+    #[test]
+    fn one_process_under_two_names_keeps_the_name_seen_first() {
+        // Threads with file tables of their own, renamed: the same socket
+        // under one PID and two names.
+        let m = owners(&[rec(5, 9, b"worker"), rec(6, 9, b"main"), rec(5, 9, b"main")]);
+        assert_eq!(&*m.get(5).unwrap().comm, "worker");
+        assert_eq!(m.get(5).unwrap().pid, 9);
+        assert_eq!(m.len(), 2);
     }
 
     #[test]

@@ -257,7 +257,6 @@ fn join_conntrack<S: Row>(
         conntrack::Namespace,
         HashMap<conntrack::FlowKey, conntrack::Tracked>,
     )> = vec![];
-    let own = netns::current().map_err(SnapshotError::OwnNetns)?.inode;
     let with_own = targets.iter().any(Option::is_none);
     let mut each = |t: &Option<NetnsRef>| -> Result<(), SnapshotError> {
         let inode = inode_of(t)?;
@@ -302,7 +301,6 @@ fn join_conntrack<S: Row>(
             s.set_conntrack(tracked);
         }
     }
-    let _ = own;
     Ok(())
 }
 
