@@ -432,7 +432,7 @@ impl AgentState {
         let kernel = self.counters.read();
         let sink = &mut self.sink;
         sink.metrics.refresh(
-            sink.table.entries(),
+            sink.table.tally(),
             kernel,
             sink.table.evictions,
             self.pipeline.undecodable,

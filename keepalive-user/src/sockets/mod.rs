@@ -8,6 +8,7 @@ pub mod owners;
 pub mod row;
 pub mod snapshot;
 pub mod table;
+pub mod tally;
 
 use std::net::SocketAddr;
 

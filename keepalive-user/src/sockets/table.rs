@@ -10,10 +10,14 @@
 
 use std::{collections::HashMap, ops::ControlFlow, sync::Arc, time::Instant};
 
-use super::{compact::Compact, Socket, Timer, TimerKind};
+use super::{
+    compact::Compact,
+    tally::{byte_verdict, verdict_byte, Tally, Verdict},
+    Socket, Timer, TimerKind,
+};
 use crate::{
     events::{Kind, Observation, Record, RecordKind, Sink},
-    policy::{Risk, RuleSource, Silence},
+    policy::Silence,
     tcp::TcpState,
 };
 
@@ -27,28 +31,6 @@ pub struct Counts {
     pub last_reset: Option<String>,
     /// What passed on the connection across snapshots.
     pub silence: Silence,
-}
-
-/// A risk verdict and the source of its rule, in one byte.
-type Verdict = Option<(Risk, Option<RuleSource>)>;
-
-fn verdict_byte(v: Verdict) -> u8 {
-    let Some((r, src)) = v else { return 0 };
-    let r = Risk::ALL.iter().position(|x| *x == r).unwrap_or(0);
-    let src = src.map_or(0, |s| {
-        1 + RuleSource::ALL.iter().position(|x| *x == s).unwrap_or(0)
-    });
-    1 + (r * (RuleSource::ALL.len() + 1) + src) as u8
-}
-
-fn byte_verdict(b: u8) -> Verdict {
-    let i = usize::from(b.checked_sub(1)?);
-    let per = RuleSource::ALL.len() + 1;
-    let src = match i % per {
-        0 => None,
-        s => Some(RuleSource::ALL[s - 1]),
-    };
-    Some((Risk::ALL[i / per], src))
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +192,8 @@ pub struct SocketTable {
     resets: Vec<Arc<str>>,
     /// Entries dropped because the table was full.
     pub evictions: u64,
+    /// The live entries counted for the metrics.
+    tally: Tally,
 }
 
 /// Distinct reset names remembered; beyond, a reset is counted without one.
@@ -225,6 +209,7 @@ impl SocketTable {
             clock: 0,
             resets: Vec::new(),
             evictions: 0,
+            tally: Tally::default(),
         }
     }
 
@@ -261,7 +246,10 @@ impl SocketTable {
         let now_ds = self.age_ds();
         let old = self.spaces.remove(&netns).unwrap_or_default();
         let dt_s = f64::from(now_ds.saturating_sub(old.taken_ds)) / 10.0;
-        self.len -= old.live().count();
+        for e in old.live() {
+            self.tally.count(&e.socket, e.verdict, -1);
+            self.len -= 1;
+        }
         let mut listed: Vec<Entry> = fresh
             .into_iter()
             .map(|mut s| {
@@ -292,6 +280,9 @@ impl SocketTable {
         // buckets) is one socket.
         listed.dedup_by_key(|e| e.socket.sock);
         listed.shrink_to_fit();
+        for e in &listed {
+            self.tally.count(&e.socket, e.verdict, 1);
+        }
         self.len += listed.len();
         self.spaces.insert(
             netns,
@@ -336,9 +327,13 @@ impl SocketTable {
             Some(i) => &mut space.listed[i],
             None => space.seen.entry(rec.sk).or_insert_with(|| {
                 self.len += 1;
-                Entry::new(Compact::of(&partial(rec)), None, now)
+                let e = Entry::new(Compact::of(&partial(rec)), None, now);
+                // Counted here so that the take-back below finds it.
+                self.tally.count(&e.socket, e.verdict, 1);
+                e
             }),
         };
+        self.tally.count(&e.socket, e.verdict, -1);
         e.touched = now;
         for d in obs.events {
             match d.kind {
@@ -362,7 +357,9 @@ impl SocketTable {
         if matches!(rec.kind, RecordKind::Armed | RecordKind::Fired) {
             s.set_keepalive_timer(obs.timer_remaining_s(), rec.probes_out);
         }
-        if rec.state == TcpState::Close {
+        if rec.state != TcpState::Close {
+            self.tally.count(&e.socket, e.verdict, 1);
+        } else {
             match listed {
                 Some(i) => space.listed[i].dead = true,
                 None => {
@@ -395,14 +392,21 @@ impl SocketTable {
             let Some(sp) = self.spaces.get_mut(&ns) else {
                 continue;
             };
-            if sp.seen.remove(&sk).is_none() {
-                if let Some(i) = sp.listed_at(sk) {
-                    sp.listed[i].dead = true;
-                }
+            if let Some(e) = sp.seen.remove(&sk) {
+                self.tally.count(&e.socket, e.verdict, -1);
+            } else if let Some(i) = sp.listed_at(sk) {
+                let e = &mut sp.listed[i];
+                self.tally.count(&e.socket, e.verdict, -1);
+                e.dead = true;
             }
         }
         self.len -= excess;
         self.evictions += excess as u64;
+    }
+
+    /// The live entries counted by state, keepalive and verdict.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
     }
 
     /// Every live entry.
@@ -513,12 +517,21 @@ mod tests {
     }
 
     fn event(sk: u64, k: u32, before: u8, after: u8, state: u8) -> Record {
+        timed(sk, k, before, after, state, false)
+    }
+
+    /// [`event`], with the keepalive timer pending after it where `pending`.
+    fn timed(sk: u64, k: u32, before: u8, after: u8, state: u8, pending: bool) -> Record {
         let mut e = raw(k);
         e.sk = sk;
         e.probes_before = before;
         e.probes_out = after;
         e.state = state;
         e.sk_err = if state == 7 { 110 } else { 0 };
+        if pending {
+            e.flags |= keepalive_common::flags::TIMER_PENDING;
+            e.expires = e.jiffies + 250;
+        }
         Record::decode(&bytes(&e)).unwrap()
     }
 
@@ -534,6 +547,83 @@ mod tests {
         let mut v: Vec<u64> = t.iter().map(|(s, _)| s.sock).collect();
         v.sort_unstable();
         v
+    }
+
+    /// A tally made by walking the live entries.
+    fn walked(t: &SocketTable) -> Tally {
+        let mut w = Tally::default();
+        for e in t.entries() {
+            w.count(&e.socket, e.verdict, 1);
+        }
+        w
+    }
+
+    #[test]
+    fn the_tally_kept_is_the_one_a_walk_makes_after_every_change() {
+        use crate::policy::{Risk, RuleSource};
+        let ns = record().netns;
+        let mut t = SocketTable::new(8);
+        let mut d = pipeline();
+        let check = |t: &SocketTable, what: &str| assert_eq!(*t.tally(), walked(t), "{what}");
+        let varied = |i: u64| {
+            let mut r = SockRecord {
+                sk: i * 64,
+                sport: i as u16,
+                ..record()
+            };
+            if i.is_multiple_of(3) {
+                r.flags &= !keepalive_common::sock_flags::KEEPALIVE_ON;
+            }
+            if i.is_multiple_of(4) {
+                r.state = 10;
+            }
+            Socket::from_record(&r, 250, None).unwrap()
+        };
+        let at_risk = Some((Risk::AtRisk, Some(RuleSource::Conntrack)));
+        let verdict = |s: &Socket, _: &Silence| match s.sock / 64 % 3 {
+            0 => None,
+            1 => at_risk,
+            _ => Some((Risk::Unknown, None)),
+        };
+        t.apply_snapshot(ns, (1..=6).map(varied).collect(), verdict);
+        check(&t, "snapshot");
+        assert_eq!(t.tally().tracked(), 6);
+        assert_eq!(t.tally().with_verdict(at_risk), 2, "sockets 1 and 4");
+        assert_eq!(t.tally().by_state().count(), 3, "{:?}", t.tally());
+        // A listed socket's probe goes unanswered, then is answered.
+        feed(&mut t, &mut d, timed(64, kind::FIRED, 0, 1, 1, true));
+        check(&t, "unanswered");
+        assert_eq!(t.tally().probing(), 1);
+        feed(&mut t, &mut d, timed(64, kind::FIRED, 1, 0, 1, true));
+        check(&t, "answered");
+        assert_eq!(t.tally().probing(), 0);
+        // A socket first seen through an event (its keepalive settings
+        // not known until a snapshot), then timed out.
+        feed(&mut t, &mut d, timed(7, kind::FIRED, 0, 1, 1, true));
+        check(&t, "seen through an event");
+        assert_eq!(t.tally().tracked(), 7);
+        feed(&mut t, &mut d, event(7, kind::FIRED, 9, 9, 7));
+        check(&t, "seen, closed");
+        // A listed socket closes.
+        feed(&mut t, &mut d, event(128, kind::FIRED, 9, 9, 7));
+        check(&t, "listed, closed");
+        assert_eq!(t.tally().tracked(), 5);
+        // A second namespace past the capacity: the oldest are evicted.
+        let other = (10..=14).map(|i| Socket {
+            netns: 2,
+            ..varied(i)
+        });
+        t.apply_snapshot(2, other.collect(), verdict);
+        check(&t, "evicted");
+        assert!(t.evictions > 0);
+        assert_eq!(t.tally().tracked(), t.len() as i64);
+        // Snapshots replace a namespace, then empty it.
+        t.apply_snapshot(ns, (3..=5).map(varied).collect(), verdict);
+        check(&t, "replaced");
+        t.apply_snapshot(ns, vec![], verdict);
+        t.apply_snapshot(2, vec![], verdict);
+        check(&t, "emptied");
+        assert_eq!(*t.tally(), Tally::default());
     }
 
     #[test]

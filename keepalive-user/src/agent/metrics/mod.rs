@@ -607,7 +607,7 @@ mod tests {
     fn refresh_turns_kernel_totals_into_increments() {
         let mut m = Metrics::new(&[], 20, "k", "a", false);
         m.refresh(
-            std::iter::empty(),
+            &Default::default(),
             Counters {
                 lost: 5,
                 read_failed: 1,
@@ -618,7 +618,7 @@ mod tests {
             0,
         );
         m.refresh(
-            std::iter::empty(),
+            &Default::default(),
             Counters {
                 lost: 7,
                 read_failed: 1,

@@ -1,4 +1,4 @@
-//! What a scrape computes from the table and the kernel's counters:
+//! What a scrape takes from the table's tally and the kernel's counters:
 //! sockets by state, keepalive and risk, and the kernel totals turned into
 //! increments.
 
@@ -6,42 +6,12 @@ use super::{LossCause, Metrics};
 use crate::{
     bpf::Counters,
     policy::{Risk, RuleSource},
-    sockets::table::Entry,
-    tcp::TcpState,
+    sockets::tally::Tally,
 };
 
 impl Metrics {
-    /// Scrape-time state: the table's sockets, kernel counters, evictions.
-    /// `risk` classifies a socket against the idle-timeout policy.
-    pub fn refresh<'a>(
-        &mut self,
-        entries: impl Iterator<Item = &'a Entry>,
-        kernel: Counters,
-        evictions: u64,
-        undecodable: u64,
-    ) {
-        // Counted into arrays, not maps: a scrape walks every socket.
-        let mut by = [[0i64; 3]; TcpState::COUNT];
-        let per = RuleSource::ALL.len() + 1;
-        let mut classes = vec![0i64; Risk::ALL.len() * per];
-        let (mut probing, mut tracked) = (0, 0);
-        for e in entries {
-            let s = &e.socket;
-            if let Some((r, src)) = e.verdict() {
-                let src = src.map_or(0, |x| 1 + x as usize);
-                classes[r as usize * per + src] += 1;
-            }
-            tracked += 1;
-            let ka = s.keepalive_enabled();
-            by[s.state as usize - 1][match ka {
-                None => 0,
-                Some(true) => 1,
-                Some(false) => 2,
-            }] += 1;
-            if s.keepalive_probing() {
-                probing += 1;
-            }
-        }
+    /// Scrape-time state: the table's tally, kernel counters, evictions.
+    pub fn refresh(&mut self, tally: &Tally, kernel: Counters, evictions: u64, undecodable: u64) {
         // Every class and source, zeros included: alerts need no absent().
         let classes: Vec<((Risk, Option<RuleSource>), i64)> = Risk::ALL
             .iter()
@@ -51,21 +21,17 @@ impl Metrics {
                     .map(move |src| (r, src))
             })
             .filter(|(r, src)| (*r == Risk::Unknown) == src.is_none())
-            .map(|(r, src)| {
-                let i = r as usize * per + src.map_or(0, |x| 1 + x as usize);
-                ((r, src), classes[i])
-            })
+            .map(|v| (v, tally.with_verdict(Some(v))))
             .collect();
-        let by: Vec<((&'static str, &'static str), i64)> = TcpState::ALL
-            .iter()
-            .flat_map(|st| {
-                ["n/a", "on", "off"]
-                    .into_iter()
-                    .enumerate()
-                    .map(move |(i, ka)| ((st.name(), ka), by[*st as usize - 1][i]))
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect();
+        let by = tally.by_state().map(|(st, ka, n)| {
+            let ka = match ka {
+                None => "n/a",
+                Some(true) => "on",
+                Some(false) => "off",
+            };
+            ((st.name(), ka), n)
+        });
+        let (probing, tracked) = (tally.probing(), tally.tracked());
         self.sockets.reset();
         for ((state, ka), n) in by {
             self.sockets.with([state, ka]).set(n);
