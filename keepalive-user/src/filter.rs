@@ -238,15 +238,19 @@ fn addr_key(a: &SocketAddr) -> AddrKey {
     }
 }
 
-/// An address as one integer in [`AddrKey`]'s order where it fits (IPv4:
-/// address and port); every IPv6 address is `u64::MAX`, after all of them,
-/// and ties among those are broken on the full key.
+/// An address as one 48-bit integer in [`AddrKey`]'s order where it fits
+/// (IPv4: address and port); every IPv6 address is [`ADDR_TIED`], after
+/// all of them, and ties on it are broken on the full key (as are those
+/// of 255.255.255.255:65535, which packs to the same value).
 fn packed_addr(a: &SocketAddr) -> u64 {
     match a {
         SocketAddr::V4(v) => u64::from(u32::from(*v.ip())) << 16 | u64::from(v.port()),
-        SocketAddr::V6(_) => u64::MAX,
+        SocketAddr::V6(_) => ADDR_TIED,
     }
 }
+
+/// The packed address that needs the full key when tied.
+const ADDR_TIED: u64 = (1 << 48) - 1;
 
 /// `f64::total_cmp`'s order as an unsigned integer.
 fn f64_key(x: f64) -> u64 {
@@ -285,10 +289,13 @@ impl SortKey {
         (primary, addr_key(&a), addr_key(&b))
     }
 
-    /// [`SortKey::key_of`] in 24 bytes, exact for IPv4 (see [`packed_addr`]).
-    fn packed(self, s: &impl Listed) -> (u64, u64, u64) {
+    /// [`SortKey::key_of`] and an item's index in 24 bytes, exact for
+    /// IPv4: the primary key, both 48-bit addresses (see [`packed_addr`]),
+    /// the index.
+    fn packed(self, s: &impl Listed, i: u32) -> [u64; 3] {
         let (primary, a, b) = self.parts(s);
-        (primary, packed_addr(&a), packed_addr(&b))
+        let (a, b) = (packed_addr(&a), packed_addr(&b));
+        [primary, a << 16 | b >> 32, b << 32 | u64::from(i)]
     }
 
     /// Sorts 100,000s of items by their sockets: compact keys in one
@@ -296,25 +303,40 @@ impl SortKey {
     /// equal keys in their original order; then the items are moved into
     /// place once.
     pub fn sort<'s, T, S: Listed + 's>(self, items: &mut [T], socket: impl Fn(&T) -> &'s S) {
-        let mut order: Vec<((u64, u64, u64), u32)> = items
+        let mut order: Vec<[u64; 3]> = items
             .iter()
             .enumerate()
-            .map(|(i, t)| (self.packed(socket(t)), i as u32))
+            .map(|(i, t)| self.packed(socket(t), i as u32))
             .collect();
-        order.sort_unstable_by(|(ka, ia), (kb, ib)| {
-            ka.cmp(kb)
+        let index = |k: &[u64; 3]| k[2] as u32;
+        let b = |k: &[u64; 3]| (k[1] & 0xffff) << 32 | k[2] >> 32;
+        let full = |ka: &[u64; 3], kb: &[u64; 3]| {
+            let key = |k| self.key_of(socket(&items[index(k) as usize]));
+            key(ka).cmp(&key(kb))
+        };
+        order.sort_unstable_by(|ka, kb| {
+            ka[0]
+                .cmp(&kb[0])
+                .then((ka[1] >> 16).cmp(&(kb[1] >> 16)))
                 .then_with(|| {
-                    if ka.1 == u64::MAX || ka.2 == u64::MAX {
-                        let key = |i: u32| self.key_of(socket(&items[i as usize]));
-                        key(*ia).cmp(&key(*ib))
-                    } else {
-                        Ordering::Equal
+                    // A tied first address says nothing of the full
+                    // one: the rest is compared on the full key.
+                    if ka[1] >> 16 == ADDR_TIED {
+                        return full(ka, kb);
                     }
+                    b(ka).cmp(&b(kb)).then_with(|| {
+                        if b(ka) == ADDR_TIED {
+                            full(ka, kb)
+                        } else {
+                            Ordering::Equal
+                        }
+                    })
                 })
-                .then(ia.cmp(ib))
+                .then(index(ka).cmp(&index(kb)))
         });
         // Position i takes the item at order[i]: follow each cycle.
-        let mut from: Vec<u32> = order.into_iter().map(|(_, i)| i).collect();
+        // In place: the keys' memory holds the indices.
+        let mut from: Vec<u32> = order.into_iter().map(|k| index(&k)).collect();
         for start in 0..from.len() {
             let mut at = start;
             while from[at] as usize != start {
@@ -382,6 +404,46 @@ mod tests {
             .iter()
             .map(|s| s.local.port())
             .collect()
+    }
+
+    #[test]
+    fn the_packed_sort_is_a_stable_sort_on_the_full_key() {
+        // IPv4 and IPv6 ends (the packed key ties every IPv6 one), the
+        // address that packs like an IPv6 one, equal keys, each state.
+        let addrs = [
+            "10.0.0.1:80",
+            "10.0.0.1:81",
+            "255.255.255.255:65535",
+            "[::1]:80",
+            "[::1]:79",
+            "[fe80::1]:80",
+            "0.0.0.0:0",
+            "10.0.0.2:80",
+        ];
+        let mut all = vec![];
+        for (i, l) in addrs.iter().enumerate() {
+            for (j, r) in addrs.iter().enumerate().step_by(2) {
+                let mut s = sock(0, [1, 10, 6][(i + j) % 3], true, (i * 37 % 5) as u32);
+                s.local = l.parse().unwrap();
+                s.remote = r.parse().unwrap();
+                s.probes_unanswered = (j % 3) as u8;
+                all.push(s.clone());
+                // The same key again: it stays after the first.
+                s.inode = 7;
+                all.push(s);
+            }
+        }
+        for k in ["local", "remote", "state", "pid", "timer", "idle", "probes"] {
+            let key: SortKey = k.parse().unwrap();
+            let mut got: Vec<&Socket> = all.iter().collect();
+            key.sort(&mut got, |s| *s);
+            let mut want: Vec<&Socket> = all.iter().collect();
+            want.sort_by_key(|s| key.key_of(*s));
+            let id = |v: &[&Socket]| -> Vec<(SocketAddr, SocketAddr, u64)> {
+                v.iter().map(|s| (s.local, s.remote, s.inode)).collect()
+            };
+            assert_eq!(id(&got), id(&want), "--sort {k}");
+        }
     }
 
     #[test]
