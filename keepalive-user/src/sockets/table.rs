@@ -12,7 +12,7 @@ use std::{collections::HashMap, ops::ControlFlow, sync::Arc, time::Instant};
 
 use super::{
     compact::Compact,
-    tally::{byte_verdict, verdict_byte, Tally, Verdict},
+    tally::{verdict_byte, Tally, Verdict},
     Socket, Timer, TimerKind,
 };
 use crate::{
@@ -130,11 +130,6 @@ impl Entry {
         }
     }
 
-    /// The risk verdict of the socket's last snapshot.
-    pub fn verdict(&self) -> Verdict {
-        byte_verdict(self.verdict)
-    }
-
     /// The same socket and connection (a kernel address can be reused).
     fn same_connection(&self, s: &Socket) -> bool {
         self.socket.local() == s.local && self.socket.remote() == s.remote
@@ -185,8 +180,6 @@ pub struct SocketTable {
     /// The clock of silences (`Entry::quiet_since`).
     born: Instant,
     capacity: usize,
-    /// Live entries.
-    len: usize,
     clock: u32,
     /// Reset reason names, each kept once (entries hold an index).
     resets: Vec<Arc<str>>,
@@ -205,7 +198,6 @@ impl SocketTable {
             spaces: HashMap::new(),
             born: Instant::now(),
             capacity: capacity.max(1),
-            len: 0,
             clock: 0,
             resets: Vec::new(),
             evictions: 0,
@@ -213,12 +205,13 @@ impl SocketTable {
         }
     }
 
+    /// Live entries (the tally counts them).
     pub fn len(&self) -> usize {
-        self.len
+        self.tally.tracked() as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     fn tick(&mut self) -> u32 {
@@ -248,7 +241,6 @@ impl SocketTable {
         let dt_s = f64::from(now_ds.saturating_sub(old.taken_ds)) / 10.0;
         for e in old.live() {
             self.tally.count(&e.socket, e.verdict, -1);
-            self.len -= 1;
         }
         let mut listed: Vec<Entry> = fresh
             .into_iter()
@@ -283,7 +275,6 @@ impl SocketTable {
         for e in &listed {
             self.tally.count(&e.socket, e.verdict, 1);
         }
-        self.len += listed.len();
         self.spaces.insert(
             netns,
             Space {
@@ -326,7 +317,6 @@ impl SocketTable {
         let e = match listed {
             Some(i) => &mut space.listed[i],
             None => space.seen.entry(rec.sk).or_insert_with(|| {
-                self.len += 1;
                 let e = Entry::new(Compact::of(&partial(rec)), None, now);
                 // Counted here so that the take-back below finds it.
                 self.tally.count(&e.socket, e.verdict, 1);
@@ -366,17 +356,17 @@ impl SocketTable {
                     space.seen.remove(&rec.sk);
                 }
             }
-            self.len -= 1;
         }
         self.evict();
     }
 
     fn evict(&mut self) {
-        if self.len <= self.capacity {
+        let len = self.len();
+        if len <= self.capacity {
             return;
         }
         // Drop the oldest-touched entries, plus 1% headroom so eviction is rare.
-        let excess = (self.len - self.capacity + self.capacity / 100).min(self.len);
+        let excess = (len - self.capacity + self.capacity / 100).min(len);
         let now = self.clock;
         let mut ages: Vec<(u32, u32, u64)> = self
             .spaces
@@ -400,7 +390,6 @@ impl SocketTable {
                 e.dead = true;
             }
         }
-        self.len -= excess;
         self.evictions += excess as u64;
     }
 
@@ -585,11 +574,18 @@ mod tests {
             1 => at_risk,
             _ => Some((Risk::Unknown, None)),
         };
+        // Seen through an event in a third namespace, touched first: the
+        // first evicted below.
+        let mut early = event(99, kind::ARMED, 0, 0, 1);
+        early.netns = 3;
+        feed(&mut t, &mut d, early);
+        check(&t, "seen");
         t.apply_snapshot(ns, (1..=6).map(varied).collect(), verdict);
         check(&t, "snapshot");
-        assert_eq!(t.tally().tracked(), 6);
+        assert_eq!(t.tally().tracked(), 7);
         assert_eq!(t.tally().with_verdict(at_risk), 2, "sockets 1 and 4");
-        assert_eq!(t.tally().by_state().count(), 3, "{:?}", t.tally());
+        // ESTABLISHED with keepalive on, off and not known (the event's), LISTEN.
+        assert_eq!(t.tally().by_state().count(), 4, "{:?}", t.tally());
         // A listed socket's probe goes unanswered, then is answered.
         feed(&mut t, &mut d, timed(64, kind::FIRED, 0, 1, 1, true));
         check(&t, "unanswered");
@@ -601,13 +597,13 @@ mod tests {
         // not known until a snapshot), then timed out.
         feed(&mut t, &mut d, timed(7, kind::FIRED, 0, 1, 1, true));
         check(&t, "seen through an event");
-        assert_eq!(t.tally().tracked(), 7);
+        assert_eq!(t.tally().tracked(), 8);
         feed(&mut t, &mut d, event(7, kind::FIRED, 9, 9, 7));
         check(&t, "seen, closed");
         // A listed socket closes.
         feed(&mut t, &mut d, event(128, kind::FIRED, 9, 9, 7));
         check(&t, "listed, closed");
-        assert_eq!(t.tally().tracked(), 5);
+        assert_eq!(t.tally().tracked(), 6);
         // A second namespace past the capacity: the oldest are evicted.
         let other = (10..=14).map(|i| Socket {
             netns: 2,
@@ -616,12 +612,14 @@ mod tests {
         t.apply_snapshot(2, other.collect(), verdict);
         check(&t, "evicted");
         assert!(t.evictions > 0);
-        assert_eq!(t.tally().tracked(), t.len() as i64);
+        assert!(t.get(3, 99).is_none(), "the oldest, seen through an event");
+        assert_eq!((t.len(), t.evictions), (8, 3));
         // Snapshots replace a namespace, then empty it.
         t.apply_snapshot(ns, (3..=5).map(varied).collect(), verdict);
         check(&t, "replaced");
         t.apply_snapshot(ns, vec![], verdict);
         t.apply_snapshot(2, vec![], verdict);
+        t.apply_snapshot(3, vec![], verdict);
         check(&t, "emptied");
         assert_eq!(*t.tally(), Tally::default());
     }

@@ -17,6 +17,7 @@ const PER: usize = RuleSource::ALL.len() + 1;
 
 /// Distinct verdict bytes: none (0), then every risk with every source.
 const VERDICTS: usize = 1 + Risk::ALL.len() * PER;
+const _: () = assert!(VERDICTS <= 256);
 
 /// A verdict in one byte, below [`VERDICTS`].
 pub(super) fn verdict_byte(v: Verdict) -> u8 {
@@ -28,7 +29,9 @@ pub(super) fn verdict_byte(v: Verdict) -> u8 {
     1 + (r * PER + src) as u8
 }
 
-pub(super) fn byte_verdict(b: u8) -> Verdict {
+/// The verdict of a [`verdict_byte`].
+#[cfg(test)]
+fn byte_verdict(b: u8) -> Verdict {
     let i = usize::from(b.checked_sub(1)?);
     let src = match i % PER {
         0 => None,
@@ -70,8 +73,12 @@ impl Tally {
             Some(true) => 1,
             Some(false) => 2,
         };
-        self.by[s.state as usize - 1][ka] += n;
-        self.verdicts[usize::from(verdict).min(VERDICTS - 1)] += n;
+        let by = &mut self.by[s.state as usize - 1][ka];
+        *by += n;
+        // Bytes come from `verdict_byte` alone.
+        let v = &mut self.verdicts[usize::from(verdict)];
+        *v += n;
+        debug_assert!(*by >= 0 && *v >= 0, "a take-back without a count");
         if s.keepalive_probing() {
             self.probing += n;
         }

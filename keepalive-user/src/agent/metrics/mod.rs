@@ -1,7 +1,8 @@
 //! The agent's Prometheus metrics, each declared once in [`Metrics::new`].
 //! Per-event counters move as observations arrive; gauges (sockets by
-//! state, probing sockets, sysctls) and kernel counters are computed at
-//! scrape time from the table and the per-CPU maps.
+//! state, probing sockets, sysctls) and kernel counters are set at scrape
+//! time from the table's tally (kept as entries change) and the per-CPU
+//! maps.
 
 mod bulk;
 mod registry;
@@ -644,6 +645,57 @@ mod tests {
                 "kato_sockets_idle_timeout_risk{class=\"at-risk\",source=\"conntrack\"} 0"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_scrape_reports_the_tables_sockets_by_state_keepalive_and_risk() {
+        use crate::{
+            policy::{Risk, RuleSource},
+            sockets::{table::SocketTable, tests::record, Socket},
+        };
+        use keepalive_common::{sock_flags, SockRecord};
+        let sock = |sk: u64, state: u8, ka: bool| {
+            let mut r = SockRecord {
+                sk,
+                state,
+                ..record()
+            };
+            if !ka {
+                r.flags &= !sock_flags::KEEPALIVE_ON;
+            }
+            Socket::from_record(&r, 250, None).unwrap()
+        };
+        let mut t = SocketTable::new(100);
+        let all = vec![
+            sock(1, 1, true),
+            sock(2, 1, true),
+            sock(3, 1, false),
+            sock(4, 10, true),
+        ];
+        t.apply_snapshot(record().netns, all, |s, _| match s.sock {
+            1 | 2 => Some((Risk::AtRisk, Some(RuleSource::Conntrack))),
+            3 => Some((Risk::Unprotected, Some(RuleSource::Declared))),
+            _ => None,
+        });
+        let mut m = Metrics::new(&[], 20, "k", "a", false);
+        m.refresh(t.tally(), Counters::default(), 0, 0);
+        let text = m.encode();
+        for series in [
+            "kato_sockets{keepalive=\"on\",state=\"ESTABLISHED\"} 2",
+            "kato_sockets{keepalive=\"off\",state=\"ESTABLISHED\"} 1",
+            "kato_sockets{keepalive=\"on\",state=\"LISTEN\"} 1",
+            "kato_table_sockets 4",
+            "kato_sockets_probing 0",
+            "kato_sockets_idle_timeout_risk{class=\"at-risk\",source=\"conntrack\"} 2",
+            "kato_sockets_idle_timeout_risk{class=\"unprotected\",source=\"declared\"} 1",
+            "kato_sockets_idle_timeout_risk{class=\"safe\",source=\"declared\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+        assert!(
+            !text.contains("state=\"TIME_WAIT\""),
+            "no zero states: {text}"
         );
     }
 
