@@ -299,7 +299,8 @@ impl SortKey {
     }
 
     /// Sorts 100,000s of items by their sockets: compact keys in one
-    /// array, the full key only where IPv6 leaves the compact one tied,
+    /// array, the full key only where a packed address is tied (IPv6, and
+    /// 255.255.255.255:65535, see [`packed_addr`]),
     /// equal keys in their original order; then the items are moved into
     /// place once.
     pub fn sort<'s, T, S: Listed + 's>(self, items: &mut [T], socket: impl Fn(&T) -> &'s S) {
@@ -309,7 +310,7 @@ impl SortKey {
             .map(|(i, t)| self.packed(socket(t), i as u32))
             .collect();
         let index = |k: &[u64; 3]| k[2] as u32;
-        let b = |k: &[u64; 3]| (k[1] & 0xffff) << 32 | k[2] >> 32;
+        let second = |k: &[u64; 3]| (k[1] & 0xffff) << 32 | k[2] >> 32;
         let full = |ka: &[u64; 3], kb: &[u64; 3]| {
             let key = |k| self.key_of(socket(&items[index(k) as usize]));
             key(ka).cmp(&key(kb))
@@ -324,8 +325,8 @@ impl SortKey {
                     if ka[1] >> 16 == ADDR_TIED {
                         return full(ka, kb);
                     }
-                    b(ka).cmp(&b(kb)).then_with(|| {
-                        if b(ka) == ADDR_TIED {
+                    second(ka).cmp(&second(kb)).then_with(|| {
+                        if second(ka) == ADDR_TIED {
                             full(ka, kb)
                         } else {
                             Ordering::Equal
@@ -334,18 +335,18 @@ impl SortKey {
                 })
                 .then(index(ka).cmp(&index(kb)))
         });
-        // Position i takes the item at order[i]: follow each cycle.
-        // In place: the keys' memory holds the indices.
-        let mut from: Vec<u32> = order.into_iter().map(|k| index(&k)).collect();
-        for start in 0..from.len() {
+        // Position i takes the item at index(order[i]): follow each
+        // cycle, marking a placed position with its own index (the keys
+        // are spent; no second array).
+        for start in 0..order.len() {
             let mut at = start;
-            while from[at] as usize != start {
-                let next = from[at] as usize;
+            while index(&order[at]) as usize != start {
+                let next = index(&order[at]) as usize;
                 items.swap(at, next);
-                from[at] = at as u32;
+                order[at][2] = at as u64;
                 at = next;
             }
-            from[at] = at as u32;
+            order[at][2] = at as u64;
         }
     }
 }
