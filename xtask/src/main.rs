@@ -376,15 +376,18 @@ fn main() -> Result<()> {
                 None | Some("host") => {}
                 Some(k) => return vm::test(k, &runs()),
             }
+            // Each phase's wall time, printed at the end: where the test
+            // command's minutes go on this machine.
+            let mut phases = Phases::default();
             if args.is_empty() {
-                lint()?;
+                phases.time("fmt and clippy", lint)?;
             }
-            build(false)?;
+            phases.time("build", || build(false))?;
             // The package tests read target/package/: the same recipe as
             // `cargo xtask package`, on the dev build already made (a release
             // build from scratch would add ~5 minutes).
             if args.is_empty() || args.iter().any(|a| a.contains("package")) {
-                package::run("dev")?;
+                phases.time("package", || package::run("dev"))?;
             }
             // default-members: the host crates (the eBPF crate only builds for BPF).
             let mut test = cargo();
@@ -393,14 +396,45 @@ fn main() -> Result<()> {
                 // This host's kernel has no ip_vs; the VM below runs it.
                 test.args(["--", "--skip", vm::HOST_SKIPS]);
             }
-            status(&mut test)?;
+            phases.time("unit and host kernel tests", || status(&mut test))?;
             if args.is_empty() && kernel.is_none() {
-                fuzz::quick()?;
+                phases.time("fuzz", fuzz::quick)?;
                 // More kernels: the same binaries in VMs, every attach path.
-                vm::test_all(&runs())?;
+                phases.time("VMs", || vm::test_all(&runs()))?;
             }
+            phases.print();
             Ok(())
         }
+    }
+}
+
+/// Wall time per phase of a command.
+#[derive(Default)]
+struct Phases(Vec<(&'static str, std::time::Duration)>);
+
+impl Phases {
+    fn time(&mut self, name: &'static str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let t = std::time::Instant::now();
+        let r = f();
+        self.0.push((name, t.elapsed()));
+        if r.is_err() {
+            self.print();
+        }
+        r
+    }
+
+    fn print(&self) {
+        let total: std::time::Duration = self.0.iter().map(|(_, d)| *d).sum();
+        let each: Vec<String> = self
+            .0
+            .iter()
+            .map(|(n, d)| format!("{n} {:.0} s", d.as_secs_f64()))
+            .collect();
+        eprintln!(
+            "xtask: phases: {} (total {:.0} s)",
+            each.join(", "),
+            total.as_secs_f64()
+        );
     }
 }
 
