@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use crate::support::{pair, require_root, Netns};
+use crate::{
+    agent_support::tcpext,
+    support::{pair, require_root, Netns},
+};
 
 const KATO: &str = env!("CARGO_BIN_EXE_kato");
 
@@ -45,6 +48,9 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
         }
     });
 
+    // The kernel's own count of the probes it sends, to hold kato's to.
+    let probes = || tcpext(&ns.exec(&["cat", "/proc/net/netstat"]), "TCPKeepAlive");
+    let probes_before = probes();
     let (tx, rx) = mpsc::channel();
     let worker = ns.spawn(move || {
         let (mut client, server) = pair(false, 1, 1, 2);
@@ -71,6 +77,14 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
         }
     }
     assert!(worker.join().unwrap().is_err());
+    let sent = probes() - probes_before;
+    // Stopped here, so that each assertion below can say whether kato
+    // lost records.
+    unsafe { libc::kill(kato.id() as i32, libc::SIGINT) };
+    let status = kato.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let summary = rest.trim();
     assert!(
         events
             .iter()
@@ -86,6 +100,11 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
         .copied()
         .filter(|n| *n != "armed" && *n != "fired")
         .collect();
+    let shown = tail.iter().filter(|n| **n == "probe_sent").count() as u64;
+    assert_eq!(
+        shown, sent,
+        "probes shown against the kernel's TCPKeepAlive: {names:?}; {summary}"
+    );
     assert_eq!(
         tail,
         [
@@ -95,7 +114,7 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
             "socket_error",
             "keepalive_timeout"
         ],
-        "{names:?}"
+        "{names:?}; {summary}"
     );
     let error = events
         .iter()
@@ -112,14 +131,9 @@ fn trace_json_shows_dead_peer_and_exits_on_sigint() {
     assert_eq!(events.last().unwrap()["state"], "CLOSE");
     assert_eq!(events.last().unwrap()["sk_err"], 110);
 
-    unsafe { libc::kill(kato.id() as i32, libc::SIGINT) };
-    let status = kato.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(status.success(), "kato exited with {status}: {rest}");
     // Events kato printed after the last one read here (the server's
     // reset_received) count too.
-    let summary = rest.trim();
     let seen: usize = summary
         .strip_prefix("kato trace: ")
         .and_then(|s| s.split(' ').next())

@@ -348,6 +348,9 @@ impl Trace {
             let _ = std::io::Read::read_to_string(&mut err, &mut rest);
             panic!("kato trace: {banner}{rest}");
         }
+        // Kept for `stop`'s summary (kato writes nothing else there
+        // until it ends).
+        child.stderr = Some(err.into_inner());
         let (tx, rx) = mpsc::channel();
         let out = BufReader::new(child.stdout.take().unwrap());
         std::thread::spawn(move || {
@@ -359,6 +362,18 @@ impl Trace {
             }
         });
         Trace { child, events: rx }
+    }
+
+    /// Ends the trace as Ctrl-C does: its summary line (events seen, and
+    /// how many records were lost and why).
+    pub fn stop(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let mut rest = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+        }
+        rest.trim().to_owned()
     }
 
     /// Every event that arrives within `quiet` of the previous one.

@@ -423,6 +423,9 @@ fn a_postgres_client_that_vanished_is_a_dead_peer_not_an_idle_kill() {
         assert!(Instant::now() < end, "psql never connected");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The kernel's own count of the probes it sends, to hold kato's to.
+    let probes = || tcpext(&ns.exec(&["cat", "/proc/net/netstat"]), "TCPKeepAlive");
+    let probes_before = probes();
     // The client vanishes: nothing the server sends reaches it.
     ns.drop_from_port(5433);
     let end = Instant::now() + Duration::from_secs(20);
@@ -442,6 +445,8 @@ fn a_postgres_client_that_vanished_is_a_dead_peer_not_an_idle_kill() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let all = trace.drain(Duration::from_secs(2));
+    let sent = probes() - probes_before;
+    let summary = trace.stop();
     let _ = psql.kill();
     let _ = psql.wait();
     let server: Vec<&Value> = all
@@ -452,10 +457,11 @@ fn a_postgres_client_that_vanished_is_a_dead_peer_not_an_idle_kill() {
         .iter()
         .map(|v| v["event"].as_str().unwrap())
         .collect();
+    let shown = kinds.iter().filter(|k| **k == "probe_sent").count();
     assert_eq!(
-        kinds.iter().filter(|k| **k == "probe_sent").count(),
-        3,
-        "{kinds:?}"
+        (shown as u64, sent),
+        (3, 3),
+        "probes kato showed, and the kernel's TCPKeepAlive: {kinds:?}; {summary}"
     );
     let timeout = server
         .iter()
