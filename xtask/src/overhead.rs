@@ -293,7 +293,10 @@ fn loopback_drops() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/net/softnet_stat")?;
     text.lines()
         .map(|l| {
-            let hex = l.split_whitespace().nth(1).context("short softnet_stat line")?;
+            let hex = l
+                .split_whitespace()
+                .nth(1)
+                .context("short softnet_stat line")?;
             u64::from_str_radix(hex, 16).context("softnet_stat value")
         })
         .sum()
