@@ -85,8 +85,8 @@ pub fn run(kato: &str, ns: &Netns, secs: u64) -> Result<DeadRun> {
     // up to CATCH_UP, while the agent's reader is behind (records wait in
     // the ring while a snapshot of 100,000s of sockets is decoded). How
     // long it took is reported: a timeout reported late is still reported.
-    let window = t0.elapsed().as_secs_f64();
-    let (c1, dt) = (cpu_ticks(agent.id())?, window);
+    let dt = t0.elapsed().as_secs_f64();
+    let c1 = cpu_ticks(agent.id())?;
     let waiting = Instant::now();
     let (a1, (k1, l1, s1, p1)) = loop {
         let a1 = tcpext(ns, "TCPAbortOnTimeout")?;

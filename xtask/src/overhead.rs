@@ -200,7 +200,7 @@ pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
     let runs = (|| -> Result<(Vec<ThroughputRun>, crate::deadshare::DeadRun)> {
         let ns = Netns::new("events")?;
         let holders = hold_with(&ns, sockets, &["--ka-secs", "1"])?;
-        let runs = RINGS
+        let mut runs = RINGS
             .iter()
             .map(|&(ring, extra)| throughput_run(kato, &ns, secs, ring, extra))
             .collect::<Result<Vec<_>>>()?;
@@ -208,7 +208,6 @@ pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
         let dead = crate::deadshare::run(kato, &ns, secs)?;
         drop(holders);
         drop(ns);
-        let mut runs = runs;
         let ns = Netns::new("events-nots")?;
         let ok = ns
             .cmd("sysctl")
