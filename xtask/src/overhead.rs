@@ -209,12 +209,7 @@ pub fn throughput(kato: &str, sockets: usize, secs: u64) -> Result<Throughput> {
         drop(holders);
         drop(ns);
         let ns = Netns::new("events-nots")?;
-        let ok = ns
-            .cmd("sysctl")
-            .args(["-qw", "net.ipv4.tcp_timestamps=0"])
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "sysctl net.ipv4.tcp_timestamps=0");
+        crate::status(ns.cmd("sysctl").args(["-qw", "net.ipv4.tcp_timestamps=0"]))?;
         let holders = hold_with(&ns, sockets, &["--ka-secs", "1"])?;
         runs.push(throughput_run(kato, &ns, secs, ALL_ANSWERED, &[])?);
         drop(holders);
