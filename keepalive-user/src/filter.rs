@@ -203,6 +203,9 @@ pub enum SortKey {
     Idle,
     /// Unanswered keepalive probes (most first).
     Probes,
+    /// The kernel's own order, as ss and netstat print: `kato sockets`
+    /// then prints each socket as it is read, holding none.
+    None,
 }
 
 impl FromStr for SortKey {
@@ -216,11 +219,12 @@ impl FromStr for SortKey {
             "timer" => SortKey::Timer,
             "idle" => SortKey::Idle,
             "probes" => SortKey::Probes,
+            "none" => SortKey::None,
             _ => {
                 return Err(crate::invalid::Invalid::unknown(
                     "sort key",
                     s,
-                    "local, remote, state, pid, timer, idle or probes",
+                    "local, remote, state, pid, timer, idle, probes or none",
                 ))
             }
         })
@@ -270,7 +274,7 @@ impl SortKey {
     fn parts(self, s: &impl Listed) -> (u64, SocketAddr, SocketAddr) {
         let idle = s.idle_s().unwrap_or(-1.0);
         let primary = match self {
-            SortKey::Local => 0,
+            SortKey::Local | SortKey::None => 0,
             // Remote first, then local.
             SortKey::Remote => return (0, s.remote(), s.local()),
             SortKey::State => s.state() as u64,
@@ -304,6 +308,9 @@ impl SortKey {
     /// equal keys in their original order; then the items are moved into
     /// place once.
     pub fn sort<'s, T, S: Listed + 's>(self, items: &mut [T], socket: impl Fn(&T) -> &'s S) {
+        if self == SortKey::None {
+            return;
+        }
         let mut order: Vec<[u64; 3]> = items
             .iter()
             .enumerate()

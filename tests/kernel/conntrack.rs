@@ -50,18 +50,24 @@ fn hold(ns: &Netns) -> (mpsc::Sender<()>, SocketAddr, SocketAddr) {
 }
 
 fn sockets_json(ns: &Netns) -> Vec<Value> {
-    let out = run(Command::new(KATO).args([
-        "sockets",
-        "--netns",
-        &ns.name,
-        "--state",
-        "established",
-        "--no-cloud-defaults",
-        "--output",
-        "json",
-        "--attach",
-        attach_arg(),
-    ]));
+    sockets_json_with(ns, &[])
+}
+
+fn sockets_json_with(ns: &Netns, more: &[&str]) -> Vec<Value> {
+    let out = run(Command::new(KATO)
+        .args([
+            "sockets",
+            "--netns",
+            &ns.name,
+            "--state",
+            "established",
+            "--no-cloud-defaults",
+            "--output",
+            "json",
+            "--attach",
+            attach_arg(),
+        ])
+        .args(more));
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
@@ -106,6 +112,20 @@ fn a_keepalive_slower_than_conntrack_is_at_risk_without_any_declared_timeout() {
         (o["risk"].as_str(), o["idle_timeout_source"].as_str()),
         (Some("unprotected"), Some("conntrack")),
         "{o}"
+    );
+    // Printed as read (every entry dumped first, not the flows asked
+    // about): the same entry, risk and source.
+    let streamed = sockets_json_with(&ns, &["--sort", "none"]);
+    for (local, risk) in [(slow, "at-risk"), (off, "unprotected")] {
+        let v = find(&streamed, local);
+        assert_eq!(v["risk"], risk, "{v}");
+        assert_eq!(v["idle_timeout_source"], "conntrack", "{v}");
+        assert_eq!(v["conntrack"]["state"], "established", "{v}");
+    }
+    let remaining = find(&streamed, slow)["conntrack"]["remaining_s"].as_u64();
+    assert!(
+        remaining.is_some_and(|r| (1..=20).contains(&r)),
+        "{remaining:?}"
     );
 
     // The table: a CT column with the seconds left, `-` for the listener.

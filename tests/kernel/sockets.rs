@@ -158,6 +158,17 @@ fn sockets_agree_with_ss_and_getsockopt() {
     );
     let ss_text = ns.exec(&["ss", "-tnoa"]);
     let dt = t0.elapsed().as_secs_f64();
+    let streamed = Command::new(KATO)
+        .args([
+            "sockets", "--sort", "none", "--output", "json", "--netns", &ns.name,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        streamed.status.success(),
+        "kato sockets --sort none: {}",
+        String::from_utf8_lossy(&streamed.stderr)
+    );
     let diag = Command::new(KATO)
         .args([
             "sockets", "--source", "diag", "--output", "json", "--netns", &ns.name,
@@ -195,6 +206,37 @@ fn sockets_agree_with_ss_and_getsockopt() {
         kset.difference(&sset).collect::<Vec<_>>(),
         sset.difference(&kset).collect::<Vec<_>>()
     );
+
+    // Printed as read, holding no rows: the same sockets, owners and
+    // settings (the times move between the two reads).
+    let streamed: Vec<Value> = serde_json::from_slice(&streamed.stdout).expect("streamed JSON");
+    assert_eq!(
+        streamed.len(),
+        kato.len(),
+        "--sort none lists each socket once"
+    );
+    for v in &streamed {
+        let k = key(&v["local"], &v["remote"]);
+        let held = kmap
+            .get(&k)
+            .unwrap_or_else(|| panic!("--sort none lists {k:?}, the sorted listing does not"));
+        for field in [
+            "state",
+            "pid",
+            "comm",
+            "cookie",
+            "inode",
+            "keepalive",
+            "cgroup",
+        ] {
+            assert_eq!(v[field], held[field], "{field} of {k:?}");
+        }
+    }
+    let own = streamed
+        .iter()
+        .filter(|v| v["pid"].as_u64() == Some(u64::from(std::process::id())))
+        .count();
+    assert!(own >= 900, "{own} sockets owned by this test's process");
 
     // The sock_diag fallback sees the same sockets, states and timer kinds.
     let diag: Vec<Value> = serde_json::from_slice(&diag.stdout).expect("diag JSON");

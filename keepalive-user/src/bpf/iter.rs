@@ -204,6 +204,36 @@ impl Bpf {
     }
 }
 
+impl Bpf {
+    /// What `owner(record)` makes of every TCP socket held by a process
+    /// (in every namespace), read alone: a listing that prints sockets as
+    /// it reads them needs their owners first.
+    pub fn read_owners<O: Send>(
+        &mut self,
+        owner: impl FnMut(OwnerRecord) -> Option<O> + Send,
+    ) -> Result<Vec<O>, LoadError> {
+        self.attach_iter(Hook::IterTaskFile)?
+            .read(OWNER_RECORD_SIZE, None, owner)
+    }
+
+    /// Hands every TCP socket record of namespace `ns` (None: kato's own)
+    /// to `each` as it is read; none is kept.
+    pub fn each_socket(
+        &mut self,
+        ns: Option<&NetnsRef>,
+        mut each: impl FnMut(SockRecord) + Send,
+    ) -> Result<(), LoadError> {
+        let none: Vec<()> = self
+            .attach_iter(Hook::IterTcp)?
+            .read(SOCK_RECORD_SIZE, ns, |r| {
+                each(r);
+                None
+            })?;
+        debug_assert!(none.is_empty());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -441,8 +441,7 @@ impl Bpf {
     /// The task walk alone: every TCP socket held by a process, in every
     /// namespace.
     pub fn owners(&mut self) -> Result<Vec<keepalive_common::OwnerRecord>, LoadError> {
-        self.sockets_and_owners(&[], Some, |_, _| None::<()>)
-            .map(|(owners, _)| owners)
+        self.read_owners(Some)
     }
 
     pub fn counters(&self) -> Counters {

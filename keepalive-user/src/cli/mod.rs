@@ -12,6 +12,7 @@ pub mod protect;
 pub mod signals;
 pub mod sockets;
 pub mod stories;
+mod stream;
 pub mod table;
 pub mod top;
 pub mod trace;

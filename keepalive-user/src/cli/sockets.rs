@@ -133,7 +133,9 @@ pub struct SocketsArgs {
     /// List every network namespace on the host.
     #[arg(long)]
     pub all_netns: bool,
-    /// Sort by: local, remote, state, pid, timer, idle (longest first), probes (most first).
+    /// Sort by: local, remote, state, pid, timer, idle (longest first), probes
+    /// (most first), or none: the kernel's order, each socket printed as it
+    /// is read and none held (a pipe or JSON; for 100,000s of sockets).
     #[arg(long, value_name = "KEY", default_value = "local")]
     pub sort: SortKey,
     /// The sort order reversed.

@@ -7,11 +7,7 @@
 
 pub mod ctnetlink;
 
-use std::{
-    collections::{HashMap, HashSet},
-    io,
-    net::SocketAddr,
-};
+use std::{collections::HashMap, io, net::SocketAddr};
 
 use serde::Serialize;
 
@@ -118,7 +114,7 @@ fn keys(e: &ctnetlink::Entry) -> [FlowKey; 4] {
 /// The entries of `wanted` flows in the calling thread's namespace. Only
 /// those are kept, so memory follows the sockets asked about, not the
 /// size of the conntrack table; entries that fail to decode are counted.
-pub fn lookup(wanted: &HashSet<FlowKey>) -> io::Result<(HashMap<FlowKey, Tracked>, usize)> {
+pub fn lookup(wanted: impl Fn(&FlowKey) -> bool) -> io::Result<(HashMap<FlowKey, Tracked>, usize)> {
     let mut found = HashMap::new();
     let mut undecodable = 0;
     netlink::dump(
@@ -131,7 +127,7 @@ pub fn lookup(wanted: &HashSet<FlowKey>) -> io::Result<(HashMap<FlowKey, Tracked
             match ctnetlink::decode(msg) {
                 Ok(Some(e)) => {
                     for k in keys(&e) {
-                        if wanted.contains(&k) {
+                        if wanted(&k) {
                             found.insert(
                                 k,
                                 Tracked {

@@ -86,22 +86,40 @@ pub fn all(dir: &Path) -> Vec<PathBuf> {
 /// pin in [`BPFFS`]) set on `sockets` as [`ValueSource::Kato`](crate::sockets::ValueSource::Kato).
 /// Nothing to mark (no pins, or no BPF filesystem here) is not an error.
 pub fn mark<'a, S: crate::sockets::row::Row + 'a>(sockets: impl Iterator<Item = &'a mut S>) {
-    use aya::maps::{HashMap, Map, MapData};
-    use keepalive_common::protect::Protected;
-
-    let maps: Vec<HashMap<MapData, u64, Protected>> = all(Path::new(BPFFS))
-        .into_iter()
-        .filter_map(|p| MapData::from_pin(&p).ok())
-        .filter_map(|d| HashMap::try_from(Map::LruHashMap(d)).ok())
-        .collect();
-    if maps.is_empty() {
+    let pins = Pins::open();
+    if pins.0.is_empty() {
         return;
     }
-    let after = |cookie: u64| {
-        let p = maps.iter().find_map(|m| m.get(&cookie, 0).ok())?;
-        Some((p.after.idle_s, p.after.intvl_s))
-    };
     for s in sockets {
-        s.mark_protected(after);
+        pins.mark(s);
+    }
+}
+
+/// The running protects' pinned maps, opened once for a listing's rows.
+pub struct Pins(
+    Vec<aya::maps::HashMap<aya::maps::MapData, u64, keepalive_common::protect::Protected>>,
+);
+
+impl Pins {
+    pub fn open() -> Self {
+        use aya::maps::{HashMap, Map, MapData};
+        Self(
+            all(Path::new(BPFFS))
+                .into_iter()
+                .filter_map(|p| MapData::from_pin(&p).ok())
+                .filter_map(|d| HashMap::try_from(Map::LruHashMap(d)).ok())
+                .collect(),
+        )
+    }
+
+    /// [`mark`] for one socket.
+    pub fn mark<S: crate::sockets::row::Row>(&self, s: &mut S) {
+        if self.0.is_empty() {
+            return;
+        }
+        s.mark_protected(|cookie: u64| {
+            let p = self.0.iter().find_map(|m| m.get(&cookie, 0).ok())?;
+            Some((p.after.idle_s, p.after.intvl_s))
+        });
     }
 }

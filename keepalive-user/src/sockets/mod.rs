@@ -7,6 +7,7 @@ pub mod diag;
 pub mod owners;
 pub mod row;
 pub mod snapshot;
+pub mod stream;
 pub mod table;
 pub mod tally;
 

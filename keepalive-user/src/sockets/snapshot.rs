@@ -1,14 +1,17 @@
 //! Taking a snapshot of the TCP sockets of one or more network namespaces:
 //! through the BPF iterators, or through sock_diag where they are missing.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use thiserror::Error;
 
 use super::{diag, owners::Naming, row::Row, Socket};
 use crate::{
     bpf::{Bpf, Iterators, LoadError},
-    conntrack,
+    conntrack::{self, FlowKey, Tracked},
     netns::{self, NetnsError, NetnsRef},
     owner::OwnerCache,
 };
@@ -57,7 +60,7 @@ pub enum SnapshotError {
 /// The namespaces to read; `None` stands for the caller's own (no setns).
 pub type Targets = Vec<Option<NetnsRef>>;
 
-fn inode_of(t: &Option<NetnsRef>) -> Result<u32, SnapshotError> {
+pub(super) fn inode_of(t: &Option<NetnsRef>) -> Result<u32, SnapshotError> {
     Ok(match t {
         Some(ns) => ns.inode,
         None => netns::current().map_err(SnapshotError::OwnNetns)?.inode,
@@ -102,6 +105,11 @@ impl Snapshotter {
                 )),
             },
         }
+    }
+
+    /// Are sockets read from the iterators (not sock_diag)?
+    pub fn reads_iterators(&self) -> bool {
+        !self.diag
     }
 
     pub fn take<S: Row>(
@@ -228,11 +236,75 @@ fn in_netns<T: Send>(t: &Option<NetnsRef>, f: impl FnOnce() -> T + Send) -> Resu
 /// Every conntrack table that can see a connection: its own namespace's,
 /// the caller's (the host's, which tracks containers' and Kubernetes pods'
 /// flows), and any other snapshot namespace's (a router between two) that
-/// holds the flow's tuple, original or NATed. Each socket gets the entry of
+/// holds the flow's tuple, original or NATed. A socket gets the entry of
 /// the table with the shortest established timeout (the first to forget
 /// it), and each namespace its conntrack. A table is dumped once, for the
 /// flows of every namespace; none without CAP_NET_ADMIN or entries. A
 /// failed dump leaves the entries unknown and says so once per process.
+pub struct Conntracks(Vec<(u32, conntrack::Namespace, HashMap<FlowKey, Tracked>)>);
+
+impl Conntracks {
+    /// The tables of `targets` and the caller's namespace, each with the
+    /// entries it holds of the flows `wanted()` makes (called only when
+    /// some table holds entries); every entry where `wanted` is None.
+    fn read<'w, W: Fn() -> &'w HashSet<FlowKey> + Sync>(
+        targets: &[Option<NetnsRef>],
+        wanted: Option<&W>,
+    ) -> Result<Self, SnapshotError> {
+        let mut tables = vec![];
+        let with_own = targets.iter().any(Option::is_none);
+        let mut each = |t: &Option<NetnsRef>| -> Result<(), SnapshotError> {
+            let inode = inode_of(t)?;
+            if let Some((ns, entries)) = in_netns(t, || table(wanted))? {
+                tables.push((inode, ns, entries));
+            }
+            Ok(())
+        };
+        for t in targets {
+            each(t)?;
+        }
+        if !with_own {
+            each(&None)?;
+        }
+        Ok(Self(tables))
+    }
+
+    /// Every entry of every table: for a listing that prints each socket
+    /// as it reads it, and so cannot name its flows first. Memory follows
+    /// the conntrack tables (bounded by `nf_conntrack_max`), not the sockets.
+    pub fn every_entry(targets: &[Option<NetnsRef>]) -> Result<Self, SnapshotError> {
+        Self::read(targets, None::<&fn() -> &'static HashSet<FlowKey>>)
+    }
+
+    /// Namespace `inode`'s conntrack, where loaded.
+    pub fn of(&self, inode: u32) -> Option<conntrack::Namespace> {
+        self.0
+            .iter()
+            .find(|(ns, _, _)| *ns == inode)
+            .map(|(_, c, _)| *c)
+    }
+
+    fn has_entries(&self) -> bool {
+        self.0.iter().any(|(_, _, entries)| !entries.is_empty())
+    }
+
+    /// The flow's entry in the table that forgets it first.
+    pub fn tracked(&self, local: SocketAddr, remote: SocketAddr) -> Option<Tracked> {
+        let k = conntrack::key(local, remote);
+        self.0
+            .iter()
+            .filter_map(|(ns, c, entries)| {
+                entries.get(&k).map(|e| {
+                    let e = Tracked { netns: *ns, ..*e };
+                    (c.established_timeout_s, e)
+                })
+            })
+            .min_by_key(|(timeout, _)| *timeout)
+            .map(|(_, e)| e)
+    }
+}
+
+/// Each snapshot's conntrack, and each socket's entry (see [`Conntracks`]).
 fn join_conntrack<S: Row>(
     targets: &[Option<NetnsRef>],
     snaps: &mut [NetnsSnapshot<S>],
@@ -251,79 +323,40 @@ fn join_conntrack<S: Row>(
                 .collect::<HashSet<_>>()
         })
     };
-    // (namespace, its conntrack, the wanted entries it holds).
-    let mut tables: Vec<(
-        u32,
-        conntrack::Namespace,
-        HashMap<conntrack::FlowKey, conntrack::Tracked>,
-    )> = vec![];
-    let with_own = targets.iter().any(Option::is_none);
-    let mut each = |t: &Option<NetnsRef>| -> Result<(), SnapshotError> {
-        let inode = inode_of(t)?;
-        let found = in_netns(t, || table(&flows))?;
-        if let Some((ns, entries)) = found {
-            tables.push((inode, ns, entries));
-        }
-        Ok(())
-    };
-    for t in targets {
-        each(t)?;
-    }
-    if !with_own {
-        each(&None)?;
-    }
+    let tables = Conntracks::read(targets, Some(&flows))?;
     drop(wanted);
-    let no_entries = tables.iter().all(|(_, _, entries)| entries.is_empty());
     for snap in snaps.iter_mut() {
-        snap.conntrack = tables
-            .iter()
-            .find(|(ns, _, _)| *ns == snap.inode)
-            .map(|(_, c, _)| *c);
+        snap.conntrack = tables.of(snap.inode);
         // Rows are fresh from this snapshot, without an entry yet.
-        if no_entries {
+        if !tables.has_entries() {
             continue;
         }
         for s in &mut snap.sockets {
             let (_, local, remote) = s.flow();
-            let k = conntrack::key(local, remote);
-            let tracked = tables
-                .iter()
-                .filter_map(|(ns, c, entries)| {
-                    entries.get(&k).map(|e| {
-                        (
-                            c.established_timeout_s,
-                            conntrack::Tracked { netns: *ns, ..*e },
-                        )
-                    })
-                })
-                .min_by_key(|(timeout, _)| *timeout)
-                .map(|(_, e)| e);
-            s.set_conntrack(tracked);
+            s.set_conntrack(tables.tracked(local, remote));
         }
     }
     Ok(())
 }
 
 /// In the calling thread's namespace: its conntrack, and the entries of
-/// `wanted()` flows it holds (none dumped when it holds no entries, or
-/// without CAP_NET_ADMIN). None where conntrack is not loaded.
+/// `wanted()` flows it holds (every entry for None; none dumped when it
+/// holds no entries, or without CAP_NET_ADMIN). None where conntrack is
+/// not loaded.
 fn table<'w>(
-    wanted: &impl Fn() -> &'w HashSet<conntrack::FlowKey>,
-) -> Option<(
-    conntrack::Namespace,
-    HashMap<conntrack::FlowKey, conntrack::Tracked>,
-)> {
+    wanted: Option<&impl Fn() -> &'w HashSet<FlowKey>>,
+) -> Option<(conntrack::Namespace, HashMap<FlowKey, Tracked>)> {
     let ns = conntrack::namespace()?;
     // Without CAP_NET_ADMIN ctnetlink refuses every request: the banner
     // and doctor say the capability is not kept; nothing to repeat here.
     if ns.entries == 0 || !crate::caps::has(crate::caps::CAP_NET_ADMIN) {
         return Some((ns, HashMap::new()));
     }
-    let wanted = wanted();
-    if wanted.is_empty() {
+    let wanted = wanted.map(|w| w());
+    if wanted.is_some_and(HashSet::is_empty) {
         return Some((ns, HashMap::new()));
     }
-    match conntrack::lookup(wanted) {
+    match conntrack::lookup(|k| wanted.is_none_or(|w| w.contains(k))) {
         Ok((found, undecodable)) => {
             if undecodable > 0 {
                 log::warn!("{undecodable} conntrack entries could not be decoded");
