@@ -57,14 +57,28 @@ fn run_measured(ns: &Netns, program: &str, args: &[&str]) -> Result<Measured> {
 
 /// The tools the listing is compared with, in the order they are run in
 /// each round: (label, program, args).
-pub const TOOLS: [(&str, &str, &[&str]); 6] = [
+pub const TOOLS: [(&str, &str, &[&str]); 7] = [
     ("kato sockets", "", &["sockets"]),
     ("kato sockets --json", "", &["sockets", "--output", "json"]),
     ("ss -tnoa", "ss", &["-tnoa"]),
     ("ss -tnoap", "ss", &["-tnoap"]),
     ("netstat -tnoa", "netstat", &["-tnoa"]),
     ("netstat -tnoap", "netstat", &["-tnoap"]),
+    // Printed as read, in the kernel's order like ss: no row held.
+    (
+        "kato sockets --sort none",
+        "",
+        &["sockets", "--sort", "none"],
+    ),
 ];
+
+/// [`TOOLS`] indices the report's ratios use.
+const KATO: usize = 0;
+const JSON: usize = 1;
+const SS: usize = 2;
+const SSP: usize = 3;
+const NETSTATP: usize = 5;
+const UNSORTED: usize = 6;
 
 /// Medians of each tool's runs, the tools interleaved round by round so
 /// that machine noise falls on all of them alike.
@@ -279,38 +293,39 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
         s,
         "## Listing sockets: `kato sockets` vs `ss` and `netstat`\n"
     );
-    let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. The tools run interleaved, one after another in each round; medians of the rounds (21 below 5k sockets, 5 below 50k, 3 below 200k, 1 above). kato's run includes loading its eBPF object (from the second run on, with the kernel facts the first kept in /run/kato/facts), both BPF iterators (sockets and owners: kato always names the process) and its output; `ss -tnoa` and `netstat -tnoa` print no owners, their `-p` forms do. Peak RSS from GNU time (the time includes its fork and exec, the same for every tool).\n");
+    let _ = writeln!(s, "Loopback connections held open by holder processes (at most 12,500 connections each, half the clients with SO_KEEPALIVE) in a benchmark network namespace; every tool runs there through `ip netns exec` with its output discarded. The tools run interleaved, one after another in each round; medians of the rounds (21 below 5k sockets, 5 below 50k, 3 below 200k, 1 above). kato's run includes loading its eBPF object (from the second run on, with the kernel facts the first kept in /run/kato/facts), both BPF iterators (sockets and owners: kato always names the process) and its output; `ss -tnoa` and `netstat -tnoa` print no owners, their `-p` forms do. `kato sockets --sort none` prints each socket as the socket iterator hands it over, in the kernel's order as `ss` does, holding no rows (the owners are read first, then the sockets, not side by side). Peak RSS from GNU time (the time includes its fork and exec, the same for every tool).\n");
     let cols: Vec<&str> = TOOLS.iter().map(|t| t.0).collect();
     let _ = writeln!(
         s,
-        "| sockets | kato lists | rounds | {} | kato / ss -tnoa | kato / ss -tnoap | kato / netstat -tnoap | json / ss -tnoa |",
+        "| sockets | kato lists | rounds | {} | kato / ss -tnoa | kato / ss -tnoap | kato / netstat -tnoap | json / ss -tnoa | --sort none / ss -tnoa |",
         cols.join(" | ")
     );
-    let _ = writeln!(s, "|{}", " ---: |".repeat(cols.len() + 7));
+    let _ = writeln!(s, "|{}", " ---: |".repeat(cols.len() + 8));
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     for r in rows {
         let t = &r.tools;
         let walls: Vec<String> = t.iter().map(|x| ms(x.wall)).collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.2}× | {:.3}× | {:.3}× | {:.2}× |",
+            "| {} | {} | {} | {} | {:.2}× | {:.3}× | {:.3}× | {:.2}× | {:.2}× |",
             r.sockets,
             r.listed,
             r.rounds,
             walls.join(" | "),
-            ratio(t[0].wall, t[2].wall),
-            ratio(t[0].wall, t[3].wall),
-            ratio(t[0].wall, t[5].wall),
-            ratio(t[1].wall, t[2].wall),
+            ratio(t[KATO].wall, t[SS].wall),
+            ratio(t[KATO].wall, t[SSP].wall),
+            ratio(t[KATO].wall, t[NETSTATP].wall),
+            ratio(t[JSON].wall, t[SS].wall),
+            ratio(t[UNSORTED].wall, t[SS].wall),
         );
     }
     let _ = writeln!(s, "\nPeak RSS (median):\n");
     let _ = writeln!(
         s,
-        "| sockets | {} | kato / ss -tnoa | json / ss -tnoa |",
+        "| sockets | {} | kato / ss -tnoa | json / ss -tnoa | --sort none / ss -tnoa |",
         cols.join(" | ")
     );
-    let _ = writeln!(s, "|{}", " ---: |".repeat(cols.len() + 3));
+    let _ = writeln!(s, "|{}", " ---: |".repeat(cols.len() + 4));
     for r in rows {
         let t = &r.tools;
         let rss: Vec<String> = t
@@ -320,12 +335,33 @@ pub fn report(rows: &[Row], base: &AgentRun, command: &str) -> String {
         let kib = |i: usize| t[i].maxrss_kib.max(1) as f64;
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2}× | {:.2}× |",
+            "| {} | {} | {:.2}× | {:.2}× | {:.2}× |",
             r.sockets,
             rss.join(" | "),
-            kib(0) / kib(2),
-            kib(1) / kib(2),
+            kib(KATO) / kib(SS),
+            kib(JSON) / kib(SS),
+            kib(UNSORTED) / kib(SS),
         );
+    }
+    if let (Some(a), Some(b)) = (rows.first(), rows.last()) {
+        if b.sockets > a.sockets {
+            let per = |i: usize| {
+                let grew = b.tools[i].maxrss_kib as f64 - a.tools[i].maxrss_kib as f64;
+                format!(
+                    "{}: {:.0} B",
+                    TOOLS[i].0,
+                    grew * 1024.0 / (b.sockets - a.sockets) as f64
+                )
+            };
+            let each: Vec<String> = [KATO, JSON, UNSORTED, SS].into_iter().map(per).collect();
+            let _ = writeln!(
+                s,
+                "\nPeak RSS per added socket, {} to {} sockets: {}.",
+                a.sockets,
+                b.sockets,
+                each.join("; ")
+            );
+        }
     }
     let _ = writeln!(
         s,
