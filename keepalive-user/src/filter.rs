@@ -523,6 +523,7 @@ mod tests {
             [3, 2, 1],
             "longest idle first; LISTEN has none"
         );
+        assert_eq!(order("none"), [2, 1, 3], "none: the order read");
         assert!("bogus"
             .parse::<SortKey>()
             .unwrap_err()

@@ -65,6 +65,8 @@ pub const MAX_VALUES: usize = 64;
 #[serde(deny_unknown_fields)]
 pub struct SocketsQuery {
     pub filter: Filter,
+    /// `none` pages in local-address order: a cursor needs a total order,
+    /// which the table's own order is not across snapshots.
     pub sort: SortKey,
     /// Sockets in this page.
     pub limit: usize,
