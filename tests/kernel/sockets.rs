@@ -109,6 +109,18 @@ fn build(done: mpsc::Receiver<()>, ready: mpsc::Sender<Built>, dead_ready: mpsc:
     drop((l4, l6, dead, held));
 }
 
+/// `kato ARGS`'s standard output; its failure fails the test.
+fn kato_ok(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(KATO).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "kato {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 fn timer_kind(ss_kind: Option<&str>) -> &'static str {
     match ss_kind {
         None => "off",
@@ -147,43 +159,29 @@ fn sockets_agree_with_ss_and_getsockopt() {
     std::thread::sleep(Duration::from_millis(2500));
 
     let t0 = Instant::now();
-    let out = Command::new(KATO)
-        .args(["sockets", "--output", "json", "--netns", &ns.name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kato sockets: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = kato_ok(&["sockets", "--output", "json", "--netns", &ns.name]);
     let ss_text = ns.exec(&["ss", "-tnoa"]);
     let dt = t0.elapsed().as_secs_f64();
+    // Its log says it took the streaming path (the held one, unsorted,
+    // would print the same rows).
     let streamed = Command::new(KATO)
         .args([
             "sockets", "--sort", "none", "--output", "json", "--netns", &ns.name,
         ])
+        .env("RUST_LOG", "keepalive_user::sockets::stream=debug")
         .output()
         .unwrap();
-    assert!(
-        streamed.status.success(),
-        "kato sockets --sort none: {}",
-        String::from_utf8_lossy(&streamed.stderr)
-    );
-    let diag = Command::new(KATO)
-        .args([
-            "sockets", "--source", "diag", "--output", "json", "--netns", &ns.name,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        diag.status.success(),
-        "kato sockets --source diag: {}",
-        String::from_utf8_lossy(&diag.stderr)
-    );
+    let log = String::from_utf8_lossy(&streamed.stderr);
+    assert!(streamed.status.success(), "kato sockets --sort none: {log}");
+    assert!(log.contains("owners read before the sockets"), "{log}");
+    let streamed = streamed.stdout;
+    let diag = kato_ok(&[
+        "sockets", "--source", "diag", "--output", "json", "--netns", &ns.name,
+    ]);
     done_tx.send(()).unwrap();
     worker.join().unwrap();
 
-    let kato: Vec<Value> = serde_json::from_slice(&out.stdout).expect("kato JSON");
+    let kato: Vec<Value> = serde_json::from_slice(&out).expect("kato JSON");
     let key = |l: &Value, r: &Value| -> (SocketAddr, SocketAddr) {
         (
             l.as_str().unwrap().parse().unwrap(),
@@ -209,7 +207,7 @@ fn sockets_agree_with_ss_and_getsockopt() {
 
     // Printed as read, holding no rows: the same sockets, owners and
     // settings (the times move between the two reads).
-    let streamed: Vec<Value> = serde_json::from_slice(&streamed.stdout).expect("streamed JSON");
+    let streamed: Vec<Value> = serde_json::from_slice(&streamed).expect("streamed JSON");
     assert_eq!(
         streamed.len(),
         kato.len(),
@@ -239,7 +237,7 @@ fn sockets_agree_with_ss_and_getsockopt() {
     assert!(own >= 900, "{own} sockets owned by this test's process");
 
     // The sock_diag fallback sees the same sockets, states and timer kinds.
-    let diag: Vec<Value> = serde_json::from_slice(&diag.stdout).expect("diag JSON");
+    let diag: Vec<Value> = serde_json::from_slice(&diag).expect("diag JSON");
     let dmap: HashMap<_, &Value> = diag
         .iter()
         .map(|v| (key(&v["local"], &v["remote"]), v))

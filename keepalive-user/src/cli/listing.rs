@@ -1,5 +1,5 @@
 //! `kato sockets` without `--watch`: one census, filtered, sorted, printed
-//! (or, with `--sort none`, printed as it is read: `super::stream`).
+//! (`--sort none` prints as it reads instead: `super::stream`).
 //! Each socket is held as a [`Compact`] (176 bytes, not 288) and made a
 //! [`Socket`] in the block that prints it, unless every row must be a
 //! `Socket` at once anyway: the fitted table (a terminal, `--wide`,
@@ -56,12 +56,6 @@ pub(super) fn once(
     resolver: &mut Resolver,
     policy: &mut Policy,
 ) -> anyhow::Result<()> {
-    let bpf = match bpf {
-        Some(b) if super::stream::streams(&ask) && snap.reads_iterators() => {
-            return super::stream::print(&ask, b, targets, resolver, policy);
-        }
-        b => b,
-    };
     let t = std::time::Instant::now();
     let show = ask.show_addresses;
     let stdout = std::io::stdout();

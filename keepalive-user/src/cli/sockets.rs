@@ -338,14 +338,12 @@ pub async fn run(args: SocketsArgs) -> anyhow::Result<()> {
             history: args.history.then_some(args.agent),
             traced,
         };
-        return super::listing::once(
-            ask,
-            &snap,
-            bpf.as_mut(),
-            &targets,
-            &mut resolver,
-            &mut policy,
-        );
+        return match bpf.as_mut() {
+            Some(b) if super::stream::streams(&ask) && snap.reads_iterators() => {
+                super::stream::print(&ask, b, &targets, &mut resolver, &mut policy)
+            }
+            b => super::listing::once(ask, &snap, b, &targets, &mut resolver, &mut policy),
+        };
     };
 
     // Watch: snapshots every period, keepalive events in between.

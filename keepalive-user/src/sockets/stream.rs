@@ -33,7 +33,11 @@ impl Stream {
         let mut naming = Naming::default();
         let held = bpf.read_owners(|r| Some(naming.held(&r)))?;
         let owners = naming.finish(held);
-        log::debug!("{} owners read in {:?}", owners.len(), t0.elapsed());
+        log::debug!(
+            "streaming: {} owners read before the sockets, in {:?}",
+            owners.len(),
+            t0.elapsed()
+        );
         let conntracks = Conntracks::every_entry(targets)?;
         let namespaces = targets
             .iter()
