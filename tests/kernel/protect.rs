@@ -443,22 +443,30 @@ fn a_real_redis_without_keepalive_survives_its_idle_timeout() {
     // Redis's accepted end: a new connection on its side.
     let v = protect.wait_for(6379, START_LIMIT);
     assert_eq!(v["event"], "keepalive_set", "{v}");
-    let out = crate::support::run(Command::new(KATO).args([
-        "sockets",
-        "--netns",
-        &t.server.name,
-        "--port",
-        "6379",
-        "--state",
-        "established",
-        "--output",
-        "json",
-    ]));
-    let all: Vec<Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(all.len(), 1, "{out}");
-    assert_eq!(all[0]["comm"], "redis-server", "{out}");
-    assert_eq!(all[0]["keepalive"]["enabled"], true, "{out}");
-    assert_eq!(all[0]["keepalive"]["idle_s"]["source"], "kato", "{out}");
+    // Sorted (held rows) and as read (`--sort none`): protect's mark either way.
+    for sort in ["local", "none"] {
+        let out = crate::support::run(Command::new(KATO).args([
+            "sockets",
+            "--netns",
+            &t.server.name,
+            "--port",
+            "6379",
+            "--state",
+            "established",
+            "--sort",
+            sort,
+            "--output",
+            "json",
+        ]));
+        let all: Vec<Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(all.len(), 1, "{sort}: {out}");
+        assert_eq!(all[0]["comm"], "redis-server", "{sort}: {out}");
+        assert_eq!(all[0]["keepalive"]["enabled"], true, "{sort}: {out}");
+        assert_eq!(
+            all[0]["keepalive"]["idle_s"]["source"], "kato",
+            "{sort}: {out}"
+        );
+    }
     let pong = done
         .recv_timeout(Duration::from_secs(30))
         .unwrap()

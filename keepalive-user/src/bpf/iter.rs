@@ -202,9 +202,7 @@ impl Bpf {
             Ok((owners?, sockets?))
         })
     }
-}
 
-impl Bpf {
     /// What `owner(record)` makes of every TCP socket held by a process
     /// (in every namespace), read alone: a listing that prints sockets as
     /// it reads them needs their owners first.

@@ -111,9 +111,11 @@ fn keys(e: &ctnetlink::Entry) -> [FlowKey; 4] {
     ]
 }
 
-/// The entries of `wanted` flows in the calling thread's namespace. Only
-/// those are kept, so memory follows the sockets asked about, not the
-/// size of the conntrack table; entries that fail to decode are counted.
+/// The entries of the flows `wanted` keeps, in the calling thread's
+/// namespace: a held listing keeps its own sockets' flows, so memory
+/// follows the sockets asked about, not the size of the conntrack table;
+/// one that prints as it reads keeps every entry. Entries that fail to
+/// decode are counted.
 pub fn lookup(wanted: impl Fn(&FlowKey) -> bool) -> io::Result<(HashMap<FlowKey, Tracked>, usize)> {
     let mut found = HashMap::new();
     let mut undecodable = 0;
