@@ -21,6 +21,7 @@ pub mod ipvs;
 pub mod jiffies;
 pub mod kernel;
 pub mod learned;
+pub mod mib;
 pub mod netlink;
 pub mod netns;
 pub mod owner;

@@ -45,6 +45,11 @@ fn healthy_probes_are_counted_in_the_kernel_without_records() {
         sent as f64,
         "kato's probe count is the kernel's"
     );
+    assert_eq!(
+        sample(&m, "kato_kernel_keepalive_probes_total"),
+        sent as f64,
+        "the kernel's own count, read in the watched namespace"
+    );
     // Each probe but the last of each connection was answered before its
     // next run (loopback answers in microseconds).
     let answered = sample(&m, "kato_keepalive_probes_answered_total");
@@ -73,6 +78,7 @@ fn a_dead_peer_is_reported_and_counted_like_the_kernel_with_quiet_probes() {
         sample(m, "kato_keepalive_timeouts_total") >= 1.0
     });
     assert_eq!(sample(&m, "kato_keepalive_probes_sent_total"), 3.0);
+    assert_eq!(sample(&m, "kato_kernel_keepalive_probes_total"), 3.0);
     assert_eq!(sample(&m, "kato_keepalive_probes_answered_total"), 0.0);
     assert_eq!(sample(&m, "kato_keepalive_timeouts_total"), 1.0);
     assert_eq!(sample(&m, "kato_dead_peer_detection_seconds_count"), 1.0);

@@ -182,6 +182,12 @@ pub struct AgentState {
     log_counts: Option<Arc<super::eventlog::LogCounts>>,
     /// `otlp_endpoint`: what the exporter is handed.
     otlp: Option<super::otlp::source::Source>,
+    /// The kernel's own keepalive probe count in the watched namespaces,
+    /// from the start (`kato_kernel_keepalive_probes_total`).
+    kernel_probes: crate::mib::Since,
+    /// The namespaces of the last census: the ones a scrape reads the
+    /// kernel's count of (no listing of every namespace per scrape).
+    in_scope: Targets,
 }
 
 impl AgentState {
@@ -229,7 +235,7 @@ impl AgentState {
             }
             None => (Learner::default(), None),
         };
-        Ok(AgentState {
+        let mut state = AgentState {
             pipeline: Pipeline::new(k.hz, ResetReasons(k.reset_reasons.clone())),
             sink: AgentSink {
                 table: SocketTable::new(capacity),
@@ -263,7 +269,50 @@ impl AgentState {
             counters: bpf.counter_map(),
             http_restarts,
             started: Instant::now(),
-        })
+            kernel_probes: crate::mib::Since::default(),
+            in_scope: vec![],
+        };
+        // The kernel's count from now, as kato's from its programs' load.
+        if let Ok(own) = netns::current() {
+            state.in_scope = state.scoped(own.inode).0;
+        }
+        state.kernel_probes = crate::mib::Since::start(state.kernel_probe_counts());
+        Ok(state)
+    }
+
+    /// The namespaces in scope now (None: the agent's own), and how many
+    /// vanished while being listed.
+    fn scoped(&self, own: u32) -> (Targets, usize) {
+        let mine = |n: netns::NetnsRef| (n.inode != own).then_some(n);
+        match &self.scope {
+            NetnsScope::Own => (vec![None], 0),
+            NetnsScope::All => {
+                let l = netns::list();
+                (l.namespaces.into_iter().map(mine).collect(), l.vanished)
+            }
+            NetnsScope::Listed(_) => (self.listed.iter().cloned().map(mine).collect(), 0),
+        }
+    }
+
+    /// TcpExt TCPKeepAlive of each namespace of the last census, by inode;
+    /// one that cannot be read now (gone, not enterable) is left out.
+    fn kernel_probe_counts(&self) -> Vec<(u32, u64)> {
+        let Ok(own) = netns::current() else {
+            return vec![];
+        };
+        self.in_scope
+            .iter()
+            .filter_map(|t| {
+                let inode = t.as_ref().map_or(own.inode, |n| n.inode);
+                match crate::mib::keepalive_probes(t.as_ref()) {
+                    Ok(n) => Some((inode, n)),
+                    Err(e) => {
+                        log::debug!("TCPKeepAlive of netns {inode}: {e}");
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     /// The namespaces to snapshot now, and how many vanished while being
@@ -273,15 +322,8 @@ impl AgentState {
         let own = netns::current()
             .map_err(|e| AgentError::Snapshot(SnapshotError::OwnNetns(e)))?
             .inode;
-        let mine = |n: netns::NetnsRef| (n.inode != own).then_some(n);
-        let (targets, vanished): (Targets, usize) = match &self.scope {
-            NetnsScope::Own => (vec![None], 0),
-            NetnsScope::All => {
-                let l = netns::list();
-                (l.namespaces.into_iter().map(mine).collect(), l.vanished)
-            }
-            NetnsScope::Listed(_) => (self.listed.iter().cloned().map(mine).collect(), 0),
-        };
+        let (targets, vanished) = self.scoped(own);
+        self.in_scope = targets.clone();
         let watched: Option<HashSet<u32>> = match self.scope {
             NetnsScope::All => None,
             _ => Some(
@@ -438,6 +480,10 @@ impl AgentState {
             self.pipeline.undecodable,
         );
         sink.metrics.set_learned(sink.learn.learner.iter());
+        let counts = self.kernel_probe_counts();
+        let sink = &mut self.sink;
+        sink.metrics
+            .set_kernel_probes(self.kernel_probes.update(counts));
         sink.metrics.set_http_restarts(
             self.http_restarts
                 .load(std::sync::atomic::Ordering::Relaxed),

@@ -74,6 +74,8 @@ pub struct Metrics {
     limiters: Vec<LabelLimiter>,
     probes_sent: IntCounterVec,
     probes_answered: IntCounterVec,
+    /// TcpExt TCPKeepAlive of the watched namespaces since the start.
+    kernel_probes_mib: IntCounter,
     timeouts: IntCounterVec,
     resets_sent: IntCounterVec,
     resets_received: IntCounterVec,
@@ -156,6 +158,10 @@ impl Metrics {
         let m = Metrics {
             probes_sent: r.counters_dyn("kato_keepalive_probes_sent_total", "Keepalive probes the kernel sent.", &names),
             probes_answered: r.counters_dyn("kato_keepalive_probes_answered_total", "Times a peer answered outstanding keepalive probes.", &names),
+            kernel_probes_mib: r.counter(
+                "kato_kernel_keepalive_probes_total",
+                "Keepalive probes the kernel counted itself (TcpExt TCPKeepAlive) in the watched network namespaces since the agent started, read at scrape time. kato_keepalive_probes_sent_total counts the same probes from kato's timer programs and falls short of this where the kernel did not run them (docs/metrics.md).",
+            ),
             timeouts: r.counters_dyn("kato_keepalive_timeouts_total", "Connections the kernel closed with ETIMEDOUT after unanswered keepalive probes: dead peers found.", &names),
             resets_sent: r.counters_dyn("kato_resets_sent_total", "Active resets the kernel sent, by its sk_rst_reason.", &with_reason),
             resets_received: r.counters_dyn("kato_resets_received_total", "Resets received from peers.", &names),
@@ -450,6 +456,12 @@ impl Metrics {
     /// (the programs were loaded with `quiet_probes`; no labels to give).
     pub fn count_probes_in_kernel(&mut self) {
         self.kernel_probes = true;
+    }
+
+    /// Scrape-time: the kernel's own probe count since the start.
+    pub fn set_kernel_probes(&self, total: u64) {
+        self.kernel_probes_mib
+            .inc_by(total.saturating_sub(self.kernel_probes_mib.get()));
     }
 
     pub fn set_http_restarts(&self, n: u64) {

@@ -1,0 +1,110 @@
+//! The kernel's own TCP counters (`TcpExt:` in `/proc/net/netstat`), read
+//! in one network namespace at a time: the count kato's own is checked
+//! against. On a loaded 2-core 6.18 machine the kernel did not run kato's
+//! timer programs for a few percent of keepalive runs (docs/benchmarks.md,
+//! "The probe count"); this count has every probe.
+
+use std::{collections::HashMap, io};
+
+use thiserror::Error;
+
+use crate::netns::{self, NetnsError, NetnsRef};
+
+#[derive(Debug, Error)]
+pub enum MibError {
+    #[error("reading the namespace's /proc/net/netstat: {0}")]
+    Read(#[from] io::Error),
+    #[error(transparent)]
+    Enter(#[from] NetnsError),
+    #[error("/proc/net/netstat has no TcpExt {0}")]
+    Missing(&'static str),
+}
+
+/// `name`'s value on the `TcpExt:` lines of a `/proc/net/netstat` text
+/// (a line of names, then a line of values).
+pub fn tcpext(netstat: &str, name: &str) -> Option<u64> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// Keepalive probes the kernel has sent in `ns` (None: the caller's own
+/// namespace) since the namespace was made: `TcpExt TCPKeepAlive`.
+pub fn keepalive_probes(ns: Option<&NetnsRef>) -> Result<u64, MibError> {
+    // A thread's /proc/thread-self/net is the namespace it entered.
+    let read = || std::fs::read_to_string("/proc/thread-self/net/netstat");
+    let text = match ns {
+        Some(ns) => netns::run_in(ns, read)??,
+        None => read()?,
+    };
+    tcpext(&text, "TCPKeepAlive").ok_or(MibError::Missing("TCPKeepAlive"))
+}
+
+/// A count summed over namespaces that come and go, from a start: each
+/// namespace seen at the start counts from its value then; one first seen
+/// later was made since (its count starts at 0 when it is made), and so
+/// counts whole. A namespace whose value fell is a new one at a reused
+/// inode. One that vanished keeps what it added.
+#[derive(Debug, Default)]
+pub struct Since {
+    last: HashMap<u32, u64>,
+    total: u64,
+}
+
+impl Since {
+    /// The values at the start, by namespace inode.
+    pub fn start(values: impl IntoIterator<Item = (u32, u64)>) -> Self {
+        Since {
+            last: values.into_iter().collect(),
+            total: 0,
+        }
+    }
+
+    /// The namespaces read now: the total since the start.
+    pub fn update(&mut self, values: impl IntoIterator<Item = (u32, u64)>) -> u64 {
+        for (inode, now) in values {
+            let was = self.last.insert(inode, now).unwrap_or(0);
+            self.total += if now >= was { now - was } else { now };
+        }
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NETSTAT: &str = "TcpExt: SyncookiesSent TCPKeepAlive TCPAbortOnData\n\
+                           TcpExt: 0 42 7\n\
+                           IpExt: InNoRoutes TCPKeepAlive\n\
+                           IpExt: 1 99\n";
+
+    #[test]
+    fn tcpext_reads_the_named_column_of_its_own_lines() {
+        assert_eq!(tcpext(NETSTAT, "TCPKeepAlive"), Some(42));
+        assert_eq!(tcpext(NETSTAT, "TCPAbortOnData"), Some(7));
+        assert_eq!(tcpext(NETSTAT, "InNoRoutes"), None);
+        assert_eq!(tcpext("TcpExt: TCPKeepAlive\n", "TCPKeepAlive"), None);
+        assert_eq!(tcpext("", "TCPKeepAlive"), None);
+    }
+
+    #[test]
+    fn the_own_namespace_has_a_count() {
+        let own = netns::current().unwrap();
+        let a = keepalive_probes(None).unwrap();
+        let b = keepalive_probes(Some(&own)).unwrap();
+        assert!(b >= a, "the same namespace, read twice: {a} then {b}");
+    }
+
+    #[test]
+    fn since_counts_from_the_start_and_new_namespaces_whole() {
+        let mut s = Since::start([(1, 100), (2, 5)]);
+        assert_eq!(s.update([(1, 100), (2, 5)]), 0);
+        assert_eq!(s.update([(1, 130), (2, 6)]), 31);
+        // Namespace 3 was made after the start: all of its count is new.
+        assert_eq!(s.update([(1, 130), (3, 4)]), 35);
+        // 2 vanished and is back with less: a new namespace at its inode.
+        assert_eq!(s.update([(2, 2), (3, 4)]), 37);
+    }
+}
