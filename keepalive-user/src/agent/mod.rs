@@ -5,6 +5,7 @@ pub mod eventlog;
 pub mod history;
 pub mod http;
 pub mod httpd;
+pub mod kernel_count;
 pub mod metrics;
 pub mod otlp;
 pub mod privileges;

@@ -182,12 +182,8 @@ pub struct AgentState {
     log_counts: Option<Arc<super::eventlog::LogCounts>>,
     /// `otlp_endpoint`: what the exporter is handed.
     otlp: Option<super::otlp::source::Source>,
-    /// The kernel's own keepalive probe count in the watched namespaces,
-    /// from the start (`kato_kernel_keepalive_probes_total`).
-    kernel_probes: crate::mib::Since,
-    /// The namespaces of the last census: the ones a scrape reads the
-    /// kernel's count of (no listing of every namespace per scrape).
-    in_scope: Targets,
+    /// `kato_kernel_keepalive_probes_total`.
+    kernel_probes: super::kernel_count::KernelProbes,
 }
 
 impl AgentState {
@@ -269,14 +265,13 @@ impl AgentState {
             counters: bpf.counter_map(),
             http_restarts,
             started: Instant::now(),
-            kernel_probes: crate::mib::Since::default(),
-            in_scope: vec![],
+            kernel_probes: Default::default(),
         };
         // The kernel's count from now, as kato's from its programs' load.
         if let Ok(own) = netns::current() {
-            state.in_scope = state.scoped(own.inode).0;
+            state.kernel_probes =
+                super::kernel_count::KernelProbes::start(state.scoped(own.inode).0);
         }
-        state.kernel_probes = crate::mib::Since::start(state.kernel_probe_counts());
         Ok(state)
     }
 
@@ -294,27 +289,6 @@ impl AgentState {
         }
     }
 
-    /// TcpExt TCPKeepAlive of each namespace of the last census, by inode;
-    /// one that cannot be read now (gone, not enterable) is left out.
-    fn kernel_probe_counts(&self) -> Vec<(u32, u64)> {
-        let Ok(own) = netns::current() else {
-            return vec![];
-        };
-        self.in_scope
-            .iter()
-            .filter_map(|t| {
-                let inode = t.as_ref().map_or(own.inode, |n| n.inode);
-                match crate::mib::keepalive_probes(t.as_ref()) {
-                    Ok(n) => Some((inode, n)),
-                    Err(e) => {
-                        log::debug!("TCPKeepAlive of netns {inode}: {e}");
-                        None
-                    }
-                }
-            })
-            .collect()
-    }
-
     /// The namespaces to snapshot now, and how many vanished while being
     /// listed; also fixes whose events count, in the kernel and in the
     /// pipeline.
@@ -323,7 +297,7 @@ impl AgentState {
             .map_err(|e| AgentError::Snapshot(SnapshotError::OwnNetns(e)))?
             .inode;
         let (targets, vanished) = self.scoped(own);
-        self.in_scope = targets.clone();
+        self.kernel_probes.rescope(&targets);
         let watched: Option<HashSet<u32>> = match self.scope {
             NetnsScope::All => None,
             _ => Some(
@@ -480,10 +454,7 @@ impl AgentState {
             self.pipeline.undecodable,
         );
         sink.metrics.set_learned(sink.learn.learner.iter());
-        let counts = self.kernel_probe_counts();
-        let sink = &mut self.sink;
-        sink.metrics
-            .set_kernel_probes(self.kernel_probes.update(counts));
+        sink.metrics.set_kernel_probes(self.kernel_probes.total());
         sink.metrics.set_http_restarts(
             self.http_restarts
                 .load(std::sync::atomic::Ordering::Relaxed),

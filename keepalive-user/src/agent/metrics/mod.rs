@@ -21,7 +21,6 @@ use super::config::LabelBy;
 use crate::{
     bpf::Counters,
     events::{Kind, Observation},
-    learned::Learned,
     policy::RuleSource,
     sockets::snapshot::Sysctls,
 };
@@ -437,7 +436,6 @@ impl Metrics {
         }
     }
 
-    /// Scrape-time: HTTP processes replaced so far.
     /// Protect's changes since the last call (taken), and the sockets now
     /// carrying its settings.
     pub fn on_protect(&mut self, made: &mut HashMap<RuleSource, u64>, now: usize) {
@@ -447,44 +445,10 @@ impl Metrics {
         self.protected_now.set(now as i64);
     }
 
-    pub fn set_containerd_failures(&self, n: u64) {
-        self.containerd_failures
-            .inc_by(n.saturating_sub(self.containerd_failures.get()));
-    }
-
     /// Probes sent and answered from the kernel's counters from now on
     /// (the programs were loaded with `quiet_probes`; no labels to give).
     pub fn count_probes_in_kernel(&mut self) {
         self.kernel_probes = true;
-    }
-
-    /// Scrape-time: the kernel's own probe count since the start.
-    pub fn set_kernel_probes(&self, total: u64) {
-        self.kernel_probes_mib
-            .inc_by(total.saturating_sub(self.kernel_probes_mib.get()));
-    }
-
-    pub fn set_http_restarts(&self, n: u64) {
-        self.http_restarts
-            .inc_by(n.saturating_sub(self.http_restarts.get()));
-    }
-
-    /// Scrape-time: the learned brackets, the best-evidenced first.
-    pub fn set_learned(&mut self, learned: impl Iterator<Item = Learned>) {
-        let mut all: Vec<Learned> = learned.collect();
-        all.sort_by_key(|l| std::cmp::Reverse(l.bracket.kills + l.bracket.survivals));
-        self.learned.reset();
-        for l in all.into_iter().take(self.learned_limit) {
-            let d = l.destination.to_string();
-            for (bound, v) in [
-                ("lower", l.bracket.survived_s),
-                ("upper", l.bracket.killed_s),
-            ] {
-                if let Some(v) = v {
-                    self.learned.with([d.as_str(), bound]).set(v);
-                }
-            }
-        }
     }
 
     /// The registry, for a sink that registers counters of its own.

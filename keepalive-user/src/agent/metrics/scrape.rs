@@ -1,10 +1,11 @@
 //! What a scrape takes from the table's tally and the kernel's counters:
 //! sockets by state, keepalive and risk, and the kernel totals turned into
-//! increments.
+//! increments; and the other totals a scrape brings up to date.
 
 use super::{LossCause, Metrics};
 use crate::{
     bpf::Counters,
+    learned::Learned,
     policy::{Risk, RuleSource},
     sockets::tally::Tally,
 };
@@ -114,5 +115,40 @@ impl Metrics {
             &self.log_events_dropped.with(["stdout_closed"]),
             stdout_closed,
         );
+    }
+
+    pub fn set_containerd_failures(&self, n: u64) {
+        self.containerd_failures
+            .inc_by(n.saturating_sub(self.containerd_failures.get()));
+    }
+
+    /// Scrape-time: the kernel's own probe count since the start.
+    pub fn set_kernel_probes(&self, total: u64) {
+        self.kernel_probes_mib
+            .inc_by(total.saturating_sub(self.kernel_probes_mib.get()));
+    }
+
+    /// Scrape-time: HTTP processes replaced so far.
+    pub fn set_http_restarts(&self, n: u64) {
+        self.http_restarts
+            .inc_by(n.saturating_sub(self.http_restarts.get()));
+    }
+
+    /// Scrape-time: the learned brackets, the best-evidenced first.
+    pub fn set_learned(&mut self, learned: impl Iterator<Item = Learned>) {
+        let mut all: Vec<Learned> = learned.collect();
+        all.sort_by_key(|l| std::cmp::Reverse(l.bracket.kills + l.bracket.survivals));
+        self.learned.reset();
+        for l in all.into_iter().take(self.learned_limit) {
+            let d = l.destination.to_string();
+            for (bound, v) in [
+                ("lower", l.bracket.survived_s),
+                ("upper", l.bracket.killed_s),
+            ] {
+                if let Some(v) = v {
+                    self.learned.with([d.as_str(), bound]).set(v);
+                }
+            }
+        }
     }
 }
