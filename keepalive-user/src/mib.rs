@@ -2,7 +2,7 @@
 //! in one network namespace at a time: the count kato's own is checked
 //! against. On a loaded 2-core 6.18 machine the kernel did not run kato's
 //! timer programs for a few percent of keepalive runs (docs/benchmarks.md,
-//! "The probe count"); this count has every probe.
+//! "Where the rest go"); this count has every probe.
 
 use std::{collections::HashMap, io};
 
