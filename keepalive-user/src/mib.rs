@@ -4,7 +4,11 @@
 //! timer programs for a few percent of keepalive runs (docs/benchmarks.md,
 //! "Where the rest go"); this count has every probe.
 
-use std::{collections::HashMap, io};
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{self, Read, Seek, SeekFrom},
+};
 
 use thiserror::Error;
 
@@ -29,16 +33,32 @@ pub fn tcpext(netstat: &str, name: &str) -> Option<u64> {
     values.split_whitespace().nth(i)?.parse().ok()
 }
 
-/// Keepalive probes the kernel has sent in `ns` (None: the caller's own
-/// namespace) since the namespace was made: `TcpExt TCPKeepAlive`.
-pub fn keepalive_probes(ns: Option<&NetnsRef>) -> Result<u64, MibError> {
-    // A thread's /proc/thread-self/net is the namespace it entered.
-    let read = || std::fs::read_to_string("/proc/thread-self/net/netstat");
-    let text = match ns {
-        Some(ns) => netns::run_in(ns, read)??,
-        None => read()?,
-    };
-    tcpext(&text, "TCPKeepAlive").ok_or(MibError::Missing("TCPKeepAlive"))
+/// A namespace's `/proc/net/netstat`, opened by a thread inside it. The
+/// open file stays bound to that namespace: each read after is a `read`,
+/// with no thread and no `setns`.
+pub struct Netstat(File);
+
+impl Netstat {
+    /// Opens the netstat of `ns` (None: the calling thread's namespace).
+    pub fn open(ns: Option<&NetnsRef>) -> Result<Self, MibError> {
+        // A thread's /proc/thread-self/net is the namespace it entered.
+        let open = || File::open("/proc/thread-self/net/netstat");
+        let file = match ns {
+            Some(ns) => netns::run_in(ns, open)??,
+            None => open()?,
+        };
+        Ok(Netstat(file))
+    }
+
+    /// Keepalive probes the kernel has sent in the namespace since it was
+    /// made: `TcpExt TCPKeepAlive`, now.
+    pub fn keepalive_probes(&self) -> Result<u64, MibError> {
+        let mut file = &self.0;
+        file.seek(SeekFrom::Start(0))?;
+        let mut text = String::with_capacity(8192);
+        file.read_to_string(&mut text)?;
+        tcpext(&text, "TCPKeepAlive").ok_or(MibError::Missing("TCPKeepAlive"))
+    }
 }
 
 /// A count summed over namespaces that come and go, from a start: each
@@ -90,11 +110,17 @@ mod tests {
     }
 
     #[test]
-    fn the_own_namespace_has_a_count() {
+    fn the_own_namespace_has_a_count_read_again_and_again() {
         let own = netns::current().unwrap();
-        let a = keepalive_probes(None).unwrap();
-        let b = keepalive_probes(Some(&own)).unwrap();
-        assert!(b >= a, "the same namespace, read twice: {a} then {b}");
+        let here = Netstat::open(None).unwrap();
+        let entered = Netstat::open(Some(&own)).unwrap();
+        let a = here.keepalive_probes().unwrap();
+        let b = entered.keepalive_probes().unwrap();
+        let c = here.keepalive_probes().unwrap();
+        assert!(
+            a <= b && b <= c,
+            "one namespace, read three times: {a}, {b}, {c}"
+        );
     }
 
     #[test]

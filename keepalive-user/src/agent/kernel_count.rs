@@ -4,8 +4,10 @@
 //! beside kato's count from its timer programs, which the kernel does not
 //! run for every timer under load (docs/benchmarks.md, "Where the rest go").
 
+use std::collections::HashMap;
+
 use crate::{
-    mib::{self, Since},
+    mib::{Netstat, Since},
     netns,
     sockets::snapshot::Targets,
 };
@@ -13,46 +15,62 @@ use crate::{
 #[derive(Default)]
 pub struct KernelProbes {
     since: Since,
-    /// The namespaces of the last census (None: the agent's own): a
-    /// scrape reads these, it lists no namespaces itself.
-    in_scope: Targets,
+    /// The netstat of each namespace of the last census, by inode, opened
+    /// once: a scrape reads these files, it enters no namespace. An open
+    /// file holds its namespace until the next census lets it go.
+    open: HashMap<u32, Netstat>,
 }
 
 impl KernelProbes {
-    /// Counts from now, in `in_scope`.
-    pub fn start(in_scope: Targets) -> Self {
-        let since = Since::start(counts(&in_scope));
-        KernelProbes { since, in_scope }
+    /// Counts from now, in `in_scope` (None: the agent's own namespace).
+    pub fn start(in_scope: &Targets) -> Self {
+        let mut k = KernelProbes::default();
+        k.rescope(in_scope);
+        k.since = Since::start(k.counts());
+        k
     }
 
-    /// The namespaces of a new census, read from the next scrape on.
+    /// The namespaces of a new census: opens the new ones' netstat, lets
+    /// go of those gone from it.
     pub fn rescope(&mut self, in_scope: &Targets) {
-        self.in_scope.clone_from(in_scope);
+        let Ok(own) = netns::current() else {
+            return;
+        };
+        let inode = |t: &Option<netns::NetnsRef>| t.as_ref().map_or(own.inode, |n| n.inode);
+        let wanted: Vec<u32> = in_scope.iter().map(inode).collect();
+        self.open.retain(|i, _| wanted.contains(i));
+        for t in in_scope {
+            let i = inode(t);
+            if self.open.contains_key(&i) {
+                continue;
+            }
+            match Netstat::open(t.as_ref()) {
+                Ok(f) => {
+                    self.open.insert(i, f);
+                }
+                Err(e) => log::debug!("netstat of netns {i}: {e}"),
+            }
+        }
     }
 
     /// The total since the start, read now.
     pub fn total(&mut self) -> u64 {
-        self.since.update(counts(&self.in_scope))
+        let counts = self.counts();
+        self.since.update(counts)
     }
-}
 
-/// TcpExt TCPKeepAlive of each namespace, by inode; one that cannot be
-/// read now (gone, not enterable) is left out.
-fn counts(in_scope: &Targets) -> Vec<(u32, u64)> {
-    let Ok(own) = netns::current() else {
-        return vec![];
-    };
-    in_scope
-        .iter()
-        .filter_map(|t| {
-            let inode = t.as_ref().map_or(own.inode, |n| n.inode);
-            match mib::keepalive_probes(t.as_ref()) {
-                Ok(n) => Some((inode, n)),
+    /// TcpExt TCPKeepAlive of each open namespace, by inode; one that
+    /// cannot be read now is left out.
+    fn counts(&self) -> Vec<(u32, u64)> {
+        self.open
+            .iter()
+            .filter_map(|(&i, f)| match f.keepalive_probes() {
+                Ok(n) => Some((i, n)),
                 Err(e) => {
-                    log::debug!("TCPKeepAlive of netns {inode}: {e}");
+                    log::debug!("TCPKeepAlive of netns {i}: {e}");
                     None
                 }
-            }
-        })
-        .collect()
+            })
+            .collect()
+    }
 }

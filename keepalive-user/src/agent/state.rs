@@ -270,7 +270,7 @@ impl AgentState {
         // The kernel's count from now, as kato's from its programs' load.
         if let Ok(own) = netns::current() {
             state.kernel_probes =
-                super::kernel_count::KernelProbes::start(state.scoped(own.inode).0);
+                super::kernel_count::KernelProbes::start(&state.scoped(own.inode).0);
         }
         Ok(state)
     }
