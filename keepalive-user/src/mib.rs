@@ -5,7 +5,7 @@
 //! "Where the rest go"); this count has every probe.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{self, Read, Seek, SeekFrom},
 };
@@ -64,19 +64,33 @@ impl Netstat {
 /// A count summed over namespaces that come and go, from a start: each
 /// namespace seen at the start counts from its value then; one first seen
 /// later was made since (its count starts at 0 when it is made), and so
-/// counts whole. A namespace whose value fell is a new one at a reused
-/// inode. One that vanished keeps what it added.
+/// counts whole. A namespace in scope at the start whose value could not
+/// be read then counts from its first value read: it was not made since.
+/// A namespace whose value fell is a new one at a reused inode. One that
+/// vanished keeps what it added.
 #[derive(Debug, Default)]
 pub struct Since {
     last: HashMap<u32, u64>,
+    /// In scope at the start, not read yet.
+    unread: HashSet<u32>,
     total: u64,
 }
 
 impl Since {
-    /// The values at the start, by namespace inode.
-    pub fn start(values: impl IntoIterator<Item = (u32, u64)>) -> Self {
+    /// The values at the start, by namespace inode, and every namespace in
+    /// scope then (those without a value among them).
+    pub fn start(
+        values: impl IntoIterator<Item = (u32, u64)>,
+        in_scope: impl IntoIterator<Item = u32>,
+    ) -> Self {
+        let last: HashMap<u32, u64> = values.into_iter().collect();
+        let unread = in_scope
+            .into_iter()
+            .filter(|i| !last.contains_key(i))
+            .collect();
         Since {
-            last: values.into_iter().collect(),
+            last,
+            unread,
             total: 0,
         }
     }
@@ -84,6 +98,10 @@ impl Since {
     /// The namespaces read now: the total since the start.
     pub fn update(&mut self, values: impl IntoIterator<Item = (u32, u64)>) -> u64 {
         for (inode, now) in values {
+            if self.unread.remove(&inode) {
+                self.last.insert(inode, now);
+                continue;
+            }
             let was = self.last.insert(inode, now).unwrap_or(0);
             self.total += if now >= was { now - was } else { now };
         }
@@ -125,12 +143,21 @@ mod tests {
 
     #[test]
     fn since_counts_from_the_start_and_new_namespaces_whole() {
-        let mut s = Since::start([(1, 100), (2, 5)]);
+        let mut s = Since::start([(1, 100), (2, 5)], [1, 2]);
         assert_eq!(s.update([(1, 100), (2, 5)]), 0);
         assert_eq!(s.update([(1, 130), (2, 6)]), 31);
         // Namespace 3 was made after the start: all of its count is new.
         assert_eq!(s.update([(1, 130), (3, 4)]), 35);
         // 2 vanished and is back with less: a new namespace at its inode.
         assert_eq!(s.update([(2, 2), (3, 4)]), 37);
+    }
+
+    #[test]
+    fn a_namespace_unread_at_the_start_counts_from_its_first_reading() {
+        // 2 was in scope at the start but could not be read: its 50 are
+        // from before the start. 3 was not in scope: made since.
+        let mut s = Since::start([(1, 100)], [1, 2]);
+        assert_eq!(s.update([(1, 101), (2, 50)]), 1);
+        assert_eq!(s.update([(1, 101), (2, 53), (3, 4)]), 8);
     }
 }

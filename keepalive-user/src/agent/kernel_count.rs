@@ -22,21 +22,19 @@ pub struct KernelProbes {
 }
 
 impl KernelProbes {
-    /// Counts from now, in `in_scope` (None: the agent's own namespace).
-    pub fn start(in_scope: &Targets) -> Self {
+    /// Counts from now, in `in_scope` (None: the agent's own namespace,
+    /// at inode `own`).
+    pub fn start(in_scope: &Targets, own: u32) -> Self {
         let mut k = KernelProbes::default();
-        k.rescope(in_scope);
-        k.since = Since::start(k.counts());
+        k.rescope(in_scope, own);
+        k.since = Since::start(k.counts(), in_scope.iter().map(|t| inode_of(t, own)));
         k
     }
 
     /// The namespaces of a new census: opens the new ones' netstat, lets
     /// go of those gone from it.
-    pub fn rescope(&mut self, in_scope: &Targets) {
-        let Ok(own) = netns::current() else {
-            return;
-        };
-        let inode = |t: &Option<netns::NetnsRef>| t.as_ref().map_or(own.inode, |n| n.inode);
+    pub fn rescope(&mut self, in_scope: &Targets, own: u32) {
+        let inode = |t: &Option<netns::NetnsRef>| inode_of(t, own);
         let wanted: Vec<u32> = in_scope.iter().map(inode).collect();
         self.open.retain(|i, _| wanted.contains(i));
         for t in in_scope {
@@ -73,4 +71,9 @@ impl KernelProbes {
             })
             .collect()
     }
+}
+
+/// A target's namespace inode (None: the agent's own, `own`).
+fn inode_of(t: &Option<netns::NetnsRef>, own: u32) -> u32 {
+    t.as_ref().map_or(own, |n| n.inode)
 }

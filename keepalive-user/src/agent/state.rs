@@ -270,7 +270,7 @@ impl AgentState {
         // The kernel's count from now, as kato's from its programs' load.
         if let Ok(own) = netns::current() {
             state.kernel_probes =
-                super::kernel_count::KernelProbes::start(&state.scoped(own.inode).0);
+                super::kernel_count::KernelProbes::start(&state.scoped(own.inode).0, own.inode);
         }
         Ok(state)
     }
@@ -297,7 +297,7 @@ impl AgentState {
             .map_err(|e| AgentError::Snapshot(SnapshotError::OwnNetns(e)))?
             .inode;
         let (targets, vanished) = self.scoped(own);
-        self.kernel_probes.rescope(&targets);
+        self.kernel_probes.rescope(&targets, own);
         let watched: Option<HashSet<u32>> = match self.scope {
             NetnsScope::All => None,
             _ => Some(
