@@ -296,33 +296,29 @@ impl SortKey {
     /// [`SortKey::key_of`] and an item's index in 24 bytes, exact for
     /// IPv4: the primary key, both 48-bit addresses (see [`packed_addr`]),
     /// the index.
-    fn packed(self, s: &impl Listed, i: u32) -> [u64; 3] {
+    pub fn packed(self, s: &impl Listed, i: u32) -> [u64; 3] {
         let (primary, a, b) = self.parts(s);
         let (a, b) = (packed_addr(&a), packed_addr(&b));
         [primary, a << 16 | b >> 32, b << 32 | u64::from(i)]
     }
 
-    /// Sorts 100,000s of items by their sockets: compact keys in one
-    /// array, the full key only where a packed address is tied (IPv6, and
-    /// 255.255.255.255:65535, see [`packed_addr`]),
-    /// equal keys in their original order; then the items are moved into
-    /// place once.
-    pub fn sort<'s, T, S: Listed + 's>(self, items: &mut [T], socket: impl Fn(&T) -> &'s S) {
+    /// The index a [`SortKey::packed`] key holds.
+    pub fn index(k: &[u64; 3]) -> u32 {
+        k[2] as u32
+    }
+
+    /// Sorts packed keys ([`SortKey::packed`]): on the compact keys in one
+    /// array, on the full key (`full` of an index) only where a packed
+    /// address is tied (IPv6, and 255.255.255.255:65535, see
+    /// [`packed_addr`]); equal keys in the order of their indices.
+    pub fn sort_packed(self, keys: &mut [[u64; 3]], full: impl Fn(u32) -> Key) {
         if self == SortKey::None {
             return;
         }
-        let mut order: Vec<[u64; 3]> = items
-            .iter()
-            .enumerate()
-            .map(|(i, t)| self.packed(socket(t), i as u32))
-            .collect();
-        let index = |k: &[u64; 3]| k[2] as u32;
+        let index = Self::index;
         let second = |k: &[u64; 3]| (k[1] & 0xffff) << 32 | k[2] >> 32;
-        let full = |ka: &[u64; 3], kb: &[u64; 3]| {
-            let key = |k| self.key_of(socket(&items[index(k) as usize]));
-            key(ka).cmp(&key(kb))
-        };
-        order.sort_unstable_by(|ka, kb| {
+        let full = |ka: &[u64; 3], kb: &[u64; 3]| full(index(ka)).cmp(&full(index(kb)));
+        keys.sort_unstable_by(|ka, kb| {
             ka[0]
                 .cmp(&kb[0])
                 .then((ka[1] >> 16).cmp(&(kb[1] >> 16)))
@@ -342,9 +338,25 @@ impl SortKey {
                 })
                 .then(index(ka).cmp(&index(kb)))
         });
+    }
+
+    /// Sorts 100,000s of items by their sockets ([`SortKey::sort_packed`]),
+    /// equal keys in their original order; then the items are moved into
+    /// place once.
+    pub fn sort<'s, T, S: Listed + 's>(self, items: &mut [T], socket: impl Fn(&T) -> &'s S) {
+        if self == SortKey::None {
+            return;
+        }
+        let mut order: Vec<[u64; 3]> = items
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.packed(socket(t), i as u32))
+            .collect();
+        self.sort_packed(&mut order, |i| self.key_of(socket(&items[i as usize])));
         // Position i takes the item at index(order[i]): follow each
         // cycle, marking a placed position with its own index (the keys
         // are spent; no second array).
+        let index = Self::index;
         for start in 0..order.len() {
             let mut at = start;
             while index(&order[at]) as usize != start {

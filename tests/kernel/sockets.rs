@@ -159,9 +159,18 @@ fn sockets_agree_with_ss_and_getsockopt() {
     std::thread::sleep(Duration::from_millis(2500));
 
     let t0 = Instant::now();
-    let out = kato_ok(&["sockets", "--output", "json", "--netns", &ns.name]);
+    let sorted = Command::new(KATO)
+        .args(["sockets", "--output", "json", "--netns", &ns.name])
+        .env("RUST_LOG", "kato::cli::stream=debug")
+        .output()
+        .unwrap();
     let ss_text = ns.exec(&["ss", "-tnoa"]);
     let dt = t0.elapsed().as_secs_f64();
+    // Sorted from rows packed as they were read, not from a held census.
+    let log = String::from_utf8_lossy(&sorted.stderr);
+    assert!(sorted.status.success(), "kato sockets: {log}");
+    assert!(log.contains("rows packed"), "{log}");
+    let out = sorted.stdout;
     // Its log says it took the streaming path (the held one, unsorted,
     // would print the same rows).
     let streamed = Command::new(KATO)
@@ -195,6 +204,20 @@ fn sockets_agree_with_ss_and_getsockopt() {
     let ssv = ss::parse(&ss_text);
     let smap: HashMap<_, &ss::SsSocket> = ssv.iter().map(|s| ((s.local, s.remote), s)).collect();
     assert_eq!(kmap.len(), kato.len(), "kato lists each socket once");
+    // In local address order (IPv4 before IPv6), then remote.
+    let order: Vec<_> = kato
+        .iter()
+        .map(|v| key(&v["local"], &v["remote"]))
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "not sorted by local address: {:?}",
+        order.windows(2).find(|w| w[0] >= w[1])
+    );
+    assert!(
+        order.iter().any(|(l, _)| l.is_ipv6()) && order.iter().any(|(l, _)| l.is_ipv4()),
+        "both families listed"
+    );
     assert!(kato.len() >= 1000, "only {} sockets", kato.len());
     let (kset, sset): (BTreeSet<_>, BTreeSet<_>) = (kmap.keys().collect(), smap.keys().collect());
     assert_eq!(

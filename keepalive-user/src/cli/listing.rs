@@ -1,10 +1,11 @@
-//! `kato sockets` without `--watch`: one census, filtered, sorted, printed
-//! (`--sort none` prints as it reads instead: `super::stream`).
-//! Each socket is held as a [`Compact`] (176 bytes, not 288) and made a
-//! [`Socket`] in the block that prints it, unless every row must be a
-//! `Socket` at once anyway: the fitted table (a terminal, `--wide`,
-//! `--columns`, several namespaces to a pipe) measures them all first,
-//! `--history` joins them with their stories. Those take `Socket`s.
+//! `kato sockets` without `--watch` where the sockets cannot be printed
+//! as they are read (`super::stream`): the fitted table (a terminal,
+//! `--wide`, `--columns`, several namespaces to a pipe) measures every
+//! row first, `--history` joins them with their stories, and the
+//! sock_diag source has no iterator to stream from. One census, filtered,
+//! sorted, printed. Each socket is held as a [`Compact`] (176 bytes, not
+//! 288) and made a [`Socket`] in the block that prints it, unless every
+//! row must be a `Socket` at once anyway (the fitted table, `--history`).
 
 use std::io::Write as _;
 

@@ -1,34 +1,44 @@
-//! `kato sockets --sort none`: each socket printed as the kernel's iterator
-//! hands it over, in the kernel's order, as `ss` prints; no row is held,
-//! so a million sockets cost what their owners and conntrack entries do
-//! (see [`Stream`]). Only where nothing needs every row first: a pipe's
-//! fixed table or JSON, not the fitted table, `--reverse` or `--history`.
+//! `kato sockets` to a pipe's fixed table or JSON (not the fitted table or
+//! `--history`, which need every row as a `Socket`): the sockets joined as
+//! the kernel's iterator hands them over (see [`Stream`]), then
+//! - `--sort none`: each printed at once, in the kernel's order, as `ss`
+//!   prints; no row is held, so a million sockets cost what their owners
+//!   and conntrack entries do;
+//! - sorted: each kept packed (~70 bytes, [`Packed`]) with a 24-byte sort
+//!   key, the keys sorted, the rows printed in their order.
 
 use std::io::Write as _;
 
 use keepalive_user::{
     bpf::Bpf,
+    filter::SortKey,
     policy::Policy,
-    sockets::{snapshot::Targets, stream::Stream},
+    sockets::{
+        compact::{packed::Packed, Compact},
+        snapshot::Targets,
+        stream::Stream,
+    },
     view::{json, sockets as render},
     workload::Resolver,
 };
 
 use super::{
     listing::{ignore_broken_pipe, no_timeout, view_of, Ask},
-    table::listed_at,
+    table::{listed_at, print_rows, RowView},
     Output,
 };
 
 /// Bytes of output gathered before a write.
 const FLUSH_AT: usize = 64 << 10;
 
-/// Can `ask` be printed as the sockets are read?
+/// Can `ask` be printed from the sockets as they are read, packed or not?
 pub(super) fn streams(ask: &Ask<'_>) -> bool {
-    ask.sort == keepalive_user::filter::SortKey::None
-        && !ask.reverse
-        && !ask.style.fits(ask.output)
-        && ask.history.is_none()
+    !ask.style.fits(ask.output) && ask.history.is_none()
+}
+
+/// Can `ask` be printed as the sockets are read, holding none?
+fn holds_none(ask: &Ask<'_>) -> bool {
+    ask.sort == SortKey::None && !ask.reverse
 }
 
 /// Output gathered in a buffer, written when it fills; the first write
@@ -74,6 +84,9 @@ pub(super) fn print(
     if ask.risk && policy.is_empty() {
         return Err(no_timeout());
     }
+    if !holds_none(ask) {
+        return sorted(ask, stream, bpf, targets, resolver, policy);
+    }
     let policy = &*policy;
     let with_risk = !policy.is_empty();
     let frame = ask.style.frame;
@@ -118,4 +131,63 @@ pub(super) fn print(
     out.flush();
     log::debug!("printed at {:?}", t.elapsed());
     ignore_broken_pipe(out.err.map_or(Ok(()), Err))
+}
+
+/// The sockets packed as read, then printed in the order asked for.
+fn sorted(
+    ask: &Ask<'_>,
+    stream: Stream,
+    bpf: &mut Bpf,
+    targets: &Targets,
+    resolver: &mut Resolver,
+    policy: &Policy,
+) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let show = ask.show_addresses;
+    let mut rows = Packed::new(show);
+    let mut keys: Vec<[u64; 3]> = Vec::new();
+    let mut full = None;
+    stream.each(bpf, targets, resolver, |s| {
+        if full.is_some() || !ask.filter.matches(&s, || policy.risk(&s)) {
+            return;
+        }
+        // Keyed on the row as it will print (times to the millisecond).
+        let c = Compact::of(&s);
+        match rows.push(&c) {
+            Ok(at) => keys.push(ask.sort.packed(&c, at)),
+            Err(e) => full = Some(e),
+        }
+    })?;
+    if let Some(e) = full {
+        return Err(e.into());
+    }
+    // The owners and conntrack entries are joined: theirs is memory the
+    // rows' printing can use.
+    drop(stream);
+    log::debug!(
+        "{} rows packed in {} bytes, read in {:?}",
+        keys.len(),
+        rows.len_bytes(),
+        t.elapsed()
+    );
+    ask.sort
+        .sort_packed(&mut keys, |at| ask.sort.key_of(&rows.get(at)));
+    if ask.reverse {
+        keys.reverse();
+    }
+    log::debug!("sorted at {:?}", t.elapsed());
+    let row = |k: [u64; 3], f: RowView<'_>| {
+        let c = rows.get(SortKey::index(&k));
+        f(&view_of(&c.socket(), None, policy, show));
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let with_risk = !policy.is_empty();
+    let r = print_rows(&mut out, ask.output, &keys, &row, with_risk, ask.style)
+        .and_then(|()| out.flush());
+    log::debug!("printed at {:?}", t.elapsed());
+    // The process ends here: the kernel takes the memory back faster
+    // than the tables' destructors would.
+    std::mem::forget(rows);
+    ignore_broken_pipe(r)
 }

@@ -14,6 +14,8 @@ use std::{
 use super::{row::Row, Effective, Keepalive, Socket, Timer, TimerKind, ValueSource};
 use crate::{conntrack::Tracked, owner::Owner, tcp::TcpState, workload::Workload};
 
+pub mod packed;
+
 /// Bits of [`Compact::bits`].
 mod bit {
     pub const V6: u16 = 1 << 0;
