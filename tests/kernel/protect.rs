@@ -443,7 +443,8 @@ fn a_real_redis_without_keepalive_survives_its_idle_timeout() {
     // Redis's accepted end: a new connection on its side.
     let v = protect.wait_for(6379, START_LIMIT);
     assert_eq!(v["event"], "keepalive_set", "{v}");
-    // Sorted (held rows) and as read (`--sort none`): protect's mark either way.
+    // Sorted (rows packed as read) and printed as read (`--sort none`):
+    // protect's mark either way.
     for sort in ["local", "none"] {
         let out = crate::support::run(Command::new(KATO).args([
             "sockets",

@@ -161,7 +161,7 @@ fn sockets_agree_with_ss_and_getsockopt() {
     let t0 = Instant::now();
     let sorted = Command::new(KATO)
         .args(["sockets", "--output", "json", "--netns", &ns.name])
-        .env("RUST_LOG", "kato::cli::stream=debug")
+        .env("RUST_LOG", "keepalive_user::sockets::stream=debug")
         .output()
         .unwrap();
     let ss_text = ns.exec(&["ss", "-tnoa"]);
@@ -186,6 +186,10 @@ fn sockets_agree_with_ss_and_getsockopt() {
     let streamed = streamed.stdout;
     let diag = kato_ok(&[
         "sockets", "--source", "diag", "--output", "json", "--netns", &ns.name,
+    ]);
+    let pid = std::process::id().to_string();
+    let mine = kato_ok(&[
+        "sockets", "--output", "json", "--netns", &ns.name, "--pid", &pid, "--sort", "pid",
     ]);
     done_tx.send(()).unwrap();
     worker.join().unwrap();
@@ -258,6 +262,13 @@ fn sockets_agree_with_ss_and_getsockopt() {
         .filter(|v| v["pid"].as_u64() == Some(u64::from(std::process::id())))
         .count();
     assert!(own >= 900, "{own} sockets owned by this test's process");
+    // Sorted with the owner's part of the filter, which waits for the
+    // owners read beside the sockets: the same sockets.
+    let mine: Vec<Value> = serde_json::from_slice(&mine).expect("kato --pid JSON");
+    assert_eq!(mine.len(), own, "--pid lists the test's own sockets");
+    assert!(mine
+        .iter()
+        .all(|v| v["pid"].as_u64() == Some(u64::from(std::process::id()))));
 
     // The sock_diag fallback sees the same sockets, states and timer kinds.
     let diag: Vec<Value> = serde_json::from_slice(&diag).expect("diag JSON");

@@ -11,12 +11,11 @@ use std::io::Write as _;
 
 use keepalive_user::{
     bpf::Bpf,
-    filter::SortKey,
+    filter::{Filter, SortKey},
     policy::Policy,
     sockets::{
-        compact::{packed::Packed, Compact},
         snapshot::Targets,
-        stream::Stream,
+        stream::{Joins, Stream},
     },
     view::{json, sockets as render},
     workload::Resolver,
@@ -78,14 +77,14 @@ pub(super) fn print(
     resolver: &mut Resolver,
     policy: &mut Policy,
 ) -> anyhow::Result<()> {
+    if !holds_none(ask) {
+        return sorted(ask, bpf, targets, resolver, policy);
+    }
     let t = std::time::Instant::now();
     let stream = Stream::prepare(bpf, targets, policy)?;
     log::debug!("owners and conntrack read in {:?}", t.elapsed());
     if ask.risk && policy.is_empty() {
         return Err(no_timeout());
-    }
-    if !holds_none(ask) {
-        return sorted(ask, stream, bpf, targets, resolver, policy);
     }
     let policy = &*policy;
     let with_risk = !policy.is_empty();
@@ -136,46 +135,55 @@ pub(super) fn print(
 /// The sockets packed as read, then printed in the order asked for.
 fn sorted(
     ask: &Ask<'_>,
-    stream: Stream,
     bpf: &mut Bpf,
     targets: &Targets,
     resolver: &mut Resolver,
-    policy: &Policy,
+    policy: &mut Policy,
 ) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
-    let show = ask.show_addresses;
-    let mut rows = Packed::new(show);
-    let mut keys: Vec<[u64; 3]> = Vec::new();
-    let mut full = None;
-    stream.each(bpf, targets, resolver, |s| {
-        if full.is_some() || !ask.filter.matches(&s, || policy.risk(&s)) {
-            return;
-        }
-        // Keyed on the row as it will print (times to the millisecond).
-        let c = Compact::of(&s);
-        match rows.push(&c) {
-            Ok(at) => keys.push(ask.sort.packed(&c, at)),
-            Err(e) => full = Some(e),
-        }
-    })?;
-    if let Some(e) = full {
-        return Err(e.into());
+    let joins = Joins::prepare(targets, policy)?;
+    if ask.risk && policy.is_empty() {
+        return Err(no_timeout());
     }
-    // The owners and conntrack entries are joined: theirs is memory the
-    // rows' printing can use.
-    drop(stream);
-    log::debug!(
-        "{} rows packed in {} bytes, read in {:?}",
-        keys.len(),
-        rows.len_bytes(),
-        t.elapsed()
-    );
-    ask.sort
-        .sort_packed(&mut keys, |at| ask.sort.key_of(&rows.get(at)));
+    let policy = &*policy;
+    let (filter, sort) = (ask.filter, ask.sort);
+    // The owners are read beside the sockets and joined after: the owner's
+    // part of the filter, and the key of `--sort pid`, wait for them.
+    let later = filter.needs_owner() || sort == SortKey::Pid;
+    let before = Filter {
+        pids: vec![],
+        comms: vec![],
+        ..filter.clone()
+    };
+    let mut keys: Vec<[u64; 3]> = Vec::new();
+    // Keyed on the row as it will print (times to the millisecond).
+    let rows = joins.pack(
+        bpf,
+        targets,
+        resolver,
+        |s| before.matches(s, || policy.risk(s)),
+        |c, a| keys.push(sort.packed(c, a)),
+    )?;
+    if later {
+        let owner = Filter {
+            pids: filter.pids.clone(),
+            comms: filter.comms.clone(),
+            ..Filter::default()
+        };
+        keys.retain_mut(|k| {
+            let a = SortKey::index(k);
+            let c = rows.get(a);
+            *k = sort.packed(&c, a);
+            owner.matches(&c, || None)
+        });
+    }
+    log::debug!("{} rows keyed at {:?}", keys.len(), t.elapsed());
+    sort.sort_packed(&mut keys, |a| sort.key_of(&rows.get(a)));
     if ask.reverse {
         keys.reverse();
     }
     log::debug!("sorted at {:?}", t.elapsed());
+    let show = ask.show_addresses;
     let row = |k: [u64; 3], f: RowView<'_>| {
         let c = rows.get(SortKey::index(&k));
         f(&view_of(&c.socket(), None, policy, show));

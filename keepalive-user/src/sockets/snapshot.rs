@@ -55,6 +55,8 @@ pub enum SnapshotError {
     Diag { inode: u32, source: std::io::Error },
     #[error("cannot read /proc/self/ns/net: {0}")]
     OwnNetns(std::io::Error),
+    #[error(transparent)]
+    Full(#[from] super::compact::packed::Full),
 }
 
 /// The namespaces to read; `None` stands for the caller's own (no setns).

@@ -2,15 +2,18 @@
 //! listing that must hold every row until the last is read: numbers as
 //! LEB128 varints, IPv4 addresses in 4 bytes, names, workloads and
 //! namespaces as indices into tables of the distinct ones, zero counts
-//! left out. A loopback socket takes ~70 bytes here against a
+//! left out. A loopback socket takes ~65 bytes here against a
 //! `Compact`'s 176. A row is read back whole ([`Packed::get`]) by its
-//! offset, which the listing keeps in its sort key.
+//! offset, which the listing keeps in its sort key. The owner sits at a
+//! fixed place at the front ([`Packed::set_owner`]), so that rows packed
+//! while the owners are still being read can be given theirs after.
 
 use std::{collections::HashMap, hash::Hash, sync::Arc};
 
 use super::{bit, Compact};
 use crate::{
     conntrack::{CtState, Tracked},
+    owner::Owner,
     sockets::TimerKind,
     tcp::TcpState,
     workload::Workload,
@@ -19,12 +22,20 @@ use crate::{
 /// Which optional parts a row has (its first byte after `bits`).
 mod has {
     pub const WORKLOAD: u8 = 1 << 0;
-    pub const COMM: u8 = 1 << 1;
-    pub const CONNTRACK: u8 = 1 << 2;
+    pub const CONNTRACK: u8 = 1 << 1;
     /// Addresses in 16 bytes each: IPv6, or bytes an IPv4 row does not use.
     pub const WIDE: u8 = 1 << 3;
-    pub const SOCK: u8 = 1 << 4;
 }
+
+/// Where a row's fixed front ends: bits (2), `has` (1), state, timer
+/// kind, the mask of small counts (1 each), PID (4), the owner's name's
+/// index (4, [`NO_NAME`]: none), the kernel address (8).
+const AT_HAS: usize = 2;
+const AT_PID: usize = 6;
+const AT_NAME: usize = 10;
+const AT_SOCK: usize = 14;
+const FRONT: usize = 22;
+const NO_NAME: u32 = u32::MAX;
 
 /// The rows grew past what a 32-bit offset reaches (4 GiB).
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +62,6 @@ impl<K: Eq + Hash, V: Clone> Table<K, V> {
 #[derive(Debug, Default)]
 pub struct Packed {
     bytes: Vec<u8>,
-    /// Keep each row's kernel address (shown only when asked for).
-    with_sock: bool,
     comms: Table<Arc<str>, Arc<str>>,
     /// Workloads by their `Arc`: a census resolves each cgroup once.
     workloads: Table<usize, Arc<Workload>>,
@@ -136,13 +145,6 @@ fn ct_state(code: u8) -> CtState {
 }
 
 impl Packed {
-    pub fn new(with_sock: bool) -> Self {
-        Packed {
-            with_sock,
-            ..Packed::default()
-        }
-    }
-
     /// Bytes held by the rows (not the tables).
     pub fn len_bytes(&self) -> usize {
         self.bytes.len()
@@ -159,10 +161,8 @@ impl Packed {
             }
         };
         flag(has::WORKLOAD, c.workload.is_some());
-        flag(has::COMM, c.comm.is_some());
         flag(has::CONNTRACK, c.conntrack.is_some());
         flag(has::WIDE, wide);
-        flag(has::SOCK, self.with_sock);
         let small = [
             c.timer_retransmits,
             c.timer_probes,
@@ -181,7 +181,10 @@ impl Packed {
             .workload
             .as_ref()
             .map(|w| self.workloads.of(Arc::as_ptr(w) as usize, w));
-        let comm = c.comm.as_ref().map(|n| self.comms.of(Arc::clone(n), n));
+        let name = c
+            .comm
+            .as_ref()
+            .map_or(NO_NAME, |n| self.comms.of(Arc::clone(n), n));
         let conntrack = c.conntrack.map(|t| {
             (
                 t.remaining_s,
@@ -192,15 +195,15 @@ impl Packed {
         let o = &mut self.bytes;
         o.extend_from_slice(&c.bits.to_le_bytes());
         o.extend_from_slice(&[has, c.state as u8, timer_code(c.timer_kind), mask]);
+        o.extend_from_slice(&c.pid.to_le_bytes());
+        o.extend_from_slice(&name.to_le_bytes());
+        o.extend_from_slice(&c.sock.to_le_bytes());
         o.extend(small.iter().filter(|&&v| v != 0));
         o.extend_from_slice(&c.local_port.to_le_bytes());
         o.extend_from_slice(&c.remote_port.to_le_bytes());
         let n = if wide { 16 } else { 4 };
         o.extend_from_slice(&c.local_ip[..n]);
         o.extend_from_slice(&c.remote_ip[..n]);
-        if self.with_sock {
-            o.extend_from_slice(&c.sock.to_le_bytes());
-        }
         for v in [c.cookie, c.cgroup_id, c.inode] {
             put_varint(o, v);
         }
@@ -209,7 +212,6 @@ impl Packed {
             c.uid,
             c.recv_q,
             c.send_q,
-            c.pid,
             c.timer_ms,
             c.idle_ms,
             c.recv_ms,
@@ -222,7 +224,6 @@ impl Packed {
         ]
         .into_iter()
         .chain(workload)
-        .chain(comm)
         {
             put_varint(o, v.into());
         }
@@ -234,6 +235,26 @@ impl Packed {
         Ok(at)
     }
 
+    /// The kernel address of the row at `at`.
+    pub fn sock_at(&self, at: u32) -> u64 {
+        let at = at as usize + AT_SOCK;
+        u64::from_le_bytes(self.bytes[at..at + 8].try_into().expect("8 bytes"))
+    }
+
+    /// Gives the row at `at` its owner (as `Row::set_owner`).
+    pub fn set_owner(&mut self, at: u32, o: &Owner) {
+        let name = self.comms.of(Arc::clone(&o.comm), &o.comm);
+        let row = &mut self.bytes[at as usize..at as usize + FRONT];
+        let bits = u16::from_le_bytes([row[0], row[1]]) | bit::PID;
+        row[..2].copy_from_slice(&bits.to_le_bytes());
+        row[AT_PID..AT_NAME].copy_from_slice(&o.pid.to_le_bytes());
+        row[AT_NAME..AT_SOCK].copy_from_slice(&name.to_le_bytes());
+        debug_assert_eq!(
+            row[AT_HAS] & !(has::WORKLOAD | has::CONNTRACK | has::WIDE),
+            0
+        );
+    }
+
     /// The row pushed at `at`.
     pub fn get(&self, at: u32) -> Compact {
         let mut r = Reader {
@@ -241,6 +262,9 @@ impl Packed {
         };
         let bits = u16::from_le_bytes(r.array());
         let [has, state, timer, mask] = r.array();
+        let pid = u32::from_le_bytes(r.array());
+        let name = u32::from_le_bytes(r.array());
+        let sock = u64::from_le_bytes(r.array());
         let mut small = [0u8; 6];
         for (i, v) in small.iter_mut().enumerate() {
             if mask & 1 << i != 0 {
@@ -255,20 +279,15 @@ impl Packed {
             ip[..n].copy_from_slice(&r.b[..n]);
             r.b = &r.b[n..];
         }
-        let sock = if has & has::SOCK != 0 {
-            u64::from_le_bytes(r.array())
-        } else {
-            0
-        };
         let (cookie, cgroup_id, inode) = (r.varint(), r.varint(), r.varint());
         let netns = self.namespaces.values[r.u32() as usize];
-        let [uid, recv_q, send_q, pid] = [r.u32(), r.u32(), r.u32(), r.u32()];
+        let [uid, recv_q, send_q] = [r.u32(), r.u32(), r.u32()];
         let [timer_ms, idle_ms, recv_ms, sent_ms] = [r.u32(), r.u32(), r.u32(), r.u32()];
         let [ka_idle_s, ka_intvl_s, user_timeout_ms] = [r.u32(), r.u32(), r.u32()];
         let [segs_in, segs_out] = [r.u32(), r.u32()];
         let workload = (has & has::WORKLOAD != 0)
             .then(|| Arc::clone(&self.workloads.values[r.u32() as usize]));
-        let comm = (has & has::COMM != 0).then(|| Arc::clone(&self.comms.values[r.u32() as usize]));
+        let comm = (name != NO_NAME).then(|| Arc::clone(&self.comms.values[name as usize]));
         let conntrack = (has & has::CONNTRACK != 0).then(|| Tracked {
             remaining_s: r.u32(),
             netns: self.namespaces.values[r.u32() as usize],
@@ -394,25 +413,38 @@ mod tests {
             c.netns = u32::from(code);
             rows.push(c);
         }
-        let mut p = Packed::new(true);
+        let mut p = Packed::default();
         let at: Vec<u32> = rows.iter().map(|c| p.push(c).unwrap()).collect();
         for (c, at) in rows.iter().zip(&at).rev() {
             assert_eq!(&p.get(*at), c);
+            assert_eq!(p.sock_at(*at), c.sock);
         }
-        // An IPv4 row is small: a fifth of the bytes here are the kernel
-        // address, which a listing that does not show it leaves out.
-        let mut q = Packed::new(false);
+        // An IPv4 row is small.
+        let mut q = Packed::default();
         q.push(&rows[0]).unwrap();
-        assert!(q.len_bytes() <= 64, "{} bytes", q.len_bytes());
-        let back = q.get(0);
-        assert_eq!(back.sock, 0);
-        assert_eq!(
-            Compact {
-                sock: 0,
-                ..rows[0].clone()
-            },
-            back
-        );
+        assert!(q.len_bytes() <= 72, "{} bytes", q.len_bytes());
+    }
+
+    /// A row packed before its owner was known, given it after, reads as
+    /// the row a census that knew it would have made.
+    #[test]
+    fn an_owner_given_after_is_as_one_known_before() {
+        let mut unowned = socket(5432);
+        (unowned.pid, unowned.comm) = (None, None);
+        let mut p = Packed::default();
+        let first = p.push(&Compact::of(&unowned)).unwrap();
+        let second = p.push(&Compact::of(&socket(1))).unwrap();
+        assert_eq!(p.get(first).pid(), None);
+        let owner = Owner {
+            pid: 4242,
+            comm: "pgbouncer".into(),
+        };
+        p.set_owner(first, &owner);
+        let mut owned = <Compact as crate::sockets::row::Row>::of(unowned);
+        crate::sockets::row::Row::set_owner(&mut owned, owner);
+        assert_eq!(p.get(first), owned);
+        // Its neighbour is untouched.
+        assert_eq!(p.get(second), Compact::of(&socket(1)));
     }
 
     #[test]
@@ -427,7 +459,7 @@ mod tests {
 
     #[test]
     fn tables_hold_each_distinct_value_once() {
-        let mut p = Packed::new(false);
+        let mut p = Packed::default();
         let c = Compact::of(&socket(1));
         for _ in 0..3 {
             p.push(&c).unwrap();
