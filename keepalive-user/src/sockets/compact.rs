@@ -433,7 +433,8 @@ mod tests {
     };
     use keepalive_common::SockRecord;
 
-    fn full() -> Socket {
+    /// A socket with every optional part known (also `packed`'s fixture).
+    pub(super) fn full() -> Socket {
         let owner = Owner {
             pid: 812,
             comm: "postgres".into(),

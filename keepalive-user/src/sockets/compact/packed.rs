@@ -339,43 +339,14 @@ mod tests {
     use super::*;
     use crate::{
         owner::Owner,
-        sockets::{
-            tests::{record, timewait},
-            Socket,
-        },
+        sockets::{tests::timewait, Socket},
         workload::Named,
     };
-    use keepalive_common::SockRecord;
 
+    /// compact.rs's socket with every part known, at local port `port`.
     fn socket(port: u16) -> Socket {
-        let owner = Owner {
-            pid: 812,
-            comm: "postgres".into(),
-        };
-        let mut s = Socket::from_record(
-            &SockRecord {
-                sport: port,
-                cookie: 77,
-                cgroup_id: 9,
-                user_timeout: 3000,
-                ka_probes: 4,
-                retransmits: 2,
-                probes_out: 1,
-                ..record()
-            },
-            250,
-            Some(&owner),
-        )
-        .unwrap();
-        s.workload = Named(Some(Arc::new(Workload {
-            unit: Some("postgres.service".into()),
-            ..Workload::default()
-        })));
-        s.conntrack = Some(Tracked {
-            remaining_s: 431_990,
-            state: CtState::Established,
-            netns: 4026532000,
-        });
+        let mut s = super::super::tests::full();
+        s.local.set_port(port);
         s
     }
 
