@@ -144,7 +144,7 @@ impl CounterMap {
 }
 
 /// aya's loader, with no kernel BTF: kato's programs carry no CO-RE
-/// relocations, and program loads get [`targets::for_hooks`] instead.
+/// relocations, and program loads get [`targets::for_load`] instead.
 /// Stock aya 0.14's `EbpfLoader::new` parsed /sys/kernel/btf/vmlinux
 /// itself (aya#1172); the copy in vendor/aya does not (vendor/README.md),
 /// and `.btf(None)` keeps the loader right with either.
@@ -205,7 +205,7 @@ impl Bpf {
             .and_then(|k| cache::load(k, path.clone(), Hook::ALL.len()))
         {
             log::debug!("kernel facts from {}", cache::DIR);
-            let aya_btf = targets::for_ids(&Hook::ALL, &c.target_ids);
+            let aya_btf = targets::for_load(opts.tracing, &c.target_ids);
             match Self::load(c.info, None, &aya_btf, opts) {
                 Ok(bpf) => return Ok(bpf),
                 // Parsed afresh below, and the entry replaced.
@@ -218,7 +218,7 @@ impl Bpf {
         let bpf = Self::load(
             kernel,
             Some(&btf),
-            &targets::for_ids(&Hook::ALL, &ids),
+            &targets::for_load(opts.tracing, &ids),
             opts,
         )?;
         if let Some((key, kernel)) = facts {
@@ -239,7 +239,7 @@ impl Bpf {
         Self::load(
             kernel,
             Some(btf),
-            &targets::for_hooks(btf, &Hook::ALL),
+            &targets::for_load(opts.tracing, &targets::ids(btf, &Hook::ALL)),
             opts,
         )
     }
