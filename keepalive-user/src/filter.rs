@@ -269,6 +269,33 @@ fn f64_key(x: f64) -> u64 {
 /// What a view sorts by: the key's primary, then local and remote address.
 pub type Key = (u64, AddrKey, AddrKey);
 
+/// A [`SortKey::packed`] key as held: all three words, or the last two
+/// where the primary key is always 0 ([`SortKey::primary_free`]): 16
+/// bytes a row instead of 24 for the default sort of a large listing.
+pub trait PackedKey: Copy + Send + Sync {
+    fn pack(k: [u64; 3]) -> Self;
+    fn words(&self) -> [u64; 3];
+}
+
+impl PackedKey for [u64; 3] {
+    fn pack(k: [u64; 3]) -> Self {
+        k
+    }
+    fn words(&self) -> [u64; 3] {
+        *self
+    }
+}
+
+impl PackedKey for [u64; 2] {
+    fn pack(k: [u64; 3]) -> Self {
+        debug_assert_eq!(k[0], 0, "a primary-free sort");
+        [k[1], k[2]]
+    }
+    fn words(&self) -> [u64; 3] {
+        [0, self[0], self[1]]
+    }
+}
+
 impl SortKey {
     /// The primary key and the two addresses in the order compared.
     fn parts(self, s: &impl Listed) -> (u64, SocketAddr, SocketAddr) {
@@ -303,22 +330,28 @@ impl SortKey {
     }
 
     /// The index a [`SortKey::packed`] key holds.
-    pub fn index(k: &[u64; 3]) -> u32 {
-        k[2] as u32
+    pub fn index(k: &impl PackedKey) -> u32 {
+        k.words()[2] as u32
+    }
+
+    /// Is the primary key always 0 (the sorts by address, and none)?
+    pub fn primary_free(self) -> bool {
+        matches!(self, SortKey::Local | SortKey::Remote | SortKey::None)
     }
 
     /// Sorts packed keys ([`SortKey::packed`]): on the compact keys in one
     /// array, on the full key (`full` of an index) only where a packed
     /// address is tied (IPv6, and 255.255.255.255:65535, see
     /// [`packed_addr`]); equal keys in the order of their indices.
-    pub fn sort_packed(self, keys: &mut [[u64; 3]], full: impl Fn(u32) -> Key) {
+    pub fn sort_packed<K: PackedKey>(self, keys: &mut [K], full: impl Fn(u32) -> Key) {
         if self == SortKey::None {
             return;
         }
-        let index = Self::index;
+        let index = |k: &[u64; 3]| k[2] as u32;
         let second = |k: &[u64; 3]| (k[1] & 0xffff) << 32 | k[2] >> 32;
         let full = |ka: &[u64; 3], kb: &[u64; 3]| full(index(ka)).cmp(&full(index(kb)));
         keys.sort_unstable_by(|ka, kb| {
+            let (ka, kb) = (&ka.words(), &kb.words());
             ka[0]
                 .cmp(&kb[0])
                 .then((ka[1] >> 16).cmp(&(kb[1] >> 16)))
@@ -463,6 +496,20 @@ mod tests {
                 v.iter().map(|s| (s.local, s.remote, s.inode)).collect()
             };
             assert_eq!(id(&got), id(&want), "--sort {k}");
+            if key.primary_free() {
+                // The 16-byte keys of the address sorts order as the 24.
+                let mut short: Vec<[u64; 2]> = all
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| PackedKey::pack(key.packed(s, i as u32)))
+                    .collect();
+                key.sort_packed(&mut short, |i| key.key_of(&all[i as usize]));
+                let got: Vec<&Socket> = short
+                    .iter()
+                    .map(|k| &all[SortKey::index(k) as usize])
+                    .collect();
+                assert_eq!(id(&got), id(&want), "--sort {k}, 16-byte keys");
+            }
         }
     }
 

@@ -4,14 +4,15 @@
 //! - `--sort none`: each printed at once, in the kernel's order, as `ss`
 //!   prints; no row is held, so a million sockets cost what their owners
 //!   and conntrack entries do;
-//! - sorted: each kept packed (~70 bytes, [`Packed`]) with a 24-byte sort
-//!   key, the keys sorted, the rows printed in their order.
+//! - sorted: each kept packed (~61 bytes, [`Packed`]) with a sort key (16
+//!   bytes for the sorts by address, the default, 24 for the rest), the
+//!   keys sorted, the rows printed in their order.
 
 use std::io::Write as _;
 
 use keepalive_user::{
     bpf::Bpf,
-    filter::{Filter, SortKey},
+    filter::{Filter, PackedKey, SortKey},
     policy::Policy,
     sockets::{
         snapshot::Targets,
@@ -78,7 +79,11 @@ pub(super) fn print(
     policy: &mut Policy,
 ) -> anyhow::Result<()> {
     if !holds_none(ask) {
-        return sorted(ask, bpf, targets, resolver, policy);
+        return if ask.sort.primary_free() {
+            sorted::<[u64; 2]>(ask, bpf, targets, resolver, policy)
+        } else {
+            sorted::<[u64; 3]>(ask, bpf, targets, resolver, policy)
+        };
     }
     let t = std::time::Instant::now();
     let stream = Stream::prepare(bpf, targets, policy)?;
@@ -132,8 +137,9 @@ pub(super) fn print(
     ignore_broken_pipe(out.err.map_or(Ok(()), Err))
 }
 
-/// The sockets packed as read, then printed in the order asked for.
-fn sorted(
+/// The sockets packed as read, then printed in the order asked for; the
+/// sort keys held as `K` (16 bytes where the primary key is always 0).
+fn sorted<K: PackedKey>(
     ask: &Ask<'_>,
     bpf: &mut Bpf,
     targets: &Targets,
@@ -155,14 +161,14 @@ fn sorted(
         comms: vec![],
         ..filter.clone()
     };
-    let mut keys: Vec<[u64; 3]> = Vec::new();
+    let mut keys: Vec<K> = Vec::new();
     // Keyed on the row as it will print (times to the millisecond).
     let rows = joins.pack(
         bpf,
         targets,
         resolver,
         |s| before.matches(s, || policy.risk(s)),
-        |c, a| keys.push(sort.packed(c, a)),
+        |c, a| keys.push(K::pack(sort.packed(c, a))),
     )?;
     if later {
         let owner = Filter {
@@ -173,7 +179,7 @@ fn sorted(
         keys.retain_mut(|k| {
             let a = SortKey::index(k);
             let c = rows.get(a);
-            *k = sort.packed(&c, a);
+            *k = K::pack(sort.packed(&c, a));
             owner.matches(&c, || None)
         });
     }
@@ -184,7 +190,7 @@ fn sorted(
     }
     log::debug!("sorted at {:?}", t.elapsed());
     let show = ask.show_addresses;
-    let row = |k: [u64; 3], f: RowView<'_>| {
+    let row = |k: K, f: RowView<'_>| {
         let c = rows.get(SortKey::index(&k));
         f(&view_of(&c.socket(), None, policy, show));
     };

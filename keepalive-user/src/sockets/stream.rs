@@ -130,7 +130,7 @@ impl Joins {
         let t0 = std::time::Instant::now();
         let hz = bpf.kernel.hz;
         let mut naming = Naming::default();
-        let (mut rows, mut at) = (Packed::default(), Vec::new());
+        let (mut rows, mut n) = (Packed::default(), 0usize);
         let mut full = None;
         let (held, _) = bpf.sockets_and_owners(
             targets,
@@ -148,7 +148,7 @@ impl Joins {
                     let c = Compact::of(&s);
                     match rows.push(&c) {
                         Ok(a) => {
-                            at.push(a);
+                            n += 1;
                             packed(&c, a);
                         }
                         Err(e) => full = Some(e),
@@ -161,12 +161,7 @@ impl Joins {
             return Err(e.into());
         }
         let owners = naming.finish(held);
-        let n = at.len();
-        for a in at {
-            if let Some(o) = owners.get(rows.sock_at(a)) {
-                rows.set_owner(a, &o);
-            }
-        }
+        rows.set_owners(&owners);
         log::debug!(
             "{n} rows packed in {} bytes beside {} owners, in {:?}",
             rows.len_bytes(),

@@ -1,11 +1,11 @@
 //! [`Compact`] rows packed end to end in one byte array, for a sorted
 //! listing that must hold every row until the last is read: numbers as
-//! LEB128 varints, IPv4 addresses in 4 bytes, names, workloads and
+//! LEB128 varints, IPv4 addresses in 4 bytes, owners, workloads and
 //! namespaces as indices into tables of the distinct ones, zero counts
-//! left out. A loopback socket takes ~65 bytes here against a
+//! left out. A loopback socket takes ~61 bytes here against a
 //! `Compact`'s 176. A row is read back whole ([`Packed::get`]) by its
 //! offset, which the listing keeps in its sort key. The owner sits at a
-//! fixed place at the front ([`Packed::set_owner`]), so that rows packed
+//! fixed place at the front ([`Packed::set_owners`]), so that rows packed
 //! while the owners are still being read can be given theirs after.
 
 use std::{collections::HashMap, hash::Hash, sync::Arc};
@@ -13,8 +13,7 @@ use std::{collections::HashMap, hash::Hash, sync::Arc};
 use super::{bit, Compact};
 use crate::{
     conntrack::{CtState, Tracked},
-    owner::Owner,
-    sockets::TimerKind,
+    sockets::{owners::Owners, TimerKind},
     tcp::TcpState,
     workload::Workload,
 };
@@ -28,14 +27,19 @@ mod has {
 }
 
 /// Where a row's fixed front ends: bits (2), `has` (1), state, timer
-/// kind, the mask of small counts (1 each), PID (4), the owner's name's
-/// index (4, [`NO_NAME`]: none), the kernel address (8).
+/// kind, the mask of small counts (1 each), the owner's index (4,
+/// [`NO_OWNER`]: none), the kernel address (8).
 const AT_HAS: usize = 2;
-const AT_PID: usize = 6;
-const AT_NAME: usize = 10;
-const AT_SOCK: usize = 14;
-const FRONT: usize = 22;
-const NO_NAME: u32 = u32::MAX;
+const AT_MASK: usize = 5;
+const AT_OWNER: usize = 6;
+const AT_SOCK: usize = 10;
+const FRONT: usize = 18;
+const NO_OWNER: u32 = u32::MAX;
+
+/// Varints after a row's addresses: cookie, cgroup, inode, and the 13 of
+/// [`Packed::push`]'s second list; one more with a workload, three more
+/// with a conntrack entry.
+const VARINTS: usize = 16;
 
 /// The rows grew past what a 32-bit offset reaches (4 GiB).
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +63,14 @@ impl<K: Eq + Hash, V: Clone> Table<K, V> {
     }
 }
 
+/// A row's owner: PID and name (a row made from a `Compact` may know one
+/// without the other).
+type OwnerPair = (u32, Option<Arc<str>>);
+
 #[derive(Debug, Default)]
 pub struct Packed {
     bytes: Vec<u8>,
-    comms: Table<Arc<str>, Arc<str>>,
+    owners: Table<OwnerPair, OwnerPair>,
     /// Workloads by their `Arc`: a census resolves each cgroup once.
     workloads: Table<usize, Arc<Workload>>,
     namespaces: Table<u32, u32>,
@@ -181,10 +189,12 @@ impl Packed {
             .workload
             .as_ref()
             .map(|w| self.workloads.of(Arc::as_ptr(w) as usize, w));
-        let name = c
-            .comm
-            .as_ref()
-            .map_or(NO_NAME, |n| self.comms.of(Arc::clone(n), n));
+        let owner = if c.pid != 0 || c.comm.is_some() {
+            let pair = (c.pid, c.comm.clone());
+            self.owners.of(pair.clone(), &pair)
+        } else {
+            NO_OWNER
+        };
         let conntrack = c.conntrack.map(|t| {
             (
                 t.remaining_s,
@@ -195,8 +205,7 @@ impl Packed {
         let o = &mut self.bytes;
         o.extend_from_slice(&c.bits.to_le_bytes());
         o.extend_from_slice(&[has, c.state as u8, timer_code(c.timer_kind), mask]);
-        o.extend_from_slice(&c.pid.to_le_bytes());
-        o.extend_from_slice(&name.to_le_bytes());
+        o.extend_from_slice(&owner.to_le_bytes());
         o.extend_from_slice(&c.sock.to_le_bytes());
         o.extend(small.iter().filter(|&&v| v != 0));
         o.extend_from_slice(&c.local_port.to_le_bytes());
@@ -241,18 +250,46 @@ impl Packed {
         u64::from_le_bytes(self.bytes[at..at + 8].try_into().expect("8 bytes"))
     }
 
-    /// Gives the row at `at` its owner (as `Row::set_owner`).
-    pub fn set_owner(&mut self, at: u32, o: &Owner) {
-        let name = self.comms.of(Arc::clone(&o.comm), &o.comm);
-        let row = &mut self.bytes[at as usize..at as usize + FRONT];
-        let bits = u16::from_le_bytes([row[0], row[1]]) | bit::PID;
-        row[..2].copy_from_slice(&bits.to_le_bytes());
-        row[AT_PID..AT_NAME].copy_from_slice(&o.pid.to_le_bytes());
-        row[AT_NAME..AT_SOCK].copy_from_slice(&name.to_le_bytes());
-        debug_assert_eq!(
-            row[AT_HAS] & !(has::WORKLOAD | has::CONNTRACK | has::WIDE),
-            0
+    /// The length of the row at `at`, read from its front and varints.
+    fn row_len(&self, at: usize) -> usize {
+        let row = &self.bytes[at..];
+        let (has, mask) = (row[AT_HAS], row[AT_MASK]);
+        let ips = if has & has::WIDE != 0 { 32 } else { 8 };
+        let mut end = FRONT + mask.count_ones() as usize + 4 + ips;
+        let varints = VARINTS
+            + usize::from(has & has::WORKLOAD != 0)
+            + 3 * usize::from(has & has::CONNTRACK != 0);
+        for _ in 0..varints {
+            while row[end] & 0x80 != 0 {
+                end += 1;
+            }
+            end += 1;
+        }
+        end
+    }
+
+    /// Gives every row whose kernel address `owners` knows its owner (as
+    /// `Row::set_owner`), walking the rows end to end: the listing keeps
+    /// no list of offsets beside its keys.
+    pub fn set_owners(&mut self, owners: &Owners) {
+        let base = self.owners.values.len();
+        self.owners.values.extend(
+            owners
+                .pairs()
+                .iter()
+                .map(|(pid, comm)| (*pid, Some(Arc::clone(comm)))),
         );
+        let mut at = 0;
+        while at < self.bytes.len() {
+            if let Some(i) = owners.index(self.sock_at(at as u32)) {
+                let owner = u32::try_from(base + i as usize).unwrap_or(NO_OWNER);
+                let row = &mut self.bytes[at..at + FRONT];
+                let bits = u16::from_le_bytes([row[0], row[1]]) | bit::PID;
+                row[..2].copy_from_slice(&bits.to_le_bytes());
+                row[AT_OWNER..AT_SOCK].copy_from_slice(&owner.to_le_bytes());
+            }
+            at += self.row_len(at);
+        }
     }
 
     /// The row pushed at `at`.
@@ -262,8 +299,7 @@ impl Packed {
         };
         let bits = u16::from_le_bytes(r.array());
         let [has, state, timer, mask] = r.array();
-        let pid = u32::from_le_bytes(r.array());
-        let name = u32::from_le_bytes(r.array());
+        let owner = u32::from_le_bytes(r.array());
         let sock = u64::from_le_bytes(r.array());
         let mut small = [0u8; 6];
         for (i, v) in small.iter_mut().enumerate() {
@@ -287,7 +323,10 @@ impl Packed {
         let [segs_in, segs_out] = [r.u32(), r.u32()];
         let workload = (has & has::WORKLOAD != 0)
             .then(|| Arc::clone(&self.workloads.values[r.u32() as usize]));
-        let comm = (name != NO_NAME).then(|| Arc::clone(&self.comms.values[name as usize]));
+        let (pid, comm) = match owner {
+            NO_OWNER => (0, None),
+            i => self.owners.values[i as usize].clone(),
+        };
         let conntrack = (has & has::CONNTRACK != 0).then(|| Tracked {
             remaining_s: r.u32(),
             netns: self.namespaces.values[r.u32() as usize],
@@ -338,7 +377,6 @@ impl Packed {
 mod tests {
     use super::*;
     use crate::{
-        owner::Owner,
         sockets::{tests::timewait, Socket},
         workload::Named,
     };
@@ -384,38 +422,72 @@ mod tests {
             c.netns = u32::from(code);
             rows.push(c);
         }
+        for (i, c) in rows.iter_mut().enumerate() {
+            c.sock = 0xffff_8880_0000_0000 + i as u64 * 0x840;
+        }
         let mut p = Packed::default();
         let at: Vec<u32> = rows.iter().map(|c| p.push(c).unwrap()).collect();
         for (c, at) in rows.iter().zip(&at).rev() {
             assert_eq!(&p.get(*at), c);
             assert_eq!(p.sock_at(*at), c.sock);
         }
+        // Each row's length read from the row: the walk finds every offset.
+        let mut walked = vec![0];
+        while let Some(&a) = walked.last().filter(|&&a| a < p.len_bytes()) {
+            walked.push(a + p.row_len(a));
+        }
+        let mut ends: Vec<usize> = at.iter().map(|&a| a as usize).collect();
+        ends.push(p.len_bytes());
+        assert_eq!(walked, ends);
         // An IPv4 row is small.
         let mut q = Packed::default();
         q.push(&rows[0]).unwrap();
-        assert!(q.len_bytes() <= 72, "{} bytes", q.len_bytes());
+        assert!(q.len_bytes() <= 68, "{} bytes", q.len_bytes());
     }
 
-    /// A row packed before its owner was known, given it after, reads as
-    /// the row a census that knew it would have made.
+    fn record(sk: u64, tgid: u32, comm: &str) -> keepalive_common::OwnerRecord {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        keepalive_common::OwnerRecord {
+            sk,
+            tgid,
+            comm: c,
+            ..Default::default()
+        }
+    }
+
+    /// Rows packed before their owners were known, given them after, read
+    /// as the rows a census that knew them would have made; a row whose
+    /// address no process holds stays unowned.
     #[test]
-    fn an_owner_given_after_is_as_one_known_before() {
-        let mut unowned = socket(5432);
-        (unowned.pid, unowned.comm) = (None, None);
+    fn owners_given_after_are_as_ones_known_before() {
+        let mut unowned: Vec<Socket> = [5432, 6379, 443, 80].map(socket).into();
+        unowned[1].remote = "[2001:db8::2]:50000".parse().unwrap();
+        unowned[2].conntrack = None;
+        unowned[3].workload = Named(None);
         let mut p = Packed::default();
-        let first = p.push(&Compact::of(&unowned)).unwrap();
-        let second = p.push(&Compact::of(&socket(1))).unwrap();
-        assert_eq!(p.get(first).pid(), None);
-        let owner = Owner {
-            pid: 4242,
-            comm: "pgbouncer".into(),
-        };
-        p.set_owner(first, &owner);
-        let mut owned = <Compact as crate::sockets::row::Row>::of(unowned);
-        crate::sockets::row::Row::set_owner(&mut owned, owner);
-        assert_eq!(p.get(first), owned);
-        // Its neighbour is untouched.
-        assert_eq!(p.get(second), Compact::of(&socket(1)));
+        let mut at = vec![];
+        for (i, s) in unowned.iter_mut().enumerate() {
+            (s.pid, s.comm, s.sock) = (None, None, 100 + i as u64);
+            at.push(p.push(&Compact::of(s)).unwrap());
+        }
+        assert_eq!(p.get(at[0]).pid(), None);
+        let owners = crate::sockets::owners::owners(&[
+            record(101, 7, "redis-server"),
+            record(100, 4242, "pgbouncer"),
+            record(102, 4242, "pgbouncer"),
+            record(100, 9000, "child"),
+        ]);
+        p.set_owners(&owners);
+        for (i, (s, at)) in unowned.into_iter().zip(at).enumerate() {
+            let mut want = <Compact as crate::sockets::row::Row>::of(s);
+            if i < 3 {
+                let o = owners.get(want.sock).unwrap();
+                crate::sockets::row::Row::set_owner(&mut want, o);
+            }
+            assert_eq!(p.get(at), want, "row {i}");
+        }
+        assert_eq!(p.get(0).pid(), Some(4242));
     }
 
     #[test]
@@ -438,7 +510,7 @@ mod tests {
         let mut other = c.clone();
         other.comm = Some("redis".into());
         p.push(&other).unwrap();
-        assert_eq!(p.comms.values.len(), 2);
+        assert_eq!(p.owners.values.len(), 2);
         assert_eq!(p.workloads.values.len(), 1);
         // The socket's namespace and its conntrack entry's.
         assert_eq!(p.namespaces.values.len(), 2);
