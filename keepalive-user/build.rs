@@ -44,7 +44,9 @@ fn strip_dwarf(path: &Path) -> anyhow::Result<()> {
         .map(object::build::elf::Section::id)
         .collect();
     for s in &mut b.sections {
-        let target = s.sh_info_section.filter(|_| s.sh_type == object::elf::SHT_REL);
+        let target = s
+            .sh_info_section
+            .filter(|_| s.sh_type == object::elf::SHT_REL);
         if dwarf.contains(&s.id()) || target.is_some_and(|t| dwarf.contains(&t)) {
             s.delete = true;
         }

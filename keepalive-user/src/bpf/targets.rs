@@ -155,18 +155,23 @@ mod tests {
     fn a_load_that_traces_nothing_finds_only_the_iterators() {
         let btf = Btf::parse(&fixture::kernel_like()).unwrap();
         let ids = ids(&btf, &Hook::ALL);
-        let named = |aya: &AyaBtf, h: Hook| match h.attach_target() {
-            Target::Func(n) => aya.id_by_type_name_kind(&n, aya_obj::btf::BtfKind::Func),
-            Target::Typedef(n) => aya.id_by_type_name_kind(&n, aya_obj::btf::BtfKind::Typedef),
-        }
-        .is_ok();
+        let named = |aya: &AyaBtf, h: Hook| {
+            match h.attach_target() {
+                Target::Func(n) => aya.id_by_type_name_kind(&n, aya_obj::btf::BtfKind::Func),
+                Target::Typedef(n) => aya.id_by_type_name_kind(&n, aya_obj::btf::BtfKind::Typedef),
+            }
+            .is_ok()
+        };
         let (listing, tracing) = (for_load(false, &ids), for_load(true, &ids));
         for (h, id) in Hook::ALL.into_iter().zip(&ids) {
             let iter = h.kind() == ProgKind::Iter;
             assert_eq!(named(&listing, h), iter && id.is_some(), "{h:?}");
             assert_eq!(named(&tracing, h), id.is_some(), "{h:?}");
         }
-        assert!(ids.iter().flatten().count() > 2, "the fixture has tracing targets");
+        assert!(
+            ids.iter().flatten().count() > 2,
+            "the fixture has tracing targets"
+        );
     }
 
     #[test]

@@ -50,7 +50,11 @@ impl Naming {
         let pairs = &self.pairs;
         held.sort_unstable_by_key(|h| {
             let (sk, owner) = (h.sk, h.owner);
-            (sk, pairs.get(owner as usize).map_or(u32::MAX, |p| p.0), owner)
+            (
+                sk,
+                pairs.get(owner as usize).map_or(u32::MAX, |p| p.0),
+                owner,
+            )
         });
         held.dedup_by_key(|h| h.sk);
         held.shrink_to_fit();
