@@ -59,9 +59,8 @@ pub(super) fn once(
 ) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let show = ask.show_addresses;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
     if !ask.style.fits(ask.output) && ask.history.is_none() {
+        let mut out = rows_out();
         let snaps = take::<Compact>(&ask, snap, bpf, targets, resolver, policy)?;
         let policy = &*policy;
         let shown = select(&snaps, &ask, policy);
@@ -83,6 +82,8 @@ pub(super) fn once(
     log::debug!("selected at {:?}", t.elapsed());
     let with_risk = !policy.is_empty();
     let views = shown.iter().map(|s| view_of(s, None, policy, show));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
     let r = match ask.history {
         Some(agent) => {
             let stories = match ask.traced {
@@ -166,6 +167,20 @@ pub(super) fn no_timeout() -> anyhow::Error {
 }
 
 /// A reader that went away (`| head`) is not an error.
+/// Standard output for a listing's blocks of rows, buffered: a duplicate
+/// of fd 1 where there is one, so that each block (a megabyte of JSON) is
+/// written whole; stdout's own LineWriter searches every write for its
+/// last newline first. Nothing is written to `std::io::stdout()` before.
+pub(super) fn rows_out() -> std::io::BufWriter<Box<dyn std::io::Write>> {
+    use std::os::fd::AsFd as _;
+    let out: Box<dyn std::io::Write> = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        // Closed (`>&-`): stdout's own handling of that.
+        Err(_) => Box::new(std::io::stdout()),
+    };
+    std::io::BufWriter::with_capacity(64 << 10, out)
+}
+
 pub(super) fn ignore_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

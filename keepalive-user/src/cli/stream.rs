@@ -23,7 +23,7 @@ use keepalive_user::{
 };
 
 use super::{
-    listing::{ignore_broken_pipe, no_timeout, view_of, Ask},
+    listing::{ignore_broken_pipe, no_timeout, rows_out, view_of, Ask},
     table::{listed_at, print_rows, RowView},
     Output,
 };
@@ -194,8 +194,7 @@ fn sorted<K: PackedKey>(
         let c = rows.get(SortKey::index(&k));
         f(&view_of(&c.socket(), None, policy, show));
     };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = rows_out();
     let with_risk = !policy.is_empty();
     let r = print_rows(&mut out, ask.output, &keys, &row, with_risk, ask.style)
         .and_then(|()| out.flush());
