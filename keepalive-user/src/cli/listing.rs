@@ -166,7 +166,6 @@ pub(super) fn no_timeout() -> anyhow::Error {
     .into()
 }
 
-/// A reader that went away (`| head`) is not an error.
 /// Standard output for a listing's blocks of rows, buffered: a duplicate
 /// of fd 1 where there is one, so that each block (a megabyte of JSON) is
 /// written whole; stdout's own LineWriter searches every write for its
@@ -181,6 +180,7 @@ pub(super) fn rows_out() -> std::io::BufWriter<Box<dyn std::io::Write>> {
     std::io::BufWriter::with_capacity(64 << 10, out)
 }
 
+/// A reader that went away (`| head`) is not an error.
 pub(super) fn ignore_broken_pipe(r: std::io::Result<()>) -> anyhow::Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

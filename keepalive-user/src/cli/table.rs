@@ -166,13 +166,14 @@ pub fn print_rows<T: Copy + Sync>(
                 writeln!(out, "{}", render::header(with_risk))?;
             }
             in_blocks(out, items, |part, _, text| {
-                let mut line = String::with_capacity(256);
+                // The buffer comes empty: taken as a String (nothing to
+                // check) and given back, its capacity kept.
+                let mut lines = String::from_utf8(std::mem::take(text)).unwrap_or_default();
                 for t in part {
-                    line.clear();
-                    row(*t, &mut |v| render::write_row(&mut line, v, with_risk));
-                    line.push('\n');
-                    text.extend_from_slice(line.as_bytes());
+                    row(*t, &mut |v| render::write_row(&mut lines, v, with_risk));
+                    lines.push('\n');
                 }
+                *text = lines.into_bytes();
             })?;
             if frame.legend {
                 writeln!(out, "\n{}", render::FOOTNOTE)?;
