@@ -62,6 +62,10 @@ mod mark {
     pub const CT_GONE: u8 = 1 << 1;
 }
 
+/// The least idle time before a keepalive probe (TCP_KEEPIDLE is at least
+/// 1 s): segments without data that moved sooner after data are its ACKs.
+const PROBE_IDLE_MIN_S: f64 = 1.0;
+
 /// [`Entry::quiet_since`] of a socket not watched across two snapshots.
 const UNWATCHED: u32 = u32::MAX;
 
@@ -113,7 +117,10 @@ impl Entry {
             (Some(_), Some(_)) => {
                 self.quiet_since = now_ds;
                 let s = new.socket();
-                let data = |ago: Option<f64>| ago.is_some_and(|a| a < dt_s);
+                // Data within PROBE_IDLE_MIN_S before the last snapshot: what
+                // moved may be that data's ACK (or the snapshot's clock, in
+                // deciseconds, may lag the walk's), not a probe.
+                let data = |ago: Option<f64>| ago.is_some_and(|a| a < dt_s + PROBE_IDLE_MIN_S);
                 let no_data = !data(s.last_data_recv_s) && !data(s.last_data_sent_s);
                 let own_off = s.keepalive.is_some_and(|k| !k.enabled);
                 if no_data && own_off && s.send_q == 0 {
@@ -622,6 +629,38 @@ mod tests {
         t.apply_snapshot(3, vec![], verdict);
         check(&t, "emptied");
         assert_eq!(*t.tally(), Tally::default());
+    }
+
+    /// One end with keepalive off: `segs` segments each way so far, the
+    /// last data `data_ago` seconds before the snapshot.
+    fn quiet_end(segs: u32, data_ago: f64, own_keepalive: bool) -> Entry {
+        let mut s = sock(1, 1);
+        s.keepalive = s.keepalive.map(|k| crate::sockets::Keepalive {
+            enabled: own_keepalive,
+            ..k
+        });
+        (s.segs_in, s.segs_out) = (Some(segs), Some(segs));
+        (s.last_data_recv_s, s.last_data_sent_s) = (Some(data_ago), Some(data_ago + 0.1));
+        Entry::new(Compact::of(&s), None, 0)
+    }
+
+    #[test]
+    fn only_segments_well_after_the_data_are_the_peers_probes() {
+        let probes = |old: &Entry, new: &mut Entry, dt_s: f64| {
+            new.watch(old, 100, dt_s);
+            new.silence(100).peer_probes
+        };
+        // The last data 0.1 s before the first snapshot, its ACK after it:
+        // the counters moved, half a second later, without data since.
+        let old = quiet_end(10, 0.1, false);
+        assert!(!probes(&old, &mut quiet_end(11, 0.6, false), 0.5), "an ACK");
+        // Idle 5 s: what moved was the peer's probe and its answer.
+        let old = quiet_end(10, 4.5, false);
+        let mut probed = quiet_end(11, 5.0, false);
+        assert!(probes(&old, &mut probed, 0.5));
+        // It holds while nothing moves, and not where keepalive is on.
+        assert!(probes(&probed, &mut quiet_end(11, 5.5, false), 0.5));
+        assert!(!probes(&old, &mut quiet_end(11, 5.0, true), 0.5));
     }
 
     #[test]
