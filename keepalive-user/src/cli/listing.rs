@@ -65,9 +65,13 @@ pub(super) fn once(
         let policy = &*policy;
         let shown = select(&snaps, &ask, policy);
         log::debug!("selected at {:?}", t.elapsed());
-        let row = |c: &Compact, f: RowView<'_>| f(&view_of(&c.socket(), None, policy, show));
+        let views = |part: &[&Compact], f: RowView<'_>| {
+            for c in part {
+                f(&view_of(&c.socket(), None, policy, show));
+            }
+        };
         let with_risk = !policy.is_empty();
-        let r = print_rows(&mut out, ask.output, &shown, &row, with_risk, ask.style)
+        let r = print_rows(&mut out, ask.output, &shown, &views, with_risk, ask.style)
             .and_then(|()| out.flush());
         log::debug!("printed at {:?}", t.elapsed());
         // The process ends here: the kernel takes the memory back faster
@@ -170,9 +174,9 @@ pub(super) fn no_timeout() -> anyhow::Error {
 /// of fd 1 where there is one, so that each block (a megabyte of JSON) is
 /// written whole; stdout's own LineWriter searches every write for its
 /// last newline first. Nothing is written to `std::io::stdout()` before.
-pub(super) fn rows_out() -> std::io::BufWriter<Box<dyn std::io::Write>> {
+pub(super) fn rows_out() -> std::io::BufWriter<Box<dyn std::io::Write + Send>> {
     use std::os::fd::AsFd as _;
-    let out: Box<dyn std::io::Write> = match std::io::stdout().as_fd().try_clone_to_owned() {
+    let out: Box<dyn std::io::Write + Send> = match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => Box::new(std::fs::File::from(fd)),
         // Closed (`>&-`): stdout's own handling of that.
         Err(_) => Box::new(std::io::stdout()),

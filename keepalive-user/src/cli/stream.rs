@@ -41,10 +41,12 @@ fn holds_none(ask: &Ask<'_>) -> bool {
     ask.sort == SortKey::None && !ask.reverse
 }
 
-/// Output gathered in a buffer, written when it fills; the first write
-/// error stops the rest (a reader gone after `| head`).
+/// Output gathered in a buffer, written when it fills ([`rows_out`]: whole,
+/// not searched for newlines); the first write error stops the rest (a
+/// reader gone after `| head`).
 struct Out {
     buf: Vec<u8>,
+    to: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
     err: Option<std::io::Error>,
 }
 
@@ -61,10 +63,10 @@ impl Out {
 
     fn flush(&mut self) {
         if self.err.is_none() {
-            let mut stdout = std::io::stdout();
-            self.err = stdout
+            self.err = self
+                .to
                 .write_all(&self.buf)
-                .and_then(|()| stdout.flush())
+                .and_then(|()| self.to.flush())
                 .err();
         }
         self.buf.clear();
@@ -97,6 +99,7 @@ pub(super) fn print(
     let rows = json::Rows::new(&listed_at());
     let mut out = Out {
         buf: Vec::with_capacity(2 * FLUSH_AT),
+        to: rows_out(),
         err: None,
     };
     match ask.output {
@@ -190,13 +193,20 @@ fn sorted<K: PackedKey>(
     }
     log::debug!("sorted at {:?}", t.elapsed());
     let show = ask.show_addresses;
-    let row = |k: K, f: RowView<'_>| {
-        let c = rows.get(SortKey::index(&k));
-        f(&view_of(&c.socket(), None, policy, show));
+    let views = |part: &[K], f: RowView<'_>| {
+        rows.warm(part.iter().map(SortKey::index));
+        for k in part {
+            f(&view_of(
+                &rows.get(SortKey::index(k)).socket(),
+                None,
+                policy,
+                show,
+            ));
+        }
     };
     let mut out = rows_out();
     let with_risk = !policy.is_empty();
-    let r = print_rows(&mut out, ask.output, &keys, &row, with_risk, ask.style)
+    let r = print_rows(&mut out, ask.output, &keys, &views, with_risk, ask.style)
         .and_then(|()| out.flush());
     log::debug!("printed at {:?}", t.elapsed());
     // The process ends here: the kernel takes the memory back faster

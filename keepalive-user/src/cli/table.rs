@@ -127,21 +127,24 @@ pub fn print<'a, T: Copy + Sync>(
         let views: Vec<SocketView<'a>> = items.iter().map(|t| view(*t)).collect();
         return fitted(out, &views, with_risk, style);
     }
-    print_rows(out, output, items, &|t, f| f(&view(t)), with_risk, style)
+    let views = |part: &[T], f: RowView<'_>| part.iter().for_each(|t| f(&view(*t)));
+    print_rows(out, output, items, &views, with_risk, style)
 }
 
 /// A row's view, handed to `f` (it may borrow what the row makes for it).
 pub type RowView<'f> = &'f mut dyn FnMut(&SocketView<'_>);
 
 /// [`print`] for rows that are made into sockets only to be printed (a
-/// listing's compact rows): `row(item, f)` makes the item's view and hands
-/// it to `f`, in the block that prints it. Not for the fitted layout
-/// ([`Style::fits`]), which measures every row before it prints one.
+/// listing's compact rows): `views(block, f)` makes each item's view of a
+/// block in order and hands it to `f`, in the thread that prints it (a
+/// block at once: rows visited out of their packed order can be fetched
+/// together first). Not for the fitted layout ([`Style::fits`]), which
+/// measures every row before it prints one.
 pub fn print_rows<T: Copy + Sync>(
     out: &mut impl Write,
     output: Output,
     items: &[T],
-    row: &(impl Fn(T, RowView<'_>) + Sync),
+    views: &(impl Fn(&[T], RowView<'_>) + Sync),
     with_risk: bool,
     style: &Style,
 ) -> std::io::Result<()> {
@@ -155,9 +158,11 @@ pub fn print_rows<T: Copy + Sync>(
             let rows = json::Rows::new(&listed_at());
             out.write_all(b"[")?;
             in_blocks(out, items, |part, at, text| {
-                for (i, t) in part.iter().enumerate() {
-                    row(*t, &mut |v| rows.push(text, at + i == 0, v));
-                }
+                let mut first = at == 0;
+                views(part, &mut |v| {
+                    rows.push(text, first, v);
+                    first = false;
+                });
             })?;
             writeln!(out, "]")
         }
@@ -169,10 +174,10 @@ pub fn print_rows<T: Copy + Sync>(
                 // The buffer comes empty: taken as a String (nothing to
                 // check) and given back, its capacity kept.
                 let mut lines = String::from_utf8(std::mem::take(text)).unwrap_or_default();
-                for t in part {
-                    row(*t, &mut |v| render::write_row(&mut lines, v, with_risk));
+                views(part, &mut |v| {
+                    render::write_row(&mut lines, v, with_risk);
                     lines.push('\n');
-                }
+                });
                 *text = lines.into_bytes();
             })?;
             if frame.legend {
@@ -379,8 +384,12 @@ mod tests {
             let view = |s| SocketView::new(s, None, &policy);
             print(&mut a, output, &refs, &view, with_risk, &style).unwrap();
             let rows: Vec<&Compact> = compact.iter().collect();
-            let row = |c: &Compact, f: RowView<'_>| f(&SocketView::new(&c.socket(), None, &policy));
-            print_rows(&mut b, output, &rows, &row, with_risk, &style).unwrap();
+            let views = |part: &[&Compact], f: RowView<'_>| {
+                for c in part {
+                    f(&SocketView::new(&c.socket(), None, &policy));
+                }
+            };
+            print_rows(&mut b, output, &rows, &views, with_risk, &style).unwrap();
             let (a, b) = (timeless(a), timeless(b));
             assert_eq!(a.matches("10.9.0.2:5432").count(), 9000, "{output:?}");
             if let Some(at) = a.bytes().zip(b.bytes()).position(|(x, y)| x != y) {
