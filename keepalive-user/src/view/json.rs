@@ -62,9 +62,25 @@ fn opt_int(out: &mut Vec<u8>, n: Option<impl itoa::Integer>) {
 }
 
 /// An address needs no escaping: digits, dots, colons, brackets, `%`.
+/// IPv4 as `SocketAddr` displays it, without `fmt` (two a row; through
+/// `write!`, a tenth of the samples of a 1M-socket JSON listing).
 fn addr(out: &mut Vec<u8>, a: &SocketAddr) {
     out.push(b'"');
-    let _ = write!(out, "{a}");
+    match a {
+        SocketAddr::V4(v) => {
+            for (i, octet) in v.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                int(out, octet);
+            }
+            out.push(b':');
+            int(out, v.port());
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
     out.push(b'"');
 }
 
@@ -303,6 +319,24 @@ mod tests {
             side: Some(Side::Server),
             segs_in: Some(0),
             segs_out: Some(u32::MAX),
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_they_display() {
+        for a in [
+            "0.0.0.0:0",
+            "10.0.0.1:9",
+            "127.0.0.1:40000",
+            "255.255.255.255:65535",
+            "[::]:0",
+            "[fe80::1%3]:443",
+            "[::ffff:10.1.2.3]:80",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut out = vec![];
+            addr(&mut out, &a);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("\"{a}\""));
         }
     }
 
