@@ -75,9 +75,11 @@ pub struct Owners {
 }
 
 /// A coarse index over the sorted `held`: where each equal slice of the
-/// address range starts. A lookup searches by halves the few entries of
-/// one slice (a cache line or two) rather than a million (some twenty
-/// misses): a listing of 1M sockets spent 11% of its time in that search.
+/// address range starts. A lookup searches by halves one slice's entries,
+/// not a million (some twenty cache misses): a listing of 1M sockets spent
+/// 11% of its time in that search, 3-6% now. The kernel's socket slabs
+/// are dense where they lie, so a slice holds none or many (~200 at 1M
+/// loopback sockets here, 22 GB apart end to end).
 #[derive(Debug, Default)]
 struct Buckets {
     min: u64,
