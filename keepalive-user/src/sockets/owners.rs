@@ -89,7 +89,8 @@ struct Buckets {
     starts: Vec<u32>,
 }
 
-/// At most 256 KiB of index (at 1M sockets, ~16 entries a slice).
+/// At most 256 KiB of index (at 1M sockets spread evenly, ~16 entries a
+/// slice).
 const MAX_BUCKETS: usize = 1 << 16;
 
 impl Buckets {
