@@ -170,18 +170,22 @@ pub(super) fn no_timeout() -> anyhow::Error {
     .into()
 }
 
-/// Standard output for a listing's blocks of rows, buffered: a duplicate
-/// of fd 1 where there is one, so that each block (a megabyte of JSON) is
-/// written whole; stdout's own LineWriter searches every write for its
-/// last newline first. Nothing is written to `std::io::stdout()` before.
-pub(super) fn rows_out() -> std::io::BufWriter<Box<dyn std::io::Write + Send>> {
+/// Standard output for output gathered in blocks: a duplicate of fd 1
+/// where there is one, so that each block (a megabyte of JSON) is written
+/// whole; stdout's own LineWriter searches every write for its last
+/// newline first. Nothing is written to `std::io::stdout()` before.
+pub(super) fn stdout_whole() -> Box<dyn std::io::Write + Send> {
     use std::os::fd::AsFd as _;
-    let out: Box<dyn std::io::Write + Send> = match std::io::stdout().as_fd().try_clone_to_owned() {
+    match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => Box::new(std::fs::File::from(fd)),
         // Closed (`>&-`): stdout's own handling of that.
         Err(_) => Box::new(std::io::stdout()),
-    };
-    std::io::BufWriter::with_capacity(64 << 10, out)
+    }
+}
+
+/// [`stdout_whole`], buffered for the few small writes around the blocks.
+pub(super) fn rows_out() -> std::io::BufWriter<Box<dyn std::io::Write + Send>> {
+    std::io::BufWriter::with_capacity(64 << 10, stdout_whole())
 }
 
 /// A reader that went away (`| head`) is not an error.

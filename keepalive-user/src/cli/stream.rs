@@ -23,7 +23,7 @@ use keepalive_user::{
 };
 
 use super::{
-    listing::{ignore_broken_pipe, no_timeout, rows_out, view_of, Ask},
+    listing::{ignore_broken_pipe, no_timeout, rows_out, stdout_whole, view_of, Ask},
     table::{listed_at, print_rows, RowView},
     Output,
 };
@@ -41,12 +41,12 @@ fn holds_none(ask: &Ask<'_>) -> bool {
     ask.sort == SortKey::None && !ask.reverse
 }
 
-/// Output gathered in a buffer, written when it fills ([`rows_out`]: whole,
+/// Output gathered in a buffer, written when it fills ([`stdout_whole`]:
 /// not searched for newlines); the first write error stops the rest (a
 /// reader gone after `| head`).
 struct Out {
     buf: Vec<u8>,
-    to: std::io::BufWriter<Box<dyn std::io::Write + Send>>,
+    to: Box<dyn std::io::Write + Send>,
     err: Option<std::io::Error>,
 }
 
@@ -99,7 +99,7 @@ pub(super) fn print(
     let rows = json::Rows::new(&listed_at());
     let mut out = Out {
         buf: Vec::with_capacity(2 * FLUSH_AT),
-        to: rows_out(),
+        to: stdout_whole(),
         err: None,
     };
     match ask.output {

@@ -102,9 +102,7 @@ impl Reader<'_> {
         head
     }
     fn array<const N: usize>(&mut self) -> [u8; N] {
-        let (head, rest) = self.b.split_at(N);
-        self.b = rest;
-        head.try_into().expect("split at N")
+        self.take(N).try_into().expect("split at N")
     }
     fn varint(&mut self) -> u64 {
         let (mut v, mut shift) = (0u64, 0);
